@@ -1,0 +1,113 @@
+//! `cargo xtask`: the project's automation. Every command here is the single source of truth
+//! for what CI and developers run; `.ci/run` calls `cargo xtask ci` and nothing else.
+
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci                       fmt check, clippy (warnings denied), tests, docs (warnings denied)
+  bench <group> [--quick]  run a benchmark group (bus) in release; prints JSON lines
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("bench") => bench(&args[1..]),
+        Some("-h" | "--help" | "help") => {
+            eprint!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+        None => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
+}
+
+/// Runs a command to completion, failing with its description when it does not succeed.
+fn run(step: &str, mut cmd: Command) -> Result<(), String> {
+    eprintln!("xtask: == {step}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{step}: could not start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{step} failed ({status})"))
+    }
+}
+
+fn ci() -> Result<(), String> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run("cargo fmt --check", fmt)?;
+
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run("cargo clippy", clippy)?;
+
+    let mut test = cargo();
+    test.args(["test", "--workspace", "--locked"]);
+    run("cargo test", test)?;
+
+    let mut doc = cargo();
+    doc.args(["doc", "--workspace", "--no-deps", "--locked"]);
+    doc.env("RUSTDOCFLAGS", "-D warnings");
+    run("cargo doc", doc)?;
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let groups: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let groups = if groups.is_empty() {
+        vec!["bus"]
+    } else {
+        groups
+    };
+    for group in groups {
+        let (package, bench) = match group {
+            "bus" => ("capsule-bus", "bus"),
+            other => return Err(format!("unknown bench group `{other}` (known: bus)")),
+        };
+        let mut cmd = cargo();
+        cmd.args([
+            "bench",
+            "--quiet",
+            "--package",
+            package,
+            "--bench",
+            bench,
+            "--",
+        ]);
+        if quick {
+            cmd.arg("--quick");
+        }
+        run(&format!("bench {group}"), cmd)?;
+    }
+    Ok(())
+}
