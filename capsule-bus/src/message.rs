@@ -1,0 +1,229 @@
+//! What travels on the bus: a validated principal id, a validated JSON payload and the
+//! immutable [`Message`] that every matching subscription shares (one allocation per publish).
+
+use std::fmt;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::topic::Topic;
+
+/// Longest principal id, in bytes.
+pub const MAX_PRINCIPAL_BYTES: usize = 64;
+
+/// Why a principal id was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrincipalError {
+    /// The id was empty.
+    #[error("principal id is empty")]
+    Empty,
+    /// The id is longer than [`MAX_PRINCIPAL_BYTES`].
+    #[error("principal id is {len} bytes long; the limit is {MAX_PRINCIPAL_BYTES}")]
+    TooLong {
+        /// Length of the rejected id in bytes.
+        len: usize,
+    },
+    /// A character outside `[A-Za-z0-9_-]`.
+    #[error("principal id contains {found:?}; only ASCII letters, digits, '_' and '-' are allowed")]
+    InvalidChar {
+        /// The offending character.
+        found: char,
+    },
+}
+
+/// The identity a call acts for: 1–64 characters of `[A-Za-z0-9_-]`.
+///
+/// Cheap to clone; compared by value.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrincipalId(Arc<str>);
+
+impl PrincipalId {
+    /// Validates and wraps a principal id.
+    pub fn parse(s: &str) -> Result<Self, PrincipalError> {
+        if s.is_empty() {
+            return Err(PrincipalError::Empty);
+        }
+        if s.len() > MAX_PRINCIPAL_BYTES {
+            return Err(PrincipalError::TooLong { len: s.len() });
+        }
+        if let Some(found) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
+            return Err(PrincipalError::InvalidChar { found });
+        }
+        Ok(Self(Arc::from(s)))
+    }
+
+    /// The id text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PrincipalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PrincipalId({:?})", &*self.0)
+    }
+}
+
+impl fmt::Display for PrincipalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for PrincipalId {
+    type Err = PrincipalError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// Who a message is attributed to, and how much the host vouches for it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Attribution {
+    /// The host established the principal (the publishing call ran in its scope).
+    Verified(PrincipalId),
+    /// An uplink capsule asserted the principal on behalf of an external user.
+    Claimed(PrincipalId),
+    /// Published by the host itself, for no principal.
+    System,
+}
+
+impl Attribution {
+    /// The principal the message belongs to, `None` for system messages. This is the key of
+    /// the per-principal queue the message lands in.
+    pub fn principal(&self) -> Option<&PrincipalId> {
+        match self {
+            Self::Verified(p) | Self::Claimed(p) => Some(p),
+            Self::System => None,
+        }
+    }
+}
+
+/// Why a payload was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// The payload is not one well-formed JSON value.
+    #[error("payload is not valid JSON: {0}")]
+    InvalidJson(String),
+}
+
+/// A payload that is known to be one well-formed JSON value, kept as text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JsonPayload(Box<str>);
+
+impl JsonPayload {
+    /// Validates `text` as JSON without building a document tree.
+    pub fn parse(text: String) -> Result<Self, PayloadError> {
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| PayloadError::InvalidJson(e.to_string()))?;
+        Ok(Self(text.into_boxed_str()))
+    }
+
+    /// Serialises a value; always valid JSON by construction.
+    pub fn from_value(value: &serde_json::Value) -> Self {
+        Self(value.to_string().into_boxed_str())
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Length of the JSON text in bytes; this is what byte budgets count.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the text is empty (never true for a parsed payload).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for JsonPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JsonPayload({} bytes)", self.0.len())
+    }
+}
+
+/// One published message. Every subscription it is delivered to shares the same allocation.
+#[derive(Debug)]
+pub struct Message {
+    /// Monotonic per-bus sequence number, assigned at publish.
+    pub seq: u64,
+    /// The capsule instance that published it.
+    pub source: Uuid,
+    /// Who the message is attributed to.
+    pub attribution: Attribution,
+    /// The concrete topic it was published on.
+    pub topic: Topic,
+    /// The JSON payload.
+    pub payload: JsonPayload,
+}
+
+/// A message as the publisher hands it over; the bus assigns the sequence number.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The concrete topic.
+    pub topic: Topic,
+    /// The JSON payload.
+    pub payload: JsonPayload,
+    /// The publishing capsule instance.
+    pub source: Uuid,
+    /// Who the message is attributed to.
+    pub attribution: Attribution,
+}
+
+impl Message {
+    /// Size charged against byte budgets and queue limits: the payload length.
+    pub fn cost(&self) -> usize {
+        self.payload.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principal_grammar() {
+        assert!(PrincipalId::parse("alice").is_ok());
+        assert!(PrincipalId::parse("A_b-9").is_ok());
+        assert!(PrincipalId::parse(&"x".repeat(64)).is_ok());
+        assert_eq!(PrincipalId::parse(""), Err(PrincipalError::Empty));
+        assert_eq!(
+            PrincipalId::parse(&"x".repeat(65)),
+            Err(PrincipalError::TooLong { len: 65 })
+        );
+        assert_eq!(
+            PrincipalId::parse("a:b"),
+            Err(PrincipalError::InvalidChar { found: ':' })
+        );
+        assert_eq!(
+            PrincipalId::parse("a.b"),
+            Err(PrincipalError::InvalidChar { found: '.' })
+        );
+    }
+
+    #[test]
+    fn payload_must_be_one_json_value() {
+        assert!(JsonPayload::parse(r#"{"a":1}"#.into()).is_ok());
+        assert!(JsonPayload::parse("42".into()).is_ok());
+        assert!(JsonPayload::parse(" null ".into()).is_ok());
+        assert!(JsonPayload::parse("".into()).is_err());
+        assert!(JsonPayload::parse("{".into()).is_err());
+        assert!(JsonPayload::parse("1 2".into()).is_err());
+        assert!(JsonPayload::parse("nope".into()).is_err());
+    }
+
+    #[test]
+    fn attribution_key() {
+        let p = PrincipalId::parse("bob").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Attribution::Verified(p.clone()).principal(), Some(&p));
+        assert_eq!(Attribution::Claimed(p.clone()).principal(), Some(&p));
+        assert_eq!(Attribution::System.principal(), None);
+    }
+}
