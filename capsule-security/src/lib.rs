@@ -1,16 +1,25 @@
 //! `capsule-security`: what a capsule and a principal are allowed to do.
 //!
-//! This crate will own the `CapsulePolicy` parsed once from a manifest's `[capabilities]`,
-//! `[publish]` and `[subscribe]` tables, the gates that answer "may principal P in capsule C do
-//! X?" with a reason on denial, and principal profiles with their quotas. Its contract is
-//! fail-closed: anything not granted is denied, and a malformed input is an error, never a
-//! silent default. It has no WebAssembly dependency.
+//! Contract: fail-closed. Anything a manifest does not grant is denied with a reason; a
+//! malformed manifest or profile is an error naming the file and key, never a silent default;
+//! grants of principals (such as the audit firehose) come only from operator-owned profiles,
+//! never from a capsule's own manifest. The crate has no WebAssembly dependency.
+//!
+//! - [`Manifest`]: `Capsule.toml`, parsed once.
+//! - [`CapsulePolicy`]: the capsule's gates (IPC ACLs, uplink), built from the manifest.
+//! - [`PrincipalProfile`]: a principal's grants and [`Quotas`].
 
-/// The outcome of a capability gate.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// The action is permitted.
-    Allowed,
-    /// The action is refused, with the reason shown to operators and logs.
-    Denied(String),
-}
+mod capabilities;
+mod manifest;
+mod policy;
+mod profile;
+
+pub use capabilities::{Capabilities, IdentityLevel, KNOWN_CAPABILITIES};
+pub use capsule_bus::PrincipalId;
+pub use manifest::{
+    CapsuleName, Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, EnvEntry, EnvKind, Export,
+    Handler, INERT_TABLES, Import, MANIFEST_FILE, Manifest, ManifestError, Package, PublishEntry,
+    SubscribeEntry,
+};
+pub use policy::{CapsulePolicy, Decision};
+pub use profile::{AUDIT_FIREHOSE_GRANT, PrincipalProfile, ProfileError, Quotas};

@@ -49,7 +49,45 @@ fn run(step: &str, mut cmd: Command) -> Result<(), String> {
     }
 }
 
+/// The crates that must never depend on wasmtime (they are tested without any wasm).
+const WASM_FREE: &[&str] = &["capsule-bus", "capsule-vfs", "capsule-security"];
+
+/// Fails if a domain crate has a wasmtime crate anywhere in its dependency tree.
+fn check_wasm_free() -> Result<(), String> {
+    eprintln!("xtask: == domain crates stay free of wasmtime");
+    for krate in WASM_FREE {
+        let out = cargo()
+            .args([
+                "tree",
+                "--locked",
+                "--edges",
+                "normal,build,dev",
+                "--prefix",
+                "none",
+                "--package",
+                krate,
+            ])
+            .output()
+            .map_err(|e| format!("cargo tree: could not start: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cargo tree -p {krate} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let tree = String::from_utf8_lossy(&out.stdout);
+        if let Some(line) = tree.lines().find(|l| l.starts_with("wasmtime")) {
+            return Err(format!(
+                "{krate} depends on `{line}`; domain crates must not use wasmtime"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn ci() -> Result<(), String> {
+    check_wasm_free()?;
+
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
     run("cargo fmt --check", fmt)?;
