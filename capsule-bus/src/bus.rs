@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 
@@ -149,14 +149,11 @@ impl Bus {
     /// Publishes one message to every matching subscription whose scope admits it.
     pub fn publish(&self, out: Outgoing) -> PublishReport {
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-        let msg = Arc::new(Message {
-            seq,
-            source: out.source,
-            attribution: out.attribution,
-            topic: out.topic,
-            payload: out.payload,
-        });
-        let key = msg.attribution.principal();
+        let timestamp_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let msg = Arc::new(Message::new(seq, timestamp_ms, out));
+        let key = msg.principal();
         let cap = self.inner.config.max_fanout;
         let mut report = PublishReport {
             seq,

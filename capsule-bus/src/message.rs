@@ -150,19 +150,26 @@ impl fmt::Debug for JsonPayload {
 }
 
 /// One published message. Every subscription it is delivered to shares the same allocation.
+///
+/// The attribution is stored as a principal plus a flag bit (rather than the [`Attribution`]
+/// enum) to keep every queued message small; [`Message::attribution`] rebuilds the enum.
 #[derive(Debug)]
 pub struct Message {
-    /// Monotonic per-bus sequence number, assigned at publish.
-    pub seq: u64,
+    /// Sequence number (low 63 bits) and the claimed-attribution flag (top bit), packed so
+    /// that every queued message stays small.
+    seq_flags: u64,
+    /// Publish time, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
     /// The capsule instance that published it.
     pub source: Uuid,
-    /// Who the message is attributed to.
-    pub attribution: Attribution,
     /// The concrete topic it was published on.
     pub topic: Topic,
     /// The JSON payload.
     pub payload: JsonPayload,
+    principal: Option<PrincipalId>,
 }
+
+const CLAIMED: u64 = 1 << 63;
 
 /// A message as the publisher hands it over; the bus assigns the sequence number.
 #[derive(Debug, Clone)]
@@ -178,9 +185,45 @@ pub struct Outgoing {
 }
 
 impl Message {
+    pub(crate) fn new(seq: u64, timestamp_ms: u64, out: Outgoing) -> Self {
+        let (principal, claimed) = match out.attribution {
+            Attribution::Verified(p) => (Some(p), false),
+            Attribution::Claimed(p) => (Some(p), true),
+            Attribution::System => (None, false),
+        };
+        Self {
+            seq_flags: (seq & !CLAIMED) | if claimed { CLAIMED } else { 0 },
+            timestamp_ms,
+            source: out.source,
+            topic: out.topic,
+            payload: out.payload,
+            principal,
+        }
+    }
+
+    /// Monotonic per-bus sequence number, assigned at publish.
+    pub fn seq(&self) -> u64 {
+        self.seq_flags & !CLAIMED
+    }
+
     /// Size charged against byte budgets and queue limits: the payload length.
     pub fn cost(&self) -> usize {
         self.payload.len()
+    }
+
+    /// The principal the message belongs to (`None` for system messages): the key of the
+    /// per-principal queue it lands in.
+    pub fn principal(&self) -> Option<&PrincipalId> {
+        self.principal.as_ref()
+    }
+
+    /// Who the message is attributed to.
+    pub fn attribution(&self) -> Attribution {
+        match (&self.principal, self.seq_flags & CLAIMED != 0) {
+            (Some(p), false) => Attribution::Verified(p.clone()),
+            (Some(p), true) => Attribution::Claimed(p.clone()),
+            (None, _) => Attribution::System,
+        }
     }
 }
 

@@ -212,7 +212,7 @@ impl RouteState {
             self.count_drop(1);
             return Push::Refused;
         }
-        let slot = self.slot_for(msg.attribution.principal());
+        let slot = self.slot_for(msg.principal());
         // Per-principal message bound: the principal pays with its own oldest message.
         let full = self
             .queue_mut(slot)
@@ -234,7 +234,7 @@ impl RouteState {
         }
         let was_empty = self.len == 0;
         // The eviction above may have retired and freed this slot; look it up again.
-        let slot = self.slot_for(msg.attribution.principal());
+        let slot = self.slot_for(msg.principal());
         let Some(q) = self.queue_mut(slot) else {
             self.count_drop(1);
             return Push::Refused;

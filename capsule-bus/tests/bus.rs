@@ -39,8 +39,7 @@ fn principals(rx: &mut Receiver) -> Vec<String> {
         .messages
         .iter()
         .map(|m| {
-            m.attribution
-                .principal()
+            m.principal()
                 .map_or("<system>".to_string(), |p| p.to_string())
         })
         .collect()
@@ -66,7 +65,7 @@ fn delivers_to_matching_subscriptions_only() {
     assert_eq!(got.messages.len(), 1);
     assert_eq!(got.messages[0].topic.as_str(), "chat.room.msg");
     assert_eq!(got.messages[0].payload.as_str(), "1");
-    assert_eq!(got.messages[0].seq, report.seq);
+    assert_eq!(got.messages[0].seq(), report.seq);
     assert!(c.try_drain(usize::MAX).messages.is_empty());
 }
 
@@ -103,11 +102,12 @@ fn claimed_attribution_is_keyed_by_its_principal() {
     let mut only = bus.subscribe(pat("t"), Scope::Principal(pid("carol")));
     let mut out = msg("t", None, "0");
     out.attribution = Attribution::Claimed(pid("carol"));
-    bus.publish(out);
+    let report = bus.publish(out);
     let got = only.try_drain(usize::MAX);
     assert_eq!(got.messages.len(), 1);
+    assert_eq!(got.messages[0].seq(), report.seq, "the claimed flag does not disturb the sequence");
     assert_eq!(
-        got.messages[0].attribution,
+        got.messages[0].attribution(),
         Attribution::Claimed(pid("carol"))
     );
 }
@@ -144,7 +144,7 @@ fn byte_bound_evicts_from_the_heaviest_principal() {
     let light = d
         .messages
         .iter()
-        .filter(|m| m.attribution.principal() == Some(&pid("light")))
+        .filter(|m| m.principal() == Some(&pid("light")))
         .count();
     assert_eq!(light, 2, "the light principal lost nothing");
     assert_eq!(d.messages.len(), 5);
@@ -196,7 +196,7 @@ fn light_principal_is_not_starved_by_a_flood() {
     for _ in 0..20 {
         let d = rx.try_drain_limited(usize::MAX, 1);
         assert_eq!(d.messages.len(), 1);
-        if d.messages[0].attribution.principal() == Some(&pid("light")) {
+        if d.messages[0].principal() == Some(&pid("light")) {
             light_seen += 1;
         }
     }
@@ -242,8 +242,8 @@ fn per_publisher_order_is_preserved() {
         let seqs: Vec<u64> = d
             .messages
             .iter()
-            .filter(|m| m.attribution.principal() == Some(&pid(who)))
-            .map(|m| m.seq)
+            .filter(|m| m.principal() == Some(&pid(who)))
+            .map(|m| m.seq())
             .collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{who}: {seqs:?}");
     }

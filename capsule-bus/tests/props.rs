@@ -229,9 +229,9 @@ proptest! {
                         dropped[i] += d.dropped;
                         prop_assert_eq!(d.lagged, rx.stats().queued);
                         for m in &d.messages {
-                            let key = m.attribution.principal().cloned();
-                            let prev = last_seq[i].insert(key, m.seq).unwrap_or(0);
-                            prop_assert!(m.seq > prev, "per-publisher order broken");
+                            let key = m.principal().cloned();
+                            let prev = last_seq[i].insert(key, m.seq()).unwrap_or(0);
+                            prop_assert!(m.seq() > prev, "per-publisher order broken");
                         }
                     }
                 }
