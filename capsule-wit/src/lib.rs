@@ -1,9 +1,44 @@
-//! `capsule-wit`: the guest ABI of capsules.
+//! `capsule-wit`: the guest ABI of capsules and the wasmtime bindings a host needs for it.
 //!
-//! This crate will own the vendored `astrid:*@1.0.0` WIT packages (identical names and
-//! signatures to the ABI existing capsules are compiled against) and the wasmtime host
-//! bindings generated from them. Its contract is that the ABI never drifts: a test fails if the
-//! WIT stops parsing or differs from the reference copy.
+//! Contract: the ABI never drifts. `wit/deps/` holds the `astrid:*@1.0.0` packages with the
+//! exact package, interface, function, type and field names and signatures that existing
+//! capsules are compiled against, documented for this host; `abi/` holds the undocumented
+//! reference copy, and a test fails if the two differ in anything but doc comments or if
+//! either stops parsing. `wit/host.wit` adds this host's own worlds (`imports`: what the host
+//! serves; `capsule`: what a guest built for this host sees).
+//!
+//! The generated host traits are re-exported under [`astrid`]. Resources are generated as
+//! marker types: hosts keep their own state in the store's `ResourceTable` and address it by
+//! the resource's `rep`. Every import is trappable (a host invariant failure becomes a trap,
+//! a guest mistake a WIT error code); the calls that wait (`recv`, `sleep-ns`, `pollable.block`,
+//! `poll`) or block on the file system (`log`) are async.
 
-/// Directory, relative to this crate, holding the WIT packages.
+// Generated code: its items carry the WIT doc comments; aliases and helpers the generator adds
+// have none, and its style is not ours to lint.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "capsule:host/imports",
+        imports: {
+            "astrid:ipc/host.[method]subscription.recv": async | trappable,
+            "astrid:sys/host.sleep-ns": async | trappable,
+            "astrid:sys/host.log": async | trappable,
+            "astrid:io/poll.[method]pollable.block": async | trappable,
+            "astrid:io/poll.poll": async | trappable,
+            default: trappable,
+        },
+    });
+}
+
+pub use generated::astrid;
+
+/// Directory of the documented WIT packages, relative to this crate's manifest.
 pub const WIT_DIR: &str = "wit";
+
+/// The WIT packages this host serves (`package/interface@version`), in link order.
+pub const SERVED_INTERFACES: &[&str] = &[
+    "astrid:io/poll@1.0.0",
+    "astrid:ipc/host@1.0.0",
+    "astrid:sys/host@1.0.0",
+];
