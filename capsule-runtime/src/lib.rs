@@ -1,9 +1,50 @@
 //! `capsule-runtime`: the wasmtime host for capsules.
 //!
-//! This crate will own the engine, the loader, per-Store host state and one host-function
-//! module per WIT interface, and the `capsule` binary. It is the only crate that knows both
-//! wasmtime and the domain crates (`capsule-bus`, `capsule-vfs`, `capsule-security`). Its
-//! contract: an untrusted capsule stays inside its grants, memory and CPU budgets, and unload
-//! always wins over a blocked call.
+//! Contract: an untrusted capsule stays inside its grants, its memory and CPU budgets and its
+//! principal's scope; every guest mistake is a typed WIT error that changes nothing else; a
+//! broken host invariant is a trap; and unloading a capsule always wins over a blocked call.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use capsule_runtime::{Runtime, RuntimeConfig};
+//! let runtime = Runtime::new(RuntimeConfig::new("/var/lib/capsules"))?;
+//! let capsule = runtime.load("capsules/pong").await?;
+//! capsule.unload().await;
+//! # Ok(()) }
+//! ```
+//!
+//! This is the only crate that knows both wasmtime and the domain crates: the bus
+//! ([`capsule_bus`]), policy and profiles ([`capsule_security`]) and confined files
+//! ([`capsule_vfs`]).
+
+mod cache;
+mod capsule;
+mod config;
+mod engine;
+mod host;
+mod inspect;
+mod limits;
+mod logsink;
+mod registry;
+mod runtime;
+mod scope;
+mod state;
+
+pub use cache::CacheOutcome;
+pub use capsule::{Capsule, HookResponse, InvokeError, LoadReport, RunExit};
+pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};
+pub use host::audit::IPC_TARGET as AUDIT_IPC_TARGET;
+pub use host::ipc::{
+    IpcError, MAX_DRAIN_BYTES, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS, MAX_SUBSCRIPTIONS,
+};
+pub use host::poll::MAX_POLL_LIST;
+pub use host::sys::{
+    MAX_CONFIG_KEY, MAX_RANDOM_BYTES, MAX_SLEEP, RESERVED_CONFIG_PREFIX, SysError,
+};
+pub use inspect::Exports;
+pub use limits::{Interrupt, MemoryStats};
+pub use runtime::{HOST_ABI_VERSION, Inspection, LoadError, MAX_COMPONENT_BYTES, Runtime};
+pub use scope::{Caller, InvocationScope};
 
 pub use capsule_bus as bus;
+pub use capsule_security as security;

@@ -1,0 +1,198 @@
+//! `capsule`: the host binary. `capsule run` loads capsule directories and serves them until
+//! interrupted; `capsule inspect` reports what a capsule declares, imports and exports without
+//! running it. Bad flags get a usage message and exit code 2; a failed load exits 1.
+
+// A command-line tool reports on stdout by design.
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use capsule_runtime::bus::PrincipalId;
+use capsule_runtime::{Runtime, RuntimeConfig};
+
+const USAGE: &str = "\
+usage:
+  capsule run [--state DIR] [--owner PRINCIPAL] CAPSULE_DIR...
+  capsule inspect [--state DIR] CAPSULE_DIR
+  capsule --help | --version
+
+options:
+  --state DIR          host state directory (default: $CAPSULE_STATE_DIR,
+                       else $HOME/.local/state/capsule)
+  --owner PRINCIPAL    principal the capsules are loaded for (default: default)
+
+RUST_LOG selects log output (default: info).
+";
+
+struct Args {
+    command: String,
+    state: Option<PathBuf>,
+    owner: Option<String>,
+    dirs: Vec<PathBuf>,
+}
+
+fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
+    let command = raw.next().ok_or("missing command")?;
+    let mut args = Args {
+        command,
+        state: None,
+        owner: None,
+        dirs: Vec::new(),
+    };
+    while let Some(a) = raw.next() {
+        match a.as_str() {
+            "--state" => args.state = Some(raw.next().ok_or("--state needs a directory")?.into()),
+            "--owner" => args.owner = Some(raw.next().ok_or("--owner needs a principal")?),
+            flag if flag.starts_with("--") => return Err(format!("unknown option `{flag}`")),
+            dir => args.dirs.push(dir.into()),
+        }
+    }
+    Ok(args)
+}
+
+fn default_state() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CAPSULE_STATE_DIR") {
+        return dir.into();
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local").join("state").join("capsule")
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    match raw.first().map(String::as_str) {
+        None | Some("-h" | "--help" | "help") => {
+            eprint!("{USAGE}");
+            return if raw.is_empty() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+        Some("-V" | "--version") => {
+            eprintln!("capsule {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let args = match parse(raw.into_iter()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("capsule: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("capsule: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(e)) => {
+            eprintln!("capsule: {e}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Error(e)) => {
+            eprintln!("capsule: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Error(String),
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let mut config = RuntimeConfig::new(args.state.unwrap_or_else(default_state));
+    if let Some(owner) = &args.owner {
+        config.owner =
+            PrincipalId::parse(owner).map_err(|e| Failure::Usage(format!("--owner: {e}")))?;
+    }
+    match args.command.as_str() {
+        "run" => {
+            if args.dirs.is_empty() {
+                return Err(Failure::Usage(
+                    "run needs at least one capsule directory".into(),
+                ));
+            }
+            let rt = Runtime::new(config).map_err(|e| Failure::Error(e.to_string()))?;
+            for dir in &args.dirs {
+                match rt.load(dir).await {
+                    Ok(c) => println!(
+                        "loaded {} (session {}, owner {}, cache {:?}, exports {:?})",
+                        c.name(),
+                        c.session(),
+                        c.owner(),
+                        c.report().cache,
+                        c.report().exports
+                    ),
+                    Err(e) => {
+                        rt.shutdown().await;
+                        return Err(Failure::Error(e.to_string()));
+                    }
+                }
+            }
+            println!(
+                "serving {} capsule(s); press Ctrl-C to stop",
+                args.dirs.len()
+            );
+            let stop = tokio::signal::ctrl_c().await;
+            if let Err(e) = stop {
+                eprintln!("capsule: cannot wait for Ctrl-C ({e}); stopping");
+            }
+            rt.shutdown().await;
+            Ok(())
+        }
+        "inspect" => {
+            let [dir] = args.dirs.as_slice() else {
+                return Err(Failure::Usage(
+                    "inspect takes exactly one capsule directory".into(),
+                ));
+            };
+            let rt = Runtime::new(config).map_err(|e| Failure::Error(e.to_string()))?;
+            let i = rt
+                .inspect(dir)
+                .await
+                .map_err(|e| Failure::Error(e.to_string()))?;
+            let m = &i.manifest;
+            println!("capsule   {} {}", m.package.name, m.package.version);
+            println!(
+                "component {} ({})",
+                m.component.id,
+                m.component.file.display()
+            );
+            println!("exports   {:?}", i.exports);
+            println!("imports   {}", i.imports.join(", "));
+            let publish: Vec<&str> = m.publish.iter().map(|p| p.pattern.as_str()).collect();
+            let subscribe: Vec<&str> = m.subscribe.iter().map(|p| p.pattern.as_str()).collect();
+            println!("publish   {}", publish.join(", "));
+            println!("subscribe {}", subscribe.join(", "));
+            for (pattern, h) in m.handlers() {
+                println!(
+                    "handler   {} -> {} (priority {})",
+                    pattern, h.action, h.priority
+                );
+            }
+            println!("caps      {}", m.capabilities.held_names().join(", "));
+            let env: Vec<&str> = m.env.keys().map(String::as_str).collect();
+            println!("env       {}", env.join(", "));
+            Ok(())
+        }
+        other => Err(Failure::Usage(format!("unknown command `{other}`"))),
+    }
+}

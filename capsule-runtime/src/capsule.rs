@@ -1,0 +1,517 @@
+//! A loaded capsule: its Stores, its run loop and its handler calls. Every Store gets the
+//! memory limiter and the epoch callback; a call runs in the invocation scope of its principal,
+//! which is removed on every exit path (a Store whose call did not complete is discarded, never
+//! reused); unloading cancels every waiting host call and interrupts running guest code.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use capsule_bus::{Attribution, PrincipalId};
+use capsule_security::Manifest;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+use wasmtime::component::{ComponentType, InstancePre, Lift, Lower, ResourceTable, TypedFunc};
+use wasmtime::{Engine, Store, UpdateDeadline};
+
+use crate::cache::CacheOutcome;
+use crate::config::EpochMode;
+use crate::host::wasi;
+use crate::inspect::{Exports, HOOK, RUN};
+use crate::limits::{CpuMeter, Interrupt, MemoryMeter};
+use crate::logsink::{LogSink, unix_ms};
+use crate::registry::Registry;
+use crate::scope::{Caller, ProfileGrant, ScopeFactory};
+use crate::state::{
+    BusCtx, BusShared, CapsuleIdentity, HostState, LimitsCtx, LimitsShared, SysCtx, SysShared,
+};
+
+/// What `astrid-hook-trigger` returned.
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq)]
+#[component(record)]
+pub struct HookResponse {
+    /// `continue`, `final`, `deny` or `abort` (or whatever the guest chose).
+    pub action: String,
+    /// Optional data: a replacement payload for `continue`, a reason for `deny`/`abort`.
+    pub data: Option<String>,
+}
+
+/// How a capsule's run loop ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunExit {
+    /// `run` returned.
+    Returned,
+    /// The host stopped it at an epoch boundary.
+    Interrupted(Interrupt),
+    /// The guest trapped.
+    Trapped(String),
+    /// The run instance could not be created.
+    Failed(String),
+}
+
+/// Why a handler call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The capsule exports no `astrid-hook-trigger`.
+    #[error("capsule `{0}` has no astrid-hook-trigger export")]
+    NoHook(String),
+    /// The capsule is unloading or unloaded.
+    #[error("capsule `{0}` is unloaded")]
+    Unloaded(String),
+    /// The principal may not act (malformed profile, or disabled).
+    #[error("principal `{principal}` refused: {reason}")]
+    PrincipalRefused {
+        /// The principal.
+        principal: PrincipalId,
+        /// Why.
+        reason: String,
+    },
+    /// A fresh instance could not be created.
+    #[error("cannot instantiate capsule `{capsule}`: {reason}")]
+    Instantiate {
+        /// The capsule.
+        capsule: String,
+        /// Why.
+        reason: String,
+    },
+    /// The host stopped the call (deadline, unload).
+    #[error("call interrupted: {0}")]
+    Interrupted(Interrupt),
+    /// The guest trapped; its instance was discarded.
+    #[error("guest trapped: {0}")]
+    Trapped(String),
+}
+
+/// What loading found out.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    /// Whether the compiled component came from the cache.
+    pub cache: CacheOutcome,
+    /// The entry points the capsule really exports (aliased stubs removed).
+    pub exports: Exports,
+}
+
+/// Everything a new Store of this capsule is built from.
+#[derive(Debug)]
+pub(crate) struct StoreParts {
+    pub(crate) owner_profile: ProfileGrant,
+    pub(crate) scopes: Arc<ScopeFactory>,
+    pub(crate) bus: Arc<BusShared>,
+    pub(crate) sys: Arc<SysShared>,
+    pub(crate) limits: Arc<LimitsShared>,
+    pub(crate) owner_log: Option<LogSink>,
+}
+
+struct CallInstance {
+    store: Store<HostState>,
+    hook: TypedFunc<(String, Vec<u8>), (HookResponse,)>,
+}
+
+pub(crate) struct CapsuleInner {
+    pub(crate) identity: Arc<CapsuleIdentity>,
+    pub(crate) manifest: Manifest,
+    pub(crate) report: LoadReport,
+    pub(crate) engine: Engine,
+    pub(crate) pre: InstancePre<HostState>,
+    pub(crate) parts: StoreParts,
+    pub(crate) epoch_mode: EpochMode,
+    pub(crate) window: Duration,
+    pub(crate) max_busy_windows: u32,
+    pub(crate) registry: std::sync::Weak<Registry>,
+    pub(crate) ready: watch::Receiver<bool>,
+    pub(crate) run_exit: watch::Receiver<Option<RunExit>>,
+    pub(crate) run_task: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    call: tokio::sync::Mutex<Option<CallInstance>>,
+    unloaded: AtomicBool,
+}
+
+/// A loaded capsule. Cheap to clone; all clones refer to the same capsule.
+#[derive(Clone)]
+pub struct Capsule {
+    inner: Arc<CapsuleInner>,
+}
+
+impl std::fmt::Debug for Capsule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capsule")
+            .field("name", &self.inner.identity.name)
+            .field("session", &self.inner.identity.session)
+            .field("owner", &self.inner.identity.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+fn classify(err: &wasmtime::Error) -> Result<Interrupt, String> {
+    match err.downcast_ref::<Interrupt>() {
+        Some(i) => Ok(i.clone()),
+        None => Err(format!("{err:#}")),
+    }
+}
+
+impl CapsuleInner {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        identity: Arc<CapsuleIdentity>,
+        manifest: Manifest,
+        report: LoadReport,
+        engine: Engine,
+        pre: InstancePre<HostState>,
+        parts: StoreParts,
+        config: &crate::RuntimeConfig,
+        registry: std::sync::Weak<Registry>,
+        ready: watch::Receiver<bool>,
+        run_exit: watch::Receiver<Option<RunExit>>,
+    ) -> Self {
+        Self {
+            identity,
+            manifest,
+            report,
+            engine,
+            pre,
+            parts,
+            epoch_mode: config.epoch_mode,
+            window: config.epoch_window,
+            max_busy_windows: config.max_busy_windows,
+            registry,
+            ready,
+            run_exit,
+            run_task: parking_lot::Mutex::new(None),
+            call: tokio::sync::Mutex::new(None),
+            unloaded: AtomicBool::new(false),
+        }
+    }
+
+    fn owner_quota(&self) -> u64 {
+        match &self.parts.owner_profile {
+            Ok(p) => p.quotas.max_memory_bytes,
+            Err(_) => 0,
+        }
+    }
+
+    /// A fresh Store with the limiter and the epoch callback installed.
+    pub(crate) fn new_store(&self, cpu: CpuMeter) -> Store<HostState> {
+        let p = &self.parts;
+        let state = HostState {
+            identity: Arc::clone(&self.identity),
+            owner_profile: p.owner_profile.clone(),
+            scopes: Arc::clone(&p.scopes),
+            bus: BusCtx {
+                shared: Arc::clone(&p.bus),
+                subscriptions: 0,
+            },
+            sys: SysCtx {
+                shared: Arc::clone(&p.sys),
+            },
+            limits: LimitsCtx {
+                shared: Arc::clone(&p.limits),
+                memory: MemoryMeter::new(
+                    self.identity.owner.clone(),
+                    self.owner_quota(),
+                    Arc::clone(&p.limits.ledger),
+                ),
+                cpu,
+                cancel_seen: false,
+            },
+            wasi: wasi::locked_down(p.owner_log.clone()),
+            table: ResourceTable::new(),
+            scope: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits.memory);
+        store.epoch_deadline_callback(|mut ctx| {
+            let limits = &mut ctx.data_mut().limits;
+            if limits.shared.cancel.is_cancelled() {
+                if std::mem::replace(&mut limits.cancel_seen, true) {
+                    return Err(wasmtime::Error::new(Interrupt::Unloaded));
+                }
+                return Ok(UpdateDeadline::Yield(1));
+            }
+            limits.cpu.tick().map_err(wasmtime::Error::new)?;
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.set_epoch_deadline(1);
+        store
+    }
+
+    /// Runs `run` to completion on its own Store.
+    pub(crate) async fn run_loop(self: Arc<Self>, exit: watch::Sender<Option<RunExit>>) {
+        let mut store = self.new_store(CpuMeter::RunLoop {
+            yielded: false,
+            busy: 0,
+            max: self.max_busy_windows,
+        });
+        let outcome = async {
+            let instance = self
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| RunExit::Failed(format!("{e:#}")))?;
+            let run = instance
+                .get_typed_func::<(), ()>(&mut store, RUN)
+                .map_err(|e| RunExit::Failed(format!("{e:#}")))?;
+            store.set_epoch_deadline(1);
+            run.call_async(&mut store, ())
+                .await
+                .map_err(|e| match classify(&e) {
+                    Ok(i) => RunExit::Interrupted(i),
+                    Err(msg) => RunExit::Trapped(msg),
+                })
+        }
+        .await;
+        let exit_value = match outcome {
+            Ok(()) => RunExit::Returned,
+            Err(e) => e,
+        };
+        match &exit_value {
+            RunExit::Returned => tracing::debug!(capsule = %self.identity.name, "run returned"),
+            other => tracing::warn!(capsule = %self.identity.name, exit = ?other, "run loop ended"),
+        }
+        exit.send_replace(Some(exit_value));
+    }
+
+    async fn instantiate_call(&self) -> Result<CallInstance, InvokeError> {
+        let mut store = self.new_store(CpuMeter::Call {
+            elapsed: 0,
+            deadline: 1,
+        });
+        let fail = |e: wasmtime::Error| InvokeError::Instantiate {
+            capsule: self.identity.name.clone(),
+            reason: format!("{e:#}"),
+        };
+        let instance = self.pre.instantiate_async(&mut store).await.map_err(fail)?;
+        let hook = instance
+            .get_typed_func::<(String, Vec<u8>), (HookResponse,)>(&mut store, HOOK)
+            .map_err(fail)?;
+        Ok(CallInstance { store, hook })
+    }
+
+    fn deadline_windows(&self, timeout_secs: u64) -> u64 {
+        let window_ms = self.window.as_millis().max(1);
+        let ms = u128::from(timeout_secs) * 1000;
+        u64::try_from(ms.div_ceil(window_ms))
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    pub(crate) async fn invoke(
+        &self,
+        action: &str,
+        payload: &[u8],
+        principal: Option<PrincipalId>,
+    ) -> Result<HookResponse, InvokeError> {
+        let name = || self.identity.name.clone();
+        if !self.report.exports.hook {
+            return Err(InvokeError::NoHook(name()));
+        }
+        let cancel = self.parts.limits.cancel.clone();
+        if cancel.is_cancelled() {
+            return Err(InvokeError::Unloaded(name()));
+        }
+        let principal = principal.unwrap_or_else(|| self.identity.owner.clone());
+        let scope = self.parts.scopes.build(
+            Caller {
+                attribution: Attribution::Verified(principal.clone()),
+                source: Uuid::nil(),
+                timestamp_ms: unix_ms(),
+            },
+            true,
+        );
+        let profile = match &scope.profile {
+            Ok(p) => Arc::clone(p),
+            Err(reason) => {
+                return Err(InvokeError::PrincipalRefused {
+                    principal,
+                    reason: reason.to_string(),
+                });
+            }
+        };
+        let mut slot = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(InvokeError::Unloaded(name())),
+            slot = self.call.lock() => slot,
+        };
+        // Taken out of the slot for the duration of the call: if the call does not complete
+        // (trap, interrupt, or this future being dropped) the Store is discarded with it.
+        let mut call = match slot.take() {
+            Some(c) => c,
+            None => self.instantiate_call().await?,
+        };
+        {
+            let state = call.store.data_mut();
+            state.scope = Some(scope);
+            state
+                .limits
+                .memory
+                .retarget(&principal, profile.quotas.max_memory_bytes);
+            state.limits.cpu = CpuMeter::Call {
+                elapsed: 0,
+                deadline: self.deadline_windows(profile.quotas.max_timeout_secs),
+            };
+        }
+        call.store.set_epoch_deadline(1);
+        let result = call
+            .hook
+            .call_async(&mut call.store, (action.to_string(), payload.to_vec()))
+            .await;
+        call.store.data_mut().scope = None;
+        match result {
+            Ok((response,)) => {
+                *slot = Some(call);
+                Ok(response)
+            }
+            Err(e) => Err(match classify(&e) {
+                Ok(Interrupt::Unloaded) => InvokeError::Unloaded(name()),
+                Ok(i) => InvokeError::Interrupted(i),
+                Err(msg) => InvokeError::Trapped(msg),
+            }),
+        }
+    }
+}
+
+impl Capsule {
+    pub(crate) fn from_inner(inner: Arc<CapsuleInner>) -> Self {
+        Self { inner }
+    }
+
+    /// The capsule's name (its id).
+    pub fn name(&self) -> &str {
+        &self.inner.identity.name
+    }
+
+    /// This load's session UUID (the `source-id` of its messages).
+    pub fn session(&self) -> Uuid {
+        self.inner.identity.session
+    }
+
+    /// The principal the capsule was loaded for.
+    pub fn owner(&self) -> &PrincipalId {
+        &self.inner.identity.owner
+    }
+
+    /// The parsed manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+
+    /// What loading found out.
+    pub fn report(&self) -> &LoadReport {
+        &self.inner.report
+    }
+
+    /// Waits up to `timeout` for the capsule to call `signal-ready`; whether it did.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.ready.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether the capsule has called `signal-ready`.
+    pub fn is_ready(&self) -> bool {
+        *self.inner.ready.borrow()
+    }
+
+    /// How the run loop ended, if it has.
+    pub fn run_exit(&self) -> Option<RunExit> {
+        self.inner.run_exit.borrow().clone()
+    }
+
+    /// Waits for the run loop to end; `None` if the capsule has no run loop.
+    pub async fn wait_run_exit(&self) -> Option<RunExit> {
+        if !self.inner.report.exports.run {
+            return None;
+        }
+        let mut rx = self.inner.run_exit.clone();
+        rx.wait_for(Option::is_some).await.ok()?.clone()
+    }
+
+    /// Calls the capsule's `astrid-hook-trigger(action, payload)` on behalf of `principal`
+    /// (the owner when `None`), under that principal's scope, quotas and deadline.
+    pub async fn invoke(
+        &self,
+        action: &str,
+        payload: &[u8],
+        principal: Option<PrincipalId>,
+    ) -> Result<HookResponse, InvokeError> {
+        self.inner.invoke(action, payload, principal).await
+    }
+
+    /// Instantiates the capsule once in a fresh Store, then discards it: a health check that
+    /// proves the capsule can be instantiated now (pool capacity included), and the measure of
+    /// what one instantiation costs.
+    pub async fn check_instantiate(&self) -> Result<(), InvokeError> {
+        if self.inner.parts.limits.cancel.is_cancelled() {
+            return Err(InvokeError::Unloaded(self.inner.identity.name.clone()));
+        }
+        let mut store = self.inner.new_store(CpuMeter::Call {
+            elapsed: 0,
+            deadline: 1,
+        });
+        self.inner
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map(drop)
+            .map_err(|e| InvokeError::Instantiate {
+                capsule: self.inner.identity.name.clone(),
+                reason: format!("{e:#}"),
+            })
+    }
+
+    /// Whether [`unload`](Self::unload) has been called.
+    pub fn is_unloaded(&self) -> bool {
+        self.inner.unloaded.load(Ordering::SeqCst)
+    }
+
+    /// Unloads the capsule: cancels every waiting host call, interrupts running guest code,
+    /// waits for the run loop and any handler call to end, and unregisters the capsule.
+    pub async fn unload(&self) {
+        if self.inner.unloaded.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.inner.parts.limits.cancel.cancel();
+        self.inner.engine.increment_epoch();
+        let task = self.inner.run_task.lock().take();
+        if let Some(mut task) = task {
+            loop {
+                tokio::select! {
+                    _ = &mut task => break,
+                    () = tokio::time::sleep(self.inner.window) => {
+                        // Without a ticker nothing else advances the epoch: do it here so a
+                        // guest spinning in wasm reaches its interrupt check.
+                        if self.inner.epoch_mode == EpochMode::Manual {
+                            self.inner.engine.increment_epoch();
+                        }
+                    }
+                }
+            }
+        }
+        loop {
+            tokio::select! {
+                mut slot = self.inner.call.lock() => {
+                    slot.take();
+                    break;
+                }
+                () = tokio::time::sleep(self.inner.window) => {
+                    if self.inner.epoch_mode == EpochMode::Manual {
+                        self.inner.engine.increment_epoch();
+                    }
+                }
+            }
+        }
+        if let Some(registry) = self.inner.registry.upgrade() {
+            registry.remove(&self.inner.identity.session);
+        }
+        tracing::info!(capsule = %self.inner.identity.name, "capsule unloaded");
+    }
+}
+
+impl Drop for CapsuleInner {
+    fn drop(&mut self) {
+        self.parts.limits.cancel.cancel();
+        if let Some(registry) = self.registry.upgrade() {
+            registry.remove(&self.identity.session);
+        }
+    }
+}

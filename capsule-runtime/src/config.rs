@@ -1,0 +1,153 @@
+//! Runtime settings: every limit the host enforces has a named, documented default here, and a
+//! configuration that cannot work is rejected before anything starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use capsule_bus::{BusConfig, PrincipalId};
+
+/// How the engine's epoch (the clock that interrupts running guests) advances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpochMode {
+    /// One background thread per engine advances the epoch every window.
+    Ticker,
+    /// Only [`Runtime::advance_epoch`](crate::Runtime::advance_epoch) advances it (for
+    /// deterministic tests and embedders with their own clock).
+    Manual,
+}
+
+/// Pooling allocator sizing. The pool reserves address space up front, so it is sized
+/// explicitly rather than left at wasmtime's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolingConfig {
+    /// Component instances (Stores with a live instance) at once.
+    pub max_instances: u32,
+    /// Core module instances at once, across all components.
+    pub max_core_instances: u32,
+    /// Linear memories at once, across all components.
+    pub max_memories: u32,
+    /// Largest linear memory in bytes (quotas above this cannot be granted).
+    pub max_memory_bytes: u64,
+}
+
+impl Default for PoolingConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 128,
+            max_core_instances: 1024,
+            max_memories: 256,
+            max_memory_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Settings of a [`Runtime`](crate::Runtime).
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Where the host keeps its state: per-principal homes and logs, profiles, installed
+    /// versions, the compile cache.
+    pub state_dir: PathBuf,
+    /// Where compiled components are cached; defaults to `<state_dir>/cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// The principal capsules are loaded for unless told otherwise.
+    pub owner: PrincipalId,
+    /// Pooling allocator sizing; `None` allocates instances on demand.
+    pub pooling: Option<PoolingConfig>,
+    /// How the epoch advances.
+    pub epoch_mode: EpochMode,
+    /// Length of one epoch window.
+    pub epoch_window: Duration,
+    /// Consecutive windows a run loop may burn CPU without waiting in `recv` before it is
+    /// trapped.
+    pub max_busy_windows: u32,
+    /// Blocking host calls in flight at once (about cores − 2).
+    pub blocking_concurrency: usize,
+    /// Async I/O host calls in flight at once.
+    pub io_concurrency: usize,
+    /// Bus limits.
+    pub bus: BusConfig,
+}
+
+impl RuntimeConfig {
+    /// Defaults rooted at `state_dir`.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Self {
+            state_dir: state_dir.into(),
+            cache_dir: None,
+            owner: default_owner(),
+            pooling: Some(PoolingConfig::default()),
+            epoch_mode: EpochMode::Ticker,
+            epoch_window: Duration::from_millis(50),
+            max_busy_windows: 100,
+            blocking_concurrency: cores.saturating_sub(2).max(1),
+            io_concurrency: 256,
+            bus: BusConfig::default(),
+        }
+    }
+
+    /// The compile cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("cache"))
+    }
+
+    /// Checks that the settings can work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.epoch_window.is_zero() {
+            return Err(ConfigError::Invalid("epoch_window must be positive".into()));
+        }
+        if self.max_busy_windows == 0 {
+            return Err(ConfigError::Invalid(
+                "max_busy_windows must be at least 1".into(),
+            ));
+        }
+        if self.blocking_concurrency == 0 || self.io_concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "concurrency limits must be at least 1".into(),
+            ));
+        }
+        if let Some(p) = &self.pooling {
+            if p.max_instances == 0 || p.max_core_instances == 0 || p.max_memories == 0 {
+                return Err(ConfigError::Invalid(
+                    "pooling counts must be at least 1".into(),
+                ));
+            }
+            if p.max_memory_bytes < 64 * 1024 || p.max_memory_bytes > 1 << 32 {
+                return Err(ConfigError::Invalid(
+                    "pooling max_memory_bytes must be between 64 KiB and 4 GiB".into(),
+                ));
+            }
+        }
+        self.bus
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+}
+
+/// The single-tenant owner principal, `default`.
+pub fn default_owner() -> PrincipalId {
+    // The literal satisfies the principal grammar; parsing cannot fail.
+    PrincipalId::parse("default")
+        .unwrap_or_else(|_| unreachable!("`default` is a valid principal id"))
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting is out of range.
+    #[error("invalid runtime configuration: {0}")]
+    Invalid(String),
+    /// The engine refused the settings.
+    #[error("the wasm engine rejected the configuration: {0}")]
+    Engine(String),
+    /// The state directory could not be prepared.
+    #[error("state directory {}: {source}", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}

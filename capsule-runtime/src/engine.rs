@@ -1,0 +1,85 @@
+//! The wasmtime engine: component model, async host calls, epoch interruption driven by one
+//! ticker thread per engine, and an explicitly sized pooling allocator. The ticker holds only a
+//! weak reference, so dropping the runtime stops it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::config::{ConfigError, EpochMode, RuntimeConfig};
+
+/// Builds the engine for a runtime configuration.
+pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, ConfigError> {
+    let mut c = Config::new();
+    c.wasm_component_model(true);
+    c.epoch_interruption(true);
+    c.parallel_compilation(true);
+    if let Some(p) = &config.pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(p.max_instances)
+            .total_stacks(p.max_instances)
+            .total_core_instances(p.max_core_instances)
+            .total_memories(p.max_memories)
+            .total_tables(p.max_memories)
+            .max_memory_size(usize::try_from(p.max_memory_bytes).unwrap_or(usize::MAX))
+            .max_core_instances_per_component(32)
+            .max_memories_per_component(8)
+            .max_tables_per_component(8)
+            .max_component_instance_size(1 << 20)
+            .max_core_instance_size(1 << 20);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    Engine::new(&c).map_err(|e| ConfigError::Engine(format!("{e:#}")))
+}
+
+/// Advances an engine's epoch every window on a background thread until stopped or until the
+/// engine is gone.
+#[derive(Debug)]
+pub(crate) struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub(crate) fn start(
+        engine: &Engine,
+        mode: EpochMode,
+        window: Duration,
+    ) -> Result<Option<Self>, ConfigError> {
+        if mode == EpochMode::Manual {
+            return Ok(None);
+        }
+        let weak = engine.weak();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("capsule-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(window);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| ConfigError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Some(Self {
+            stop,
+            thread: Some(thread),
+        }))
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            // The thread only parks and increments; it cannot fail in a way worth reporting.
+            let _joined = t.join();
+        }
+    }
+}

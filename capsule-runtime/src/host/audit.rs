@@ -1,0 +1,42 @@
+//! Structured audit events. Every IPC host call emits exactly one event under the target
+//! `capsule::audit::ipc` naming the capsule, the principal in scope, the operation, the topic
+//! or pattern, a size or count, and the error if the call failed.
+
+use std::fmt::Display;
+
+use capsule_bus::PrincipalId;
+
+/// Tracing target of IPC audit events.
+pub const IPC_TARGET: &str = "capsule::audit::ipc";
+
+/// Emits one IPC audit event.
+pub(crate) fn ipc(
+    capsule: &str,
+    principal: &PrincipalId,
+    op: &'static str,
+    topic: &str,
+    size: u64,
+    error: Option<&dyn Display>,
+) {
+    match error {
+        None => tracing::info!(
+            target: "capsule::audit::ipc",
+            capsule,
+            principal = principal.as_str(),
+            op,
+            topic,
+            size,
+            "ipc"
+        ),
+        Some(e) => tracing::info!(
+            target: "capsule::audit::ipc",
+            capsule,
+            principal = principal.as_str(),
+            op,
+            topic,
+            size,
+            error = %e,
+            "ipc"
+        ),
+    }
+}

@@ -1,0 +1,379 @@
+//! `astrid:ipc/host@1.0.0`: publish, publish-as, subscribe and subscriptions. Every guest
+//! mistake is an `IpcError` mapped to the WIT error code by one exhaustive match; a missing
+//! table entry is a broken host invariant and traps. Each call emits one audit event.
+
+use std::time::Duration;
+
+use capsule_bus::{
+    Attribution, Drain, JsonPayload, Message, Outgoing, PayloadError, PrincipalError, PrincipalId,
+    Rate, RateLimited, Receiver, Scope, Topic, TopicError, TopicPattern,
+};
+use capsule_security::Decision;
+use capsule_wit::astrid::io::poll::Pollable;
+use capsule_wit::astrid::ipc::host::{
+    ErrorCode, Host, HostSubscription, InterceptorBinding, IpcEnvelope, IpcMessage,
+    PrincipalAttribution, Subscription,
+};
+use wasmtime::component::Resource;
+
+use crate::host::audit;
+use crate::host::poll::{PollSource, PollableEntry};
+use crate::state::IpcView;
+
+/// Largest payload one publish may carry.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Most payload bytes one `poll` or `recv` returns (the first message always comes through).
+pub const MAX_DRAIN_BYTES: usize = 1024 * 1024;
+/// Most live subscriptions per capsule instance.
+pub const MAX_SUBSCRIPTIONS: usize = 128;
+/// Longest `recv` wait; longer requests are clamped.
+pub const MAX_RECV_TIMEOUT_MS: u64 = 60_000;
+
+/// Why an IPC call failed. Each variant is a fact about the guest's request.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    /// The topic breaks the grammar.
+    #[error("invalid topic: {0}")]
+    Topic(TopicError),
+    /// The pattern breaks the grammar.
+    #[error("invalid topic pattern: {0}")]
+    Pattern(TopicError),
+    /// The pattern has more than one `*`, or a `*` that is not the last segment.
+    #[error("subscription patterns allow one `*`, only as the last segment: `{0}`")]
+    PatternShape(String),
+    /// The payload is larger than [`MAX_PAYLOAD_BYTES`].
+    #[error("payload is {0} bytes; the limit is {MAX_PAYLOAD_BYTES}")]
+    PayloadTooLarge(usize),
+    /// The payload is not one JSON value.
+    #[error(transparent)]
+    Payload(PayloadError),
+    /// `publish-as` named an invalid principal.
+    #[error("invalid principal: {0}")]
+    Principal(PrincipalError),
+    /// The manifest does not grant this.
+    #[error("capability denied: {0}")]
+    Denied(String),
+    /// The principal in scope may not act (malformed profile, or disabled).
+    #[error("principal refused: {0}")]
+    PrincipalRefused(String),
+    /// The principal's byte budget is spent.
+    #[error(transparent)]
+    RateLimited(RateLimited),
+    /// The fan-out cap kept the message from some subscribers.
+    #[error("fan-out cap reached: {cut} subscriptions did not get the message")]
+    Backpressure {
+        /// Subscriptions that missed it.
+        cut: usize,
+    },
+    /// The instance holds [`MAX_SUBSCRIPTIONS`] subscriptions already.
+    #[error("at most {MAX_SUBSCRIPTIONS} live subscriptions per capsule instance")]
+    SubscriptionQuota,
+    /// The capsule is being unloaded.
+    #[error("the capsule is unloading")]
+    Closed,
+}
+
+impl IpcError {
+    /// The WIT error code the guest sees.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Topic(_)
+            | Self::Pattern(_)
+            | Self::PatternShape(_)
+            | Self::PayloadTooLarge(_)
+            | Self::Payload(_)
+            | Self::Principal(_) => ErrorCode::InvalidInput,
+            Self::Denied(_) | Self::PrincipalRefused(_) => ErrorCode::CapabilityDenied,
+            Self::RateLimited(_) => ErrorCode::RateLimited,
+            Self::Backpressure { .. } => ErrorCode::Backpressure,
+            Self::SubscriptionQuota => ErrorCode::Quota,
+            Self::Closed => ErrorCode::Closed,
+        }
+    }
+}
+
+/// A subscription as kept in the resource table.
+#[derive(Debug)]
+pub(crate) struct SubscriptionEntry {
+    receiver: Receiver,
+}
+
+fn entry_handle(r: &Resource<Subscription>) -> Resource<SubscriptionEntry> {
+    Resource::new_borrow(r.rep())
+}
+
+fn wit_attribution(a: Attribution) -> PrincipalAttribution {
+    match a {
+        Attribution::Verified(p) => PrincipalAttribution::Verified(p.to_string()),
+        Attribution::Claimed(p) => PrincipalAttribution::Claimed(p.to_string()),
+        Attribution::System => PrincipalAttribution::System,
+    }
+}
+
+fn wit_message(m: &Message) -> IpcMessage {
+    IpcMessage {
+        topic: m.topic.as_str().to_string(),
+        payload: m.payload.as_str().to_string(),
+        source_id: m.source.to_string(),
+        principal: wit_attribution(m.attribution()),
+    }
+}
+
+impl IpcView<'_> {
+    fn audit(&self, op: &'static str, topic: &str, size: u64, error: Option<&IpcError>) {
+        let principal = self.scoped().principal();
+        audit::ipc(
+            &self.identity.name,
+            principal,
+            op,
+            topic,
+            size,
+            error.map(|e| e as &dyn std::fmt::Display),
+        );
+    }
+
+    /// The shared publish path: validation and ACL first, so a refused publish costs nothing,
+    /// then the byte budget, then delivery.
+    fn publish_checked(
+        &mut self,
+        topic: &str,
+        payload: String,
+        attribution: Attribution,
+        charged: &PrincipalId,
+    ) -> Result<(), IpcError> {
+        let topic = Topic::parse(topic).map_err(IpcError::Topic)?;
+        if let Decision::Denied(reason) = self.bus.shared.policy.may_publish(&topic) {
+            return Err(IpcError::Denied(reason));
+        }
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(IpcError::PayloadTooLarge(payload.len()));
+        }
+        let payload = JsonPayload::parse(payload).map_err(IpcError::Payload)?;
+        let profile = match self.scoped().profile() {
+            Ok(p) => p.clone(),
+            Err(reason) => return Err(IpcError::PrincipalRefused(reason.to_string())),
+        };
+        let rate = Rate::per_second(profile.quotas.max_ipc_throughput_bytes);
+        self.bus
+            .shared
+            .limiter
+            .check(self.identity.session, charged, payload.len() as u64, rate)
+            .map_err(IpcError::RateLimited)?;
+        let report = self.bus.shared.bus.publish(Outgoing {
+            topic,
+            payload,
+            source: self.identity.session,
+            attribution,
+        });
+        if report.is_cut() {
+            return Err(IpcError::Backpressure { cut: report.cut });
+        }
+        Ok(())
+    }
+
+    fn subscribe_checked(&mut self, pattern: &str) -> Result<Receiver, IpcError> {
+        let pattern = TopicPattern::parse(pattern).map_err(IpcError::Pattern)?;
+        let stars = pattern.wildcard_count();
+        if stars > 1 || (stars == 1 && !pattern.has_trailing_wildcard()) {
+            return Err(IpcError::PatternShape(pattern.to_string()));
+        }
+        if let Decision::Denied(reason) = self.bus.shared.policy.may_subscribe(&pattern) {
+            return Err(IpcError::Denied(reason));
+        }
+        if self.bus.subscriptions >= MAX_SUBSCRIPTIONS {
+            return Err(IpcError::SubscriptionQuota);
+        }
+        // An audit-covering subscription sees only its owner's entries unless the owner's
+        // profile grants the firehose. The scope is the load-time owner: the route outlives
+        // any one call.
+        let scope = if pattern.covers_audit_topic() && !self.bus.shared.audit_firehose {
+            tracing::info!(
+                target: "capsule::audit::ipc",
+                capsule = %self.identity.name,
+                owner = %self.identity.owner,
+                pattern = %pattern,
+                "audit-covering subscription scoped to its owner"
+            );
+            Scope::Principal(self.identity.owner.clone())
+        } else {
+            Scope::All
+        };
+        Ok(self.bus.shared.bus.subscribe(pattern, scope))
+    }
+
+    /// Turns a drain into an envelope and installs the scope of its first message.
+    fn deliver(&mut self, drain: Drain) -> IpcEnvelope {
+        if let Some(first) = drain.messages.first() {
+            self.scopes.install_for_message(self.scope, first);
+        }
+        IpcEnvelope {
+            messages: drain.messages.iter().map(|m| wit_message(m)).collect(),
+            dropped: drain.dropped,
+            lagged: drain.lagged,
+        }
+    }
+}
+
+impl Host for IpcView<'_> {
+    fn publish(
+        &mut self,
+        topic: String,
+        payload: String,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let principal = self.scoped().principal().clone();
+        let size = payload.len() as u64;
+        let result = self.publish_checked(
+            &topic,
+            payload,
+            Attribution::Verified(principal.clone()),
+            &principal,
+        );
+        self.audit("publish", &topic, size, result.as_ref().err());
+        Ok(result.map_err(|e| e.code()))
+    }
+
+    fn publish_as(
+        &mut self,
+        topic: String,
+        payload: String,
+        principal: String,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let size = payload.len() as u64;
+        let result = (|| {
+            if let Decision::Denied(reason) = self.bus.shared.policy.may_act_as_uplink() {
+                return Err(IpcError::Denied(reason));
+            }
+            let claimed = PrincipalId::parse(&principal).map_err(IpcError::Principal)?;
+            self.publish_checked(
+                &topic,
+                payload,
+                Attribution::Claimed(claimed.clone()),
+                &claimed,
+            )
+        })();
+        self.audit("publish-as", &topic, size, result.as_ref().err());
+        Ok(result.map_err(|e| e.code()))
+    }
+
+    fn subscribe(
+        &mut self,
+        topic_pattern: String,
+    ) -> wasmtime::Result<Result<Resource<Subscription>, ErrorCode>> {
+        let result = self.subscribe_checked(&topic_pattern);
+        let result = match result {
+            Ok(receiver) => {
+                let entry = self.table.push(SubscriptionEntry { receiver })?;
+                self.bus.subscriptions += 1;
+                Ok(Resource::new_own(entry.rep()))
+            }
+            Err(e) => Err(e),
+        };
+        self.audit(
+            "subscribe",
+            &topic_pattern,
+            self.bus.subscriptions as u64,
+            result.as_ref().err(),
+        );
+        Ok(result.map_err(|e| e.code()))
+    }
+
+    fn get_interceptor_bindings(
+        &mut self,
+    ) -> wasmtime::Result<Result<Vec<InterceptorBinding>, ErrorCode>> {
+        let bindings: Vec<InterceptorBinding> = self
+            .bus
+            .shared
+            .bindings
+            .iter()
+            .map(|b| InterceptorBinding {
+                handle_id: b.id,
+                action: b.action.clone(),
+                topic: b.topic.clone(),
+            })
+            .collect();
+        self.audit("get-interceptor-bindings", "", bindings.len() as u64, None);
+        Ok(Ok(bindings))
+    }
+}
+
+impl HostSubscription for IpcView<'_> {
+    fn poll(
+        &mut self,
+        self_: Resource<Subscription>,
+    ) -> wasmtime::Result<Result<IpcEnvelope, ErrorCode>> {
+        let entry = self.table.get_mut(&entry_handle(&self_))?;
+        let pattern = entry.receiver.pattern().to_string();
+        if self.limits.shared.cancel.is_cancelled() {
+            self.audit("subscription.poll", &pattern, 0, Some(&IpcError::Closed));
+            return Ok(Err(ErrorCode::Closed));
+        }
+        let drain = entry.receiver.try_drain(MAX_DRAIN_BYTES);
+        let envelope = self.deliver(drain);
+        self.audit(
+            "subscription.poll",
+            &pattern,
+            envelope.messages.len() as u64,
+            None,
+        );
+        Ok(Ok(envelope))
+    }
+
+    async fn recv(
+        &mut self,
+        self_: Resource<Subscription>,
+        timeout_ms: u64,
+    ) -> wasmtime::Result<Result<IpcEnvelope, ErrorCode>> {
+        // Waiting in recv is what distinguishes an event loop from a spinner.
+        self.limits.cpu.note_wait();
+        let cancel = self.limits.shared.cancel.clone();
+        let io = self.limits.shared.io.clone();
+        let timeout = Duration::from_millis(timeout_ms.min(MAX_RECV_TIMEOUT_MS));
+        let entry = self.table.get_mut(&entry_handle(&self_))?;
+        let pattern = entry.receiver.pattern().to_string();
+        let drain = tokio::select! {
+            biased;
+            () = cancel.cancelled() => None,
+            drain = async {
+                let _permit = io.acquire().await.ok()?;
+                Some(entry.receiver.recv(timeout, MAX_DRAIN_BYTES).await)
+            } => drain,
+        };
+        let Some(drain) = drain else {
+            self.audit("subscription.recv", &pattern, 0, Some(&IpcError::Closed));
+            return Ok(Err(ErrorCode::Closed));
+        };
+        let envelope = self.deliver(drain);
+        self.audit(
+            "subscription.recv",
+            &pattern,
+            envelope.messages.len() as u64,
+            None,
+        );
+        Ok(Ok(envelope))
+    }
+
+    fn subscribe_readiness(
+        &mut self,
+        self_: Resource<Subscription>,
+    ) -> wasmtime::Result<Resource<Pollable>> {
+        let readiness = self.table.get(&entry_handle(&self_))?.receiver.readiness();
+        let pollable = self
+            .table
+            .push(PollableEntry::new(PollSource::Subscription(readiness)))?;
+        Ok(Resource::new_own(pollable.rep()))
+    }
+
+    fn drop(&mut self, rep: Resource<Subscription>) -> wasmtime::Result<()> {
+        let entry = self
+            .table
+            .delete(Resource::<SubscriptionEntry>::new_own(rep.rep()))?;
+        self.bus.subscriptions = self.bus.subscriptions.saturating_sub(1);
+        self.audit(
+            "subscription.drop",
+            entry.receiver.pattern().as_str(),
+            0,
+            None,
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,32 @@
+//! Host functions, one module per WIT interface, and the linker that serves them. Each
+//! interface is added by its own `add_to_linker` with its own narrow view of the Store.
+
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use crate::state::{HostState, IpcHost, PollHost, SysHost};
+
+pub(crate) mod audit;
+pub(crate) mod ipc;
+pub(crate) mod poll;
+pub(crate) mod sys;
+pub(crate) mod wasi;
+
+/// The linker every capsule of a runtime is instantiated with.
+pub(crate) fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    capsule_wit::astrid::io::poll::add_to_linker::<HostState, PollHost>(
+        &mut linker,
+        HostState::poll_view,
+    )?;
+    capsule_wit::astrid::ipc::host::add_to_linker::<HostState, IpcHost>(
+        &mut linker,
+        HostState::ipc_view,
+    )?;
+    capsule_wit::astrid::sys::host::add_to_linker::<HostState, SysHost>(
+        &mut linker,
+        HostState::sys_view,
+    )?;
+    Ok(linker)
+}

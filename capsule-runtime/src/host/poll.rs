@@ -1,0 +1,130 @@
+//! `astrid:io/poll@1.0.0`: real pollables. A pollable observes a readiness source (today: a
+//! subscription's queue); `block` and `poll` wait on the source itself, not on a timer, and
+//! race the capsule's cancellation so unload always wins.
+
+use capsule_bus::Readiness;
+use capsule_wit::astrid::io::poll::{ErrorCode, Host, HostPollable, Pollable};
+use futures::future::{BoxFuture, FutureExt, select_all};
+use wasmtime::component::Resource;
+
+use crate::state::PollView;
+
+/// Most pollables one `poll` call may wait on.
+pub const MAX_POLL_LIST: usize = 1024;
+
+/// What a pollable observes.
+#[derive(Debug, Clone)]
+pub(crate) enum PollSource {
+    /// Ready when the subscription has a queued message (or was dropped).
+    Subscription(Readiness),
+}
+
+impl PollSource {
+    fn is_ready(&self) -> bool {
+        match self {
+            Self::Subscription(r) => r.is_ready(),
+        }
+    }
+
+    fn wait(self) -> BoxFuture<'static, ()> {
+        match self {
+            Self::Subscription(r) => async move { r.ready().await }.boxed(),
+        }
+    }
+}
+
+/// A pollable as kept in the resource table.
+#[derive(Debug)]
+pub(crate) struct PollableEntry {
+    source: PollSource,
+}
+
+impl PollableEntry {
+    pub(crate) fn new(source: PollSource) -> Self {
+        Self { source }
+    }
+}
+
+fn entry_handle(r: &Resource<Pollable>) -> Resource<PollableEntry> {
+    Resource::new_borrow(r.rep())
+}
+
+impl PollView<'_> {
+    /// Waits until any of `sources` is ready; `false` if the capsule was unloaded meanwhile.
+    async fn wait_any(&mut self, sources: Vec<PollSource>) -> bool {
+        self.limits.cpu.note_wait();
+        let cancel = self.limits.shared.cancel.clone();
+        let io = self.limits.shared.io.clone();
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => false,
+            done = async {
+                let Ok(_permit) = io.acquire().await else { return false };
+                let futures: Vec<_> = sources.into_iter().map(PollSource::wait).collect();
+                select_all(futures).await;
+                true
+            } => done,
+        }
+    }
+}
+
+impl HostPollable for PollView<'_> {
+    fn ready(&mut self, self_: Resource<Pollable>) -> wasmtime::Result<bool> {
+        Ok(self.table.get(&entry_handle(&self_))?.source.is_ready())
+    }
+
+    async fn block(
+        &mut self,
+        self_: Resource<Pollable>,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let source = self.table.get(&entry_handle(&self_))?.source.clone();
+        if source.is_ready() {
+            return Ok(Ok(()));
+        }
+        if self.wait_any(vec![source]).await {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(ErrorCode::Cancelled))
+        }
+    }
+
+    fn drop(&mut self, rep: Resource<Pollable>) -> wasmtime::Result<()> {
+        self.table
+            .delete(Resource::<PollableEntry>::new_own(rep.rep()))?;
+        Ok(())
+    }
+}
+
+impl Host for PollView<'_> {
+    async fn poll(
+        &mut self,
+        pollables: Vec<Resource<Pollable>>,
+    ) -> wasmtime::Result<Result<Vec<u32>, ErrorCode>> {
+        if pollables.is_empty() {
+            return Ok(Err(ErrorCode::InvalidInput));
+        }
+        if pollables.len() > MAX_POLL_LIST {
+            return Ok(Err(ErrorCode::TooLarge));
+        }
+        let sources = pollables
+            .iter()
+            .map(|p| Ok(self.table.get(&entry_handle(p))?.source.clone()))
+            .collect::<wasmtime::Result<Vec<PollSource>>>()?;
+        let ready = |sources: &[PollSource]| -> Vec<u32> {
+            sources
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.is_ready())
+                .filter_map(|(i, _)| u32::try_from(i).ok())
+                .collect()
+        };
+        let now = ready(&sources);
+        if !now.is_empty() {
+            return Ok(Ok(now));
+        }
+        if !self.wait_any(sources.clone()).await {
+            return Ok(Err(ErrorCode::Cancelled));
+        }
+        Ok(Ok(ready(&sources)))
+    }
+}

@@ -1,0 +1,236 @@
+//! `astrid:sys/host@1.0.0`: configuration, caller context, logging, readiness, clocks, sleep,
+//! randomness and capability introspection. Configuration is resolved for the principal in
+//! scope (its env overlay, then the manifest defaults); secret-typed keys never come from a
+//! plain map.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use capsule_bus::Attribution;
+use capsule_wit::astrid::sys::host::{
+    CallerContext, CapabilityCheckRequest, CapabilityCheckResponse, ErrorCode, Host, LogLevel,
+};
+
+use crate::logsink::{rfc3339_ms, unix_ms};
+use crate::state::SysView;
+
+/// Longest `sleep-ns`.
+pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// Most bytes one `random-bytes` call returns.
+pub const MAX_RANDOM_BYTES: u64 = 4096;
+/// Longest configuration key.
+pub const MAX_CONFIG_KEY: usize = 256;
+/// Configuration keys starting with this prefix belong to the host.
+pub const RESERVED_CONFIG_PREFIX: &str = "__";
+
+/// Why a sys call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SysError {
+    /// The key is in the host's reserved namespace.
+    #[error("configuration key `{0}` is reserved for the host")]
+    ReservedKey(String),
+    /// A length argument is over its limit.
+    #[error("{what} of {requested} exceeds the limit of {limit}")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// The requested amount.
+        requested: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The capsule is being unloaded.
+    #[error("cancelled: the capsule is unloading")]
+    Cancelled,
+    /// The host cannot look up other capsules any more.
+    #[error("the capsule registry is unavailable")]
+    RegistryUnavailable,
+    /// The session id is not a UUID.
+    #[error("`{0}` is not a capsule session UUID")]
+    BadSession(String),
+    /// The operating system's random source failed.
+    #[error("random source failed: {0}")]
+    Random(String),
+}
+
+impl SysError {
+    /// The WIT error code the guest sees.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::ReservedKey(_) => ErrorCode::ConfigKeyReserved,
+            Self::TooLarge { .. } => ErrorCode::TooLarge,
+            Self::Cancelled => ErrorCode::Cancelled,
+            Self::RegistryUnavailable => ErrorCode::RegistryUnavailable,
+            Self::BadSession(_) | Self::Random(_) => ErrorCode::Unknown(self.to_string()),
+        }
+    }
+}
+
+fn monotonic_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Trace => "TRACE",
+        LogLevel::Debug => "DEBUG",
+        LogLevel::Info => "INFO",
+        LogLevel::Warn => "WARN",
+        LogLevel::Error => "ERROR",
+    }
+}
+
+impl SysView<'_> {
+    fn config(&self, key: &str) -> Result<Option<String>, SysError> {
+        if key.len() > MAX_CONFIG_KEY {
+            return Err(SysError::TooLarge {
+                what: "configuration key length",
+                requested: key.len() as u64,
+                limit: MAX_CONFIG_KEY as u64,
+            });
+        }
+        if key.starts_with(RESERVED_CONFIG_PREFIX) {
+            return Err(SysError::ReservedKey(key.to_string()));
+        }
+        let shared = &self.sys.shared;
+        if shared.secret_keys.contains(key) {
+            // Secrets are resolved live from the secret store, which this host does not have
+            // yet; they are never read from a plain map.
+            return Ok(None);
+        }
+        let overlay = match self.scoped().env_overlay() {
+            Some(env) => env,
+            None => &shared.owner_env,
+        };
+        Ok(overlay
+            .get(key)
+            .or_else(|| shared.defaults.get(key))
+            .cloned())
+    }
+
+    fn check(&self, request: &CapabilityCheckRequest) -> Result<bool, SysError> {
+        let session = uuid::Uuid::parse_str(&request.source_uuid)
+            .map_err(|_| SysError::BadSession(request.source_uuid.clone()))?;
+        let registry = self
+            .sys
+            .shared
+            .registry
+            .upgrade()
+            .ok_or(SysError::RegistryUnavailable)?;
+        Ok(registry
+            .holds(&session, &request.capability)
+            .unwrap_or(false))
+    }
+}
+
+impl Host for SysView<'_> {
+    fn get_config(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, ErrorCode>> {
+        Ok(self.config(&key).map_err(|e| e.code()))
+    }
+
+    fn get_caller(&mut self) -> wasmtime::Result<Result<CallerContext, ErrorCode>> {
+        let caller = match self.scope {
+            Some(s) => s.caller.clone(),
+            None => self.scopes.own_caller(),
+        };
+        let principal = match &caller.attribution {
+            Attribution::Verified(p) | Attribution::Claimed(p) => Some(p.to_string()),
+            Attribution::System => None,
+        };
+        Ok(Ok(CallerContext {
+            principal,
+            source_id: caller.source.to_string(),
+            timestamp: rfc3339_ms(caller.timestamp_ms),
+        }))
+    }
+
+    async fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        let name = level_name(level);
+        // Writing a file is blocking work: bounded by the blocking semaphore, and abandoned
+        // when the capsule unloads.
+        let cancel = self.limits.shared.cancel.clone();
+        let blocking = self.limits.shared.blocking.clone();
+        let _permit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Ok(()),
+            permit = blocking.acquire() => permit.ok(),
+        };
+        let scoped = self.scoped();
+        match scoped.log(self.sys.shared.owner_log.as_ref()) {
+            Some(sink) => sink.write(name, &message),
+            None => tracing::warn!(
+                capsule = %self.identity.name,
+                principal = %scoped.principal(),
+                "capsule log unavailable; record dropped"
+            ),
+        }
+        Ok(())
+    }
+
+    fn signal_ready(&mut self) -> wasmtime::Result<()> {
+        self.sys.shared.ready.send_replace(true);
+        tracing::debug!(capsule = %self.identity.name, "capsule signalled ready");
+        Ok(())
+    }
+
+    fn clock_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(unix_ms())
+    }
+
+    fn clock_monotonic_ns(&mut self) -> wasmtime::Result<u64> {
+        Ok(u64::try_from(monotonic_origin().elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    async fn sleep_ns(&mut self, duration_ns: u64) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let duration = Duration::from_nanos(duration_ns);
+        if duration > MAX_SLEEP {
+            let e = SysError::TooLarge {
+                what: "sleep in nanoseconds",
+                requested: duration_ns,
+                limit: u64::try_from(MAX_SLEEP.as_nanos()).unwrap_or(u64::MAX),
+            };
+            return Ok(Err(e.code()));
+        }
+        // A real pause counts as waiting; a zero-length sleep in a loop does not.
+        if duration >= Duration::from_millis(1) {
+            self.limits.cpu.note_wait();
+        }
+        let cancel = self.limits.shared.cancel.clone();
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Ok(Err(SysError::Cancelled.code())),
+            () = tokio::time::sleep(duration) => Ok(Ok(())),
+        }
+    }
+
+    fn random_bytes(&mut self, length: u64) -> wasmtime::Result<Result<Vec<u8>, ErrorCode>> {
+        if length > MAX_RANDOM_BYTES {
+            let e = SysError::TooLarge {
+                what: "random byte count",
+                requested: length,
+                limit: MAX_RANDOM_BYTES,
+            };
+            return Ok(Err(e.code()));
+        }
+        let mut buf = vec![0u8; usize::try_from(length).unwrap_or(0)];
+        match getrandom::fill(&mut buf) {
+            Ok(()) => Ok(Ok(buf)),
+            Err(e) => Ok(Err(SysError::Random(e.to_string()).code())),
+        }
+    }
+
+    fn check_capsule_capability(
+        &mut self,
+        request: CapabilityCheckRequest,
+    ) -> wasmtime::Result<Result<CapabilityCheckResponse, ErrorCode>> {
+        Ok(self
+            .check(&request)
+            .map(|allowed| CapabilityCheckResponse { allowed })
+            .map_err(|e| e.code()))
+    }
+
+    fn enumerate_capabilities(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.sys.shared.capabilities.clone())
+    }
+}

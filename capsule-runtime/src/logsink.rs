@@ -1,0 +1,125 @@
+//! Capsule log files: one per (principal, capsule), opened through `capsule-vfs` (no symlink
+//! following, mode 0600), written one timestamped line per record. Guest-supplied text is
+//! bounded and has its control characters escaped, so a capsule cannot forge extra lines.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use capsule_bus::PrincipalId;
+use capsule_vfs::StateLayout;
+use parking_lot::Mutex;
+
+/// Longest message kept per log record, in bytes; longer ones are truncated and marked.
+pub(crate) const MAX_LOG_MESSAGE: usize = 16 * 1024;
+
+/// An open capsule log file; clones append to the same file.
+#[derive(Clone, Debug)]
+pub(crate) struct LogSink {
+    file: Arc<Mutex<std::fs::File>>,
+}
+
+impl LogSink {
+    /// Opens the log of `capsule` for `principal`.
+    pub(crate) fn open(
+        layout: &StateLayout,
+        principal: &PrincipalId,
+        capsule: &str,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            file: Arc::new(Mutex::new(layout.open_capsule_log(principal, capsule)?)),
+        })
+    }
+
+    /// Appends one record.
+    pub(crate) fn write(&self, level: &str, message: &str) {
+        let line = format!("{} {level} {}\n", rfc3339_now(), sanitize(message));
+        if let Err(e) = self.file.lock().write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, "could not write a capsule log record");
+        }
+    }
+
+    /// Appends raw guest output (stdout/stderr), escaped like messages.
+    pub(crate) fn write_output(&self, stream: &str, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        for line in text.split_inclusive('\n') {
+            let line = line.strip_suffix('\n').unwrap_or(line);
+            if !line.is_empty() {
+                self.write(stream, line);
+            }
+        }
+    }
+}
+
+/// Bounds `message` and escapes control characters (newlines included).
+pub(crate) fn sanitize(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_LOG_MESSAGE) + 16);
+    for c in message.chars() {
+        if out.len() >= MAX_LOG_MESSAGE {
+            out.push_str("…[truncated]");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn rfc3339_now() -> String {
+    rfc3339_ms(unix_ms())
+}
+
+/// Formats milliseconds since the Unix epoch as RFC 3339 UTC with millisecond precision.
+pub(crate) fn rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339_ms(1_795_435_200_000), "2026-11-23T12:00:00.000Z");
+    }
+
+    #[test]
+    fn sanitize_escapes_and_bounds() {
+        assert_eq!(sanitize("a\nb\tc"), "a\\nb\\tc");
+        let long = "x".repeat(MAX_LOG_MESSAGE * 2);
+        let s = sanitize(&long);
+        assert!(s.len() < MAX_LOG_MESSAGE + 32);
+        assert!(s.ends_with("[truncated]"));
+    }
+}

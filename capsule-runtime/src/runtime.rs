@@ -1,0 +1,527 @@
+//! The `Runtime`: one engine, linker, bus and compile cache shared by every capsule it loads.
+//! Loading is all-or-nothing: a capsule that cannot be served completely (bad manifest,
+//! missing imports, wrong exports, refused owner) fails with an error naming the problem and
+//! leaves nothing behind.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use capsule_bus::{Bus, PrincipalId, RateLimiter};
+use capsule_security::{CapsulePolicy, EnvKind, Manifest, ManifestError};
+use capsule_vfs::StateLayout;
+use parking_lot::Mutex;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use crate::cache::{ArtifactCache, create_private_dir};
+use crate::capsule::{Capsule, CapsuleInner, LoadReport, StoreParts};
+use crate::config::{ConfigError, RuntimeConfig};
+use crate::engine::{EpochTicker, build_engine};
+use crate::host::build_linker;
+use crate::inspect;
+use crate::limits::{MemoryLedger, MemoryStats};
+use crate::logsink::LogSink;
+use crate::registry::Registry;
+use crate::scope::{ProfileCache, ScopeFactory, load_env_overlay};
+use crate::state::{Binding, BusShared, CapsuleIdentity, HostState, LimitsShared, SysShared};
+
+/// The astrid capsule ABI release this host implements; `[package] astrid-version`
+/// requirements are checked against it.
+pub const HOST_ABI_VERSION: semver::Version = semver::Version::new(0, 8, 0);
+
+/// Largest component file accepted.
+pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Why a capsule could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The manifest is malformed.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The component file could not be read.
+    #[error("{}: cannot read component: {source}", file.display())]
+    Wasm {
+        /// The file.
+        file: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The component file is larger than [`MAX_COMPONENT_BYTES`].
+    #[error("{}: component is {size} bytes; the limit is {MAX_COMPONENT_BYTES}", file.display())]
+    TooLarge {
+        /// The file.
+        file: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The component file does not have the digest the manifest declares.
+    #[error("{}: component does not match the manifest's hash", file.display())]
+    HashMismatch {
+        /// The file.
+        file: PathBuf,
+    },
+    /// The capsule requires a different host ABI.
+    #[error(
+        "capsule `{capsule}` requires astrid-version {required}; this host implements {HOST_ABI_VERSION}"
+    )]
+    HostVersion {
+        /// The capsule.
+        capsule: String,
+        /// Its requirement.
+        required: semver::VersionReq,
+    },
+    /// The bytes are not a valid component.
+    #[error("capsule `{capsule}`: not a valid component: {reason}")]
+    Compile {
+        /// The capsule.
+        capsule: String,
+        /// The compiler's message.
+        reason: String,
+    },
+    /// The component imports interfaces this host does not provide.
+    #[error("capsule `{capsule}` imports what this host does not provide: {}", imports.join(", "))]
+    MissingImports {
+        /// The capsule.
+        capsule: String,
+        /// Every missing import, by name.
+        imports: Vec<String>,
+    },
+    /// An entry point has the wrong type.
+    #[error("capsule `{capsule}`: export `{export}` must be `{expected}`")]
+    BadExport {
+        /// The capsule.
+        capsule: String,
+        /// The export.
+        export: &'static str,
+        /// Its required type.
+        expected: &'static str,
+    },
+    /// The linker rejected the component.
+    #[error("capsule `{capsule}` cannot be linked: {reason}")]
+    Link {
+        /// The capsule.
+        capsule: String,
+        /// The linker's message.
+        reason: String,
+    },
+    /// The owner principal may not act.
+    #[error("capsule `{capsule}`: owner `{owner}` refused: {reason}")]
+    OwnerRefused {
+        /// The capsule.
+        capsule: String,
+        /// The owner.
+        owner: PrincipalId,
+        /// Why.
+        reason: String,
+    },
+    /// A capsule of that name is already loaded.
+    #[error("a capsule named `{0}` is already loaded")]
+    AlreadyLoaded(String),
+    /// The host failed, not the capsule.
+    #[error("host failure while loading `{capsule}`: {reason}")]
+    Host {
+        /// The capsule.
+        capsule: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// What [`Runtime::inspect`] found out about a capsule.
+#[derive(Debug)]
+pub struct Inspection {
+    /// The parsed manifest.
+    pub manifest: Manifest,
+    /// Whether the compiled component came from the cache.
+    pub cache: crate::CacheOutcome,
+    /// The entry points it really exports.
+    pub exports: crate::Exports,
+    /// Every import of the component, by name (all of them served).
+    pub imports: Vec<String>,
+}
+
+struct Prepared {
+    manifest: Manifest,
+    cache: crate::CacheOutcome,
+    exports: crate::Exports,
+    pre: wasmtime::component::InstancePre<HostState>,
+}
+
+struct RuntimeInner {
+    config: RuntimeConfig,
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: ArtifactCache,
+    bus: Bus,
+    limiter: Arc<RateLimiter>,
+    registry: Arc<Registry>,
+    profiles: Arc<ProfileCache>,
+    layout: StateLayout,
+    ledger: Arc<MemoryLedger>,
+    io: Arc<Semaphore>,
+    blocking: Arc<Semaphore>,
+    capsules: Mutex<HashMap<String, Capsule>>,
+    _ticker: Option<EpochTicker>,
+}
+
+/// The capsule host. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("state_dir", &self.inner.config.state_dir)
+            .field("capsules", &self.inner.capsules.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Starts a runtime: validates the configuration, prepares the state directory, builds
+    /// the engine and linker, and starts the epoch ticker.
+    pub fn new(config: RuntimeConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        create_private_dir(&config.state_dir).map_err(|source| ConfigError::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+        let engine = build_engine(&config)?;
+        let linker = build_linker(&engine).map_err(|e| ConfigError::Engine(format!("{e:#}")))?;
+        let cache = ArtifactCache::new(config.cache_dir(), &engine);
+        let bus = Bus::with_config(config.bus).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let ticker = EpochTicker::start(&engine, config.epoch_mode, config.epoch_window)?;
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                cache,
+                bus,
+                limiter: Arc::new(RateLimiter::default()),
+                registry: Arc::new(Registry::default()),
+                profiles: Arc::new(ProfileCache::new(config.state_dir.clone())),
+                layout: StateLayout::new(config.state_dir.clone()),
+                ledger: Arc::new(MemoryLedger::default()),
+                io: Arc::new(Semaphore::new(config.io_concurrency)),
+                blocking: Arc::new(Semaphore::new(config.blocking_concurrency)),
+                capsules: Mutex::new(HashMap::new()),
+                _ticker: ticker,
+                config,
+            }),
+        })
+    }
+
+    /// The bus capsules talk over; the host and embedders may publish and subscribe on it too.
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Advances the engine's epoch by one window (the only way it advances in
+    /// [`EpochMode::Manual`](crate::EpochMode::Manual)).
+    pub fn advance_epoch(&self) {
+        self.inner.engine.increment_epoch();
+    }
+
+    /// Per-principal memory statistics across every Store of this runtime.
+    pub fn memory_stats(&self) -> HashMap<PrincipalId, MemoryStats> {
+        self.inner.ledger.snapshot()
+    }
+
+    /// The loaded capsule called `name`.
+    pub fn capsule(&self, name: &str) -> Option<Capsule> {
+        self.inner
+            .capsules
+            .lock()
+            .get(name)
+            .filter(|c| !c.is_unloaded())
+            .cloned()
+    }
+
+    /// Loads the capsule in `dir` (or the manifest file `dir` names) for the configured owner.
+    pub async fn load(&self, dir: impl AsRef<Path>) -> Result<Capsule, LoadError> {
+        let owner = self.inner.config.owner.clone();
+        self.load_as(dir, owner).await
+    }
+
+    /// Checks everything about the capsule in `dir` that loading checks (manifest, component,
+    /// imports, exports, linking) without starting it, and reports what it found.
+    pub async fn inspect(&self, dir: impl AsRef<Path>) -> Result<Inspection, LoadError> {
+        let prepared = self.prepare(dir.as_ref()).await?;
+        let imports = prepared
+            .pre
+            .component()
+            .component_type()
+            .imports(&self.inner.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        Ok(Inspection {
+            manifest: prepared.manifest,
+            cache: prepared.cache,
+            exports: prepared.exports,
+            imports,
+        })
+    }
+
+    /// Reads, verifies, compiles and links a capsule: everything that can fail before it runs.
+    async fn prepare(&self, dir: &Path) -> Result<Prepared, LoadError> {
+        let manifest = Manifest::load(dir)?;
+        let name = manifest.package.name.as_str().to_string();
+        if let Some(required) = &manifest.package.host_version
+            && !required.matches(&HOST_ABI_VERSION)
+        {
+            return Err(LoadError::HostVersion {
+                capsule: name,
+                required: required.clone(),
+            });
+        }
+        let wasm = read_component(&manifest)?;
+        let engine = self.inner.engine.clone();
+        let cache = self.inner.cache.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let outcome = cache.load_or_compile(&engine, &wasm);
+            (outcome, wasm)
+        })
+        .await
+        .map_err(|e| LoadError::Host {
+            capsule: name.clone(),
+            reason: format!("compile task failed: {e}"),
+        })?;
+        let (outcome, wasm) = compiled;
+        let (component, cache) = outcome.map_err(|e| LoadError::Compile {
+            capsule: name.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        let missing = inspect::missing_imports(
+            &component,
+            &self.inner.engine,
+            capsule_wit::SERVED_INTERFACES,
+        );
+        if !missing.is_empty() {
+            return Err(LoadError::MissingImports {
+                capsule: name,
+                imports: missing,
+            });
+        }
+        let exports = inspect::exports(&component, &self.inner.engine, &wasm).map_err(|bad| {
+            LoadError::BadExport {
+                capsule: name.clone(),
+                export: bad.name,
+                expected: bad.expected,
+            }
+        })?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link {
+                capsule: name.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        Ok(Prepared {
+            manifest,
+            cache,
+            exports,
+            pre,
+        })
+    }
+
+    /// Loads the capsule in `dir` for `owner`.
+    pub async fn load_as(
+        &self,
+        dir: impl AsRef<Path>,
+        owner: PrincipalId,
+    ) -> Result<Capsule, LoadError> {
+        let Prepared {
+            manifest,
+            cache: cache_outcome,
+            exports,
+            pre,
+        } = self.prepare(dir.as_ref()).await?;
+        let name = manifest.package.name.as_str().to_string();
+        if self.inner.registry.contains_name(&name) {
+            return Err(LoadError::AlreadyLoaded(name));
+        }
+        let owner_profile = self.inner.profiles.resolve(&owner);
+        let profile = owner_profile
+            .clone()
+            .map_err(|reason| LoadError::OwnerRefused {
+                capsule: name.clone(),
+                owner: owner.clone(),
+                reason: reason.to_string(),
+            })?;
+
+        let session = Uuid::new_v4();
+        let identity = Arc::new(CapsuleIdentity {
+            name: name.clone(),
+            session,
+            owner: owner.clone(),
+        });
+        let owner_log = match LogSink::open(&self.inner.layout, &owner, &name) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(capsule = %name, %owner, error = %e, "cannot open the capsule log");
+                None
+            }
+        };
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let parts = StoreParts {
+            owner_profile,
+            scopes: Arc::new(ScopeFactory {
+                owner: owner.clone(),
+                capsule: name.clone(),
+                session,
+                layout: self.inner.layout.clone(),
+                profiles: Arc::clone(&self.inner.profiles),
+            }),
+            bus: Arc::new(BusShared {
+                bus: self.inner.bus.clone(),
+                limiter: Arc::clone(&self.inner.limiter),
+                policy: Arc::new(CapsulePolicy::from_manifest(&manifest)),
+                bindings: bindings(&manifest),
+                audit_firehose: profile.audit_firehose(),
+            }),
+            sys: Arc::new(SysShared {
+                defaults: env_defaults(&manifest),
+                owner_env: load_env_overlay(&self.inner.layout, &owner, &name),
+                secret_keys: manifest
+                    .env
+                    .iter()
+                    .filter(|(_, e)| e.kind == EnvKind::Secret)
+                    .map(|(k, _)| k.clone())
+                    .collect::<HashSet<String>>(),
+                capabilities: manifest.capabilities.held_names(),
+                owner_log: owner_log.clone(),
+                ready: ready_tx,
+                registry: Arc::downgrade(&self.inner.registry),
+            }),
+            limits: Arc::new(LimitsShared {
+                io: Arc::clone(&self.inner.io),
+                blocking: Arc::clone(&self.inner.blocking),
+                cancel: CancellationToken::new(),
+                ledger: Arc::clone(&self.inner.ledger),
+            }),
+            owner_log,
+        };
+        if !self
+            .inner
+            .registry
+            .insert(session, &name, manifest.capabilities.clone())
+        {
+            return Err(LoadError::AlreadyLoaded(name));
+        }
+        let report = LoadReport {
+            cache: cache_outcome,
+            exports,
+        };
+        tracing::info!(
+            capsule = %name,
+            %owner,
+            %session,
+            cache = ?report.cache,
+            exports = ?report.exports,
+            "capsule loaded"
+        );
+        let inner = Arc::new(CapsuleInner::new(
+            identity,
+            manifest,
+            report,
+            self.inner.engine.clone(),
+            pre,
+            parts,
+            &self.inner.config,
+            Arc::downgrade(&self.inner.registry),
+            ready_rx,
+            exit_rx,
+        ));
+        if exports.run {
+            let task = tokio::spawn(Arc::clone(&inner).run_loop(exit_tx));
+            *inner.run_task.lock() = Some(task);
+        }
+        let capsule = Capsule::from_inner(inner);
+        let mut capsules = self.inner.capsules.lock();
+        // Capsules unloaded through their own handle are forgotten here.
+        capsules.retain(|_, c| !c.is_unloaded());
+        capsules.insert(name, capsule.clone());
+        Ok(capsule)
+    }
+
+    /// Unloads the capsule called `name`; whether it was loaded.
+    pub async fn unload(&self, name: &str) -> bool {
+        let capsule = self.inner.capsules.lock().remove(name);
+        match capsule {
+            Some(c) => {
+                c.unload().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Unloads every capsule.
+    pub async fn shutdown(&self) {
+        let all: Vec<Capsule> = self.inner.capsules.lock().drain().map(|(_, c)| c).collect();
+        for c in all {
+            c.unload().await;
+        }
+    }
+}
+
+fn read_component(manifest: &Manifest) -> Result<Vec<u8>, LoadError> {
+    let file = manifest.component.file.clone();
+    let size = std::fs::metadata(&file)
+        .map_err(|source| LoadError::Wasm {
+            file: file.clone(),
+            source,
+        })?
+        .len();
+    if size > MAX_COMPONENT_BYTES {
+        return Err(LoadError::TooLarge { file, size });
+    }
+    let wasm = std::fs::read(&file).map_err(|source| LoadError::Wasm {
+        file: file.clone(),
+        source,
+    })?;
+    if let Some(hash) = &manifest.component.hash
+        && !hash.verify(&wasm)
+    {
+        return Err(LoadError::HashMismatch { file });
+    }
+    Ok(wasm)
+}
+
+fn bindings(manifest: &Manifest) -> Vec<Binding> {
+    manifest
+        .handlers()
+        .enumerate()
+        .map(|(i, (pattern, h))| Binding {
+            id: i as u64,
+            action: h.action.clone(),
+            topic: pattern.as_str().to_string(),
+        })
+        .collect()
+}
+
+fn env_defaults(manifest: &Manifest) -> HashMap<String, String> {
+    let defaults: BTreeMap<&String, &String> = manifest
+        .env
+        .iter()
+        .filter(|(_, e)| e.kind != EnvKind::Secret)
+        .filter_map(|(k, e)| e.default.as_ref().map(|d| (k, d)))
+        .collect();
+    defaults
+        .into_iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}

@@ -1,0 +1,227 @@
+//! The invocation scope: which principal a host call acts for, and therefore whose quotas,
+//! log file and env overlay it uses. A scope for the owner uses the load-time values; a scope
+//! for any other principal carries that principal's own resources, so no accessor can fall
+//! back to the owner's while someone else is in scope.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use capsule_bus::{Attribution, Message, PrincipalId};
+use capsule_security::PrincipalProfile;
+use capsule_vfs::StateLayout;
+use parking_lot::Mutex;
+use uuid::Uuid;
+
+use crate::logsink::{LogSink, unix_ms};
+
+/// Who caused the current call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The principal attribution of the message or call being handled.
+    pub attribution: Attribution,
+    /// The capsule instance that published it (or the caller's own session).
+    pub source: Uuid,
+    /// When it was published, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+/// A principal's profile as resolved for a scope: usable, or refused with the reason.
+pub(crate) type ProfileGrant = Result<Arc<PrincipalProfile>, Arc<str>>;
+
+/// Per-principal resources used when a principal other than the owner is in scope.
+#[derive(Clone, Debug)]
+pub(crate) struct Overlays {
+    /// The principal's log file for this capsule (`None` if it could not be opened; records
+    /// are then dropped with a host warning, never written to the owner's file).
+    pub(crate) log: Option<LogSink>,
+    /// The principal's env overlay for this capsule.
+    pub(crate) env: Arc<HashMap<String, String>>,
+}
+
+/// The per-call context: installed before a call on behalf of a principal and removed after it.
+#[derive(Clone, Debug)]
+pub struct InvocationScope {
+    pub(crate) principal: PrincipalId,
+    pub(crate) caller: Caller,
+    pub(crate) profile: ProfileGrant,
+    /// `Some` exactly when `principal` is not the capsule's owner.
+    pub(crate) overlays: Option<Overlays>,
+    /// Installed by the host around a dispatched call; `recv` must not replace it.
+    pub(crate) pinned: bool,
+}
+
+impl InvocationScope {
+    /// The principal the call acts for.
+    pub fn principal(&self) -> &PrincipalId {
+        &self.principal
+    }
+
+    /// Who caused the call.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+}
+
+/// Profiles by principal, re-read when the file changes.
+#[derive(Debug)]
+pub(crate) struct ProfileCache {
+    state_dir: PathBuf,
+    entries: Mutex<HashMap<PrincipalId, (Option<SystemTime>, ProfileGrant)>>,
+}
+
+impl ProfileCache {
+    pub(crate) fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The profile of `principal`; a malformed profile or a disabled principal is refused.
+    pub(crate) fn resolve(&self, principal: &PrincipalId) -> ProfileGrant {
+        let path = PrincipalProfile::path(&self.state_dir, principal);
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if let Some((seen, grant)) = self.entries.lock().get(principal)
+            && *seen == mtime
+        {
+            return grant.clone();
+        }
+        let grant: ProfileGrant = match PrincipalProfile::load(&self.state_dir, principal) {
+            Ok(p) if !p.enabled => Err(Arc::from(format!("principal `{principal}` is disabled"))),
+            Ok(p) => Ok(Arc::new(p)),
+            Err(e) => Err(Arc::from(e.to_string())),
+        };
+        if let Err(reason) = &grant {
+            tracing::warn!(%principal, %reason, "principal profile refused");
+        }
+        self.entries
+            .lock()
+            .insert(principal.clone(), (mtime, grant.clone()));
+        grant
+    }
+}
+
+/// Builds scopes for one capsule.
+#[derive(Debug)]
+pub(crate) struct ScopeFactory {
+    pub(crate) owner: PrincipalId,
+    pub(crate) capsule: String,
+    pub(crate) session: Uuid,
+    pub(crate) layout: StateLayout,
+    pub(crate) profiles: Arc<ProfileCache>,
+}
+
+impl ScopeFactory {
+    /// A scope for a call caused by `caller`.
+    pub(crate) fn build(&self, caller: Caller, pinned: bool) -> InvocationScope {
+        let principal = caller
+            .attribution
+            .principal()
+            .cloned()
+            .unwrap_or_else(|| self.owner.clone());
+        let profile = self.profiles.resolve(&principal);
+        let overlays = (principal != self.owner).then(|| self.overlays_for(&principal));
+        InvocationScope {
+            principal,
+            caller,
+            profile,
+            overlays,
+            pinned,
+        }
+    }
+
+    /// A scope for a message drained by the guest.
+    pub(crate) fn for_message(&self, msg: &Message) -> InvocationScope {
+        self.build(
+            Caller {
+                attribution: msg.attribution(),
+                source: msg.source,
+                timestamp_ms: msg.timestamp_ms,
+            },
+            false,
+        )
+    }
+
+    /// The caller reported when nothing is in scope: the capsule itself, for its owner.
+    pub(crate) fn own_caller(&self) -> Caller {
+        Caller {
+            attribution: Attribution::Verified(self.owner.clone()),
+            source: self.session,
+            timestamp_ms: unix_ms(),
+        }
+    }
+
+    fn overlays_for(&self, principal: &PrincipalId) -> Overlays {
+        let log = match LogSink::open(&self.layout, principal, &self.capsule) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(%principal, capsule = %self.capsule, error = %e, "cannot open the principal's capsule log");
+                None
+            }
+        };
+        Overlays {
+            log,
+            env: Arc::new(load_env_overlay(&self.layout, principal, &self.capsule)),
+        }
+    }
+
+    /// Installs the scope of a drained message, following the recv rules: never over a pinned
+    /// scope; only the caller is refreshed when the principal is unchanged.
+    pub(crate) fn install_for_message(&self, slot: &mut Option<InvocationScope>, msg: &Message) {
+        if let Some(current) = slot.as_mut() {
+            if current.pinned {
+                return;
+            }
+            let principal = msg.principal().unwrap_or(&self.owner);
+            if &current.principal == principal {
+                current.caller = Caller {
+                    attribution: msg.attribution(),
+                    source: msg.source,
+                    timestamp_ms: msg.timestamp_ms,
+                };
+                return;
+            }
+        }
+        *slot = Some(self.for_message(msg));
+    }
+}
+
+/// Reads `<home>/.config/env/<capsule>.env.json` (a JSON object of strings); absent or
+/// unreadable files give an empty overlay, with a warning for the latter.
+pub(crate) fn load_env_overlay(
+    layout: &StateLayout,
+    principal: &PrincipalId,
+    capsule: &str,
+) -> HashMap<String, String> {
+    let path = layout
+        .home(principal)
+        .join(".config")
+        .join("env")
+        .join(format!("{capsule}.env.json"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read env overlay");
+            return HashMap::new();
+        }
+    };
+    match serde_json::from_str::<HashMap<String, serde_json::Value>>(&text) {
+        Ok(map) => map
+            .into_iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, s)
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "env overlay is not a JSON object; ignored");
+            HashMap::new()
+        }
+    }
+}
