@@ -8,7 +8,7 @@ usage: cargo xtask <command>
 
 commands:
   ci                       fmt check, clippy (warnings denied), tests, docs (warnings denied)
-  bench <group> [--quick]  run a benchmark group (bus) in release; prints JSON lines
+  bench <group> [--quick]  run a benchmark group (bus, runtime) in release; prints JSON lines
 ";
 
 fn main() -> ExitCode {
@@ -130,7 +130,12 @@ fn bench(args: &[String]) -> Result<(), String> {
     for group in groups {
         let (package, bench) = match group {
             "bus" => ("capsule-bus", "bus"),
-            other => return Err(format!("unknown bench group `{other}` (known: bus)")),
+            "runtime" => ("capsule-tests", "runtime"),
+            other => {
+                return Err(format!(
+                    "unknown bench group `{other}` (known: bus, runtime)"
+                ));
+            }
         };
         let mut cmd = cargo();
         cmd.args([

@@ -1,0 +1,217 @@
+//! Runtime benchmarks with real components; prints one JSON object per line:
+//! `{"group":"runtime","name":N,"params":{...},"value":V,"unit":U}`.
+//!
+//! Run with `cargo xtask bench runtime [--quick]` (release build). Each figure is the median of
+//! timed samples; `--quick` spends about a second per figure.
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use capsule_bus::{Scope, TopicPattern};
+use capsule_runtime::{Capsule, Runtime, RuntimeConfig};
+
+fn fixture(file: &str) -> PathBuf {
+    Path::new(env!("CAPSULE_FIXTURES")).join(file)
+}
+
+fn emit(name: &str, params: &str, value: f64, unit: &str) {
+    println!(
+        "{{\"group\":\"runtime\",\"name\":\"{name}\",\"params\":{params},\"value\":{value:.2},\"unit\":\"{unit}\"}}"
+    );
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn capsule_dir(state: &Path, name: &str, wasm: &str, extra: &str) -> PathBuf {
+    let dir = state.join("capsules").join(name);
+    std::fs::create_dir_all(&dir).expect("capsule dir");
+    let manifest = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\n\n[[component]]\nid = \"{name}\"\nfile = {:?}\n\n{extra}\n",
+        fixture(wasm).display().to_string()
+    );
+    std::fs::write(dir.join("Capsule.toml"), manifest).expect("manifest");
+    dir
+}
+
+async fn call(c: &Capsule, action: &str, args: &str) {
+    let r = c
+        .invoke(action, args.as_bytes(), None)
+        .await
+        .expect("invoke");
+    let data = r.data.unwrap_or_default();
+    assert!(!data.contains("\"err\""), "{action}: {data}");
+}
+
+/// Repeats `f` (which reports the duration of `ops` operations) for the budget; median ns/op.
+async fn measure<F, Fut>(budget: Duration, ops: u64, mut f: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
+    let warm = Instant::now();
+    while warm.elapsed() < budget / 10 {
+        f().await;
+    }
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget || samples.len() < 5 {
+        samples.push(f().await.as_nanos() as f64 / ops as f64);
+    }
+    median(samples)
+}
+
+const ACL: &str = "[publish]\n\"bench.*\" = \"opaque\"\n\"ping.*\" = \"opaque\"\n[subscribe]\n\"bench.*\" = \"opaque\"\n\"ping.*\" = \"opaque\"\n";
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let budget = if quick {
+        Duration::from_millis(1000)
+    } else {
+        Duration::from_secs(3)
+    };
+    let state = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(state.path().join("profiles")).expect("profiles");
+    // Publishing benchmarks must not be cut short by the default 10 MiB/s budget.
+    std::fs::write(
+        state.path().join("profiles").join("default.toml"),
+        "[quotas]\nmax_ipc_throughput_bytes = 1099511627776\n",
+    )
+    .expect("profile");
+    let rt = Runtime::new(RuntimeConfig::new(state.path())).expect("runtime");
+
+    // Prime the cache, then measure loads that deserialize.
+    let dir = capsule_dir(state.path(), "prober", "prober.wasm", ACL);
+    rt.load(&dir).await.expect("load").unload().await;
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget || samples.len() < 5 {
+        let t = Instant::now();
+        let c = rt.load(&dir).await.expect("load");
+        samples.push(t.elapsed().as_nanos() as f64);
+        assert_eq!(c.report().cache, capsule_runtime::CacheOutcome::Hit);
+        c.unload().await;
+    }
+    emit(
+        "load_cached",
+        "{\"component\":\"prober\"}",
+        median(samples),
+        "ns",
+    );
+
+    let prober = rt.load(&dir).await.expect("load");
+    let ns = measure(budget, 1, || {
+        let p = prober.clone();
+        async move {
+            let t = Instant::now();
+            p.check_instantiate().await.expect("instantiate");
+            t.elapsed()
+        }
+    })
+    .await;
+    emit(
+        "instantiate",
+        "{\"component\":\"prober\",\"pooling\":true}",
+        ns,
+        "ns",
+    );
+
+    const CALLS: u64 = 100_000;
+    let noop = measure(budget, CALLS, || {
+        let p = prober.clone();
+        async move {
+            let t = Instant::now();
+            call(&p, "noop", &format!("{{\"count\":{CALLS}}}")).await;
+            t.elapsed()
+        }
+    })
+    .await;
+    emit(
+        "host_call_noop",
+        "{\"function\":\"sys.clock-monotonic-ns\"}",
+        noop,
+        "ns",
+    );
+
+    let mut sink = rt
+        .bus()
+        .subscribe(TopicPattern::parse("bench.*").expect("pattern"), Scope::All);
+    const PUBLISHES: u64 = 10_000;
+    let args = format!("{{\"topic\":\"bench.t\",\"payload\":\"{{}}\",\"count\":{PUBLISHES}}}");
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    let mut warmed = false;
+    while start.elapsed() < budget || samples.len() < 5 {
+        let t = Instant::now();
+        call(&prober, "publish-loop", &args).await;
+        let elapsed = t.elapsed();
+        sink.try_drain(usize::MAX);
+        if warmed {
+            samples.push(elapsed.as_nanos() as f64 / PUBLISHES as f64);
+        }
+        warmed = true;
+    }
+    let publish = median(samples);
+    drop(sink);
+    emit(
+        "host_call_publish",
+        "{\"payload_bytes\":2,\"subscribers\":1,\"noop_ns\":NOOP}"
+            .replace("NOOP", &format!("{noop:.2}"))
+            .as_str(),
+        publish,
+        "ns",
+    );
+
+    // Guest to guest: the prober publishes, pong's run loop receives in batches.
+    let pong_dir = capsule_dir(
+        state.path(),
+        "counter",
+        "pong.wasm",
+        &format!(
+            "{ACL}\n[env.in]\ntype = \"text\"\ndefault = \"ping.*\"\n[env.out]\ntype = \"text\"\ndefault = \"-\"\n[env.count]\ntype = \"text\"\ndefault = \"bench.count\"\n"
+        ),
+    );
+    let counter = rt.load(&pong_dir).await.expect("load pong");
+    assert!(counter.wait_ready(Duration::from_secs(30)).await);
+    let mut counts = rt.bus().subscribe(
+        TopicPattern::parse("bench.count").expect("pattern"),
+        Scope::All,
+    );
+    const MESSAGES: u64 = 10_000;
+    let mut expected = 0u64;
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget || samples.len() < 5 {
+        expected += MESSAGES;
+        let t = Instant::now();
+        call(
+            &prober,
+            "publish-loop",
+            &format!("{{\"topic\":\"ping.x\",\"payload\":\"{{}}\",\"count\":{MESSAGES}}}"),
+        )
+        .await;
+        'wait: loop {
+            let d = counts.recv(Duration::from_secs(30), usize::MAX).await;
+            assert!(!d.messages.is_empty(), "the counter stopped reporting");
+            for m in &d.messages {
+                let n: serde_json::Value = serde_json::from_str(m.payload.as_str()).expect("json");
+                if n["n"].as_u64() == Some(expected) {
+                    break 'wait;
+                }
+            }
+        }
+        samples.push(MESSAGES as f64 / t.elapsed().as_secs_f64());
+    }
+    emit(
+        "guest_to_guest",
+        "{\"payload_bytes\":2,\"batch\":10000}",
+        median(samples),
+        "msgs/s",
+    );
+    rt.shutdown().await;
+}

@@ -1,0 +1,140 @@
+//! Builds the guest capsules under `capsules/` for `wasm32-wasip2` (and the SDK capsule also
+//! for `wasm32-unknown-unknown`, wrapped into a component) and exposes their directory to the
+//! tests as `CAPSULE_FIXTURES`. A fixture that fails to build fails the build: tests never
+//! skip for want of one.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Fixture crates and the file name each is installed under.
+const FIXTURES: &[(&str, &str)] = &[
+    ("prober", "prober.wasm"),
+    ("pong", "pong.wasm"),
+    ("ping", "ping.wasm"),
+    ("spin", "spin.wasm"),
+    ("needs_http", "needs-http.wasm"),
+    ("stubs", "stubs.wasm"),
+    ("sdk_echo", "sdk-echo.wasm"),
+];
+
+fn main() {
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
+    let capsules = manifest_dir.join("capsules");
+    let wit = manifest_dir.join("..").join("capsule-wit").join("wit");
+    let out =
+        PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR is not set")))
+            .join("fixtures");
+    for path in [
+        capsules.join("Cargo.toml"),
+        capsules.join("Cargo.lock"),
+        capsules.join(".cargo"),
+        wit.clone(),
+    ] {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    for (krate, _) in FIXTURES {
+        println!(
+            "cargo:rerun-if-changed={}",
+            capsules.join(krate.replace('_', "-")).display()
+        );
+    }
+
+    let target_dir = capsules.join("target");
+    cargo_build(&capsules, &target_dir, "wasm32-wasip2", &[]);
+    cargo_build(
+        &capsules,
+        &target_dir,
+        "wasm32-unknown-unknown",
+        &["sdk-echo"],
+    );
+
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| fail(&format!("{}: {e}", out.display())));
+    let release = |target: &str| target_dir.join(target).join("release");
+    for (krate, name) in FIXTURES {
+        let from = release("wasm32-wasip2").join(format!("{krate}.wasm"));
+        copy_if_changed(&from, &out.join(name));
+    }
+    // The SDK's wasm32-unknown-unknown build is a core module carrying its component type;
+    // wrapping it gives a component that imports only astrid interfaces.
+    let module_path = release("wasm32-unknown-unknown").join("sdk_echo.wasm");
+    let module = std::fs::read(&module_path)
+        .unwrap_or_else(|e| fail(&format!("{}: {e}", module_path.display())));
+    let component = wit_component::ComponentEncoder::default()
+        .module(&module)
+        .and_then(|e| e.validate(true).encode())
+        .unwrap_or_else(|e| {
+            fail(&format!(
+                "wrapping {} into a component: {e:#}",
+                module_path.display()
+            ))
+        });
+    write_if_changed(&out.join("sdk-echo-uu.wasm"), &component);
+
+    println!("cargo:rustc-env=CAPSULE_FIXTURES={}", out.display());
+}
+
+fn fail(msg: &str) -> ! {
+    panic!("building test capsules: {msg}");
+}
+
+/// Runs cargo for the fixture workspace with a clean environment, so flags meant for the host
+/// build (clippy's wrapper, RUSTFLAGS, the outer target directory) never leak into it.
+fn cargo_build(dir: &Path, target_dir: &Path, target: &str, packages: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.env_clear();
+    for key in [
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+        "TMPDIR",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "CARGO_NET_OFFLINE",
+        "CARGO_REGISTRIES_CRATES_IO_PROTOCOL",
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "NO_PROXY",
+        "SSL_CERT_FILE",
+    ] {
+        if let Ok(v) = std::env::var(key) {
+            cmd.env(key, v);
+        }
+    }
+    cmd.current_dir(dir)
+        .arg("build")
+        .arg("--release")
+        .arg("--locked")
+        .arg("--target")
+        .arg(target)
+        .arg("--target-dir")
+        .arg(target_dir);
+    for p in packages {
+        cmd.arg("--package").arg(p);
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run cargo: {e}")));
+    if !status.success() {
+        fail(&format!(
+            "`cargo build --target {target}` in {} failed ({status}); is the target installed? \
+             (rustup target add {target})",
+            dir.display()
+        ));
+    }
+}
+
+fn copy_if_changed(from: &Path, to: &Path) {
+    let bytes = std::fs::read(from).unwrap_or_else(|e| fail(&format!("{}: {e}", from.display())));
+    write_if_changed(to, &bytes);
+}
+
+fn write_if_changed(to: &Path, bytes: &[u8]) {
+    if std::fs::read(to).is_ok_and(|old| old == bytes) {
+        return;
+    }
+    std::fs::write(to, bytes).unwrap_or_else(|e| fail(&format!("{}: {e}", to.display())));
+}

@@ -1,0 +1,271 @@
+//! Test capsule: an interceptor that performs whatever host call its action names, with
+//! arguments from the JSON payload, and reports the outcome as `{"ok": …}` or `{"err": code}`.
+//! It lets integration tests drive every host function and error path from inside a guest.
+
+use std::cell::RefCell;
+
+use serde_json::{Value, json};
+
+wit_bindgen::generate!({
+    inline: r#"
+        package test:prober;
+        world prober {
+            import astrid:ipc/host@1.0.0;
+            import astrid:sys/host@1.0.0;
+            import astrid:io/poll@1.0.0;
+            include astrid:guest/interceptor@1.0.0;
+        }
+    "#,
+    path: "../../../capsule-wit/wit",
+    generate_all,
+});
+
+use astrid::io::poll;
+use astrid::ipc::host as ipc;
+use astrid::sys::host as sys;
+
+struct Prober;
+
+thread_local! {
+    static SUBS: RefCell<Vec<Option<ipc::Subscription>>> = const { RefCell::new(Vec::new()) };
+    static GLOBAL: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+fn ipc_code(e: &ipc::ErrorCode) -> String {
+    match e {
+        ipc::ErrorCode::CapabilityDenied => "capability-denied".into(),
+        ipc::ErrorCode::InvalidInput => "invalid-input".into(),
+        ipc::ErrorCode::Closed => "closed".into(),
+        ipc::ErrorCode::RateLimited => "rate-limited".into(),
+        ipc::ErrorCode::Backpressure => "backpressure".into(),
+        ipc::ErrorCode::Quota => "quota".into(),
+        ipc::ErrorCode::Timeout => "timeout".into(),
+        ipc::ErrorCode::Unknown(s) => format!("unknown:{s}"),
+    }
+}
+
+fn sys_code(e: &sys::ErrorCode) -> String {
+    match e {
+        sys::ErrorCode::CapabilityDenied => "capability-denied".into(),
+        sys::ErrorCode::ConfigKeyReserved => "config-key-reserved".into(),
+        sys::ErrorCode::TooLarge => "too-large".into(),
+        sys::ErrorCode::RegistryUnavailable => "registry-unavailable".into(),
+        sys::ErrorCode::Cancelled => "cancelled".into(),
+        sys::ErrorCode::Unknown(s) => format!("unknown:{s}"),
+    }
+}
+
+fn poll_code(e: &poll::ErrorCode) -> String {
+    match e {
+        poll::ErrorCode::InvalidInput => "invalid-input".into(),
+        poll::ErrorCode::Closed => "closed".into(),
+        poll::ErrorCode::TooLarge => "too-large".into(),
+        poll::ErrorCode::Cancelled => "cancelled".into(),
+        poll::ErrorCode::Unknown(s) => format!("unknown:{s}"),
+    }
+}
+
+fn attribution(p: &ipc::PrincipalAttribution) -> Value {
+    match p {
+        ipc::PrincipalAttribution::Verified(id) => json!({"verified": id}),
+        ipc::PrincipalAttribution::Claimed(id) => json!({"claimed": id}),
+        ipc::PrincipalAttribution::System => json!("system"),
+    }
+}
+
+fn envelope(e: &ipc::IpcEnvelope) -> Value {
+    let messages: Vec<Value> = e
+        .messages
+        .iter()
+        .map(|m| {
+            json!({
+                "topic": m.topic,
+                "payload": m.payload,
+                "source": m.source_id,
+                "principal": attribution(&m.principal),
+            })
+        })
+        .collect();
+    json!({"messages": messages, "dropped": e.dropped, "lagged": e.lagged})
+}
+
+fn with_sub<T>(index: u64, f: impl FnOnce(&ipc::Subscription) -> Result<T, String>) -> Result<T, String> {
+    SUBS.with(|subs| {
+        let subs = subs.borrow();
+        match subs.get(index as usize).and_then(Option::as_ref) {
+            Some(s) => f(s),
+            None => Err(format!("no subscription {index}")),
+        }
+    })
+}
+
+fn level(s: &str) -> sys::LogLevel {
+    match s {
+        "trace" => sys::LogLevel::Trace,
+        "debug" => sys::LogLevel::Debug,
+        "warn" => sys::LogLevel::Warn,
+        "error" => sys::LogLevel::Error,
+        _ => sys::LogLevel::Info,
+    }
+}
+
+fn run(action: &str, args: &Value) -> Result<Value, String> {
+    let s = |k: &str| args[k].as_str().unwrap_or("").to_string();
+    let n = |k: &str| args[k].as_u64().unwrap_or(0);
+    match action {
+        "publish" => ipc::publish(&s("topic"), &s("payload"))
+            .map(|()| Value::Null)
+            .map_err(|e| ipc_code(&e)),
+        "publish-as" => ipc::publish_as(&s("topic"), &s("payload"), &s("principal"))
+            .map(|()| Value::Null)
+            .map_err(|e| ipc_code(&e)),
+        "publish-loop" => {
+            let (topic, payload) = (s("topic"), s("payload"));
+            let mut errors = 0u64;
+            for _ in 0..n("count") {
+                if ipc::publish(&topic, &payload).is_err() {
+                    errors += 1;
+                }
+            }
+            Ok(json!({"errors": errors}))
+        }
+        "subscribe" => {
+            let sub = ipc::subscribe(&s("pattern")).map_err(|e| ipc_code(&e))?;
+            Ok(SUBS.with(|subs| {
+                let mut subs = subs.borrow_mut();
+                subs.push(Some(sub));
+                json!(subs.len() - 1)
+            }))
+        }
+        "subscribe-many" => {
+            let pattern = s("pattern");
+            let mut ok = 0u64;
+            let mut first_error = Value::Null;
+            for _ in 0..n("count") {
+                match ipc::subscribe(&pattern) {
+                    Ok(sub) => {
+                        ok += 1;
+                        SUBS.with(|subs| subs.borrow_mut().push(Some(sub)));
+                    }
+                    Err(e) => {
+                        if first_error.is_null() {
+                            first_error = json!(ipc_code(&e));
+                        }
+                    }
+                }
+            }
+            Ok(json!({"subscribed": ok, "first_error": first_error}))
+        }
+        "drop" => {
+            SUBS.with(|subs| {
+                if let Some(slot) = subs.borrow_mut().get_mut(n("index") as usize) {
+                    *slot = None;
+                }
+            });
+            Ok(Value::Null)
+        }
+        "drop-all" => {
+            SUBS.with(|subs| subs.borrow_mut().clear());
+            Ok(Value::Null)
+        }
+        "poll" => with_sub(n("index"), |sub| sub.poll().map(|e| envelope(&e)).map_err(|e| ipc_code(&e))),
+        "recv" => with_sub(n("index"), |sub| {
+            let notify = s("notify");
+            if !notify.is_empty() {
+                ipc::publish(&notify, "{\"waiting\":true}").map_err(|e| ipc_code(&e))?;
+            }
+            sub.recv(n("timeout")).map(|e| envelope(&e)).map_err(|e| ipc_code(&e))
+        }),
+        "wait" => with_sub(n("index"), |sub| {
+            let p = sub.subscribe_readiness();
+            let before = p.ready();
+            let notify = s("notify");
+            if !notify.is_empty() {
+                ipc::publish(&notify, "{\"waiting\":true}").map_err(|e| ipc_code(&e))?;
+            }
+            let ready = poll::poll(&[&p]).map_err(|e| poll_code(&e))?;
+            Ok(json!({"was_ready": before, "ready": ready, "after": p.ready()}))
+        }),
+        "block" => with_sub(n("index"), |sub| {
+            let p = sub.subscribe_readiness();
+            p.block().map_err(|e| poll_code(&e))?;
+            Ok(json!(p.ready()))
+        }),
+        "poll-empty" => poll::poll(&[]).map(|v| json!(v)).map_err(|e| poll_code(&e)),
+        "bindings" => ipc::get_interceptor_bindings()
+            .map(|b| {
+                Value::Array(
+                    b.iter()
+                        .map(|b| json!({"id": b.handle_id, "action": b.action, "topic": b.topic}))
+                        .collect(),
+                )
+            })
+            .map_err(|e| ipc_code(&e)),
+        "config" => sys::get_config(&s("key")).map(|v| json!(v)).map_err(|e| sys_code(&e)),
+        "caller" => sys::get_caller()
+            .map(|c| json!({"principal": c.principal, "source": c.source_id, "timestamp": c.timestamp}))
+            .map_err(|e| sys_code(&e)),
+        "log" => {
+            sys::log(level(&s("level")), &s("message"));
+            Ok(Value::Null)
+        }
+        "ready" => {
+            sys::signal_ready();
+            Ok(Value::Null)
+        }
+        "clock" => Ok(json!({"ms": sys::clock_ms(), "ns": sys::clock_monotonic_ns()})),
+        "sleep" => sys::sleep_ns(n("ns")).map(|()| Value::Null).map_err(|e| sys_code(&e)),
+        "random" => sys::random_bytes(n("count"))
+            .map(|b| json!(b.len()))
+            .map_err(|e| sys_code(&e)),
+        "capability" => sys::check_capsule_capability(&sys::CapabilityCheckRequest {
+            source_uuid: s("session"),
+            capability: s("name"),
+        })
+        .map(|r| json!(r.allowed))
+        .map_err(|e| sys_code(&e)),
+        "capabilities" => Ok(json!(sys::enumerate_capabilities())),
+        "noop" => {
+            let mut acc = 0u64;
+            for _ in 0..n("count") {
+                acc = acc.wrapping_add(sys::clock_monotonic_ns());
+            }
+            Ok(json!(acc != 0))
+        }
+        "grow" => {
+            let before = core::arch::wasm32::memory_size::<0>();
+            let result = core::arch::wasm32::memory_grow::<0>(n("pages") as usize);
+            let grown = if result == usize::MAX { -1 } else { result as i64 };
+            Ok(json!({"before": before, "result": grown, "after": core::arch::wasm32::memory_size::<0>()}))
+        }
+        "set-global" => {
+            GLOBAL.with(|g| *g.borrow_mut() = Some(s("value")));
+            Ok(Value::Null)
+        }
+        "get-global" => Ok(GLOBAL.with(|g| json!(g.borrow().clone()))),
+        "spin" => {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "trap" => std::process::abort(),
+        other => Err(format!("unknown action {other}")),
+    }
+}
+
+impl Guest for Prober {
+    fn astrid_hook_trigger(action: String, payload: Vec<u8>) -> CapsuleResult {
+        let args: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
+        let out = match run(&action, &args) {
+            Ok(v) => json!({"ok": v}),
+            Err(e) => json!({"err": e}),
+        };
+        CapsuleResult {
+            action: "continue".into(),
+            data: Some(out.to_string()),
+        }
+    }
+}
+
+export!(Prober);

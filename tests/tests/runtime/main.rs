@@ -1,0 +1,9 @@
+//! The integration-test binary: real components, built from `tests/capsules/` by the build
+//! script, driven through the public `capsule-runtime` API.
+
+mod common;
+mod ipc;
+mod limits;
+mod loading;
+mod sdk;
+mod sys;
