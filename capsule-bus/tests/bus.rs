@@ -105,7 +105,11 @@ fn claimed_attribution_is_keyed_by_its_principal() {
     let report = bus.publish(out);
     let got = only.try_drain(usize::MAX);
     assert_eq!(got.messages.len(), 1);
-    assert_eq!(got.messages[0].seq(), report.seq, "the claimed flag does not disturb the sequence");
+    assert_eq!(
+        got.messages[0].seq(),
+        report.seq,
+        "the claimed flag does not disturb the sequence"
+    );
     assert_eq!(
         got.messages[0].attribution(),
         Attribution::Claimed(pid("carol"))
