@@ -459,6 +459,13 @@ impl Capsule {
             })
     }
 
+    /// Starts unloading without waiting: waiting host calls answer `closed` and running guest
+    /// code is interrupted at its next epoch boundary.
+    pub(crate) fn cancel(&self) {
+        self.inner.parts.limits.cancel.cancel();
+        self.inner.engine.increment_epoch();
+    }
+
     /// Whether [`unload`](Self::unload) has been called.
     pub fn is_unloaded(&self) -> bool {
         self.inner.unloaded.load(Ordering::SeqCst)

@@ -1,9 +1,7 @@
 //! The wasmtime engine: component model, async host calls, epoch interruption driven by one
 //! ticker thread per engine, and an explicitly sized pooling allocator. The ticker holds only a
-//! weak reference, so dropping the runtime stops it.
+//! weak reference, so it ends with the engine.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -34,52 +32,29 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, ConfigError
     Engine::new(&c).map_err(|e| ConfigError::Engine(format!("{e:#}")))
 }
 
-/// Advances an engine's epoch every window on a background thread until stopped or until the
-/// engine is gone.
-#[derive(Debug)]
-pub(crate) struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    pub(crate) fn start(
-        engine: &Engine,
-        mode: EpochMode,
-        window: Duration,
-    ) -> Result<Option<Self>, ConfigError> {
-        if mode == EpochMode::Manual {
-            return Ok(None);
-        }
-        let weak = engine.weak();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("capsule-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::park_timeout(window);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
-                    }
+/// Advances an engine's epoch every window on a background thread for as long as the engine
+/// exists: capsules still running after their runtime was dropped keep being metered, and the
+/// thread ends once the last engine handle is gone.
+pub(crate) fn start_epoch_ticker(
+    engine: &Engine,
+    mode: EpochMode,
+    window: Duration,
+) -> Result<(), ConfigError> {
+    if mode == EpochMode::Manual {
+        return Ok(());
+    }
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("capsule-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(window);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
                 }
-            })
-            .map_err(|e| ConfigError::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Some(Self {
-            stop,
-            thread: Some(thread),
-        }))
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            // The thread only parks and increments; it cannot fail in a way worth reporting.
-            let _joined = t.join();
-        }
-    }
+            }
+        })
+        .map(drop)
+        .map_err(|e| ConfigError::Engine(format!("cannot start the epoch ticker: {e}")))
 }

@@ -20,7 +20,7 @@ use wasmtime::component::Linker;
 use crate::cache::{ArtifactCache, create_private_dir};
 use crate::capsule::{Capsule, CapsuleInner, LoadReport, StoreParts};
 use crate::config::{ConfigError, RuntimeConfig};
-use crate::engine::{EpochTicker, build_engine};
+use crate::engine::{build_engine, start_epoch_ticker};
 use crate::host::build_linker;
 use crate::inspect;
 use crate::limits::{MemoryLedger, MemoryStats};
@@ -165,7 +165,16 @@ struct RuntimeInner {
     io: Arc<Semaphore>,
     blocking: Arc<Semaphore>,
     capsules: Mutex<HashMap<String, Capsule>>,
-    _ticker: Option<EpochTicker>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        // A runtime dropped without `shutdown` still stops its capsules: their waiting calls
+        // answer `closed` and running guests are interrupted at their next epoch boundary.
+        for capsule in self.capsules.get_mut().values() {
+            capsule.cancel();
+        }
+    }
 }
 
 /// The capsule host. Cheap to clone; clones share everything.
@@ -196,7 +205,7 @@ impl Runtime {
         let linker = build_linker(&engine).map_err(|e| ConfigError::Engine(format!("{e:#}")))?;
         let cache = ArtifactCache::new(config.cache_dir(), &engine);
         let bus = Bus::with_config(config.bus).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let ticker = EpochTicker::start(&engine, config.epoch_mode, config.epoch_window)?;
+        start_epoch_ticker(&engine, config.epoch_mode, config.epoch_window)?;
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -211,7 +220,6 @@ impl Runtime {
                 io: Arc::new(Semaphore::new(config.io_concurrency)),
                 blocking: Arc::new(Semaphore::new(config.blocking_concurrency)),
                 capsules: Mutex::new(HashMap::new()),
-                _ticker: ticker,
                 config,
             }),
         })

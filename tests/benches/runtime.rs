@@ -85,24 +85,28 @@ async fn main() {
     .expect("profile");
     let rt = Runtime::new(RuntimeConfig::new(state.path())).expect("runtime");
 
-    // Prime the cache, then measure loads that deserialize.
+    // Prime the cache, then measure loads that deserialize: the prober (an interceptor) and
+    // the SDK capsule (all four entry points, so the stub analysis runs too).
     let dir = capsule_dir(state.path(), "prober", "prober.wasm", ACL);
-    rt.load(&dir).await.expect("load").unload().await;
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < budget || samples.len() < 5 {
-        let t = Instant::now();
-        let c = rt.load(&dir).await.expect("load");
-        samples.push(t.elapsed().as_nanos() as f64);
-        assert_eq!(c.report().cache, capsule_runtime::CacheOutcome::Hit);
-        c.unload().await;
-    }
-    emit(
-        "load_cached",
-        "{\"component\":\"prober\"}",
-        median(samples),
-        "ns",
+    let sdk_dir = capsule_dir(
+        state.path(),
+        "sdk-echo",
+        "sdk-echo.wasm",
+        "[publish]\n\"sdk.*\" = \"opaque\"\n[subscribe]\n\"sdk.*\" = \"opaque\"\n",
     );
+    for (component, dir) in [("prober", &dir), ("sdk-echo", &sdk_dir)] {
+        rt.load(dir).await.expect("load").unload().await;
+        let mut samples = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < budget || samples.len() < 5 {
+            let t = Instant::now();
+            let c = rt.load(dir).await.expect("load");
+            samples.push(t.elapsed().as_nanos() as f64);
+            assert_eq!(c.report().cache, capsule_runtime::CacheOutcome::Hit);
+            c.unload().await;
+        }
+        emit("load_cached", &format!("{{\"component\":\"{component}\"}}"), median(samples), "ns");
+    }
 
     let prober = rt.load(&dir).await.expect("load");
     let ns = measure(budget, 1, || {

@@ -166,3 +166,16 @@ async fn a_waiting_recv_answers_closed_on_unload() {
     let answer = blocked.await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(err(&answer), "closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_runtime_stops_its_capsules() {
+    let h = host_with(|c| c.max_busy_windows = 1_000_000);
+    let spin = h.load("spin", "spin.wasm", "").await;
+    drop(h);
+    // The guard bounds a hang; the assertion is on how the loop ended.
+    let exit = tokio::time::timeout(Duration::from_secs(30), spin.wait_run_exit()).await;
+    assert_eq!(
+        exit.ok().flatten(),
+        Some(RunExit::Interrupted(Interrupt::Unloaded))
+    );
+}
