@@ -360,12 +360,13 @@ fn topic_reason(e: &TopicError) -> String {
 }
 
 impl Manifest {
-    /// Reads and parses `<dir>/Capsule.toml`, or a manifest file given directly.
+    /// Reads and parses `<dir>/Capsule.toml`, or a manifest file given directly (a path
+    /// ending in `.toml`).
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let file = if path.is_dir() {
-            path.join(MANIFEST_FILE)
-        } else {
+        let file = if path.extension().is_some_and(|e| e == "toml") && !path.is_dir() {
             path.to_path_buf()
+        } else {
+            path.join(MANIFEST_FILE)
         };
         let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Io {
             file: file.clone(),

@@ -134,12 +134,12 @@ async fn run(args: Args) -> Result<(), Failure> {
             for dir in &args.dirs {
                 match rt.load(dir).await {
                     Ok(c) => println!(
-                        "loaded {} (session {}, owner {}, cache {:?}, exports {:?})",
+                        "loaded {} {} (session {}, owner {}, cache {:?})",
                         c.name(),
+                        c.manifest().package.version,
                         c.session(),
                         c.owner(),
                         c.report().cache,
-                        c.report().exports
                     ),
                     Err(e) => {
                         rt.shutdown().await;
@@ -176,7 +176,17 @@ async fn run(args: Args) -> Result<(), Failure> {
                 m.component.id,
                 m.component.file.display()
             );
-            println!("exports   {:?}", i.exports);
+            let e = i.exports;
+            let entry_points: Vec<&str> = [
+                (e.run, "run"),
+                (e.hook, "astrid-hook-trigger"),
+                (e.install, "astrid-install"),
+                (e.upgrade, "astrid-upgrade"),
+            ]
+            .into_iter()
+            .filter_map(|(present, name)| present.then_some(name))
+            .collect();
+            println!("exports   {}", entry_points.join(", "));
             println!("imports   {}", i.imports.join(", "));
             let publish: Vec<&str> = m.publish.iter().map(|p| p.pattern.as_str()).collect();
             let subscribe: Vec<&str> = m.subscribe.iter().map(|p| p.pattern.as_str()).collect();
