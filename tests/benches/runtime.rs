@@ -105,7 +105,12 @@ async fn main() {
             assert_eq!(c.report().cache, capsule_runtime::CacheOutcome::Hit);
             c.unload().await;
         }
-        emit("load_cached", &format!("{{\"component\":\"{component}\"}}"), median(samples), "ns");
+        emit(
+            "load_cached",
+            &format!("{{\"component\":\"{component}\"}}"),
+            median(samples),
+            "ns",
+        );
     }
 
     let prober = rt.load(&dir).await.expect("load");
