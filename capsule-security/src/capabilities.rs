@@ -3,6 +3,7 @@
 
 use toml::Table;
 
+use crate::grants::{EndpointGrant, FsGrant, HostGrant};
 use crate::manifest::{ManifestError, Reader};
 
 /// Identity operations, ordered: a higher level implies the lower ones.
@@ -87,6 +88,18 @@ impl Capabilities {
             let key = format!("{path}.{name}");
             if LIST_CAPS.contains(&name.as_str()) {
                 let list = r.strings(v, &key)?;
+                for (i, item) in list.iter().enumerate() {
+                    let checked = match name.as_str() {
+                        "fs_read" | "fs_write" => FsGrant::parse(item).map(drop),
+                        "net" => HostGrant::parse(item).map(drop),
+                        "net_connect" | "net_bind" => EndpointGrant::parse(item).map(drop),
+                        "host_process" if item.is_empty() || item.contains('\0') => {
+                            Err("a command must be a non-empty name or path".to_string())
+                        }
+                        _ => Ok(()),
+                    };
+                    checked.map_err(|reason| r.invalid(format!("{key}[{i}]"), reason))?;
+                }
                 *caps
                     .list_mut(name)
                     .ok_or_else(|| r.invalid(&key, "unknown capability"))? = list;

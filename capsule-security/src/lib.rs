@@ -10,16 +10,18 @@
 //! - [`PrincipalProfile`]: a principal's grants and [`Quotas`].
 
 mod capabilities;
+mod grants;
 mod manifest;
 mod policy;
 mod profile;
 
 pub use capabilities::{Capabilities, IdentityLevel, KNOWN_CAPABILITIES};
 pub use capsule_bus::PrincipalId;
+pub use grants::{EndpointGrant, FsGrant, FsRoot, HostGrant, normalize_relative};
 pub use manifest::{
     CapsuleName, Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, EnvEntry, EnvKind, Export,
     Handler, INERT_TABLES, Import, MANIFEST_FILE, Manifest, ManifestError, Package, PublishEntry,
     SubscribeEntry,
 };
-pub use policy::{CapsulePolicy, Decision};
+pub use policy::{CapsulePolicy, Decision, FsAccess};
 pub use profile::{AUDIT_FIREHOSE_GRANT, PrincipalProfile, ProfileError, Quotas};

@@ -1136,6 +1136,21 @@ description_for_llm = "d"
                 "expected a boolean",
             ),
             (
+                format!("{MINIMAL}\n[capabilities]\nfs_read = [\"home://a\", \"home://../etc\"]\n"),
+                "capabilities.fs_read[1]",
+                "climbs out",
+            ),
+            (
+                format!("{MINIMAL}\n[capabilities]\nnet = [\"https://x.com\"]\n"),
+                "capabilities.net[0]",
+                "not a host",
+            ),
+            (
+                format!("{MINIMAL}\n[capabilities]\nnet_connect = [\"db\"]\n"),
+                "capabilities.net_connect[0]",
+                "host:port",
+            ),
+            (
                 format!("{MINIMAL}\n[env.K]\ntype = \"blob\"\n"),
                 "env.K.type",
                 "unknown type",

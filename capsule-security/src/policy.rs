@@ -1,9 +1,12 @@
 //! `CapsulePolicy`: what one capsule may do, built once from its manifest. Every gate is
 //! fail-closed and names the reason when it says no.
 
+use std::path::Path;
+
 use capsule_bus::{Topic, TopicPattern};
 
-use crate::capabilities::Capabilities;
+use crate::capabilities::{Capabilities, IdentityLevel};
+use crate::grants::{EndpointGrant, FsGrant, FsRoot, HostGrant};
 use crate::manifest::Manifest;
 
 /// The answer of a gate.
@@ -22,26 +25,55 @@ impl Decision {
     }
 }
 
+/// Whether a filesystem operation reads or writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsAccess {
+    /// Reading data or metadata.
+    Read,
+    /// Creating, changing or removing.
+    Write,
+}
+
 /// A capsule's grants, derived from its manifest.
 #[derive(Clone, Debug, Default)]
 pub struct CapsulePolicy {
     publish_acl: Vec<TopicPattern>,
     subscribe_acl: Vec<TopicPattern>,
     capabilities: Capabilities,
+    fs_read: Vec<FsGrant>,
+    fs_write: Vec<FsGrant>,
+    net: Vec<HostGrant>,
+    net_connect: Vec<EndpointGrant>,
+    net_bind: Vec<EndpointGrant>,
+}
+
+/// Parses grants, dropping (fail-closed) any that do not parse; manifests parsed by
+/// [`Manifest::parse`] never contain such grants.
+fn parse_all<T>(items: &[String], parse: impl Fn(&str) -> Result<T, String>) -> Vec<T> {
+    items
+        .iter()
+        .filter_map(|s| match parse(s) {
+            Ok(g) => Some(g),
+            Err(reason) => {
+                tracing::warn!(grant = %s, %reason, "ignoring an invalid capability grant");
+                None
+            }
+        })
+        .collect()
 }
 
 impl CapsulePolicy {
     /// Builds the policy of a parsed manifest.
     pub fn from_manifest(manifest: &Manifest) -> Self {
-        Self {
-            publish_acl: manifest.publish.iter().map(|p| p.pattern.clone()).collect(),
-            subscribe_acl: manifest
+        Self::new(
+            manifest.publish.iter().map(|p| p.pattern.clone()).collect(),
+            manifest
                 .subscribe
                 .iter()
                 .map(|s| s.pattern.clone())
                 .collect(),
-            capabilities: manifest.capabilities.clone(),
-        }
+            manifest.capabilities.clone(),
+        )
     }
 
     /// A policy from explicit parts (for embedders that do not use `Capsule.toml`).
@@ -53,7 +85,112 @@ impl CapsulePolicy {
         Self {
             publish_acl,
             subscribe_acl,
+            fs_read: parse_all(&capabilities.fs_read, FsGrant::parse),
+            fs_write: parse_all(&capabilities.fs_write, FsGrant::parse),
+            net: parse_all(&capabilities.net, HostGrant::parse),
+            net_connect: parse_all(&capabilities.net_connect, EndpointGrant::parse),
+            net_bind: parse_all(&capabilities.net_bind, EndpointGrant::parse),
             capabilities,
+        }
+    }
+
+    /// The absolute host directories the filesystem grants name, longest first (each becomes
+    /// a mount of its own).
+    pub fn absolute_roots(&self) -> Vec<&Path> {
+        let mut roots: Vec<&Path> = self
+            .fs_read
+            .iter()
+            .chain(&self.fs_write)
+            .filter_map(|g| match &g.root {
+                FsRoot::Absolute(p) => Some(p.as_path()),
+                FsRoot::Workspace | FsRoot::Home => None,
+            })
+            .collect();
+        roots.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        roots.dedup();
+        roots
+    }
+
+    /// Whether `path` (normalised, symlinks resolved, relative to `root`) may be accessed.
+    /// A write grant also allows reading the same subtree.
+    pub fn may_fs(&self, access: FsAccess, root: &FsRoot, path: &Path) -> Decision {
+        let writable = self.fs_write.iter().any(|g| g.covers(root, path));
+        let readable = writable || self.fs_read.iter().any(|g| g.covers(root, path));
+        let allowed = match access {
+            FsAccess::Read => readable,
+            FsAccess::Write => writable,
+        };
+        if allowed {
+            return Decision::Allowed;
+        }
+        let (cap, grants) = match access {
+            FsAccess::Read => ("fs_read", &self.fs_read),
+            FsAccess::Write => ("fs_write", &self.fs_write),
+        };
+        let shown = FsGrant {
+            root: root.clone(),
+            subtree: path.to_path_buf(),
+        };
+        Decision::Denied(if grants.is_empty() {
+            format!("the manifest grants no `{cap}`")
+        } else {
+            format!("no `{cap}` grant covers `{shown}`")
+        })
+    }
+
+    /// Whether an HTTP request to `host` is allowed by `net`.
+    pub fn may_http(&self, host: &str) -> Decision {
+        if self.net.iter().any(|g| g.allows(host)) {
+            Decision::Allowed
+        } else {
+            Decision::Denied(format!("`{host}` is not in the `net` allowlist"))
+        }
+    }
+
+    /// Whether a TCP connection to `host:port` is allowed by `net_connect`.
+    pub fn may_connect(&self, host: &str, port: u16) -> Decision {
+        if self.net_connect.iter().any(|g| g.allows_tcp(host, port)) {
+            Decision::Allowed
+        } else {
+            Decision::Denied(format!("`{host}:{port}` is not in `net_connect`"))
+        }
+    }
+
+    /// Whether binding `host:port` is allowed by `net_bind`.
+    pub fn may_bind(&self, host: &str, port: u16) -> Decision {
+        if self.net_bind.iter().any(|g| g.allows_tcp(host, port)) {
+            Decision::Allowed
+        } else {
+            Decision::Denied(format!("`{host}:{port}` is not in `net_bind`"))
+        }
+    }
+
+    /// Whether binding the Unix socket `path` (empty = the capsule's own) is allowed.
+    pub fn may_bind_unix(&self, path: &str) -> Decision {
+        if self.net_bind.iter().any(|g| g.allows_unix(path)) {
+            Decision::Allowed
+        } else {
+            Decision::Denied(format!("`unix:{path}` is not in `net_bind`"))
+        }
+    }
+
+    /// Whether running the host command `cmd` is allowed by `host_process`.
+    pub fn may_spawn(&self, cmd: &str) -> Decision {
+        if self.capabilities.host_process.iter().any(|c| c == cmd) {
+            Decision::Allowed
+        } else {
+            Decision::Denied(format!("`{cmd}` is not in `host_process`"))
+        }
+    }
+
+    /// Whether identity operations of `level` are allowed (a higher grant implies lower ones).
+    pub fn may_identity(&self, level: IdentityLevel) -> Decision {
+        match self.capabilities.identity {
+            Some(granted) if granted >= level => Decision::Allowed,
+            Some(granted) => {
+                Decision::Denied(format!("identity is granted at {granted:?}, not {level:?}"))
+            }
+            None => Decision::Denied("the manifest grants no `identity`".into()),
         }
     }
 
@@ -136,6 +273,58 @@ mod tests {
         assert!(p.may_publish(&topic("x.y.z")).is_allowed());
         assert!(!p.may_publish(&topic("chat")).is_allowed());
         assert!(!p.may_publish(&topic("x.y.z.w")).is_allowed());
+    }
+
+    #[test]
+    fn fs_gates_follow_grants_and_write_implies_read() {
+        let caps = Capabilities {
+            fs_read: vec!["home://notes".into(), "/usr/share/dict".into()],
+            fs_write: vec!["cwd://out".into()],
+            ..Capabilities::default()
+        };
+        let p = CapsulePolicy::new(vec![], vec![], caps);
+        let ok = |a, root: FsRoot, path: &str| p.may_fs(a, &root, Path::new(path)).is_allowed();
+        assert!(ok(FsAccess::Read, FsRoot::Home, "notes/a.txt"));
+        assert!(!ok(FsAccess::Write, FsRoot::Home, "notes/a.txt"));
+        assert!(!ok(FsAccess::Read, FsRoot::Home, "other.txt"));
+        assert!(ok(FsAccess::Write, FsRoot::Workspace, "out/x"));
+        assert!(ok(FsAccess::Read, FsRoot::Workspace, "out/x"));
+        assert!(!ok(FsAccess::Read, FsRoot::Workspace, "src/x"));
+        assert!(ok(
+            FsAccess::Read,
+            FsRoot::Absolute("/usr/share/dict".into()),
+            "words"
+        ));
+        assert_eq!(p.absolute_roots(), vec![Path::new("/usr/share/dict")]);
+        assert!(matches!(
+            CapsulePolicy::default().may_fs(FsAccess::Read, &FsRoot::Workspace, Path::new("a")),
+            Decision::Denied(r) if r.contains("no `fs_read`")
+        ));
+    }
+
+    #[test]
+    fn net_process_and_identity_gates() {
+        let caps = Capabilities {
+            net: vec!["api.example.com".into()],
+            net_connect: vec!["db.local:5432".into()],
+            net_bind: vec!["127.0.0.1:*".into(), "unix:".into()],
+            host_process: vec!["git".into()],
+            identity: Some(IdentityLevel::Link),
+            ..Capabilities::default()
+        };
+        let p = CapsulePolicy::new(vec![], vec![], caps);
+        assert!(p.may_http("v2.api.example.com").is_allowed());
+        assert!(!p.may_http("example.com").is_allowed());
+        assert!(p.may_connect("db.local", 5432).is_allowed());
+        assert!(!p.may_connect("db.local", 22).is_allowed());
+        assert!(p.may_bind("127.0.0.1", 9000).is_allowed());
+        assert!(p.may_bind_unix("").is_allowed());
+        assert!(!p.may_bind_unix("/tmp/x.sock").is_allowed());
+        assert!(p.may_spawn("git").is_allowed());
+        assert!(!p.may_spawn("bash").is_allowed());
+        assert!(p.may_identity(IdentityLevel::Resolve).is_allowed());
+        assert!(p.may_identity(IdentityLevel::Link).is_allowed());
+        assert!(!p.may_identity(IdentityLevel::Admin).is_allowed());
     }
 
     #[test]

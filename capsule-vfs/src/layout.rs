@@ -9,6 +9,8 @@ use cap_std::ambient_authority;
 use cap_std::fs::{Dir, DirBuilder, OpenOptions};
 use capsule_bus::PrincipalId;
 
+use crate::mount::Mount;
+
 #[cfg(unix)]
 use cap_std::fs::{DirBuilderExt, OpenOptionsExt};
 
@@ -57,6 +59,24 @@ impl StateLayout {
         let rel = Path::new("home").join(principal.as_str());
         state.create_dir_with(&rel, &Self::private_dir_builder())?;
         state.open_dir_nofollow(&rel)
+    }
+
+    /// The principal's home as a mount (`home://`).
+    pub fn home_mount(&self, principal: &PrincipalId) -> io::Result<Mount> {
+        Ok(Mount::from_dir(
+            self.open_home(principal)?,
+            self.home(principal),
+        ))
+    }
+
+    /// The principal's scratch directory as a mount (`/tmp/`):
+    /// `<state>/home/<principal>/.local/tmp`.
+    pub fn tmp_mount(&self, principal: &PrincipalId) -> io::Result<Mount> {
+        let home = self.open_home(principal)?;
+        let rel = Path::new(".local").join("tmp");
+        home.create_dir_with(&rel, &Self::private_dir_builder())?;
+        let dir = home.open_dir_nofollow(&rel)?;
+        Ok(Mount::from_dir(dir, self.home(principal).join(rel)))
     }
 
     /// Opens (creating, mode 0600) the capsule's log file for `principal` in append mode.
