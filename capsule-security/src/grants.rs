@@ -74,9 +74,9 @@ impl FsGrant {
         if let Some(rest) = s.strip_prefix("home://") {
             return rel(rest, FsRoot::Home);
         }
-        if s.starts_with('/') {
+        if let Some(after_root) = s.strip_prefix('/') {
             let mut abs = PathBuf::from("/");
-            let rest = normalize_relative(&s[1..])
+            let rest = normalize_relative(after_root)
                 .ok_or_else(|| format!("`{s}` is not a normal absolute path"))?;
             abs.push(rest);
             if abs == Path::new("/") {
