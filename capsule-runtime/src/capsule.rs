@@ -19,12 +19,15 @@ use crate::cache::CacheOutcome;
 use crate::config::EpochMode;
 use crate::host::wasi;
 use crate::inspect::{Exports, HOOK, RUN};
+use crate::kv::KvStore;
 use crate::limits::{CpuMeter, Interrupt, MemoryMeter};
 use crate::logsink::{LogSink, unix_ms};
 use crate::registry::Registry;
 use crate::scope::{Caller, ProfileGrant, ScopeFactory};
+use crate::secrets::SecretStore;
 use crate::state::{
-    BusCtx, BusShared, CapsuleIdentity, HostState, LimitsCtx, LimitsShared, SysCtx, SysShared,
+    BusCtx, BusShared, CapsuleIdentity, FsCtx, FsShared, HostState, KvCtx, LimitsCtx, LimitsShared,
+    SysCtx, SysShared,
 };
 
 /// What `astrid-hook-trigger` returned.
@@ -101,6 +104,11 @@ pub(crate) struct StoreParts {
     pub(crate) sys: Arc<SysShared>,
     pub(crate) limits: Arc<LimitsShared>,
     pub(crate) owner_log: Option<LogSink>,
+    pub(crate) kv: Arc<KvStore>,
+    pub(crate) secrets: Arc<SecretStore>,
+    pub(crate) fs: Arc<FsShared>,
+    /// The overlay's upper directory, removed at unload.
+    pub(crate) overlay_dir: Option<std::path::PathBuf>,
 }
 
 struct CallInstance {
@@ -202,6 +210,14 @@ impl CapsuleInner {
             },
             sys: SysCtx {
                 shared: Arc::clone(&p.sys),
+                secrets: Arc::clone(&p.secrets),
+            },
+            kv: KvCtx {
+                store: Arc::clone(&p.kv),
+            },
+            fs: FsCtx {
+                shared: Arc::clone(&p.fs),
+                handles: 0,
             },
             limits: LimitsCtx {
                 shared: Arc::clone(&p.limits),
@@ -510,7 +526,22 @@ impl Capsule {
         if let Some(registry) = self.inner.registry.upgrade() {
             registry.remove(&self.inner.identity.session);
         }
+        if let Some(dir) = &self.inner.parts.overlay_dir
+            && let Err(e) = std::fs::remove_dir_all(dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the overlay directory");
+        }
         tracing::info!(capsule = %self.inner.identity.name, "capsule unloaded");
+    }
+
+    /// Applies the capsule's pending workspace changes (overlay workspaces only).
+    pub fn commit_workspace(&self) -> Result<(), capsule_vfs::VfsError> {
+        self.inner.parts.fs.workspace.commit()
+    }
+
+    /// Discards the capsule's pending workspace changes (overlay workspaces only).
+    pub fn rollback_workspace(&self) -> Result<(), capsule_vfs::VfsError> {
+        self.inner.parts.fs.workspace.rollback()
     }
 }
 

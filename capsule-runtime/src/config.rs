@@ -66,6 +66,14 @@ pub struct RuntimeConfig {
     pub io_concurrency: usize,
     /// Bus limits.
     pub bus: BusConfig,
+    /// The workspace capsules see as `cwd://`: one directory shared by all capsules, or, when
+    /// `None`, `<state_dir>/workspaces/<capsule>` for each.
+    pub workspace_root: Option<PathBuf>,
+    /// Whether workspace writes go to an overlay until committed.
+    pub overlay_workspace: bool,
+    /// The host key that encrypts secrets; defaults to `$CAPSULE_HOST_KEY_FILE`, else
+    /// `<state_dir>/keys/host.key` (created 0600 on first use).
+    pub host_key_file: Option<PathBuf>,
 }
 
 impl RuntimeConfig {
@@ -83,7 +91,18 @@ impl RuntimeConfig {
             blocking_concurrency: cores.saturating_sub(2).max(1),
             io_concurrency: 256,
             bus: BusConfig::default(),
+            workspace_root: None,
+            overlay_workspace: false,
+            host_key_file: None,
         }
+    }
+
+    /// The host key file in force.
+    pub fn host_key_file(&self) -> PathBuf {
+        self.host_key_file
+            .clone()
+            .or_else(|| std::env::var_os("CAPSULE_HOST_KEY_FILE").map(PathBuf::from))
+            .unwrap_or_else(|| self.state_dir.join("keys").join("host.key"))
     }
 
     /// The compile cache directory.
@@ -142,6 +161,14 @@ pub enum ConfigError {
     /// The engine refused the settings.
     #[error("the wasm engine rejected the configuration: {0}")]
     Engine(String),
+    /// A store (KV database, secret store) could not be opened.
+    #[error("cannot open the {what}: {reason}")]
+    Store {
+        /// Which store.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The state directory could not be prepared.
     #[error("state directory {}: {source}", path.display())]
     StateDir {

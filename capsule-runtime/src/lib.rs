@@ -23,17 +23,20 @@ mod config;
 mod engine;
 mod host;
 mod inspect;
+pub mod kv;
 mod limits;
 mod logsink;
 mod registry;
 mod runtime;
 mod scope;
+pub mod secrets;
 mod state;
 
 pub use cache::CacheOutcome;
 pub use capsule::{Capsule, HookResponse, InvokeError, LoadReport, RunExit};
 pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};
-pub use host::audit::IPC_TARGET as AUDIT_IPC_TARGET;
+pub use host::audit::{IPC_TARGET as AUDIT_IPC_TARGET, SECRET_TARGET as AUDIT_SECRET_TARGET};
+pub use host::fs::{FsError, MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};
 pub use host::ipc::{
     IpcError, MAX_DRAIN_BYTES, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS, MAX_SUBSCRIPTIONS,
 };
@@ -48,3 +51,4 @@ pub use scope::{Caller, InvocationScope};
 
 pub use capsule_bus as bus;
 pub use capsule_security as security;
+pub use capsule_vfs as vfs;

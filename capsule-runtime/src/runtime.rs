@@ -23,11 +23,16 @@ use crate::config::{ConfigError, RuntimeConfig};
 use crate::engine::{build_engine, start_epoch_ticker};
 use crate::host::build_linker;
 use crate::inspect;
+use crate::kv::KvStore;
 use crate::limits::{MemoryLedger, MemoryStats};
 use crate::logsink::LogSink;
 use crate::registry::Registry;
 use crate::scope::{ProfileCache, ScopeFactory, load_env_overlay};
-use crate::state::{Binding, BusShared, CapsuleIdentity, HostState, LimitsShared, SysShared};
+use crate::secrets::SecretStore;
+use crate::state::{
+    Binding, BusShared, CapsuleIdentity, FsShared, HostState, LimitsShared, SysShared,
+};
+use capsule_vfs::{Mount, Overlay, Workspace};
 
 /// The astrid capsule ABI release this host implements; `[package] astrid-version`
 /// requirements are checked against it.
@@ -118,6 +123,17 @@ pub enum LoadError {
         /// Why.
         reason: String,
     },
+    /// A directory the capsule needs (its workspace, or a host directory its grants name)
+    /// cannot be opened.
+    #[error("capsule `{capsule}`: cannot mount {}: {reason}", path.display())]
+    Mount {
+        /// The capsule.
+        capsule: String,
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A capsule of that name is already loaded.
     #[error("a capsule named `{0}` is already loaded")]
     AlreadyLoaded(String),
@@ -165,6 +181,8 @@ struct RuntimeInner {
     io: Arc<Semaphore>,
     blocking: Arc<Semaphore>,
     capsules: Mutex<HashMap<String, Capsule>>,
+    kv: Arc<KvStore>,
+    secrets: Arc<SecretStore>,
 }
 
 impl Drop for RuntimeInner {
@@ -205,6 +223,18 @@ impl Runtime {
         let linker = build_linker(&engine).map_err(|e| ConfigError::Engine(format!("{e:#}")))?;
         let cache = ArtifactCache::new(config.cache_dir(), &engine);
         let bus = Bus::with_config(config.bus).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let kv =
+            KvStore::open(&config.state_dir.join("kv.redb")).map_err(|e| ConfigError::Store {
+                what: "KV database",
+                reason: e.to_string(),
+            })?;
+        let secrets =
+            SecretStore::open(&config.state_dir, &config.host_key_file()).map_err(|e| {
+                ConfigError::Store {
+                    what: "secret store",
+                    reason: e.to_string(),
+                }
+            })?;
         start_epoch_ticker(&engine, config.epoch_mode, config.epoch_window)?;
         Ok(Self {
             inner: Arc::new(RuntimeInner {
@@ -220,6 +250,8 @@ impl Runtime {
                 io: Arc::new(Semaphore::new(config.io_concurrency)),
                 blocking: Arc::new(Semaphore::new(config.blocking_concurrency)),
                 capsules: Mutex::new(HashMap::new()),
+                kv: Arc::new(kv),
+                secrets: Arc::new(secrets),
                 config,
             }),
         })
@@ -228,6 +260,16 @@ impl Runtime {
     /// The bus capsules talk over; the host and embedders may publish and subscribe on it too.
     pub fn bus(&self) -> &Bus {
         &self.inner.bus
+    }
+
+    /// The secret store (operators set secrets here; capsules read them through `get-config`).
+    pub fn secrets(&self) -> &SecretStore {
+        &self.inner.secrets
+    }
+
+    /// The KV database.
+    pub fn kv(&self) -> &KvStore {
+        &self.inner.kv
     }
 
     /// The configuration in force.
@@ -382,6 +424,8 @@ impl Runtime {
                 None
             }
         };
+        let policy = Arc::new(CapsulePolicy::from_manifest(&manifest));
+        let (fs, overlay_dir) = self.mount_fs(&name, session, &owner, &policy)?;
         let (ready_tx, ready_rx) = watch::channel(false);
         let (exit_tx, exit_rx) = watch::channel(None);
         let parts = StoreParts {
@@ -396,7 +440,7 @@ impl Runtime {
             bus: Arc::new(BusShared {
                 bus: self.inner.bus.clone(),
                 limiter: Arc::clone(&self.inner.limiter),
-                policy: Arc::new(CapsulePolicy::from_manifest(&manifest)),
+                policy: Arc::clone(&policy),
                 bindings: bindings(&manifest),
                 audit_firehose: profile.audit_firehose(),
             }),
@@ -421,6 +465,10 @@ impl Runtime {
                 ledger: Arc::clone(&self.inner.ledger),
             }),
             owner_log,
+            kv: Arc::clone(&self.inner.kv),
+            secrets: Arc::clone(&self.inner.secrets),
+            fs: Arc::new(fs),
+            overlay_dir,
         };
         if !self
             .inner
@@ -463,6 +511,68 @@ impl Runtime {
         capsules.retain(|_, c| !c.is_unloaded());
         capsules.insert(name, capsule.clone());
         Ok(capsule)
+    }
+
+    /// Opens a capsule's mounts: its workspace (plain or overlay), the host directories its
+    /// grants name, and its owner's home and tmp.
+    fn mount_fs(
+        &self,
+        name: &str,
+        session: Uuid,
+        owner: &PrincipalId,
+        policy: &Arc<CapsulePolicy>,
+    ) -> Result<(FsShared, Option<PathBuf>), LoadError> {
+        let config = &self.inner.config;
+        let fail = |path: &Path, e: std::io::Error| LoadError::Mount {
+            capsule: name.to_string(),
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let lower_dir = config
+            .workspace_root
+            .clone()
+            .unwrap_or_else(|| config.state_dir.join("workspaces").join(name));
+        let lower = Mount::create(&lower_dir).map_err(|e| fail(&lower_dir, e))?;
+        let (workspace, overlay_dir) = if config.overlay_workspace {
+            let upper_dir = config
+                .state_dir
+                .join("overlays")
+                .join(session.simple().to_string());
+            let upper = Mount::create(&upper_dir).map_err(|e| fail(&upper_dir, e))?;
+            (
+                Workspace::Overlay(Overlay::new(lower, upper)),
+                Some(upper_dir),
+            )
+        } else {
+            (Workspace::Plain(lower), None)
+        };
+        let absolute = policy
+            .absolute_roots()
+            .into_iter()
+            .map(|root| {
+                Mount::open(root)
+                    .map(|m| (root.to_path_buf(), Arc::new(m)))
+                    .map_err(|e| fail(root, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let layout = &self.inner.layout;
+        let optional = |what: &str, m: std::io::Result<Mount>| match m {
+            Ok(m) => Some(Arc::new(m)),
+            Err(e) => {
+                tracing::warn!(capsule = name, %owner, error = %e, "cannot open the owner's {what}");
+                None
+            }
+        };
+        Ok((
+            FsShared {
+                policy: Arc::clone(policy),
+                workspace: Arc::new(workspace),
+                absolute,
+                owner_home: optional("home", layout.home_mount(owner)),
+                owner_tmp: optional("tmp directory", layout.tmp_mount(owner)),
+            },
+            overlay_dir,
+        ))
     }
 
     /// Unloads the capsule called `name`; whether it was loaded.

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use capsule_bus::{Attribution, Message, PrincipalId};
 use capsule_security::PrincipalProfile;
-use capsule_vfs::StateLayout;
+use capsule_vfs::{Mount, StateLayout};
 use parking_lot::Mutex;
 use uuid::Uuid;
 
@@ -38,6 +38,10 @@ pub(crate) struct Overlays {
     pub(crate) log: Option<LogSink>,
     /// The principal's env overlay for this capsule.
     pub(crate) env: Arc<HashMap<String, String>>,
+    /// The principal's home (`home://`), `None` if it could not be opened.
+    pub(crate) home: Option<Arc<Mount>>,
+    /// The principal's scratch directory (`/tmp/`), `None` if it could not be opened.
+    pub(crate) tmp: Option<Arc<Mount>>,
 }
 
 /// The per-call context: installed before a call on behalf of a principal and removed after it.
@@ -161,9 +165,18 @@ impl ScopeFactory {
                 None
             }
         };
+        let mount = |what: &str, m: std::io::Result<Mount>| match m {
+            Ok(m) => Some(Arc::new(m)),
+            Err(e) => {
+                tracing::warn!(%principal, error = %e, "cannot open the principal's {what}");
+                None
+            }
+        };
         Overlays {
             log,
             env: Arc::new(load_env_overlay(&self.layout, principal, &self.capsule)),
+            home: mount("home", self.layout.home_mount(principal)),
+            tmp: mount("tmp directory", self.layout.tmp_mount(principal)),
         }
     }
 

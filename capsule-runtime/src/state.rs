@@ -14,10 +14,14 @@ use uuid::Uuid;
 use wasmtime::component::{HasData, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use capsule_vfs::{Mount, Workspace};
+
+use crate::kv::KvStore;
 use crate::limits::{CpuMeter, MemoryLedger, MemoryMeter};
 use crate::logsink::LogSink;
 use crate::registry::Registry;
 use crate::scope::{InvocationScope, ProfileGrant, ScopeFactory};
+use crate::secrets::SecretStore;
 
 /// Who a capsule instance is. Fixed when the capsule is loaded.
 #[derive(Debug)]
@@ -80,6 +84,33 @@ pub(crate) struct SysShared {
 #[derive(Debug)]
 pub(crate) struct SysCtx {
     pub(crate) shared: Arc<SysShared>,
+    /// Where secret-typed config keys are resolved.
+    pub(crate) secrets: Arc<SecretStore>,
+}
+
+/// The KV context of one Store.
+#[derive(Debug)]
+pub(crate) struct KvCtx {
+    pub(crate) store: Arc<KvStore>,
+}
+
+/// Capsule-wide data of the filesystem capability.
+#[derive(Debug)]
+pub(crate) struct FsShared {
+    pub(crate) policy: Arc<CapsulePolicy>,
+    pub(crate) workspace: Arc<Workspace>,
+    /// Host directories granted by absolute path, longest prefix first.
+    pub(crate) absolute: Vec<(std::path::PathBuf, Arc<Mount>)>,
+    pub(crate) owner_home: Option<Arc<Mount>>,
+    pub(crate) owner_tmp: Option<Arc<Mount>>,
+}
+
+/// The filesystem context of one Store.
+#[derive(Debug)]
+pub(crate) struct FsCtx {
+    pub(crate) shared: Arc<FsShared>,
+    /// Open file handles of this instance.
+    pub(crate) handles: usize,
 }
 
 /// Capsule-wide data of the limits capability.
@@ -106,6 +137,31 @@ pub(crate) struct LimitsCtx {
     pub(crate) cancel_seen: bool,
 }
 
+impl LimitsShared {
+    /// Runs blocking work on the blocking pool, bounded by the blocking semaphore. `None` when
+    /// the capsule unloads first (the work may still finish; its result is dropped and never
+    /// reported as done). `Some(Err)` only if the work itself panicked: a host bug.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<Result<T, tokio::task::JoinError>> {
+        let permit = tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => return None,
+            permit = Arc::clone(&self.blocking).acquire_owned() => permit.ok()?,
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        });
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => None,
+            done = task => Some(done),
+        }
+    }
+}
+
 /// The data of one `wasmtime::Store`.
 pub(crate) struct HostState {
     pub(crate) identity: Arc<CapsuleIdentity>,
@@ -113,6 +169,8 @@ pub(crate) struct HostState {
     pub(crate) scopes: Arc<ScopeFactory>,
     pub(crate) bus: BusCtx,
     pub(crate) sys: SysCtx,
+    pub(crate) kv: KvCtx,
+    pub(crate) fs: FsCtx,
     pub(crate) limits: LimitsCtx,
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
@@ -180,6 +238,34 @@ impl<'a> Scoped<'a> {
         }
     }
 
+    /// The home mount of the principal in scope.
+    pub(crate) fn home(&self, owner_home: Option<&'a Arc<Mount>>) -> Option<&'a Arc<Mount>> {
+        match self.scope {
+            Some(s) if s.principal != self.identity.owner => {
+                debug_assert!(
+                    s.overlays.is_some(),
+                    "a non-owner scope without overlays would fall back to the owner's home"
+                );
+                s.overlays.as_ref().and_then(|o| o.home.as_ref())
+            }
+            _ => owner_home,
+        }
+    }
+
+    /// The scratch mount of the principal in scope.
+    pub(crate) fn tmp(&self, owner_tmp: Option<&'a Arc<Mount>>) -> Option<&'a Arc<Mount>> {
+        match self.scope {
+            Some(s) if s.principal != self.identity.owner => {
+                debug_assert!(
+                    s.overlays.is_some(),
+                    "a non-owner scope without overlays would fall back to the owner's tmp"
+                );
+                s.overlays.as_ref().and_then(|o| o.tmp.as_ref())
+            }
+            _ => owner_tmp,
+        }
+    }
+
     /// The env overlay in force for a non-owner principal, `None` when the owner is in scope.
     pub(crate) fn env_overlay(&self) -> Option<&'a HashMap<String, String>> {
         match self.scope {
@@ -236,6 +322,57 @@ impl SysView<'_> {
     }
 }
 
+/// The view `astrid:kv` is implemented on.
+pub(crate) struct KvView<'a> {
+    pub(crate) identity: &'a CapsuleIdentity,
+    pub(crate) owner_profile: &'a ProfileGrant,
+    pub(crate) scope: &'a Option<InvocationScope>,
+    pub(crate) kv: &'a mut KvCtx,
+    pub(crate) limits: &'a mut LimitsCtx,
+}
+
+impl KvView<'_> {
+    pub(crate) fn scoped(&self) -> Scoped<'_> {
+        Scoped {
+            identity: self.identity,
+            owner_profile: self.owner_profile,
+            scope: self.scope,
+        }
+    }
+}
+
+/// The view `astrid:fs` is implemented on.
+pub(crate) struct FsView<'a> {
+    pub(crate) identity: &'a CapsuleIdentity,
+    pub(crate) owner_profile: &'a ProfileGrant,
+    pub(crate) scope: &'a Option<InvocationScope>,
+    pub(crate) fs: &'a mut FsCtx,
+    pub(crate) limits: &'a mut LimitsCtx,
+    pub(crate) table: &'a mut ResourceTable,
+}
+
+impl FsView<'_> {
+    pub(crate) fn scoped(&self) -> Scoped<'_> {
+        Scoped {
+            identity: self.identity,
+            owner_profile: self.owner_profile,
+            scope: self.scope,
+        }
+    }
+}
+
+/// Marker selecting [`KvView`] when linking `astrid:kv`.
+pub(crate) struct KvHost;
+impl HasData for KvHost {
+    type Data<'a> = KvView<'a>;
+}
+
+/// Marker selecting [`FsView`] when linking `astrid:fs`.
+pub(crate) struct FsHost;
+impl HasData for FsHost {
+    type Data<'a> = FsView<'a>;
+}
+
 /// The view `astrid:io/poll` is implemented on.
 pub(crate) struct PollView<'a> {
     pub(crate) limits: &'a mut LimitsCtx,
@@ -281,6 +418,27 @@ impl HostState {
             scope: &self.scope,
             sys: &mut self.sys,
             limits: &mut self.limits,
+        }
+    }
+
+    pub(crate) fn kv_view(&mut self) -> KvView<'_> {
+        KvView {
+            identity: &self.identity,
+            owner_profile: &self.owner_profile,
+            scope: &self.scope,
+            kv: &mut self.kv,
+            limits: &mut self.limits,
+        }
+    }
+
+    pub(crate) fn fs_view(&mut self) -> FsView<'_> {
+        FsView {
+            identity: &self.identity,
+            owner_profile: &self.owner_profile,
+            scope: &self.scope,
+            fs: &mut self.fs,
+            limits: &mut self.limits,
+            table: &mut self.table,
         }
     }
 

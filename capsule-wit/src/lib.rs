@@ -11,7 +11,7 @@
 //! marker types: hosts keep their own state in the store's `ResourceTable` and address it by
 //! the resource's `rep`. Every import is trappable (a host invariant failure becomes a trap,
 //! a guest mistake a WIT error code); the calls that wait (`recv`, `sleep-ns`, `pollable.block`,
-//! `poll`) or block on the file system (`log`) are async.
+//! `poll`) or block on storage (`log`, all of `astrid:kv` and `astrid:fs`) are async.
 
 // Generated code: its items carry the WIT doc comments; aliases and helpers the generator adds
 // have none, and its style is not ours to lint.
@@ -24,6 +24,9 @@ mod generated {
             "astrid:ipc/host.[method]subscription.recv": async | trappable,
             "astrid:sys/host.sleep-ns": async | trappable,
             "astrid:sys/host.log": async | trappable,
+            "astrid:sys/host.get-config": async | trappable,
+            "astrid:kv/host": async | trappable,
+            "astrid:fs/host": async | trappable,
             "astrid:io/poll.[method]pollable.block": async | trappable,
             "astrid:io/poll.poll": async | trappable,
             default: trappable,
@@ -41,4 +44,6 @@ pub const SERVED_INTERFACES: &[&str] = &[
     "astrid:io/poll@1.0.0",
     "astrid:ipc/host@1.0.0",
     "astrid:sys/host@1.0.0",
+    "astrid:kv/host@1.0.0",
+    "astrid:fs/host@1.0.0",
 ];

@@ -40,3 +40,18 @@ pub(crate) fn ipc(
         ),
     }
 }
+
+/// Tracing target of secret reveals.
+pub const SECRET_TARGET: &str = "capsule::audit::secret";
+
+/// Records that a secret was revealed to a capsule: never the value, only who and which.
+pub(crate) fn secret_revealed(capsule: &str, principal: &PrincipalId, key: &str, scope: &str) {
+    tracing::info!(
+        target: "capsule::audit::secret",
+        capsule,
+        principal = principal.as_str(),
+        key,
+        scope,
+        "secret revealed"
+    );
+}

@@ -4,10 +4,12 @@
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-use crate::state::{HostState, IpcHost, PollHost, SysHost};
+use crate::state::{FsHost, HostState, IpcHost, KvHost, PollHost, SysHost};
 
 pub(crate) mod audit;
+pub(crate) mod fs;
 pub(crate) mod ipc;
+pub(crate) mod kv;
 pub(crate) mod poll;
 pub(crate) mod sys;
 pub(crate) mod wasi;
@@ -27,6 +29,14 @@ pub(crate) fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState
     capsule_wit::astrid::sys::host::add_to_linker::<HostState, SysHost>(
         &mut linker,
         HostState::sys_view,
+    )?;
+    capsule_wit::astrid::kv::host::add_to_linker::<HostState, KvHost>(
+        &mut linker,
+        HostState::kv_view,
+    )?;
+    capsule_wit::astrid::fs::host::add_to_linker::<HostState, FsHost>(
+        &mut linker,
+        HostState::fs_view,
     )?;
     Ok(linker)
 }

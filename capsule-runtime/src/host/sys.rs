@@ -51,6 +51,12 @@ pub enum SysError {
     /// The operating system's random source failed.
     #[error("random source failed: {0}")]
     Random(String),
+    /// The secret store failed (the message never contains a secret value).
+    #[error("secret store: {0}")]
+    Secret(String),
+    /// The capsule is being unloaded.
+    #[error("the capsule is unloading")]
+    Unloading,
 }
 
 impl SysError {
@@ -61,7 +67,10 @@ impl SysError {
             Self::TooLarge { .. } => ErrorCode::TooLarge,
             Self::Cancelled => ErrorCode::Cancelled,
             Self::RegistryUnavailable => ErrorCode::RegistryUnavailable,
-            Self::BadSession(_) | Self::Random(_) => ErrorCode::Unknown(self.to_string()),
+            Self::Unloading => ErrorCode::Cancelled,
+            Self::BadSession(_) | Self::Random(_) | Self::Secret(_) => {
+                ErrorCode::Unknown(self.to_string())
+            }
         }
     }
 }
@@ -82,6 +91,33 @@ fn level_name(level: LogLevel) -> &'static str {
 }
 
 impl SysView<'_> {
+    /// Resolves a secret-typed key live from the secret store: the principal in scope first,
+    /// then host-wide. Every reveal is audited (never the value).
+    async fn secret(&mut self, key: &str) -> Result<Option<String>, SysError> {
+        let principal = self.scoped().principal().clone();
+        let capsule = self.identity.name.clone();
+        let store = std::sync::Arc::clone(&self.sys.secrets);
+        let (k, p, c) = (key.to_string(), principal.clone(), capsule.clone());
+        let found = match self
+            .limits
+            .shared
+            .blocking(move || store.resolve(&p, &c, &k))
+            .await
+        {
+            None => return Err(SysError::Unloading),
+            Some(Err(panic)) => return Err(SysError::Secret(format!("worker failed: {panic}"))),
+            Some(Ok(r)) => r.map_err(|e| SysError::Secret(e.to_string()))?,
+        };
+        Ok(found.map(|(value, scope)| {
+            let scope = match scope {
+                crate::secrets::SecretScope::Principal(_) => "principal",
+                crate::secrets::SecretScope::Host => "host",
+            };
+            crate::host::audit::secret_revealed(&capsule, &principal, key, scope);
+            String::from_utf8_lossy(&value).into_owned()
+        }))
+    }
+
     fn config(&self, key: &str) -> Result<Option<String>, SysError> {
         if key.len() > MAX_CONFIG_KEY {
             return Err(SysError::TooLarge {
@@ -94,11 +130,6 @@ impl SysView<'_> {
             return Err(SysError::ReservedKey(key.to_string()));
         }
         let shared = &self.sys.shared;
-        if shared.secret_keys.contains(key) {
-            // Secrets are resolved live from the secret store, which this host does not have
-            // yet; they are never read from a plain map.
-            return Ok(None);
-        }
         let overlay = match self.scoped().env_overlay() {
             Some(env) => env,
             None => &shared.owner_env,
@@ -125,8 +156,17 @@ impl SysView<'_> {
 }
 
 impl Host for SysView<'_> {
-    fn get_config(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, ErrorCode>> {
-        Ok(self.config(&key).map_err(|e| e.code()))
+    async fn get_config(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<String>, ErrorCode>> {
+        // Secret-typed keys never come from a plain map.
+        let is_secret = self.sys.shared.secret_keys.contains(&key);
+        let result = match self.config(&key) {
+            Ok(_) if is_secret => self.secret(&key).await,
+            other => other,
+        };
+        Ok(result.map_err(|e| e.code()))
     }
 
     fn get_caller(&mut self) -> wasmtime::Result<Result<CallerContext, ErrorCode>> {

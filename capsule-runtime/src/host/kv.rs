@@ -1,0 +1,107 @@
+//! `astrid:kv/host@1.0.0`: every call works in the namespace of the principal in scope
+//! (`<principal>:capsule:<capsule>`) under that principal's storage quota, and runs on the
+//! blocking pool. `KvError` maps to the WIT error code by one exhaustive match.
+
+use capsule_wit::astrid::kv::host::{ErrorCode, Host, KeyPage};
+
+use crate::kv::{KvError, KvStore, Namespace};
+use crate::state::KvView;
+
+fn code(e: &KvError) -> ErrorCode {
+    match e {
+        KvError::InvalidKey(_) => ErrorCode::InvalidKey,
+        KvError::TooLarge { .. } => ErrorCode::TooLarge,
+        KvError::Quota { .. } => ErrorCode::Quota,
+        KvError::CasMismatch => ErrorCode::CasMismatch,
+        KvError::Storage(m) => ErrorCode::Unknown(m.clone()),
+    }
+}
+
+impl KvView<'_> {
+    /// Runs `op` against the scoped namespace on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &mut self,
+        op: impl FnOnce(&KvStore, &Namespace, u64) -> Result<T, KvError> + Send + 'static,
+    ) -> wasmtime::Result<Result<T, ErrorCode>> {
+        let scoped = self.scoped();
+        let quota = match scoped.profile() {
+            Ok(p) => p.quotas.max_storage_bytes,
+            Err(reason) => {
+                return Ok(Err(ErrorCode::Unknown(format!(
+                    "principal refused: {reason}"
+                ))));
+            }
+        };
+        let ns = Namespace::new(scoped.principal(), &self.identity.name);
+        let store = std::sync::Arc::clone(&self.kv.store);
+        match self
+            .limits
+            .shared
+            .blocking(move || op(&store, &ns, quota))
+            .await
+        {
+            None => Ok(Err(ErrorCode::Unknown("the capsule is unloading".into()))),
+            Some(Err(panic)) => Err(wasmtime::Error::msg(format!("KV worker failed: {panic}"))),
+            Some(Ok(result)) => Ok(result.map_err(|e| code(&e))),
+        }
+    }
+}
+
+impl Host for KvView<'_> {
+    async fn kv_get(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, ErrorCode>> {
+        self.run(move |s, ns, _| s.get(ns, &key)).await
+    }
+
+    async fn kv_set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        self.run(move |s, ns, quota| s.set(ns, &key, &value, quota))
+            .await
+    }
+
+    async fn kv_delete(&mut self, key: String) -> wasmtime::Result<Result<(), ErrorCode>> {
+        self.run(move |s, ns, _| s.delete(ns, &key)).await
+    }
+
+    async fn kv_list_keys(
+        &mut self,
+        prefix: String,
+    ) -> wasmtime::Result<Result<Vec<String>, ErrorCode>> {
+        self.run(move |s, ns, _| s.list_keys(ns, &prefix)).await
+    }
+
+    async fn kv_list_keys_page(
+        &mut self,
+        prefix: String,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<KeyPage, ErrorCode>> {
+        self.run(move |s, ns, _| {
+            s.list_page(ns, &prefix, cursor.as_deref(), limit)
+                .map(|(keys, next_cursor)| KeyPage { keys, next_cursor })
+        })
+        .await
+    }
+
+    async fn kv_clear_prefix(
+        &mut self,
+        prefix: String,
+    ) -> wasmtime::Result<Result<u64, ErrorCode>> {
+        self.run(move |s, ns, _| s.clear_prefix(ns, &prefix)).await
+    }
+
+    async fn kv_cas(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        self.run(move |s, ns, quota| s.cas(ns, &key, expected.as_deref(), &new, quota))
+            .await
+    }
+}
