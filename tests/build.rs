@@ -15,6 +15,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ("needs_http", "needs-http.wasm"),
     ("stubs", "stubs.wasm"),
     ("sdk_echo", "sdk-echo.wasm"),
+    ("kvwriter", "kvwriter.wasm"),
 ];
 
 fn main() {

@@ -204,9 +204,13 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
         event: &tracing::Event<'_>,
         _ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
-        if event.metadata().target() == capsule_runtime::AUDIT_IPC_TARGET {
+        let target = event.metadata().target();
+        if target == capsule_runtime::AUDIT_IPC_TARGET
+            || target == capsule_runtime::AUDIT_SECRET_TARGET
+        {
             let mut fields = Fields(HashMap::new());
             event.record(&mut fields);
+            fields.0.insert("target".into(), target.to_string());
             self.0.lock().push(fields.0);
         }
     }

@@ -6,4 +6,5 @@ mod ipc;
 mod limits;
 mod loading;
 mod sdk;
+mod storage;
 mod sys;

@@ -13,6 +13,8 @@ wit_bindgen::generate!({
             import astrid:ipc/host@1.0.0;
             import astrid:sys/host@1.0.0;
             import astrid:io/poll@1.0.0;
+            import astrid:kv/host@1.0.0;
+            import astrid:fs/host@1.0.0;
             include astrid:guest/interceptor@1.0.0;
         }
     "#,
@@ -20,7 +22,9 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+use astrid::fs::host as fs;
 use astrid::io::poll;
+use astrid::kv::host as kv;
 use astrid::ipc::host as ipc;
 use astrid::sys::host as sys;
 
@@ -29,6 +33,153 @@ struct Prober;
 thread_local! {
     static SUBS: RefCell<Vec<Option<ipc::Subscription>>> = const { RefCell::new(Vec::new()) };
     static GLOBAL: RefCell<Option<String>> = const { RefCell::new(None) };
+    static FILES: RefCell<Vec<Option<fs::FileHandle>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn kv_code(e: &kv::ErrorCode) -> String {
+    match e {
+        kv::ErrorCode::InvalidKey => "invalid-key".into(),
+        kv::ErrorCode::TooLarge => "too-large".into(),
+        kv::ErrorCode::Quota => "quota".into(),
+        kv::ErrorCode::CasMismatch => "cas-mismatch".into(),
+        kv::ErrorCode::Unknown(s) => format!("unknown:{s}"),
+    }
+}
+
+fn fs_code(e: &fs::ErrorCode) -> String {
+    match e {
+        fs::ErrorCode::NotFound => "not-found".into(),
+        fs::ErrorCode::Access => "access".into(),
+        fs::ErrorCode::CapabilityDenied => "capability-denied".into(),
+        fs::ErrorCode::BoundaryEscape => "boundary-escape".into(),
+        fs::ErrorCode::InvalidPath => "invalid-path".into(),
+        fs::ErrorCode::WouldBlock => "would-block".into(),
+        fs::ErrorCode::IsDirectory => "is-directory".into(),
+        fs::ErrorCode::NotDirectory => "not-directory".into(),
+        fs::ErrorCode::NotEmpty => "not-empty".into(),
+        fs::ErrorCode::TooLarge => "too-large".into(),
+        fs::ErrorCode::Quota => "quota".into(),
+        fs::ErrorCode::CrossVfs => "cross-vfs".into(),
+        fs::ErrorCode::AlreadyExists => "already-exists".into(),
+        fs::ErrorCode::Closed => "closed".into(),
+        fs::ErrorCode::Unknown(s) => format!("unknown:{s}"),
+    }
+}
+
+fn text(bytes: Vec<u8>) -> Value {
+    json!(String::from_utf8_lossy(&bytes))
+}
+
+fn unit<E>(r: Result<(), E>, f: impl Fn(&E) -> String) -> Result<Value, String> {
+    r.map(|()| Value::Null).map_err(|e| f(&e))
+}
+
+fn storage(action: &str, args: &Value) -> Option<Result<Value, String>> {
+    let s = |k: &str| args[k].as_str().unwrap_or("").to_string();
+    let n = |k: &str| args[k].as_u64().unwrap_or(0);
+    let opt = |k: &str| args[k].as_str().map(str::to_string);
+    Some(match action {
+        "kv-get" => kv::kv_get(&s("key")).map(|v| v.map_or(Value::Null, text)).map_err(|e| kv_code(&e)),
+        "kv-set" => unit(kv::kv_set(&s("key"), s("value").as_bytes()), kv_code),
+        "kv-set-size" => unit(kv::kv_set(&s("key"), &vec![b'x'; n("size") as usize]), kv_code),
+        "kv-delete" => unit(kv::kv_delete(&s("key")), kv_code),
+        "kv-list" => kv::kv_list_keys(&s("prefix")).map(|k| json!(k)).map_err(|e| kv_code(&e)),
+        "kv-page" => kv::kv_list_keys_page(&s("prefix"), opt("cursor").as_deref(), n("limit") as u32)
+            .map(|p| json!({"keys": p.keys, "next": p.next_cursor}))
+            .map_err(|e| kv_code(&e)),
+        "kv-clear" => kv::kv_clear_prefix(&s("prefix")).map(|c| json!(c)).map_err(|e| kv_code(&e)),
+        "kv-cas" => {
+            let expected = opt("expected");
+            unit(
+                kv::kv_cas(&s("key"), expected.as_deref().map(str::as_bytes), s("new").as_bytes()),
+                kv_code,
+            )
+        }
+        "kv-loop" => {
+            let (mode, count) = (s("mode"), n("count"));
+            let value = vec![b'v'; n("size") as usize];
+            for i in 0..count {
+                let key = format!("bench/{}", i % 1024);
+                let r = if mode == "set" {
+                    kv::kv_set(&key, &value).map(drop)
+                } else {
+                    kv::kv_get(&key).map(drop)
+                };
+                if let Err(e) = r {
+                    return Some(Err(kv_code(&e)));
+                }
+            }
+            Ok(json!(count))
+        }
+        "read" => fs::read_file(&s("path")).map(text).map_err(|e| fs_code(&e)),
+        "write" => unit(fs::write_file(&s("path"), s("content").as_bytes()), fs_code),
+        "write-size" => unit(fs::write_file(&s("path"), &vec![b'x'; n("size") as usize]), fs_code),
+        "append" => unit(fs::fs_append(&s("path"), s("content").as_bytes()), fs_code),
+        "exists" => fs::fs_exists(&s("path")).map(|b| json!(b)).map_err(|e| fs_code(&e)),
+        "mkdir" => unit(fs::fs_mkdir(&s("path")), fs_code),
+        "mkdir-all" => unit(fs::fs_mkdir_all(&s("path")), fs_code),
+        "readdir" => fs::fs_readdir(&s("path")).map(|v| json!(v)).map_err(|e| fs_code(&e)),
+        "stat" => fs::fs_stat(&s("path"))
+            .map(|st| json!({"size": st.size, "dir": matches!(st.kind, fs::FileType::Directory)}))
+            .map_err(|e| fs_code(&e)),
+        "unlink" => unit(fs::fs_unlink(&s("path")), fs_code),
+        "copy" => unit(fs::fs_copy(&s("src"), &s("dst")), fs_code),
+        "rename" => unit(fs::fs_rename(&s("src"), &s("dst")), fs_code),
+        "rmrf" => fs::fs_remove_dir_all(&s("path")).map(|c| json!(c)).map_err(|e| fs_code(&e)),
+        "canon" => fs::fs_canonicalize(&s("path")).map(|p| json!(p)).map_err(|e| fs_code(&e)),
+        "link" => unit(fs::fs_hard_link(&s("src"), &s("dst")), fs_code),
+        "open" => {
+            let mode = match s("mode").as_str() {
+                "write" => fs::OpenMode::Write,
+                "append" => fs::OpenMode::Append,
+                "read-write" => fs::OpenMode::ReadWrite,
+                _ => fs::OpenMode::Read,
+            };
+            fs::fs_open(&s("path"), mode)
+                .map(|h| {
+                    FILES.with(|f| {
+                        let mut f = f.borrow_mut();
+                        f.push(Some(h));
+                        json!(f.len() - 1)
+                    })
+                })
+                .map_err(|e| fs_code(&e))
+        }
+        "handle-read" | "handle-write" | "handle-len" => FILES.with(|f| {
+            let f = f.borrow();
+            let Some(h) = f.get(n("index") as usize).and_then(Option::as_ref) else {
+                return Err("no such handle".to_string());
+            };
+            match action {
+                "handle-read" => h.read_at(n("offset"), n("max") as u32).map(text).map_err(|e| fs_code(&e)),
+                "handle-write" => h
+                    .write_at(n("offset"), s("data").as_bytes())
+                    .map(|w| json!(w))
+                    .map_err(|e| fs_code(&e)),
+                _ => h.set_len(n("size")).map(|()| Value::Null).map_err(|e| fs_code(&e)),
+            }
+        }),
+        "close-all" => {
+            FILES.with(|f| f.borrow_mut().clear());
+            Ok(Value::Null)
+        }
+        "fs-loop" => {
+            let (mode, path, count) = (s("mode"), s("path"), n("count"));
+            let data = vec![b'd'; n("size") as usize];
+            for _ in 0..count {
+                let r = if mode == "write" {
+                    fs::write_file(&path, &data)
+                } else {
+                    fs::read_file(&path).map(drop)
+                };
+                if let Err(e) = r {
+                    return Some(Err(fs_code(&e)));
+                }
+            }
+            Ok(json!(count))
+        }
+        _ => return None,
+    })
 }
 
 fn ipc_code(e: &ipc::ErrorCode) -> String {
@@ -250,7 +401,7 @@ fn run(action: &str, args: &Value) -> Result<Value, String> {
             }
         }
         "trap" => std::process::abort(),
-        other => Err(format!("unknown action {other}")),
+        other => storage(other, args).unwrap_or_else(|| Err(format!("unknown action {other}"))),
     }
 }
 
