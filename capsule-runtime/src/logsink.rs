@@ -6,8 +6,6 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use capsule_bus::PrincipalId;
-use capsule_vfs::StateLayout;
 use parking_lot::Mutex;
 
 /// Longest message kept per log record, in bytes; longer ones are truncated and marked.
@@ -20,15 +18,11 @@ pub(crate) struct LogSink {
 }
 
 impl LogSink {
-    /// Opens the log of `capsule` for `principal`.
-    pub(crate) fn open(
-        layout: &StateLayout,
-        principal: &PrincipalId,
-        capsule: &str,
-    ) -> std::io::Result<Self> {
-        Ok(Self {
-            file: Arc::new(Mutex::new(layout.open_capsule_log(principal, capsule)?)),
-        })
+    /// Wraps an opened log file.
+    pub(crate) fn from_file(file: std::fs::File) -> Self {
+        Self {
+            file: Arc::new(Mutex::new(file)),
+        }
     }
 
     /// Appends one record.

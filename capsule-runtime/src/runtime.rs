@@ -25,9 +25,8 @@ use crate::host::build_linker;
 use crate::inspect;
 use crate::kv::KvStore;
 use crate::limits::{MemoryLedger, MemoryStats};
-use crate::logsink::LogSink;
 use crate::registry::Registry;
-use crate::scope::{ProfileCache, ScopeFactory, load_env_overlay};
+use crate::scope::{PrincipalResources, ProfileCache, ScopeFactory};
 use crate::secrets::SecretStore;
 use crate::state::{
     Binding, BusShared, CapsuleIdentity, FsShared, HostState, LimitsShared, SysShared,
@@ -417,15 +416,14 @@ impl Runtime {
             session,
             owner: owner.clone(),
         });
-        let owner_log = match LogSink::open(&self.inner.layout, &owner, &name) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::warn!(capsule = %name, %owner, error = %e, "cannot open the capsule log");
-                None
-            }
-        };
+        let owner_files = PrincipalResources::open(&self.inner.layout, &owner, &name);
+        let owner_log = owner_files.as_ref().and_then(|f| f.log.clone());
         let policy = Arc::new(CapsulePolicy::from_manifest(&manifest));
-        let (fs, overlay_dir) = self.mount_fs(&name, session, &owner, &policy)?;
+        let (owner_env, owner_home, owner_tmp) = match owner_files {
+            Some(f) => (f.env, Some(Arc::new(f.home)), Some(Arc::new(f.tmp))),
+            None => (HashMap::new(), None, None),
+        };
+        let (fs, overlay_dir) = self.mount_fs(&name, session, &policy, owner_home, owner_tmp)?;
         let (ready_tx, ready_rx) = watch::channel(false);
         let (exit_tx, exit_rx) = watch::channel(None);
         let parts = StoreParts {
@@ -446,7 +444,7 @@ impl Runtime {
             }),
             sys: Arc::new(SysShared {
                 defaults: env_defaults(&manifest),
-                owner_env: load_env_overlay(&self.inner.layout, &owner, &name),
+                owner_env,
                 secret_keys: manifest
                     .env
                     .iter()
@@ -519,8 +517,9 @@ impl Runtime {
         &self,
         name: &str,
         session: Uuid,
-        owner: &PrincipalId,
         policy: &Arc<CapsulePolicy>,
+        owner_home: Option<Arc<Mount>>,
+        owner_tmp: Option<Arc<Mount>>,
     ) -> Result<(FsShared, Option<PathBuf>), LoadError> {
         let config = &self.inner.config;
         let fail = |path: &Path, e: std::io::Error| LoadError::Mount {
@@ -555,21 +554,13 @@ impl Runtime {
                     .map_err(|e| fail(root, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let layout = &self.inner.layout;
-        let optional = |what: &str, m: std::io::Result<Mount>| match m {
-            Ok(m) => Some(Arc::new(m)),
-            Err(e) => {
-                tracing::warn!(capsule = name, %owner, error = %e, "cannot open the owner's {what}");
-                None
-            }
-        };
         Ok((
             FsShared {
                 policy: Arc::clone(policy),
                 workspace: Arc::new(workspace),
                 absolute,
-                owner_home: optional("home", layout.home_mount(owner)),
-                owner_tmp: optional("tmp directory", layout.tmp_mount(owner)),
+                owner_home,
+                owner_tmp,
             },
             overlay_dir,
         ))

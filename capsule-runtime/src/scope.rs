@@ -158,25 +158,19 @@ impl ScopeFactory {
     }
 
     fn overlays_for(&self, principal: &PrincipalId) -> Overlays {
-        let log = match LogSink::open(&self.layout, principal, &self.capsule) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::warn!(%principal, capsule = %self.capsule, error = %e, "cannot open the principal's capsule log");
-                None
-            }
-        };
-        let mount = |what: &str, m: std::io::Result<Mount>| match m {
-            Ok(m) => Some(Arc::new(m)),
-            Err(e) => {
-                tracing::warn!(%principal, error = %e, "cannot open the principal's {what}");
-                None
-            }
-        };
-        Overlays {
-            log,
-            env: Arc::new(load_env_overlay(&self.layout, principal, &self.capsule)),
-            home: mount("home", self.layout.home_mount(principal)),
-            tmp: mount("tmp directory", self.layout.tmp_mount(principal)),
+        match PrincipalResources::open(&self.layout, principal, &self.capsule) {
+            Some(r) => Overlays {
+                log: r.log,
+                env: Arc::new(r.env),
+                home: Some(Arc::new(r.home)),
+                tmp: Some(Arc::new(r.tmp)),
+            },
+            None => Overlays {
+                log: None,
+                env: Arc::new(HashMap::new()),
+                home: None,
+                tmp: None,
+            },
         }
     }
 
@@ -201,27 +195,62 @@ impl ScopeFactory {
     }
 }
 
-/// Reads `<home>/.config/env/<capsule>.env.json` (a JSON object of strings); absent or
-/// unreadable files give an empty overlay, with a warning for the latter.
-pub(crate) fn load_env_overlay(
-    layout: &StateLayout,
+/// A principal's home, tmp, capsule log and env overlay, opened together.
+pub(crate) struct PrincipalResources {
+    pub(crate) home: Mount,
+    pub(crate) tmp: Mount,
+    pub(crate) log: Option<LogSink>,
+    pub(crate) env: HashMap<String, String>,
+}
+
+impl PrincipalResources {
+    /// Opens them; `None` (with a warning) if the principal's home cannot be opened. A log or
+    /// env overlay that cannot be read is reported and left out, never replaced by another
+    /// principal's.
+    pub(crate) fn open(
+        layout: &StateLayout,
+        principal: &PrincipalId,
+        capsule: &str,
+    ) -> Option<Self> {
+        let files = match layout.open_principal(principal, capsule) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(%principal, capsule, error = %e, "cannot open the principal's home");
+                return None;
+            }
+        };
+        let log = match files.log {
+            Ok(f) => Some(LogSink::from_file(f)),
+            Err(e) => {
+                tracing::warn!(%principal, capsule, error = %e, "cannot open the principal's capsule log");
+                None
+            }
+        };
+        let env = match files.env {
+            Ok(Some(text)) => parse_env_overlay(&text, principal, capsule),
+            Ok(None) => HashMap::new(),
+            Err(e) => {
+                tracing::warn!(%principal, capsule, error = %e, "cannot read the env overlay");
+                HashMap::new()
+            }
+        };
+        Some(Self {
+            home: files.home,
+            tmp: files.tmp,
+            log,
+            env,
+        })
+    }
+}
+
+/// Parses an env overlay: a JSON object whose values are strings (other values are kept as
+/// their JSON text). Anything else is ignored with a warning.
+fn parse_env_overlay(
+    text: &str,
     principal: &PrincipalId,
     capsule: &str,
 ) -> HashMap<String, String> {
-    let path = layout
-        .home(principal)
-        .join(".config")
-        .join("env")
-        .join(format!("{capsule}.env.json"));
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read env overlay");
-            return HashMap::new();
-        }
-    };
-    match serde_json::from_str::<HashMap<String, serde_json::Value>>(&text) {
+    match serde_json::from_str::<HashMap<String, serde_json::Value>>(text) {
         Ok(map) => map
             .into_iter()
             .map(|(k, v)| {
@@ -233,7 +262,7 @@ pub(crate) fn load_env_overlay(
             })
             .collect(),
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "env overlay is not a JSON object; ignored");
+            tracing::warn!(%principal, capsule, error = %e, "env overlay is not a JSON object; ignored");
             HashMap::new()
         }
     }

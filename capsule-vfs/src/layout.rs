@@ -14,6 +14,20 @@ use crate::mount::Mount;
 #[cfg(unix)]
 use cap_std::fs::{DirBuilderExt, OpenOptionsExt};
 
+/// Everything the host opens for one principal and one capsule, from a single home handle.
+#[derive(Debug)]
+pub struct PrincipalFiles {
+    /// `home://`.
+    pub home: Mount,
+    /// `/tmp/` (`<home>/.local/tmp`).
+    pub tmp: Mount,
+    /// The capsule's log file for this principal, or why it could not be opened.
+    pub log: io::Result<std::fs::File>,
+    /// The principal's env overlay for the capsule (`<home>/.config/env/<capsule>.env.json`),
+    /// if present, or why it could not be read.
+    pub env: io::Result<Option<String>>,
+}
+
 /// The host's state directory and the paths inside it.
 #[derive(Clone, Debug)]
 pub struct StateLayout {
@@ -61,22 +75,48 @@ impl StateLayout {
         state.open_dir_nofollow(&rel)
     }
 
-    /// The principal's home as a mount (`home://`).
-    pub fn home_mount(&self, principal: &PrincipalId) -> io::Result<Mount> {
-        Ok(Mount::from_dir(
-            self.open_home(principal)?,
-            self.home(principal),
-        ))
+    /// Opens the principal's home once and derives its tmp mount, the capsule's log file and
+    /// the capsule's env overlay from that handle.
+    pub fn open_principal(
+        &self,
+        principal: &PrincipalId,
+        capsule: &str,
+    ) -> io::Result<PrincipalFiles> {
+        check_capsule_name(capsule)?;
+        let home = self.open_home(principal)?;
+        let tmp_rel = Path::new(".local").join("tmp");
+        home.create_dir_with(&tmp_rel, &Self::private_dir_builder())?;
+        let tmp = Mount::from_dir(
+            home.open_dir_nofollow(&tmp_rel)?,
+            self.home(principal).join(&tmp_rel),
+        );
+        let log = Self::open_log_in(&home, capsule);
+        let env_file = Path::new(".config")
+            .join("env")
+            .join(format!("{capsule}.env.json"));
+        let env = match home.read_to_string(&env_file) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        };
+        Ok(PrincipalFiles {
+            home: Mount::from_dir(home, self.home(principal)),
+            tmp,
+            log,
+            env,
+        })
     }
 
-    /// The principal's scratch directory as a mount (`/tmp/`):
-    /// `<state>/home/<principal>/.local/tmp`.
-    pub fn tmp_mount(&self, principal: &PrincipalId) -> io::Result<Mount> {
-        let home = self.open_home(principal)?;
-        let rel = Path::new(".local").join("tmp");
-        home.create_dir_with(&rel, &Self::private_dir_builder())?;
-        let dir = home.open_dir_nofollow(&rel)?;
-        Ok(Mount::from_dir(dir, self.home(principal).join(rel)))
+    fn open_log_in(home: &Dir, capsule: &str) -> io::Result<std::fs::File> {
+        let logs = Path::new(".local").join("log");
+        home.create_dir_with(&logs, &Self::private_dir_builder())?;
+        let logs = home.open_dir_nofollow(&logs)?;
+        let mut opts = OpenOptions::new();
+        opts.append(true).create(true);
+        opts.follow(FollowSymlinks::No);
+        #[cfg(unix)]
+        opts.mode(0o600);
+        Ok(logs.open_with(format!("{capsule}.log"), &opts)?.into_std())
     }
 
     /// Opens (creating, mode 0600) the capsule's log file for `principal` in append mode.
@@ -111,6 +151,20 @@ impl StateLayout {
         let file = logs.open_with(format!("{capsule}.log"), &opts)?;
         Ok(file.into_std())
     }
+}
+
+fn check_capsule_name(capsule: &str) -> io::Result<()> {
+    if capsule.is_empty()
+        || !capsule
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{capsule:?} is not a capsule name"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

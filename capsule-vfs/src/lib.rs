@@ -14,7 +14,7 @@ mod overlay;
 mod path;
 
 pub use error::VfsError;
-pub use layout::StateLayout;
+pub use layout::{PrincipalFiles, StateLayout};
 pub use mount::{FileKind, Mount, OpenMode, Stat, Tree};
 pub use overlay::{Overlay, read_to_string};
 pub use path::{GuestPath, MAX_GUEST_PATH, Scheme};

@@ -8,7 +8,7 @@ usage: cargo xtask <command>
 
 commands:
   ci                       fmt check, clippy (warnings denied), tests, docs (warnings denied)
-  bench <group> [--quick]  run a benchmark group (bus, runtime) in release; prints JSON lines
+  bench <group> [--quick]  run a benchmark group (bus, runtime, storage) in release; prints JSON lines
 ";
 
 fn main() -> ExitCode {
@@ -131,9 +131,10 @@ fn bench(args: &[String]) -> Result<(), String> {
         let (package, bench) = match group {
             "bus" => ("capsule-bus", "bus"),
             "runtime" => ("capsule-tests", "runtime"),
+            "storage" => ("capsule-tests", "storage"),
             other => {
                 return Err(format!(
-                    "unknown bench group `{other}` (known: bus, runtime)"
+                    "unknown bench group `{other}` (known: bus, runtime, storage)"
                 ));
             }
         };

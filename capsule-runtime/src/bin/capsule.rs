@@ -15,12 +15,19 @@ const USAGE: &str = "\
 usage:
   capsule run [--state DIR] [--owner PRINCIPAL] CAPSULE_DIR...
   capsule inspect [--state DIR] CAPSULE_DIR
+  capsule secret set [--state DIR] --capsule NAME [--principal P | --host] KEY   (value on stdin)
+  capsule secret delete [--state DIR] --capsule NAME [--principal P | --host] KEY
   capsule --help | --version
 
 options:
   --state DIR          host state directory (default: $CAPSULE_STATE_DIR,
                        else $HOME/.local/state/capsule)
   --owner PRINCIPAL    principal the capsules are loaded for (default: default)
+  --capsule NAME       the capsule a secret belongs to
+  --principal P        store the secret for principal P (default: the owner, `default`)
+  --host               store the secret host-wide (used when a principal has none)
+
+The host key that encrypts secrets is $CAPSULE_HOST_KEY_FILE, else <state>/keys/host.key.
 
 RUST_LOG selects log output (default: info).
 ";
@@ -29,6 +36,9 @@ struct Args {
     command: String,
     state: Option<PathBuf>,
     owner: Option<String>,
+    capsule: Option<String>,
+    principal: Option<String>,
+    host: bool,
     dirs: Vec<PathBuf>,
 }
 
@@ -38,12 +48,20 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
         command,
         state: None,
         owner: None,
+        capsule: None,
+        principal: None,
+        host: false,
         dirs: Vec::new(),
     };
     while let Some(a) = raw.next() {
         match a.as_str() {
             "--state" => args.state = Some(raw.next().ok_or("--state needs a directory")?.into()),
             "--owner" => args.owner = Some(raw.next().ok_or("--owner needs a principal")?),
+            "--capsule" => args.capsule = Some(raw.next().ok_or("--capsule needs a name")?),
+            "--principal" => {
+                args.principal = Some(raw.next().ok_or("--principal needs a principal")?)
+            }
+            "--host" => args.host = true,
             flag if flag.starts_with("--") => return Err(format!("unknown option `{flag}`")),
             dir => args.dirs.push(dir.into()),
         }
@@ -118,12 +136,13 @@ enum Failure {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
-    let mut config = RuntimeConfig::new(args.state.unwrap_or_else(default_state));
+    let mut config = RuntimeConfig::new(args.state.clone().unwrap_or_else(default_state));
     if let Some(owner) = &args.owner {
         config.owner =
             PrincipalId::parse(owner).map_err(|e| Failure::Usage(format!("--owner: {e}")))?;
     }
-    match args.command.as_str() {
+    let command = args.command.clone();
+    match command.as_str() {
         "run" => {
             if args.dirs.is_empty() {
                 return Err(Failure::Usage(
@@ -203,6 +222,61 @@ async fn run(args: Args) -> Result<(), Failure> {
             println!("env       {}", env.join(", "));
             Ok(())
         }
+        "secret" => secret(args, config),
         other => Err(Failure::Usage(format!("unknown command `{other}`"))),
+    }
+}
+
+fn secret(args: Args, config: RuntimeConfig) -> Result<(), Failure> {
+    use capsule_runtime::secrets::{SecretScope, SecretStore};
+    let [action, key] = args.dirs.as_slice() else {
+        return Err(Failure::Usage(
+            "secret needs an action (set, delete) and a KEY".into(),
+        ));
+    };
+    let (action, key) = (action.to_string_lossy(), key.to_string_lossy());
+    let capsule = args
+        .capsule
+        .ok_or_else(|| Failure::Usage("secret needs --capsule NAME".into()))?;
+    let scope = match (args.host, args.principal) {
+        (true, Some(_)) => {
+            return Err(Failure::Usage(
+                "--host and --principal exclude each other".into(),
+            ));
+        }
+        (true, None) => SecretScope::Host,
+        (false, p) => SecretScope::Principal(
+            PrincipalId::parse(p.as_deref().unwrap_or("default"))
+                .map_err(|e| Failure::Usage(format!("--principal: {e}")))?,
+        ),
+    };
+    let store = SecretStore::open(&config.state_dir, &config.host_key_file())
+        .map_err(|e| Failure::Error(e.to_string()))?;
+    match action.as_ref() {
+        "set" => {
+            let mut value = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut value)
+                .map_err(|e| Failure::Error(format!("reading the value from stdin: {e}")))?;
+            // A trailing newline from `echo` is not part of the secret.
+            if value.last() == Some(&b'\n') {
+                value.pop();
+            }
+            store
+                .set(&scope, &capsule, &key, &value)
+                .map_err(|e| Failure::Error(e.to_string()))?;
+            println!("stored `{key}` for capsule {capsule}");
+            Ok(())
+        }
+        "delete" => {
+            let existed = store
+                .delete(&scope, &capsule, &key)
+                .map_err(|e| Failure::Error(e.to_string()))?;
+            println!(
+                "{} `{key}` for capsule {capsule}",
+                if existed { "deleted" } else { "no secret" }
+            );
+            Ok(())
+        }
+        other => Err(Failure::Usage(format!("unknown secret action `{other}`"))),
     }
 }
