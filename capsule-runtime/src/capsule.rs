@@ -16,6 +16,7 @@ use wasmtime::component::{ComponentType, InstancePre, Lift, Lower, ResourceTable
 use wasmtime::{Engine, Store, UpdateDeadline};
 
 use crate::cache::CacheOutcome;
+use crate::calls::{Call, CallQueue, Submitted};
 use crate::config::EpochMode;
 use crate::host::wasi;
 use crate::inspect::{Exports, HOOK, RUN};
@@ -84,6 +85,14 @@ pub enum InvokeError {
     /// The guest trapped; its instance was discarded.
     #[error("guest trapped: {0}")]
     Trapped(String),
+    /// The principal's call queue for this capsule is full; the call was dropped.
+    #[error("capsule `{capsule}`: call queue of `{principal}` is full; call dropped")]
+    QueueFull {
+        /// The capsule.
+        capsule: String,
+        /// The principal.
+        principal: PrincipalId,
+    },
 }
 
 /// What loading found out.
@@ -111,9 +120,35 @@ pub(crate) struct StoreParts {
     pub(crate) overlay_dir: Option<std::path::PathBuf>,
 }
 
-struct CallInstance {
+/// A worker's instance: kept between calls for the same principal, rebuilt when the principal
+/// changes or a call did not complete.
+struct Pooled {
     store: Store<HostState>,
     hook: TypedFunc<(String, Vec<u8>), (HookResponse,)>,
+    principal: PrincipalId,
+}
+
+/// Counters of a capsule's handler calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Calls that returned a response.
+    pub completed: u64,
+    /// Calls that trapped, were interrupted or could not start.
+    pub failed: u64,
+    /// Calls refused because the principal's queue was full.
+    pub dropped: u64,
+    /// Fresh instances made because the previous one served another principal.
+    pub resets: u64,
+    /// Calls waiting in the queues now.
+    pub queued: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    completed: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    dropped: std::sync::atomic::AtomicU64,
+    resets: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct CapsuleInner {
@@ -130,7 +165,9 @@ pub(crate) struct CapsuleInner {
     pub(crate) ready: watch::Receiver<bool>,
     pub(crate) run_exit: watch::Receiver<Option<RunExit>>,
     pub(crate) run_task: parking_lot::Mutex<Option<JoinHandle<()>>>,
-    call: tokio::sync::Mutex<Option<CallInstance>>,
+    pub(crate) calls: CallQueue,
+    counters: Counters,
+    fuel: bool,
     unloaded: AtomicBool,
 }
 
@@ -151,10 +188,16 @@ impl std::fmt::Debug for Capsule {
 }
 
 fn classify(err: &wasmtime::Error) -> Result<Interrupt, String> {
-    match err.downcast_ref::<Interrupt>() {
-        Some(i) => Ok(i.clone()),
-        None => Err(format!("{err:#}")),
+    if let Some(i) = err.downcast_ref::<Interrupt>() {
+        return Ok(i.clone());
     }
+    if matches!(
+        err.downcast_ref::<wasmtime::Trap>(),
+        Some(wasmtime::Trap::OutOfFuel)
+    ) {
+        return Ok(Interrupt::OutOfFuel);
+    }
+    Err(format!("{err:#}"))
 }
 
 impl CapsuleInner {
@@ -185,7 +228,9 @@ impl CapsuleInner {
             ready,
             run_exit,
             run_task: parking_lot::Mutex::new(None),
-            call: tokio::sync::Mutex::new(None),
+            calls: CallQueue::new(config.handler_queue_per_principal, config.handler_pool_size),
+            counters: Counters::default(),
+            fuel: config.fuel,
             unloaded: AtomicBool::new(false),
         }
     }
@@ -247,6 +292,13 @@ impl CapsuleInner {
             Ok(UpdateDeadline::Yield(1))
         });
         store.set_epoch_deadline(1);
+        if self.fuel {
+            // Run loops and lifecycle calls are bounded by epochs; handler calls get their
+            // own budget before each call.
+            if let Err(e) = store.set_fuel(u64::MAX) {
+                tracing::error!(error = %e, "cannot fuel a new store");
+            }
+        }
         store
     }
 
@@ -286,7 +338,7 @@ impl CapsuleInner {
         exit.send_replace(Some(exit_value));
     }
 
-    async fn instantiate_call(&self) -> Result<CallInstance, InvokeError> {
+    async fn instantiate_call(&self, principal: &PrincipalId) -> Result<Pooled, InvokeError> {
         let mut store = self.new_store(CpuMeter::Call {
             elapsed: 0,
             deadline: 1,
@@ -299,7 +351,11 @@ impl CapsuleInner {
         let hook = instance
             .get_typed_func::<(String, Vec<u8>), (HookResponse,)>(&mut store, HOOK)
             .map_err(fail)?;
-        Ok(CallInstance { store, hook })
+        Ok(Pooled {
+            store,
+            hook,
+            principal: principal.clone(),
+        })
     }
 
     fn deadline_windows(&self, timeout_secs: u64) -> u64 {
@@ -310,72 +366,148 @@ impl CapsuleInner {
             .max(1)
     }
 
-    pub(crate) async fn invoke(
-        &self,
-        action: &str,
-        payload: &[u8],
-        principal: Option<PrincipalId>,
+    /// Queues a call of `astrid-hook-trigger` caused by `caller` and waits for its result.
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        action: String,
+        payload: Vec<u8>,
+        caller: Caller,
     ) -> Result<HookResponse, InvokeError> {
         let name = || self.identity.name.clone();
         if !self.report.exports.hook {
             return Err(InvokeError::NoHook(name()));
         }
-        let cancel = self.parts.limits.cancel.clone();
-        if cancel.is_cancelled() {
+        if self.parts.limits.cancel.is_cancelled() {
             return Err(InvokeError::Unloaded(name()));
         }
-        let principal = principal.unwrap_or_else(|| self.identity.owner.clone());
-        let scope = self.parts.scopes.build(
-            Caller {
-                attribution: Attribution::Verified(principal.clone()),
-                source: Uuid::nil(),
-                timestamp_ms: unix_ms(),
-            },
-            true,
-        );
+        let principal = caller
+            .attribution
+            .principal()
+            .cloned()
+            .unwrap_or_else(|| self.identity.owner.clone());
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let call = Call {
+            action,
+            payload,
+            caller,
+            reply,
+        };
+        match self.calls.submit(&principal, call) {
+            Submitted::Queued(spawn) => {
+                if spawn {
+                    tokio::spawn(Arc::clone(self).worker());
+                }
+            }
+            Submitted::Refused => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                if self.parts.limits.cancel.is_cancelled() {
+                    return Err(InvokeError::Unloaded(name()));
+                }
+                tracing::warn!(
+                    target: "capsule::audit::dispatch",
+                    capsule = %self.identity.name,
+                    principal = %principal,
+                    "handler call dropped: the principal's queue is full"
+                );
+                return Err(InvokeError::QueueFull {
+                    capsule: name(),
+                    principal,
+                });
+            }
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err(InvokeError::Unloaded(name())))
+    }
+
+    /// Serves queued calls until the capsule unloads, keeping one instance between calls of
+    /// the same principal.
+    async fn worker(self: Arc<Self>) {
+        let mut pooled: Option<Pooled> = None;
+        while let Some((principal, call)) = self.calls.next().await {
+            let result = self
+                .run_call(
+                    &mut pooled,
+                    &principal,
+                    call.action,
+                    call.payload,
+                    call.caller,
+                )
+                .await;
+            let counter = if result.is_ok() {
+                &self.counters.completed
+            } else {
+                &self.counters.failed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            // The caller may have stopped waiting; the result is then simply dropped.
+            let _unheard = call.reply.send(result);
+        }
+    }
+
+    async fn run_call(
+        &self,
+        pooled: &mut Option<Pooled>,
+        principal: &PrincipalId,
+        action: String,
+        payload: Vec<u8>,
+        caller: Caller,
+    ) -> Result<HookResponse, InvokeError> {
+        let name = || self.identity.name.clone();
+        let scope = self.parts.scopes.build(caller, true);
         let profile = match &scope.profile {
             Ok(p) => Arc::clone(p),
             Err(reason) => {
                 return Err(InvokeError::PrincipalRefused {
-                    principal,
+                    principal: principal.clone(),
                     reason: reason.to_string(),
                 });
             }
         };
-        let mut slot = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return Err(InvokeError::Unloaded(name())),
-            slot = self.call.lock() => slot,
-        };
-        // Taken out of the slot for the duration of the call: if the call does not complete
-        // (trap, interrupt, or this future being dropped) the Store is discarded with it.
-        let mut call = match slot.take() {
-            Some(c) => c,
-            None => self.instantiate_call().await?,
+        // Another principal's guest memory is never reused: such an instance is replaced.
+        if pooled.as_ref().is_some_and(|p| &p.principal != principal) {
+            *pooled = None;
+            self.counters.resets.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut instance = match pooled.take() {
+            Some(p) => p,
+            None => self.instantiate_call(principal).await?,
         };
         {
-            let state = call.store.data_mut();
+            let state = instance.store.data_mut();
             state.scope = Some(scope);
             state
                 .limits
                 .memory
-                .retarget(&principal, profile.quotas.max_memory_bytes);
+                .retarget(principal, profile.quotas.max_memory_bytes);
             state.limits.cpu = CpuMeter::Call {
                 elapsed: 0,
                 deadline: self.deadline_windows(profile.quotas.max_timeout_secs),
             };
         }
-        call.store.set_epoch_deadline(1);
-        let result = call
+        if self.fuel {
+            let budget = profile
+                .quotas
+                .max_cpu_fuel_per_sec
+                .map_or(u64::MAX, |per_sec| {
+                    per_sec.saturating_mul(profile.quotas.max_timeout_secs)
+                });
+            if let Err(e) = instance.store.set_fuel(budget) {
+                return Err(InvokeError::Trapped(format!("cannot set fuel: {e:#}")));
+            }
+        }
+        instance.store.set_epoch_deadline(1);
+        let result = instance
             .hook
-            .call_async(&mut call.store, (action.to_string(), payload.to_vec()))
+            .call_async(&mut instance.store, (action, payload))
             .await;
-        call.store.data_mut().scope = None;
+        instance.store.data_mut().scope = None;
         match result {
             Ok((response,)) => {
-                *slot = Some(call);
+                *pooled = Some(instance);
                 Ok(response)
             }
+            // The Store whose call did not complete is discarded here, never reused.
             Err(e) => Err(match classify(&e) {
                 Ok(Interrupt::Unloaded) => InvokeError::Unloaded(name()),
                 Ok(i) => InvokeError::Interrupted(i),
@@ -450,7 +582,27 @@ impl Capsule {
         payload: &[u8],
         principal: Option<PrincipalId>,
     ) -> Result<HookResponse, InvokeError> {
-        self.inner.invoke(action, payload, principal).await
+        let principal = principal.unwrap_or_else(|| self.inner.identity.owner.clone());
+        let caller = Caller {
+            attribution: Attribution::Verified(principal),
+            source: Uuid::nil(),
+            timestamp_ms: unix_ms(),
+        };
+        self.inner
+            .call(action.to_string(), payload.to_vec(), caller)
+            .await
+    }
+
+    /// Counters of this capsule's handler calls.
+    pub fn call_stats(&self) -> CallStats {
+        let c = &self.inner.counters;
+        CallStats {
+            completed: c.completed.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            resets: c.resets.load(Ordering::Relaxed),
+            queued: self.inner.calls.queued() as u64,
+        }
     }
 
     /// Instantiates the capsule once in a fresh Store, then discards it: a health check that
@@ -510,19 +662,7 @@ impl Capsule {
                 }
             }
         }
-        loop {
-            tokio::select! {
-                mut slot = self.inner.call.lock() => {
-                    slot.take();
-                    break;
-                }
-                () = tokio::time::sleep(self.inner.window) => {
-                    if self.inner.epoch_mode == EpochMode::Manual {
-                        self.inner.engine.increment_epoch();
-                    }
-                }
-            }
-        }
+        self.inner.calls.close(&self.inner.identity.name);
         if let Some(registry) = self.inner.registry.upgrade() {
             registry.remove(&self.inner.identity.session);
         }

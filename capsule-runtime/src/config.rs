@@ -69,6 +69,13 @@ pub struct RuntimeConfig {
     /// The workspace capsules see as `cwd://`: one directory shared by all capsules, or, when
     /// `None`, `<state_dir>/workspaces/<capsule>` for each.
     pub workspace_root: Option<PathBuf>,
+    /// Most instances serving a capsule's handler calls at once (grown lazily).
+    pub handler_pool_size: usize,
+    /// Most calls queued per (capsule, principal); beyond it calls are dropped and counted.
+    pub handler_queue_per_principal: usize,
+    /// Whether guests are fuel-metered: handler calls then get a budget of the principal's
+    /// `max_cpu_fuel_per_sec` times its `max_timeout_secs`.
+    pub fuel: bool,
     /// Whether workspace writes go to an overlay until committed.
     pub overlay_workspace: bool,
     /// The host key that encrypts secrets; defaults to `$CAPSULE_HOST_KEY_FILE`, else
@@ -92,6 +99,9 @@ impl RuntimeConfig {
             io_concurrency: 256,
             bus: BusConfig::default(),
             workspace_root: None,
+            handler_pool_size: 4,
+            handler_queue_per_principal: 1024,
+            fuel: true,
             overlay_workspace: false,
             host_key_file: None,
         }
@@ -120,6 +130,11 @@ impl RuntimeConfig {
         if self.max_busy_windows == 0 {
             return Err(ConfigError::Invalid(
                 "max_busy_windows must be at least 1".into(),
+            ));
+        }
+        if self.handler_pool_size == 0 || self.handler_queue_per_principal == 0 {
+            return Err(ConfigError::Invalid(
+                "handler pool and queue sizes must be at least 1".into(),
             ));
         }
         if self.blocking_concurrency == 0 || self.io_concurrency == 0 {

@@ -13,6 +13,7 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, ConfigError
     let mut c = Config::new();
     c.wasm_component_model(true);
     c.epoch_interruption(true);
+    c.consume_fuel(config.fuel);
     c.parallel_compilation(true);
     if let Some(p) = &config.pooling {
         let mut pool = PoolingAllocationConfig::default();

@@ -18,6 +18,7 @@
 //! ([`capsule_vfs`]).
 
 mod cache;
+mod calls;
 mod capsule;
 mod config;
 mod engine;
@@ -33,7 +34,7 @@ pub mod secrets;
 mod state;
 
 pub use cache::CacheOutcome;
-pub use capsule::{Capsule, HookResponse, InvokeError, LoadReport, RunExit};
+pub use capsule::{CallStats, Capsule, HookResponse, InvokeError, LoadReport, RunExit};
 pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};
 pub use host::audit::{IPC_TARGET as AUDIT_IPC_TARGET, SECRET_TARGET as AUDIT_SECRET_TARGET};
 pub use host::fs::{FsError, MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};

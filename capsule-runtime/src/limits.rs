@@ -124,6 +124,9 @@ pub enum Interrupt {
     /// The capsule is being unloaded.
     #[error("capsule unloaded")]
     Unloaded,
+    /// A call used up its fuel budget.
+    #[error("call ran out of fuel")]
+    OutOfFuel,
 }
 
 /// How a Store's CPU use is judged at each epoch boundary.

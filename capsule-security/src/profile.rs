@@ -19,7 +19,8 @@ pub struct Quotas {
     pub max_timeout_secs: u64,
     /// IPC publish budget, bytes per second (also the burst).
     pub max_ipc_throughput_bytes: u64,
-    /// Fuel a call may burn per second of deadline; `None` disables fuel metering.
+    /// Fuel (roughly, wasm instructions) a handler call may burn per second of its deadline;
+    /// `None` lifts the limit.
     pub max_cpu_fuel_per_sec: Option<u64>,
     /// Background processes running at once.
     pub max_background_processes: u32,
@@ -35,7 +36,7 @@ impl Default for Quotas {
             max_memory_bytes: 64 * 1024 * 1024,
             max_timeout_secs: 300,
             max_ipc_throughput_bytes: 10 * 1024 * 1024,
-            max_cpu_fuel_per_sec: None,
+            max_cpu_fuel_per_sec: Some(2_000_000_000),
             max_background_processes: 8,
             max_http_streams: 16,
             max_storage_bytes: 256 * 1024 * 1024,

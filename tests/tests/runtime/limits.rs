@@ -88,7 +88,11 @@ async fn memory_growth_past_the_quota_fails_inside_the_guest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_past_its_deadline_is_trapped_and_the_next_call_works() {
     let h = manual_host(N);
-    h.profile("default", "[quotas]\nmax_timeout_secs = 1\n");
+    // Fuel high enough that the deadline, not the fuel budget, stops the spin.
+    h.profile(
+        "default",
+        "[quotas]\nmax_timeout_secs = 1\nmax_cpu_fuel_per_sec = 1000000000000000\n",
+    );
     let p = h.load("spinner", "prober.wasm", "").await;
     ok(&call(&p, "set-global", json!({"value": "before"})).await);
     let mut task = tokio::spawn({
@@ -178,4 +182,26 @@ async fn dropping_the_runtime_stops_its_capsules() {
         exit.ok().flatten(),
         Some(RunExit::Interrupted(Interrupt::Unloaded))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_past_its_fuel_budget_is_trapped_and_the_next_call_works() {
+    let h = host();
+    h.profile(
+        "default",
+        "[quotas]\nmax_timeout_secs = 1\nmax_cpu_fuel_per_sec = 1000000\n",
+    );
+    let p = h.load("burner", "prober.wasm", "").await;
+    ok(&call(&p, "set-global", json!({"value": "before"})).await);
+    match p.invoke("spin", b"{}", None).await {
+        Err(InvokeError::Interrupted(Interrupt::OutOfFuel)) => {}
+        other => panic!("expected to run out of fuel, got {other:?}"),
+    }
+    assert_eq!(
+        ok(&call(&p, "get-global", json!({})).await),
+        &serde_json::Value::Null,
+        "the Store that ran dry was discarded"
+    );
+    assert_eq!(p.call_stats().failed, 1);
+    h.rt.shutdown().await;
 }
