@@ -16,6 +16,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ("stubs", "stubs.wasm"),
     ("sdk_echo", "sdk-echo.wasm"),
     ("kvwriter", "kvwriter.wasm"),
+    ("chain", "chain.wasm"),
 ];
 
 fn main() {

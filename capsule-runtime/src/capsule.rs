@@ -166,6 +166,9 @@ pub(crate) struct CapsuleInner {
     pub(crate) run_exit: watch::Receiver<Option<RunExit>>,
     pub(crate) run_task: parking_lot::Mutex<Option<JoinHandle<()>>>,
     pub(crate) calls: CallQueue,
+    /// This capsule's handler bindings in the dispatcher, removed at unload.
+    pub(crate) bindings: parking_lot::Mutex<Vec<(u64, capsule_bus::TopicPattern)>>,
+    pub(crate) dispatcher: std::sync::Weak<crate::dispatch::Dispatcher>,
     counters: Counters,
     fuel: bool,
     unloaded: AtomicBool,
@@ -213,6 +216,7 @@ impl CapsuleInner {
         registry: std::sync::Weak<Registry>,
         ready: watch::Receiver<bool>,
         run_exit: watch::Receiver<Option<RunExit>>,
+        dispatcher: std::sync::Weak<crate::dispatch::Dispatcher>,
     ) -> Self {
         Self {
             identity,
@@ -229,6 +233,8 @@ impl CapsuleInner {
             run_exit,
             run_task: parking_lot::Mutex::new(None),
             calls: CallQueue::new(config.handler_queue_per_principal, config.handler_pool_size),
+            bindings: parking_lot::Mutex::new(Vec::new()),
+            dispatcher,
             counters: Counters::default(),
             fuel: config.fuel,
             unloaded: AtomicBool::new(false),
@@ -644,6 +650,10 @@ impl Capsule {
     pub async fn unload(&self) {
         if self.inner.unloaded.swap(true, Ordering::SeqCst) {
             return;
+        }
+        // No new handler calls reach it from now on.
+        if let Some(d) = self.inner.dispatcher.upgrade() {
+            d.unbind(&std::mem::take(&mut *self.inner.bindings.lock()));
         }
         self.inner.parts.limits.cancel.cancel();
         self.inner.engine.increment_epoch();

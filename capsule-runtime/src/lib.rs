@@ -21,6 +21,7 @@ mod cache;
 mod calls;
 mod capsule;
 mod config;
+mod dispatch;
 mod engine;
 mod host;
 mod inspect;
@@ -36,7 +37,11 @@ mod state;
 pub use cache::CacheOutcome;
 pub use capsule::{CallStats, Capsule, HookResponse, InvokeError, LoadReport, RunExit};
 pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};
-pub use host::audit::{IPC_TARGET as AUDIT_IPC_TARGET, SECRET_TARGET as AUDIT_SECRET_TARGET};
+pub use dispatch::DispatchStats;
+pub use host::audit::{
+    DISPATCH_TARGET as AUDIT_DISPATCH_TARGET, IPC_TARGET as AUDIT_IPC_TARGET,
+    SECRET_TARGET as AUDIT_SECRET_TARGET,
+};
 pub use host::fs::{FsError, MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};
 pub use host::ipc::{
     IpcError, MAX_DRAIN_BYTES, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS, MAX_SUBSCRIPTIONS,

@@ -20,6 +20,7 @@ use wasmtime::component::Linker;
 use crate::cache::{ArtifactCache, create_private_dir};
 use crate::capsule::{Capsule, CapsuleInner, LoadReport, StoreParts};
 use crate::config::{ConfigError, RuntimeConfig};
+use crate::dispatch::{DispatchStats, Dispatcher};
 use crate::engine::{build_engine, start_epoch_ticker};
 use crate::host::build_linker;
 use crate::inspect;
@@ -182,12 +183,14 @@ struct RuntimeInner {
     capsules: Mutex<HashMap<String, Capsule>>,
     kv: Arc<KvStore>,
     secrets: Arc<SecretStore>,
+    dispatcher: Arc<Dispatcher>,
 }
 
 impl Drop for RuntimeInner {
     fn drop(&mut self) {
         // A runtime dropped without `shutdown` still stops its capsules: their waiting calls
         // answer `closed` and running guests are interrupted at their next epoch boundary.
+        self.dispatcher.stop();
         for capsule in self.capsules.get_mut().values() {
             capsule.cancel();
         }
@@ -251,6 +254,7 @@ impl Runtime {
                 capsules: Mutex::new(HashMap::new()),
                 kv: Arc::new(kv),
                 secrets: Arc::new(secrets),
+                dispatcher: Arc::new(Dispatcher::new()),
                 config,
             }),
         })
@@ -280,6 +284,11 @@ impl Runtime {
     /// [`EpochMode::Manual`](crate::EpochMode::Manual)).
     pub fn advance_epoch(&self) {
         self.inner.engine.increment_epoch();
+    }
+
+    /// Counters of interceptor dispatch.
+    pub fn dispatch_stats(&self) -> DispatchStats {
+        self.inner.dispatcher.stats()
     }
 
     /// Per-principal memory statistics across every Store of this runtime.
@@ -369,6 +378,13 @@ impl Runtime {
                 expected: bad.expected,
             }
         })?;
+        if !exports.hook && manifest.handlers().next().is_some() {
+            return Err(LoadError::BadExport {
+                capsule: name,
+                export: inspect::HOOK,
+                expected: "func(action: string, payload: list<u8>) -> capsule-result (the manifest declares handlers)",
+            });
+        }
         let pre = self
             .inner
             .linker
@@ -498,7 +514,9 @@ impl Runtime {
             Arc::downgrade(&self.inner.registry),
             ready_rx,
             exit_rx,
+            Arc::downgrade(&self.inner.dispatcher),
         ));
+        *inner.bindings.lock() = self.inner.dispatcher.bind(&self.inner.bus, &inner);
         if exports.run {
             let task = tokio::spawn(Arc::clone(&inner).run_loop(exit_tx));
             *inner.run_task.lock() = Some(task);

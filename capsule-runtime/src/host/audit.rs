@@ -55,3 +55,6 @@ pub(crate) fn secret_revealed(capsule: &str, principal: &PrincipalId, key: &str,
         "secret revealed"
     );
 }
+
+/// Tracing target of interceptor dispatch decisions (denials, aborts, drops).
+pub const DISPATCH_TARGET: &str = "capsule::audit::dispatch";

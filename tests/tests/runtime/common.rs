@@ -170,13 +170,26 @@ pub(crate) fn ok(v: &Value) -> &Value {
     &v["ok"]
 }
 
-/// Waits (bounded) for the next message on a host receiver.
+/// Waits (bounded) for the next message on a host receiver, taking exactly one.
 pub(crate) async fn next(rx: &mut Receiver) -> Arc<capsule_bus::Message> {
-    let d = rx.recv(Duration::from_secs(20), usize::MAX).await;
-    d.messages
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no message on {} within 20 s", rx.pattern()))
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(m) = rx
+            .try_drain_limited(usize::MAX, 1)
+            .messages
+            .into_iter()
+            .next()
+        {
+            return m;
+        }
+        let ready = rx.readiness();
+        if tokio::time::timeout_at(deadline, ready.ready())
+            .await
+            .is_err()
+        {
+            panic!("no message on {} within 20 s", rx.pattern());
+        }
+    }
 }
 
 /// One captured audit event: its fields as text.
@@ -210,6 +223,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
         let target = event.metadata().target();
         if target == capsule_runtime::AUDIT_IPC_TARGET
             || target == capsule_runtime::AUDIT_SECRET_TARGET
+            || target == capsule_runtime::AUDIT_DISPATCH_TARGET
         {
             let mut fields = Fields(HashMap::new());
             event.record(&mut fields);

@@ -2,6 +2,7 @@
 //! script, driven through the public `capsule-runtime` API.
 
 mod common;
+mod dispatch;
 mod ipc;
 mod limits;
 mod loading;

@@ -1,0 +1,266 @@
+//! Interceptor dispatch. Every published message reaches one tap subscription (bounded and
+//! fair across principals like any route); its topic is matched against the handler bindings of
+//! the loaded capsules with the bus's own matcher, and the matching handlers run as a chain
+//! ordered by (priority, capsule, action). Handlers of equal priority run concurrently and see
+//! the same payload; `continue` with data replaces the payload for the next priority level,
+//! `final` ends the chain, `deny`/`abort` end it and are audited; a failed handler is logged and
+//! the chain goes on.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use capsule_bus::{Bus, Message, PatternIndex, Receiver, Scope, TopicPattern};
+use parking_lot::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+
+use crate::capsule::CapsuleInner;
+use crate::scope::Caller;
+
+/// One handler declared by `handler = "…"` in a capsule's `[subscribe]`.
+#[derive(Debug)]
+pub(crate) struct Binding {
+    id: u64,
+    capsule: Weak<CapsuleInner>,
+    capsule_name: String,
+    action: String,
+    priority: u32,
+}
+
+/// Counters of the dispatcher.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DispatchStats {
+    /// Messages that matched at least one handler.
+    pub chains: u64,
+    /// Chains ended early by `final`, `deny` or `abort`.
+    pub stopped: u64,
+    /// Handler calls that failed or were dropped (the chain went on).
+    pub failed_links: u64,
+    /// Messages the tap lost because it was full (each counted by the bus, too).
+    pub tap_dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    chains: AtomicU64,
+    stopped: AtomicU64,
+    failed_links: AtomicU64,
+    tap_dropped: AtomicU64,
+}
+
+/// The runtime-wide dispatcher.
+#[derive(Debug)]
+pub(crate) struct Dispatcher {
+    index: RwLock<PatternIndex<Arc<Binding>>>,
+    next_id: AtomicU64,
+    cancel: CancellationToken,
+    started: Mutex<bool>,
+    counters: Counters,
+}
+
+impl Dispatcher {
+    pub(crate) fn new() -> Self {
+        Self {
+            index: RwLock::new(PatternIndex::new()),
+            next_id: AtomicU64::new(1),
+            cancel: CancellationToken::new(),
+            started: Mutex::new(false),
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> DispatchStats {
+        let c = &self.counters;
+        DispatchStats {
+            chains: c.chains.load(Ordering::Relaxed),
+            stopped: c.stopped.load(Ordering::Relaxed),
+            failed_links: c.failed_links.load(Ordering::Relaxed),
+            tap_dropped: c.tap_dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Binds every handler of `capsule`; returns the binding ids (for [`unbind`](Self::unbind)).
+    pub(crate) fn bind(
+        self: &Arc<Self>,
+        bus: &Bus,
+        capsule: &Arc<CapsuleInner>,
+    ) -> Vec<(u64, TopicPattern)> {
+        let handlers: Vec<(TopicPattern, String, u32)> = capsule
+            .manifest
+            .handlers()
+            .map(|(pattern, h)| (pattern.clone(), h.action.clone(), h.priority))
+            .collect();
+        if handlers.is_empty() {
+            return Vec::new();
+        }
+        self.ensure_started(bus);
+        let mut index = self.index.write();
+        handlers
+            .into_iter()
+            .map(|(pattern, action, priority)| {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let binding = Arc::new(Binding {
+                    id,
+                    capsule: Arc::downgrade(capsule),
+                    capsule_name: capsule.identity.name.clone(),
+                    action,
+                    priority,
+                });
+                index.insert(&pattern, id, binding);
+                (id, pattern)
+            })
+            .collect()
+    }
+
+    /// Removes bindings made by [`bind`](Self::bind).
+    pub(crate) fn unbind(&self, bindings: &[(u64, TopicPattern)]) {
+        let mut index = self.index.write();
+        for (id, pattern) in bindings {
+            index.remove(pattern, *id);
+        }
+    }
+
+    /// Subscribes the tap and starts the dispatch loop, once.
+    fn ensure_started(self: &Arc<Self>, bus: &Bus) {
+        let mut started = self.started.lock();
+        if *started {
+            return;
+        }
+        let Ok(all) = TopicPattern::parse("*") else {
+            return;
+        };
+        let receiver = bus.subscribe(all, Scope::All);
+        tokio::spawn(Arc::clone(self).run(receiver));
+        *started = true;
+    }
+
+    async fn run(self: Arc<Self>, mut tap: Receiver) {
+        loop {
+            let drain = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return,
+                drain = tap.recv(Duration::from_secs(3600), 1024 * 1024) => drain,
+            };
+            if drain.dropped > 0 {
+                self.counters
+                    .tap_dropped
+                    .fetch_add(drain.dropped, Ordering::Relaxed);
+                tracing::warn!(
+                    target: "capsule::audit::dispatch",
+                    dropped = drain.dropped,
+                    "dispatch tap full: messages were not offered to handlers"
+                );
+            }
+            for msg in drain.messages {
+                self.dispatch(msg);
+            }
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, msg: Arc<Message>) {
+        let mut matched: Vec<Arc<Binding>> = Vec::new();
+        self.index
+            .read()
+            .for_each_match(&msg.topic, |b| matched.push(Arc::clone(b)));
+        if matched.is_empty() {
+            return;
+        }
+        matched.sort_by(|a, b| {
+            (a.priority, &a.capsule_name, &a.action, a.id).cmp(&(
+                b.priority,
+                &b.capsule_name,
+                &b.action,
+                b.id,
+            ))
+        });
+        self.counters.chains.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(Arc::clone(self).chain(matched, msg));
+    }
+
+    async fn chain(self: Arc<Self>, bindings: Vec<Arc<Binding>>, msg: Arc<Message>) {
+        let caller = Caller {
+            attribution: msg.attribution(),
+            source: msg.source,
+            timestamp_ms: msg.timestamp_ms,
+        };
+        let mut payload: Vec<u8> = msg.payload.as_str().as_bytes().to_vec();
+        let mut start = 0;
+        while start < bindings.len() {
+            let priority = bindings[start].priority;
+            let end = bindings[start..]
+                .iter()
+                .position(|b| b.priority != priority)
+                .map_or(bindings.len(), |n| start + n);
+            let level = &bindings[start..end];
+            let calls = level.iter().map(|b| {
+                let (payload, caller) = (payload.clone(), caller.clone());
+                async move {
+                    match b.capsule.upgrade() {
+                        Some(capsule) => {
+                            Some(capsule.call(b.action.clone(), payload, caller).await)
+                        }
+                        None => None,
+                    }
+                }
+            });
+            let results = futures::future::join_all(calls).await;
+            let mut replacement: Option<String> = None;
+            let mut stop = false;
+            for (b, result) in level.iter().zip(results) {
+                let Some(result) = result else { continue };
+                match result {
+                    Ok(response) => match response.action.as_str() {
+                        "continue" => {
+                            if replacement.is_none() {
+                                replacement = response.data;
+                            }
+                        }
+                        "final" => stop = true,
+                        "deny" | "abort" => {
+                            stop = true;
+                            tracing::info!(
+                                target: "capsule::audit::dispatch",
+                                capsule = %b.capsule_name,
+                                action = %b.action,
+                                decision = %response.action,
+                                topic = %msg.topic,
+                                principal = %caller.attribution.principal().map_or("system", |p| p.as_str()),
+                                reason = response.data.as_deref().unwrap_or(""),
+                                "handler chain stopped"
+                            );
+                        }
+                        other => tracing::warn!(
+                            capsule = %b.capsule_name,
+                            action = %b.action,
+                            returned = other,
+                            "handler returned an unknown action; treated as continue"
+                        ),
+                    },
+                    Err(e) => {
+                        self.counters.failed_links.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            capsule = %b.capsule_name,
+                            action = %b.action,
+                            topic = %msg.topic,
+                            error = %e,
+                            "handler failed; the chain continues"
+                        );
+                    }
+                }
+            }
+            if stop {
+                self.counters.stopped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if let Some(data) = replacement {
+                payload = data.into_bytes();
+            }
+            start = end;
+        }
+    }
+
+    /// Stops the dispatch loop.
+    pub(crate) fn stop(&self) {
+        self.cancel.cancel();
+    }
+}
