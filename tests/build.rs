@@ -17,6 +17,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ("sdk_echo", "sdk-echo.wasm"),
     ("kvwriter", "kvwriter.wasm"),
     ("chain", "chain.wasm"),
+    ("lifecycle", "lifecycle.wasm"),
 ];
 
 fn main() {

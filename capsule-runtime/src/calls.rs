@@ -48,11 +48,29 @@ impl Drop for IdleGuard<'_> {
     }
 }
 
+/// Counts a worker out when it stops, however it stops, and wakes whoever waits for the last.
+pub(crate) struct WorkerGuard<'q>(&'q CallQueue);
+
+impl Drop for WorkerGuard<'_> {
+    fn drop(&mut self) {
+        let last = {
+            let mut st = self.0.state.lock();
+            st.workers -= 1;
+            st.workers == 0
+        };
+        if last {
+            self.0.stopped.notify_waiters();
+        }
+    }
+}
+
 /// Per-principal call queues served by up to `max_workers` workers.
 #[derive(Debug)]
 pub(crate) struct CallQueue {
     state: Mutex<State>,
     notify: Notify,
+    /// Woken when the last worker stops.
+    stopped: Notify,
     per_principal: usize,
     max_workers: usize,
 }
@@ -62,6 +80,7 @@ impl CallQueue {
         Self {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            stopped: Notify::new(),
             per_principal: per_principal.max(1),
             max_workers: max_workers.max(1),
         }
@@ -140,6 +159,24 @@ impl CallQueue {
                 .send(Err(InvokeError::Unloaded(capsule.to_string())));
         }
         self.notify.notify_waiters();
+    }
+
+    /// To be held by a worker for as long as it runs (the queue counted it when it asked for it).
+    pub(crate) fn worker_guard(&self) -> WorkerGuard<'_> {
+        WorkerGuard(self)
+    }
+
+    /// Resolves once no worker runs. Call after [`CallQueue::close`], which stops them.
+    pub(crate) async fn workers_stopped(&self) {
+        loop {
+            let stopped = self.stopped.notified();
+            tokio::pin!(stopped);
+            stopped.as_mut().enable();
+            if self.state.lock().workers == 0 {
+                return;
+            }
+            stopped.await;
+        }
     }
 
     /// Calls waiting (not running) now.

@@ -19,16 +19,17 @@ use crate::cache::CacheOutcome;
 use crate::calls::{Call, CallQueue, Submitted};
 use crate::config::EpochMode;
 use crate::host::wasi;
-use crate::inspect::{Exports, HOOK, RUN};
+use crate::inspect::{Exports, HOOK, INSTALL, RUN, UPGRADE};
 use crate::kv::KvStore;
+use crate::lifecycle::LifecyclePhase;
 use crate::limits::{CpuMeter, Interrupt, MemoryMeter};
 use crate::logsink::{LogSink, unix_ms};
 use crate::registry::Registry;
 use crate::scope::{Caller, ProfileGrant, ScopeFactory};
 use crate::secrets::SecretStore;
 use crate::state::{
-    BusCtx, BusShared, CapsuleIdentity, FsCtx, FsShared, HostState, KvCtx, LimitsCtx, LimitsShared,
-    SysCtx, SysShared,
+    BusCtx, BusShared, CapsuleIdentity, FsCtx, FsShared, HostState, KvCtx, LifecycleCtx,
+    LifecycleShared, LimitsCtx, LimitsShared, SysCtx, SysShared, UplinkCtx, UplinkShared,
 };
 
 /// What `astrid-hook-trigger` returned.
@@ -116,6 +117,8 @@ pub(crate) struct StoreParts {
     pub(crate) kv: Arc<KvStore>,
     pub(crate) secrets: Arc<SecretStore>,
     pub(crate) fs: Arc<FsShared>,
+    pub(crate) lifecycle: Arc<LifecycleShared>,
+    pub(crate) uplink: Arc<UplinkShared>,
     /// The overlay's upper directory, removed at unload.
     pub(crate) overlay_dir: Option<std::path::PathBuf>,
 }
@@ -270,6 +273,13 @@ impl CapsuleInner {
                 shared: Arc::clone(&p.fs),
                 handles: 0,
             },
+            lifecycle: LifecycleCtx {
+                shared: Arc::clone(&p.lifecycle),
+                phase: None,
+            },
+            uplink: UplinkCtx {
+                shared: Arc::clone(&p.uplink),
+            },
             limits: LimitsCtx {
                 shared: Arc::clone(&p.limits),
                 memory: MemoryMeter::new(
@@ -280,7 +290,7 @@ impl CapsuleInner {
                 cpu,
                 cancel_seen: false,
             },
-            wasi: wasi::locked_down(p.owner_log.clone()),
+            wasi: wasi::locked_down(p.owner_log.clone(), None),
             table: ResourceTable::new(),
             scope: None,
         };
@@ -342,6 +352,45 @@ impl CapsuleInner {
             other => tracing::warn!(capsule = %self.identity.name, exit = ?other, "run loop ended"),
         }
         exit.send_replace(Some(exit_value));
+    }
+
+    /// Runs `astrid-install` or `astrid-upgrade` in a Store of its own (limits included), with
+    /// `astrid:elicit` enabled for its duration. The guest's failure is returned as text.
+    pub(crate) async fn run_lifecycle(&self, phase: LifecyclePhase) -> Result<(), String> {
+        let timeout = match &self.parts.owner_profile {
+            Ok(p) => p.quotas.max_timeout_secs,
+            Err(reason) => return Err(reason.to_string()),
+        };
+        let mut store = self.new_store(CpuMeter::Call {
+            elapsed: 0,
+            deadline: self.deadline_windows(timeout),
+        });
+        let export = match phase {
+            LifecyclePhase::Install => INSTALL,
+            LifecyclePhase::Upgrade { .. } => UPGRADE,
+        };
+        store.data_mut().lifecycle.phase = Some(phase);
+        let tail = wasi::OutputTail::default();
+        store.data_mut().wasi = wasi::locked_down(self.parts.owner_log.clone(), Some(tail.clone()));
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let func = instance
+            .get_typed_func::<(), ()>(&mut store, export)
+            .map_err(|e| format!("{e:#}"))?;
+        store.set_epoch_deadline(1);
+        func.call_async(&mut store, ()).await.map_err(|e| {
+            let why = match classify(&e) {
+                Ok(i) => i.to_string(),
+                Err(msg) => msg,
+            };
+            match tail.last_line() {
+                Some(said) => format!("{said} ({why})"),
+                None => why,
+            }
+        })
     }
 
     async fn instantiate_call(&self, principal: &PrincipalId) -> Result<Pooled, InvokeError> {
@@ -429,6 +478,7 @@ impl CapsuleInner {
     /// Serves queued calls until the capsule unloads, keeping one instance between calls of
     /// the same principal.
     async fn worker(self: Arc<Self>) {
+        let _counted = self.calls.worker_guard();
         let mut pooled: Option<Pooled> = None;
         while let Some((principal, call)) = self.calls.next().await {
             let result = self
@@ -599,6 +649,11 @@ impl Capsule {
             .await
     }
 
+    /// The uplinks this capsule registered.
+    pub fn uplinks(&self) -> Vec<crate::host::uplink::Uplink> {
+        self.inner.parts.uplink.registered.lock().clone()
+    }
+
     /// Counters of this capsule's handler calls.
     pub fn call_stats(&self) -> CallStats {
         let c = &self.inner.counters;
@@ -673,6 +728,20 @@ impl Capsule {
             }
         }
         self.inner.calls.close(&self.inner.identity.name);
+        // Workers hold the capsule's stores (and through them its storage handles); the unload
+        // is over only when they are gone. A worker inside wasm is interrupted at its next epoch.
+        let stopped = self.inner.calls.workers_stopped();
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                () = &mut stopped => break,
+                () = tokio::time::sleep(self.inner.window) => {
+                    if self.inner.epoch_mode == EpochMode::Manual {
+                        self.inner.engine.increment_epoch();
+                    }
+                }
+            }
+        }
         if let Some(registry) = self.inner.registry.upgrade() {
             registry.remove(&self.inner.identity.session);
         }

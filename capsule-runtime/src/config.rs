@@ -76,6 +76,13 @@ pub struct RuntimeConfig {
     /// Whether guests are fuel-metered: handler calls then get a budget of the principal's
     /// `max_cpu_fuel_per_sec` times its `max_timeout_secs`.
     pub fuel: bool,
+    /// Capacity of the inbound channel uplink capsules feed.
+    pub inbound_capacity: usize,
+    /// How long an operator has to answer one `elicit` question.
+    pub elicit_timeout: Duration,
+    /// How long [`Runtime::load_all`](crate::Runtime::load_all) waits for a run-loop capsule's
+    /// `signal-ready` before starting the capsules that import from it anyway (logged).
+    pub ready_timeout: Duration,
     /// Whether workspace writes go to an overlay until committed.
     pub overlay_workspace: bool,
     /// The host key that encrypts secrets; defaults to `$CAPSULE_HOST_KEY_FILE`, else
@@ -102,6 +109,9 @@ impl RuntimeConfig {
             handler_pool_size: 4,
             handler_queue_per_principal: 1024,
             fuel: true,
+            inbound_capacity: 1024,
+            elicit_timeout: Duration::from_secs(300),
+            ready_timeout: Duration::from_secs(30),
             overlay_workspace: false,
             host_key_file: None,
         }
@@ -130,6 +140,11 @@ impl RuntimeConfig {
         if self.max_busy_windows == 0 {
             return Err(ConfigError::Invalid(
                 "max_busy_windows must be at least 1".into(),
+            ));
+        }
+        if self.inbound_capacity == 0 {
+            return Err(ConfigError::Invalid(
+                "inbound_capacity must be at least 1".into(),
             ));
         }
         if self.handler_pool_size == 0 || self.handler_queue_per_principal == 0 {

@@ -26,6 +26,7 @@ mod engine;
 mod host;
 mod inspect;
 pub mod kv;
+mod lifecycle;
 mod limits;
 mod logsink;
 mod registry;
@@ -50,7 +51,11 @@ pub use host::poll::MAX_POLL_LIST;
 pub use host::sys::{
     MAX_CONFIG_KEY, MAX_RANDOM_BYTES, MAX_SLEEP, RESERVED_CONFIG_PREFIX, SysError,
 };
+pub use host::uplink::{InboundMessage, MAX_INBOUND_CONTENT, MAX_UPLINKS, Uplink, UplinkProfile};
 pub use inspect::Exports;
+pub use lifecycle::{
+    ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor, LifecyclePhase,
+};
 pub use limits::{Interrupt, MemoryStats};
 pub use runtime::{HOST_ABI_VERSION, Inspection, LoadError, MAX_COMPONENT_BYTES, Runtime};
 pub use scope::{Caller, InvocationScope};

@@ -23,14 +23,17 @@ use crate::config::{ConfigError, RuntimeConfig};
 use crate::dispatch::{DispatchStats, Dispatcher};
 use crate::engine::{build_engine, start_epoch_ticker};
 use crate::host::build_linker;
+use crate::host::uplink::InboundMessage;
 use crate::inspect;
 use crate::kv::KvStore;
+use crate::lifecycle::{self, Elicitor, InstalledVersions, LifecyclePhase};
 use crate::limits::{MemoryLedger, MemoryStats};
 use crate::registry::Registry;
 use crate::scope::{PrincipalResources, ProfileCache, ScopeFactory};
 use crate::secrets::SecretStore;
 use crate::state::{
-    Binding, BusShared, CapsuleIdentity, FsShared, HostState, LimitsShared, SysShared,
+    Binding, BusShared, CapsuleIdentity, FsShared, HostState, LifecycleShared, LimitsShared,
+    SysShared, UplinkShared,
 };
 use capsule_vfs::{Mount, Overlay, Workspace};
 
@@ -134,6 +137,16 @@ pub enum LoadError {
         /// Why.
         reason: String,
     },
+    /// `astrid-install` or `astrid-upgrade` failed; the capsule was not loaded.
+    #[error("capsule `{capsule}`: {phase} failed: {error}")]
+    Lifecycle {
+        /// The capsule.
+        capsule: String,
+        /// `install` or `upgrade`.
+        phase: &'static str,
+        /// The guest's error.
+        error: String,
+    },
     /// A capsule of that name is already loaded.
     #[error("a capsule named `{0}` is already loaded")]
     AlreadyLoaded(String),
@@ -184,6 +197,9 @@ struct RuntimeInner {
     kv: Arc<KvStore>,
     secrets: Arc<SecretStore>,
     dispatcher: Arc<Dispatcher>,
+    elicitor: parking_lot::RwLock<Option<Arc<dyn Elicitor>>>,
+    inbound_tx: tokio::sync::mpsc::Sender<InboundMessage>,
+    inbound_rx: Mutex<Option<tokio::sync::mpsc::Receiver<InboundMessage>>>,
 }
 
 impl Drop for RuntimeInner {
@@ -238,6 +254,7 @@ impl Runtime {
                 }
             })?;
         start_epoch_ticker(&engine, config.epoch_mode, config.epoch_window)?;
+        let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(config.inbound_capacity);
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -255,6 +272,9 @@ impl Runtime {
                 kv: Arc::new(kv),
                 secrets: Arc::new(secrets),
                 dispatcher: Arc::new(Dispatcher::new()),
+                elicitor: parking_lot::RwLock::new(None),
+                inbound_tx,
+                inbound_rx: Mutex::new(Some(inbound_rx)),
                 config,
             }),
         })
@@ -284,6 +304,18 @@ impl Runtime {
     /// [`EpochMode::Manual`](crate::EpochMode::Manual)).
     pub fn advance_epoch(&self) {
         self.inner.engine.increment_epoch();
+    }
+
+    /// Sets who answers capsules' `elicit` questions during install and upgrade (capsules loaded
+    /// afterwards use it).
+    pub fn set_elicitor(&self, elicitor: Arc<dyn Elicitor>) {
+        *self.inner.elicitor.write() = Some(elicitor);
+    }
+
+    /// Takes the receiving end of the inbound channel uplink capsules feed (once; `None` after).
+    /// Until it is taken, or while it is full, `uplink-send` reports its messages as dropped.
+    pub fn take_inbound(&self) -> Option<tokio::sync::mpsc::Receiver<InboundMessage>> {
+        self.inner.inbound_rx.lock().take()
     }
 
     /// Counters of interceptor dispatch.
@@ -482,27 +514,24 @@ impl Runtime {
             kv: Arc::clone(&self.inner.kv),
             secrets: Arc::clone(&self.inner.secrets),
             fs: Arc::new(fs),
+            lifecycle: Arc::new(LifecycleShared {
+                elicitor: self.inner.elicitor.read().clone(),
+                secrets: Arc::clone(&self.inner.secrets),
+                timeout: self.inner.config.elicit_timeout,
+            }),
+            uplink: Arc::new(UplinkShared {
+                policy: Arc::clone(&policy),
+                registered: parking_lot::Mutex::new(Vec::new()),
+                inbound: self.inner.inbound_tx.clone(),
+            }),
             overlay_dir,
         };
-        if !self
-            .inner
-            .registry
-            .insert(session, &name, manifest.capabilities.clone())
-        {
-            return Err(LoadError::AlreadyLoaded(name));
-        }
         let report = LoadReport {
             cache: cache_outcome,
             exports,
         };
-        tracing::info!(
-            capsule = %name,
-            %owner,
-            %session,
-            cache = ?report.cache,
-            exports = ?report.exports,
-            "capsule loaded"
-        );
+        let capabilities = manifest.capabilities.clone();
+        let version = manifest.package.version.clone();
         let inner = Arc::new(CapsuleInner::new(
             identity,
             manifest,
@@ -516,10 +545,56 @@ impl Runtime {
             exit_rx,
             Arc::downgrade(&self.inner.dispatcher),
         ));
+        // Install or upgrade first: a capsule whose lifecycle call fails is never registered,
+        // bound or started.
+        let installed = InstalledVersions::new(&self.inner.config.state_dir);
+        let recorded = installed
+            .read(&owner, &name)
+            .map_err(|reason| LoadError::Host {
+                capsule: name.clone(),
+                reason,
+            })?;
+        if let Some(phase) = lifecycle::phase_for(recorded, &version) {
+            let exported = match phase {
+                LifecyclePhase::Install => exports.install,
+                LifecyclePhase::Upgrade { .. } => exports.upgrade,
+            };
+            if exported {
+                tracing::info!(capsule = %name, %owner, phase = phase.name(), "running lifecycle call");
+                inner
+                    .run_lifecycle(phase.clone())
+                    .await
+                    .map_err(|error| LoadError::Lifecycle {
+                        capsule: name.clone(),
+                        phase: phase.name(),
+                        error,
+                    })?;
+            }
+            installed
+                .write(&owner, &name, &version)
+                .map_err(|reason| LoadError::Host {
+                    capsule: name.clone(),
+                    reason,
+                })?;
+        }
+        if !self.inner.registry.insert(session, &name, capabilities) {
+            return Err(LoadError::AlreadyLoaded(name));
+        }
+        tracing::info!(
+            capsule = %name,
+            %owner,
+            %session,
+            cache = ?inner.report.cache,
+            exports = ?inner.report.exports,
+            "capsule loaded"
+        );
         *inner.bindings.lock() = self.inner.dispatcher.bind(&self.inner.bus, &inner);
         if exports.run {
             let task = tokio::spawn(Arc::clone(&inner).run_loop(exit_tx));
             *inner.run_task.lock() = Some(task);
+        } else {
+            // Without a run loop there is nothing to wait for.
+            inner.parts.sys.ready.send_replace(true);
         }
         let capsule = Capsule::from_inner(inner);
         let mut capsules = self.inner.capsules.lock();

@@ -88,6 +88,46 @@ pub(crate) struct SysCtx {
     pub(crate) secrets: Arc<SecretStore>,
 }
 
+/// Capsule-wide data of the lifecycle capability.
+pub(crate) struct LifecycleShared {
+    /// Who answers `elicit` (snapshot taken at load).
+    pub(crate) elicitor: Option<Arc<dyn crate::lifecycle::Elicitor>>,
+    pub(crate) secrets: Arc<SecretStore>,
+    /// How long an operator has to answer one question.
+    pub(crate) timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for LifecycleShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LifecycleShared")
+            .field("elicitor", &self.elicitor.is_some())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The lifecycle context of one Store.
+#[derive(Debug)]
+pub(crate) struct LifecycleCtx {
+    pub(crate) shared: Arc<LifecycleShared>,
+    /// Set only on the Store running `astrid-install` or `astrid-upgrade`.
+    pub(crate) phase: Option<crate::lifecycle::LifecyclePhase>,
+}
+
+/// Capsule-wide data of the uplink capability.
+#[derive(Debug)]
+pub(crate) struct UplinkShared {
+    pub(crate) policy: Arc<CapsulePolicy>,
+    pub(crate) registered: parking_lot::Mutex<Vec<crate::host::uplink::Uplink>>,
+    pub(crate) inbound: tokio::sync::mpsc::Sender<crate::host::uplink::InboundMessage>,
+}
+
+/// The uplink context of one Store.
+#[derive(Debug)]
+pub(crate) struct UplinkCtx {
+    pub(crate) shared: Arc<UplinkShared>,
+}
+
 /// The KV context of one Store.
 #[derive(Debug)]
 pub(crate) struct KvCtx {
@@ -171,6 +211,8 @@ pub(crate) struct HostState {
     pub(crate) sys: SysCtx,
     pub(crate) kv: KvCtx,
     pub(crate) fs: FsCtx,
+    pub(crate) lifecycle: LifecycleCtx,
+    pub(crate) uplink: UplinkCtx,
     pub(crate) limits: LimitsCtx,
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
@@ -309,7 +351,34 @@ pub(crate) struct SysView<'a> {
     pub(crate) scopes: &'a ScopeFactory,
     pub(crate) scope: &'a Option<InvocationScope>,
     pub(crate) sys: &'a mut SysCtx,
+    /// Read-only: `get-config("prev_version")` answers during an upgrade.
+    pub(crate) lifecycle: &'a LifecycleCtx,
     pub(crate) limits: &'a mut LimitsCtx,
+}
+
+/// The view `astrid:elicit` is implemented on.
+pub(crate) struct ElicitView<'a> {
+    pub(crate) identity: &'a CapsuleIdentity,
+    pub(crate) lifecycle: &'a mut LifecycleCtx,
+    pub(crate) limits: &'a mut LimitsCtx,
+}
+
+/// The view `astrid:uplink` is implemented on.
+pub(crate) struct UplinkView<'a> {
+    pub(crate) identity: &'a CapsuleIdentity,
+    pub(crate) uplink: &'a mut UplinkCtx,
+}
+
+/// Marker selecting [`ElicitView`] when linking `astrid:elicit`.
+pub(crate) struct ElicitHost;
+impl HasData for ElicitHost {
+    type Data<'a> = ElicitView<'a>;
+}
+
+/// Marker selecting [`UplinkView`] when linking `astrid:uplink`.
+pub(crate) struct UplinkHost;
+impl HasData for UplinkHost {
+    type Data<'a> = UplinkView<'a>;
 }
 
 impl SysView<'_> {
@@ -417,7 +486,23 @@ impl HostState {
             scopes: &self.scopes,
             scope: &self.scope,
             sys: &mut self.sys,
+            lifecycle: &self.lifecycle,
             limits: &mut self.limits,
+        }
+    }
+
+    pub(crate) fn elicit_view(&mut self) -> ElicitView<'_> {
+        ElicitView {
+            identity: &self.identity,
+            lifecycle: &mut self.lifecycle,
+            limits: &mut self.limits,
+        }
+    }
+
+    pub(crate) fn uplink_view(&mut self) -> UplinkView<'_> {
+        UplinkView {
+            identity: &self.identity,
+            uplink: &mut self.uplink,
         }
     }
 

@@ -11,7 +11,8 @@
 //! marker types: hosts keep their own state in the store's `ResourceTable` and address it by
 //! the resource's `rep`. Every import is trappable (a host invariant failure becomes a trap,
 //! a guest mistake a WIT error code); the calls that wait (`recv`, `sleep-ns`, `pollable.block`,
-//! `poll`) or block on storage (`log`, all of `astrid:kv` and `astrid:fs`) are async.
+//! `poll`) or block on storage or people (`log`, all of `astrid:kv`, `astrid:fs` and
+//! `astrid:elicit`) are async.
 
 // Generated code: its items carry the WIT doc comments; aliases and helpers the generator adds
 // have none, and its style is not ours to lint.
@@ -27,6 +28,7 @@ mod generated {
             "astrid:sys/host.get-config": async | trappable,
             "astrid:kv/host": async | trappable,
             "astrid:fs/host": async | trappable,
+            "astrid:elicit/host": async | trappable,
             "astrid:io/poll.[method]pollable.block": async | trappable,
             "astrid:io/poll.poll": async | trappable,
             default: trappable,
@@ -46,4 +48,6 @@ pub const SERVED_INTERFACES: &[&str] = &[
     "astrid:sys/host@1.0.0",
     "astrid:kv/host@1.0.0",
     "astrid:fs/host@1.0.0",
+    "astrid:elicit/host@1.0.0",
+    "astrid:uplink/host@1.0.0",
 ];

@@ -4,14 +4,16 @@
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-use crate::state::{FsHost, HostState, IpcHost, KvHost, PollHost, SysHost};
+use crate::state::{ElicitHost, FsHost, HostState, IpcHost, KvHost, PollHost, SysHost, UplinkHost};
 
 pub(crate) mod audit;
+pub(crate) mod elicit;
 pub(crate) mod fs;
 pub(crate) mod ipc;
 pub(crate) mod kv;
 pub(crate) mod poll;
 pub(crate) mod sys;
+pub(crate) mod uplink;
 pub(crate) mod wasi;
 
 /// The linker every capsule of a runtime is instantiated with.
@@ -37,6 +39,14 @@ pub(crate) fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState
     capsule_wit::astrid::fs::host::add_to_linker::<HostState, FsHost>(
         &mut linker,
         HostState::fs_view,
+    )?;
+    capsule_wit::astrid::elicit::host::add_to_linker::<HostState, ElicitHost>(
+        &mut linker,
+        HostState::elicit_view,
+    )?;
+    capsule_wit::astrid::uplink::host::add_to_linker::<HostState, UplinkHost>(
+        &mut linker,
+        HostState::uplink_view,
     )?;
     Ok(linker)
 }

@@ -129,6 +129,11 @@ impl SysView<'_> {
         if key.starts_with(RESERVED_CONFIG_PREFIX) {
             return Err(SysError::ReservedKey(key.to_string()));
         }
+        if let Some(crate::lifecycle::LifecyclePhase::Upgrade { from }) = &self.lifecycle.phase
+            && key == "prev_version"
+        {
+            return Ok(Some(from.to_string()));
+        }
         let shared = &self.sys.shared;
         let overlay = match self.scoped().env_overlay() {
             Some(env) => env,

@@ -3,9 +3,11 @@
 //! owner's capsule log, line by line.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
@@ -15,17 +17,51 @@ use crate::logsink::LogSink;
 /// Most bytes a guest may hand to stdout/stderr per write.
 const WRITE_BUDGET: usize = 64 * 1024;
 
+/// Most bytes of stderr an [`OutputTail`] keeps.
+const TAIL_BYTES: usize = 2048;
+
+/// The last bytes a guest wrote to stderr, kept so a failing lifecycle call can report the
+/// guest's own words (a Rust guest prints its panic message there before it traps).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OutputTail(Arc<Mutex<Vec<u8>>>);
+
+impl OutputTail {
+    fn push(&self, bytes: &[u8]) {
+        let mut tail = self.0.lock();
+        tail.extend_from_slice(bytes);
+        if tail.len() > TAIL_BYTES {
+            let cut = tail.len() - TAIL_BYTES;
+            tail.drain(..cut);
+        }
+    }
+
+    /// The last non-empty line written, if any.
+    pub(crate) fn last_line(&self) -> Option<String> {
+        let tail = self.0.lock();
+        String::from_utf8_lossy(&tail)
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(str::to_owned)
+    }
+}
+
 /// stdout or stderr of a capsule, feeding its log.
 #[derive(Clone, Debug)]
 struct LogOutput {
     sink: Option<LogSink>,
     stream: &'static str,
+    tail: Option<OutputTail>,
 }
 
 impl LogOutput {
     fn emit(&self, bytes: &[u8]) {
         if let Some(sink) = &self.sink {
             sink.write_output(self.stream, bytes);
+        }
+        if let Some(tail) = &self.tail {
+            tail.push(bytes);
         }
     }
 }
@@ -85,16 +121,19 @@ impl tokio::io::AsyncWrite for LogOutput {
     }
 }
 
-/// A locked-down WASI context whose stdout and stderr go to `log`.
-pub(crate) fn locked_down(log: Option<LogSink>) -> WasiCtx {
+/// A locked-down WASI context whose stdout and stderr go to `log`; stderr is also kept in
+/// `tail` when one is given.
+pub(crate) fn locked_down(log: Option<LogSink>, tail: Option<OutputTail>) -> WasiCtx {
     WasiCtx::builder()
         .stdout(LogOutput {
             sink: log.clone(),
             stream: "STDOUT",
+            tail: None,
         })
         .stderr(LogOutput {
             sink: log,
             stream: "STDERR",
+            tail,
         })
         .allow_tcp(false)
         .allow_udp(false)

@@ -53,10 +53,21 @@ impl Host {
     /// Writes a capsule directory named `name` whose component is the fixture `wasm`, with
     /// `extra` appended to the manifest, and returns it.
     pub(crate) fn capsule_dir(&self, name: &str, wasm: &str, extra: &str) -> PathBuf {
+        self.capsule_dir_at(name, wasm, "0.1.0", extra)
+    }
+
+    /// Like [`Host::capsule_dir`], at package version `version`.
+    pub(crate) fn capsule_dir_at(
+        &self,
+        name: &str,
+        wasm: &str,
+        version: &str,
+        extra: &str,
+    ) -> PathBuf {
         let dir = self.state().join("capsules").join(name);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         let manifest = format!(
-            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\n\n[[component]]\nid = \"{name}\"\nfile = {:?}\n\n{extra}\n",
+            "[package]\nname = \"{name}\"\nversion = \"{version}\"\n\n[[component]]\nid = \"{name}\"\nfile = {:?}\n\n{extra}\n",
             fixture(wasm).display().to_string()
         );
         std::fs::write(dir.join("Capsule.toml"), manifest).unwrap_or_else(|e| panic!("{e}"));

@@ -4,6 +4,7 @@
 mod common;
 mod dispatch;
 mod ipc;
+mod lifecycle;
 mod limits;
 mod loading;
 mod sdk;

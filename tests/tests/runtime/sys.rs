@@ -163,7 +163,9 @@ async fn signal_ready_and_capability_introspection() {
     );
     assert!(err(&check("uplink", "not-a-uuid".into()).await).starts_with("unknown:"));
 
-    assert!(!asker.is_ready());
+    // Without a run loop there is nothing to wait for: ready at load, and signalling again
+    // is harmless. (Run-loop readiness is tested with the gate capsule in `graph`.)
+    assert!(asker.is_ready());
     ok(&call(&asker, "ready", json!({})).await);
     assert!(asker.is_ready());
     holder.unload().await;

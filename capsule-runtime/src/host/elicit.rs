@@ -1,0 +1,136 @@
+//! `astrid:elicit/host@1.0.0`: questions to the operator, only while `astrid-install` or
+//! `astrid-upgrade` runs (`not-in-lifecycle` otherwise). Answers come from the runtime's
+//! [`Elicitor`](crate::Elicitor); secret answers go straight into the encrypted secret store for
+//! the owner and are reported to the guest only as `secret-stored`.
+
+use capsule_wit::astrid::elicit::host::{
+    ElicitRequest, ElicitResponse, ElicitType, ErrorCode, Host,
+};
+
+use crate::lifecycle::{ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal};
+use crate::secrets::SecretScope;
+use crate::state::ElicitView;
+
+/// Longest key or description accepted.
+const MAX_TEXT: usize = 4096;
+
+impl ElicitView<'_> {
+    fn check_phase(&self) -> Result<(), ErrorCode> {
+        if self.lifecycle.phase.is_none() {
+            return Err(ErrorCode::NotInLifecycle);
+        }
+        Ok(())
+    }
+
+    async fn ask(&mut self, request: ElicitRequest) -> Result<ElicitResponse, ErrorCode> {
+        self.check_phase()?;
+        if request.key.is_empty() || request.key.len() > 256 || request.key.contains('\0') {
+            return Err(ErrorCode::InvalidInput);
+        }
+        if request.description.len() > MAX_TEXT {
+            return Err(ErrorCode::InvalidInput);
+        }
+        let kind = match request.kind {
+            ElicitType::Text => ElicitKind::Text,
+            ElicitType::Secret => ElicitKind::Secret,
+            ElicitType::Select => ElicitKind::Select,
+            ElicitType::Array => ElicitKind::Array,
+        };
+        if kind == ElicitKind::Select && request.options.as_ref().is_none_or(Vec::is_empty) {
+            return Err(ErrorCode::InvalidInput);
+        }
+        let shared = std::sync::Arc::clone(&self.lifecycle.shared);
+        let Some(elicitor) = shared.elicitor.clone() else {
+            return Err(ErrorCode::Unknown(
+                "no elicitation handler is configured on this host".into(),
+            ));
+        };
+        let prompt = ElicitPrompt {
+            capsule: self.identity.name.clone(),
+            principal: self.identity.owner.clone(),
+            kind,
+            key: request.key.clone(),
+            description: request.description.clone(),
+            options: request.options.clone(),
+            default: request.default_value.clone(),
+        };
+        let cancel = self.limits.shared.cancel.clone();
+        let answer = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(ErrorCode::Cancelled),
+            a = tokio::time::timeout(shared.timeout, elicitor.elicit(prompt)) => match a {
+                Err(_) => return Err(ErrorCode::Timeout),
+                Ok(Err(ElicitRefusal::Cancelled)) => return Err(ErrorCode::Cancelled),
+                Ok(Err(ElicitRefusal::Unavailable(why))) => return Err(ErrorCode::Unknown(why)),
+                Ok(Ok(answer)) => answer,
+            },
+        };
+        match (kind, answer) {
+            (ElicitKind::Secret, ElicitAnswer::Secret(value)) => {
+                let store = std::sync::Arc::clone(&shared.secrets);
+                let (owner, capsule, key) = (
+                    self.identity.owner.clone(),
+                    self.identity.name.clone(),
+                    request.key,
+                );
+                let stored = self
+                    .limits
+                    .shared
+                    .blocking(move || {
+                        store.set(&SecretScope::Principal(owner), &capsule, &key, &value)
+                    })
+                    .await;
+                match stored {
+                    Some(Ok(Ok(()))) => Ok(ElicitResponse::SecretStored),
+                    None => Err(ErrorCode::Cancelled),
+                    Some(Ok(Err(_))) | Some(Err(_)) => Err(ErrorCode::StoreUnavailable),
+                }
+            }
+            (ElicitKind::Select, ElicitAnswer::Value(v)) => {
+                if request.options.as_ref().is_some_and(|o| o.contains(&v)) {
+                    Ok(ElicitResponse::Value(v))
+                } else {
+                    Err(ErrorCode::InvalidInput)
+                }
+            }
+            (ElicitKind::Text, ElicitAnswer::Value(v)) => Ok(ElicitResponse::Value(v)),
+            (ElicitKind::Array, ElicitAnswer::Values(v)) => Ok(ElicitResponse::Values(v)),
+            (_, _) => Err(ErrorCode::Unknown(
+                "the answer does not match the kind of question".into(),
+            )),
+        }
+    }
+}
+
+impl Host for ElicitView<'_> {
+    async fn elicit(
+        &mut self,
+        request: ElicitRequest,
+    ) -> wasmtime::Result<Result<ElicitResponse, ErrorCode>> {
+        Ok(self.ask(request).await)
+    }
+
+    async fn has_secret(&mut self, key: String) -> wasmtime::Result<Result<bool, ErrorCode>> {
+        if let Err(e) = self.check_phase() {
+            return Ok(Err(e));
+        }
+        let store = std::sync::Arc::clone(&self.lifecycle.shared.secrets);
+        let (owner, capsule) = (self.identity.owner.clone(), self.identity.name.clone());
+        let found = self
+            .limits
+            .shared
+            .blocking(move || -> Result<bool, crate::secrets::SecretError> {
+                Ok(store.has(&SecretScope::Principal(owner), &capsule, &key)?
+                    || store.has(&SecretScope::Host, &capsule, &key)?)
+            })
+            .await;
+        Ok(match found {
+            Some(Ok(Ok(has))) => Ok(has),
+            None => Err(ErrorCode::Cancelled),
+            Some(Ok(Err(crate::secrets::SecretError::InvalidName(_)))) => {
+                Err(ErrorCode::InvalidInput)
+            }
+            Some(Ok(Err(_))) | Some(Err(_)) => Err(ErrorCode::StoreUnavailable),
+        })
+    }
+}
