@@ -18,6 +18,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ("kvwriter", "kvwriter.wasm"),
     ("chain", "chain.wasm"),
     ("lifecycle", "lifecycle.wasm"),
+    ("gate", "gate.wasm"),
 ];
 
 fn main() {

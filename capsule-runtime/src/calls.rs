@@ -4,6 +4,7 @@
 //! queues without bound.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use capsule_bus::PrincipalId;
 use parking_lot::Mutex;
@@ -49,9 +50,10 @@ impl Drop for IdleGuard<'_> {
 }
 
 /// Counts a worker out when it stops, however it stops, and wakes whoever waits for the last.
-pub(crate) struct WorkerGuard<'q>(&'q CallQueue);
+/// It owns its queue so it can outlive everything else the worker held.
+pub(crate) struct WorkerGuard(Arc<CallQueue>);
 
-impl Drop for WorkerGuard<'_> {
+impl Drop for WorkerGuard {
     fn drop(&mut self) {
         let last = {
             let mut st = self.0.state.lock();
@@ -161,9 +163,10 @@ impl CallQueue {
         self.notify.notify_waiters();
     }
 
-    /// To be held by a worker for as long as it runs (the queue counted it when it asked for it).
-    pub(crate) fn worker_guard(&self) -> WorkerGuard<'_> {
-        WorkerGuard(self)
+    /// To be held by a worker for as long as it runs (the queue counted it when it asked for
+    /// it), and dropped after the worker has let go of everything else.
+    pub(crate) fn worker_guard(self: &Arc<Self>) -> WorkerGuard {
+        WorkerGuard(Arc::clone(self))
     }
 
     /// Resolves once no worker runs. Call after [`CallQueue::close`], which stops them.

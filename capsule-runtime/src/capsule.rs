@@ -168,7 +168,7 @@ pub(crate) struct CapsuleInner {
     pub(crate) ready: watch::Receiver<bool>,
     pub(crate) run_exit: watch::Receiver<Option<RunExit>>,
     pub(crate) run_task: parking_lot::Mutex<Option<JoinHandle<()>>>,
-    pub(crate) calls: CallQueue,
+    pub(crate) calls: Arc<CallQueue>,
     /// This capsule's handler bindings in the dispatcher, removed at unload.
     pub(crate) bindings: parking_lot::Mutex<Vec<(u64, capsule_bus::TopicPattern)>>,
     pub(crate) dispatcher: std::sync::Weak<crate::dispatch::Dispatcher>,
@@ -235,7 +235,10 @@ impl CapsuleInner {
             ready,
             run_exit,
             run_task: parking_lot::Mutex::new(None),
-            calls: CallQueue::new(config.handler_queue_per_principal, config.handler_pool_size),
+            calls: Arc::new(CallQueue::new(
+                config.handler_queue_per_principal,
+                config.handler_pool_size,
+            )),
             bindings: parking_lot::Mutex::new(Vec::new()),
             dispatcher,
             counters: Counters::default(),
@@ -450,7 +453,15 @@ impl CapsuleInner {
         match self.calls.submit(&principal, call) {
             Submitted::Queued(spawn) => {
                 if spawn {
-                    tokio::spawn(Arc::clone(self).worker());
+                    let counted = self.calls.worker_guard();
+                    let worker = Arc::clone(self).worker();
+                    tokio::spawn(async move {
+                        // The worker future (and its hold on the capsule) is gone before the
+                        // guard reports the worker stopped, so an unload that waited for it
+                        // knows the capsule's stores are released.
+                        worker.await;
+                        drop(counted);
+                    });
                 }
             }
             Submitted::Refused => {
@@ -478,7 +489,6 @@ impl CapsuleInner {
     /// Serves queued calls until the capsule unloads, keeping one instance between calls of
     /// the same principal.
     async fn worker(self: Arc<Self>) {
-        let _counted = self.calls.worker_guard();
         let mut pooled: Option<Pooled> = None;
         while let Some((principal, call)) = self.calls.next().await {
             let result = self

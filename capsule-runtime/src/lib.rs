@@ -23,6 +23,7 @@ mod capsule;
 mod config;
 mod dispatch;
 mod engine;
+mod graph;
 mod host;
 mod inspect;
 pub mod kv;
@@ -39,6 +40,7 @@ pub use cache::CacheOutcome;
 pub use capsule::{CallStats, Capsule, HookResponse, InvokeError, LoadReport, RunExit};
 pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};
 pub use dispatch::DispatchStats;
+pub use graph::GraphError;
 pub use host::audit::{
     DISPATCH_TARGET as AUDIT_DISPATCH_TARGET, IPC_TARGET as AUDIT_IPC_TARGET,
     SECRET_TARGET as AUDIT_SECRET_TARGET,
@@ -57,7 +59,9 @@ pub use lifecycle::{
     ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor, LifecyclePhase,
 };
 pub use limits::{Interrupt, MemoryStats};
-pub use runtime::{HOST_ABI_VERSION, Inspection, LoadError, MAX_COMPONENT_BYTES, Runtime};
+pub use runtime::{
+    EVENT_TOPIC_PREFIX, HOST_ABI_VERSION, Inspection, LoadError, MAX_COMPONENT_BYTES, Runtime,
+};
 pub use scope::{Caller, InvocationScope};
 
 pub use capsule_bus as bus;

@@ -22,6 +22,7 @@ use crate::capsule::{Capsule, CapsuleInner, LoadReport, StoreParts};
 use crate::config::{ConfigError, RuntimeConfig};
 use crate::dispatch::{DispatchStats, Dispatcher};
 use crate::engine::{build_engine, start_epoch_ticker};
+use crate::graph::{self, GraphError};
 use crate::host::build_linker;
 use crate::host::uplink::InboundMessage;
 use crate::inspect;
@@ -150,6 +151,21 @@ pub enum LoadError {
     /// A capsule of that name is already loaded.
     #[error("a capsule named `{0}` is already loaded")]
     AlreadyLoaded(String),
+    /// The set of capsules cannot be ordered (missing import, cycle, duplicate).
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// A provider's run loop ended before it signalled ready, so its importer was not started.
+    #[error(
+        "capsule `{capsule}` was not started: its provider `{provider}` stopped before it was ready ({exit})"
+    )]
+    ProviderStopped {
+        /// The importer.
+        capsule: String,
+        /// The provider.
+        provider: String,
+        /// How the provider's run loop ended.
+        exit: String,
+    },
     /// The host failed, not the capsule.
     #[error("host failure while loading `{capsule}`: {reason}")]
     Host {
@@ -159,6 +175,12 @@ pub enum LoadError {
         reason: String,
     },
 }
+
+/// Prefix of the topics the host publishes its own events on: `runtime.capsule.loaded`
+/// (`{capsule, owner, session, version}`), `runtime.capsule.waiting` (`{capsule, provider}`:
+/// [`Runtime::load_all`] holds `capsule` back until `provider` is ready) and
+/// `runtime.capsule.unloaded` (`{capsule}`).
+pub const EVENT_TOPIC_PREFIX: &str = "runtime.capsule";
 
 /// What [`Runtime::inspect`] found out about a capsule.
 #[derive(Debug)]
@@ -342,6 +364,127 @@ impl Runtime {
     pub async fn load(&self, dir: impl AsRef<Path>) -> Result<Capsule, LoadError> {
         let owner = self.inner.config.owner.clone();
         self.load_as(dir, owner).await
+    }
+
+    /// Loads the capsules in `dirs` for the configured owner, in dependency order: each
+    /// capsule's non-optional imports must be exported (in a matching version) by another
+    /// capsule in the set or one already loaded; a cycle or an unmet import fails the whole set
+    /// before anything starts, naming the capsules or the import. Uplink capsules load first.
+    /// A capsule starts only once the providers it imports from are ready (a provider with a
+    /// run loop after it calls `signal-ready`, or after [`RuntimeConfig::ready_timeout`], which
+    /// is logged). If any capsule fails to load, the ones this call loaded are unloaded again.
+    /// Returns the capsules in the order they were loaded.
+    pub async fn load_all<P: AsRef<Path>>(
+        &self,
+        dirs: impl IntoIterator<Item = P>,
+    ) -> Result<Vec<Capsule>, LoadError> {
+        let dirs: Vec<PathBuf> = dirs.into_iter().map(|d| d.as_ref().to_path_buf()).collect();
+        let manifests = dirs
+            .iter()
+            .map(|d| Manifest::load(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let running: Vec<Capsule> = self.inner.capsules.lock().values().cloned().collect();
+        let steps = {
+            let set: Vec<&Manifest> = manifests.iter().collect();
+            let loaded: Vec<&Manifest> = running.iter().map(Capsule::manifest).collect();
+            graph::plan(&set, &loaded)?
+        };
+        let mut started: Vec<Capsule> = Vec::with_capacity(steps.len());
+        for step in steps {
+            let mut outcome = Ok(());
+            for (provider, optional) in &step.providers {
+                let found = started
+                    .iter()
+                    .chain(&running)
+                    .find(|c| c.name() == provider)
+                    .cloned();
+                if let Some(p) = found {
+                    outcome = self.await_provider(&step.name, &p, *optional).await;
+                    if outcome.is_err() {
+                        break;
+                    }
+                }
+            }
+            let loaded = match outcome {
+                Ok(()) => self.load(&dirs[step.index]).await,
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(c) => started.push(c),
+                Err(e) => {
+                    for c in started.iter().rev() {
+                        self.unload(c.name()).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(started)
+    }
+
+    /// Waits until `provider` may serve `dependent`.
+    async fn await_provider(
+        &self,
+        dependent: &str,
+        provider: &Capsule,
+        optional: bool,
+    ) -> Result<(), LoadError> {
+        if provider.is_ready() {
+            return Ok(());
+        }
+        let timeout = self.inner.config.ready_timeout;
+        tracing::info!(capsule = %dependent, provider = %provider.name(), ?timeout, "waiting for provider to be ready");
+        self.event(
+            "waiting",
+            serde_json::json!({ "capsule": dependent, "provider": provider.name() }),
+        );
+        tokio::select! {
+            ready = provider.wait_ready(timeout) => {
+                if !ready {
+                    tracing::warn!(
+                        capsule = %dependent,
+                        provider = %provider.name(),
+                        ?timeout,
+                        "provider did not signal ready in time; starting its importer anyway"
+                    );
+                }
+                Ok(())
+            }
+            exit = provider.wait_run_exit() => {
+                let exit = exit.map_or_else(|| "no run loop".to_string(), |e| format!("{e:?}"));
+                if provider.is_ready() {
+                    Ok(())
+                } else if optional {
+                    tracing::warn!(capsule = %dependent, provider = %provider.name(), %exit, "optional provider stopped before it was ready");
+                    Ok(())
+                } else {
+                    Err(LoadError::ProviderStopped {
+                        capsule: dependent.to_string(),
+                        provider: provider.name().to_string(),
+                        exit,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Publishes a host event on `runtime.capsule.<kind>`, for operators and capsules that
+    /// follow the host (subject to their subscribe ACL like any topic).
+    fn event(&self, kind: &str, body: serde_json::Value) {
+        let topic = format!("{EVENT_TOPIC_PREFIX}.{kind}");
+        let (Ok(topic), Ok(payload)) = (
+            capsule_bus::Topic::parse(&topic),
+            capsule_bus::JsonPayload::parse(body.to_string()),
+        ) else {
+            tracing::error!(%topic, "host event could not be formed");
+            return;
+        };
+        self.inner.bus.publish(capsule_bus::Outgoing {
+            topic,
+            payload,
+            source: Uuid::nil(),
+            attribution: capsule_bus::Attribution::System,
+        });
     }
 
     /// Checks everything about the capsule in `dir` that loading checks (manifest, component,
@@ -596,6 +739,15 @@ impl Runtime {
             // Without a run loop there is nothing to wait for.
             inner.parts.sys.ready.send_replace(true);
         }
+        self.event(
+            "loaded",
+            serde_json::json!({
+                "capsule": name,
+                "owner": owner.as_str(),
+                "session": session.to_string(),
+                "version": version.to_string(),
+            }),
+        );
         let capsule = Capsule::from_inner(inner);
         let mut capsules = self.inner.capsules.lock();
         // Capsules unloaded through their own handle are forgotten here.
@@ -665,6 +817,7 @@ impl Runtime {
         match capsule {
             Some(c) => {
                 c.unload().await;
+                self.event("unloaded", serde_json::json!({ "capsule": name }));
                 true
             }
             None => false,
@@ -676,6 +829,7 @@ impl Runtime {
         let all: Vec<Capsule> = self.inner.capsules.lock().drain().map(|(_, c)| c).collect();
         for c in all {
             c.unload().await;
+            self.event("unloaded", serde_json::json!({ "capsule": c.name() }));
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod common;
 mod dispatch;
+mod graph;
 mod ipc;
 mod lifecycle;
 mod limits;

@@ -15,6 +15,7 @@ wit_bindgen::generate!({
             import astrid:io/poll@1.0.0;
             import astrid:kv/host@1.0.0;
             import astrid:fs/host@1.0.0;
+            import astrid:uplink/host@1.0.0;
             include astrid:guest/interceptor@1.0.0;
         }
     "#,
@@ -27,6 +28,7 @@ use astrid::io::poll;
 use astrid::kv::host as kv;
 use astrid::ipc::host as ipc;
 use astrid::sys::host as sys;
+use astrid::uplink::host as uplink;
 
 struct Prober;
 
@@ -72,6 +74,39 @@ fn text(bytes: Vec<u8>) -> Value {
 
 fn unit<E>(r: Result<(), E>, f: impl Fn(&E) -> String) -> Result<Value, String> {
     r.map(|()| Value::Null).map_err(|e| f(&e))
+}
+
+fn uplink_code(e: &uplink::ErrorCode) -> String {
+    match e {
+        uplink::ErrorCode::CapabilityDenied => "capability-denied".into(),
+        uplink::ErrorCode::InvalidInput => "invalid-input".into(),
+        uplink::ErrorCode::InvalidProfile => "invalid-profile".into(),
+        uplink::ErrorCode::UnknownUplink => "unknown-uplink".into(),
+        uplink::ErrorCode::NoSession => "no-session".into(),
+        uplink::ErrorCode::Quota => "quota".into(),
+        uplink::ErrorCode::Unknown(s) => format!("unknown:{s}"),
+    }
+}
+
+fn uplinks(action: &str, args: &Value) -> Option<Result<Value, String>> {
+    let s = |k: &str| args[k].as_str().unwrap_or("").to_string();
+    Some(match action {
+        "uplink-register" => {
+            let profile = match s("profile").as_str() {
+                "interactive" => uplink::UplinkProfile::Interactive,
+                "notify" => uplink::UplinkProfile::Notify,
+                "bridge" => uplink::UplinkProfile::Bridge,
+                _ => uplink::UplinkProfile::Chat,
+            };
+            uplink::uplink_register(&s("name"), &s("platform"), profile)
+                .map(|id| json!(id))
+                .map_err(|e| uplink_code(&e))
+        }
+        "uplink-send" => uplink::uplink_send(&s("id"), &s("user"), &s("content"))
+            .map(|b| json!(b))
+            .map_err(|e| uplink_code(&e)),
+        _ => return None,
+    })
 }
 
 fn storage(action: &str, args: &Value) -> Option<Result<Value, String>> {
@@ -401,7 +436,9 @@ fn run(action: &str, args: &Value) -> Result<Value, String> {
             }
         }
         "trap" => std::process::abort(),
-        other => storage(other, args).unwrap_or_else(|| Err(format!("unknown action {other}"))),
+        other => storage(other, args)
+            .or_else(|| uplinks(other, args))
+            .unwrap_or_else(|| Err(format!("unknown action {other}"))),
     }
 }
 
