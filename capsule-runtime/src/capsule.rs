@@ -389,9 +389,13 @@ impl CapsuleInner {
                 Ok(i) => i.to_string(),
                 Err(msg) => msg,
             };
-            match tail.last_line() {
-                Some(said) => format!("{said} ({why})"),
-                None => why,
+            tracing::debug!(capsule = %self.identity.name, error = %why, "lifecycle call failed");
+            // The guest's words say what went wrong; the trap kind says how it ended, and the
+            // wasm backtrace (in the debug log above) helps nobody reading a load error.
+            match (tail.last_line(), e.downcast_ref::<wasmtime::Trap>()) {
+                (Some(said), Some(trap)) => format!("{said} ({trap})"),
+                (Some(said), None) => format!("{said} ({why})"),
+                (None, _) => why,
             }
         })
     }

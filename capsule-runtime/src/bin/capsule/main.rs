@@ -1,5 +1,5 @@
-//! `capsule`: the host binary. `capsule run` loads capsule directories and serves them until
-//! interrupted; `capsule inspect` reports what a capsule declares, imports and exports without
+//! `capsule`: the host binary. `capsule run` loads capsule directories in dependency order
+//! (asking install/upgrade questions on the terminal) and serves them until interrupted; `capsule inspect` reports what a capsule declares, imports and exports without
 //! running it. Bad flags get a usage message and exit code 2; a failed load exits 1.
 
 // A command-line tool reports on stdout by design.
@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod terminal;
 
 use capsule_runtime::bus::PrincipalId;
 use capsule_runtime::{Runtime, RuntimeConfig};
@@ -26,6 +28,9 @@ options:
   --capsule NAME       the capsule a secret belongs to
   --principal P        store the secret for principal P (default: the owner, `default`)
   --host               store the secret host-wide (used when a principal has none)
+
+`run` starts the capsules in dependency order ([imports]/[exports]); a capsule's install or
+upgrade questions are asked on this terminal (secret answers are not echoed).
 
 The host key that encrypts secrets is $CAPSULE_HOST_KEY_FILE, else <state>/keys/host.key.
 
@@ -150,21 +155,38 @@ async fn run(args: Args) -> Result<(), Failure> {
                 ));
             }
             let rt = Runtime::new(config).map_err(|e| Failure::Error(e.to_string()))?;
-            for dir in &args.dirs {
-                match rt.load(dir).await {
-                    Ok(c) => println!(
-                        "loaded {} {} (session {}, owner {}, cache {:?})",
-                        c.name(),
-                        c.manifest().package.version,
-                        c.session(),
-                        c.owner(),
-                        c.report().cache,
-                    ),
-                    Err(e) => {
-                        rt.shutdown().await;
-                        return Err(Failure::Error(e.to_string()));
+            rt.set_elicitor(std::sync::Arc::new(terminal::TerminalElicitor::default()));
+            if let Some(mut inbound) = rt.take_inbound() {
+                // Nothing consumes uplink traffic yet; log it so the channel never fills.
+                tokio::spawn(async move {
+                    while let Some(m) = inbound.recv().await {
+                        tracing::info!(
+                            capsule = %m.capsule,
+                            uplink = %m.uplink.name,
+                            platform = %m.uplink.platform,
+                            user = %m.platform_user_id,
+                            bytes = m.content.len(),
+                            "inbound uplink message"
+                        );
                     }
+                });
+            }
+            let loaded = match rt.load_all(&args.dirs).await {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    rt.shutdown().await;
+                    return Err(Failure::Error(e.to_string()));
                 }
+            };
+            for c in &loaded {
+                println!(
+                    "loaded {} {} (session {}, owner {}, cache {:?})",
+                    c.name(),
+                    c.manifest().package.version,
+                    c.session(),
+                    c.owner(),
+                    c.report().cache,
+                );
             }
             println!(
                 "serving {} capsule(s); press Ctrl-C to stop",
