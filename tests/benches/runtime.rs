@@ -83,7 +83,10 @@ async fn main() {
         "[quotas]\nmax_ipc_throughput_bytes = 1099511627776\n",
     )
     .expect("profile");
-    let rt = Runtime::new(RuntimeConfig::new(state.path())).expect("runtime");
+    let mut config = RuntimeConfig::new(state.path());
+    // One pooled instance, so alternating principals reset it on every call.
+    config.handler_pool_size = 1;
+    let rt = Runtime::new(config).expect("runtime");
 
     // Prime the cache, then measure loads that deserialize: the prober (an interceptor) and
     // the SDK capsule (all four entry points, so the stub analysis runs too).
@@ -144,6 +147,54 @@ async fn main() {
         "host_call_noop",
         "{\"function\":\"sys.clock-monotonic-ns\"}",
         noop,
+        "ns",
+    );
+
+    // A handler call through the queue and the pooled instance, with the same principal every
+    // time (the instance is reused) and with two alternating principals (it is reset from the
+    // `InstancePre` before every call, so one principal's guest memory never reaches the other).
+    const HANDLER_CALLS: u64 = 200;
+    let principals = [
+        capsule_bus::PrincipalId::parse("alice").expect("principal"),
+        capsule_bus::PrincipalId::parse("bob").expect("principal"),
+    ];
+    let mut per_call = [0.0f64; 2];
+    for (i, alternate) in [false, true].into_iter().enumerate() {
+        let before = prober.call_stats().resets;
+        let mut calls = 0u64;
+        per_call[i] = measure(budget, HANDLER_CALLS, || {
+            let p = prober.clone();
+            let principals = principals.clone();
+            calls += HANDLER_CALLS;
+            async move {
+                let t = Instant::now();
+                for n in 0..HANDLER_CALLS {
+                    let who = if alternate { n as usize % 2 } else { 0 };
+                    let r = p
+                        .invoke("noop", b"{\"count\":1}", Some(principals[who].clone()))
+                        .await
+                        .expect("invoke");
+                    assert!(!r.data.unwrap_or_default().contains("\"err\""));
+                }
+                t.elapsed()
+            }
+        })
+        .await;
+        let resets = (prober.call_stats().resets - before) as f64 / calls as f64;
+        emit(
+            "handler_call",
+            &format!(
+                "{{\"principals\":\"{}\",\"resets_per_call\":{resets:.2}}}",
+                if alternate { "alternating" } else { "same" }
+            ),
+            per_call[i],
+            "ns",
+        );
+    }
+    emit(
+        "principal_reset_cost",
+        "{\"component\":\"prober\",\"derived\":\"alternating - same\"}",
+        per_call[1] - per_call[0],
         "ns",
     );
 
