@@ -1,6 +1,6 @@
 //! Interceptor dispatch with real components: priority chains, payload replacement, `final`,
 //! `deny` and failing links, per-principal fairness under a flood, and pooled instances that
-//! never carry one principal's guest state into another's call.
+//! never carry one principal's guest state, keys or log lines into another's call.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -228,23 +228,30 @@ async fn a_pooled_instance_never_carries_guest_state_across_principals() {
         &Value::Null
     );
     assert_eq!(p.call_stats().resets, 2);
-    // Interleaved calls from both principals on the one instance keep KV apart too.
+    // Interleaved calls from both principals on the one instance keep KV and logs apart too.
     let mut tasks = Vec::new();
     for i in 0..20 {
         let who = if i % 2 == 0 { "alice" } else { "bob" };
         let p = p.clone();
         tasks.push(tokio::spawn(async move {
-            call_as(
-                &p,
-                "kv-set",
-                json!({"key": format!("k{i}"), "value": who}),
-                Some(who),
-            )
-            .await
+            let set = json!({"key": format!("k{i}"), "value": who});
+            ok(&call_as(&p, "kv-set", set, Some(who)).await);
+            let line = json!({"level": "info", "message": format!("{who}-line-{i}")});
+            ok(&call_as(&p, "log", line, Some(who)).await);
         }));
     }
     for t in tasks {
-        ok(&t.await.unwrap_or_else(|e| panic!("{e}")));
+        t.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    for (who, other) in [("alice", "bob"), ("bob", "alice")] {
+        let log = h
+            .state()
+            .join("home")
+            .join(who)
+            .join(".local/log/pooled.log");
+        let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(text.matches(&format!("{who}-line-")).count(), 10, "{text}");
+        assert!(!text.contains(&format!("{other}-line-")), "{text}");
     }
     for who in ["alice", "bob"] {
         let keys = ok(&call_as(&p, "kv-list", json!({"prefix": "k"}), Some(who)).await).clone();
