@@ -82,6 +82,14 @@ impl FsGrant {
             if abs == Path::new("/") {
                 return Err("granting the whole host filesystem (`/`) is not allowed".into());
             }
+            // Guests always see `/tmp/` as their principal's own scratch space, so a host
+            // directory there could never be reached: refuse it instead of granting nothing.
+            if abs.starts_with("/tmp") {
+                return Err(format!(
+                    "`{s}` is under /tmp, which guests see as their own scratch space; \
+                     grant a host directory outside /tmp"
+                ));
+            }
             return Ok(Self {
                 root: FsRoot::Absolute(abs),
                 subtree: PathBuf::new(),
@@ -242,6 +250,8 @@ mod tests {
             "relative",
             "ftp://x",
             "/a\0b",
+            "/tmp",
+            "/tmp/shared",
         ] {
             assert!(FsGrant::parse(bad).is_err(), "{bad:?} should be refused");
         }

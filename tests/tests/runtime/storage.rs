@@ -272,12 +272,24 @@ async fn every_fs_function_works_on_the_workspace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absolute_grant_mounts_that_directory_only() {
-    // Under the target directory, not /tmp (which guests see as their own scratch space).
-    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap_or_else(|e| panic!("{e}"));
+    let h = host();
+    let shadowed = h.capsule_dir(
+        "shadow",
+        "prober.wasm",
+        "[capabilities]\nfs_read = [\"/tmp/x\"]\n",
+    );
+    let e =
+        h.rt.load(&shadowed)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+    assert!(e.contains("fs_read") && e.contains("scratch space"), "{e}");
+
+    let base = outside_tmp();
     let data = base.path().join("data");
     write(&data.join("words"), "apple");
     write(&base.path().join("private"), "no");
-    let h = host();
     let grant = format!(
         "[capabilities]\nfs_read = [{:?}]\n",
         data.display().to_string()
@@ -308,6 +320,17 @@ async fn an_absolute_grant_mounts_that_directory_only() {
     .await;
     assert_eq!(ok(&canon), &json!(data.join("words").display().to_string()));
     h.rt.shutdown().await;
+}
+
+/// A fresh host directory outside /tmp (which guests see as their own scratch space, so a
+/// grant there is refused): the target directory unless the checkout itself lives under /tmp.
+fn outside_tmp() -> tempfile::TempDir {
+    let candidates = [env!("CARGO_TARGET_TMPDIR"), "/var/tmp", "/dev/shm"];
+    candidates
+        .iter()
+        .filter(|c| !Path::new(c).starts_with("/tmp"))
+        .find_map(|c| tempfile::tempdir_in(c).ok())
+        .unwrap_or_else(|| panic!("no writable directory outside /tmp among {candidates:?}"))
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
