@@ -49,6 +49,13 @@ pub struct Stat {
     pub accessed: Option<SystemTime>,
 }
 
+impl From<std::fs::Metadata> for Stat {
+    /// The stat of a file already open through a mount (its handle's metadata).
+    fn from(m: std::fs::Metadata) -> Self {
+        Self::from_metadata(&Metadata::from_just_metadata(m))
+    }
+}
+
 impl Stat {
     fn from_metadata(m: &Metadata) -> Self {
         let t = m.file_type();

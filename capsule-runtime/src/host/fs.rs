@@ -193,36 +193,6 @@ fn file_stat(s: &Stat) -> FileStat {
     }
 }
 
-fn std_stat(m: &std::fs::Metadata) -> Stat {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let t = m.file_type();
-    let kind = if t.is_symlink() {
-        FileKind::Symlink
-    } else if t.is_dir() {
-        FileKind::Directory
-    } else if t.is_file() {
-        FileKind::File
-    } else if t.is_block_device() {
-        FileKind::BlockDevice
-    } else if t.is_char_device() {
-        FileKind::CharDevice
-    } else if t.is_fifo() {
-        FileKind::Fifo
-    } else if t.is_socket() {
-        FileKind::Socket
-    } else {
-        FileKind::Unknown
-    };
-    Stat {
-        size: m.len(),
-        kind,
-        mode: m.mode(),
-        modified: m.modified().ok(),
-        created: m.created().ok(),
-        accessed: m.accessed().ok(),
-    }
-}
-
 /// A handle-mode requirement: what the handle was opened for if it fails, and the check.
 type ModeCheck = (&'static str, fn(OpenMode) -> bool);
 
@@ -616,7 +586,7 @@ impl HostFileHandle for FsView<'_> {
         self_: Resource<FileHandle>,
     ) -> wasmtime::Result<Result<FileStat, ErrorCode>> {
         self.with_file(&self_, None, |f| {
-            f.metadata().map(|m| file_stat(&std_stat(&m)))
+            f.metadata().map(|m| file_stat(&Stat::from(m)))
         })
         .await
     }
