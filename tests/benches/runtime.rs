@@ -6,46 +6,13 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use capsule_bus::{Scope, TopicPattern};
-use capsule_runtime::{Capsule, Runtime, RuntimeConfig};
-
-fn fixture(file: &str) -> PathBuf {
-    Path::new(env!("CAPSULE_FIXTURES")).join(file)
-}
-
-fn emit(name: &str, params: &str, value: f64, unit: &str) {
-    println!(
-        "{{\"group\":\"runtime\",\"name\":\"{name}\",\"params\":{params},\"value\":{value:.2},\"unit\":\"{unit}\"}}"
-    );
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
-fn capsule_dir(state: &Path, name: &str, wasm: &str, extra: &str) -> PathBuf {
-    let dir = state.join("capsules").join(name);
-    std::fs::create_dir_all(&dir).expect("capsule dir");
-    let manifest = format!(
-        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\n\n[[component]]\nid = \"{name}\"\nfile = {:?}\n\n{extra}\n",
-        fixture(wasm).display().to_string()
-    );
-    std::fs::write(dir.join("Capsule.toml"), manifest).expect("manifest");
-    dir
-}
-
-async fn call(c: &Capsule, action: &str, args: &str) {
-    let r = c
-        .invoke(action, args.as_bytes(), None)
-        .await
-        .expect("invoke");
-    let data = r.data.unwrap_or_default();
-    assert!(!data.contains("\"err\""), "{action}: {data}");
-}
+use capsule_runtime::{Runtime, RuntimeConfig};
+use support::{budget, call, capsule_dir, emit, median};
 
 /// Repeats `f` (which reports the duration of `ops` operations) for the budget; median ns/op.
 async fn measure<F, Fut>(budget: Duration, ops: u64, mut f: F) -> f64
@@ -69,12 +36,7 @@ const ACL: &str = "[publish]\n\"bench.*\" = \"opaque\"\n\"ping.*\" = \"opaque\"\
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let budget = if quick {
-        Duration::from_millis(1000)
-    } else {
-        Duration::from_secs(3)
-    };
+    let budget = budget();
     let state = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(state.path().join("profiles")).expect("profiles");
     // Publishing benchmarks must not be cut short by the default 10 MiB/s budget.
@@ -109,6 +71,7 @@ async fn main() {
             c.unload().await;
         }
         emit(
+            "runtime",
             "load_cached",
             &format!("{{\"component\":\"{component}\"}}"),
             median(samples),
@@ -127,6 +90,7 @@ async fn main() {
     })
     .await;
     emit(
+        "runtime",
         "instantiate",
         "{\"component\":\"prober\",\"pooling\":true}",
         ns,
@@ -144,6 +108,7 @@ async fn main() {
     })
     .await;
     emit(
+        "runtime",
         "host_call_noop",
         "{\"function\":\"sys.clock-monotonic-ns\"}",
         noop,
@@ -182,6 +147,7 @@ async fn main() {
         .await;
         let resets = (prober.call_stats().resets - before) as f64 / calls as f64;
         emit(
+            "runtime",
             "handler_call",
             &format!(
                 "{{\"principals\":\"{}\",\"resets_per_call\":{resets:.2}}}",
@@ -192,6 +158,7 @@ async fn main() {
         );
     }
     emit(
+        "runtime",
         "principal_reset_cost",
         "{\"component\":\"prober\",\"derived\":\"alternating - same\"}",
         per_call[1] - per_call[0],
@@ -219,6 +186,7 @@ async fn main() {
     let publish = median(samples);
     drop(sink);
     emit(
+        "runtime",
         "host_call_publish",
         "{\"payload_bytes\":2,\"subscribers\":1,\"noop_ns\":NOOP}"
             .replace("NOOP", &format!("{noop:.2}"))
@@ -268,6 +236,7 @@ async fn main() {
         samples.push(MESSAGES as f64 / t.elapsed().as_secs_f64());
     }
     emit(
+        "runtime",
         "guest_to_guest",
         "{\"payload_bytes\":2,\"batch\":10000}",
         median(samples),

@@ -6,29 +6,12 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use capsule_runtime::{Capsule, Runtime, RuntimeConfig};
-
-fn fixture(file: &str) -> PathBuf {
-    Path::new(env!("CAPSULE_FIXTURES")).join(file)
-}
-
-fn emit(name: &str, params: &str, value: f64, unit: &str) {
-    println!(
-        "{{\"group\":\"storage\",\"name\":\"{name}\",\"params\":{params},\"value\":{value:.2},\"unit\":\"{unit}\"}}"
-    );
-}
-
-async fn call(c: &Capsule, action: &str, args: &str) {
-    let r = c
-        .invoke(action, args.as_bytes(), None)
-        .await
-        .expect("invoke");
-    let data = r.data.unwrap_or_default();
-    assert!(!data.contains("\"err\""), "{action}: {data}");
-}
+use support::{budget, call, capsule_dir, emit, median};
 
 /// Runs `action` with `args` (performing `ops` operations) for the budget; median ops/s.
 async fn rate(c: &Capsule, budget: Duration, action: &str, args: &str, ops: u64) -> f64 {
@@ -40,32 +23,21 @@ async fn rate(c: &Capsule, budget: Duration, action: &str, args: &str, ops: u64)
         call(c, action, args).await;
         samples.push(ops as f64 / t.elapsed().as_secs_f64());
     }
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+    median(samples)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let budget = if quick {
-        Duration::from_millis(1000)
-    } else {
-        Duration::from_secs(3)
-    };
+    let budget = budget();
     // On disk under the target directory (not a tmpfs /tmp), so fsync costs what it costs.
     let state = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let rt = Runtime::new(RuntimeConfig::new(state.path())).expect("runtime");
-    let dir = state.path().join("capsules").join("bench");
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(
-        dir.join("Capsule.toml"),
-        format!(
-            "[package]\nname = \"bench\"\nversion = \"0.1.0\"\n[[component]]\nid = \"bench\"\nfile = {:?}\n\
-             [capabilities]\nfs_read = [\"*\"]\nfs_write = [\"*\"]\n",
-            fixture("prober.wasm").display().to_string()
-        ),
-    )
-    .expect("manifest");
+    let dir = capsule_dir(
+        state.path(),
+        "bench",
+        "prober.wasm",
+        "[capabilities]\nfs_read = [\"*\"]\nfs_write = [\"*\"]\n",
+    );
     let c = rt.load(&dir).await.expect("load");
 
     let sets = 50;
@@ -78,6 +50,7 @@ async fn main() {
     )
     .await;
     emit(
+        "storage",
         "kv_set",
         "{\"value_bytes\":100,\"durable\":true}",
         v,
@@ -92,7 +65,7 @@ async fn main() {
         gets,
     )
     .await;
-    emit("kv_get", "{\"value_bytes\":100}", v, "ops/s");
+    emit("storage", "kv_get", "{\"value_bytes\":100}", v, "ops/s");
 
     const MIB: u64 = 1024 * 1024;
     let files = 16;
@@ -104,7 +77,13 @@ async fn main() {
         files,
     )
     .await;
-    emit("fs_write", "{\"file_bytes\":1048576}", v, "MiB/s");
+    emit(
+        "storage",
+        "fs_write",
+        "{\"file_bytes\":1048576}",
+        v,
+        "MiB/s",
+    );
     let v = rate(
         &c,
         budget,
@@ -113,6 +92,6 @@ async fn main() {
         files,
     )
     .await;
-    emit("fs_read", "{\"file_bytes\":1048576}", v, "MiB/s");
+    emit("storage", "fs_read", "{\"file_bytes\":1048576}", v, "MiB/s");
     rt.shutdown().await;
 }
