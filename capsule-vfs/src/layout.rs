@@ -129,27 +129,9 @@ impl StateLayout {
         principal: &PrincipalId,
         capsule: &str,
     ) -> io::Result<std::fs::File> {
-        if capsule.is_empty()
-            || !capsule
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{capsule:?} is not a capsule name"),
-            ));
-        }
+        check_capsule_name(capsule)?;
         let home = self.open_home(principal)?;
-        let logs = Path::new(".local").join("log");
-        home.create_dir_with(&logs, &Self::private_dir_builder())?;
-        let logs = home.open_dir_nofollow(&logs)?;
-        let mut opts = OpenOptions::new();
-        opts.append(true).create(true);
-        opts.follow(FollowSymlinks::No);
-        #[cfg(unix)]
-        opts.mode(0o600);
-        let file = logs.open_with(format!("{capsule}.log"), &opts)?;
-        Ok(file.into_std())
+        Self::open_log_in(&home, capsule)
     }
 }
 
