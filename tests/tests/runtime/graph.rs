@@ -20,6 +20,27 @@ fn gate(name: &str, open_on: &str, graph: &str) -> String {
     )
 }
 
+/// Writes provider `gate-a` (exporting `test:gate` at `version`, opening on `open_on`, with
+/// `extra` appended to its manifest) and importer `dep-b` (requiring `test:gate` at
+/// `requirement`); returns both directories.
+fn gate_pair(
+    h: &Host,
+    version: &str,
+    open_on: &str,
+    extra: &str,
+    requirement: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let exports = format!("[exports]\n\"test:gate\" = \"{version}\"\n");
+    let imports = format!("[imports]\n\"test:gate\" = \"{requirement}\"\n");
+    let provider = h.capsule_dir(
+        "gate-a",
+        "gate.wasm",
+        &format!("{}{extra}", gate("a", open_on, &exports)),
+    );
+    let importer = h.capsule_dir("dep-b", "gate.wasm", &gate("b", "", &imports));
+    (provider, importer)
+}
+
 fn body(m: &capsule_bus::Message) -> Value {
     serde_json::from_str(m.payload.as_str()).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -52,16 +73,7 @@ impl Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_importer_starts_only_after_its_provider_signalled_ready() {
     let h = host_with(|c| c.ready_timeout = Duration::from_secs(600));
-    let provider = h.capsule_dir(
-        "gate-a",
-        "gate.wasm",
-        &gate("a", "gate.open", "[exports]\n\"test:gate\" = \"1.2.0\"\n"),
-    );
-    let importer = h.capsule_dir(
-        "dep-b",
-        "gate.wasm",
-        &gate("b", "", "[imports]\n\"test:gate\" = \"^1.1\"\n"),
-    );
+    let (provider, importer) = gate_pair(&h, "1.2.0", "gate.open", "", "^1.1");
     let mut seen = Seen {
         rx: h.subscribe("*"),
         log: Vec::new(),
@@ -107,16 +119,7 @@ async fn an_importer_starts_only_after_its_provider_signalled_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_never_signals_is_waited_for_only_until_the_timeout() {
     let h = host_with(|c| c.ready_timeout = Duration::from_millis(200));
-    let provider = h.capsule_dir(
-        "gate-a",
-        "gate.wasm",
-        &gate("a", "gate.open", "[exports]\n\"test:gate\" = \"1.0.0\"\n"),
-    );
-    let importer = h.capsule_dir(
-        "dep-b",
-        "gate.wasm",
-        &gate("b", "", "[imports]\n\"test:gate\" = \"^1\"\n"),
-    );
+    let (provider, importer) = gate_pair(&h, "1.0.0", "gate.open", "", "^1");
     let loaded =
         h.rt.load_all([provider, importer])
             .await
@@ -129,18 +132,12 @@ async fn a_provider_that_never_signals_is_waited_for_only_until_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_stops_before_ready_fails_its_importer_and_the_set() {
     let h = host();
-    let provider = h.capsule_dir(
-        "gate-a",
-        "gate.wasm",
-        &format!(
-            "{}[env.exit]\ntype = \"text\"\ndefault = \"early\"\n",
-            gate("a", "", "[exports]\n\"test:gate\" = \"1.0.0\"\n")
-        ),
-    );
-    let importer = h.capsule_dir(
-        "dep-b",
-        "gate.wasm",
-        &gate("b", "", "[imports]\n\"test:gate\" = \"^1\"\n"),
+    let (provider, importer) = gate_pair(
+        &h,
+        "1.0.0",
+        "",
+        "[env.exit]\ntype = \"text\"\ndefault = \"early\"\n",
+        "^1",
     );
     let e =
         h.rt.load_all([provider, importer])
