@@ -4,6 +4,7 @@
 mod common;
 mod dispatch;
 mod graph;
+mod hostile;
 mod ipc;
 mod lifecycle;
 mod limits;

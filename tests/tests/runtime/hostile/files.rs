@@ -1,0 +1,1 @@
+//! Files: hard links, host-managed parts of a home, disk quotas, private state files.

@@ -1,0 +1,1 @@
+//! Cross-principal: envelopes, subscriptions, output, attribution and handler scoping.

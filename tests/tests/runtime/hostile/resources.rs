@@ -1,0 +1,1 @@
+//! Host resources: bounded host work per guest call, publish loops, opaque errors.
