@@ -7,7 +7,7 @@ use crate::grants::{EndpointGrant, FsGrant, HostGrant};
 use crate::manifest::{ManifestError, Reader};
 
 /// Identity operations, ordered: a higher level implies the lower ones.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IdentityLevel {
     /// Read-only lookups.
     Resolve,
@@ -15,6 +15,27 @@ pub enum IdentityLevel {
     Link,
     /// Create users.
     Admin,
+}
+
+impl IdentityLevel {
+    /// Parses `resolve`, `link` or `admin`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "resolve" => Some(Self::Resolve),
+            "link" => Some(Self::Link),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+
+    /// The level as the manifest writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resolve => "resolve",
+            Self::Link => "link",
+            Self::Admin => "admin",
+        }
+    }
 }
 
 /// Capability names that hold a list of grants.
@@ -115,17 +136,14 @@ impl Capabilities {
                     r.strings(v, &key)?
                 };
                 for value in values {
-                    let level = match value.as_str() {
-                        "resolve" => IdentityLevel::Resolve,
-                        "link" => IdentityLevel::Link,
-                        "admin" => IdentityLevel::Admin,
-                        other => {
-                            return Err(r.invalid(
-                                &key,
-                                format!("unknown identity level {other:?} (expected resolve, link or admin)"),
-                            ));
-                        }
-                    };
+                    let level = IdentityLevel::parse(&value).ok_or_else(|| {
+                        r.invalid(
+                            &key,
+                            format!(
+                                "unknown identity level {value:?} (expected resolve, link or admin)"
+                            ),
+                        )
+                    })?;
                     caps.identity = caps.identity.max(Some(level));
                 }
             } else {

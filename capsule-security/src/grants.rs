@@ -107,8 +107,14 @@ impl FsGrant {
 }
 
 /// An outbound host allowlist entry: the host itself and any subdomain of it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostGrant(String);
+
+impl fmt::Display for HostGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 fn valid_host(h: &str) -> bool {
     !h.is_empty()
@@ -130,6 +136,11 @@ impl HostGrant {
         Ok(Self(h))
     }
 
+    /// The normalised host name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     /// Whether `host` is this host or a subdomain of it.
     pub fn allows(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -141,7 +152,7 @@ impl HostGrant {
 }
 
 /// A socket endpoint grant for `net_connect` / `net_bind`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EndpointGrant {
     /// `host:port`, or `host:*` (`port = None`) for any port.
     Tcp {
@@ -194,9 +205,39 @@ impl EndpointGrant {
         }
     }
 
+    /// Whether every endpoint `other` names is also named by `self`.
+    pub fn covers(&self, other: &EndpointGrant) -> bool {
+        match (self, other) {
+            (Self::Tcp { host: h, port: p }, Self::Tcp { host: oh, port: op }) => {
+                (h == "*" || h == oh) && (p.is_none() || p == op)
+            }
+            (Self::Unix(p), Self::Unix(op)) => p == op,
+            _ => false,
+        }
+    }
+
     /// Whether the Unix socket `path` is covered.
     pub fn allows_unix(&self, path: &str) -> bool {
         matches!(self, Self::Unix(p) if p == path)
+    }
+}
+
+impl fmt::Display for EndpointGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp { host, port } => {
+                if host.contains(':') {
+                    write!(f, "[{host}]")?;
+                } else {
+                    f.write_str(host)?;
+                }
+                match port {
+                    Some(p) => write!(f, ":{p}"),
+                    None => f.write_str(":*"),
+                }
+            }
+            Self::Unix(path) => write!(f, "unix:{path}"),
+        }
     }
 }
 

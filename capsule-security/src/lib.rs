@@ -8,16 +8,28 @@
 //! - [`Manifest`]: `Capsule.toml`, parsed once.
 //! - [`CapsulePolicy`]: the capsule's gates (IPC ACLs, uplink), built from the manifest.
 //! - [`PrincipalProfile`]: a principal's grants and [`Quotas`].
+//! - [`Request`], [`Grant`], [`GrantStore`]: what a manifest asks for, what the operator
+//!   allowed, and where that decision is kept; a capsule uses `requested ∩ granted`.
+//! - [`HostPolicy`]: what may ever be granted on this host (never the state directory, key
+//!   material, `/proc`, `/sys`, `/dev` or `/`).
 
 mod capabilities;
+mod grant;
 mod grants;
+mod host_policy;
 mod manifest;
 mod policy;
+pub mod private;
 mod profile;
 
 pub use capabilities::{Capabilities, IdentityLevel, KNOWN_CAPABILITIES};
 pub use capsule_bus::PrincipalId;
+pub use grant::{
+    Grant, GrantError, GrantStore, ManifestDigest, PermissionDiff, Request, is_broad_handler,
+    requests, ungated_summary,
+};
 pub use grants::{EndpointGrant, FsGrant, FsRoot, HostGrant, normalize_relative};
+pub use host_policy::{Forbidden, HostPolicy, HostPolicyError, POLICY_FILE};
 pub use manifest::{
     CapsuleName, Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, EnvEntry, EnvKind, Export,
     Handler, INERT_TABLES, Import, MANIFEST_FILE, Manifest, ManifestError, Package, PublishEntry,

@@ -248,6 +248,8 @@ pub struct Manifest {
     pub env: BTreeMap<String, EnvEntry>,
     /// Inert tables present in the file (each was logged as a warning).
     pub inert_tables: Vec<String>,
+    /// SHA-256 of the manifest text, recorded with the operator's grant.
+    pub digest: crate::grant::ManifestDigest,
 }
 
 /// Reads key values out of TOML tables, turning every problem into a [`ManifestError`] that
@@ -466,6 +468,7 @@ impl Manifest {
             capabilities,
             env,
             inert_tables,
+            digest: crate::grant::ManifestDigest::of(text),
         })
     }
 
@@ -551,19 +554,23 @@ fn parse_package(r: &Reader<'_>, v: Option<&Value>) -> Result<Package, ManifestE
     })
 }
 
-fn parse_hash(r: &Reader<'_>, text: &str, key: &str) -> Result<ComponentHash, ManifestError> {
-    let Some(hex) = text.strip_prefix("sha256:") else {
-        return Err(r.invalid(key, "expected \"sha256:<64 hex digits>\""));
-    };
-    if hex.len() != 64 {
-        return Err(r.invalid(key, "a sha256 digest has 64 hex digits"));
+/// Parses `sha256:<64 hex digits>` into the digest bytes.
+pub(crate) fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let hex = text.strip_prefix("sha256:")?;
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
     }
     let mut out = [0u8; 32];
     for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .map_err(|_| r.invalid(key, "digest is not hexadecimal"))?;
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
     }
-    Ok(ComponentHash::Sha256(out))
+    Some(out)
+}
+
+fn parse_hash(r: &Reader<'_>, text: &str, key: &str) -> Result<ComponentHash, ManifestError> {
+    parse_sha256(text)
+        .map(ComponentHash::Sha256)
+        .ok_or_else(|| r.invalid(key, "expected \"sha256:<64 hex digits>\""))
 }
 
 fn parse_component(
@@ -620,6 +627,21 @@ fn parse_component(
     let rel = r.string(file_value, &join(path, "file"))?;
     if rel.is_empty() {
         return Err(r.invalid(join(path, "file"), "must not be empty"));
+    }
+    if rel.contains('\0')
+        || Path::new(&rel).components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
+    {
+        return Err(r.invalid(
+            join(path, "file"),
+            format!(
+                "{rel:?} must be a path inside the capsule directory (no `..`, no absolute path)"
+            ),
+        ));
     }
     let hash = t
         .get("hash")
@@ -1177,6 +1199,21 @@ description_for_llm = "d"
                 format!("{MINIMAL}\n[[component]]\nid = \"two\"\nfile = \"two.wasm\"\n"),
                 "component",
                 "exactly one",
+            ),
+            (
+                MINIMAL.replace("\"pong.wasm\"", "\"../x.wasm\""),
+                "component[0].file",
+                "inside the capsule directory",
+            ),
+            (
+                MINIMAL.replace("\"pong.wasm\"", "\"/dev/zero\""),
+                "component[0].file",
+                "no absolute path",
+            ),
+            (
+                MINIMAL.replace("\"pong.wasm\"", "\"lib/../../x.wasm\""),
+                "component[0].file",
+                "no `..`",
             ),
         ];
         for (text, key, reason) in cases {

@@ -1,0 +1,407 @@
+//! The operator's host policy: what may ever be granted, whatever an approver says. Some host
+//! directories are never grantable (the state directory, key material, `/proc`, `/sys`,
+//! `/dev`, `/` and every ancestor of those); `<state>/policy.toml` may narrow the rest. Every
+//! filesystem check runs on the canonical (symlink-resolved) path, and the resolved path is
+//! what the host mounts, so a symlink swapped in later cannot redirect a grant.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use capsule_bus::TopicPattern;
+use toml::{Table, Value};
+
+use crate::grant::Request;
+
+/// Name of the policy file inside the state directory.
+pub const POLICY_FILE: &str = "policy.toml";
+
+/// Host directories no policy or approver can grant, with what each holds.
+const SYSTEM_PROTECTED: &[(&str, &str)] = &[
+    ("/", "the host's root directory"),
+    (
+        "/proc",
+        "the kernel's process information (including the host's own memory)",
+    ),
+    ("/sys", "the kernel's device and driver interface"),
+    ("/dev", "the host's devices"),
+];
+
+/// A host directory that can never be granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Protected {
+    /// Canonical path when it could be resolved, else as given.
+    path: PathBuf,
+    /// What it holds, for the refusal message.
+    what: String,
+}
+
+/// Why a request can never be granted on this host.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Forbidden {
+    /// The directory is, lies inside, or contains a protected directory.
+    #[error(
+        "{request} can never be granted: it resolves to {}, which {relation} {} ({what})",
+        resolved.display(),
+        protected.display()
+    )]
+    Protected {
+        /// The request.
+        request: Request,
+        /// Its canonical path.
+        resolved: PathBuf,
+        /// The protected directory it touches.
+        protected: PathBuf,
+        /// How the two relate (`is`, `lies inside`, `contains`).
+        relation: &'static str,
+        /// What the protected directory holds.
+        what: String,
+    },
+    /// The directory does not exist or cannot be resolved.
+    #[error("{request} cannot be granted: the directory cannot be resolved ({reason})")]
+    Unresolvable {
+        /// The request.
+        request: Request,
+        /// Why.
+        reason: String,
+    },
+    /// The operator's policy does not allow it.
+    #[error("{request} is outside the host policy ({}: {rule})", file.display())]
+    OutsidePolicy {
+        /// The request.
+        request: Request,
+        /// The policy file.
+        file: PathBuf,
+        /// Which rule excludes it.
+        rule: String,
+    },
+}
+
+/// A malformed `policy.toml`.
+#[derive(Debug, thiserror::Error)]
+pub enum HostPolicyError {
+    /// The file exists but could not be read.
+    #[error("{}: cannot read: {source}", file.display())]
+    Io {
+        /// The policy file.
+        file: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid policy.
+    #[error("{}: `{key}`: {reason}", file.display())]
+    Malformed {
+        /// The policy file.
+        file: PathBuf,
+        /// Dotted path of the offending key (empty for a syntax error).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What this host allows to be granted.
+#[derive(Clone, Debug)]
+pub struct HostPolicy {
+    file: PathBuf,
+    protected: Vec<Protected>,
+    /// Canonical directories absolute fs grants must lie in; `None` = anywhere not protected.
+    fs_roots: Option<Vec<PathBuf>>,
+    /// Patterns broad handler bindings must be covered by; `None` = any.
+    handler_patterns: Option<Vec<TopicPattern>>,
+}
+
+impl HostPolicy {
+    /// The policy in `<state_dir>/policy.toml` (none = only the built-in protections), with
+    /// `state_dir` itself protected.
+    pub fn load(state_dir: &Path) -> Result<Self, HostPolicyError> {
+        let file = state_dir.join(POLICY_FILE);
+        let policy = match std::fs::read_to_string(&file) {
+            Ok(text) => Self::parse(&text, &file)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::unrestricted(&file),
+            Err(source) => return Err(HostPolicyError::Io { file, source }),
+        };
+        Ok(policy.protect(
+            state_dir,
+            "the host's state directory: keys, secrets, grants and every principal's data",
+        ))
+    }
+
+    fn unrestricted(file: &Path) -> Self {
+        let mut p = Self {
+            file: file.to_path_buf(),
+            protected: Vec::new(),
+            fs_roots: None,
+            handler_patterns: None,
+        };
+        for (path, what) in SYSTEM_PROTECTED {
+            p = p.protect(Path::new(path), what);
+        }
+        p
+    }
+
+    /// Parses policy text; `file` names it in errors. The built-in protections always apply.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, HostPolicyError> {
+        let bad = |key: &str, reason: String| HostPolicyError::Malformed {
+            file: file.to_path_buf(),
+            key: key.to_string(),
+            reason,
+        };
+        let root: Table = text
+            .parse::<Table>()
+            .map_err(|e| bad("", e.message().trim().to_string()))?;
+        let mut policy = Self::unrestricted(file);
+        for (section, v) in &root {
+            let key = match section.as_str() {
+                "fs" => "allowed_roots",
+                "handlers" => "allowed_patterns",
+                other => {
+                    return Err(bad(
+                        other,
+                        "unknown section (expected fs or handlers)".into(),
+                    ));
+                }
+            };
+            let t = v
+                .as_table()
+                .ok_or_else(|| bad(section, "expected a table".into()))?;
+            if let Some(unknown) = t.keys().find(|k| *k != key) {
+                return Err(bad(
+                    &format!("{section}.{unknown}"),
+                    format!("unknown key (expected {key})"),
+                ));
+            }
+            let Some(v) = t.get(key) else { continue };
+            let at = format!("{section}.{key}");
+            let items: Vec<&str> = v
+                .as_array()
+                .and_then(|a| a.iter().map(Value::as_str).collect())
+                .ok_or_else(|| bad(&at, "expected an array of strings".into()))?;
+            if section == "fs" {
+                let roots = items
+                    .iter()
+                    .map(|s| {
+                        if s.starts_with('/') {
+                            Ok(std::fs::canonicalize(s).unwrap_or_else(|_| s.into()))
+                        } else {
+                            Err(bad(&at, format!("`{s}` is not an absolute path")))
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                policy.fs_roots = Some(roots);
+            } else {
+                let patterns = items
+                    .iter()
+                    .map(|s| TopicPattern::parse(s).map_err(|e| bad(&at, format!("`{s}`: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()?;
+                policy.handler_patterns = Some(patterns);
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Adds a directory that can never be granted (resolved now if it exists).
+    pub fn protect(mut self, dir: &Path, what: &str) -> Self {
+        let path = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        if !self.protected.iter().any(|p| p.path == path) {
+            self.protected.push(Protected {
+                path,
+                what: what.to_string(),
+            });
+        }
+        self
+    }
+
+    /// Checks that `request` may be granted on this host. For a filesystem request the answer
+    /// is the canonical directory to mount.
+    pub fn check(&self, request: &Request) -> Result<Option<PathBuf>, Forbidden> {
+        match request {
+            Request::FsRead(dir) | Request::FsWrite(dir) => self.check_dir(request, dir).map(Some),
+            Request::Handler(pattern) => match &self.handler_patterns {
+                Some(allowed) if !allowed.iter().any(|a| a.covers(pattern)) => {
+                    Err(Forbidden::OutsidePolicy {
+                        request: request.clone(),
+                        file: self.file.clone(),
+                        rule: format!(
+                            "handlers.allowed_patterns = [{}]",
+                            quoted(allowed.iter().map(TopicPattern::as_str))
+                        ),
+                    })
+                }
+                _ => Ok(None),
+            },
+            Request::Uplink
+            | Request::Net(_)
+            | Request::NetConnect(_)
+            | Request::NetBind(_)
+            | Request::Process(_)
+            | Request::Identity(_)
+            | Request::Persistent => Ok(None),
+        }
+    }
+
+    fn check_dir(&self, request: &Request, dir: &Path) -> Result<PathBuf, Forbidden> {
+        let resolved = std::fs::canonicalize(dir).map_err(|e| Forbidden::Unresolvable {
+            request: request.clone(),
+            reason: e.to_string(),
+        })?;
+        for p in &self.protected {
+            let relation = if resolved == p.path {
+                "is"
+            } else if resolved.starts_with(&p.path) && p.path != Path::new("/") {
+                "lies inside"
+            } else if p.path.starts_with(&resolved) {
+                "contains"
+            } else {
+                continue;
+            };
+            return Err(Forbidden::Protected {
+                request: request.clone(),
+                resolved,
+                protected: p.path.clone(),
+                relation,
+                what: p.what.clone(),
+            });
+        }
+        if let Some(roots) = &self.fs_roots
+            && !roots.iter().any(|r| resolved.starts_with(r))
+        {
+            return Err(Forbidden::OutsidePolicy {
+                request: request.clone(),
+                file: self.file.clone(),
+                rule: format!(
+                    "fs.allowed_roots = [{}]",
+                    quoted(roots.iter().map(|r| r.to_str().unwrap_or("?")))
+                ),
+            });
+        }
+        Ok(resolved)
+    }
+}
+
+fn quoted<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    items
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl fmt::Display for HostPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "host policy {}", self.file.display())
+    }
+}
+
+impl Default for HostPolicy {
+    fn default() -> Self {
+        Self::unrestricted(Path::new(POLICY_FILE))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn read(p: &Path) -> Request {
+        Request::FsRead(p.to_path_buf())
+    }
+
+    #[test]
+    fn protected_roots_their_insides_and_ancestors_are_refused() {
+        let base = tmp();
+        let state = base.path().join("state");
+        let keys = base.path().join("keys");
+        let data = base.path().join("data");
+        for d in [&state, &keys, &data, &state.join("home")] {
+            std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let link = base.path().join("innocent");
+        std::os::unix::fs::symlink(&state, &link).unwrap_or_else(|e| panic!("{e}"));
+        let policy = HostPolicy::load(&state)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .protect(&keys, "the host key");
+        let refused = |p: &Path| match policy.check(&read(p)) {
+            Err(Forbidden::Protected { relation, .. }) => relation,
+            other => panic!("{} should be refused, got {other:?}", p.display()),
+        };
+        assert_eq!(refused(&state), "is");
+        assert_eq!(refused(&state.join("home")), "lies inside");
+        assert_eq!(refused(base.path()), "contains");
+        assert_eq!(refused(&keys), "is");
+        assert_eq!(refused(&link), "is", "checked on the resolved path");
+        assert_eq!(refused(Path::new("/")), "is");
+        assert_eq!(refused(Path::new("/proc")), "is");
+        assert_eq!(refused(Path::new("/proc/self")), "lies inside");
+        assert_eq!(refused(Path::new("/dev")), "is");
+        assert_eq!(refused(Path::new("/sys/kernel")), "lies inside");
+        let message = policy
+            .check(&read(&link))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(message.contains(&link.display().to_string()), "{message}");
+        assert!(message.contains("state directory"), "{message}");
+        let resolved = policy.check(&read(&data)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resolved, std::fs::canonicalize(&data).ok());
+        assert!(matches!(
+            policy.check(&read(&base.path().join("missing"))),
+            Err(Forbidden::Unresolvable { .. })
+        ));
+    }
+
+    #[test]
+    fn the_policy_file_narrows_roots_and_handlers() {
+        let base = tmp();
+        let state = base.path().join("state");
+        let allowed = base.path().join("allowed");
+        let other = base.path().join("other");
+        for d in [&state, &allowed, &other] {
+            std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::write(
+            state.join(POLICY_FILE),
+            format!(
+                "[fs]\nallowed_roots = [{:?}]\n[handlers]\nallowed_patterns = [\"audit.*\"]\n",
+                allowed.display().to_string()
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let policy = HostPolicy::load(&state).unwrap_or_else(|e| panic!("{e}"));
+        assert!(policy.check(&read(&allowed)).is_ok());
+        assert!(matches!(
+            policy.check(&read(&other)),
+            Err(Forbidden::OutsidePolicy { .. })
+        ));
+        let handler =
+            |s: &str| Request::Handler(TopicPattern::parse(s).unwrap_or_else(|e| panic!("{e}")));
+        assert!(policy.check(&handler("audit.x")).is_ok());
+        assert!(matches!(
+            policy.check(&handler("*")),
+            Err(Forbidden::OutsidePolicy { .. })
+        ));
+        assert!(policy.check(&Request::Uplink).is_ok());
+    }
+
+    #[test]
+    fn malformed_policies_name_the_key() {
+        for (text, key) in [
+            ("[fs]\nallowed_roots = \"/srv\"\n", "fs.allowed_roots"),
+            ("[fs]\nallowed_roots = [\"srv\"]\n", "fs.allowed_roots"),
+            ("[fs]\nroots = []\n", "fs.roots"),
+            (
+                "[handlers]\nallowed_patterns = [\"a..b\"]\n",
+                "handlers.allowed_patterns",
+            ),
+            ("[net]\n", "net"),
+            ("fs = 1\n", "fs"),
+        ] {
+            match HostPolicy::parse(text, Path::new("policy.toml")) {
+                Err(HostPolicyError::Malformed { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text:?}: expected a malformed policy, got {other:?}"),
+            }
+        }
+    }
+}
