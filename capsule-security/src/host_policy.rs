@@ -213,19 +213,19 @@ impl HostPolicy {
 
     /// Checks that `request` may be granted on this host. For a filesystem request the answer
     /// is the canonical directory to mount.
-    pub fn check(&self, request: &Request) -> Result<Option<PathBuf>, Forbidden> {
+    pub fn check(&self, request: &Request) -> Result<Option<PathBuf>, Box<Forbidden>> {
         match request {
             Request::FsRead(dir) | Request::FsWrite(dir) => self.check_dir(request, dir).map(Some),
             Request::Handler(pattern) => match &self.handler_patterns {
                 Some(allowed) if !allowed.iter().any(|a| a.covers(pattern)) => {
-                    Err(Forbidden::OutsidePolicy {
+                    Err(Box::new(Forbidden::OutsidePolicy {
                         request: request.clone(),
                         file: self.file.clone(),
                         rule: format!(
                             "handlers.allowed_patterns = [{}]",
                             quoted(allowed.iter().map(TopicPattern::as_str))
                         ),
-                    })
+                    }))
                 }
                 _ => Ok(None),
             },
@@ -239,10 +239,12 @@ impl HostPolicy {
         }
     }
 
-    fn check_dir(&self, request: &Request, dir: &Path) -> Result<PathBuf, Forbidden> {
-        let resolved = std::fs::canonicalize(dir).map_err(|e| Forbidden::Unresolvable {
-            request: request.clone(),
-            reason: e.to_string(),
+    fn check_dir(&self, request: &Request, dir: &Path) -> Result<PathBuf, Box<Forbidden>> {
+        let resolved = std::fs::canonicalize(dir).map_err(|e| {
+            Box::new(Forbidden::Unresolvable {
+                request: request.clone(),
+                reason: e.to_string(),
+            })
         })?;
         for p in &self.protected {
             let relation = if resolved == p.path {
@@ -254,25 +256,25 @@ impl HostPolicy {
             } else {
                 continue;
             };
-            return Err(Forbidden::Protected {
+            return Err(Box::new(Forbidden::Protected {
                 request: request.clone(),
                 resolved,
                 protected: p.path.clone(),
                 relation,
                 what: p.what.clone(),
-            });
+            }));
         }
         if let Some(roots) = &self.fs_roots
             && !roots.iter().any(|r| resolved.starts_with(r))
         {
-            return Err(Forbidden::OutsidePolicy {
+            return Err(Box::new(Forbidden::OutsidePolicy {
                 request: request.clone(),
                 file: self.file.clone(),
                 rule: format!(
                     "fs.allowed_roots = [{}]",
                     quoted(roots.iter().map(|r| r.to_str().unwrap_or("?")))
                 ),
-            });
+            }));
         }
         Ok(resolved)
     }
@@ -323,7 +325,7 @@ mod tests {
         let policy = HostPolicy::load(&state)
             .unwrap_or_else(|e| panic!("{e}"))
             .protect(&keys, "the host key");
-        let refused = |p: &Path| match policy.check(&read(p)) {
+        let refused = |p: &Path| match policy.check(&read(p)).map_err(|e| *e) {
             Err(Forbidden::Protected { relation, .. }) => relation,
             other => panic!("{} should be refused, got {other:?}", p.display()),
         };
@@ -347,7 +349,9 @@ mod tests {
         let resolved = policy.check(&read(&data)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(resolved, std::fs::canonicalize(&data).ok());
         assert!(matches!(
-            policy.check(&read(&base.path().join("missing"))),
+            policy
+                .check(&read(&base.path().join("missing")))
+                .map_err(|e| *e),
             Err(Forbidden::Unresolvable { .. })
         ));
     }
@@ -372,14 +376,14 @@ mod tests {
         let policy = HostPolicy::load(&state).unwrap_or_else(|e| panic!("{e}"));
         assert!(policy.check(&read(&allowed)).is_ok());
         assert!(matches!(
-            policy.check(&read(&other)),
+            policy.check(&read(&other)).map_err(|e| *e),
             Err(Forbidden::OutsidePolicy { .. })
         ));
         let handler =
             |s: &str| Request::Handler(TopicPattern::parse(s).unwrap_or_else(|e| panic!("{e}")));
         assert!(policy.check(&handler("audit.x")).is_ok());
         assert!(matches!(
-            policy.check(&handler("*")),
+            policy.check(&handler("*")).map_err(|e| *e),
             Err(Forbidden::OutsidePolicy { .. })
         ));
         assert!(policy.check(&Request::Uplink).is_ok());
