@@ -78,7 +78,8 @@ pub struct RuntimeConfig {
     pub fuel: bool,
     /// Capacity of the inbound channel uplink capsules feed.
     pub inbound_capacity: usize,
-    /// How long an operator has to answer one `elicit` question.
+    /// How long an operator has to answer one `elicit` question or one approval of a
+    /// capsule's capability requests (no answer in time is a refusal).
     pub elicit_timeout: Duration,
     /// How long [`Runtime::load_all`](crate::Runtime::load_all) waits for a run-loop capsule's
     /// `signal-ready` before starting the capsules that import from it anyway (logged).
@@ -199,6 +200,9 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// The operator's host policy (`<state>/policy.toml`) is malformed.
+    #[error("invalid host policy: {0}")]
+    Policy(String),
     /// The state directory could not be prepared.
     #[error("state directory {}: {source}", path.display())]
     StateDir {

@@ -17,6 +17,7 @@
 //! ([`capsule_bus`]), policy and profiles ([`capsule_security`]) and confined files
 //! ([`capsule_vfs`]).
 
+mod approval;
 mod cache;
 mod calls;
 mod capsule;
@@ -36,6 +37,7 @@ mod scope;
 pub mod secrets;
 mod state;
 
+pub use approval::{Approval, ApprovalRequest, Approver, Refusal, RefusalReason};
 pub use cache::CacheOutcome;
 pub use capsule::{CallStats, Capsule, HookResponse, InvokeError, LoadReport, RunExit};
 pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use capsule_bus::{Bus, PrincipalId, RateLimiter};
-use capsule_security::{CapsulePolicy, EnvKind, Manifest, ManifestError};
+use capsule_security::{
+    CapsulePolicy, EnvKind, Forbidden, Grant, GrantError, GrantStore, HostPolicy, Manifest,
+    ManifestError, PermissionDiff,
+};
 use capsule_vfs::StateLayout;
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, watch};
@@ -17,6 +20,7 @@ use uuid::Uuid;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+use crate::approval::{DecideError, Decided, Decider, Refusal};
 use crate::cache::{ArtifactCache, create_private_dir};
 use crate::capsule::{Capsule, CapsuleInner, LoadReport, StoreParts};
 use crate::config::{ConfigError, RuntimeConfig};
@@ -58,6 +62,14 @@ pub enum LoadError {
         file: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// The component file resolves outside the capsule directory or is not a regular file.
+    #[error("{}: {reason}", file.display())]
+    ComponentPath {
+        /// The file as the manifest names it.
+        file: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The component file is larger than [`MAX_COMPONENT_BYTES`].
     #[error("{}: component is {size} bytes; the limit is {MAX_COMPONENT_BYTES}", file.display())]
@@ -148,6 +160,21 @@ pub enum LoadError {
         /// The guest's error.
         error: String,
     },
+    /// The host refused to start these capsules: requests not approved by the operator, or
+    /// never grantable on this host. Every refused capsule of the operation is listed.
+    #[error("{}", refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Refused {
+        /// Each refused capsule and why.
+        refusals: Vec<Refusal>,
+    },
+    /// The operator's stored grant for the capsule could not be read or written.
+    #[error("capsule `{capsule}`: grant: {source}")]
+    Grant {
+        /// The capsule.
+        capsule: String,
+        /// The underlying error.
+        source: GrantError,
+    },
     /// A capsule of that name is already loaded.
     #[error("a capsule named `{0}` is already loaded")]
     AlreadyLoaded(String),
@@ -193,6 +220,11 @@ pub struct Inspection {
     pub exports: crate::Exports,
     /// Every import of the component, by name (all of them served).
     pub imports: Vec<String>,
+    /// The capabilities that need the operator's grant, against the stored grant
+    /// (`added` ones would be asked about at load).
+    pub permissions: PermissionDiff,
+    /// Requests that can never be granted on this host (the load would fail).
+    pub forbidden: Vec<Forbidden>,
 }
 
 struct Prepared {
@@ -220,6 +252,9 @@ struct RuntimeInner {
     secrets: Arc<SecretStore>,
     dispatcher: Arc<Dispatcher>,
     elicitor: parking_lot::RwLock<Option<Arc<dyn Elicitor>>>,
+    approver: parking_lot::RwLock<Option<Arc<dyn crate::approval::Approver>>>,
+    host_policy: HostPolicy,
+    grants: GrantStore,
     inbound_tx: tokio::sync::mpsc::Sender<InboundMessage>,
     inbound_rx: Mutex<Option<tokio::sync::mpsc::Receiver<InboundMessage>>>,
 }
@@ -275,6 +310,7 @@ impl Runtime {
                     reason: e.to_string(),
                 }
             })?;
+        let host_policy = host_policy(&config)?;
         start_epoch_ticker(&engine, config.epoch_mode, config.epoch_window)?;
         let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(config.inbound_capacity);
         Ok(Self {
@@ -295,6 +331,9 @@ impl Runtime {
                 secrets: Arc::new(secrets),
                 dispatcher: Arc::new(Dispatcher::new()),
                 elicitor: parking_lot::RwLock::new(None),
+                approver: parking_lot::RwLock::new(None),
+                host_policy,
+                grants: GrantStore::new(&config.state_dir),
                 inbound_tx,
                 inbound_rx: Mutex::new(Some(inbound_rx)),
                 config,
@@ -332,6 +371,49 @@ impl Runtime {
     /// afterwards use it).
     pub fn set_elicitor(&self, elicitor: Arc<dyn Elicitor>) {
         *self.inner.elicitor.write() = Some(elicitor);
+    }
+
+    /// Sets who decides about capability requests the stored grants do not cover (loads
+    /// started afterwards ask it). Without one, such loads fail naming what is pending.
+    pub fn set_approver(&self, approver: Arc<dyn crate::approval::Approver>) {
+        *self.inner.approver.write() = Some(approver);
+    }
+
+    /// The operator's stored grants.
+    pub fn grants(&self) -> &GrantStore {
+        &self.inner.grants
+    }
+
+    /// What may ever be granted on this host.
+    pub fn host_policy(&self) -> &HostPolicy {
+        &self.inner.host_policy
+    }
+
+    fn decider(&self) -> Decider<'_> {
+        Decider {
+            policy: &self.inner.host_policy,
+            store: &self.inner.grants,
+            approver: self.inner.approver.read().clone(),
+            timeout: self.inner.config.elicit_timeout,
+        }
+    }
+
+    /// Decides about `manifest`'s requests, turning a refusal into a load error.
+    async fn decide(
+        &self,
+        manifest: &Manifest,
+        known: Option<&Grant>,
+    ) -> Result<Decided, LoadError> {
+        self.decider()
+            .decide(manifest, known)
+            .await
+            .map_err(|e| match e {
+                DecideError::Refused(r) => LoadError::Refused { refusals: vec![r] },
+                DecideError::Store(source) => LoadError::Grant {
+                    capsule: manifest.package.name.to_string(),
+                    source,
+                },
+            })
     }
 
     /// Takes the receiving end of the inbound channel uplink capsules feed (once; `None` after).
@@ -389,6 +471,23 @@ impl Runtime {
             let loaded: Vec<&Manifest> = running.iter().map(Capsule::manifest).collect();
             graph::plan(&set, &loaded)?
         };
+        // Every capsule of the set is decided about before any starts, so one run names
+        // every refused capsule and a refusal starts nothing.
+        let mut decided: HashMap<String, Grant> = HashMap::new();
+        let mut refusals = Vec::new();
+        for m in &manifests {
+            match self.decide(m, None).await {
+                Ok(d) => {
+                    decided.insert(m.package.name.to_string(), d.grant);
+                }
+                Err(LoadError::Refused { refusals: r }) => refusals.extend(r),
+                Err(e) => return Err(e),
+            }
+        }
+        if !refusals.is_empty() {
+            return Err(LoadError::Refused { refusals });
+        }
+        let owner = self.inner.config.owner.clone();
         let mut started: Vec<Capsule> = Vec::with_capacity(steps.len());
         for step in steps {
             let mut outcome = Ok(());
@@ -406,7 +505,11 @@ impl Runtime {
                 }
             }
             let loaded = match outcome {
-                Ok(()) => self.load(&dirs[step.index]).await,
+                Ok(()) => {
+                    let known = decided.get(&step.name);
+                    self.load_with(&dirs[step.index], owner.clone(), known)
+                        .await
+                }
                 Err(e) => Err(e),
             };
             match loaded {
@@ -491,6 +594,20 @@ impl Runtime {
     /// imports, exports, linking) without starting it, and reports what it found.
     pub async fn inspect(&self, dir: impl AsRef<Path>) -> Result<Inspection, LoadError> {
         let prepared = self.prepare(dir.as_ref()).await?;
+        let requests = capsule_security::requests(&prepared.manifest);
+        let forbidden = requests
+            .iter()
+            .filter_map(|r| self.inner.host_policy.check(r).err().map(|e| *e))
+            .collect();
+        let stored = self
+            .inner
+            .grants
+            .load(&prepared.manifest.package.name)
+            .map_err(|source| LoadError::Grant {
+                capsule: prepared.manifest.package.name.to_string(),
+                source,
+            })?;
+        let permissions = PermissionDiff::between(&requests, stored.as_ref());
         let imports = prepared
             .pre
             .component()
@@ -503,6 +620,8 @@ impl Runtime {
             cache: prepared.cache,
             exports: prepared.exports,
             imports,
+            permissions,
+            forbidden,
         })
     }
 
@@ -576,22 +695,36 @@ impl Runtime {
         })
     }
 
-    /// Loads the capsule in `dir` for `owner`.
+    /// Loads the capsule in `dir` for `owner`. Capabilities its manifest requests beyond its
+    /// own confinement must be covered by the operator's stored grant or approved by the
+    /// [`Approver`](crate::Approver); the capsule gets `requested ∩ granted`.
     pub async fn load_as(
         &self,
         dir: impl AsRef<Path>,
         owner: PrincipalId,
+    ) -> Result<Capsule, LoadError> {
+        self.load_with(dir.as_ref(), owner, None).await
+    }
+
+    /// Loads the capsule in `dir` for `owner`, starting from `known` (a decision made earlier
+    /// in the same operation) instead of the stored grant when given.
+    async fn load_with(
+        &self,
+        dir: &Path,
+        owner: PrincipalId,
+        known: Option<&Grant>,
     ) -> Result<Capsule, LoadError> {
         let Prepared {
             manifest,
             cache: cache_outcome,
             exports,
             pre,
-        } = self.prepare(dir.as_ref()).await?;
+        } = self.prepare(dir).await?;
         let name = manifest.package.name.as_str().to_string();
         if self.inner.registry.contains_name(&name) {
             return Err(LoadError::AlreadyLoaded(name));
         }
+        let decided = self.decide(&manifest, known).await?;
         let owner_profile = self.inner.profiles.resolve(&owner);
         let profile = owner_profile
             .clone()
@@ -609,12 +742,13 @@ impl Runtime {
         });
         let owner_files = PrincipalResources::open(&self.inner.layout, &owner, &name);
         let owner_log = owner_files.as_ref().and_then(|f| f.log.clone());
-        let policy = Arc::new(CapsulePolicy::from_manifest(&manifest));
+        let policy = Arc::new(CapsulePolicy::granted(&manifest, &decided.grant));
         let (owner_env, owner_home, owner_tmp) = match owner_files {
             Some(f) => (f.env, Some(Arc::new(f.home)), Some(Arc::new(f.tmp))),
             None => (HashMap::new(), None, None),
         };
-        let (fs, overlay_dir) = self.mount_fs(&name, session, &policy, owner_home, owner_tmp)?;
+        let (fs, overlay_dir) =
+            self.mount_fs(&name, session, &policy, &decided, owner_home, owner_tmp)?;
         let (ready_tx, ready_rx) = watch::channel(false);
         let (exit_tx, exit_rx) = watch::channel(None);
         let parts = StoreParts {
@@ -642,7 +776,7 @@ impl Runtime {
                     .filter(|(_, e)| e.kind == EnvKind::Secret)
                     .map(|(k, _)| k.clone())
                     .collect::<HashSet<String>>(),
-                capabilities: manifest.capabilities.held_names(),
+                capabilities: policy.capabilities().held_names(),
                 owner_log: owner_log.clone(),
                 ready: ready_tx,
                 registry: Arc::downgrade(&self.inner.registry),
@@ -673,7 +807,7 @@ impl Runtime {
             cache: cache_outcome,
             exports,
         };
-        let capabilities = manifest.capabilities.clone();
+        let capabilities = policy.capabilities().clone();
         let version = manifest.package.version.clone();
         let inner = Arc::new(CapsuleInner::new(
             identity,
@@ -720,6 +854,15 @@ impl Runtime {
                     reason,
                 })?;
         }
+        if decided.record {
+            self.inner
+                .grants
+                .save(&decided.grant)
+                .map_err(|source| LoadError::Grant {
+                    capsule: name.clone(),
+                    source,
+                })?;
+        }
         if !self.inner.registry.insert(session, &name, capabilities) {
             return Err(LoadError::AlreadyLoaded(name));
         }
@@ -763,6 +906,7 @@ impl Runtime {
         name: &str,
         session: Uuid,
         policy: &Arc<CapsulePolicy>,
+        decided: &Decided,
         owner_home: Option<Arc<Mount>>,
         owner_tmp: Option<Arc<Mount>>,
     ) -> Result<(FsShared, Option<PathBuf>), LoadError> {
@@ -794,7 +938,13 @@ impl Runtime {
             .absolute_roots()
             .into_iter()
             .map(|root| {
-                Mount::open(root)
+                // The canonical directory checked against the host policy is what gets
+                // mounted, so a symlink swapped in after the check redirects nothing.
+                let resolved = decided.mounts.get(root).ok_or_else(|| LoadError::Host {
+                    capsule: name.to_string(),
+                    reason: format!("granted directory {} was never resolved", root.display()),
+                })?;
+                Mount::open(resolved)
                     .map(|m| (root.to_path_buf(), Arc::new(m)))
                     .map_err(|e| fail(root, e))
             })
@@ -834,27 +984,100 @@ impl Runtime {
     }
 }
 
+/// Reads the component file: it must resolve (symlinks followed) inside the capsule directory
+/// and be a regular file of at most [`MAX_COMPONENT_BYTES`]. Anything else (a device, a FIFO, a
+/// directory, a link out of the capsule) is refused without reading from it.
 fn read_component(manifest: &Manifest) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = manifest.component.file.clone();
-    let size = std::fs::metadata(&file)
-        .map_err(|source| LoadError::Wasm {
-            file: file.clone(),
-            source,
-        })?
-        .len();
-    if size > MAX_COMPONENT_BYTES {
-        return Err(LoadError::TooLarge { file, size });
-    }
-    let wasm = std::fs::read(&file).map_err(|source| LoadError::Wasm {
+    let bad = |reason: String| LoadError::ComponentPath {
+        file: file.clone(),
+        reason,
+    };
+    let io = |source| LoadError::Wasm {
         file: file.clone(),
         source,
-    })?;
+    };
+    let dir = manifest.file.parent().unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).map_err(io)?;
+    let resolved = std::fs::canonicalize(&file).map_err(io)?;
+    if !resolved.starts_with(&dir) {
+        return Err(bad(format!(
+            "resolves to {}, outside the capsule directory {}",
+            resolved.display(),
+            dir.display()
+        )));
+    }
+    let kind = |t: std::fs::FileType| {
+        if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        }
+    };
+    let checked = |meta: &std::fs::Metadata| {
+        if !meta.is_file() {
+            return Err(bad(format!(
+                "is {}, not a regular component file",
+                kind(meta.file_type())
+            )));
+        }
+        if meta.len() > MAX_COMPONENT_BYTES {
+            return Err(LoadError::TooLarge {
+                file: file.clone(),
+                size: meta.len(),
+            });
+        }
+        Ok(())
+    };
+    checked(&std::fs::metadata(&resolved).map_err(io)?)?;
+    // Opened without blocking and without following a link swapped in since the check, then
+    // checked again on the open file itself.
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(&resolved)
+        .map_err(io)?;
+    checked(&opened.metadata().map_err(io)?)?;
+    let mut wasm = Vec::new();
+    opened
+        .take(MAX_COMPONENT_BYTES + 1)
+        .read_to_end(&mut wasm)
+        .map_err(io)?;
+    if wasm.len() as u64 > MAX_COMPONENT_BYTES {
+        return Err(LoadError::TooLarge {
+            file,
+            size: wasm.len() as u64,
+        });
+    }
     if let Some(hash) = &manifest.component.hash
         && !hash.verify(&wasm)
     {
         return Err(LoadError::HashMismatch { file });
     }
     Ok(wasm)
+}
+
+/// The host policy in force: `<state>/policy.toml` plus the directories this configuration
+/// uses for host-private data (state, key, compile cache), which are never grantable.
+pub(crate) fn host_policy(config: &RuntimeConfig) -> Result<HostPolicy, ConfigError> {
+    let key = config.host_key_file();
+    let key_dir = key.parent().unwrap_or(Path::new("/"));
+    Ok(HostPolicy::load(&config.state_dir)
+        .map_err(|e| ConfigError::Policy(e.to_string()))?
+        .protect(key_dir, "the host key that encrypts every secret")
+        .protect(
+            &config.cache_dir(),
+            "compiled code the host executes (the compile cache)",
+        ))
 }
 
 fn bindings(manifest: &Manifest) -> Vec<Binding> {

@@ -6,6 +6,7 @@ use std::path::Path;
 use capsule_bus::{Topic, TopicPattern};
 
 use crate::capabilities::{Capabilities, IdentityLevel};
+use crate::grant::Grant;
 use crate::grants::{EndpointGrant, FsGrant, FsRoot, HostGrant};
 use crate::manifest::Manifest;
 
@@ -63,8 +64,9 @@ fn parse_all<T>(items: &[String], parse: impl Fn(&str) -> Result<T, String>) -> 
 }
 
 impl CapsulePolicy {
-    /// Builds the policy of a parsed manifest.
-    pub fn from_manifest(manifest: &Manifest) -> Self {
+    /// The policy of `manifest` under the operator's `grant`: its ACLs as written, and of its
+    /// capabilities only `requested ∩ granted` (see [`Grant::effective`]).
+    pub fn granted(manifest: &Manifest, grant: &Grant) -> Self {
         Self::new(
             manifest.publish.iter().map(|p| p.pattern.clone()).collect(),
             manifest
@@ -72,7 +74,7 @@ impl CapsulePolicy {
                 .iter()
                 .map(|s| s.pattern.clone())
                 .collect(),
-            manifest.capabilities.clone(),
+            grant.effective(manifest),
         )
     }
 

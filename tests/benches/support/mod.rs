@@ -6,21 +6,15 @@ use std::time::Duration;
 
 use capsule_runtime::Capsule;
 
-/// Path of a built fixture component.
-pub(crate) fn fixture(file: &str) -> PathBuf {
-    Path::new(env!("CAPSULE_FIXTURES")).join(file)
-}
-
-/// Writes `<state>/capsules/<name>/Capsule.toml` for the fixture `wasm` plus `extra`.
+/// Writes `<state>/capsules/<name>/` for the fixture `wasm` plus `extra`.
 pub(crate) fn capsule_dir(state: &Path, name: &str, wasm: &str, extra: &str) -> PathBuf {
-    let dir = state.join("capsules").join(name);
-    std::fs::create_dir_all(&dir).expect("capsule dir");
-    let manifest = format!(
-        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\n\n[[component]]\nid = \"{name}\"\nfile = {:?}\n\n{extra}\n",
-        fixture(wasm).display().to_string()
-    );
-    std::fs::write(dir.join("Capsule.toml"), manifest).expect("manifest");
-    dir
+    capsule_tests::write_capsule(
+        &state.join("capsules").join(name),
+        name,
+        "0.1.0",
+        wasm,
+        extra,
+    )
 }
 
 /// Prints one figure: `{"group":G,"name":N,"params":P,"value":V,"unit":U}`.

@@ -10,16 +10,16 @@ use std::time::Duration;
 use capsule_bus::{
     Attribution, JsonPayload, Outgoing, PrincipalId, Receiver, Scope, Topic, TopicPattern,
 };
-use capsule_runtime::{Capsule, EpochMode, Runtime, RuntimeConfig};
+use capsule_runtime::{
+    Approval, ApprovalRequest, Approver, Capsule, EpochMode, Runtime, RuntimeConfig,
+};
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tempfile::TempDir;
 use tracing_subscriber::layer::SubscriberExt;
 
-/// Path of a built fixture component.
-pub(crate) fn fixture(file: &str) -> PathBuf {
-    Path::new(env!("CAPSULE_FIXTURES")).join(file)
-}
+pub(crate) use capsule_tests::write_capsule;
 
 /// The compile cache shared by tests that do not test the cache itself, so each fixture is
 /// compiled once per test run.
@@ -50,6 +50,25 @@ impl Host {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Installs an approver that answers with `answer` and records every question, and
+    /// returns it.
+    pub(crate) fn approver(
+        &self,
+        answer: impl Fn(&ApprovalRequest) -> Approval + Send + Sync + 'static,
+    ) -> Arc<Recorder> {
+        let recorder = Arc::new(Recorder {
+            answer: Box::new(answer),
+            asked: Mutex::new(Vec::new()),
+        });
+        self.rt.set_approver(recorder.clone());
+        recorder
+    }
+
+    /// Installs an approver that allows everything it is asked.
+    pub(crate) fn approve_all(&self) -> Arc<Recorder> {
+        self.approver(Approval::all)
+    }
+
     /// Writes a capsule directory named `name` whose component is the fixture `wasm`, with
     /// `extra` appended to the manifest, and returns it.
     pub(crate) fn capsule_dir(&self, name: &str, wasm: &str, extra: &str) -> PathBuf {
@@ -64,14 +83,13 @@ impl Host {
         version: &str,
         extra: &str,
     ) -> PathBuf {
-        let dir = self.state().join("capsules").join(name);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-        let manifest = format!(
-            "[package]\nname = \"{name}\"\nversion = \"{version}\"\n\n[[component]]\nid = \"{name}\"\nfile = {:?}\n\n{extra}\n",
-            fixture(wasm).display().to_string()
-        );
-        std::fs::write(dir.join("Capsule.toml"), manifest).unwrap_or_else(|e| panic!("{e}"));
-        dir
+        write_capsule(
+            &self.state().join("capsules").join(name),
+            name,
+            version,
+            wasm,
+            extra,
+        )
     }
 
     pub(crate) async fn load(&self, name: &str, wasm: &str, extra: &str) -> Capsule {
@@ -114,6 +132,32 @@ impl Host {
     }
 }
 
+/// An approver for tests: a fixed answering rule plus the record of every question.
+pub(crate) struct Recorder {
+    answer: Box<dyn Fn(&ApprovalRequest) -> Approval + Send + Sync>,
+    pub(crate) asked: Mutex<Vec<ApprovalRequest>>,
+}
+
+impl Approver for Recorder {
+    fn approve(&self, request: ApprovalRequest) -> BoxFuture<'static, Approval> {
+        let answer = (self.answer)(&request);
+        self.asked.lock().push(request);
+        Box::pin(async move { answer })
+    }
+}
+
+/// A fresh directory outside /tmp (which guests see as their own scratch space, so a host
+/// directory there can never be granted): the target directory unless the checkout itself
+/// lives under /tmp.
+pub(crate) fn outside_tmp() -> TempDir {
+    let candidates = [env!("CARGO_TARGET_TMPDIR"), "/var/tmp", "/dev/shm"];
+    candidates
+        .iter()
+        .filter(|c| !Path::new(c).starts_with("/tmp"))
+        .find_map(|c| tempfile::tempdir_in(c).ok())
+        .unwrap_or_else(|| panic!("no writable directory outside /tmp among {candidates:?}"))
+}
+
 pub(crate) fn config(dir: &Path) -> RuntimeConfig {
     let mut c = RuntimeConfig::new(dir);
     c.cache_dir = Some(shared_cache());
@@ -130,8 +174,12 @@ pub(crate) fn host() -> Host {
 }
 
 pub(crate) fn host_with(f: impl FnOnce(&mut RuntimeConfig)) -> Host {
+    host_in(tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")), f)
+}
+
+/// A runtime whose state directory is `dir`.
+pub(crate) fn host_in(dir: TempDir, f: impl FnOnce(&mut RuntimeConfig)) -> Host {
     capture_audit();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut c = config(dir.path());
     f(&mut c);
     let rt = Runtime::new(c).unwrap_or_else(|e| panic!("{e}"));

@@ -220,6 +220,7 @@ async fn cycles_and_missing_imports_fail_the_set_before_anything_starts() {
 async fn uplink_capsules_load_first() {
     let h = host();
     let plain = h.capsule_dir("a-plain", "prober.wasm", "");
+    h.approve_all();
     let up = h.capsule_dir("z-up", "prober.wasm", "[capabilities]\nuplink = true\n");
     let loaded =
         h.rt.load_all([plain, up])
@@ -236,6 +237,7 @@ async fn uplink_limits_duplicates_grants_and_a_full_inbound_channel() {
     let mut inbound =
         h.rt.take_inbound()
             .unwrap_or_else(|| panic!("inbound taken"));
+    h.approve_all();
     let up = h
         .load("bridge", "prober.wasm", "[capabilities]\nuplink = true\n")
         .await;

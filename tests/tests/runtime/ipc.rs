@@ -170,6 +170,7 @@ async fn publish_as_needs_uplink_and_arrives_claimed() {
         "capability-denied"
     );
 
+    h.approve_all();
     let uplink = h
         .load(
             "uplink",

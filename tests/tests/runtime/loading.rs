@@ -119,14 +119,16 @@ async fn bad_manifests_components_and_owners_are_refused() {
     );
 
     // The digest must match.
-    let dir = h.state().join("capsules").join("hashed");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let manifest = format!(
-        "[package]\nname = \"hashed\"\nversion = \"0.1.0\"\n[[component]]\nid = \"h\"\nfile = {:?}\nhash = \"sha256:{}\"\n",
-        fixture("prober.wasm").display().to_string(),
-        "0".repeat(64)
+    let dir = h.capsule_dir("hashed", "prober.wasm", "");
+    let text = std::fs::read_to_string(dir.join("Capsule.toml")).unwrap_or_default();
+    let text = text.replace(
+        "file = \"prober.wasm\"",
+        &format!(
+            "file = \"prober.wasm\"\nhash = \"sha256:{}\"",
+            "0".repeat(64)
+        ),
     );
-    std::fs::write(dir.join("Capsule.toml"), manifest).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join("Capsule.toml"), text).unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(
         h.rt.load(&dir).await,
         Err(LoadError::HashMismatch { .. })

@@ -294,6 +294,7 @@ async fn an_absolute_grant_mounts_that_directory_only() {
         "[capabilities]\nfs_read = [{:?}]\n",
         data.display().to_string()
     );
+    h.approve_all();
     let p = h.load("abs", "prober.wasm", &grant).await;
     let read = |path: String| {
         let p = p.clone();
@@ -320,17 +321,6 @@ async fn an_absolute_grant_mounts_that_directory_only() {
     .await;
     assert_eq!(ok(&canon), &json!(data.join("words").display().to_string()));
     h.rt.shutdown().await;
-}
-
-/// A fresh host directory outside /tmp (which guests see as their own scratch space, so a
-/// grant there is refused): the target directory unless the checkout itself lives under /tmp.
-fn outside_tmp() -> tempfile::TempDir {
-    let candidates = [env!("CARGO_TARGET_TMPDIR"), "/var/tmp", "/dev/shm"];
-    candidates
-        .iter()
-        .filter(|c| !Path::new(c).starts_with("/tmp"))
-        .find_map(|c| tempfile::tempdir_in(c).ok())
-        .unwrap_or_else(|| panic!("no writable directory outside /tmp among {candidates:?}"))
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -619,14 +609,12 @@ async fn kv_limits_and_cas_from_a_guest() {
 async fn an_acknowledged_set_survives_kill_dash_nine() {
     let state = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let value = uuid::Uuid::new_v4().to_string();
-    let dir = state.path().join("capsules").join("kvwriter");
-    write(
-        &dir.join("Capsule.toml"),
-        &format!(
-            "[package]\nname = \"kvwriter\"\nversion = \"0.1.0\"\n[[component]]\nid = \"kvwriter\"\nfile = {:?}\n\
-             [env.value]\ntype = \"text\"\ndefault = {value:?}\n",
-            fixture("kvwriter.wasm").display().to_string()
-        ),
+    let dir = write_capsule(
+        &state.path().join("capsules").join("kvwriter"),
+        "kvwriter",
+        "0.1.0",
+        "kvwriter.wasm",
+        &format!("[env.value]\ntype = \"text\"\ndefault = {value:?}\n"),
     );
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_capsule-test-host"))
         .arg(state.path())

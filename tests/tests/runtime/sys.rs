@@ -127,6 +127,7 @@ async fn limits_on_sleep_randomness_and_clocks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signal_ready_and_capability_introspection() {
     let h = host();
+    h.approve_all();
     let holder = h
         .load(
             "holder",
