@@ -81,14 +81,13 @@ impl std::fmt::Display for Refusal {
             RefusalReason::NotApproved(pending) => write!(
                 f,
                 "capsule `{}` is waiting for the operator's approval of: {} \
-                 (approve with `capsule grant {} --all`, or answer on a terminal)",
+                 (approve with `capsule grant <its directory> --all`, or answer on a terminal)",
                 self.capsule,
                 pending
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(", "),
-                self.capsule,
             ),
             RefusalReason::Forbidden(all) => {
                 write!(f, "capsule `{}`: ", self.capsule)?;

@@ -133,6 +133,21 @@ impl RuntimeConfig {
             .unwrap_or_else(|| self.state_dir.join("cache"))
     }
 
+    /// The host policy in force: `<state>/policy.toml` plus the directories this
+    /// configuration keeps host-private data in (state, host key, compile cache), which can
+    /// never be granted to a capsule.
+    pub fn host_policy(&self) -> Result<capsule_security::HostPolicy, ConfigError> {
+        let key = self.host_key_file();
+        let key_dir = key.parent().unwrap_or(std::path::Path::new("/"));
+        Ok(capsule_security::HostPolicy::load(&self.state_dir)
+            .map_err(|e| ConfigError::Policy(e.to_string()))?
+            .protect(key_dir, "the host key that encrypts every secret")
+            .protect(
+                &self.cache_dir(),
+                "compiled code the host executes (the compile cache)",
+            ))
+    }
+
     /// Checks that the settings can work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.epoch_window.is_zero() {

@@ -310,7 +310,7 @@ impl Runtime {
                     reason: e.to_string(),
                 }
             })?;
-        let host_policy = host_policy(&config)?;
+        let host_policy = config.host_policy()?;
         start_epoch_ticker(&engine, config.epoch_mode, config.epoch_window)?;
         let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(config.inbound_capacity);
         Ok(Self {
@@ -1064,20 +1064,6 @@ fn read_component(manifest: &Manifest) -> Result<Vec<u8>, LoadError> {
         return Err(LoadError::HashMismatch { file });
     }
     Ok(wasm)
-}
-
-/// The host policy in force: `<state>/policy.toml` plus the directories this configuration
-/// uses for host-private data (state, key, compile cache), which are never grantable.
-pub(crate) fn host_policy(config: &RuntimeConfig) -> Result<HostPolicy, ConfigError> {
-    let key = config.host_key_file();
-    let key_dir = key.parent().unwrap_or(Path::new("/"));
-    Ok(HostPolicy::load(&config.state_dir)
-        .map_err(|e| ConfigError::Policy(e.to_string()))?
-        .protect(key_dir, "the host key that encrypts every secret")
-        .protect(
-            &config.cache_dir(),
-            "compiled code the host executes (the compile cache)",
-        ))
 }
 
 fn bindings(manifest: &Manifest) -> Vec<Binding> {

@@ -432,8 +432,11 @@ impl Grant {
         root.insert("capsule".into(), Value::from(self.capsule.as_str()));
         root.insert("version".into(), Value::from(self.version.to_string()));
         root.insert("manifest".into(), Value::from(self.manifest.to_string()));
-        root.insert("granted".into(), Value::Table(section(&self.granted)));
-        root.insert("denied".into(), Value::Table(section(&self.denied)));
+        for (key, items) in [("granted", &self.granted), ("denied", &self.denied)] {
+            if !items.is_empty() {
+                root.insert(key.into(), Value::Table(section(items)));
+            }
+        }
         format!(
             "# The operator's decision about capsule `{}`: what it may use beyond its own\n\
              # confinement. Change it with `capsule grant` and `capsule revoke`.\n{root}",

@@ -32,6 +32,19 @@ where
     median(samples)
 }
 
+/// Approves every request (only the first load of the granted capsule asks).
+struct ApproveAll;
+
+impl capsule_runtime::Approver for ApproveAll {
+    fn approve(
+        &self,
+        request: capsule_runtime::ApprovalRequest,
+    ) -> futures::future::BoxFuture<'static, capsule_runtime::Approval> {
+        let answer = capsule_runtime::Approval::all(&request);
+        Box::pin(async move { answer })
+    }
+}
+
 const ACL: &str = "[publish]\n\"bench.*\" = \"opaque\"\n\"ping.*\" = \"opaque\"\n[subscribe]\n\"bench.*\" = \"opaque\"\n\"ping.*\" = \"opaque\"\n";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +72,20 @@ async fn main() {
         "sdk-echo.wasm",
         "[publish]\n\"sdk.*\" = \"opaque\"\n[subscribe]\n\"sdk.*\" = \"opaque\"\n",
     );
-    for (component, dir) in [("prober", &dir), ("sdk-echo", &sdk_dir)] {
+    // A capsule whose requests the operator granted: each load reads the one grant file and
+    // checks the granted directory against the host policy.
+    let granted_dir = capsule_dir(
+        state.path(),
+        "granted",
+        "prober.wasm",
+        &format!("{ACL}[capabilities]\nuplink = true\nfs_read = [\"/usr/share\"]\n"),
+    );
+    rt.set_approver(std::sync::Arc::new(ApproveAll));
+    for (component, grant, dir) in [
+        ("prober", "none", &dir),
+        ("sdk-echo", "none", &sdk_dir),
+        ("prober", "stored", &granted_dir),
+    ] {
         rt.load(dir).await.expect("load").unload().await;
         let mut samples = Vec::new();
         let start = Instant::now();
@@ -73,7 +99,7 @@ async fn main() {
         emit(
             "runtime",
             "load_cached",
-            &format!("{{\"component\":\"{component}\"}}"),
+            &format!("{{\"component\":\"{component}\",\"grant\":\"{grant}\"}}"),
             median(samples),
             "ns",
         );

@@ -1,6 +1,8 @@
 //! `capsule`: the host binary. `capsule run` loads capsule directories in dependency order
-//! (asking install/upgrade questions on the terminal) and serves them until interrupted; `capsule inspect` reports what a capsule declares, imports and exports without
-//! running it. Bad flags get a usage message and exit code 2; a failed load exits 1.
+//! (asking install/upgrade questions and capability approvals on the terminal) and serves them
+//! until interrupted; `capsule inspect` reports what a capsule declares, imports, exports and
+//! requests without running it; `capsule grant`, `grants` and `revoke` manage the operator's
+//! grants. Bad flags get a usage message and exit code 2; a failed command exits 1.
 
 // A command-line tool reports on stdout by design.
 #![allow(clippy::print_stdout)]
@@ -8,6 +10,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod grants;
 mod terminal;
 
 use capsule_runtime::bus::PrincipalId;
@@ -17,6 +20,9 @@ const USAGE: &str = "\
 usage:
   capsule run [--state DIR] [--owner PRINCIPAL] CAPSULE_DIR...
   capsule inspect [--state DIR] CAPSULE_DIR
+  capsule grant [--state DIR] CAPSULE (--all | ITEM...)
+  capsule revoke [--state DIR] CAPSULE [--all | ITEM...]
+  capsule grants [--state DIR]
   capsule secret set [--state DIR] --capsule NAME [--principal P | --host] KEY   (value on stdin)
   capsule secret delete [--state DIR] --capsule NAME [--principal P | --host] KEY
   capsule --help | --version
@@ -29,21 +35,36 @@ options:
   --principal P        store the secret for principal P (default: the owner, `default`)
   --host               store the secret host-wide (used when a principal has none)
 
-`run` starts the capsules in dependency order ([imports]/[exports]); a capsule's install or
-upgrade questions are asked on this terminal (secret answers are not echoed).
+grant and revoke items (CAPSULE is a capsule directory, or a name that has a grant):
+  --all                everything the capsule's manifest requests (grant), or the whole
+                       record (revoke)
+  --fs DIR             read a host directory        --fs-write DIR   read and write it
+  --uplink             act as an uplink (publish-as)
+  --handler PATTERN    a handler on a pattern beyond the capsule's own topics (e.g. '*')
+  --net HOST           --net-connect HOST:PORT     --net-bind HOST:PORT
+  --process COMMAND    --identity resolve|link|admin    --persistent
+
+`run` starts the capsules in dependency order ([imports]/[exports]); capabilities a capsule
+requests beyond its own confinement (host directories, uplink, broad handlers, network,
+processes, identity) need the operator's grant: `run` asks on this terminal for what the stored
+grants do not cover, and refuses the capsules it cannot ask about. Install or upgrade questions
+are asked here too (secret answers are not echoed). Some directories are never grantable: the
+state directory, the host key's directory, the compile cache, /proc, /sys, /dev and /.
 
 The host key that encrypts secrets is $CAPSULE_HOST_KEY_FILE, else <state>/keys/host.key.
 
 RUST_LOG selects log output (default: info).
 ";
 
-struct Args {
+pub(crate) struct Args {
     command: String,
     state: Option<PathBuf>,
     owner: Option<String>,
     capsule: Option<String>,
     principal: Option<String>,
     host: bool,
+    all: bool,
+    items: Vec<(String, Option<String>)>,
     dirs: Vec<PathBuf>,
 }
 
@@ -56,6 +77,8 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
         capsule: None,
         principal: None,
         host: false,
+        all: false,
+        items: Vec::new(),
         dirs: Vec::new(),
     };
     while let Some(a) = raw.next() {
@@ -67,6 +90,12 @@ fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
                 args.principal = Some(raw.next().ok_or("--principal needs a principal")?)
             }
             "--host" => args.host = true,
+            "--all" => args.all = true,
+            "--uplink" | "--persistent" => args.items.push((a, None)),
+            flag if grants::VALUE_ITEMS.contains(&flag) => {
+                let value = raw.next().ok_or(format!("{flag} needs a value"))?;
+                args.items.push((a, Some(value)));
+            }
             flag if flag.starts_with("--") => return Err(format!("unknown option `{flag}`")),
             dir => args.dirs.push(dir.into()),
         }
@@ -135,7 +164,7 @@ fn main() -> ExitCode {
     }
 }
 
-enum Failure {
+pub(crate) enum Failure {
     Usage(String),
     Error(String),
 }
@@ -155,7 +184,9 @@ async fn run(args: Args) -> Result<(), Failure> {
                 ));
             }
             let rt = Runtime::new(config).map_err(|e| Failure::Error(e.to_string()))?;
-            rt.set_elicitor(std::sync::Arc::new(terminal::TerminalElicitor::default()));
+            let prompter = std::sync::Arc::new(terminal::TerminalPrompter::default());
+            rt.set_elicitor(prompter.clone());
+            rt.set_approver(prompter);
             if let Some(mut inbound) = rt.take_inbound() {
                 // Nothing consumes uplink traffic yet; log it so the channel never fills.
                 tokio::spawn(async move {
@@ -240,11 +271,25 @@ async fn run(args: Args) -> Result<(), Failure> {
                 );
             }
             println!("caps      {}", m.capabilities.held_names().join(", "));
+            let p = &i.permissions;
+            for (label, items) in [
+                ("granted", &p.unchanged),
+                ("pending", &p.added),
+                ("refused", &p.denied),
+            ] {
+                for r in items {
+                    println!("request   {} ({label})", terminal::shown(&r.to_string()));
+                }
+            }
+            for f in &i.forbidden {
+                println!("forbidden {}", terminal::shown(&f.to_string()));
+            }
             let env: Vec<&str> = m.env.keys().map(String::as_str).collect();
             println!("env       {}", env.join(", "));
             Ok(())
         }
         "secret" => secret(args, config),
+        "grant" | "revoke" | "grants" => grants::run(&command, &args, &config),
         other => Err(Failure::Usage(format!("unknown command `{other}`"))),
     }
 }

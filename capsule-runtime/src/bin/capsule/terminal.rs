@@ -1,25 +1,31 @@
-//! Asks a capsule's install/upgrade questions on the operator's terminal: prompts go to
-//! stderr, answers come from stdin one line each, secrets are read with echo off when stdin is
-//! a terminal, and questions are asked one at a time even if capsules ask concurrently. With
-//! stdin closed, every question is refused rather than answered with a guess.
+//! Asks the operator on the terminal: a capsule's install/upgrade questions and the approval of
+//! its capability requests. Prompts go to stderr, answers come from stdin one line each,
+//! secrets are read with echo off when stdin is a terminal, and questions are asked one at a
+//! time even if capsules ask concurrently. With stdin closed, every question is refused rather
+//! than answered with a guess. Text from a capsule (its description, keys, options, paths) is
+//! shown with control characters and invisible formatting escaped, never interpreted, so a
+//! manifest cannot clear the screen, move the cursor or fake lines of the prompt.
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
-use capsule_runtime::{ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor};
+use capsule_runtime::{
+    Approval, ApprovalRequest, Approver, ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal,
+    Elicitor,
+};
 use futures::future::BoxFuture;
 
 /// How many times a select question is re-asked after an answer that is not an option.
 const SELECT_ATTEMPTS: usize = 3;
 
-/// The `capsule run` elicitor.
+/// The `capsule run` elicitor and approver.
 #[derive(Default)]
-pub(crate) struct TerminalElicitor {
+pub(crate) struct TerminalPrompter {
     /// Serialises questions: two prompts never interleave on one terminal.
     turn: Arc<tokio::sync::Mutex<()>>,
 }
 
-impl Elicitor for TerminalElicitor {
+impl Elicitor for TerminalPrompter {
     fn elicit(
         &self,
         prompt: ElicitPrompt,
@@ -31,6 +37,86 @@ impl Elicitor for TerminalElicitor {
                 .await
                 .unwrap_or_else(|e| Err(ElicitRefusal::Unavailable(format!("prompt failed: {e}"))))
         })
+    }
+}
+
+impl Approver for TerminalPrompter {
+    fn approve(&self, request: ApprovalRequest) -> BoxFuture<'static, Approval> {
+        let turn = Arc::clone(&self.turn);
+        Box::pin(async move {
+            let _mine = turn.lock().await;
+            tokio::task::spawn_blocking(move || approve(&request, &mut Terminal))
+                .await
+                .unwrap_or(Approval::Decline)
+        })
+    }
+}
+
+/// `text` as it may be shown on a terminal: control characters (C0, DEL, C1), line and
+/// paragraph separators and invisible formatting (bidirectional overrides, zero-width
+/// characters) become `\u{…}` escapes, and a backslash is doubled so an escape cannot be
+/// faked.
+pub(crate) fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let invisible = matches!(
+            c,
+            '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+        );
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if c.is_control() || invisible {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Shows one screen with everything `r` asks for and reads a yes or no.
+fn approve(r: &ApprovalRequest, io: &mut impl Lines) -> Approval {
+    let mut screen = vec![format!(
+        "capsule `{}` {}{}{}",
+        shown(&r.capsule),
+        r.version,
+        r.previous_version
+            .as_ref()
+            .map(|v| format!(" (upgrade from {v})"))
+            .unwrap_or_default(),
+        r.description
+            .as_deref()
+            .map(|d| format!(": {}", shown(d)))
+            .unwrap_or_default(),
+    )];
+    screen.push("requests beyond its own confinement:".to_string());
+    let mut list = |mark: &str, items: &[capsule_runtime::security::Request], note: &str| {
+        for item in items {
+            screen.push(format!("  {mark} {}{note}", shown(&item.to_string())));
+        }
+    };
+    list("+", &r.diff.added, "  (needs your approval)");
+    list("=", &r.diff.unchanged, "  (approved before)");
+    list("x", &r.diff.denied, "  (refused before; stays refused)");
+    list("-", &r.diff.removed, "  (no longer requested)");
+    screen.push("may use without approval:".to_string());
+    for u in &r.ungated {
+        screen.push(format!("  {}", shown(u)));
+    }
+    io.note(&screen.join("\n"));
+    match io.line("approve the requests marked + ? [y/N] ", true) {
+        Ok(answer) if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") => {
+            Approval::all(r)
+        }
+        Ok(_) => Approval::Decline,
+        Err(e) => {
+            io.note(&format!("not approved: {e}"));
+            Approval::Decline
+        }
     }
 }
 
@@ -58,14 +144,17 @@ impl Lines for Terminal {
 fn ask(p: &ElicitPrompt, io: &mut impl Lines) -> Result<ElicitAnswer, ElicitRefusal> {
     let header = format!(
         "[{} for {}] {} ({})",
-        p.capsule, p.principal, p.description, p.key
+        shown(&p.capsule),
+        p.principal,
+        shown(&p.description),
+        shown(&p.key)
     );
     match p.kind {
         ElicitKind::Text => {
             let default = p
                 .default
                 .as_deref()
-                .map(|d| format!(" [{d}]"))
+                .map(|d| format!(" [{}]", shown(d)))
                 .unwrap_or_default();
             let line = io.line(&format!("{header}{default}: "), true)?;
             Ok(ElicitAnswer::Value(match (&p.default, line.is_empty()) {
@@ -92,7 +181,7 @@ fn ask(p: &ElicitPrompt, io: &mut impl Lines) -> Result<ElicitAnswer, ElicitRefu
             let listed: Vec<String> = options
                 .iter()
                 .enumerate()
-                .map(|(i, o)| format!("  {}) {o}", i + 1))
+                .map(|(i, o)| format!("  {}) {}", i + 1, shown(o)))
                 .collect();
             for _ in 0..SELECT_ATTEMPTS {
                 let line = io.line(
@@ -113,7 +202,7 @@ fn ask(p: &ElicitPrompt, io: &mut impl Lines) -> Result<ElicitAnswer, ElicitRefu
                 if let Some(value) = chosen {
                     return Ok(ElicitAnswer::Value(value));
                 }
-                io.note(&format!("`{line}` is not one of the options"));
+                io.note(&format!("`{}` is not one of the options", shown(&line)));
             }
             Err(ElicitRefusal::Cancelled)
         }
@@ -183,18 +272,30 @@ impl Drop for EchoOff {
 mod tests {
     use super::*;
 
-    /// Answers from a list; records whether each line was asked with echo.
-    struct Script(Vec<&'static str>, Vec<bool>);
+    /// Answers from a list; records whether each line was asked with echo, and everything
+    /// shown.
+    struct Script(Vec<&'static str>, Vec<bool>, String);
 
     impl Lines for Script {
-        fn line(&mut self, _prompt: &str, echo: bool) -> Result<String, ElicitRefusal> {
+        fn line(&mut self, prompt: &str, echo: bool) -> Result<String, ElicitRefusal> {
             self.1.push(echo);
+            self.2.push_str(prompt);
             if self.0.is_empty() {
                 return Err(ElicitRefusal::Unavailable("closed".into()));
             }
             Ok(self.0.remove(0).to_string())
         }
-        fn note(&mut self, _text: &str) {}
+        fn note(&mut self, text: &str) {
+            self.2.push_str(text);
+            self.2.push('\n');
+        }
+    }
+
+    /// Whether `screen` holds anything a terminal would interpret rather than show.
+    fn interpretable(screen: &str) -> bool {
+        screen
+            .chars()
+            .any(|c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
     }
 
     fn prompt(kind: ElicitKind, options: Option<&[&str]>, default: Option<&str>) -> ElicitPrompt {
@@ -214,9 +315,86 @@ mod tests {
         p: &ElicitPrompt,
         lines: Vec<&'static str>,
     ) -> (Result<ElicitAnswer, ElicitRefusal>, Vec<bool>) {
-        let mut s = Script(lines, Vec::new());
+        let mut s = Script(lines, Vec::new(), String::new());
         let a = ask(p, &mut s);
         (a, s.1)
+    }
+
+    #[test]
+    fn escapes_make_control_text_visible_and_unambiguous() {
+        assert_eq!(shown("plain /srv/data é"), "plain /srv/data é");
+        assert_eq!(shown("a\x1b[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(shown("line\nfake"), "line\\u{a}fake");
+        assert_eq!(shown("\u{202e}txt.exe"), "\\u{202e}txt.exe");
+        assert_eq!(shown("\u{9b}31m"), "\\u{9b}31m", "C1 CSI");
+        assert_eq!(
+            shown("\\u{1b}"),
+            "\\\\u{1b}",
+            "a literal escape stays distinguishable"
+        );
+    }
+
+    #[test]
+    fn elicit_prompts_show_capsule_text_escaped() {
+        let mut p = prompt(
+            ElicitKind::Select,
+            Some(&["ok", "\x1b[31mred"]),
+            Some("\x07"),
+        );
+        p.description = "pick\x1b]0;title\x07 \u{202e}one".into();
+        p.key = "K\r".into();
+        let mut s = Script(vec!["1"], Vec::new(), String::new());
+        assert_eq!(ask(&p, &mut s), Ok(ElicitAnswer::Value("ok".into())));
+        assert!(!interpretable(&s.2), "{:?}", s.2);
+        assert!(s.2.contains("\\u{1b}]0;title"), "{}", s.2);
+    }
+
+    fn approval(description: &str) -> ApprovalRequest {
+        use capsule_runtime::security::{PermissionDiff, Request};
+        ApprovalRequest {
+            capsule: "notes".into(),
+            version: semver::Version::new(0, 2, 0),
+            description: Some(description.into()),
+            previous_version: Some(semver::Version::new(0, 1, 0)),
+            diff: PermissionDiff {
+                added: vec![Request::FsRead("/srv/new\x1b[8m".into()), Request::Uplink],
+                unchanged: vec![Request::FsRead("/srv/old".into())],
+                denied: Vec::new(),
+                removed: Vec::new(),
+            },
+            ungated: vec!["publish to notes.*".into()],
+        }
+    }
+
+    #[test]
+    fn the_approval_screen_lists_everything_and_takes_only_yes() {
+        let r = approval("Notes\n  + fs_read /  (needs your approval)\x1b[2J");
+        let mut s = Script(vec!["y"], Vec::new(), String::new());
+        assert_eq!(approve(&r, &mut s), Approval::all(&r));
+        assert!(!interpretable(&s.2), "{:?}", s.2);
+        for part in [
+            "capsule `notes` 0.2.0 (upgrade from 0.1.0)",
+            "+ fs_read /srv/new\\u{1b}[8m  (needs your approval)",
+            "+ uplink  (needs your approval)",
+            "= fs_read /srv/old  (approved before)",
+            "publish to notes.*",
+        ] {
+            assert!(s.2.contains(part), "{part:?} missing from:\n{}", s.2);
+        }
+        assert_eq!(
+            s.2.lines()
+                .filter(|l| l.trim_start().starts_with('+'))
+                .count(),
+            2,
+            "the description cannot add a line that looks like a request:\n{}",
+            s.2
+        );
+        for no in ["", "n", "maybe", "yes please"] {
+            let mut s = Script(vec![no], Vec::new(), String::new());
+            assert_eq!(approve(&r, &mut s), Approval::Decline, "{no:?}");
+        }
+        let mut closed = Script(Vec::new(), Vec::new(), String::new());
+        assert_eq!(approve(&r, &mut closed), Approval::Decline);
     }
 
     #[test]
