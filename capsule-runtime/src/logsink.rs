@@ -6,6 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use capsule_vfs::LogFile;
 use parking_lot::Mutex;
 
 /// Longest message kept per log record, in bytes; longer ones are truncated and marked.
@@ -14,12 +15,12 @@ pub(crate) const MAX_LOG_MESSAGE: usize = 16 * 1024;
 /// An open capsule log file; clones append to the same file.
 #[derive(Clone, Debug)]
 pub(crate) struct LogSink {
-    file: Arc<Mutex<std::fs::File>>,
+    file: Arc<Mutex<LogFile>>,
 }
 
 impl LogSink {
     /// Wraps an opened log file.
-    pub(crate) fn from_file(file: std::fs::File) -> Self {
+    pub(crate) fn from_file(file: LogFile) -> Self {
         Self {
             file: Arc::new(Mutex::new(file)),
         }
@@ -28,7 +29,7 @@ impl LogSink {
     /// Appends one record.
     pub(crate) fn write(&self, level: &str, message: &str) {
         let line = format!("{} {level} {}\n", rfc3339_now(), sanitize(message));
-        if let Err(e) = self.file.lock().write_all(line.as_bytes()) {
+        if let Err(e) = self.file.lock().file().write_all(line.as_bytes()) {
             tracing::warn!(error = %e, "could not write a capsule log record");
         }
     }

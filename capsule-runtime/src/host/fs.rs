@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use capsule_security::{Decision, FsAccess, FsRoot};
-use capsule_vfs::{FileKind, GuestPath, Mount, OpenMode, Scheme, Stat, Tree, VfsError, Workspace};
+use capsule_vfs::{
+    Ctl, FileKind, GuestPath, Mount, OpenMode, Scheme, Stat, Tree, Usage, VfsError, Workspace,
+};
 use capsule_wit::astrid::fs::host::{
     Datetime, ErrorCode, FileHandle, FileStat, FileType, Host, HostFileHandle,
     OpenMode as WitOpenMode,
@@ -72,6 +74,7 @@ impl FsError {
                 VfsError::TooLarge { .. } => ErrorCode::TooLarge,
                 VfsError::CrossMount(..) => ErrorCode::CrossVfs,
                 VfsError::NoMount(_) => ErrorCode::CapabilityDenied,
+                VfsError::Cancelled => ErrorCode::Closed,
                 VfsError::NotOverlay | VfsError::Io { .. } => ErrorCode::Unknown(e.to_string()),
             },
             Self::Denied(_) | Self::HostManaged(_) => ErrorCode::CapabilityDenied,
@@ -361,7 +364,10 @@ impl Host for FsView<'_> {
         };
         let opened = self
             .run(&[(&path, access)], move |l| {
-                Ok(l[0].target.tree().open(&l[0].rel, mode)?)
+                Ok(l[0]
+                    .target
+                    .tree()
+                    .open(&l[0].rel, mode, &Ctl::uncancellable())?)
             })
             .await?;
         Ok(match opened {
@@ -448,7 +454,10 @@ impl Host for FsView<'_> {
         content: Vec<u8>,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         self.run(&[(&path, FsAccess::Write)], move |l| {
-            Ok(l[0].target.tree().write(&l[0].rel, &content, false)?)
+            Ok(l[0]
+                .target
+                .tree()
+                .write(&l[0].rel, &content, false, &Ctl::uncancellable())?)
         })
         .await
     }
@@ -459,7 +468,10 @@ impl Host for FsView<'_> {
         content: Vec<u8>,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         self.run(&[(&path, FsAccess::Write)], move |l| {
-            Ok(l[0].target.tree().write(&l[0].rel, &content, true)?)
+            Ok(l[0]
+                .target
+                .tree()
+                .write(&l[0].rel, &content, true, &Ctl::uncancellable())?)
         })
         .await
     }
@@ -470,7 +482,10 @@ impl Host for FsView<'_> {
         dst: String,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         self.run(&[(&src, FsAccess::Read), (&dst, FsAccess::Write)], |l| {
-            Ok(l[0].target.tree().copy(&l[0].rel, &l[1].rel)?)
+            Ok(l[0]
+                .target
+                .tree()
+                .copy(&l[0].rel, &l[1].rel, &Ctl::uncancellable())?)
         })
         .await
     }
@@ -481,7 +496,10 @@ impl Host for FsView<'_> {
         dst: String,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         self.run(&[(&src, FsAccess::Write), (&dst, FsAccess::Write)], |l| {
-            Ok(l[0].target.tree().rename(&l[0].rel, &l[1].rel)?)
+            Ok(l[0]
+                .target
+                .tree()
+                .rename(&l[0].rel, &l[1].rel, &Ctl::uncancellable())?)
         })
         .await
     }
@@ -491,7 +509,11 @@ impl Host for FsView<'_> {
         path: String,
     ) -> wasmtime::Result<Result<u64, ErrorCode>> {
         self.run(&[(&path, FsAccess::Write)], |l| {
-            Ok(l[0].target.tree().remove_dir_all(&l[0].rel)?)
+            let mut done = Usage::default();
+            l[0].target
+                .tree()
+                .remove_dir_all(&l[0].rel, &Ctl::uncancellable(), &mut done)?;
+            Ok(done.entries)
         })
         .await
     }
@@ -526,7 +548,12 @@ impl Host for FsView<'_> {
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         self.run(
             &[(&src, FsAccess::Read), (&link_path, FsAccess::Write)],
-            |l| Ok(l[0].target.tree().hard_link(&l[0].rel, &l[1].rel)?),
+            |l| {
+                Ok(l[0]
+                    .target
+                    .tree()
+                    .hard_link(&l[0].rel, &l[1].rel, &Ctl::uncancellable())?)
+            },
         )
         .await
     }
