@@ -2,7 +2,8 @@
 //! `<principal>:capsule:<capsule>`; every write is one ACID transaction committed with
 //! immediate durability, so a call that returned `Ok` survives a crash of the host. Each
 //! principal's stored bytes (keys plus values, across all its namespaces) are tracked in the
-//! same transaction, which is what the storage quota is checked against.
+//! same transaction, which is what the storage quota is checked against. The database file is
+//! private to the host user (0600) whatever the umask.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -130,9 +131,28 @@ pub struct KvStore {
     db: Database,
 }
 
+/// Creates `path` (0600) if it is missing, and takes group and other access away from an
+/// existing one, before redb opens it.
+fn private_db_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
 impl KvStore {
-    /// Opens (creating it if missing) the database file at `path`.
+    /// Opens (creating it, 0600, if missing) the database file at `path`.
     pub fn open(path: &Path) -> Result<Self, KvError> {
+        private_db_file(path).map_err(storage)?;
         let db = Database::create(path).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(ENTRIES).map_err(storage)?;

@@ -59,6 +59,7 @@ pub use lifecycle::{
     ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor, LifecyclePhase,
 };
 pub use limits::{Interrupt, MemoryStats};
+pub use logsink::MAX_LOG_FILE_BYTES;
 pub use runtime::{
     EVENT_TOPIC_PREFIX, HOST_ABI_VERSION, Inspection, LoadError, MAX_COMPONENT_BYTES, Runtime,
 };
