@@ -1,4 +1,6 @@
-//! Files: log rotation, deep trees, and private state files whatever the umask.
+//! Files: traversal and symlinks out of a mount, hard links that would turn read into write,
+//! the host-managed parts of a home, disk quotas (home, tmp, workspace, with KV), log rotation,
+//! deep trees, opaque errors, and private state files whatever the umask.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,6 +20,549 @@ fn write(path: &Path, content: &[u8]) {
 /// Calls the prober `c` as `principal`.
 async fn as_(c: &Capsule, principal: &str, action: &str, args: Value) -> Value {
     call_as(c, action, args, Some(principal)).await
+}
+
+/// Whether `capsule` emitted an fs audit event for `op` on `path` refused with `code`.
+fn audited(capsule: &str, op: &str, path: &str, code: &str) -> bool {
+    audit_events(capsule).iter().any(|e| {
+        e.get("target").map(String::as_str) == Some(capsule_runtime::AUDIT_FS_TARGET)
+            && e.get("op").map(String::as_str) == Some(op)
+            && e.get("path").map(String::as_str) == Some(path)
+            && e.get("code").map(String::as_str) == Some(code)
+    })
+}
+
+/// `..` and symlinks never lead out of a mount, whatever the grant; each refusal is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traversal_and_symlinks_never_leave_a_mount() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let home = h.state().join("home").join("bob");
+    write(&home.join("notes/a.txt"), b"hello");
+    std::os::unix::fs::symlink("/etc/passwd", home.join("notes/out-link"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("../../../../..", home.join("notes/up-link"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = h
+        .load(
+            "climber",
+            "prober.wasm",
+            "[capabilities]\nfs_read = [\"*\", \"home://\"]\nfs_write = [\"*\", \"home://\"]\n",
+        )
+        .await;
+    for path in [
+        "home://../../etc/passwd",
+        "home://notes/../../x",
+        "/tmp/../../etc/passwd",
+        "cwd://a/../../etc/passwd",
+        "../x",
+    ] {
+        assert_eq!(
+            err(&as_(&p, "bob", "read", json!({ "path": path })).await),
+            "boundary-escape",
+            "{path}"
+        );
+    }
+    assert!(audited(
+        "climber",
+        "read",
+        "home://../../etc/passwd",
+        "boundary-escape"
+    ));
+    for path in ["home://notes/out-link", "home://notes/up-link/etc/passwd"] {
+        assert_eq!(
+            err(&as_(&p, "bob", "read", json!({ "path": path })).await),
+            "boundary-escape",
+            "{path}"
+        );
+        assert_eq!(
+            err(&as_(&p, "bob", "write", json!({ "path": path, "content": "x" })).await),
+            "boundary-escape",
+            "{path}"
+        );
+    }
+    bystander.check("traversal and symlinks out").await;
+    assert_eq!(
+        ok(&as_(&p, "bob", "read", json!({"path": "home://notes/a.txt"})).await),
+        "hello"
+    );
+    h.rt.shutdown().await;
+}
+
+/// A hard link from a file the capsule may only read into a place it may write is refused, so
+/// the file cannot be rewritten through the link, neither directly nor by an overlay commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_link_cannot_turn_read_into_write() {
+    for overlay in [false, true] {
+        let workspace =
+            tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap_or_else(|e| panic!("{e}"));
+        write(&workspace.path().join("ro.txt"), b"original");
+        std::fs::create_dir_all(workspace.path().join("out")).unwrap_or_else(|e| panic!("{e}"));
+        let root = workspace.path().to_path_buf();
+        let h = host_with(move |c| {
+            c.workspace_root = Some(root);
+            c.overlay_workspace = overlay;
+        });
+        let bystander = Bystander::start(&h).await;
+        let name = if overlay { "linker-overlay" } else { "linker" };
+        let p = h
+            .load(
+                name,
+                "prober.wasm",
+                "[capabilities]\nfs_read = [\"*\"]\nfs_write = [\"cwd://out\"]\n",
+            )
+            .await;
+        for (src, dst) in [
+            ("ro.txt", "out/l.txt"),
+            ("cwd://./ro.txt", "cwd://out/l.txt"),
+            ("out/../ro.txt", "out/sub/../l.txt"),
+        ] {
+            assert_eq!(
+                err(&as_(&p, "bob", "link", json!({"src": src, "dst": dst})).await),
+                "capability-denied",
+                "{src} -> {dst} (overlay: {overlay})"
+            );
+        }
+        assert!(audited(name, "hard-link", "ro.txt", "capability-denied"));
+        bystander.check("hard link attempts").await;
+        // Writing where the link would have been makes a new file; the original is untouched.
+        ok(&as_(
+            &p,
+            "bob",
+            "write",
+            json!({"path": "out/l.txt", "content": "rewritten"}),
+        )
+        .await);
+        assert_eq!(
+            ok(&as_(&p, "bob", "read", json!({"path": "ro.txt"})).await),
+            "original"
+        );
+        if overlay {
+            p.commit_workspace().unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(
+            std::fs::read_to_string(workspace.path().join("ro.txt")).unwrap_or_default(),
+            "original",
+            "overlay: {overlay}"
+        );
+        // A link between two writable places still works.
+        ok(&as_(
+            &p,
+            "bob",
+            "write",
+            json!({"path": "out/a.txt", "content": "a"}),
+        )
+        .await);
+        ok(&as_(
+            &p,
+            "bob",
+            "link",
+            json!({"src": "out/a.txt", "dst": "out/b.txt"}),
+        )
+        .await);
+        assert_eq!(
+            ok(&as_(&p, "bob", "read", json!({"path": "out/b.txt"})).await),
+            "a"
+        );
+        h.rt.shutdown().await;
+    }
+}
+
+/// `.local`, `.local/log`, `.config`, `.config/env` (and the home itself) cannot be renamed,
+/// removed, replaced or linked by a guest under any spelling, so no capsule reads another
+/// capsule's log or forges an env overlay through a renamed directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_managed_parts_of_a_home_cannot_be_moved_or_replaced() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let victim = h
+        .load(
+            "victim",
+            "prober.wasm",
+            "[env.greeting]\ntype = \"text\"\ndefault = \"manifest\"\n",
+        )
+        .await;
+    let nosy = h
+        .load(
+            "nosy",
+            "prober.wasm",
+            "[capabilities]\nfs_read = [\"home://\"]\nfs_write = [\"home://\"]\n",
+        )
+        .await;
+    ok(&as_(
+        &victim,
+        "bob",
+        "log",
+        json!({"message": "bob-private-line"}),
+    )
+    .await);
+    write(
+        &h.state().join("home/bob/.config/env/victim.env.json"),
+        br#"{"greeting": "operator"}"#,
+    );
+    let denied = |v: Value, what: &str| assert_eq!(err(&v), "capability-denied", "{what}");
+
+    for src in [
+        ".local",
+        "./.local",
+        "a/../.local",
+        ".local/",
+        ".local/.",
+        ".local/log",
+        ".local/tmp",
+        ".config",
+        "./.config/",
+        ".config/env",
+    ] {
+        let src = format!("home://{src}");
+        let r = as_(
+            &nosy,
+            "bob",
+            "rename",
+            json!({"src": src, "dst": "home://stolen"}),
+        )
+        .await;
+        denied(r, &format!("rename {src}"));
+    }
+    assert!(audited(
+        "nosy",
+        "rename",
+        "home://.local",
+        "capability-denied"
+    ));
+    bystander.check("renaming host-managed directories").await;
+    assert_eq!(
+        err(&as_(
+            &nosy,
+            "bob",
+            "read",
+            json!({"path": "home://stolen/log/victim.log"})
+        )
+        .await),
+        "not-found"
+    );
+    for path in [
+        "home://",
+        "home://.",
+        "home://.local",
+        "home://x/../.local/",
+        "home://.config",
+        "home://.local/log",
+    ] {
+        denied(
+            as_(&nosy, "bob", "rmrf", json!({ "path": path })).await,
+            &format!("rmrf {path}"),
+        );
+    }
+    for path in [
+        "home://.local",
+        "home://.local/log/victim.log",
+        "home://.config",
+    ] {
+        denied(
+            as_(&nosy, "bob", "unlink", json!({ "path": path })).await,
+            &format!("unlink {path}"),
+        );
+    }
+    // Replacing: a directory renamed over them, a file written in their place, links and
+    // copies into and out of them.
+    ok(&as_(
+        &nosy,
+        "bob",
+        "mkdir-all",
+        json!({"path": "home://fake/env"}),
+    )
+    .await);
+    ok(&as_(
+        &nosy,
+        "bob",
+        "write",
+        json!({"path": "home://fake/env/victim.env.json", "content": "{\"greeting\":\"forged\"}"}),
+    )
+    .await);
+    ok(&as_(
+        &nosy,
+        "bob",
+        "write",
+        json!({"path": "home://mine.txt", "content": "m"}),
+    )
+    .await);
+    for (src, dst) in [
+        ("home://fake", "home://.config"),
+        ("home://fake", "home://.local"),
+        ("home://fake/env", "home://.config/env"),
+        ("home://mine.txt", "home://.local/log/victim.log"),
+        ("home://mine.txt", "home://.config/env/victim.env.json"),
+    ] {
+        denied(
+            as_(&nosy, "bob", "rename", json!({"src": src, "dst": dst})).await,
+            &format!("rename {src} -> {dst}"),
+        );
+    }
+    for (action, src, dst) in [
+        (
+            "link",
+            "home://mine.txt",
+            "home://.config/env/victim.env.json",
+        ),
+        ("link", "home://.local/log/victim.log", "home://copy"),
+        ("copy", "home://.local/log/victim.log", "home://copy"),
+        (
+            "copy",
+            "home://mine.txt",
+            "home://.config/env/victim.env.json",
+        ),
+    ] {
+        denied(
+            as_(&nosy, "bob", action, json!({"src": src, "dst": dst})).await,
+            &format!("{action} {src} -> {dst}"),
+        );
+    }
+    // dave has no `.config` yet: it cannot be created as a file, nor by renaming a forged tree.
+    ok(&as_(
+        &nosy,
+        "dave",
+        "mkdir-all",
+        json!({"path": "home://fake/env"}),
+    )
+    .await);
+    ok(&as_(
+        &nosy,
+        "dave",
+        "write",
+        json!({"path": "home://fake/env/victim.env.json", "content": "{\"greeting\":\"forged\"}"}),
+    )
+    .await);
+    denied(
+        as_(
+            &nosy,
+            "dave",
+            "rename",
+            json!({"src": "home://fake", "dst": "home://.config"}),
+        )
+        .await,
+        "dave: rename a forged tree to .config",
+    );
+    denied(
+        as_(
+            &nosy,
+            "dave",
+            "write",
+            json!({"path": "home://.config", "content": "x"}),
+        )
+        .await,
+        "dave: .config as a file",
+    );
+    denied(
+        as_(
+            &nosy,
+            "dave",
+            "mkdir-all",
+            json!({"path": "home://.config/env"}),
+        )
+        .await,
+        "dave: .config/env",
+    );
+    bystander.check("replacing host-managed directories").await;
+
+    // Nothing moved: the victim's env overlays and log are what the operator and host made.
+    assert_eq!(
+        ok(&as_(&victim, "bob", "config", json!({"key": "greeting"})).await),
+        "operator"
+    );
+    assert_eq!(
+        ok(&as_(&victim, "dave", "config", json!({"key": "greeting"})).await),
+        "manifest"
+    );
+    let log = std::fs::read_to_string(h.state().join("home/bob/.local/log/victim.log"))
+        .unwrap_or_default();
+    assert!(log.contains("bob-private-line"), "{log}");
+    // What the guest may do with its home still works, `.config/<own dir>` included.
+    ok(&as_(
+        &nosy,
+        "bob",
+        "write",
+        json!({"path": "/tmp/ok", "content": "t"}),
+    )
+    .await);
+    ok(&as_(
+        &nosy,
+        "bob",
+        "mkdir-all",
+        json!({"path": "home://.config/myapp"}),
+    )
+    .await);
+    ok(&as_(
+        &nosy,
+        "bob",
+        "write",
+        json!({"path": "home://.config/myapp/settings", "content": "s"}),
+    )
+    .await);
+    h.rt.shutdown().await;
+}
+
+/// A capsule with no capabilities fills its `/tmp/` only up to its principal's storage quota,
+/// shared with KV: writes, appends, `set-len`, positional writes beyond the end, copies and
+/// file counts are all charged; the refused write leaves nothing behind, a rename over a file
+/// frees its bytes, and another principal is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_quota_bounds_tmp_with_kv_for_a_capsule_without_capabilities() {
+    const QUOTA: u64 = 1_000_000;
+    let h = host();
+    h.profile(
+        "mallory",
+        &format!("[quotas]\nmax_storage_bytes = {QUOTA}\n"),
+    );
+    let bystander = Bystander::start(&h).await;
+    let hog = h.load("hog", "prober.wasm", "").await;
+    let m = |action: &'static str, args: Value| {
+        let hog = hog.clone();
+        async move { as_(&hog, "mallory", action, args).await }
+    };
+    ok(&m("write-size", json!({"path": "/tmp/a", "size": 600_000})).await);
+    assert_eq!(
+        err(&m("write-size", json!({"path": "/tmp/b", "size": 600_000})).await),
+        "quota"
+    );
+    assert!(audited("hog", "write", "/tmp/b", "quota"));
+    assert_eq!(ok(&m("exists", json!({"path": "/tmp/b"})).await), false);
+    assert_eq!(
+        err(&m(
+            "append",
+            json!({"path": "/tmp/a", "content": "x".repeat(500_000)})
+        )
+        .await),
+        "quota"
+    );
+    assert_eq!(
+        err(&m("copy", json!({"src": "/tmp/a", "dst": "/tmp/c"})).await),
+        "quota"
+    );
+    assert_eq!(ok(&m("exists", json!({"path": "/tmp/c"})).await), false);
+    let handle = ok(&m("open", json!({"path": "/tmp/s", "mode": "read-write"})).await).clone();
+    assert_eq!(
+        err(&m(
+            "handle-len",
+            json!({"index": handle, "size": 10_000_000_000u64})
+        )
+        .await),
+        "quota"
+    );
+    assert_eq!(
+        err(&m(
+            "handle-write",
+            json!({"index": handle, "offset": 5_000_000, "data": "x"})
+        )
+        .await),
+        "quota"
+    );
+    assert_eq!(
+        ok(&m("stat", json!({"path": "/tmp/s"})).await)["size"],
+        json!(0)
+    );
+    ok(&m("close-all", json!({})).await);
+    assert_eq!(
+        err(&m("kv-set-size", json!({"key": "big", "size": 500_000})).await),
+        "quota",
+        "KV shares the quota with files"
+    );
+    bystander.check("filling /tmp").await;
+
+    // A rename over a file frees the replaced file's bytes; so does unlinking.
+    ok(&m("write", json!({"path": "/tmp/small", "content": "x"})).await);
+    ok(&m("rename", json!({"src": "/tmp/small", "dst": "/tmp/a"})).await);
+    ok(&m("write-size", json!({"path": "/tmp/d", "size": 600_000})).await);
+    ok(&m("unlink", json!({"path": "/tmp/d"})).await);
+    ok(&m("write-size", json!({"path": "/tmp/e", "size": 600_000})).await);
+    // Empty files are not free: each entry is charged.
+    ok(&m("mkdir", json!({"path": "/tmp/many"})).await);
+    let touched = ok(&m("touch-many", json!({"dir": "/tmp/many", "count": 5000})).await).clone();
+    assert_eq!(touched["error"], "quota", "{touched}");
+    assert!(touched["made"].as_u64().unwrap_or(0) < 5000, "{touched}");
+    ok(&m("rmrf", json!({"path": "/tmp/many"})).await);
+    ok(&m("unlink", json!({"path": "/tmp/e"})).await);
+    ok(&m("kv-set-size", json!({"key": "big", "size": 500_000})).await);
+
+    // Another principal's quota is its own.
+    ok(&as_(
+        &hog,
+        "alice",
+        "write-size",
+        json!({"path": "/tmp/a", "size": 600_000}),
+    )
+    .await);
+    ok(&as_(
+        &hog,
+        "alice",
+        "write-size",
+        json!({"path": "/tmp/b", "size": 600_000}),
+    )
+    .await);
+    bystander.check("after the quota attack").await;
+    h.rt.shutdown().await;
+}
+
+/// What a principal already keeps in its home counts from its first use, and workspace writes
+/// are charged to the principal who makes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_quota_counts_the_existing_home_and_workspace_writes() {
+    const QUOTA: u64 = 1_000_000;
+    let h = host();
+    for who in ["bob", "erin"] {
+        h.profile(who, &format!("[quotas]\nmax_storage_bytes = {QUOTA}\n"));
+    }
+    write(&h.state().join("home/erin/big.bin"), &vec![7u8; 900_000]);
+    let bystander = Bystander::start(&h).await;
+    let p = h
+        .load(
+            "wsw",
+            "prober.wasm",
+            "[capabilities]\nfs_read = [\"*\"]\nfs_write = [\"*\"]\n",
+        )
+        .await;
+    assert_eq!(
+        err(&as_(
+            &p,
+            "erin",
+            "write-size",
+            json!({"path": "/tmp/x", "size": 200_000})
+        )
+        .await),
+        "quota",
+        "erin's existing 900 kB count"
+    );
+    ok(&as_(
+        &p,
+        "bob",
+        "write-size",
+        json!({"path": "w1", "size": 600_000}),
+    )
+    .await);
+    assert_eq!(
+        err(&as_(
+            &p,
+            "bob",
+            "write-size",
+            json!({"path": "w2", "size": 600_000})
+        )
+        .await),
+        "quota"
+    );
+    assert_eq!(
+        err(&as_(&p, "bob", "copy", json!({"src": "w1", "dst": "w3"})).await),
+        "quota"
+    );
+    // alice (default quota) writes what bob may not.
+    ok(&as_(
+        &p,
+        "alice",
+        "write-size",
+        json!({"path": "w2", "size": 600_000}),
+    )
+    .await);
+    bystander.check("workspace quota").await;
+    h.rt.shutdown().await;
 }
 
 /// A capsule that logs without end fills at most two log files of the documented size.
@@ -119,6 +664,61 @@ async fn deep_trees_stay_addressable_and_removable() {
     for dir in ["home://other", "home://long", "home://wide"] {
         ok(&as_(&p, "bob", "rmrf", json!({ "path": dir })).await);
     }
+    h.rt.shutdown().await;
+}
+
+/// Errors never carry host paths or backend text: an unopenable file, a name the filesystem
+/// refuses and a secret key too long for a file name all answer typed codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_never_leak_host_paths_or_backend_text() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let home = h.state().join("home").join("bob");
+    std::fs::create_dir_all(&home).unwrap_or_else(|e| panic!("{e}"));
+    let _socket =
+        std::os::unix::net::UnixListener::bind(home.join("sock")).unwrap_or_else(|e| panic!("{e}"));
+    let long_key = "K".repeat(200);
+    let manifest = format!(
+        "[capabilities]\nfs_read = [\"home://\"]\nfs_write = [\"home://\"]\n\
+         [env.{long_key}]\ntype = \"secret\"\n"
+    );
+    let p = h.load("leaky", "prober.wasm", &manifest).await;
+    let state = h.state().display().to_string();
+    let clean = |v: &Value| {
+        let text = v.to_string();
+        assert!(
+            !text.contains(&state) && !text.contains("os error") && !text.contains("redb"),
+            "{text}"
+        );
+    };
+    let r = as_(&p, "bob", "read", json!({"path": "home://sock"})).await;
+    clean(&r);
+    assert_eq!(err(&r), "unknown:I/O failure (details are in the host log)");
+    let r = as_(
+        &p,
+        "bob",
+        "write",
+        json!({"path": format!("home://{}", "n".repeat(300)), "content": "x"}),
+    )
+    .await;
+    clean(&r);
+    assert_eq!(err(&r), "invalid-path");
+    let r = as_(&p, "bob", "config", json!({ "key": long_key })).await;
+    clean(&r);
+    assert_eq!(ok(&r), &Value::Null, "no secret stored yet");
+    h.rt.secrets()
+        .set(
+            &capsule_runtime::secrets::SecretScope::Principal(pid("bob")),
+            "leaky",
+            &long_key,
+            b"long-key-value",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        ok(&as_(&p, "bob", "config", json!({ "key": long_key })).await),
+        "long-key-value"
+    );
+    bystander.check("error probing").await;
     h.rt.shutdown().await;
 }
 
