@@ -503,8 +503,8 @@ async fn disk_quota_bounds_tmp_with_kv_for_a_capsule_without_capabilities() {
     h.rt.shutdown().await;
 }
 
-/// What a principal already keeps in its home counts from its first use, and workspace writes
-/// are charged to the principal who makes them.
+/// What a principal already keeps in its home counts from its first use, workspace writes
+/// are charged to the principal who makes them, and a huge sparse file is never copied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_quota_counts_the_existing_home_and_workspace_writes() {
     const QUOTA: u64 = 1_000_000;
@@ -561,6 +561,19 @@ async fn disk_quota_counts_the_existing_home_and_workspace_writes() {
         json!({"path": "w2", "size": 600_000}),
     )
     .await);
+    // A huge sparse file is charged what it would become: copying it is refused up front,
+    // without reading a byte of it.
+    let sparse = std::fs::File::create(h.state().join("workspaces/wsw/sparse"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    sparse.set_len(64 << 30).unwrap_or_else(|e| panic!("{e}"));
+    for who in ["alice", "bob"] {
+        assert_eq!(
+            err(&as_(&p, who, "copy", json!({"src": "sparse", "dst": "copy"})).await),
+            "quota",
+            "{who}"
+        );
+    }
+    assert!(!h.state().join("workspaces/wsw/copy").exists());
     bystander.check("workspace quota").await;
     h.rt.shutdown().await;
 }
