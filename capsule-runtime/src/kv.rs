@@ -2,13 +2,18 @@
 //! `<principal>:capsule:<capsule>`; every write is one ACID transaction committed with
 //! immediate durability, so a call that returned `Ok` survives a crash of the host. Each
 //! principal's stored bytes (keys plus values, across all its namespaces) are tracked in the
-//! same transaction, which is what the storage quota is checked against.
+//! same transaction; the storage quota is checked against them plus the principal's files,
+//! whose usage the store keeps beside it (see `quota.rs`). The database file is private to the
+//! host user (0600) whatever the umask.
 
 use std::ops::Bound;
 use std::path::Path;
 
 use capsule_bus::PrincipalId;
+use capsule_vfs::{Ctl, StateLayout};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::quota::{Charged, FileLedger, QuotaError};
 
 const ENTRIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("entries");
 const USAGE: TableDefinition<'_, &str, u64> = TableDefinition::new("usage");
@@ -49,6 +54,9 @@ pub enum KvError {
     /// `cas` found a different current value.
     #[error("the current value does not match the expected one")]
     CasMismatch,
+    /// The principal's files could not be accounted, so nothing more is stored for it.
+    #[error("the principal's storage cannot be accounted: {0}")]
+    Unaccounted(String),
     /// The database failed.
     #[error("storage failure: {0}")]
     Storage(String),
@@ -124,21 +132,97 @@ fn unhex(s: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
-/// The KV database of a runtime.
+/// The KV database of a runtime, and the file usage of each principal beside it.
 #[derive(Debug)]
 pub struct KvStore {
     db: Database,
+    files: FileLedger,
+}
+
+/// Creates `path` (0600) if it is missing, and takes group and other access away from an
+/// existing one, before redb opens it.
+fn private_db_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
 }
 
 impl KvStore {
-    /// Opens (creating it if missing) the database file at `path`.
+    /// Opens (creating it, 0600, if missing) the database file at `path`. Principals' files
+    /// count as empty until a guest writes some; see [`KvStore::open_in`].
     pub fn open(path: &Path) -> Result<Self, KvError> {
+        Self::open_with(path, None)
+    }
+
+    /// Opens `<state>/kv.redb` for the runtime whose state directory `layout` describes:
+    /// principals' homes there are measured for the storage quota.
+    pub fn open_in(layout: &StateLayout) -> Result<Self, KvError> {
+        Self::open_with(&layout.root().join("kv.redb"), Some(layout.clone()))
+    }
+
+    fn open_with(path: &Path, homes: Option<StateLayout>) -> Result<Self, KvError> {
+        private_db_file(path).map_err(storage)?;
         let db = Database::create(path).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(ENTRIES).map_err(storage)?;
         txn.open_table(USAGE).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            files: FileLedger::new(homes),
+        })
+    }
+
+    /// Bytes of files charged to `principal`: its home (measured on first use) and what it
+    /// grew shared trees by.
+    pub(crate) fn file_usage(
+        &self,
+        principal: &PrincipalId,
+        ctl: &Ctl<'_>,
+    ) -> Result<u64, KvError> {
+        self.files
+            .files(principal, ctl)
+            .map_err(|e| KvError::Unaccounted(e.to_string()))
+    }
+
+    /// Reserves `bytes` of file growth for `principal` in `tree` if its KV data, its files and
+    /// the growth fit in `quota`.
+    pub(crate) fn reserve_files(
+        &self,
+        principal: &PrincipalId,
+        tree: Charged,
+        bytes: u64,
+        quota: u64,
+        ctl: &Ctl<'_>,
+    ) -> Result<(), QuotaError> {
+        self.files.reserve(
+            principal,
+            tree,
+            bytes,
+            quota,
+            || self.usage(principal).map_err(|e| e.to_string()),
+            ctl,
+        )
+    }
+
+    /// Credits `bytes` of files freed (or reserved and unused) by `principal` in `tree`.
+    pub(crate) fn release_files(&self, principal: &PrincipalId, tree: Charged, bytes: u64) {
+        self.files.release(principal, tree, bytes);
+    }
+
+    /// Charges file growth that already happened, without a quota check.
+    pub(crate) fn force_files(&self, principal: &PrincipalId, tree: Charged, bytes: u64) {
+        self.files.force(principal, tree, bytes);
     }
 
     /// The value of `key`, if set.

@@ -31,6 +31,7 @@ pub mod kv;
 mod lifecycle;
 mod limits;
 mod logsink;
+mod quota;
 mod registry;
 mod runtime;
 mod scope;
@@ -44,8 +45,8 @@ pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_o
 pub use dispatch::DispatchStats;
 pub use graph::GraphError;
 pub use host::audit::{
-    DISPATCH_TARGET as AUDIT_DISPATCH_TARGET, IPC_TARGET as AUDIT_IPC_TARGET,
-    SECRET_TARGET as AUDIT_SECRET_TARGET,
+    DISPATCH_TARGET as AUDIT_DISPATCH_TARGET, FS_TARGET as AUDIT_FS_TARGET,
+    IPC_TARGET as AUDIT_IPC_TARGET, SECRET_TARGET as AUDIT_SECRET_TARGET,
 };
 pub use host::fs::{FsError, MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};
 pub use host::ipc::{
@@ -61,6 +62,7 @@ pub use lifecycle::{
     ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor, LifecyclePhase,
 };
 pub use limits::{Interrupt, MemoryStats};
+pub use logsink::MAX_LOG_FILE_BYTES;
 pub use runtime::{
     EVENT_TOPIC_PREFIX, HOST_ABI_VERSION, Inspection, LoadError, MAX_COMPONENT_BYTES, Runtime,
 };

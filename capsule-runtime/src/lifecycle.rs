@@ -152,7 +152,7 @@ impl InstalledVersions {
         let fail = |e: std::io::Error| format!("{}: {e}", path.display());
         crate::cache::create_private_dir(&dir).map_err(fail)?;
         let tmp = dir.join(format!(".{capsule}.{}.tmp", uuid::Uuid::new_v4().simple()));
-        std::fs::write(&tmp, format!("{version}\n")).map_err(fail)?;
+        crate::cache::write_new_private(&tmp, format!("{version}\n").as_bytes()).map_err(fail)?;
         std::fs::rename(&tmp, &path).map_err(fail)
     }
 }

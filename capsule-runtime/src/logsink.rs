@@ -1,35 +1,58 @@
 //! Capsule log files: one per (principal, capsule), opened through `capsule-vfs` (no symlink
 //! following, mode 0600), written one timestamped line per record. Guest-supplied text is
-//! bounded and has its control characters escaped, so a capsule cannot forge extra lines.
+//! bounded and has its control characters escaped, so a capsule cannot forge extra lines. A
+//! file that reaches [`MAX_LOG_FILE_BYTES`] is rotated to `<capsule>.log.1` (replacing the
+//! previous generation), so a capsule's logs for one principal never take more than about
+//! twice that.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use capsule_vfs::LogFile;
 use parking_lot::Mutex;
 
 /// Longest message kept per log record, in bytes; longer ones are truncated and marked.
 pub(crate) const MAX_LOG_MESSAGE: usize = 16 * 1024;
 
+/// Size at which a capsule log file is rotated: the record that reaches it is the last one
+/// in that file, which becomes `<capsule>.log.1`.
+pub const MAX_LOG_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Serialises rotations: several sinks (one per scope) may append to the same file.
+static ROTATION: Mutex<()> = Mutex::new(());
+
 /// An open capsule log file; clones append to the same file.
 #[derive(Clone, Debug)]
 pub(crate) struct LogSink {
-    file: Arc<Mutex<std::fs::File>>,
+    file: Arc<Mutex<LogFile>>,
 }
 
 impl LogSink {
     /// Wraps an opened log file.
-    pub(crate) fn from_file(file: std::fs::File) -> Self {
+    pub(crate) fn from_file(file: LogFile) -> Self {
         Self {
             file: Arc::new(Mutex::new(file)),
         }
     }
 
-    /// Appends one record.
+    /// Appends one record, rotating the file once it reaches [`MAX_LOG_FILE_BYTES`].
     pub(crate) fn write(&self, level: &str, message: &str) {
         let line = format!("{} {level} {}\n", rfc3339_now(), sanitize(message));
-        if let Err(e) = self.file.lock().write_all(line.as_bytes()) {
+        let mut log = self.file.lock();
+        if let Err(e) = log.file().write_all(line.as_bytes()) {
             tracing::warn!(error = %e, "could not write a capsule log record");
+            return;
+        }
+        let full = log
+            .file()
+            .metadata()
+            .is_ok_and(|m| m.len() >= MAX_LOG_FILE_BYTES);
+        if full {
+            let _rotating = ROTATION.lock();
+            if let Err(e) = log.rotate() {
+                tracing::warn!(error = %e, "could not rotate a capsule log");
+            }
         }
     }
 

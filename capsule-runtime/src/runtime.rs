@@ -298,11 +298,12 @@ impl Runtime {
         let linker = build_linker(&engine).map_err(|e| ConfigError::Engine(format!("{e:#}")))?;
         let cache = ArtifactCache::new(config.cache_dir(), &engine);
         let bus = Bus::with_config(config.bus).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let kv =
-            KvStore::open(&config.state_dir.join("kv.redb")).map_err(|e| ConfigError::Store {
+        let kv = KvStore::open_in(&StateLayout::new(config.state_dir.clone())).map_err(|e| {
+            ConfigError::Store {
                 what: "KV database",
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         let secrets =
             SecretStore::open(&config.state_dir, &config.host_key_file()).map_err(|e| {
                 ConfigError::Store {
@@ -952,6 +953,7 @@ impl Runtime {
         Ok((
             FsShared {
                 policy: Arc::clone(policy),
+                storage: Arc::clone(&self.inner.kv),
                 workspace: Arc::new(workspace),
                 absolute,
                 owner_home,

@@ -89,6 +89,20 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Longest key stored under its own (hex) name; longer keys are stored under a digest so the
+/// file name always fits the filesystem's limit. Either way the ciphertext is bound to the
+/// full key by its AAD.
+const MAX_NAMED_KEY: usize = 100;
+
+/// The file a secret key is stored in.
+fn file_name(key: &str) -> String {
+    if key.len() <= MAX_NAMED_KEY {
+        format!("{}.secret", hex(key.as_bytes()))
+    } else {
+        format!("b3-{}.secret", blake3::hash(key.as_bytes()).to_hex())
+    }
+}
+
 fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -172,7 +186,7 @@ impl SecretStore {
             .root
             .join(scope.dir())
             .join(capsule)
-            .join(format!("{}.secret", hex(key.as_bytes()))))
+            .join(file_name(key)))
     }
 
     fn aad(scope: &SecretScope, capsule: &str, key: &str) -> Vec<u8> {
@@ -406,6 +420,29 @@ mod tests {
             s.get(&a, "cap", "K"),
             Err(SecretError::Undecryptable(_))
         ));
+    }
+
+    #[test]
+    fn keys_of_any_accepted_length_round_trip() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = open(dir.path());
+        let alice = SecretScope::Principal(pid("alice"));
+        for len in [1, MAX_NAMED_KEY, MAX_NAMED_KEY + 1, 200, 256] {
+            let key = "k".repeat(len);
+            s.set(&alice, "cap", &key, key.as_bytes())
+                .unwrap_or_else(|e| panic!("{len}: {e}"));
+            assert_eq!(
+                s.get(&alice, "cap", &key).ok().flatten(),
+                Some(key.into_bytes())
+            );
+        }
+        // Two long keys never share a file.
+        let (a, b) = ("a".repeat(200), format!("{}b", "a".repeat(199)));
+        s.set(&alice, "cap", &a, b"A")
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.set(&alice, "cap", &b, b"B")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.get(&alice, "cap", &a).ok().flatten(), Some(b"A".to_vec()));
     }
 
     #[cfg(unix)]

@@ -138,6 +138,8 @@ pub(crate) struct KvCtx {
 #[derive(Debug)]
 pub(crate) struct FsShared {
     pub(crate) policy: Arc<CapsulePolicy>,
+    /// The KV database, which keeps each principal's file usage beside its KV usage.
+    pub(crate) storage: Arc<KvStore>,
     pub(crate) workspace: Arc<Workspace>,
     /// Host directories granted by absolute path, longest prefix first.
     pub(crate) absolute: Vec<(std::path::PathBuf, Arc<Mount>)>,

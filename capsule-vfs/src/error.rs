@@ -51,6 +51,9 @@ pub enum VfsError {
     /// The workspace is not an overlay, so it has nothing to commit or roll back.
     #[error("the workspace is not an overlay")]
     NotOverlay,
+    /// The operation was stopped before it finished (the capsule is unloading).
+    #[error("the operation was cancelled")]
+    Cancelled,
     /// Any other I/O failure.
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -62,6 +65,7 @@ pub enum VfsError {
 }
 
 const ELOOP: i32 = 40;
+const ENAMETOOLONG: i32 = 36;
 
 impl VfsError {
     /// Classifies an I/O error raised while operating on `path`.
@@ -79,6 +83,9 @@ impl VfsError {
             io::ErrorKind::DirectoryNotEmpty => Self::NotEmpty(p),
             _ if e.raw_os_error() == Some(ELOOP) => {
                 Self::Access(format!("{p} (symlink not followed)"))
+            }
+            _ if e.raw_os_error() == Some(ENAMETOOLONG) => {
+                Self::InvalidPath(format!("{p} (a name or the path is too long)"))
             }
             _ => Self::Io { path: p, source: e },
         }

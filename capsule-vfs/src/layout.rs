@@ -1,5 +1,6 @@
 //! Where per-principal files live under the host's state directory, and how they are opened:
 //! through cap-std directory handles, never following a symlink, private to the host user.
+//! Which parts of a home the host manages (and guests may not touch) is defined here, once.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,86 @@ use cap_std::fs::{Dir, DirBuilder, OpenOptions};
 use capsule_bus::PrincipalId;
 
 use crate::mount::Mount;
+use crate::walk::Visit;
+
+/// Home entries the host creates and relies on: a guest may never rename, remove or replace
+/// them (nor any directory above them, the home itself included).
+pub const HOST_ANCHORS: &[&str] = &[
+    ".local",
+    ".local/log",
+    ".local/tmp",
+    ".config",
+    ".config/env",
+];
+
+/// Home subtrees only the host reads and writes: capsule logs and env overlays. Guests never
+/// reach anything at or below them, under any path.
+pub const HOST_SUBTREES: &[&str] = &[".local/log", ".config/env"];
+
+/// Whether `rel` (relative to a home) is at or below a host-only subtree.
+pub fn is_host_only(rel: &Path) -> bool {
+    HOST_SUBTREES.iter().any(|m| rel.starts_with(m))
+}
+
+/// Whether `rel` (relative to a home) is a host anchor or a directory above one (the home
+/// itself is `""`): replacing, moving or removing it would move what the host relies on.
+pub fn holds_host_anchor(rel: &Path) -> bool {
+    HOST_ANCHORS.iter().any(|a| Path::new(a).starts_with(rel))
+}
+
+/// How a home is measured for its principal's storage quota: host-only subtrees are left
+/// out, the host's own directories are walked through without being counted.
+pub fn home_usage_visit(rel: &Path) -> Visit {
+    if is_host_only(rel) {
+        Visit::Skip
+    } else if holds_host_anchor(rel) {
+        Visit::Through
+    } else {
+        Visit::Enter
+    }
+}
+
+/// An open capsule log file and the directory it lives in, so the host can rotate it.
+#[derive(Debug)]
+pub struct LogFile {
+    dir: Dir,
+    name: String,
+    file: std::fs::File,
+}
+
+impl LogFile {
+    /// The file records are appended to.
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// Moves the current log to `<name>.1` (replacing the previous generation) and starts a
+    /// fresh one. If another handle rotated it already, only reopens the current file.
+    pub fn rotate(&mut self) -> io::Result<()> {
+        use cap_std::fs::MetadataExt as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let mine = self.file.metadata()?;
+        let still_current = self
+            .dir
+            .symlink_metadata(&self.name)
+            .is_ok_and(|m| m.is_file() && m.ino() == mine.ino() && m.dev() == mine.dev());
+        if still_current {
+            self.dir
+                .rename(&self.name, &self.dir, format!("{}.1", self.name))?;
+        }
+        self.file = open_log_file(&self.dir, &self.name)?;
+        Ok(())
+    }
+}
+
+fn open_log_file(logs: &Dir, name: &str) -> io::Result<std::fs::File> {
+    let mut opts = OpenOptions::new();
+    opts.append(true).create(true);
+    opts.follow(FollowSymlinks::No);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    Ok(logs.open_with(name, &opts)?.into_std())
+}
 
 #[cfg(unix)]
 use cap_std::fs::{DirBuilderExt, OpenOptionsExt};
@@ -22,7 +103,7 @@ pub struct PrincipalFiles {
     /// `/tmp/` (`<home>/.local/tmp`).
     pub tmp: Mount,
     /// The capsule's log file for this principal, or why it could not be opened.
-    pub log: io::Result<std::fs::File>,
+    pub log: io::Result<LogFile>,
     /// The principal's env overlay for the capsule (`<home>/.config/env/<capsule>.env.json`),
     /// if present, or why it could not be read.
     pub env: io::Result<Option<String>>,
@@ -68,7 +149,11 @@ impl StateLayout {
 
     /// Opens the principal's home as a directory handle, creating it (mode 0700) if needed.
     pub fn open_home(&self, principal: &PrincipalId) -> io::Result<Dir> {
-        std::fs::create_dir_all(&self.root)?;
+        let mut root = std::fs::DirBuilder::new();
+        root.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut root, 0o700);
+        root.create(&self.root)?;
         let state = Dir::open_ambient_dir(&self.root, ambient_authority())?;
         let rel = Path::new("home").join(principal.as_str());
         state.create_dir_with(&rel, &Self::private_dir_builder())?;
@@ -107,16 +192,13 @@ impl StateLayout {
         })
     }
 
-    fn open_log_in(home: &Dir, capsule: &str) -> io::Result<std::fs::File> {
+    fn open_log_in(home: &Dir, capsule: &str) -> io::Result<LogFile> {
         let logs = Path::new(".local").join("log");
         home.create_dir_with(&logs, &Self::private_dir_builder())?;
-        let logs = home.open_dir_nofollow(&logs)?;
-        let mut opts = OpenOptions::new();
-        opts.append(true).create(true);
-        opts.follow(FollowSymlinks::No);
-        #[cfg(unix)]
-        opts.mode(0o600);
-        Ok(logs.open_with(format!("{capsule}.log"), &opts)?.into_std())
+        let dir = home.open_dir_nofollow(&logs)?;
+        let name = format!("{capsule}.log");
+        let file = open_log_file(&dir, &name)?;
+        Ok(LogFile { dir, name, file })
     }
 
     /// Opens (creating, mode 0600) the capsule's log file for `principal` in append mode.
@@ -124,11 +206,7 @@ impl StateLayout {
     /// `capsule` must be a capsule name (`[a-z0-9-]+`); anything else is refused. The file and
     /// its directories are resolved inside the principal's home and a symlink in their place
     /// is an error, never followed.
-    pub fn open_capsule_log(
-        &self,
-        principal: &PrincipalId,
-        capsule: &str,
-    ) -> io::Result<std::fs::File> {
+    pub fn open_capsule_log(&self, principal: &PrincipalId, capsule: &str) -> io::Result<LogFile> {
         check_capsule_name(capsule)?;
         let home = self.open_home(principal)?;
         Self::open_log_in(&home, capsule)
@@ -163,10 +241,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let layout = StateLayout::new(dir.path());
         for line in ["one\n", "two\n"] {
-            let mut f = layout
+            let f = layout
                 .open_capsule_log(&pid("alice"), "pong")
                 .unwrap_or_else(|e| panic!("{e}"));
-            f.write_all(line.as_bytes())
+            f.file()
+                .write_all(line.as_bytes())
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         let path = layout.capsule_log_path(&pid("alice"), "pong");
@@ -206,6 +285,88 @@ mod tests {
             std::fs::read_to_string(&victim).unwrap_or_default(),
             "untouched"
         );
+    }
+
+    #[test]
+    fn rotation_keeps_one_previous_generation_and_follows_other_handles() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let layout = StateLayout::new(dir.path());
+        let open = || {
+            layout
+                .open_capsule_log(&pid("alice"), "pong")
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (mut a, mut b) = (open(), open());
+        let path = layout.capsule_log_path(&pid("alice"), "pong");
+        let old = path.with_extension("log.1");
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        a.file()
+            .write_all(b"first\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        a.rotate().unwrap_or_else(|e| panic!("{e}"));
+        // `b` still writes the rotated file until it rotates too: then it only reopens.
+        b.file()
+            .write_all(b"late\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.rotate().unwrap_or_else(|e| panic!("{e}"));
+        a.file()
+            .write_all(b"second\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.file()
+            .write_all(b"third\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read(&old), "first\nlate\n");
+        assert_eq!(read(&path), "second\nthird\n");
+        a.rotate().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            read(&old),
+            "second\nthird\n",
+            "one previous generation only"
+        );
+        assert_eq!(read(&path), "");
+    }
+
+    #[test]
+    fn host_managed_paths_are_recognised_by_their_normal_form() {
+        for p in [
+            ".local/log",
+            ".local/log/x.log",
+            ".config/env",
+            ".config/env/a/b",
+        ] {
+            assert!(is_host_only(Path::new(p)), "{p}");
+        }
+        for p in [
+            ".local",
+            ".local/tmp",
+            ".config",
+            ".configs",
+            "x/.local/log",
+        ] {
+            assert!(!is_host_only(Path::new(p)), "{p}");
+        }
+        for p in [
+            "",
+            ".local",
+            ".config",
+            ".local/log",
+            ".local/tmp",
+            ".config/env",
+        ] {
+            assert!(holds_host_anchor(Path::new(p)), "{p:?}");
+        }
+        for p in [
+            "a",
+            ".local/tmp/x",
+            ".config/app",
+            ".localx",
+            ".local/log/x",
+        ] {
+            assert!(!holds_host_anchor(Path::new(p)), "{p}");
+        }
+        assert_eq!(home_usage_visit(Path::new(".local/log/p.log")), Visit::Skip);
+        assert_eq!(home_usage_visit(Path::new(".local/tmp")), Visit::Through);
+        assert_eq!(home_usage_visit(Path::new(".local/tmp/a")), Visit::Enter);
     }
 
     #[test]

@@ -5,19 +5,27 @@
 //! symlinks can never leave it. Mounts: the capsule's workspace (`cwd://` and bare paths,
 //! optionally an [`Overlay`] with `commit`/`rollback`), the invoking principal's home
 //! (`home://`) and scratch directory (`/tmp/`), and host directories granted by absolute path.
-//! The crate has no WebAssembly dependency.
+//! No entry in a mount gets deeper or longer than a guest path can name, and every walk, removal
+//! and copy is iterative, bounded and cancellable ([`Ctl`]), so a guest cannot make the host
+//! recurse, run out of descriptors or work without end. The crate has no WebAssembly
+//! dependency.
 
 mod error;
 mod layout;
 mod mount;
 mod overlay;
 mod path;
+mod walk;
 
 pub use error::VfsError;
-pub use layout::{PrincipalFiles, StateLayout};
+pub use layout::{
+    HOST_ANCHORS, HOST_SUBTREES, LogFile, PrincipalFiles, StateLayout, holds_host_anchor,
+    home_usage_visit, is_host_only,
+};
 pub use mount::{FileKind, Mount, OpenMode, Stat, Tree};
 pub use overlay::{Overlay, read_to_string};
-pub use path::{GuestPath, MAX_GUEST_PATH, Scheme};
+pub use path::{GuestPath, MAX_GUEST_DEPTH, MAX_GUEST_PATH, Scheme};
+pub use walk::{Ctl, MAX_WALK_ENTRIES, Usage, Visit};
 
 /// A capsule's workspace: the real directory, or an overlay over it.
 #[derive(Debug)]

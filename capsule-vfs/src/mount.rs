@@ -1,15 +1,21 @@
 //! A `Mount` is a cap-std directory handle: every path is resolved by cap-std relative to it, so
 //! no `..`, absolute path or symlink can leave it. `Tree` is the set of operations both a plain
-//! mount and the overlay workspace provide.
+//! mount and the overlay workspace provide. What a mount creates is private to the host user
+//! (files 0600, directories 0700, whatever the umask), and no entry below a mount gets a path
+//! longer than a guest path may be, so every walk of a mount stays bounded.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use cap_std::ambient_authority;
-use cap_std::fs::{Dir, FileTypeExt, Metadata, MetadataExt, OpenOptions};
+use cap_std::fs::{
+    Dir, DirBuilder, DirBuilderExt, FileTypeExt, Metadata, MetadataExt, OpenOptions, OpenOptionsExt,
+};
 
 use crate::error::VfsError;
+use crate::walk::{self, Ctl, Usage, Visit};
 
 /// The kind of a filesystem object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +47,10 @@ pub struct Stat {
     pub kind: FileKind,
     /// Unix permission bits.
     pub mode: u32,
+    /// Names (hard links) the object has.
+    pub links: u64,
+    /// Device and inode: equal for two names of one object.
+    pub file_id: (u64, u64),
     /// Last modification.
     pub modified: Option<SystemTime>,
     /// Creation, when the platform records it.
@@ -80,6 +90,8 @@ impl Stat {
             size: m.len(),
             kind,
             mode: m.mode(),
+            links: m.nlink(),
+            file_id: (m.dev(), m.ino()),
             modified: m.modified().ok().map(|t| t.into_std()),
             created: m.created().ok().map(|t| t.into_std()),
             accessed: m.accessed().ok().map(|t| t.into_std()),
@@ -114,27 +126,39 @@ pub trait Tree: Send + Sync + std::fmt::Debug {
     /// The whole content of a file of at most `limit` bytes.
     fn read(&self, p: &Path, limit: u64) -> Result<Vec<u8>, VfsError>;
     /// Creates or replaces (or appends to) a file.
-    fn write(&self, p: &Path, data: &[u8], append: bool) -> Result<(), VfsError>;
+    fn write(&self, p: &Path, data: &[u8], append: bool, ctl: &Ctl<'_>) -> Result<(), VfsError>;
     /// Creates a directory (and its parents when `all`).
     fn create_dir(&self, p: &Path, all: bool) -> Result<(), VfsError>;
     /// Entry names of a directory, sorted; more than `limit` entries is an error.
     fn read_dir(&self, p: &Path, limit: usize) -> Result<Vec<String>, VfsError>;
     /// Removes a file (or symlink).
     fn remove_file(&self, p: &Path) -> Result<(), VfsError>;
-    /// Removes a directory and everything below it; returns how many entries went.
-    fn remove_dir_all(&self, p: &Path) -> Result<u64, VfsError>;
-    /// Renames within the tree.
-    fn rename(&self, from: &Path, to: &Path) -> Result<(), VfsError>;
-    /// Copies a file within the tree.
-    fn copy(&self, from: &Path, to: &Path) -> Result<(), VfsError>;
+    /// Removes a directory and everything below it, without recursion and within
+    /// [`MAX_WALK_ENTRIES`](crate::MAX_WALK_ENTRIES); `done` counts what went, also when the
+    /// removal stops early.
+    fn remove_dir_all(&self, p: &Path, ctl: &Ctl<'_>, done: &mut Usage) -> Result<(), VfsError>;
+    /// Renames within the tree. A directory is moved only if no path below it becomes longer
+    /// or deeper than a guest path may be ([`MAX_GUEST_PATH`](crate::MAX_GUEST_PATH),
+    /// [`MAX_GUEST_DEPTH`](crate::MAX_GUEST_DEPTH)); the mount root is never moved.
+    fn rename(&self, from: &Path, to: &Path, ctl: &Ctl<'_>) -> Result<(), VfsError>;
+    /// Copies a file within the tree: the copy appears whole or not at all, holes stay holes.
+    fn copy(&self, from: &Path, to: &Path, ctl: &Ctl<'_>) -> Result<(), VfsError>;
     /// Creates a hard link within the tree.
-    fn hard_link(&self, from: &Path, to: &Path) -> Result<(), VfsError>;
+    fn hard_link(&self, from: &Path, to: &Path, ctl: &Ctl<'_>) -> Result<(), VfsError>;
     /// The path with symlinks resolved, relative to the root.
     fn canonicalize(&self, p: &Path) -> Result<PathBuf, VfsError>;
     /// The target of a symlink.
     fn read_link(&self, p: &Path) -> Result<PathBuf, VfsError>;
     /// Opens a file handle.
-    fn open(&self, p: &Path, mode: OpenMode) -> Result<std::fs::File, VfsError>;
+    fn open(&self, p: &Path, mode: OpenMode, ctl: &Ctl<'_>) -> Result<std::fs::File, VfsError>;
+    /// What is stored below the directory `p` (not `p` itself), deciding per entry (by its
+    /// path relative to the tree) whether it counts.
+    fn usage(
+        &self,
+        p: &Path,
+        ctl: &Ctl<'_>,
+        decide: &dyn Fn(&Path) -> Visit,
+    ) -> Result<Usage, VfsError>;
 
     /// The path gates should judge: `p` with symlinks resolved, or, for a path that does not
     /// exist yet, its longest existing ancestor resolved with the rest appended.
@@ -211,17 +235,41 @@ impl Mount {
         move |e| VfsError::from_io(p, e)
     }
 
-    pub(crate) fn count_entries(&self, p: &Path) -> Result<u64, VfsError> {
-        let mut n = 0u64;
-        for entry in self.dir.read_dir(at(p)).map_err(Self::err(p))? {
-            let entry = entry.map_err(Self::err(p))?;
-            n += 1;
-            let child = p.join(entry.file_name());
-            if entry.file_type().map_err(Self::err(&child))?.is_dir() {
-                n += self.count_entries(&child)?;
-            }
+    /// Options creating a private file (0600) when it is missing.
+    fn private(opts: &mut OpenOptions) -> &mut OpenOptions {
+        opts.mode(0o600)
+    }
+
+    /// A builder of private directories (0700).
+    fn private_dirs(recursive: bool) -> DirBuilder {
+        let mut b = DirBuilder::new();
+        b.recursive(recursive);
+        b.mode(0o700);
+        b
+    }
+
+    /// A fresh name next to `p` for a file being assembled before it replaces `p`.
+    pub(crate) fn staging_name(p: &Path) -> PathBuf {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!(".capsule-staging-{}-{n}", std::process::id());
+        match p.parent() {
+            Some(parent) => parent.join(name),
+            None => PathBuf::from(name),
         }
-        Ok(n)
+    }
+
+    /// Refuses a move of `from` to `to` after which anything `from` holds would be longer or
+    /// deeper than a guest path may be.
+    fn check_depth(&self, from: &Path, to: &Path, ctl: &Ctl<'_>) -> Result<(), VfsError> {
+        if self
+            .dir
+            .symlink_metadata(at(from))
+            .is_ok_and(|m| m.is_dir())
+        {
+            walk::check_fits_below(&self.dir, from, walk::room_below(to), ctl)?;
+        }
+        Ok(())
     }
 }
 
@@ -272,9 +320,9 @@ impl Tree for Mount {
         Ok(out)
     }
 
-    fn write(&self, p: &Path, data: &[u8], append: bool) -> Result<(), VfsError> {
+    fn write(&self, p: &Path, data: &[u8], append: bool, _ctl: &Ctl<'_>) -> Result<(), VfsError> {
         let mut opts = OpenOptions::new();
-        opts.write(true).create(true);
+        Self::private(opts.write(true).create(true));
         if append {
             opts.append(true);
         } else {
@@ -285,12 +333,9 @@ impl Tree for Mount {
     }
 
     fn create_dir(&self, p: &Path, all: bool) -> Result<(), VfsError> {
-        if all {
-            self.dir.create_dir_all(at(p))
-        } else {
-            self.dir.create_dir(at(p))
-        }
-        .map_err(Self::err(p))
+        self.dir
+            .create_dir_with(at(p), &Self::private_dirs(all))
+            .map_err(Self::err(p))
     }
 
     fn read_dir(&self, p: &Path, limit: usize) -> Result<Vec<String>, VfsError> {
@@ -317,32 +362,65 @@ impl Tree for Mount {
         self.dir.remove_file(p).map_err(Self::err(p))
     }
 
-    fn remove_dir_all(&self, p: &Path) -> Result<u64, VfsError> {
+    fn remove_dir_all(&self, p: &Path, ctl: &Ctl<'_>, done: &mut Usage) -> Result<(), VfsError> {
         if p.as_os_str().is_empty() {
             return Err(VfsError::Access("the mount root cannot be removed".into()));
         }
         if !self.stat(p, false)?.is_dir() {
             return Err(VfsError::NotDirectory(p.display().to_string()));
         }
-        let n = self.count_entries(p)?;
-        self.dir.remove_dir_all(p).map_err(Self::err(p))?;
-        Ok(n + 1)
+        walk::remove_tree(&self.dir, p, ctl, done)
     }
 
-    fn rename(&self, from: &Path, to: &Path) -> Result<(), VfsError> {
+    fn rename(&self, from: &Path, to: &Path, ctl: &Ctl<'_>) -> Result<(), VfsError> {
+        if from.as_os_str().is_empty() || to.as_os_str().is_empty() {
+            return Err(VfsError::Access("the mount root cannot be moved".into()));
+        }
+        if to.starts_with(from) && to != from {
+            return Err(VfsError::InvalidPath(format!(
+                "cannot move `{}` into itself",
+                from.display()
+            )));
+        }
+        self.check_depth(from, to, ctl)?;
         self.dir
             .rename(at(from), &self.dir, at(to))
             .map_err(Self::err(from))
     }
 
-    fn copy(&self, from: &Path, to: &Path) -> Result<(), VfsError> {
-        self.dir
-            .copy(at(from), &self.dir, at(to))
-            .map(drop)
-            .map_err(Self::err(from))
+    fn copy(&self, from: &Path, to: &Path, ctl: &Ctl<'_>) -> Result<(), VfsError> {
+        // The copy lands where a symlink at `to` leads: the path gates judged.
+        let to = &self.resolve_for_gate(to)?;
+        let src = self.dir.open(at(from)).map_err(Self::err(from))?.into_std();
+        if src.metadata().map_err(Self::err(from))?.is_dir() {
+            return Err(VfsError::IsDirectory(from.display().to_string()));
+        }
+        if self.dir.metadata(at(to)).is_ok_and(|m| m.is_dir()) {
+            return Err(VfsError::IsDirectory(to.display().to_string()));
+        }
+        // The copy is assembled under a staging name and renamed into place, so it appears
+        // whole or not at all.
+        let staging = Self::staging_name(to);
+        let mut opts = OpenOptions::new();
+        Self::private(opts.write(true).create_new(true));
+        let dst = self
+            .dir
+            .open_with(&staging, &opts)
+            .map_err(Self::err(to))?
+            .into_std();
+        let copied = walk::copy_data(&src, &dst, ctl).and_then(|_| {
+            self.dir
+                .rename(&staging, &self.dir, at(to))
+                .map_err(Self::err(to))
+        });
+        if copied.is_err() {
+            // Best effort: the staging file is the host's, never a guest's data.
+            let _removed = self.dir.remove_file(&staging);
+        }
+        copied
     }
 
-    fn hard_link(&self, from: &Path, to: &Path) -> Result<(), VfsError> {
+    fn hard_link(&self, from: &Path, to: &Path, _ctl: &Ctl<'_>) -> Result<(), VfsError> {
         self.dir
             .hard_link(at(from), &self.dir, at(to))
             .map_err(Self::err(from))
@@ -361,13 +439,13 @@ impl Tree for Mount {
         self.dir.read_link(at(p)).map_err(Self::err(p))
     }
 
-    fn open(&self, p: &Path, mode: OpenMode) -> Result<std::fs::File, VfsError> {
+    fn open(&self, p: &Path, mode: OpenMode, _ctl: &Ctl<'_>) -> Result<std::fs::File, VfsError> {
         let mut opts = OpenOptions::new();
         match mode {
             OpenMode::Read => opts.read(true),
-            OpenMode::Write => opts.write(true).create(true).truncate(true),
-            OpenMode::Append => opts.append(true).create(true),
-            OpenMode::ReadWrite => opts.read(true).write(true).create(true),
+            OpenMode::Write => Self::private(opts.write(true).create(true).truncate(true)),
+            OpenMode::Append => Self::private(opts.append(true).create(true)),
+            OpenMode::ReadWrite => Self::private(opts.read(true).write(true).create(true)),
         };
         let file = self.dir.open_with(at(p), &opts).map_err(Self::err(p))?;
         let meta = file.metadata().map_err(Self::err(p))?;
@@ -375,5 +453,13 @@ impl Tree for Mount {
             return Err(VfsError::IsDirectory(p.display().to_string()));
         }
         Ok(file.into_std())
+    }
+    fn usage(
+        &self,
+        p: &Path,
+        ctl: &Ctl<'_>,
+        decide: &dyn Fn(&Path) -> Visit,
+    ) -> Result<Usage, VfsError> {
+        walk::measure(&self.dir, p, ctl, decide)
     }
 }

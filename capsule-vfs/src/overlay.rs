@@ -4,7 +4,9 @@
 //! `commit` applies all of it to the lower layer; `rollback` discards it.
 //!
 //! Every operation holds the overlay's lock for its whole duration, so concurrent guests see
-//! each operation apply atomically with respect to the overlay's bookkeeping.
+//! each operation apply atomically with respect to the overlay's bookkeeping. Walks of the
+//! merged tree (moves, removals, commit) use explicit stacks, never recursion, and stay within
+//! the same bounds as a plain mount's.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -14,6 +16,7 @@ use parking_lot::Mutex;
 
 use crate::error::VfsError;
 use crate::mount::{Mount, OpenMode, Stat, Tree};
+use crate::walk::{self, Ctl, Usage, Visit};
 
 #[derive(Debug, Default)]
 struct State {
@@ -110,15 +113,51 @@ impl Overlay {
         self.upper.create_dir(dir, true)
     }
 
+    /// Copies the file at `from` in `layer` to `to` in the upper layer (holes stay holes).
+    fn copy_file(
+        &self,
+        layer: Layer,
+        from: &Path,
+        to: &Path,
+        ctl: &Ctl<'_>,
+    ) -> Result<(), VfsError> {
+        let src = self.tree(layer).open(from, OpenMode::Read, ctl)?;
+        let dst = self.upper.open(to, OpenMode::Write, ctl)?;
+        walk::copy_data(&src, &dst, ctl).map(drop)
+    }
+
     /// Makes the lower file at `p` exist in the upper layer with the same content.
-    fn copy_up(&self, st: &State, p: &Path) -> Result<(), VfsError> {
+    fn copy_up(&self, st: &State, p: &Path, ctl: &Ctl<'_>) -> Result<(), VfsError> {
         if self.upper.exists(p)? {
             return Ok(());
         }
         self.prepare_dir(st, parent(p))?;
-        let mut src = self.lower.open(p, OpenMode::Read)?;
-        let mut dst = self.upper.open(p, OpenMode::Write)?;
-        std::io::copy(&mut src, &mut dst).map_err(|e| VfsError::from_io(p, e))?;
+        self.copy_file(Layer::Lower, p, p, ctl)
+    }
+
+    /// Visits every entry of the merged tree below the directory `root` (not `root` itself)
+    /// with its path and stat, from an explicit stack, within the walk bounds; `visit` says
+    /// whether to walk below a directory.
+    fn merged_walk(
+        &self,
+        st: &State,
+        root: &Path,
+        ctl: &Ctl<'_>,
+        visit: &mut dyn FnMut(&Path, &Stat) -> Result<bool, VfsError>,
+    ) -> Result<(), VfsError> {
+        let mut seen = 0u64;
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for name in self.merged_names(st, &dir)? {
+                let child = dir.join(name);
+                seen += 1;
+                walk::bounded(&child, seen, ctl)?;
+                let (_, stat) = self.visible(st, &child)?;
+                if visit(&child, &stat)? && stat.is_dir() {
+                    pending.push(child);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -145,40 +184,38 @@ impl Overlay {
         Ok(names)
     }
 
-    fn count_merged(&self, st: &State, p: &Path) -> Result<u64, VfsError> {
-        let mut n = 0;
-        for name in self.merged_names(st, p)? {
-            let child = p.join(name);
-            n += 1;
-            if self.visible(st, &child)?.1.is_dir() {
-                n += self.count_merged(st, &child)?;
-            }
-        }
-        Ok(n)
-    }
-
-    /// Copies the merged tree at `from` into the upper layer at `to`.
-    fn materialize(&self, st: &State, from: &Path, to: &Path) -> Result<(), VfsError> {
+    /// Copies the merged tree at `from` into the upper layer at `to`, parents first.
+    fn materialize(
+        &self,
+        st: &State,
+        from: &Path,
+        to: &Path,
+        ctl: &Ctl<'_>,
+    ) -> Result<(), VfsError> {
         let (layer, stat) = self.visible(st, from)?;
-        if stat.is_dir() {
-            self.upper.create_dir(to, true)?;
-            for name in self.merged_names(st, from)? {
-                self.materialize(st, &from.join(&name), &to.join(&name))?;
-            }
-            Ok(())
-        } else {
-            let mut src = self.tree(layer).open(from, OpenMode::Read)?;
-            let mut dst = self.upper.open(to, OpenMode::Write)?;
-            std::io::copy(&mut src, &mut dst).map_err(|e| VfsError::from_io(from, e))?;
-            Ok(())
+        if !stat.is_dir() {
+            return self.copy_file(layer, from, to, ctl);
         }
+        self.upper.create_dir(to, true)?;
+        self.merged_walk(st, from, ctl, &mut |child, stat| {
+            let dst = to.join(child.strip_prefix(from).unwrap_or(child));
+            if stat.is_dir() {
+                self.upper.create_dir(&dst, true)?;
+            } else {
+                let (layer, _) = self.visible(st, child)?;
+                self.copy_file(layer, child, &dst, ctl)?;
+            }
+            Ok(true)
+        })
     }
 
     /// Removes `p` from the merged view: the upper copy goes, a lower one is whited out.
     fn delete(&self, st: &mut State, p: &Path, is_dir: bool) -> Result<(), VfsError> {
         if self.upper.exists(p)? {
             if is_dir {
-                self.upper.remove_dir_all(p)?;
+                let mut gone = Usage::default();
+                self.upper
+                    .remove_dir_all(p, &Ctl::uncancellable(), &mut gone)?;
             } else {
                 self.upper.remove_file(p)?;
             }
@@ -195,11 +232,12 @@ impl Overlay {
     /// Applies every change to the real workspace and empties the upper layer.
     pub fn commit(&self) -> Result<(), VfsError> {
         let mut st = self.state.lock();
+        let ctl = Ctl::uncancellable();
         let whiteouts: Vec<PathBuf> = st.whiteouts.iter().cloned().collect();
         for w in whiteouts {
             if self.lower.exists(&w)? {
                 if self.lower.stat(&w, false)?.is_dir() {
-                    self.lower.remove_dir_all(&w)?;
+                    self.lower.remove_dir_all(&w, &ctl, &mut Usage::default())?;
                 } else {
                     self.lower.remove_file(&w)?;
                 }
@@ -208,38 +246,42 @@ impl Overlay {
         let opaque: Vec<PathBuf> = st.opaque.iter().cloned().collect();
         for o in opaque {
             if self.lower.exists(&o)? && self.lower.stat(&o, false)?.is_dir() {
-                self.lower.remove_dir_all(&o)?;
+                self.lower.remove_dir_all(&o, &ctl, &mut Usage::default())?;
             }
         }
-        self.copy_down(Path::new(""))?;
+        self.copy_down(&ctl)?;
         self.clear_upper()?;
         *st = State::default();
         Ok(())
     }
 
-    fn copy_down(&self, dir: &Path) -> Result<(), VfsError> {
-        for name in self.upper.read_dir(dir, usize::MAX)? {
-            let p = dir.join(&name);
-            let stat = self.upper.stat(&p, false)?;
-            let lower_kind = if self.lower.exists(&p)? {
-                Some(self.lower.stat(&p, false)?.is_dir())
-            } else {
-                None
-            };
-            if stat.is_dir() {
-                if lower_kind == Some(false) {
-                    self.lower.remove_file(&p)?;
+    /// Copies the upper layer onto the lower one, parents first, from an explicit stack.
+    fn copy_down(&self, ctl: &Ctl<'_>) -> Result<(), VfsError> {
+        let mut pending = vec![PathBuf::new()];
+        while let Some(dir) = pending.pop() {
+            for name in self.upper.read_dir(&dir, usize::MAX)? {
+                let p = dir.join(&name);
+                let stat = self.upper.stat(&p, false)?;
+                let lower_kind = if self.lower.exists(&p)? {
+                    Some(self.lower.stat(&p, false)?.is_dir())
+                } else {
+                    None
+                };
+                if stat.is_dir() {
+                    if lower_kind == Some(false) {
+                        self.lower.remove_file(&p)?;
+                    }
+                    self.lower.create_dir(&p, true)?;
+                    pending.push(p);
+                } else {
+                    if lower_kind == Some(true) {
+                        self.lower.remove_dir_all(&p, ctl, &mut Usage::default())?;
+                    }
+                    let src = self.upper.open(&p, OpenMode::Read, ctl)?;
+                    let mut dst = self.lower.open(&p, OpenMode::Write, ctl)?;
+                    walk::copy_data(&src, &dst, ctl)?;
+                    dst.flush().map_err(|e| VfsError::from_io(&p, e))?;
                 }
-                self.lower.create_dir(&p, true)?;
-                self.copy_down(&p)?;
-            } else {
-                if lower_kind == Some(true) {
-                    self.lower.remove_dir_all(&p)?;
-                }
-                let mut src = self.upper.open(&p, OpenMode::Read)?;
-                let mut dst = self.lower.open(&p, OpenMode::Write)?;
-                std::io::copy(&mut src, &mut dst).map_err(|e| VfsError::from_io(&p, e))?;
-                dst.flush().map_err(|e| VfsError::from_io(&p, e))?;
             }
         }
         Ok(())
@@ -249,7 +291,8 @@ impl Overlay {
         for name in self.upper.read_dir(Path::new(""), usize::MAX)? {
             let p = PathBuf::from(name);
             if self.upper.stat(&p, false)?.is_dir() {
-                self.upper.remove_dir_all(&p)?;
+                self.upper
+                    .remove_dir_all(&p, &Ctl::uncancellable(), &mut Usage::default())?;
             } else {
                 self.upper.remove_file(&p)?;
             }
@@ -292,7 +335,7 @@ impl Tree for Overlay {
         self.tree(layer).read(p, limit)
     }
 
-    fn write(&self, p: &Path, data: &[u8], append: bool) -> Result<(), VfsError> {
+    fn write(&self, p: &Path, data: &[u8], append: bool, ctl: &Ctl<'_>) -> Result<(), VfsError> {
         let mut st = self.state.lock();
         let lower_had_dir = match self.layer(&st, p)? {
             Some(layer) => {
@@ -300,14 +343,14 @@ impl Tree for Overlay {
                     return Err(VfsError::IsDirectory(p.display().to_string()));
                 }
                 if append && layer == Layer::Lower {
-                    self.copy_up(&st, p)?;
+                    self.copy_up(&st, p, ctl)?;
                 }
                 false
             }
             None => false,
         };
         self.prepare_dir(&st, parent(p))?;
-        self.upper.write(p, data, append)?;
+        self.upper.write(p, data, append, ctl)?;
         Self::claim(&mut st, lower_had_dir, p, false);
         Ok(())
     }
@@ -374,7 +417,7 @@ impl Tree for Overlay {
         self.delete(&mut st, p, false)
     }
 
-    fn remove_dir_all(&self, p: &Path) -> Result<u64, VfsError> {
+    fn remove_dir_all(&self, p: &Path, ctl: &Ctl<'_>, done: &mut Usage) -> Result<(), VfsError> {
         if p.as_os_str().is_empty() {
             return Err(VfsError::Access("the mount root cannot be removed".into()));
         }
@@ -383,12 +426,27 @@ impl Tree for Overlay {
         if !stat.is_dir() {
             return Err(VfsError::NotDirectory(p.display().to_string()));
         }
-        let n = self.count_merged(&st, p)? + 1;
+        let mut gone = Usage {
+            entries: 1,
+            bytes: 0,
+        };
+        self.merged_walk(&st, p, ctl, &mut |_, stat| {
+            gone.entries += 1;
+            if stat.kind == crate::FileKind::File && stat.links <= 1 {
+                gone.bytes += stat.size;
+            }
+            Ok(true)
+        })?;
         self.delete(&mut st, p, true)?;
-        Ok(n)
+        done.entries += gone.entries;
+        done.bytes += gone.bytes;
+        Ok(())
     }
 
-    fn rename(&self, from: &Path, to: &Path) -> Result<(), VfsError> {
+    fn rename(&self, from: &Path, to: &Path, ctl: &Ctl<'_>) -> Result<(), VfsError> {
+        if from.as_os_str().is_empty() || to.as_os_str().is_empty() {
+            return Err(VfsError::Access("the mount root cannot be moved".into()));
+        }
         if to.starts_with(from) {
             return Err(VfsError::InvalidPath(format!(
                 "cannot move `{}` into itself",
@@ -402,14 +460,21 @@ impl Tree for Overlay {
         {
             return Err(VfsError::AlreadyExists(to.display().to_string()));
         }
+        if stat.is_dir() {
+            let room = walk::room_below(to);
+            self.merged_walk(&st, from, ctl, &mut |child, _| {
+                walk::fits(child.strip_prefix(from).unwrap_or(child), room)?;
+                Ok(true)
+            })?;
+        }
         self.prepare_dir(&st, parent(to))?;
         let lower_had_dir = self.lower.exists(to)? && self.lower.stat(to, false)?.is_dir();
-        self.materialize(&st, from, to)?;
+        self.materialize(&st, from, to, ctl)?;
         Self::claim(&mut st, lower_had_dir, to, stat.is_dir());
         self.delete(&mut st, from, stat.is_dir())
     }
 
-    fn copy(&self, from: &Path, to: &Path) -> Result<(), VfsError> {
+    fn copy(&self, from: &Path, to: &Path, ctl: &Ctl<'_>) -> Result<(), VfsError> {
         let mut st = self.state.lock();
         let (layer, stat) = self.visible(&st, from)?;
         if stat.is_dir() {
@@ -421,14 +486,25 @@ impl Tree for Overlay {
             return Err(VfsError::IsDirectory(to.display().to_string()));
         }
         self.prepare_dir(&st, parent(to))?;
-        let mut src = self.tree(layer).open(from, OpenMode::Read)?;
-        let mut dst = self.upper.open(to, OpenMode::Write)?;
-        std::io::copy(&mut src, &mut dst).map_err(|e| VfsError::from_io(from, e))?;
+        if layer == Layer::Upper {
+            self.upper.copy(from, to, ctl)?;
+        } else {
+            let src = self.lower.open(from, OpenMode::Read, ctl)?;
+            let staging = Mount::staging_name(to);
+            let dst = self.upper.open(&staging, OpenMode::Write, ctl)?;
+            let copied =
+                walk::copy_data(&src, &dst, ctl).and_then(|_| self.upper.rename(&staging, to, ctl));
+            if copied.is_err() {
+                // Best effort: the staging file is never part of the merged view.
+                let _removed = self.upper.remove_file(&staging);
+            }
+            copied?;
+        }
         Self::claim(&mut st, false, to, false);
         Ok(())
     }
 
-    fn hard_link(&self, from: &Path, to: &Path) -> Result<(), VfsError> {
+    fn hard_link(&self, from: &Path, to: &Path, ctl: &Ctl<'_>) -> Result<(), VfsError> {
         let mut st = self.state.lock();
         let (layer, stat) = self.visible(&st, from)?;
         if stat.is_dir() {
@@ -438,10 +514,10 @@ impl Tree for Overlay {
             return Err(VfsError::AlreadyExists(to.display().to_string()));
         }
         if layer == Layer::Lower {
-            self.copy_up(&st, from)?;
+            self.copy_up(&st, from, ctl)?;
         }
         self.prepare_dir(&st, parent(to))?;
-        self.upper.hard_link(from, to)?;
+        self.upper.hard_link(from, to, ctl)?;
         Self::claim(&mut st, false, to, false);
         Ok(())
     }
@@ -458,12 +534,12 @@ impl Tree for Overlay {
         self.tree(layer).read_link(p)
     }
 
-    fn open(&self, p: &Path, mode: OpenMode) -> Result<std::fs::File, VfsError> {
+    fn open(&self, p: &Path, mode: OpenMode, ctl: &Ctl<'_>) -> Result<std::fs::File, VfsError> {
         let mut st = self.state.lock();
         let found = self.layer(&st, p)?;
         if mode == OpenMode::Read {
             let layer = found.ok_or_else(|| VfsError::NotFound(p.display().to_string()))?;
-            return self.tree(layer).open(p, mode);
+            return self.tree(layer).open(p, mode, ctl);
         }
         match found {
             Some(layer) => {
@@ -471,7 +547,7 @@ impl Tree for Overlay {
                     return Err(VfsError::IsDirectory(p.display().to_string()));
                 }
                 if layer == Layer::Lower && mode != OpenMode::Write {
-                    self.copy_up(&st, p)?;
+                    self.copy_up(&st, p, ctl)?;
                 }
                 if layer == Layer::Lower && mode == OpenMode::Write {
                     self.prepare_dir(&st, parent(p))?;
@@ -479,9 +555,30 @@ impl Tree for Overlay {
             }
             None => self.prepare_dir(&st, parent(p))?,
         }
-        let file = self.upper.open(p, mode)?;
+        let file = self.upper.open(p, mode, ctl)?;
         Self::claim(&mut st, false, p, false);
         Ok(file)
+    }
+
+    fn usage(
+        &self,
+        p: &Path,
+        ctl: &Ctl<'_>,
+        decide: &dyn Fn(&Path) -> Visit,
+    ) -> Result<Usage, VfsError> {
+        let st = self.state.lock();
+        let mut usage = Usage::default();
+        self.merged_walk(&st, p, ctl, &mut |child, stat| {
+            let visit = decide(child);
+            if visit == Visit::Enter {
+                usage.entries += 1;
+                if stat.kind == crate::FileKind::File && stat.links <= 1 {
+                    usage.bytes += stat.size;
+                }
+            }
+            Ok(visit != Visit::Skip)
+        })?;
+        Ok(usage)
     }
 }
 

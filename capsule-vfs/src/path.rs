@@ -1,6 +1,7 @@
 //! Guest path grammar: a guest path names a mount and a path inside it. Parsing is lexical and
 //! total: every string either resolves to (mount, normalised relative path) or is an error;
-//! `..` can never climb above the mount root and NUL bytes are refused.
+//! `..` can never climb above the mount root, NUL bytes are refused, and a path is at most
+//! [`MAX_GUEST_PATH`] bytes and [`MAX_GUEST_DEPTH`] names deep.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -8,6 +9,10 @@ use crate::error::VfsError;
 
 /// Longest guest path accepted, in bytes.
 pub const MAX_GUEST_PATH: usize = 4096;
+
+/// Most names a normalised guest path may hold below its mount root. Mounts keep every entry
+/// within this depth (and within [`MAX_GUEST_PATH`] bytes), so walks of them stay cheap.
+pub const MAX_GUEST_DEPTH: usize = 128;
 
 /// Which mount a guest path addresses.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -45,6 +50,12 @@ fn normalize(original: &str, s: &str) -> Result<PathBuf, VfsError> {
             }
             Component::Prefix(_) => return Err(VfsError::InvalidPath(original.to_string())),
         }
+    }
+    let depth = out.components().count();
+    if depth > MAX_GUEST_DEPTH {
+        return Err(VfsError::InvalidPath(format!(
+            "a path is at most {MAX_GUEST_DEPTH} names deep ({depth} given)"
+        )));
     }
     Ok(out)
 }
@@ -201,6 +212,13 @@ mod tests {
         let huge = "a/".repeat(MAX_GUEST_PATH);
         assert!(matches!(
             GuestPath::parse(&huge),
+            Err(VfsError::InvalidPath(_))
+        ));
+        let deepest = vec!["a"; MAX_GUEST_DEPTH].join("/");
+        assert!(GuestPath::parse(&deepest).is_ok());
+        assert!(GuestPath::parse(&format!("{deepest}/../b/./c/..")).is_ok());
+        assert!(matches!(
+            GuestPath::parse(&format!("home://{deepest}/a")),
             Err(VfsError::InvalidPath(_))
         ));
     }

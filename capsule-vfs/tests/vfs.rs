@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use capsule_vfs::{GuestPath, Mount, OpenMode, Overlay, Scheme, Tree, VfsError, read_to_string};
+use capsule_vfs::{
+    Ctl, GuestPath, Mount, OpenMode, Overlay, Scheme, Tree, Usage, VfsError, read_to_string,
+};
 use proptest::prelude::*;
 
 struct Fixture {
@@ -41,6 +43,13 @@ fn fixture() -> Fixture {
 
 fn mount(f: &Fixture) -> Mount {
     Mount::open(&f.mount).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Removes a tree and answers how many entries went.
+fn rmrf(t: &dyn Tree, p: &Path) -> Result<u64, VfsError> {
+    let mut done = Usage::default();
+    t.remove_dir_all(p, &Ctl::uncancellable(), &mut done)
+        .map(|()| done.entries)
 }
 
 fn rel(s: &str) -> PathBuf {
@@ -89,8 +98,13 @@ fn symlinks_pointing_out_are_refused_as_escapes() {
         }
     }
     assert!(
-        m.write(Path::new("dir-link/planted.txt"), b"x", false)
-            .is_err()
+        m.write(
+            Path::new("dir-link/planted.txt"),
+            b"x",
+            false,
+            &Ctl::uncancellable()
+        )
+        .is_err()
     );
     assert!(!f.outside.join("planted.txt").exists());
     // A symlink that stays inside works, and gates see its resolved target.
@@ -125,8 +139,13 @@ fn limits_and_kinds() {
         Err(VfsError::NotFound(_))
     ));
     for i in 0..5 {
-        m.write(&Path::new("dir").join(format!("f{i}")), b"", false)
-            .unwrap_or_else(|e| panic!("{e}"));
+        m.write(
+            &Path::new("dir").join(format!("f{i}")),
+            b"",
+            false,
+            &Ctl::uncancellable(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
     assert!(matches!(
         m.read_dir(Path::new("dir"), 3),
@@ -137,16 +156,13 @@ fn limits_and_kinds() {
         Some(6)
     );
     assert_eq!(
-        m.remove_dir_all(Path::new("dir")).ok(),
+        rmrf(&m, Path::new("dir")).ok(),
         Some(7),
         "six entries and the directory"
     );
+    assert!(matches!(rmrf(&m, Path::new("")), Err(VfsError::Access(_))));
     assert!(matches!(
-        m.remove_dir_all(Path::new("")),
-        Err(VfsError::Access(_))
-    ));
-    assert!(matches!(
-        m.open(Path::new("nope"), OpenMode::Read),
+        m.open(Path::new("nope"), OpenMode::Read, &Ctl::uncancellable()),
         Err(VfsError::NotFound(_))
     ));
 }
@@ -193,13 +209,36 @@ fn overlay() -> (tempfile::TempDir, PathBuf, Overlay) {
 
 fn mutate(o: &Overlay) {
     let ok = |r: Result<(), VfsError>| r.unwrap_or_else(|e| panic!("{e}"));
-    ok(o.write(Path::new("README"), b"readme v2", false));
-    ok(o.write(Path::new("src/main.rs"), b"\n// more", true));
+    ok(o.write(
+        Path::new("README"),
+        b"readme v2",
+        false,
+        &Ctl::uncancellable(),
+    ));
+    ok(o.write(
+        Path::new("src/main.rs"),
+        b"\n// more",
+        true,
+        &Ctl::uncancellable(),
+    ));
     ok(o.create_dir(Path::new("new/dir"), true));
-    ok(o.write(Path::new("new/dir/file.txt"), b"fresh", false));
+    ok(o.write(
+        Path::new("new/dir/file.txt"),
+        b"fresh",
+        false,
+        &Ctl::uncancellable(),
+    ));
     ok(o.remove_file(Path::new("old.txt")));
-    ok(o.rename(Path::new("src/deep"), Path::new("moved")));
-    ok(o.copy(Path::new("README"), Path::new("README.bak")));
+    ok(o.rename(
+        Path::new("src/deep"),
+        Path::new("moved"),
+        &Ctl::uncancellable(),
+    ));
+    ok(o.copy(
+        Path::new("README"),
+        Path::new("README.bak"),
+        &Ctl::uncancellable(),
+    ));
 }
 
 #[test]
@@ -285,7 +324,7 @@ fn overlay_rollback_leaves_the_workspace_untouched() {
 fn a_directory_recreated_over_a_deleted_one_hides_the_old_contents() {
     let (_tmp, lower, o) = overlay();
     assert_eq!(
-        o.remove_dir_all(Path::new("src")).ok(),
+        rmrf(&o, Path::new("src")).ok(),
         Some(4),
         "src, main.rs, deep, a.txt"
     );
@@ -296,8 +335,13 @@ fn a_directory_recreated_over_a_deleted_one_hides_the_old_contents() {
             .unwrap_or_default()
             .is_empty()
     );
-    o.write(Path::new("src/lib.rs"), b"lib", false)
-        .unwrap_or_else(|e| panic!("{e}"));
+    o.write(
+        Path::new("src/lib.rs"),
+        b"lib",
+        false,
+        &Ctl::uncancellable(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     o.commit().unwrap_or_else(|e| panic!("{e}"));
     let src: Vec<_> = tree_of(&lower)
         .into_iter()
@@ -317,7 +361,7 @@ fn overlay_handles_keep_writes_in_the_upper_layer() {
     use std::io::{Read, Write};
     let (_tmp, lower, o) = overlay();
     let mut f = o
-        .open(Path::new("README"), OpenMode::Append)
+        .open(Path::new("README"), OpenMode::Append, &Ctl::uncancellable())
         .unwrap_or_else(|e| panic!("{e}"));
     f.write_all(b"+").unwrap_or_else(|e| panic!("{e}"));
     drop(f);
@@ -326,21 +370,29 @@ fn overlay_handles_keep_writes_in_the_upper_layer() {
         "readme v1"
     );
     let mut s = String::new();
-    o.open(Path::new("README"), OpenMode::Read)
+    o.open(Path::new("README"), OpenMode::Read, &Ctl::uncancellable())
         .and_then(|mut f| {
             f.read_to_string(&mut s)
                 .map_err(|e| VfsError::from_io(Path::new("README"), e))
         })
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s, "readme v1+");
-    o.hard_link(Path::new("README"), Path::new("LINK"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    o.hard_link(
+        Path::new("README"),
+        Path::new("LINK"),
+        &Ctl::uncancellable(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         read_to_string(&o, Path::new("LINK")).unwrap_or_default(),
         "readme v1+"
     );
     assert!(matches!(
-        o.rename(Path::new("src"), Path::new("src/inner")),
+        o.rename(
+            Path::new("src"),
+            Path::new("src/inner"),
+            &Ctl::uncancellable()
+        ),
         Err(VfsError::InvalidPath(_))
     ));
 }
@@ -387,7 +439,7 @@ proptest! {
             if let Ok(bytes) = m.read(&gp.rel, 1 << 20) {
                 prop_assert!(!bytes.starts_with(b"SECRET"), "read outside content through {}", s);
             }
-            let _ = m.write(&gp.rel, data.as_bytes(), false);
+            let _ = m.write(&gp.rel, data.as_bytes(), false, &Ctl::uncancellable());
             let _ = m.create_dir(&gp.rel.join("made"), true);
             let _ = m.remove_file(&gp.rel);
         }
@@ -397,4 +449,213 @@ proptest! {
         prop_assert_eq!(outside, vec![std::ffi::OsString::from("secret.txt")]);
         prop_assert_eq!(std::fs::read_to_string(f.outside.join("secret.txt")).unwrap_or_default(), "SECRET");
     }
+}
+
+/// Builds `levels` nested directories named `name` below `root` one handle at a time (as an
+/// operator or another program could), so their paths may exceed what a guest can name.
+fn nest(root: &Path, name: &str, levels: usize) {
+    use cap_std::ambient_authority;
+    use cap_std::fs::Dir;
+    let mut dir =
+        Dir::open_ambient_dir(root, ambient_authority()).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..levels {
+        dir.create_dir(name).unwrap_or_else(|e| panic!("{e}"));
+        dir = dir.open_dir(name).unwrap_or_else(|e| panic!("{e}"));
+    }
+    dir.write("leaf.txt", b"leaf")
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn deep_trees_are_walked_without_recursion_and_within_bounds() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let root = tmp.path().join("m");
+    std::fs::create_dir_all(root.join("ok")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(root.join("far")).unwrap_or_else(|e| panic!("{e}"));
+    // The deepest tree a guest path can name: removed entry by entry, leaf and all.
+    nest(&root.join("ok"), "a", 126);
+    // Deeper than any guest path (and than PATH_MAX): refused cleanly, never a crash.
+    nest(&root.join("far"), "dd", 3000);
+    let m = Mount::open(&root).unwrap_or_else(|e| panic!("{e}"));
+    let everything = |_: &Path| capsule_vfs::Visit::Enter;
+    assert!(matches!(
+        m.usage(Path::new("far"), &Ctl::uncancellable(), &everything),
+        Err(VfsError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        rmrf(&m, Path::new("far")),
+        Err(VfsError::TooLarge { .. })
+    ));
+    let usage = m
+        .usage(Path::new("ok"), &Ctl::uncancellable(), &everything)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        usage,
+        Usage {
+            entries: 127,
+            bytes: 4
+        }
+    );
+    // Moving the tree one level deeper would push its leaf beyond a guest path; so would
+    // moving a tree with long names under a long name.
+    m.create_dir(Path::new("x"), true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        m.rename(Path::new("ok"), Path::new("x/ok"), &Ctl::uncancellable()),
+        Err(VfsError::TooLarge { .. })
+    ));
+    let long = "n".repeat(200);
+    nest(&root.join("x"), &long, 15);
+    let name = "y".repeat(200);
+    let deeper: PathBuf = std::iter::repeat_n(name.as_str(), 6).collect();
+    m.create_dir(&deeper, true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        m.rename(Path::new("x"), &deeper.join("x"), &Ctl::uncancellable()),
+        Err(VfsError::TooLarge { .. })
+    ));
+    m.rename(
+        Path::new("x"),
+        &Path::new(&name).join("x"),
+        &Ctl::uncancellable(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rmrf(&m, Path::new("ok")).ok(), Some(128));
+    assert!(!root.join("ok").exists());
+    // A cancelled walk stops at once.
+    let cancelled = || true;
+    assert!(matches!(
+        m.usage(Path::new(""), &Ctl::new(&cancelled), &everything),
+        Err(VfsError::Cancelled)
+    ));
+}
+
+#[test]
+fn copies_keep_holes_appear_whole_and_stop_when_cancelled() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let root = tmp.path().join("m");
+    std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("{e}"));
+    let sparse = std::fs::File::create(root.join("sparse")).unwrap_or_else(|e| panic!("{e}"));
+    sparse.set_len(1 << 30).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"middle", 1 << 29)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = Mount::open(&root).unwrap_or_else(|e| panic!("{e}"));
+    let cancelled = || true;
+    assert!(matches!(
+        m.copy(
+            Path::new("sparse"),
+            Path::new("copy"),
+            &Ctl::new(&cancelled)
+        ),
+        Err(VfsError::Cancelled)
+    ));
+    assert_eq!(
+        m.read_dir(Path::new(""), 10).unwrap_or_default(),
+        vec!["sparse".to_string()],
+        "a cancelled copy leaves nothing behind"
+    );
+    m.copy(
+        Path::new("sparse"),
+        Path::new("copy"),
+        &Ctl::uncancellable(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let meta = std::fs::metadata(root.join("copy")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(meta.blocks() * 512 < 16 << 20, "the copy stayed sparse");
+    let mut middle = [0u8; 6];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(root.join("copy")).unwrap_or_else(|e| panic!("{e}")),
+        &mut middle,
+        1 << 29,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&middle, b"middle");
+}
+
+#[test]
+fn what_a_mount_creates_is_private_and_usage_counts_each_file_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let root = tmp.path().join("m");
+    let m = Mount::create(&root).unwrap_or_else(|e| panic!("{e}"));
+    let ctl = Ctl::uncancellable();
+    m.create_dir(Path::new("d/e"), true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    m.write(Path::new("d/f"), b"12345", false, &ctl)
+        .unwrap_or_else(|e| panic!("{e}"));
+    m.copy(Path::new("d/f"), Path::new("d/e/g"), &ctl)
+        .unwrap_or_else(|e| panic!("{e}"));
+    m.hard_link(Path::new("d/f"), Path::new("d/h"), &ctl)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for p in ["d", "d/e"] {
+        let mode = std::fs::metadata(root.join(p)).map_or(0, |m| m.permissions().mode());
+        assert_eq!(mode & 0o777, 0o700, "{p}");
+    }
+    for p in ["d/f", "d/e/g"] {
+        let mode = std::fs::metadata(root.join(p)).map_or(0, |m| m.permissions().mode());
+        assert_eq!(mode & 0o777, 0o600, "{p}");
+    }
+    let all = |_: &Path| capsule_vfs::Visit::Enter;
+    assert_eq!(
+        m.usage(Path::new(""), &ctl, &all).ok(),
+        Some(Usage {
+            entries: 5,
+            bytes: 10
+        }),
+        "d, d/e, d/f, d/e/g, d/h; f and h are one file"
+    );
+    let skip_e = |p: &Path| {
+        if p.starts_with("d/e") {
+            capsule_vfs::Visit::Skip
+        } else if p == Path::new("d") {
+            capsule_vfs::Visit::Through
+        } else {
+            capsule_vfs::Visit::Enter
+        }
+    };
+    assert_eq!(
+        m.usage(Path::new(""), &ctl, &skip_e).ok(),
+        Some(Usage {
+            entries: 2,
+            bytes: 5
+        })
+    );
+}
+
+#[test]
+fn overlay_moves_and_removals_are_bounded_and_counted() {
+    let (_tmp, lower, o) = overlay();
+    let ctl = Ctl::uncancellable();
+    nest(&lower, "a", 127);
+    o.create_dir(Path::new("x"), true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        o.rename(Path::new("a"), Path::new("x/a"), &ctl),
+        Err(VfsError::TooLarge { .. })
+    ));
+    let all = |_: &Path| capsule_vfs::Visit::Enter;
+    let before = o
+        .usage(Path::new("a"), &ctl, &all)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        before,
+        Usage {
+            entries: 127,
+            bytes: 4
+        }
+    );
+    let mut done = Usage::default();
+    o.remove_dir_all(Path::new("a"), &ctl, &mut done)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        done,
+        Usage {
+            entries: 128,
+            bytes: 4
+        }
+    );
+    o.commit().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!lower.join("a").exists());
 }

@@ -1,7 +1,10 @@
 //! `astrid:kv/host@1.0.0`: every call works in the namespace of the principal in scope
-//! (`<principal>:capsule:<capsule>`) under that principal's storage quota, and runs on the
-//! blocking pool. `KvError` maps to the WIT error code by one exhaustive match.
+//! (`<principal>:capsule:<capsule>`) under that principal's storage quota, which its files
+//! share, and runs on the blocking pool. `KvError` maps to the WIT error code by one
+//! exhaustive match; a database failure reaches the guest without the backend's text, which
+//! goes to the host log.
 
+use capsule_vfs::Ctl;
 use capsule_wit::astrid::kv::host::{ErrorCode, Host, KeyPage};
 
 use crate::kv::{KvError, KvStore, Namespace};
@@ -11,17 +14,23 @@ fn code(e: &KvError) -> ErrorCode {
     match e {
         KvError::InvalidKey(_) => ErrorCode::InvalidKey,
         KvError::TooLarge { .. } => ErrorCode::TooLarge,
-        KvError::Quota { .. } => ErrorCode::Quota,
+        KvError::Quota { .. } | KvError::Unaccounted(_) => ErrorCode::Quota,
         KvError::CasMismatch => ErrorCode::CasMismatch,
-        KvError::Storage(m) => ErrorCode::Unknown(m.clone()),
+        KvError::Storage(_) => {
+            ErrorCode::Unknown("storage failure (details are in the host log)".into())
+        }
     }
 }
+
+/// What a KV operation may store: the principal's quota less what its files take, computed
+/// only by the operations that write.
+type Room<'a> = &'a dyn Fn() -> Result<u64, KvError>;
 
 impl KvView<'_> {
     /// Runs `op` against the scoped namespace on the blocking pool.
     async fn run<T: Send + 'static>(
         &mut self,
-        op: impl FnOnce(&KvStore, &Namespace, u64) -> Result<T, KvError> + Send + 'static,
+        op: impl FnOnce(&KvStore, &Namespace, Room<'_>) -> Result<T, KvError> + Send + 'static,
     ) -> wasmtime::Result<Result<T, ErrorCode>> {
         let scoped = self.scoped();
         let quota = match scoped.profile() {
@@ -32,17 +41,27 @@ impl KvView<'_> {
                 ))));
             }
         };
-        let ns = Namespace::new(scoped.principal(), &self.identity.name);
+        let principal = scoped.principal().clone();
+        let ns = Namespace::new(&principal, &self.identity.name);
         let store = std::sync::Arc::clone(&self.kv.store);
-        match self
-            .limits
-            .shared
-            .blocking(move || op(&store, &ns, quota))
-            .await
-        {
+        let cancel = self.limits.shared.cancel.clone();
+        let work = move || {
+            let cancelled = move || cancel.is_cancelled();
+            let room = || {
+                let files = store.file_usage(&principal, &Ctl::new(&cancelled))?;
+                Ok(quota.saturating_sub(files))
+            };
+            op(&store, &ns, &room)
+        };
+        match self.limits.shared.blocking(work).await {
             None => Ok(Err(ErrorCode::Unknown("the capsule is unloading".into()))),
             Some(Err(panic)) => Err(wasmtime::Error::msg(format!("KV worker failed: {panic}"))),
-            Some(Ok(result)) => Ok(result.map_err(|e| code(&e))),
+            Some(Ok(result)) => Ok(result.map_err(|e| {
+                if matches!(e, KvError::Storage(_) | KvError::Unaccounted(_)) {
+                    tracing::warn!(capsule = %self.identity.name, error = %e, "KV call failed");
+                }
+                code(&e)
+            })),
         }
     }
 }
@@ -60,7 +79,7 @@ impl Host for KvView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        self.run(move |s, ns, quota| s.set(ns, &key, &value, quota))
+        self.run(move |s, ns, room| s.set(ns, &key, &value, room()?))
             .await
     }
 
@@ -101,7 +120,27 @@ impl Host for KvView<'_> {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        self.run(move |s, ns, quota| s.cas(ns, &key, expected.as_deref(), &new, quota))
+        self.run(move |s, ns, room| s.cas(ns, &key, expected.as_deref(), &new, room()?))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_text_never_reaches_the_guest() {
+        let e = KvError::Storage("redb: I/O error on /var/lib/capsules/kv.redb".into());
+        match code(&e) {
+            ErrorCode::Unknown(text) => {
+                assert!(!text.contains("redb") && !text.contains('/'), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            code(&KvError::Unaccounted("home unmeasurable".into())),
+            ErrorCode::Quota
+        ));
     }
 }

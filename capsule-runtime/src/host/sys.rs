@@ -68,8 +68,10 @@ impl SysError {
             Self::Cancelled => ErrorCode::Cancelled,
             Self::RegistryUnavailable => ErrorCode::RegistryUnavailable,
             Self::Unloading => ErrorCode::Cancelled,
-            Self::BadSession(_) | Self::Random(_) | Self::Secret(_) => {
-                ErrorCode::Unknown(self.to_string())
+            Self::BadSession(_) | Self::Random(_) => ErrorCode::Unknown(self.to_string()),
+            // The store's own words may name host paths: they go to the host log only.
+            Self::Secret(_) => {
+                ErrorCode::Unknown("secret store failure (details are in the host log)".into())
             }
         }
     }
@@ -106,7 +108,10 @@ impl SysView<'_> {
         {
             None => return Err(SysError::Unloading),
             Some(Err(panic)) => return Err(SysError::Secret(format!("worker failed: {panic}"))),
-            Some(Ok(r)) => r.map_err(|e| SysError::Secret(e.to_string()))?,
+            Some(Ok(r)) => r.map_err(|e| {
+                tracing::warn!(capsule = %capsule, %principal, key, error = %e, "secret lookup failed");
+                SysError::Secret(e.to_string())
+            })?,
         };
         Ok(found.map(|(value, scope)| {
             let scope = match scope {

@@ -280,10 +280,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
         _ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
         let target = event.metadata().target();
-        if target == capsule_runtime::AUDIT_IPC_TARGET
-            || target == capsule_runtime::AUDIT_SECRET_TARGET
-            || target == capsule_runtime::AUDIT_DISPATCH_TARGET
-        {
+        // Every audit target (`capsule::audit::ipc`, `::secret`, `::dispatch`, `::fs`, …).
+        if target.starts_with("capsule::audit::") {
             let mut fields = Fields(HashMap::new());
             event.record(&mut fields);
             fields.0.insert("target".into(), target.to_string());

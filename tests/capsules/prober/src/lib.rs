@@ -213,6 +213,30 @@ fn storage(action: &str, args: &Value) -> Option<Result<Value, String>> {
             }
             Ok(json!(count))
         }
+        "touch-many" => {
+            // Creates empty files `<dir>/f<i>` until one fails: how many were made, and why not more.
+            let (dir, count) = (s("dir"), n("count"));
+            let mut made = 0u64;
+            let mut error = Value::Null;
+            for i in 0..count {
+                match fs::write_file(&format!("{dir}/f{i}"), b"") {
+                    Ok(()) => made += 1,
+                    Err(e) => {
+                        error = json!(fs_code(&e));
+                        break;
+                    }
+                }
+            }
+            Ok(json!({"made": made, "error": error}))
+        }
+        "log-flood" => {
+            let line = "l".repeat(n("size") as usize);
+            for _ in 0..n("count") {
+                sys::log(sys::LogLevel::Info, &line);
+            }
+            sys::log(sys::LogLevel::Info, &s("last"));
+            Ok(json!(n("count")))
+        }
         _ => return None,
     })
 }
