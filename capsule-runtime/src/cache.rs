@@ -8,7 +8,6 @@
 //! attacker who can already write the host's state directory.
 
 use std::hash::{Hash, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use wasmtime::Engine;
@@ -126,49 +125,11 @@ impl ArtifactCache {
         let body = component
             .serialize()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        create_private_dir(&self.dir)?;
-        let tmp = self
-            .dir
-            .join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
-        let result = (|| {
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp)?;
-            f.write_all(MAGIC)?;
-            f.write_all(blake3::hash(&body).as_bytes())?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        if result.is_err() {
-            // Best effort: a leftover temporary file is harmless and never read.
-            let _removed = std::fs::remove_file(&tmp);
-        }
-        result
+        capsule_security::private::write_atomic_parts(
+            path,
+            &[MAGIC, blake3::hash(&body).as_bytes(), &body],
+        )
     }
-}
-
-/// Creates `dir` (and parents) readable only by the host user.
-pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
-}
-
-/// Creates the new file `path` readable only by the host user (0600 whatever the umask) and
-/// writes `bytes` to it; an existing file is an error.
-pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 #[cfg(test)]

@@ -148,12 +148,8 @@ impl InstalledVersions {
         version: &semver::Version,
     ) -> Result<(), String> {
         let path = self.path(owner, capsule);
-        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        let fail = |e: std::io::Error| format!("{}: {e}", path.display());
-        crate::cache::create_private_dir(&dir).map_err(fail)?;
-        let tmp = dir.join(format!(".{capsule}.{}.tmp", uuid::Uuid::new_v4().simple()));
-        crate::cache::write_new_private(&tmp, format!("{version}\n").as_bytes()).map_err(fail)?;
-        std::fs::rename(&tmp, &path).map_err(fail)
+        capsule_security::private::write_atomic(&path, format!("{version}\n").as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 

@@ -21,7 +21,7 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 use crate::approval::{DecideError, Decided, Decider, Refusal};
-use crate::cache::{ArtifactCache, create_private_dir};
+use crate::cache::ArtifactCache;
 use crate::capsule::{Capsule, CapsuleInner, LoadReport, StoreParts};
 use crate::config::{ConfigError, RuntimeConfig};
 use crate::dispatch::{DispatchStats, Dispatcher};
@@ -40,6 +40,7 @@ use crate::state::{
     Binding, BusShared, CapsuleIdentity, FsShared, HostState, LifecycleShared, LimitsShared,
     SysShared, UplinkShared,
 };
+use capsule_security::private::create_private_dir;
 use capsule_vfs::{Mount, Overlay, Workspace};
 
 /// The astrid capsule ABI release this host implements; `[package] astrid-version`

@@ -4,10 +4,10 @@
 //! it fail to decrypt rather than leak. Files are written atomically and are 0600; values never
 //! appear in logs or errors.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use capsule_bus::PrincipalId;
+use capsule_security::private;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 
@@ -103,14 +103,6 @@ fn file_name(key: &str) -> String {
     }
 }
 
-fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(path)
-}
-
 /// Loads the 32-byte host key at `path`, creating it (0600, from the OS RNG) if missing.
 fn load_or_create_key(path: &Path) -> Result<[u8; 32], SecretError> {
     let bad = |reason: String| SecretError::HostKey {
@@ -139,13 +131,11 @@ fn load_or_create_key(path: &Path) -> Result<[u8; 32], SecretError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
-                crate::cache::create_private_dir(dir).map_err(io_err(dir))?;
+                private::create_private_dir(dir).map_err(io_err(dir))?;
             }
             let mut key = [0u8; 32];
             getrandom::fill(&mut key).map_err(|e| bad(format!("OS random source failed: {e}")))?;
-            let mut f = private_file(path).map_err(io_err(path))?;
-            f.write_all(&key).map_err(io_err(path))?;
-            f.sync_all().map_err(io_err(path))?;
+            private::create_new(path, &key).map_err(io_err(path))?;
             Ok(key)
         }
         Err(e) => Err(io_err(path)(e)),
@@ -221,23 +211,7 @@ impl SecretStore {
                 },
             )
             .map_err(|_| SecretError::Undecryptable(key.to_string()))?;
-        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        crate::cache::create_private_dir(&dir).map_err(io_err(&dir))?;
-        let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
-        let written = (|| {
-            let mut f = private_file(&tmp)?;
-            f.write_all(MAGIC)?;
-            f.write_all(&nonce)?;
-            f.write_all(&sealed)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&dir)?.sync_all()
-        })();
-        if written.is_err() {
-            // A leftover temporary file holds only ciphertext and is never read.
-            let _removed = std::fs::remove_file(&tmp);
-        }
-        written.map_err(io_err(&path))
+        private::write_atomic_parts(&path, &[MAGIC, &nonce, &sealed]).map_err(io_err(&path))
     }
 
     /// The secret, if stored.

@@ -24,6 +24,23 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// Replaces `file` with `bytes` atomically, creating its directory private if needed; the
 /// file is 0600.
 pub fn write_atomic(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_parts(file, &[bytes])
+}
+
+/// Creates the new file `file` (an existing one is an error, so two writers cannot both
+/// believe they created it) holding `bytes`, 0600, synced.
+pub fn create_new(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Like [`write_atomic`], with the content given in parts written one after another.
+pub fn write_atomic_parts(file: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = file.parent().unwrap_or(Path::new("."));
     create_private_dir(dir)?;
@@ -42,7 +59,9 @@ pub fn write_atomic(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(bytes)?;
+        for part in parts {
+            f.write_all(part)?;
+        }
         f.sync_all()?;
         std::fs::rename(&tmp, file)?;
         std::fs::File::open(dir)?.sync_all()
