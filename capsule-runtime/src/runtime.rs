@@ -594,11 +594,14 @@ impl Runtime {
     /// imports, exports, linking) without starting it, and reports what it found.
     pub async fn inspect(&self, dir: impl AsRef<Path>) -> Result<Inspection, LoadError> {
         let prepared = self.prepare(dir.as_ref()).await?;
-        let requests = capsule_security::requests(&prepared.manifest);
-        let forbidden = requests
-            .iter()
-            .filter_map(|r| self.inner.host_policy.check(r).err().map(|e| *e))
-            .collect();
+        let capsule_security::Resolved {
+            requests,
+            forbidden,
+            ..
+        } = self
+            .inner
+            .host_policy
+            .resolve(&capsule_security::requests(&prepared.manifest));
         let stored = self
             .inner
             .grants
@@ -742,7 +745,11 @@ impl Runtime {
         });
         let owner_files = PrincipalResources::open(&self.inner.layout, &owner, &name);
         let owner_log = owner_files.as_ref().and_then(|f| f.log.clone());
-        let policy = Arc::new(CapsulePolicy::granted(&manifest, &decided.grant));
+        let policy = Arc::new(CapsulePolicy::granted(
+            &manifest,
+            &decided.grant,
+            &decided.mounts,
+        ));
         let (owner_env, owner_home, owner_tmp) = match owner_files {
             Some(f) => (f.env, Some(Arc::new(f.home)), Some(Arc::new(f.tmp))),
             None => (HashMap::new(), None, None),

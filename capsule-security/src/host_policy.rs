@@ -4,6 +4,7 @@
 //! filesystem check runs on the canonical (symlink-resolved) path, and the resolved path is
 //! what the host mounts, so a symlink swapped in later cannot redirect a grant.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -97,6 +98,21 @@ pub enum HostPolicyError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// A manifest's requests as the host decides about them: every host directory replaced by
+/// the canonical directory it resolves to, so the operator approves, and a grant records,
+/// the directory that is mounted rather than a spelling whose links may lead elsewhere (or
+/// be re-pointed later).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// The grantable requests, directories canonical, sorted and without duplicates (a write
+    /// request subsumes a read request of the same directory).
+    pub requests: Vec<Request>,
+    /// Each grantable directory as the manifest writes it, mapped to its canonical directory.
+    pub dirs: HashMap<PathBuf, PathBuf>,
+    /// The requests that can never be granted on this host.
+    pub forbidden: Vec<Forbidden>,
 }
 
 /// What this host allows to be granted.
@@ -239,6 +255,37 @@ impl HostPolicy {
         }
     }
 
+    /// Checks every one of `requests` and resolves the grantable directories (see
+    /// [`Resolved`]).
+    pub fn resolve(&self, requests: &[Request]) -> Resolved {
+        let mut out = Resolved::default();
+        for r in requests {
+            match self.check(r) {
+                Ok(Some(real)) => {
+                    if let Request::FsRead(dir) | Request::FsWrite(dir) = r {
+                        out.dirs.insert(dir.clone(), real.clone());
+                    }
+                    out.requests.push(r.with_dir(real));
+                }
+                Ok(None) => out.requests.push(r.clone()),
+                Err(e) => out.forbidden.push(*e),
+            }
+        }
+        let written: Vec<PathBuf> = out
+            .requests
+            .iter()
+            .filter_map(|r| match r {
+                Request::FsWrite(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        out.requests
+            .retain(|r| !matches!(r, Request::FsRead(p) if written.contains(p)));
+        out.requests.sort();
+        out.requests.dedup();
+        out
+    }
+
     fn check_dir(&self, request: &Request, dir: &Path) -> Result<PathBuf, Box<Forbidden>> {
         let resolved = std::fs::canonicalize(dir).map_err(|e| {
             Box::new(Forbidden::Unresolvable {
@@ -354,6 +401,35 @@ mod tests {
                 .map_err(|e| *e),
             Err(Forbidden::Unresolvable { .. })
         ));
+    }
+
+    #[test]
+    fn resolving_names_the_real_directories_once() {
+        let base = tmp();
+        let state = base.path().join("state");
+        let data = base.path().join("data");
+        for d in [&state, &data] {
+            std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&data, &link).unwrap_or_else(|e| panic!("{e}"));
+        let real = std::fs::canonicalize(&data).unwrap_or_else(|e| panic!("{e}"));
+        let policy = HostPolicy::load(&state).unwrap_or_else(|e| panic!("{e}"));
+        let r = policy.resolve(&[
+            read(&link),
+            Request::FsWrite(data.clone()),
+            read(&state),
+            Request::Uplink,
+        ]);
+        assert_eq!(
+            r.requests,
+            vec![Request::FsWrite(real.clone()), Request::Uplink],
+            "the link and the directory are one request; write subsumes read"
+        );
+        assert_eq!(r.dirs.get(&link), Some(&real));
+        assert_eq!(r.dirs.get(&data), Some(&real));
+        assert_eq!(r.forbidden.len(), 1);
+        assert!(!r.dirs.contains_key(&state));
     }
 
     #[test]

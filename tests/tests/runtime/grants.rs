@@ -418,3 +418,85 @@ async fn component_files_must_be_regular_files_inside_the_capsule() {
     assert!(e.contains("a directory"), "{e}");
     h.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_directory_does_not_stretch_through_a_link_inside_it() {
+    let h = host();
+    let base = outside_tmp();
+    let data = base.path().join("data");
+    let private = base.path().join("private");
+    write(&data.join("f"), "public");
+    write(&private.join("f"), "private");
+    // A link inside the granted tree: confined at run time, so the operator's grant of
+    // `data` never reached `private`.
+    std::os::unix::fs::symlink(&private, data.join("link")).unwrap_or_else(|e| panic!("{e}"));
+    let load = |version: &'static str, dir: &Path| {
+        let capsule = h.capsule_dir_at("stretch", "prober.wasm", version, &fs_read(dir));
+        let rt = h.rt.clone();
+        async move { rt.load(&capsule).await }
+    };
+    h.approve_all();
+    let c = load("0.1.0", &data).await.unwrap_or_else(|e| panic!("{e}"));
+    let through = data.join("link").join("f").display().to_string();
+    assert_ne!(
+        call(&c, "read", json!({ "path": through })).await["ok"],
+        json!("private"),
+        "the link is confined inside the granted directory"
+    );
+    c.unload().await;
+    // The upgrade names the link itself: that is `private`, which nobody approved.
+    let asked = h.approver(|_| Approval::Decline);
+    let r = refusals(load("0.2.0", &data.join("link")).await);
+    let real = std::fs::canonicalize(&private).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r[0].reason,
+        RefusalReason::NotApproved(vec![Request::FsRead(real.clone())])
+    );
+    let asked = asked.asked.lock();
+    assert_eq!(
+        asked.len(),
+        1,
+        "the operator is asked about the directory it resolves to"
+    );
+    assert_eq!(asked[0].diff.added, vec![Request::FsRead(real)]);
+    drop(asked);
+    h.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_approves_the_directory_a_request_resolves_to() {
+    let h = host();
+    let base = outside_tmp();
+    let docs = base.path().join("docs");
+    let keys = base.path().join("ssh");
+    write(&docs.join("f"), "docs");
+    write(&keys.join("f"), "id_ed25519");
+    // The manifest names a harmless-looking link; the screen must show where it leads.
+    let pointer = base.path().join("capsule-docs");
+    std::os::unix::fs::symlink(&docs, &pointer).unwrap_or_else(|e| panic!("{e}"));
+    let approver = h.approve_all();
+    let c = h.load("pointing", "prober.wasm", &fs_read(&pointer)).await;
+    let real_docs = std::fs::canonicalize(&docs).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        approver.asked.lock()[0].diff.added,
+        vec![Request::FsRead(real_docs.clone())],
+        "the approval names the directory that is mounted"
+    );
+    let read = json!({ "path": pointer.join("f").display().to_string() });
+    assert_eq!(ok(&call(&c, "read", read.clone()).await), "docs");
+    c.unload().await;
+    // The link is re-pointed (say, by a new release of the capsule's files): the grant
+    // was for `docs`, so the next load asks again instead of mounting `ssh`.
+    std::fs::remove_file(&pointer).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink(&keys, &pointer).unwrap_or_else(|e| panic!("{e}"));
+    let declined = h.approver(|_| Approval::Decline);
+    let dir = h.capsule_dir("pointing", "prober.wasm", &fs_read(&pointer));
+    let r = refusals(h.rt.load(&dir).await);
+    let real_keys = std::fs::canonicalize(&keys).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r[0].reason,
+        RefusalReason::NotApproved(vec![Request::FsRead(real_keys)])
+    );
+    assert_eq!(declined.asked.lock().len(), 1);
+    h.rt.shutdown().await;
+}

@@ -101,6 +101,17 @@ pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<
     };
     let stored = store.load(&name).map_err(|e| fail(&e))?;
     if command == "revoke" {
+        // Grants record the directories requests resolved to; a directory that no longer
+        // resolves is matched as written.
+        let requested: Vec<Request> = requested
+            .iter()
+            .map(|r| match r {
+                Request::FsRead(d) | Request::FsWrite(d) => {
+                    r.with_dir(std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
+                }
+                other => other.clone(),
+            })
+            .collect();
         return revoke(&store, &name, stored, &requested, args.all);
     }
     let mut items = requested;
@@ -118,10 +129,14 @@ pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<
         ));
     }
     let policy = config.host_policy().map_err(|e| fail(&e))?;
-    let refused: Vec<String> = items
+    // What is recorded is each directory as it resolves now: the directory that is mounted.
+    let resolved = policy.resolve(&items);
+    let refused: Vec<String> = resolved
+        .forbidden
         .iter()
-        .filter_map(|r| policy.check(r).err().map(|e| shown(&e.to_string())))
+        .map(|e| shown(&e.to_string()))
         .collect();
+    let items = resolved.requests;
     if !refused.is_empty() {
         return Err(Failure::Error(format!(
             "nothing was granted:\n  {}",
