@@ -215,9 +215,11 @@ impl HostPolicy {
         Ok(policy)
     }
 
-    /// Adds a directory that can never be granted (resolved now if it exists).
+    /// Adds a directory that can never be granted. It is resolved now; one that does not
+    /// exist yet (a cache created on first use) is placed where it will appear: under its
+    /// longest existing ancestor, resolved.
     pub fn protect(mut self, dir: &Path, what: &str) -> Self {
-        let path = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let path = planned_path(dir);
         if !self.protected.iter().any(|p| p.path == path) {
             self.protected.push(Protected {
                 path,
@@ -327,6 +329,39 @@ impl HostPolicy {
     }
 }
 
+/// Where `dir` resolves, or for a directory that does not exist yet, where it will: its
+/// longest existing ancestor resolved, with the rest appended (normalised).
+fn planned_path(dir: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(dir) {
+        return real;
+    }
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for ancestor in absolute.ancestors().skip(1) {
+        let Ok(real) = std::fs::canonicalize(ancestor) else {
+            continue;
+        };
+        let mut planned = real.clone();
+        for c in absolute
+            .strip_prefix(ancestor)
+            .unwrap_or(Path::new(""))
+            .components()
+        {
+            match c {
+                std::path::Component::Normal(part) => planned.push(part),
+                std::path::Component::ParentDir if planned != real => {
+                    planned.pop();
+                }
+                std::path::Component::CurDir => {}
+                // Climbing above the resolved ancestor cannot be placed without resolving
+                // what does not exist yet; keep the spelling.
+                _ => return absolute,
+            }
+        }
+        return planned;
+    }
+    absolute
+}
+
 fn quoted<'a>(items: impl Iterator<Item = &'a str>) -> String {
     items
         .map(|s| format!("{s:?}"))
@@ -401,6 +436,32 @@ mod tests {
                 .map_err(|e| *e),
             Err(Forbidden::Unresolvable { .. })
         ));
+    }
+
+    #[test]
+    fn a_protected_directory_created_later_is_protected_where_it_appears() {
+        let base = tmp();
+        let real = base.path().join("real");
+        std::fs::create_dir_all(&real).unwrap_or_else(|e| panic!("{e}"));
+        let via = base.path().join("via");
+        std::os::unix::fs::symlink(&real, &via).unwrap_or_else(|e| panic!("{e}"));
+        // A compile cache configured through a link, created lazily after the host started.
+        let cache = via.join("cache").join("v1");
+        let policy = HostPolicy::default().protect(&cache, "the compile cache");
+        std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("{e}"));
+        for (dir, relation) in [
+            (real.join("cache").join("v1"), "is"),
+            (real.join("cache").join("v1").join("x"), "lies inside"),
+            (real.join("cache"), "contains"),
+        ] {
+            std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+            match policy.check(&read(&dir)).map_err(|e| *e) {
+                Err(Forbidden::Protected { relation: r, .. }) => {
+                    assert_eq!(r, relation, "{}", dir.display());
+                }
+                other => panic!("{} should be refused, got {other:?}", dir.display()),
+            }
+        }
     }
 
     #[test]
