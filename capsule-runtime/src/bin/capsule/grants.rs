@@ -57,7 +57,7 @@ fn item(flag: &str, value: Option<&str>) -> Result<Request, String> {
 /// Runs `grant`, `revoke` or `grants`.
 pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<(), Failure> {
     let store = GrantStore::new(&config.state_dir);
-    let fail = |e: &dyn std::fmt::Display| Failure::Error(e.to_string());
+    let fail = |e: &dyn std::fmt::Display| Failure::error(e);
     if command == "grants" {
         if !args.dirs.is_empty() || !args.items.is_empty() || args.all {
             return Err(Failure::Usage("grants takes no arguments".into()));
@@ -69,7 +69,7 @@ pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<
         for g in all {
             match g {
                 Ok(g) => print_grant(&g),
-                Err(e) => println!("unreadable: {e}"),
+                Err(e) => println!("unreadable: {}", shown(&e.to_string())),
             }
         }
         return Ok(());
@@ -169,7 +169,7 @@ fn revoke(
     items: &[Request],
     all: bool,
 ) -> Result<(), Failure> {
-    let fail = |e: &dyn std::fmt::Display| Failure::Error(e.to_string());
+    let fail = |e: &dyn std::fmt::Display| Failure::error(e);
     let Some(mut grant) = stored else {
         return Err(Failure::Error(format!("no grant is recorded for `{name}`")));
     };
