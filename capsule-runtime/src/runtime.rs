@@ -946,12 +946,13 @@ impl Runtime {
             .into_iter()
             .map(|root| {
                 // The canonical directory checked against the host policy is what gets
-                // mounted, so a symlink swapped in after the check redirects nothing.
+                // mounted, opened without following any link, so a link swapped in after
+                // the check fails the mount instead of redirecting it.
                 let resolved = decided.mounts.get(root).ok_or_else(|| LoadError::Host {
                     capsule: name.to_string(),
                     reason: format!("granted directory {} was never resolved", root.display()),
                 })?;
-                Mount::open(resolved)
+                Mount::open_no_links(resolved)
                     .map(|m| (root.to_path_buf(), Arc::new(m)))
                     .map_err(|e| fail(root, e))
             })
@@ -996,7 +997,7 @@ impl Runtime {
 /// directory, a link out of the capsule) is refused without reading from it.
 fn read_component(manifest: &Manifest) -> Result<Vec<u8>, LoadError> {
     use std::io::Read;
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::fs::FileTypeExt;
     let file = manifest.component.file.clone();
     let bad = |reason: String| LoadError::ComponentPath {
         file: file.clone(),
@@ -1045,14 +1046,10 @@ fn read_component(manifest: &Manifest) -> Result<Vec<u8>, LoadError> {
         Ok(())
     };
     checked(&std::fs::metadata(&resolved).map_err(io)?)?;
-    // Opened without blocking and without following a link swapped in since the check, then
+    // Opened without blocking and without following a link anywhere on the resolved path, so
+    // a link swapped in since the check fails the open instead of leaving the capsule, then
     // checked again on the open file itself.
-    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW;
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits() as i32)
-        .open(&resolved)
-        .map_err(io)?;
+    let opened = capsule_vfs::open_file_no_links(&resolved).map_err(io)?;
     checked(&opened.metadata().map_err(io)?)?;
     let mut wasm = Vec::new();
     opened

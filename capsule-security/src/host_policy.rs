@@ -1,8 +1,9 @@
 //! The operator's host policy: what may ever be granted, whatever an approver says. Some host
 //! directories are never grantable (the state directory, key material, `/proc`, `/sys`,
 //! `/dev`, `/` and every ancestor of those); `<state>/policy.toml` may narrow the rest. Every
-//! filesystem check runs on the canonical (symlink-resolved) path, and the resolved path is
-//! what the host mounts, so a symlink swapped in later cannot redirect a grant.
+//! filesystem check runs on the canonical (symlink-resolved) path; that path is what the
+//! operator approves and what the host mounts (opened refusing any link on the way), so a
+//! symlink swapped in later cannot redirect a grant.
 
 use std::collections::HashMap;
 use std::fmt;

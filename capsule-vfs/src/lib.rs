@@ -15,7 +15,7 @@ mod path;
 
 pub use error::VfsError;
 pub use layout::{PrincipalFiles, StateLayout};
-pub use mount::{FileKind, Mount, OpenMode, Stat, Tree};
+pub use mount::{FileKind, Mount, OpenMode, Stat, Tree, open_file_no_links};
 pub use overlay::{Overlay, read_to_string};
 pub use path::{GuestPath, MAX_GUEST_PATH, Scheme};
 

@@ -500,3 +500,38 @@ async fn the_operator_approves_the_directory_a_request_resolves_to() {
     assert_eq!(declined.asked.lock().len(), 1);
     h.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_swapped_for_a_link_after_the_check_is_not_mounted() {
+    let h = host();
+    let base = outside_tmp();
+    let data = base.path().join("data");
+    let private = base.path().join("private");
+    write(&data.join("f"), "data");
+    write(&private.join("f"), "private");
+    let dir = h.capsule_dir("swapped", "prober.wasm", &fs_read(&data));
+    // The approver runs after the request was resolved and checked, before anything is
+    // mounted: the moment a racing process would swap the directory for a link.
+    let (swap_data, swap_private) = (data.clone(), private.clone());
+    h.approver(move |req| {
+        std::fs::rename(&swap_data, swap_data.with_extension("old"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(&swap_private, &swap_data).unwrap_or_else(|e| panic!("{e}"));
+        Approval::all(req)
+    });
+    match h.rt.load(&dir).await {
+        Err(LoadError::Mount { path, .. }) => assert_eq!(path, data),
+        Err(e) => panic!("expected the mount to be refused, got: {e}"),
+        Ok(c) => {
+            let read = call(
+                &c,
+                "read",
+                json!({ "path": data.join("f").display().to_string() }),
+            )
+            .await;
+            panic!("the swapped link was mounted; reading through it gave {read}");
+        }
+    }
+    assert!(h.rt.capsule("swapped").is_none());
+    h.rt.shutdown().await;
+}
