@@ -535,3 +535,47 @@ async fn a_directory_swapped_for_a_link_after_the_check_is_not_mounted() {
     assert!(h.rt.capsule("swapped").is_none());
     h.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_that_is_not_a_small_regular_file_is_refused_without_hanging() {
+    let h = host();
+    let load = |dir: std::path::PathBuf| {
+        let rt = h.rt.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), rt.load(&dir))
+                .await
+                .unwrap_or_else(|_| panic!("loading {} hung", dir.display()))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| panic!("{} loaded", dir.display()))
+        }
+    };
+    let replaced = |n: &str, make: &dyn Fn(&Path)| {
+        let dir = h.capsule_dir(n, "prober.wasm", "");
+        let manifest = dir.join("Capsule.toml");
+        std::fs::remove_file(&manifest).unwrap_or_else(|e| panic!("{e}"));
+        make(&manifest);
+        dir
+    };
+    let fifo = replaced("fifo", &|m| {
+        let made = std::process::Command::new("mkfifo")
+            .arg(m)
+            .status()
+            .unwrap_or_else(|e| panic!("mkfifo: {e}"));
+        assert!(made.success());
+    });
+    let e = load(fifo).await;
+    assert!(e.contains("FIFO") && e.contains("Capsule.toml"), "{e}");
+    let endless = replaced("endless", &|m| {
+        std::os::unix::fs::symlink("/dev/zero", m).unwrap_or_else(|e| panic!("{e}"));
+    });
+    let e = load(endless).await;
+    assert!(e.contains("device"), "{e}");
+    let huge = replaced("huge", &|m| {
+        let f = std::fs::File::create(m).unwrap_or_else(|e| panic!("{e}"));
+        f.set_len(1 << 40).unwrap_or_else(|e| panic!("{e}"));
+    });
+    let e = load(huge).await;
+    assert!(e.contains("the limit is"), "{e}");
+    h.rt.shutdown().await;
+}
