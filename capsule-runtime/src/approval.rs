@@ -140,6 +140,9 @@ impl Decider<'_> {
         manifest: &Manifest,
         known: Option<&Grant>,
     ) -> Result<Decided, DecideError> {
+        // A decision made earlier in the operation belongs to the capsule it was made for: a
+        // directory whose manifest was replaced since by another capsule's starts afresh.
+        let known = known.filter(|g| g.capsule == manifest.package.name);
         let capsule = manifest.package.name.as_str().to_string();
         let refused = |reason| {
             DecideError::Refused(Refusal {

@@ -579,3 +579,43 @@ async fn a_manifest_that_is_not_a_small_regular_file_is_refused_without_hanging(
     assert!(e.contains("the limit is"), "{e}");
     h.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_for_one_capsule_never_serves_another_swapped_into_its_directory() {
+    let h = host();
+    let base = outside_tmp();
+    let data = base.path().join("data");
+    write(&data.join("f"), "approved for `first` only");
+    let first = h.capsule_dir("first", "prober.wasm", &fs_read(&data));
+    let second = h.capsule_dir("second", "prober.wasm", "[capabilities]\nuplink = true\n");
+    // While the operator answers about `second`, `first`'s directory is given another
+    // capsule's manifest asking for what `first` was just granted.
+    let (swap_dir, swap_extra) = (first.clone(), fs_read(&data));
+    let approver = h.approver(move |req| {
+        if req.capsule == "second" {
+            capsule_tests::write_capsule(
+                &swap_dir,
+                "intruder",
+                "0.1.0",
+                "prober.wasm",
+                &swap_extra,
+            );
+        }
+        Approval::all(req)
+    });
+    let loaded = h.rt.load_all([&first, &second]).await;
+    let asked: Vec<String> = approver
+        .asked
+        .lock()
+        .iter()
+        .map(|r| r.capsule.clone())
+        .collect();
+    assert!(
+        asked.contains(&"intruder".to_string()),
+        "`intruder` ran on `first`'s decision without a question (asked about {asked:?}; loaded: {:?})",
+        loaded
+            .as_ref()
+            .map(|v| v.iter().map(|c| c.name().to_string()).collect::<Vec<_>>())
+    );
+    h.rt.shutdown().await;
+}
