@@ -1007,7 +1007,11 @@ fn read_component(manifest: &Manifest) -> Result<Vec<u8>, LoadError> {
         file: file.clone(),
         source,
     };
-    let dir = manifest.file.parent().unwrap_or(Path::new("."));
+    // A bare `Capsule.toml` has an empty parent: the current directory.
+    let dir = match manifest.file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let dir = std::fs::canonicalize(dir).map_err(io)?;
     let resolved = std::fs::canonicalize(&file).map_err(io)?;
     if !resolved.starts_with(&dir) {
@@ -1093,4 +1097,20 @@ fn env_defaults(manifest: &Manifest) -> HashMap<String, String> {
         .into_iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_named_without_a_directory_reads_its_component_beside_it() {
+        // `capsule run Capsule.toml` from inside the capsule directory: the manifest's path has
+        // an empty parent, which is the current directory (here, this crate's).
+        let text = "[package]\nname = \"here\"\nversion = \"0.1.0\"\n\
+                    [[component]]\nid = \"here\"\nfile = \"Cargo.toml\"\n";
+        let m = Manifest::parse(text, Path::new("Capsule.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let read = read_component(&m).map_err(|e| e.to_string());
+        assert_eq!(read.map(|bytes| bytes.starts_with(b"[package]")), Ok(true));
+    }
 }
