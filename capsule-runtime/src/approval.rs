@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capsule_security::{
-    Forbidden, Grant, GrantStore, HostPolicy, Manifest, PermissionDiff, Request,
+    Forbidden, Grant, GrantStore, HostPolicy, Manifest, PermissionDiff, Request, Resolved,
 };
 use futures::future::BoxFuture;
 
@@ -110,7 +110,8 @@ pub(crate) struct Decided {
     pub(crate) grant: Grant,
     /// Whether `grant` differs from what is stored and must be written after the load.
     pub(crate) record: bool,
-    /// Each granted host directory, as requested, mapped to the canonical directory to mount.
+    /// Each granted host directory, as the manifest writes it, mapped to the canonical
+    /// directory the grant is about and the host mounts.
     pub(crate) mounts: HashMap<PathBuf, PathBuf>,
 }
 
@@ -139,6 +140,9 @@ impl Decider<'_> {
         manifest: &Manifest,
         known: Option<&Grant>,
     ) -> Result<Decided, DecideError> {
+        // A decision made earlier in the operation belongs to the capsule it was made for: a
+        // directory whose manifest was replaced since by another capsule's starts afresh.
+        let known = known.filter(|g| g.capsule == manifest.package.name);
         let capsule = manifest.package.name.as_str().to_string();
         let refused = |reason| {
             DecideError::Refused(Refusal {
@@ -146,20 +150,14 @@ impl Decider<'_> {
                 reason,
             })
         };
-        let requests = capsule_security::requests(manifest);
-        let mut mounts = HashMap::new();
-        let mut forbidden = Vec::new();
-        for r in &requests {
-            match self.policy.check(r) {
-                Ok(Some(resolved)) => {
-                    if let Request::FsRead(dir) | Request::FsWrite(dir) = r {
-                        mounts.insert(dir.clone(), resolved);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => forbidden.push(*e),
-            }
-        }
+        // Decided on the directories the requests resolve to: a grant of `/srv/data` then
+        // never covers a link inside it that leads elsewhere, and a grant recorded for a link
+        // does not follow the link when it is re-pointed.
+        let Resolved {
+            requests,
+            dirs: mut mounts,
+            forbidden,
+        } = self.policy.resolve(&capsule_security::requests(manifest));
         if !forbidden.is_empty() {
             return Err(refused(RefusalReason::Forbidden(forbidden)));
         }
@@ -212,9 +210,9 @@ impl Decider<'_> {
         if !unbound.is_empty() {
             return Err(refused(RefusalReason::NotApproved(unbound)));
         }
-        mounts.retain(|dir, _| {
-            grant.allows(&Request::FsRead(dir.clone()))
-                || grant.allows(&Request::FsWrite(dir.clone()))
+        mounts.retain(|_, real| {
+            grant.allows(&Request::FsRead(real.clone()))
+                || grant.allows(&Request::FsWrite(real.clone()))
         });
         let decided_anything = !grant.granted.is_empty() || !grant.denied.is_empty();
         Ok(Decided {

@@ -596,11 +596,14 @@ impl Runtime {
     /// imports, exports, linking) without starting it, and reports what it found.
     pub async fn inspect(&self, dir: impl AsRef<Path>) -> Result<Inspection, LoadError> {
         let prepared = self.prepare(dir.as_ref()).await?;
-        let requests = capsule_security::requests(&prepared.manifest);
-        let forbidden = requests
-            .iter()
-            .filter_map(|r| self.inner.host_policy.check(r).err().map(|e| *e))
-            .collect();
+        let capsule_security::Resolved {
+            requests,
+            forbidden,
+            ..
+        } = self
+            .inner
+            .host_policy
+            .resolve(&capsule_security::requests(&prepared.manifest));
         let stored = self
             .inner
             .grants
@@ -744,7 +747,11 @@ impl Runtime {
         });
         let owner_files = PrincipalResources::open(&self.inner.layout, &owner, &name);
         let owner_log = owner_files.as_ref().and_then(|f| f.log.clone());
-        let policy = Arc::new(CapsulePolicy::granted(&manifest, &decided.grant));
+        let policy = Arc::new(CapsulePolicy::granted(
+            &manifest,
+            &decided.grant,
+            &decided.mounts,
+        ));
         let (owner_env, owner_home, owner_tmp) = match owner_files {
             Some(f) => (f.env, Some(Arc::new(f.home)), Some(Arc::new(f.tmp))),
             None => (HashMap::new(), None, None),
@@ -941,12 +948,13 @@ impl Runtime {
             .into_iter()
             .map(|root| {
                 // The canonical directory checked against the host policy is what gets
-                // mounted, so a symlink swapped in after the check redirects nothing.
+                // mounted, opened without following any link, so a link swapped in after
+                // the check fails the mount instead of redirecting it.
                 let resolved = decided.mounts.get(root).ok_or_else(|| LoadError::Host {
                     capsule: name.to_string(),
                     reason: format!("granted directory {} was never resolved", root.display()),
                 })?;
-                Mount::open(resolved)
+                Mount::open_no_links(resolved)
                     .map(|m| (root.to_path_buf(), Arc::new(m)))
                     .map_err(|e| fail(root, e))
             })
@@ -992,7 +1000,7 @@ impl Runtime {
 /// directory, a link out of the capsule) is refused without reading from it.
 fn read_component(manifest: &Manifest) -> Result<Vec<u8>, LoadError> {
     use std::io::Read;
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::fs::FileTypeExt;
     let file = manifest.component.file.clone();
     let bad = |reason: String| LoadError::ComponentPath {
         file: file.clone(),
@@ -1002,7 +1010,11 @@ fn read_component(manifest: &Manifest) -> Result<Vec<u8>, LoadError> {
         file: file.clone(),
         source,
     };
-    let dir = manifest.file.parent().unwrap_or(Path::new("."));
+    // A bare `Capsule.toml` has an empty parent: the current directory.
+    let dir = match manifest.file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let dir = std::fs::canonicalize(dir).map_err(io)?;
     let resolved = std::fs::canonicalize(&file).map_err(io)?;
     if !resolved.starts_with(&dir) {
@@ -1041,14 +1053,10 @@ fn read_component(manifest: &Manifest) -> Result<Vec<u8>, LoadError> {
         Ok(())
     };
     checked(&std::fs::metadata(&resolved).map_err(io)?)?;
-    // Opened without blocking and without following a link swapped in since the check, then
+    // Opened without blocking and without following a link anywhere on the resolved path, so
+    // a link swapped in since the check fails the open instead of leaving the capsule, then
     // checked again on the open file itself.
-    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW;
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits() as i32)
-        .open(&resolved)
-        .map_err(io)?;
+    let opened = capsule_vfs::open_file_no_links(&resolved).map_err(io)?;
     checked(&opened.metadata().map_err(io)?)?;
     let mut wasm = Vec::new();
     opened
@@ -1092,4 +1100,20 @@ fn env_defaults(manifest: &Manifest) -> HashMap<String, String> {
         .into_iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_named_without_a_directory_reads_its_component_beside_it() {
+        // `capsule run Capsule.toml` from inside the capsule directory: the manifest's path has
+        // an empty parent, which is the current directory (here, this crate's).
+        let text = "[package]\nname = \"here\"\nversion = \"0.1.0\"\n\
+                    [[component]]\nid = \"here\"\nfile = \"Cargo.toml\"\n";
+        let m = Manifest::parse(text, Path::new("Capsule.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let read = read_component(&m).map_err(|e| e.to_string());
+        assert_eq!(read.map(|bytes| bytes.starts_with(b"[package]")), Ok(true));
+    }
 }

@@ -8,6 +8,7 @@
 //! `allow_persistent`. IPC ACLs, KV, `home://`, `/tmp/` and the capsule's own workspace need
 //! none.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -21,9 +22,12 @@ use crate::manifest::{CapsuleName, Manifest};
 /// One capability a manifest requests that only the operator may allow.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Request {
-    /// Read access to a host directory (absolute path, normalised).
+    /// Read access to a host directory: as the manifest writes it (normalised) in
+    /// [`requests`], and the canonical directory it resolves to in every decision (see
+    /// [`HostPolicy::resolve`](crate::HostPolicy::resolve)).
     FsRead(PathBuf),
-    /// Read and write access to a host directory.
+    /// Read and write access to a host directory (normalised, then canonical, as for
+    /// [`Request::FsRead`]).
     FsWrite(PathBuf),
     /// Registering uplinks and publishing as claimed principals (`publish-as`).
     Uplink,
@@ -57,6 +61,16 @@ impl Request {
             Self::Process(_) => "host_process",
             Self::Identity(_) => "identity",
             Self::Persistent => "allow_persistent",
+        }
+    }
+
+    /// The same request for the directory `dir` (requests that name no directory are
+    /// returned unchanged).
+    pub fn with_dir(&self, dir: PathBuf) -> Request {
+        match self {
+            Self::FsRead(_) => Self::FsRead(dir),
+            Self::FsWrite(_) => Self::FsWrite(dir),
+            other => other.clone(),
         }
     }
 
@@ -369,8 +383,10 @@ impl Grant {
     }
 
     /// The capabilities `manifest` may use under this grant: every ungated capability as
-    /// written, and each gated one only where this grant allows it.
-    pub fn effective(&self, manifest: &Manifest) -> Capabilities {
+    /// written, and each gated one only where this grant allows it. A host directory counts
+    /// by what it resolved to: `dirs` maps each directory as the manifest writes it to its
+    /// canonical directory, and one missing from `dirs` is not allowed.
+    pub fn effective(&self, manifest: &Manifest, dirs: &HashMap<PathBuf, PathBuf>) -> Capabilities {
         let caps = &manifest.capabilities;
         let fs = |items: &[String], write: bool| -> Vec<String> {
             items
@@ -379,10 +395,12 @@ impl Grant {
                     Ok(FsGrant {
                         root: FsRoot::Absolute(p),
                         ..
-                    }) => self.allows(&if write {
-                        Request::FsWrite(p)
-                    } else {
-                        Request::FsRead(p)
+                    }) => dirs.get(&p).is_some_and(|real| {
+                        self.allows(&if write {
+                            Request::FsWrite(real.clone())
+                        } else {
+                            Request::FsRead(real.clone())
+                        })
                     }),
                     Ok(_) => true,
                     Err(_) => false,
@@ -816,18 +834,38 @@ mod tests {
             "[capabilities]\nfs_read = [\"/srv/a\", \"home://n\"]\nfs_write = [\"/srv/w\", \"*\"]\n\
              uplink = true\nnet = [\"a.example\", \"b.example\"]\n",
         );
+        // `/srv/w` is a link to `/data/w`: the grant names the real directory.
+        let dirs: HashMap<PathBuf, PathBuf> = [("/srv/a", "/srv/a"), ("/srv/w", "/data/w")]
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         let mut g = Grant::new(&m);
         g.allow([
-            Request::FsRead("/srv/w".into()),
+            Request::FsRead("/data/w".into()),
             Request::Net(HostGrant::parse("a.example").unwrap_or_else(|e| panic!("{e}"))),
         ]);
         g.deny([Request::Uplink]);
-        let e = g.effective(&m);
+        let e = g.effective(&m, &dirs);
         assert_eq!(e.fs_read, vec!["home://n", "/srv/w", "*"]);
         assert_eq!(e.fs_write, vec!["*"]);
         assert!(!e.uplink);
         assert_eq!(e.net, vec!["a.example"]);
-        assert!(Grant::new(&m).effective(&m).net.is_empty());
+        assert!(Grant::new(&m).effective(&m, &dirs).net.is_empty());
+        // A grant of the spelling, not of the directory it resolves to, allows nothing; nor
+        // does a directory that was never resolved.
+        let mut spelled = Grant::new(&m);
+        spelled.allow([
+            Request::FsRead("/srv/w".into()),
+            Request::FsRead("/srv/a".into()),
+        ]);
+        assert_eq!(
+            spelled.effective(&m, &dirs).fs_read,
+            vec!["/srv/a", "home://n", "*"]
+        );
+        assert_eq!(
+            spelled.effective(&m, &HashMap::new()).fs_read,
+            vec!["home://n", "*"]
+        );
     }
 
     #[test]

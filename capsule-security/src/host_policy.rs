@@ -1,9 +1,11 @@
 //! The operator's host policy: what may ever be granted, whatever an approver says. Some host
 //! directories are never grantable (the state directory, key material, `/proc`, `/sys`,
 //! `/dev`, `/` and every ancestor of those); `<state>/policy.toml` may narrow the rest. Every
-//! filesystem check runs on the canonical (symlink-resolved) path, and the resolved path is
-//! what the host mounts, so a symlink swapped in later cannot redirect a grant.
+//! filesystem check runs on the canonical (symlink-resolved) path; that path is what the
+//! operator approves and what the host mounts (opened refusing any link on the way), so a
+//! symlink swapped in later cannot redirect a grant.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -97,6 +99,21 @@ pub enum HostPolicyError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// A manifest's requests as the host decides about them: every host directory replaced by
+/// the canonical directory it resolves to, so the operator approves, and a grant records,
+/// the directory that is mounted rather than a spelling whose links may lead elsewhere (or
+/// be re-pointed later).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// The grantable requests, directories canonical, sorted and without duplicates (a write
+    /// request subsumes a read request of the same directory).
+    pub requests: Vec<Request>,
+    /// Each grantable directory as the manifest writes it, mapped to its canonical directory.
+    pub dirs: HashMap<PathBuf, PathBuf>,
+    /// The requests that can never be granted on this host.
+    pub forbidden: Vec<Forbidden>,
 }
 
 /// What this host allows to be granted.
@@ -199,9 +216,11 @@ impl HostPolicy {
         Ok(policy)
     }
 
-    /// Adds a directory that can never be granted (resolved now if it exists).
+    /// Adds a directory that can never be granted. It is resolved now; one that does not
+    /// exist yet (a cache created on first use) is placed where it will appear: under its
+    /// longest existing ancestor, resolved.
     pub fn protect(mut self, dir: &Path, what: &str) -> Self {
-        let path = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let path = planned_path(dir);
         if !self.protected.iter().any(|p| p.path == path) {
             self.protected.push(Protected {
                 path,
@@ -237,6 +256,37 @@ impl HostPolicy {
             | Request::Identity(_)
             | Request::Persistent => Ok(None),
         }
+    }
+
+    /// Checks every one of `requests` and resolves the grantable directories (see
+    /// [`Resolved`]).
+    pub fn resolve(&self, requests: &[Request]) -> Resolved {
+        let mut out = Resolved::default();
+        for r in requests {
+            match self.check(r) {
+                Ok(Some(real)) => {
+                    if let Request::FsRead(dir) | Request::FsWrite(dir) = r {
+                        out.dirs.insert(dir.clone(), real.clone());
+                    }
+                    out.requests.push(r.with_dir(real));
+                }
+                Ok(None) => out.requests.push(r.clone()),
+                Err(e) => out.forbidden.push(*e),
+            }
+        }
+        let written: Vec<PathBuf> = out
+            .requests
+            .iter()
+            .filter_map(|r| match r {
+                Request::FsWrite(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        out.requests
+            .retain(|r| !matches!(r, Request::FsRead(p) if written.contains(p)));
+        out.requests.sort();
+        out.requests.dedup();
+        out
     }
 
     fn check_dir(&self, request: &Request, dir: &Path) -> Result<PathBuf, Box<Forbidden>> {
@@ -278,6 +328,39 @@ impl HostPolicy {
         }
         Ok(resolved)
     }
+}
+
+/// Where `dir` resolves, or for a directory that does not exist yet, where it will: its
+/// longest existing ancestor resolved, with the rest appended (normalised).
+fn planned_path(dir: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(dir) {
+        return real;
+    }
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for ancestor in absolute.ancestors().skip(1) {
+        let Ok(real) = std::fs::canonicalize(ancestor) else {
+            continue;
+        };
+        let mut planned = real.clone();
+        for c in absolute
+            .strip_prefix(ancestor)
+            .unwrap_or(Path::new(""))
+            .components()
+        {
+            match c {
+                std::path::Component::Normal(part) => planned.push(part),
+                std::path::Component::ParentDir if planned != real => {
+                    planned.pop();
+                }
+                std::path::Component::CurDir => {}
+                // Climbing above the resolved ancestor cannot be placed without resolving
+                // what does not exist yet; keep the spelling.
+                _ => return absolute,
+            }
+        }
+        return planned;
+    }
+    absolute
 }
 
 fn quoted<'a>(items: impl Iterator<Item = &'a str>) -> String {
@@ -354,6 +437,61 @@ mod tests {
                 .map_err(|e| *e),
             Err(Forbidden::Unresolvable { .. })
         ));
+    }
+
+    #[test]
+    fn a_protected_directory_created_later_is_protected_where_it_appears() {
+        let base = tmp();
+        let real = base.path().join("real");
+        std::fs::create_dir_all(&real).unwrap_or_else(|e| panic!("{e}"));
+        let via = base.path().join("via");
+        std::os::unix::fs::symlink(&real, &via).unwrap_or_else(|e| panic!("{e}"));
+        // A compile cache configured through a link, created lazily after the host started.
+        let cache = via.join("cache").join("v1");
+        let policy = HostPolicy::default().protect(&cache, "the compile cache");
+        std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("{e}"));
+        for (dir, relation) in [
+            (real.join("cache").join("v1"), "is"),
+            (real.join("cache").join("v1").join("x"), "lies inside"),
+            (real.join("cache"), "contains"),
+        ] {
+            std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+            match policy.check(&read(&dir)).map_err(|e| *e) {
+                Err(Forbidden::Protected { relation: r, .. }) => {
+                    assert_eq!(r, relation, "{}", dir.display());
+                }
+                other => panic!("{} should be refused, got {other:?}", dir.display()),
+            }
+        }
+    }
+
+    #[test]
+    fn resolving_names_the_real_directories_once() {
+        let base = tmp();
+        let state = base.path().join("state");
+        let data = base.path().join("data");
+        for d in [&state, &data] {
+            std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&data, &link).unwrap_or_else(|e| panic!("{e}"));
+        let real = std::fs::canonicalize(&data).unwrap_or_else(|e| panic!("{e}"));
+        let policy = HostPolicy::load(&state).unwrap_or_else(|e| panic!("{e}"));
+        let r = policy.resolve(&[
+            read(&link),
+            Request::FsWrite(data.clone()),
+            read(&state),
+            Request::Uplink,
+        ]);
+        assert_eq!(
+            r.requests,
+            vec![Request::FsWrite(real.clone()), Request::Uplink],
+            "the link and the directory are one request; write subsumes read"
+        );
+        assert_eq!(r.dirs.get(&link), Some(&real));
+        assert_eq!(r.dirs.get(&data), Some(&real));
+        assert_eq!(r.forbidden.len(), 1);
+        assert!(!r.dirs.contains_key(&state));
     }
 
     #[test]

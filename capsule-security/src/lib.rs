@@ -29,11 +29,11 @@ pub use grant::{
     requests, ungated_summary,
 };
 pub use grants::{EndpointGrant, FsGrant, FsRoot, HostGrant, normalize_relative};
-pub use host_policy::{Forbidden, HostPolicy, HostPolicyError, POLICY_FILE};
+pub use host_policy::{Forbidden, HostPolicy, HostPolicyError, POLICY_FILE, Resolved};
 pub use manifest::{
     CapsuleName, Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, EnvEntry, EnvKind, Export,
-    Handler, INERT_TABLES, Import, MANIFEST_FILE, Manifest, ManifestError, Package, PublishEntry,
-    SubscribeEntry,
+    Handler, INERT_TABLES, Import, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestError,
+    Package, PublishEntry, SubscribeEntry,
 };
 pub use policy::{CapsulePolicy, Decision, FsAccess};
 pub use profile::{AUDIT_FIREHOSE_GRANT, PrincipalProfile, ProfileError, Quotas};

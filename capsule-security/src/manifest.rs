@@ -50,6 +50,15 @@ pub enum ManifestError {
         /// What the TOML parser reported.
         message: String,
     },
+    /// The manifest is not a regular file of at most [`MAX_MANIFEST_BYTES`] (a FIFO, a
+    /// device, a directory, a huge file); it was refused without reading from it.
+    #[error("{}: {reason}", file.display())]
+    NotAManifest {
+        /// The manifest path.
+        file: PathBuf,
+        /// What it is instead.
+        reason: String,
+    },
     /// A key is missing, unknown, of the wrong type or has an invalid value.
     #[error("{}: `{key}`: {reason}", file.display())]
     Invalid {
@@ -60,6 +69,57 @@ pub enum ManifestError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// Largest `Capsule.toml` the host reads.
+pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+/// Reads a manifest that is a regular file of at most [`MAX_MANIFEST_BYTES`]: a FIFO would
+/// block the load forever and a device (a link to `/dev/zero`) would never end, so both are
+/// refused on their metadata before they are opened, and the open file is checked again.
+fn read_manifest(file: &Path) -> Result<String, ManifestError> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let io = |source| ManifestError::Io {
+        file: file.to_path_buf(),
+        source,
+    };
+    let checked = |meta: std::fs::Metadata| {
+        let t = meta.file_type();
+        let what = if t.is_file() {
+            if meta.len() <= MAX_MANIFEST_BYTES {
+                return Ok(());
+            }
+            format!("is {} bytes; the limit is {MAX_MANIFEST_BYTES}", meta.len())
+        } else if t.is_dir() {
+            "is a directory, not a regular file".into()
+        } else if t.is_fifo() {
+            "is a FIFO, not a regular file".into()
+        } else if t.is_char_device() || t.is_block_device() {
+            "is a device, not a regular file".into()
+        } else {
+            "is not a regular file".into()
+        };
+        Err(ManifestError::NotAManifest {
+            file: file.to_path_buf(),
+            reason: what,
+        })
+    };
+    checked(std::fs::metadata(file).map_err(io)?)?;
+    let opened = std::fs::File::open(file).map_err(io)?;
+    checked(opened.metadata().map_err(io)?)?;
+    let mut text = String::new();
+    opened
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(ManifestError::NotAManifest {
+            file: file.to_path_buf(),
+            reason: format!("grew past the limit of {MAX_MANIFEST_BYTES} bytes while read"),
+        });
+    }
+    Ok(text)
 }
 
 /// A capsule name: `[a-z0-9-]+`, at most 64 bytes. It is also the capsule's id.
@@ -370,10 +430,7 @@ impl Manifest {
         } else {
             path.join(MANIFEST_FILE)
         };
-        let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Io {
-            file: file.clone(),
-            source,
-        })?;
+        let text = read_manifest(&file)?;
         Self::parse(&text, &file)
     }
 

@@ -65,8 +65,13 @@ fn parse_all<T>(items: &[String], parse: impl Fn(&str) -> Result<T, String>) -> 
 
 impl CapsulePolicy {
     /// The policy of `manifest` under the operator's `grant`: its ACLs as written, and of its
-    /// capabilities only `requested ∩ granted` (see [`Grant::effective`]).
-    pub fn granted(manifest: &Manifest, grant: &Grant) -> Self {
+    /// capabilities only `requested ∩ granted` (see [`Grant::effective`]; `dirs` maps each
+    /// host directory as written to the canonical directory the grant is about).
+    pub fn granted(
+        manifest: &Manifest,
+        grant: &Grant,
+        dirs: &std::collections::HashMap<std::path::PathBuf, std::path::PathBuf>,
+    ) -> Self {
         Self::new(
             manifest.publish.iter().map(|p| p.pattern.clone()).collect(),
             manifest
@@ -74,7 +79,7 @@ impl CapsulePolicy {
                 .iter()
                 .map(|s| s.pattern.clone())
                 .collect(),
-            grant.effective(manifest),
+            grant.effective(manifest, dirs),
         )
     }
 

@@ -22,7 +22,7 @@ pub use layout::{
     HOST_ANCHORS, HOST_SUBTREES, LogFile, PrincipalFiles, StateLayout, holds_host_anchor,
     home_usage_visit, is_host_only,
 };
-pub use mount::{FileKind, Mount, OpenMode, Stat, Tree};
+pub use mount::{FileKind, Mount, OpenMode, Stat, Tree, open_file_no_links};
 pub use overlay::{Overlay, read_to_string};
 pub use path::{GuestPath, MAX_GUEST_DEPTH, MAX_GUEST_PATH, Scheme};
 pub use walk::{Ctl, MAX_WALK_ENTRIES, Usage, Visit};

@@ -17,6 +17,51 @@ use cap_std::fs::{
 use crate::error::VfsError;
 use crate::walk::{self, Ctl, Usage, Visit};
 
+/// Opens the directory at `path` (absolute, without `.` or `..`) one component at a time,
+/// without following a symbolic link anywhere on the way.
+fn open_dir_no_links(path: &Path) -> std::io::Result<Dir> {
+    use cap_fs_ext::DirExt;
+    let not_plain = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not an absolute path without `.` or `..`",
+                path.display()
+            ),
+        )
+    };
+    let mut components = path.components();
+    if components.next() != Some(std::path::Component::RootDir) {
+        return Err(not_plain());
+    }
+    let mut dir = Dir::open_ambient_dir("/", ambient_authority())?;
+    for c in components {
+        let std::path::Component::Normal(part) = c else {
+            return Err(not_plain());
+        };
+        dir = dir.open_dir_nofollow(part)?;
+    }
+    Ok(dir)
+}
+
+/// Opens the file at `path` (absolute, without `.` or `..`) for reading without following a
+/// symbolic link in any component and without blocking on a FIFO or device swapped in: the
+/// file opened is the one at the path a check resolved.
+pub fn open_file_no_links(path: &Path) -> std::io::Result<std::fs::File> {
+    use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt, OpenOptionsSyncExt};
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} names no file", path.display()),
+        ));
+    };
+    let mut opts = OpenOptions::new();
+    opts.read(true).follow(FollowSymlinks::No).nonblock(true);
+    Ok(open_dir_no_links(parent)?
+        .open_with(name, &opts)?
+        .into_std())
+}
+
 /// The kind of a filesystem object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -217,6 +262,16 @@ impl Mount {
     pub fn open(root: &Path) -> std::io::Result<Self> {
         Ok(Self {
             dir: Dir::open_ambient_dir(root, ambient_authority())?,
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Opens the existing directory at `root` (absolute, without `.` or `..`, such as a
+    /// canonical path) one component at a time, refusing a symbolic link in any of them: the
+    /// directory opened is the one a check resolved, even if a link was swapped in since.
+    pub fn open_no_links(root: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            dir: open_dir_no_links(root)?,
             root: root.to_path_buf(),
         })
     }

@@ -659,3 +659,39 @@ fn overlay_moves_and_removals_are_bounded_and_counted() {
     o.commit().unwrap_or_else(|e| panic!("{e}"));
     assert!(!lower.join("a").exists());
 }
+
+#[cfg(unix)]
+#[test]
+fn opening_without_links_refuses_a_link_in_any_component() {
+    let f = fixture();
+    let real = std::fs::canonicalize(&f.mount).unwrap_or_else(|e| panic!("{e}"));
+    let linked = real.parent().unwrap_or(Path::new("/")).join("linked");
+    std::os::unix::fs::symlink(&f.mount, &linked).unwrap_or_else(|e| panic!("{e}"));
+    let m = Mount::open_no_links(&real).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        read_to_string(&m, Path::new("inside.txt")).ok().as_deref(),
+        Some("inside")
+    );
+    for bad in [
+        linked.clone(),              // the last component is a link
+        linked.join("dir"),          // a link on the way
+        real.join("dir-link"),       // a link out of the tree
+        real.join("dir").join(".."), // not a plain path
+        PathBuf::from("relative/dir"),
+    ] {
+        assert!(Mount::open_no_links(&bad).is_err(), "{}", bad.display());
+    }
+    let file = capsule_vfs::open_file_no_links(&real.join("dir").join("nested.txt"));
+    assert!(file.is_ok(), "{file:?}");
+    for bad in [
+        linked.join("inside.txt"),
+        real.join("ok-link"),
+        real.join("dir-link").join("secret.txt"),
+    ] {
+        assert!(
+            capsule_vfs::open_file_no_links(&bad).is_err(),
+            "{}",
+            bad.display()
+        );
+    }
+}

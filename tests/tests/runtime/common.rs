@@ -148,12 +148,13 @@ impl Approver for Recorder {
 
 /// A fresh directory outside /tmp (which guests see as their own scratch space, so a host
 /// directory there can never be granted): the target directory unless the checkout itself
-/// lives under /tmp.
+/// lives under /tmp. Its path is canonical, as the host names granted directories.
 pub(crate) fn outside_tmp() -> TempDir {
     let candidates = [env!("CARGO_TARGET_TMPDIR"), "/var/tmp", "/dev/shm"];
     candidates
         .iter()
-        .filter(|c| !Path::new(c).starts_with("/tmp"))
+        .filter_map(|c| std::fs::canonicalize(c).ok())
+        .filter(|c| !c.starts_with("/tmp"))
         .find_map(|c| tempfile::tempdir_in(c).ok())
         .unwrap_or_else(|| panic!("no writable directory outside /tmp among {candidates:?}"))
 }

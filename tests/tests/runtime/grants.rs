@@ -418,3 +418,205 @@ async fn component_files_must_be_regular_files_inside_the_capsule() {
     assert!(e.contains("a directory"), "{e}");
     h.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_directory_does_not_stretch_through_a_link_inside_it() {
+    let h = host();
+    let base = outside_tmp();
+    let data = base.path().join("data");
+    let private = base.path().join("private");
+    write(&data.join("f"), "public");
+    write(&private.join("f"), "private");
+    // A link inside the granted tree: confined at run time, so the operator's grant of
+    // `data` never reached `private`.
+    std::os::unix::fs::symlink(&private, data.join("link")).unwrap_or_else(|e| panic!("{e}"));
+    let load = |version: &'static str, dir: &Path| {
+        let capsule = h.capsule_dir_at("stretch", "prober.wasm", version, &fs_read(dir));
+        let rt = h.rt.clone();
+        async move { rt.load(&capsule).await }
+    };
+    h.approve_all();
+    let c = load("0.1.0", &data).await.unwrap_or_else(|e| panic!("{e}"));
+    let through = data.join("link").join("f").display().to_string();
+    assert_ne!(
+        call(&c, "read", json!({ "path": through })).await["ok"],
+        json!("private"),
+        "the link is confined inside the granted directory"
+    );
+    c.unload().await;
+    // The upgrade names the link itself: that is `private`, which nobody approved.
+    let asked = h.approver(|_| Approval::Decline);
+    let r = refusals(load("0.2.0", &data.join("link")).await);
+    let real = std::fs::canonicalize(&private).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r[0].reason,
+        RefusalReason::NotApproved(vec![Request::FsRead(real.clone())])
+    );
+    {
+        let asked = asked.asked.lock();
+        assert_eq!(
+            asked.len(),
+            1,
+            "the operator is asked about the directory it resolves to"
+        );
+        assert_eq!(asked[0].diff.added, vec![Request::FsRead(real)]);
+    }
+    h.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_approves_the_directory_a_request_resolves_to() {
+    let h = host();
+    let base = outside_tmp();
+    let docs = base.path().join("docs");
+    let keys = base.path().join("ssh");
+    write(&docs.join("f"), "docs");
+    write(&keys.join("f"), "id_ed25519");
+    // The manifest names a harmless-looking link; the screen must show where it leads.
+    let pointer = base.path().join("capsule-docs");
+    std::os::unix::fs::symlink(&docs, &pointer).unwrap_or_else(|e| panic!("{e}"));
+    let approver = h.approve_all();
+    let c = h.load("pointing", "prober.wasm", &fs_read(&pointer)).await;
+    let real_docs = std::fs::canonicalize(&docs).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        approver.asked.lock()[0].diff.added,
+        vec![Request::FsRead(real_docs.clone())],
+        "the approval names the directory that is mounted"
+    );
+    let read = json!({ "path": pointer.join("f").display().to_string() });
+    assert_eq!(ok(&call(&c, "read", read.clone()).await), "docs");
+    c.unload().await;
+    // The link is re-pointed (say, by a new release of the capsule's files): the grant
+    // was for `docs`, so the next load asks again instead of mounting `ssh`.
+    std::fs::remove_file(&pointer).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink(&keys, &pointer).unwrap_or_else(|e| panic!("{e}"));
+    let declined = h.approver(|_| Approval::Decline);
+    let dir = h.capsule_dir("pointing", "prober.wasm", &fs_read(&pointer));
+    let r = refusals(h.rt.load(&dir).await);
+    let real_keys = std::fs::canonicalize(&keys).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r[0].reason,
+        RefusalReason::NotApproved(vec![Request::FsRead(real_keys)])
+    );
+    assert_eq!(declined.asked.lock().len(), 1);
+    h.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_swapped_for_a_link_after_the_check_is_not_mounted() {
+    let h = host();
+    let base = outside_tmp();
+    let data = base.path().join("data");
+    let private = base.path().join("private");
+    write(&data.join("f"), "data");
+    write(&private.join("f"), "private");
+    let dir = h.capsule_dir("swapped", "prober.wasm", &fs_read(&data));
+    // The approver runs after the request was resolved and checked, before anything is
+    // mounted: the moment a racing process would swap the directory for a link.
+    let (swap_data, swap_private) = (data.clone(), private.clone());
+    h.approver(move |req| {
+        std::fs::rename(&swap_data, swap_data.with_extension("old"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(&swap_private, &swap_data).unwrap_or_else(|e| panic!("{e}"));
+        Approval::all(req)
+    });
+    match h.rt.load(&dir).await {
+        Err(LoadError::Mount { path, .. }) => assert_eq!(path, data),
+        Err(e) => panic!("expected the mount to be refused, got: {e}"),
+        Ok(c) => {
+            let read = call(
+                &c,
+                "read",
+                json!({ "path": data.join("f").display().to_string() }),
+            )
+            .await;
+            panic!("the swapped link was mounted; reading through it gave {read}");
+        }
+    }
+    assert!(h.rt.capsule("swapped").is_none());
+    h.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_that_is_not_a_small_regular_file_is_refused_without_hanging() {
+    let h = host();
+    let load = |dir: std::path::PathBuf| {
+        let rt = h.rt.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), rt.load(&dir))
+                .await
+                .unwrap_or_else(|_| panic!("loading {} hung", dir.display()))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| panic!("{} loaded", dir.display()))
+        }
+    };
+    let replaced = |n: &str, make: &dyn Fn(&Path)| {
+        let dir = h.capsule_dir(n, "prober.wasm", "");
+        let manifest = dir.join("Capsule.toml");
+        std::fs::remove_file(&manifest).unwrap_or_else(|e| panic!("{e}"));
+        make(&manifest);
+        dir
+    };
+    let fifo = replaced("fifo", &|m| {
+        let made = std::process::Command::new("mkfifo")
+            .arg(m)
+            .status()
+            .unwrap_or_else(|e| panic!("mkfifo: {e}"));
+        assert!(made.success());
+    });
+    let e = load(fifo).await;
+    assert!(e.contains("FIFO") && e.contains("Capsule.toml"), "{e}");
+    let endless = replaced("endless", &|m| {
+        std::os::unix::fs::symlink("/dev/zero", m).unwrap_or_else(|e| panic!("{e}"));
+    });
+    let e = load(endless).await;
+    assert!(e.contains("device"), "{e}");
+    let huge = replaced("huge", &|m| {
+        let f = std::fs::File::create(m).unwrap_or_else(|e| panic!("{e}"));
+        f.set_len(1 << 40).unwrap_or_else(|e| panic!("{e}"));
+    });
+    let e = load(huge).await;
+    assert!(e.contains("the limit is"), "{e}");
+    h.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_for_one_capsule_never_serves_another_swapped_into_its_directory() {
+    let h = host();
+    let base = outside_tmp();
+    let data = base.path().join("data");
+    write(&data.join("f"), "approved for `first` only");
+    let first = h.capsule_dir("first", "prober.wasm", &fs_read(&data));
+    let second = h.capsule_dir("second", "prober.wasm", "[capabilities]\nuplink = true\n");
+    // While the operator answers about `second`, `first`'s directory is given another
+    // capsule's manifest asking for what `first` was just granted.
+    let (swap_dir, swap_extra) = (first.clone(), fs_read(&data));
+    let approver = h.approver(move |req| {
+        if req.capsule == "second" {
+            capsule_tests::write_capsule(
+                &swap_dir,
+                "intruder",
+                "0.1.0",
+                "prober.wasm",
+                &swap_extra,
+            );
+        }
+        Approval::all(req)
+    });
+    let loaded = h.rt.load_all([&first, &second]).await;
+    let asked: Vec<String> = approver
+        .asked
+        .lock()
+        .iter()
+        .map(|r| r.capsule.clone())
+        .collect();
+    assert!(
+        asked.contains(&"intruder".to_string()),
+        "`intruder` ran on `first`'s decision without a question (asked about {asked:?}; loaded: {:?})",
+        loaded
+            .as_ref()
+            .map(|v| v.iter().map(|c| c.name().to_string()).collect::<Vec<_>>())
+    );
+    h.rt.shutdown().await;
+}

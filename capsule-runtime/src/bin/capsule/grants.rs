@@ -57,7 +57,7 @@ fn item(flag: &str, value: Option<&str>) -> Result<Request, String> {
 /// Runs `grant`, `revoke` or `grants`.
 pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<(), Failure> {
     let store = GrantStore::new(&config.state_dir);
-    let fail = |e: &dyn std::fmt::Display| Failure::Error(e.to_string());
+    let fail = |e: &dyn std::fmt::Display| Failure::error(e);
     if command == "grants" {
         if !args.dirs.is_empty() || !args.items.is_empty() || args.all {
             return Err(Failure::Usage("grants takes no arguments".into()));
@@ -69,7 +69,7 @@ pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<
         for g in all {
             match g {
                 Ok(g) => print_grant(&g),
-                Err(e) => println!("unreadable: {e}"),
+                Err(e) => println!("unreadable: {}", shown(&e.to_string())),
             }
         }
         return Ok(());
@@ -101,6 +101,17 @@ pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<
     };
     let stored = store.load(&name).map_err(|e| fail(&e))?;
     if command == "revoke" {
+        // Grants record the directories requests resolved to; a directory that no longer
+        // resolves is matched as written.
+        let requested: Vec<Request> = requested
+            .iter()
+            .map(|r| match r {
+                Request::FsRead(d) | Request::FsWrite(d) => {
+                    r.with_dir(std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
+                }
+                other => other.clone(),
+            })
+            .collect();
         return revoke(&store, &name, stored, &requested, args.all);
     }
     let mut items = requested;
@@ -118,10 +129,14 @@ pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<
         ));
     }
     let policy = config.host_policy().map_err(|e| fail(&e))?;
-    let refused: Vec<String> = items
+    // What is recorded is each directory as it resolves now: the directory that is mounted.
+    let resolved = policy.resolve(&items);
+    let refused: Vec<String> = resolved
+        .forbidden
         .iter()
-        .filter_map(|r| policy.check(r).err().map(|e| shown(&e.to_string())))
+        .map(|e| shown(&e.to_string()))
         .collect();
+    let items = resolved.requests;
     if !refused.is_empty() {
         return Err(Failure::Error(format!(
             "nothing was granted:\n  {}",
@@ -154,7 +169,7 @@ fn revoke(
     items: &[Request],
     all: bool,
 ) -> Result<(), Failure> {
-    let fail = |e: &dyn std::fmt::Display| Failure::Error(e.to_string());
+    let fail = |e: &dyn std::fmt::Display| Failure::error(e);
     let Some(mut grant) = stored else {
         return Err(Failure::Error(format!("no grant is recorded for `{name}`")));
     };

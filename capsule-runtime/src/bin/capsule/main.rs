@@ -139,7 +139,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(terminal::LogStderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -154,7 +154,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(e)) => {
-            eprintln!("capsule: {e}\n\n{USAGE}");
+            eprintln!("capsule: {}\n\n{USAGE}", terminal::shown(&e));
             ExitCode::from(2)
         }
         Err(Failure::Error(e)) => {
@@ -165,8 +165,33 @@ fn main() -> ExitCode {
 }
 
 pub(crate) enum Failure {
+    /// A usage mistake (shown escaped, then the usage text).
     Usage(String),
+    /// A failed command. The text is printed as it is: build it with [`Failure::error`] or
+    /// from [`terminal::shown`] pieces, since errors carry text from manifests, guests and files.
     Error(String),
+}
+
+impl Failure {
+    /// A failure whose message may carry text from a manifest, a guest or a file: shown
+    /// escaped, on one line.
+    pub(crate) fn error(e: impl std::fmt::Display) -> Self {
+        Self::Error(terminal::shown(&e.to_string()))
+    }
+
+    /// A failed load: one line per refused capsule, each escaped.
+    fn load(e: capsule_runtime::LoadError) -> Self {
+        match e {
+            capsule_runtime::LoadError::Refused { refusals } => Self::Error(
+                refusals
+                    .iter()
+                    .map(|r| terminal::shown(&r.to_string()))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            other => Self::error(other),
+        }
+    }
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
@@ -183,7 +208,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                     "run needs at least one capsule directory".into(),
                 ));
             }
-            let rt = Runtime::new(config).map_err(|e| Failure::Error(e.to_string()))?;
+            let rt = Runtime::new(config).map_err(Failure::error)?;
             let prompter = std::sync::Arc::new(terminal::TerminalPrompter::default());
             rt.set_elicitor(prompter.clone());
             rt.set_approver(prompter);
@@ -206,7 +231,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                 Ok(loaded) => loaded,
                 Err(e) => {
                     rt.shutdown().await;
-                    return Err(Failure::Error(e.to_string()));
+                    return Err(Failure::load(e));
                 }
             };
             for c in &loaded {
@@ -236,17 +261,14 @@ async fn run(args: Args) -> Result<(), Failure> {
                     "inspect takes exactly one capsule directory".into(),
                 ));
             };
-            let rt = Runtime::new(config).map_err(|e| Failure::Error(e.to_string()))?;
-            let i = rt
-                .inspect(dir)
-                .await
-                .map_err(|e| Failure::Error(e.to_string()))?;
+            let rt = Runtime::new(config).map_err(Failure::error)?;
+            let i = rt.inspect(dir).await.map_err(Failure::load)?;
             let m = &i.manifest;
             println!("capsule   {} {}", m.package.name, m.package.version);
             println!(
                 "component {} ({})",
                 m.component.id,
-                m.component.file.display()
+                terminal::shown(&m.component.file.display().to_string())
             );
             let e = i.exports;
             let entry_points: Vec<&str> = [
@@ -259,7 +281,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             .filter_map(|(present, name)| present.then_some(name))
             .collect();
             println!("exports   {}", entry_points.join(", "));
-            println!("imports   {}", i.imports.join(", "));
+            println!("imports   {}", terminal::shown(&i.imports.join(", ")));
             let publish: Vec<&str> = m.publish.iter().map(|p| p.pattern.as_str()).collect();
             let subscribe: Vec<&str> = m.subscribe.iter().map(|p| p.pattern.as_str()).collect();
             println!("publish   {}", publish.join(", "));
@@ -267,7 +289,9 @@ async fn run(args: Args) -> Result<(), Failure> {
             for (pattern, h) in m.handlers() {
                 println!(
                     "handler   {} -> {} (priority {})",
-                    pattern, h.action, h.priority
+                    pattern,
+                    terminal::shown(&h.action),
+                    h.priority
                 );
             }
             println!("caps      {}", m.capabilities.held_names().join(", "));
@@ -285,7 +309,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                 println!("forbidden {}", terminal::shown(&f.to_string()));
             }
             let env: Vec<&str> = m.env.keys().map(String::as_str).collect();
-            println!("env       {}", env.join(", "));
+            println!("env       {}", terminal::shown(&env.join(", ")));
             Ok(())
         }
         "secret" => secret(args, config),
@@ -317,8 +341,8 @@ fn secret(args: Args, config: RuntimeConfig) -> Result<(), Failure> {
                 .map_err(|e| Failure::Usage(format!("--principal: {e}")))?,
         ),
     };
-    let store = SecretStore::open(&config.state_dir, &config.host_key_file())
-        .map_err(|e| Failure::Error(e.to_string()))?;
+    let store =
+        SecretStore::open(&config.state_dir, &config.host_key_file()).map_err(Failure::error)?;
     match action.as_ref() {
         "set" => {
             let mut value = Vec::new();
@@ -330,14 +354,14 @@ fn secret(args: Args, config: RuntimeConfig) -> Result<(), Failure> {
             }
             store
                 .set(&scope, &capsule, &key, &value)
-                .map_err(|e| Failure::Error(e.to_string()))?;
+                .map_err(Failure::error)?;
             println!("stored `{key}` for capsule {capsule}");
             Ok(())
         }
         "delete" => {
             let existed = store
                 .delete(&scope, &capsule, &key)
-                .map_err(|e| Failure::Error(e.to_string()))?;
+                .map_err(Failure::error)?;
             println!(
                 "{} `{key}` for capsule {capsule}",
                 if existed { "deleted" } else { "no secret" }
@@ -345,5 +369,39 @@ fn secret(args: Args, config: RuntimeConfig) -> Result<(), Failure> {
             Ok(())
         }
         other => Err(Failure::Usage(format!("unknown secret action `{other}`"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capsule_runtime::security::Request;
+    use capsule_runtime::{LoadError, Refusal, RefusalReason};
+
+    #[test]
+    fn a_refused_load_is_reported_one_escaped_line_per_capsule() {
+        let refusal = |capsule: &str, dir: &str| Refusal {
+            capsule: capsule.into(),
+            reason: RefusalReason::NotApproved(vec![Request::FsRead(dir.into())]),
+        };
+        let e = LoadError::Refused {
+            refusals: vec![
+                refusal("one", "/srv/\x1b[2J\x1b[Hcapsule: all loaded"),
+                refusal("two", "/srv/x\ncapsule: `two` loaded\r"),
+            ],
+        };
+        let Failure::Error(text) = Failure::load(e) else {
+            panic!("a refused load is an error, not a usage mistake");
+        };
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("/srv/\\u{1b}[2J"), "{text}");
+        let Failure::Error(one) = Failure::error("stderr tail:\n\x1b]0;pwned\x07") else {
+            panic!("an error");
+        };
+        assert_eq!(one, "stderr tail:\\u{a}\\u{1b}]0;pwned\\u{7}");
     }
 }

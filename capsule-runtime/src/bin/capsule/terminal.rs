@@ -59,23 +59,76 @@ impl Approver for TerminalPrompter {
 pub(crate) fn shown(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        let invisible = matches!(
-            c,
-            '\u{200b}'..='\u{200f}'
-                | '\u{2028}'..='\u{202e}'
-                | '\u{2060}'..='\u{206f}'
-                | '\u{feff}'
-                | '\u{fff9}'..='\u{fffb}'
-        );
         if c == '\\' {
             out.push_str("\\\\");
-        } else if c.is_control() || invisible {
+        } else if interpreted(c) {
             out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Whether a terminal would act on `c` rather than show it: a control character (C0, DEL,
+/// C1), a line or paragraph separator, or invisible formatting.
+fn interpreted(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+        )
+}
+
+/// One log record as it may reach the terminal: the formatter already escapes ESC inside
+/// field values (and uses it for colours), so what is left are the other control characters a
+/// capsule or a remote user can put in a field (a carriage return that overwrites the line, a
+/// line break that forges a record of its own) become `\u{…}` escapes, except the record's
+/// own final line break. Backslashes are left alone: field values are already quoted by the
+/// formatter, and a log is read, not parsed.
+pub(crate) fn log_record(record: &str) -> String {
+    let (body, end) = match record.strip_suffix('\n') {
+        Some(body) => (body, "\n"),
+        None => (record, ""),
+    };
+    let mut out = String::with_capacity(record.len());
+    for c in body.chars() {
+        if interpreted(c) && c != '\x1b' && c != '\t' {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out.push_str(end);
+    out
+}
+
+/// Where `capsule` writes its log records: stderr, one whole record per write, through
+/// [`log_record`].
+pub(crate) struct LogStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogStderr {
+    type Writer = LogStderr;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LogStderr
+    }
+}
+
+impl Write for LogStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let record = log_record(&String::from_utf8_lossy(buf));
+        std::io::stderr().lock().write_all(record.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// Shows one screen with everything `r` asks for and reads a yes or no.
@@ -331,6 +384,23 @@ mod tests {
             shown("\\u{1b}"),
             "\\\\u{1b}",
             "a literal escape stays distinguishable"
+        );
+    }
+
+    #[test]
+    fn log_records_cannot_forge_or_overwrite_lines() {
+        let forged =
+            "INFO inbound uplink message user=bob\r\nERROR capsule: key stolen\u{2028}\x0b\n";
+        let shown = log_record(forged);
+        assert_eq!(
+            shown,
+            "INFO inbound uplink message user=bob\\u{d}\\u{a}ERROR capsule: key stolen\\u{2028}\\u{b}\n"
+        );
+        assert_eq!(shown.matches('\n').count(), 1, "one record, one line");
+        // The formatter's colours survive; a record without a final line break stays so.
+        assert_eq!(
+            log_record("\x1b[33mWARN\x1b[0m\tx"),
+            "\x1b[33mWARN\x1b[0m\tx"
         );
     }
 
