@@ -3,10 +3,11 @@
 //! may use exactly `requested ∩ granted`. Nothing a capsule author writes grants anything.
 //!
 //! Requests that need a grant: absolute host directories (`fs_read`/`fs_write`), `uplink`,
-//! handler bindings whose pattern reaches beyond the capsule's own topics (see
-//! [`is_broad_handler`]), `net`, `net_connect`, `net_bind`, `host_process`, `identity` and
-//! `allow_persistent`. IPC ACLs, KV, `home://`, `/tmp/` and the capsule's own workspace need
-//! none.
+//! handler bindings whose pattern reaches beyond the capsule's own topics
+//! ([`is_broad_handler`]), `[subscribe]` entries spanning every namespace
+//! ([`spans_namespaces`]), `net`, `net_connect`, `net_bind`, `host_process`,
+//! `identity` and `allow_persistent`. The rest of the IPC ACLs, KV, `home://`, `/tmp/` and the
+//! capsule's own workspace need none.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,6 +34,9 @@ pub enum Request {
     Uplink,
     /// A handler binding on a pattern that reaches beyond the capsule's own topics.
     Handler(TopicPattern),
+    /// A `[subscribe]` ACL entry (without a handler) that reaches beyond the capsule's own
+    /// topics: the capsule could open subscriptions seeing every tenant's traffic there.
+    Subscribe(TopicPattern),
     /// Outbound HTTP to a host and its subdomains.
     Net(HostGrant),
     /// Outbound TCP connections to an endpoint.
@@ -55,6 +59,7 @@ impl Request {
             Self::FsWrite(_) => "fs_write",
             Self::Uplink => "uplink",
             Self::Handler(_) => "handlers",
+            Self::Subscribe(_) => "subscriptions",
             Self::Net(_) => "net",
             Self::NetConnect(_) => "net_connect",
             Self::NetBind(_) => "net_bind",
@@ -81,7 +86,8 @@ impl Request {
         match (self, other) {
             (Self::FsRead(g) | Self::FsWrite(g), Self::FsRead(p))
             | (Self::FsWrite(g), Self::FsWrite(p)) => p.starts_with(g),
-            (Self::Handler(g), Self::Handler(p)) => g.covers(p),
+            (Self::Handler(g), Self::Handler(p))
+            | (Self::Handler(g) | Self::Subscribe(g), Self::Subscribe(p)) => g.covers(p),
             (Self::Net(g), Self::Net(h)) => g.allows(h.as_str()),
             (Self::NetConnect(g), Self::NetConnect(e)) | (Self::NetBind(g), Self::NetBind(e)) => {
                 g.covers(e)
@@ -101,6 +107,7 @@ impl fmt::Display for Request {
             Self::FsRead(p) | Self::FsWrite(p) => write!(f, "{cap} {}", p.display()),
             Self::Uplink | Self::Persistent => f.write_str(cap),
             Self::Handler(p) => write!(f, "handler on `{p}`"),
+            Self::Subscribe(p) => write!(f, "subscribe to `{p}`"),
             Self::Net(h) => write!(f, "{cap} {h}"),
             Self::NetConnect(e) | Self::NetBind(e) => write!(f, "{cap} {e}"),
             Self::Process(c) => write!(f, "{cap} {c}"),
@@ -109,11 +116,18 @@ impl fmt::Display for Request {
     }
 }
 
-/// Whether a handler binding on `pattern` reaches beyond the capsule's own topics: a lone `*`,
-/// a first segment that is a wildcard, or a pattern that covers the audit topic. Such
-/// bindings see other capsules' and other principals' traffic, so they need a grant.
+/// Whether `pattern` spans every namespace: a lone `*` or a first segment that is a
+/// wildcard. A `[subscribe]` entry on such a pattern needs a grant (audit entries are scoped
+/// to their principal at delivery anyway, so audit coverage alone does not).
+pub fn spans_namespaces(pattern: &TopicPattern) -> bool {
+    pattern.as_str().split('.').next() == Some("*")
+}
+
+/// Whether a handler binding on `pattern` reaches beyond the capsule's own topics: it spans
+/// namespaces ([`spans_namespaces`]) or covers the audit topic. Such handlers see, and may
+/// rewrite or stop, other capsules' and other principals' traffic, so they need a grant.
 pub fn is_broad_handler(pattern: &TopicPattern) -> bool {
-    pattern.as_str().split('.').next() == Some("*") || pattern.covers_audit_topic()
+    spans_namespaces(pattern) || pattern.covers_audit_topic()
 }
 
 /// Every request of `manifest` that needs the operator's grant, sorted and without
@@ -151,6 +165,13 @@ pub fn requests(manifest: &Manifest) -> Vec<Request> {
             .filter(|p| is_broad_handler(p))
             .cloned()
             .map(Request::Handler),
+    );
+    out.extend(
+        manifest
+            .subscribe
+            .iter()
+            .filter(|s| s.handler.is_none() && spans_namespaces(&s.pattern))
+            .map(|s| Request::Subscribe(s.pattern.clone())),
     );
     out.extend(
         caps.net
@@ -209,7 +230,8 @@ pub fn ungated_summary(manifest: &Manifest) -> Vec<String> {
                 manifest
                     .subscribe
                     .iter()
-                    .map(|p| p.pattern.as_str())
+                    .filter(|s| s.handler.is_some() || !spans_namespaces(&s.pattern))
+                    .map(|s| s.pattern.as_str())
                     .collect()
             )
         ),
@@ -514,7 +536,7 @@ fn section(requests: &[Request]) -> Table {
     for r in requests {
         let item = match r {
             Request::FsRead(p) | Request::FsWrite(p) => p.display().to_string(),
-            Request::Handler(p) => p.as_str().to_string(),
+            Request::Handler(p) | Request::Subscribe(p) => p.as_str().to_string(),
             Request::Net(h) => h.to_string(),
             Request::NetConnect(e) | Request::NetBind(e) => e.to_string(),
             Request::Process(c) => c.clone(),
@@ -571,6 +593,11 @@ fn parse_section(t: &Table, path: &str) -> Result<Vec<Request>, (String, String)
             "handlers" => out.extend(each(&|s| {
                 TopicPattern::parse(s)
                     .map(Request::Handler)
+                    .map_err(|e| e.to_string())
+            })?),
+            "subscriptions" => out.extend(each(&|s| {
+                TopicPattern::parse(s)
+                    .map(Request::Subscribe)
                     .map_err(|e| e.to_string())
             })?),
             "net" => out.extend(each(&|s| HostGrant::parse(s).map(Request::Net))?),
@@ -743,6 +770,7 @@ mod tests {
         let m = manifest(
             "[subscribe]\n\"*\" = { handler = \"all\" }\n\"own.*\" = { handler = \"own\" }\n\
              \"*.x\" = { handler = \"x\" }\n\"astrid.v1.*\" = { handler = \"audit\" }\n\
+             \"*.y\" = \"opaque\"\n\"own.acl\" = \"opaque\"\n\
              [capabilities]\nfs_read = [\"/srv/a\", \"home://n\", \"*\", \"/srv/b\"]\n\
              fs_write = [\"/srv/b\", \"cwd://out\"]\nuplink = true\nnet = [\"Api.Example.com\"]\n\
              host_process = [\"git\"]\nidentity = \"link\"\nkv = [\"x\"]\n",
@@ -757,6 +785,7 @@ mod tests {
                 "handler on `*`",
                 "handler on `*.x`",
                 "handler on `astrid.v1.*`",
+                "subscribe to `*.y`",
                 "net api.example.com",
                 "host_process git",
                 "identity link",
@@ -779,6 +808,15 @@ mod tests {
         }
         for p in ["own.*", "own.a", "a.*.b", "astrid.v1.session.*"] {
             assert!(!is_broad_handler(&pat(p)), "{p}");
+        }
+        for p in ["*", "*.a", "*.*.b"] {
+            assert!(spans_namespaces(&pat(p)), "{p}");
+        }
+        for p in ["astrid.*", "astrid.v1.audit.entry", "own.*"] {
+            assert!(
+                !spans_namespaces(&pat(p)),
+                "{p}: audit entries are scoped at delivery"
+            );
         }
     }
 
@@ -876,6 +914,7 @@ mod tests {
             Request::FsWrite("/srv/out".into()),
             Request::Uplink,
             Request::Handler(pat("*")),
+            Request::Subscribe(pat("*.chat")),
             Request::NetBind(EndpointGrant::parse("[::1]:80").unwrap_or_else(|e| panic!("{e}"))),
             Request::Identity(IdentityLevel::Resolve),
             Request::Process("git".into()),

@@ -58,6 +58,42 @@ pub enum Forbidden {
         /// What the protected directory holds.
         what: String,
     },
+    /// The directory is reached, under another name, through a mount: a bind mount of a
+    /// protected directory (or of one of its ancestors or insides), or a kernel file system.
+    #[error(
+        "{request} can never be granted: {}",
+        match (fstype, protected) {
+            (Some(t), _) => format!("a {t} file system is mounted at {}", point.display()),
+            (None, Some(p)) => format!(
+                "through the mount at {}, it {relation} {} ({what})",
+                point.display(),
+                p.display()
+            ),
+            (None, None) => format!("the mount at {} is not grantable", point.display()),
+        }
+    )]
+    Mounted {
+        /// The request.
+        request: Request,
+        /// The mount point that ties it to what is protected.
+        point: PathBuf,
+        /// A kernel file system's type, when that is what is mounted.
+        fstype: Option<String>,
+        /// The protected directory it aliases, otherwise.
+        protected: Option<PathBuf>,
+        /// How the two relate (`is`, `lies inside`, `contains`).
+        relation: &'static str,
+        /// What the protected directory holds.
+        what: String,
+    },
+    /// The path names something other than a directory.
+    #[error("{request} cannot be granted: {} is not a directory", resolved.display())]
+    NotADirectory {
+        /// The request.
+        request: Request,
+        /// What it resolves to.
+        resolved: PathBuf,
+    },
     /// The directory does not exist or cannot be resolved.
     #[error("{request} cannot be granted: the directory cannot be resolved ({reason})")]
     Unresolvable {
@@ -235,7 +271,8 @@ impl HostPolicy {
     pub fn check(&self, request: &Request) -> Result<Option<PathBuf>, Box<Forbidden>> {
         match request {
             Request::FsRead(dir) | Request::FsWrite(dir) => self.check_dir(request, dir).map(Some),
-            Request::Handler(pattern) => match &self.handler_patterns {
+            Request::Handler(pattern) | Request::Subscribe(pattern) => match &self.handler_patterns
+            {
                 Some(allowed) if !allowed.iter().any(|a| a.covers(pattern)) => {
                     Err(Box::new(Forbidden::OutsidePolicy {
                         request: request.clone(),
@@ -312,6 +349,51 @@ impl HostPolicy {
                 protected: p.path.clone(),
                 relation,
                 what: p.what.clone(),
+            }));
+        }
+        if !std::fs::metadata(&resolved).is_ok_and(|m| m.is_dir()) {
+            return Err(Box::new(Forbidden::NotADirectory {
+                request: request.clone(),
+                resolved,
+            }));
+        }
+        // Spellings agree with the protections; now the file systems must too. The table is
+        // read on every check so a mount made after start is seen; without it, nothing is
+        // granted.
+        let table = crate::mounts::MountTable::read().map_err(|e| {
+            Box::new(Forbidden::Unresolvable {
+                request: request.clone(),
+                reason: format!("cannot read the mount table: {e}"),
+            })
+        })?;
+        let protected: Vec<&Path> = self.protected.iter().map(|p| p.path.as_path()).collect();
+        if let Some(found) = crate::mounts::exposure(&table, &resolved, &protected) {
+            return Err(Box::new(match found {
+                crate::mounts::Exposure::Kernel { point, fstype } => Forbidden::Mounted {
+                    request: request.clone(),
+                    point,
+                    fstype: Some(fstype),
+                    protected: None,
+                    relation: "is",
+                    what: String::new(),
+                },
+                crate::mounts::Exposure::Alias {
+                    protected,
+                    point,
+                    relation,
+                } => Forbidden::Mounted {
+                    request: request.clone(),
+                    what: self
+                        .protected
+                        .iter()
+                        .find(|p| p.path == protected)
+                        .map(|p| p.what.clone())
+                        .unwrap_or_default(),
+                    point,
+                    fstype: None,
+                    protected: Some(protected),
+                    relation,
+                },
             }));
         }
         if let Some(roots) = &self.fs_roots

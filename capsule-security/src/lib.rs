@@ -18,6 +18,7 @@ mod grant;
 mod grants;
 mod host_policy;
 mod manifest;
+mod mounts;
 mod policy;
 pub mod private;
 mod profile;
@@ -26,7 +27,7 @@ pub use capabilities::{Capabilities, IdentityLevel, KNOWN_CAPABILITIES};
 pub use capsule_bus::PrincipalId;
 pub use grant::{
     Grant, GrantError, GrantStore, ManifestDigest, PermissionDiff, Request, is_broad_handler,
-    requests, ungated_summary,
+    requests, spans_namespaces, ungated_summary,
 };
 pub use grants::{EndpointGrant, FsGrant, FsRoot, HostGrant, normalize_relative};
 pub use host_policy::{Forbidden, HostPolicy, HostPolicyError, POLICY_FILE, Resolved};

@@ -64,7 +64,8 @@ fn parse_all<T>(items: &[String], parse: impl Fn(&str) -> Result<T, String>) -> 
 }
 
 impl CapsulePolicy {
-    /// The policy of `manifest` under the operator's `grant`: its ACLs as written, and of its
+    /// The policy of `manifest` under the operator's `grant`: its ACLs as written except
+    /// subscribe entries reaching beyond its own topics that were not granted, and of its
     /// capabilities only `requested ∩ granted` (see [`Grant::effective`]; `dirs` maps each
     /// host directory as written to the canonical directory the grant is about).
     pub fn granted(
@@ -72,13 +73,21 @@ impl CapsulePolicy {
         grant: &Grant,
         dirs: &std::collections::HashMap<std::path::PathBuf, std::path::PathBuf>,
     ) -> Self {
+        // A subscribe entry reaching beyond the capsule's own topics is in the ACL only when
+        // granted (a handler entry's load fails without its grant, so it is kept here).
+        let subscribe = manifest
+            .subscribe
+            .iter()
+            .filter(|s| {
+                s.handler.is_some()
+                    || !crate::grant::spans_namespaces(&s.pattern)
+                    || grant.allows(&crate::grant::Request::Subscribe(s.pattern.clone()))
+            })
+            .map(|s| s.pattern.clone())
+            .collect();
         Self::new(
             manifest.publish.iter().map(|p| p.pattern.clone()).collect(),
-            manifest
-                .subscribe
-                .iter()
-                .map(|s| s.pattern.clone())
-                .collect(),
+            subscribe,
             grant.effective(manifest, dirs),
         )
     }

@@ -620,3 +620,59 @@ async fn a_decision_for_one_capsule_never_serves_another_swapped_into_its_direct
     );
     h.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_reaching_beyond_own_topics_needs_a_grant_like_a_handler() {
+    use capsule_runtime::bus::Attribution;
+    let h = host();
+    let manifest = "[subscribe]\n\"*\" = \"opaque\"\n\"own.*\" = \"opaque\"\n";
+    // Refused by the operator: the capsule runs, but only with its own topics.
+    h.approver(|_| Approval::Grant(Vec::new()));
+    refusals(
+        h.rt.load(h.capsule_dir("eavesdrop", "prober.wasm", manifest))
+            .await,
+    );
+    let star = capsule_runtime::bus::TopicPattern::parse("*").unwrap_or_else(|e| panic!("{e}"));
+    h.approver(move |r| {
+        assert_eq!(r.diff.added, vec![Request::Subscribe(star.clone())]);
+        Approval::Grant(vec![Request::Uplink])
+    });
+    refusals(
+        h.rt.load(h.capsule_dir("eavesdrop", "prober.wasm", manifest))
+            .await,
+    );
+    // A recorded refusal: the ACL entry is dropped and the capsule loads without it.
+    let mut g = capsule_runtime::security::Grant::new(
+        &capsule_runtime::security::Manifest::load(&h.capsule_dir(
+            "eavesdrop",
+            "prober.wasm",
+            manifest,
+        ))
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    g.deny([Request::Subscribe(
+        capsule_runtime::bus::TopicPattern::parse("*").unwrap_or_else(|e| panic!("{e}")),
+    )]);
+    h.rt.grants().save(&g).unwrap_or_else(|e| panic!("{e}"));
+    let c = h.load("eavesdrop", "prober.wasm", manifest).await;
+    assert_eq!(
+        err(&call(&c, "subscribe", json!({"pattern": "chat.*"})).await),
+        "capability-denied",
+        "another tenant's namespace is out of reach without the grant"
+    );
+    ok(&call(&c, "subscribe", json!({"pattern": "own.x"})).await);
+    c.unload().await;
+
+    // Granted: the operator chose to let it see every tenant's chat.
+    let mut g = g;
+    g.allow([Request::Subscribe(
+        capsule_runtime::bus::TopicPattern::parse("*").unwrap_or_else(|e| panic!("{e}")),
+    )]);
+    h.rt.grants().save(&g).unwrap_or_else(|e| panic!("{e}"));
+    let c = h.load("eavesdrop", "prober.wasm", manifest).await;
+    let index = ok(&call(&c, "subscribe", json!({"pattern": "chat.*"})).await).clone();
+    h.publish("chat.room", "\"hello\"", Attribution::Verified(pid("bob")));
+    let got = ok(&call(&c, "recv", json!({"index": index, "timeout": 20000})).await).clone();
+    assert_eq!(got["messages"][0]["topic"], "chat.room", "{got}");
+    h.rt.shutdown().await;
+}

@@ -16,6 +16,7 @@ pub(crate) const VALUE_ITEMS: &[&str] = &[
     "--fs",
     "--fs-write",
     "--handler",
+    "--subscribe",
     "--net",
     "--net-connect",
     "--net-bind",
@@ -41,6 +42,9 @@ fn item(flag: &str, value: Option<&str>) -> Result<Request, String> {
         "--uplink" => Request::Uplink,
         "--persistent" => Request::Persistent,
         "--handler" => Request::Handler(
+            capsule_runtime::bus::TopicPattern::parse(v).map_err(|e| format!("`{v}`: {e}"))?,
+        ),
+        "--subscribe" => Request::Subscribe(
             capsule_runtime::bus::TopicPattern::parse(v).map_err(|e| format!("`{v}`: {e}"))?,
         ),
         "--net" => Request::Net(HostGrant::parse(v)?),

@@ -41,6 +41,7 @@ grant and revoke items (CAPSULE is a capsule directory, or a name that has a gra
   --fs DIR             read a host directory        --fs-write DIR   read and write it
   --uplink             act as an uplink (publish-as)
   --handler PATTERN    a handler on a pattern beyond the capsule's own topics (e.g. '*')
+  --subscribe PATTERN  a [subscribe] entry beyond the capsule's own topics
   --net HOST           --net-connect HOST:PORT     --net-bind HOST:PORT
   --process COMMAND    --identity resolve|link|admin    --persistent
 
