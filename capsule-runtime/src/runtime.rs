@@ -484,6 +484,7 @@ impl Runtime {
             payload,
             source: Uuid::nil(),
             attribution: capsule_bus::Attribution::System,
+            hops: 0,
         });
     }
 

@@ -164,6 +164,7 @@ impl IpcView<'_> {
             payload,
             source: self.identity.session,
             attribution,
+            hops: 0,
         });
         if report.is_cut() {
             return Err(IpcError::Backpressure { cut: report.cut });
