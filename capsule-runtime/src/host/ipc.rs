@@ -202,7 +202,9 @@ impl IpcView<'_> {
         Ok(self.bus.shared.bus.subscribe(pattern, scope))
     }
 
-    /// Turns a drain into an envelope and installs the scope of its first message.
+    /// Turns a drain into an envelope and installs the scope of its first message. The drain
+    /// carries one attribution only, so that scope is right for every message in it; an empty
+    /// drain leaves the scope as it was.
     fn deliver(&mut self, drain: Drain) -> IpcEnvelope {
         if let Some(first) = drain.messages.first() {
             self.scopes.install_for_message(self.scope, first);
@@ -308,7 +310,7 @@ impl HostSubscription for IpcView<'_> {
             self.audit("subscription.poll", &pattern, 0, Some(&IpcError::Closed));
             return Ok(Err(ErrorCode::Closed));
         }
-        let drain = entry.receiver.try_drain(MAX_DRAIN_BYTES);
+        let drain = entry.receiver.try_drain_one_principal(MAX_DRAIN_BYTES);
         let envelope = self.deliver(drain);
         self.audit(
             "subscription.poll",
@@ -336,7 +338,7 @@ impl HostSubscription for IpcView<'_> {
             () = cancel.cancelled() => None,
             drain = async {
                 let _permit = io.acquire().await.ok()?;
-                Some(entry.receiver.recv(timeout, MAX_DRAIN_BYTES).await)
+                Some(entry.receiver.recv_one_principal(timeout, MAX_DRAIN_BYTES).await)
             } => drain,
         };
         let Some(drain) = drain else {

@@ -1,1 +1,135 @@
 //! Cross-principal: envelopes, subscriptions, output, attribution and handler scoping.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use capsule_bus::{Attribution, Receiver};
+use capsule_runtime::InvokeError;
+use serde_json::{Value, json};
+
+use super::Bystander;
+use crate::common::*;
+
+/// The server capsule's manifest: requests on `serve.*`, a gate on `serve-gate.*`, answers on
+/// `served.*`.
+const SERVER: &str = "[publish]\n\"served.*\" = \"x\"\n\n[subscribe]\n\"serve.*\" = \"x\"\n\"serve-gate.*\" = \"x\"\n";
+
+/// A client that may publish requests to the server.
+const CLIENT: &str =
+    "[publish]\n\"serve.*\" = \"x\"\n\"probe.*\" = \"x\"\n\n[subscribe]\n\"probe.*\" = \"x\"\n";
+
+/// Answers of the server, collected by tag.
+struct Answers {
+    rx: Receiver,
+    seen: HashMap<String, (Value, Attribution)>,
+}
+
+impl Answers {
+    fn new(h: &Host) -> Self {
+        Self {
+            rx: h.subscribe("served.*"),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Waits (bounded) for the answer tagged `tag`.
+    async fn get(&mut self, tag: &str) -> (Value, Attribution) {
+        while !self.seen.contains_key(tag) {
+            let m = next(&mut self.rx).await;
+            let v: Value =
+                serde_json::from_str(m.payload.as_str()).unwrap_or_else(|e| panic!("{e}"));
+            let t = v["tag"].as_str().unwrap_or_default().to_string();
+            self.seen.insert(t, (v, m.attribution()));
+        }
+        self.seen[tag].clone()
+    }
+}
+
+/// Has `client` publish one request to the server as `who`.
+async fn request(client: &capsule_runtime::Capsule, who: &str, req: Value) {
+    ok(&call_as(
+        client,
+        "publish",
+        json!({"topic": "serve.req", "payload": req.to_string()}),
+        Some(who),
+    )
+    .await);
+}
+
+fn log_of(h: &Host, principal: &str, capsule: &str) -> String {
+    let path: PathBuf = h
+        .state()
+        .join("home")
+        .join(principal)
+        .join(".local/log")
+        .join(format!("{capsule}.log"));
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Waits (bounded) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+/// Item 1: a run loop's envelope never mixes principals, so a well-behaved server answers
+/// each principal from that principal's own KV. The attack queues alice's and bob's requests
+/// behind a held server so that they are drained together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_never_mixes_principals() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let mut answers = Answers::new(&h);
+    let server = h.load("kvserver", "hostile-kvserver.wasm", SERVER).await;
+    assert!(server.wait_ready(Duration::from_secs(20)).await);
+    let client = h.load("client", "prober.wasm", CLIENT).await;
+
+    for (who, value) in [("alice", "alice-data"), ("bob", "bob-data")] {
+        let tag = format!("{who}-set");
+        request(
+            &client,
+            who,
+            json!({"op": "set", "tag": tag, "value": value}),
+        )
+        .await;
+        assert_eq!(answers.get(&tag).await.0["ok"], true);
+    }
+    // The server holds on its gate; both reads queue up behind it.
+    request(&client, "alice", json!({"op": "hold", "tag": "hold"})).await;
+    answers.get("hold").await;
+    request(&client, "alice", json!({"op": "get", "tag": "alice-get"})).await;
+    request(&client, "bob", json!({"op": "get", "tag": "bob-get"})).await;
+    bystander.check("mixed-principal envelope").await;
+    h.publish("serve-gate.go", "{}", Attribution::System);
+
+    let (a, a_attr) = answers.get("alice-get").await;
+    let (b, b_attr) = answers.get("bob-get").await;
+    assert_eq!(a["value"], "alice-data");
+    assert_eq!(a["caller"], "alice");
+    assert_eq!(a_attr, Attribution::Verified(pid("alice")));
+    assert_eq!(
+        b["value"], "bob-data",
+        "bob is answered from his own KV, never alice's"
+    );
+    assert_eq!(b["caller"], "bob");
+    assert_eq!(b_attr, Attribution::Verified(pid("bob")));
+
+    // An empty drain keeps the scope of the last message.
+    request(&client, "bob", json!({"op": "idle", "tag": "bob-idle"})).await;
+    assert_eq!(answers.get("bob-idle").await.0["caller"], "bob");
+
+    let recvs: Vec<_> = audit_events("kvserver")
+        .into_iter()
+        .filter(|e| e.get("op").map(String::as_str) == Some("subscription.recv"))
+        .collect();
+    assert!(recvs.iter().any(|e| e["principal"] == "bob"), "{recvs:?}");
+    assert!(
+        recvs.iter().all(|e| e["size"] == "0" || e["size"] == "1"),
+        "every envelope here carries one message of one principal: {recvs:?}"
+    );
+    bystander.check("after the mixed-principal attack").await;
+    h.rt.shutdown().await;
+}
