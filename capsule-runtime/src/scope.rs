@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use capsule_bus::{Attribution, Message, PrincipalId};
+use capsule_bus::{Attribution, Message, PrincipalId, Scope, TopicPattern};
 use capsule_security::PrincipalProfile;
 use capsule_vfs::{Mount, StateLayout};
 use parking_lot::Mutex;
@@ -65,6 +65,17 @@ impl InvocationScope {
     /// Who caused the call.
     pub fn caller(&self) -> &Caller {
         &self.caller
+    }
+}
+
+/// The audit rule, the one place it is written: a pattern that covers the audit topic admits
+/// only the owner's own entries unless the owner's profile holds the firehose grant. Runtime
+/// subscriptions and handler bindings are both scoped by it.
+pub(crate) fn audit_rule(pattern: &TopicPattern, owner: &PrincipalId, firehose: bool) -> Scope {
+    if pattern.covers_audit_topic() && !firehose {
+        Scope::Principal(owner.clone())
+    } else {
+        Scope::All
     }
 }
 

@@ -18,6 +18,7 @@ use wasmtime::component::Resource;
 
 use crate::host::audit;
 use crate::host::poll::{PollSource, PollableEntry};
+use crate::scope::audit_rule;
 use crate::state::IpcView;
 
 /// Largest payload one publish may carry.
@@ -185,9 +186,13 @@ impl IpcView<'_> {
             return Err(IpcError::SubscriptionQuota);
         }
         // An audit-covering subscription sees only its owner's entries unless the owner's
-        // profile grants the firehose. The scope is the load-time owner: the route outlives
-        // any one call.
-        let scope = if pattern.covers_audit_topic() && !self.bus.shared.audit_firehose {
+        // profile grants the firehose.
+        let mut scope = audit_rule(
+            &pattern,
+            &self.identity.owner,
+            self.bus.shared.audit_firehose,
+        );
+        if scope != Scope::All {
             tracing::info!(
                 target: "capsule::audit::ipc",
                 capsule = %self.identity.name,
@@ -195,10 +200,27 @@ impl IpcView<'_> {
                 pattern = %pattern,
                 "audit-covering subscription scoped to its owner"
             );
-            Scope::Principal(self.identity.owner.clone())
-        } else {
-            Scope::All
-        };
+        }
+        // Opened while a handler call serves P, the subscription is P's: it admits P's
+        // messages and the system's, so nobody else can inject into P's call.
+        if let Some(serving) = self.scope.as_ref().filter(|s| s.pinned) {
+            let principal = serving.principal.clone();
+            scope = scope
+                .intersect(&Scope::PrincipalAndSystem(principal.clone()))
+                .ok_or_else(|| {
+                    IpcError::Denied(format!(
+                        "`{pattern}` covers audit entries, of which this capsule sees only its \
+                         owner's; opened while serving `{principal}` it would admit nothing"
+                    ))
+                })?;
+            tracing::info!(
+                target: "capsule::audit::ipc",
+                capsule = %self.identity.name,
+                principal = %principal,
+                pattern = %pattern,
+                "subscription scoped to the principal in scope"
+            );
+        }
         Ok(self.bus.shared.bus.subscribe(pattern, scope))
     }
 

@@ -250,11 +250,13 @@ async fn poll_and_recv_deliver_and_report_losses() {
         "a timed-out recv returns an empty envelope"
     );
 
+    // The subscription was opened in a call serving the owner, so it takes the owner's
+    // messages (and the system's).
     for i in 0..5 {
         h.publish(
             "probe.in",
             &i.to_string(),
-            Attribution::Verified(pid("bob")),
+            Attribution::Verified(pid("default")),
         );
     }
     let env = ok(&call(&p, "poll", json!({"index": index})).await).clone();
@@ -262,7 +264,7 @@ async fn poll_and_recv_deliver_and_report_losses() {
     assert_eq!(messages.len(), 2);
     assert_eq!(env["dropped"], 3, "evictions are reported");
     assert_eq!(messages[0]["payload"], "3");
-    assert_eq!(messages[0]["principal"], json!({"verified": "bob"}));
+    assert_eq!(messages[0]["principal"], json!({"verified": "default"}));
     assert_eq!(messages[0]["source"], uuid::Uuid::nil().to_string());
     assert_eq!(messages[0]["topic"], "probe.in");
 
@@ -292,8 +294,10 @@ async fn a_handler_keeps_its_own_scope_when_it_receives() {
     )
     .await)
     .clone();
-    h.publish("probe.in", "{}", Attribution::Verified(pid("bob")));
-    ok(&call_as(&p, "poll", json!({"index": index}), Some("alice")).await);
+    // A system message would put the owner in scope, were the call's scope not pinned.
+    h.publish("probe.in", "{}", Attribution::System);
+    let env = ok(&call_as(&p, "poll", json!({"index": index}), Some("alice")).await).clone();
+    assert_eq!(env["messages"][0]["principal"], "system");
     let caller = ok(&call_as(&p, "caller", json!({}), Some("alice")).await).clone();
     assert_eq!(caller["principal"], "alice");
     ok(&call_as(

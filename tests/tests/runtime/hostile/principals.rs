@@ -133,3 +133,84 @@ async fn an_envelope_never_mixes_principals() {
     bystander.check("after the mixed-principal attack").await;
     h.rt.shutdown().await;
 }
+/// Item 2: a subscription a guest opens while a handler call serves alice admits only alice's
+/// messages and system messages, so bob cannot inject replies into alice's call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_opened_in_a_handler_call_admits_only_its_principal() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let listener = h.load("listener", "prober.wasm", PROBER_ACL).await;
+    let attacker = h.load("attacker", "prober.wasm", PROBER_ACL).await;
+    let index = ok(&call_as(
+        &listener,
+        "subscribe",
+        json!({"pattern": "probe.reply"}),
+        Some("alice"),
+    )
+    .await)
+    .clone();
+    for who in ["bob", "alice", "bob"] {
+        ok(&call_as(
+            &attacker,
+            "publish",
+            json!({"topic": "probe.reply", "payload": json!({"from": who}).to_string()}),
+            Some(who),
+        )
+        .await);
+    }
+    h.publish("probe.reply", r#"{"from":"system"}"#, Attribution::System);
+    bystander.check("injected replies").await;
+
+    let mut seen = Vec::new();
+    loop {
+        let env =
+            ok(&call_as(&listener, "poll", json!({"index": index}), Some("alice")).await).clone();
+        let messages = env["messages"].as_array().cloned().unwrap_or_default();
+        if messages.is_empty() {
+            break;
+        }
+        seen.extend(messages.into_iter().map(|m| m["principal"].clone()));
+    }
+    assert_eq!(
+        seen,
+        vec![json!({"verified": "alice"}), json!("system")],
+        "only alice's own message and the system's reach alice's subscription"
+    );
+    let scoped = audit_events("listener").into_iter().any(|e| {
+        e.get("message").map(String::as_str)
+            == Some("subscription scoped to the principal in scope")
+            && e.get("principal").map(String::as_str) == Some("alice")
+    });
+    assert!(scoped, "{:?}", audit_events("listener"));
+
+    // An audit-covering subscription shows only the owner's entries; opened while serving
+    // someone else it would show nothing, so it is refused.
+    let auditor = h
+        .load(
+            "auditor",
+            "prober.wasm",
+            "[subscribe]\n\"astrid.*\" = \"x\"\n",
+        )
+        .await;
+    let r = call_as(
+        &auditor,
+        "subscribe",
+        json!({"pattern": "astrid.v1.audit.*"}),
+        Some("bob"),
+    )
+    .await;
+    assert_eq!(err(&r), "capability-denied");
+    let refused = audit_events("auditor").into_iter().any(|e| {
+        e.get("op").map(String::as_str) == Some("subscribe")
+            && e.get("error")
+                .is_some_and(|m| m.contains("would admit nothing"))
+    });
+    assert!(refused, "{:?}", audit_events("auditor"));
+    ok(&call(
+        &auditor,
+        "subscribe",
+        json!({"pattern": "astrid.v1.audit.*"}),
+    )
+    .await);
+    h.rt.shutdown().await;
+}
