@@ -214,3 +214,105 @@ async fn a_subscription_opened_in_a_handler_call_admits_only_its_principal() {
     .await);
     h.rt.shutdown().await;
 }
+/// Item 5: a handler whose pattern covers the audit topic sees only its owner's audit entries
+/// unless the owner holds the firehose grant — the same rule as runtime subscriptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_handler_sees_only_its_owners_entries() {
+    let h = host();
+    h.profile("ops", "grants = [\"audit:read_all\"]\n");
+    let bystander = Bystander::start(&h).await;
+    let mut seen = h.subscribe("chain.seen");
+    let manifest = |name: &str, priority: u32| {
+        format!(
+            "[publish]\n\"chain.*\" = \"x\"\n\
+             [subscribe]\n\"astrid.v1.audit.*\" = {{ wit = \"x\", handler = \"on_audit\", priority = {priority} }}\n\
+             [env.name]\ntype = \"text\"\ndefault = \"{name}\"\n"
+        )
+    };
+    let alice = h
+        .load_as("h-alice", "chain.wasm", &manifest("h-alice", 10), "alice")
+        .await;
+    let watcher = h
+        .load_as("watcher", "chain.wasm", &manifest("watcher", 20), "ops")
+        .await;
+    for who in [
+        Attribution::Verified(pid("bob")),
+        Attribution::System,
+        Attribution::Verified(pid("alice")),
+    ] {
+        h.publish("astrid.v1.audit.entry", "{}", who);
+    }
+    // The watcher runs after alice's handler in every chain, so once it has seen all three
+    // entries every call alice's handler was going to get has completed.
+    let w = watcher.clone();
+    until("the watcher to see every entry", move || {
+        w.call_stats().completed == 3
+    })
+    .await;
+    assert_eq!(alice.call_stats().completed, 1, "{:?}", alice.call_stats());
+    let mut reports = Vec::new();
+    while let Some(m) = seen.try_drain_limited(usize::MAX, 1).messages.pop() {
+        let v: Value = serde_json::from_str(m.payload.as_str()).unwrap_or_default();
+        reports.push((v["capsule"].clone(), v["principal"].clone()));
+    }
+    let alices: Vec<_> = reports.iter().filter(|(c, _)| c == "h-alice").collect();
+    assert_eq!(alices, vec![&(json!("h-alice"), json!("alice"))]);
+    let scoped = audit_events("h-alice").into_iter().any(|e| {
+        e.get("message").map(String::as_str) == Some("audit-covering handler scoped to its owner")
+    });
+    assert!(scoped, "{:?}", audit_events("h-alice"));
+    bystander.check("audit handler").await;
+    h.rt.shutdown().await;
+}
+/// Item 5: `continue` data must be valid JSON within the payload limit; otherwise the next
+/// level sees the payload unchanged and the link is counted as failed and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_data_must_be_json_within_the_payload_limit() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let mut seen = h.subscribe("chain.seen");
+    let hostile = |topic: &str, mode: &str| {
+        format!(
+            "[subscribe]\n\"{topic}\" = {{ wit = \"x\", handler = \"h\", priority = 10 }}\n\
+             [env.mode]\ntype = \"text\"\ndefault = \"{mode}\"\n"
+        )
+    };
+    h.load(
+        "bad-json",
+        "hostile-handler.wasm",
+        &hostile("victim.bad", "bad-json"),
+    )
+    .await;
+    h.load(
+        "huge",
+        "hostile-handler.wasm",
+        &hostile("victim.huge", "huge"),
+    )
+    .await;
+    h.load(
+        "observer",
+        "chain.wasm",
+        "[publish]\n\"chain.*\" = \"x\"\n\
+         [subscribe]\n\"victim.*\" = { wit = \"x\", handler = \"on_t\", priority = 20 }\n\
+         [env.name]\ntype = \"text\"\ndefault = \"observer\"\n",
+    )
+    .await;
+    for topic in ["victim.bad", "victim.huge"] {
+        h.publish(topic, r#"{"orig":1}"#, Attribution::Verified(pid("alice")));
+        let m = next(&mut seen).await;
+        let v: Value = serde_json::from_str(m.payload.as_str()).unwrap_or_default();
+        assert_eq!(
+            v["saw"], r#"{"orig":1}"#,
+            "{topic}: the next level sees the payload unchanged"
+        );
+    }
+    assert_eq!(h.rt.dispatch_stats().failed_links, 2);
+    for capsule in ["bad-json", "huge"] {
+        let refused = audit_events(capsule).into_iter().any(|e| {
+            e.get("message").map(String::as_str) == Some("handler returned invalid continue data")
+        });
+        assert!(refused, "{capsule}: {:?}", audit_events(capsule));
+    }
+    bystander.check("invalid continue data").await;
+    h.rt.shutdown().await;
+}
