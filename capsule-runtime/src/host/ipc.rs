@@ -230,6 +230,7 @@ impl IpcView<'_> {
     fn deliver(&mut self, drain: Drain) -> IpcEnvelope {
         if let Some(first) = drain.messages.first() {
             self.scopes.install_for_message(self.scope, first);
+            self.output.follow(self.scoped());
         }
         IpcEnvelope {
             messages: drain.messages.iter().map(|m| wit_message(m)).collect(),

@@ -214,6 +214,76 @@ async fn a_subscription_opened_in_a_handler_call_admits_only_its_principal() {
     .await);
     h.rt.shutdown().await;
 }
+/// Item 3: guest stdout/stderr go to the log of the principal in scope (handler calls and run
+/// loops alike), never to the owner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_output_goes_to_the_log_of_the_principal_in_scope() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let p = h.load("printer", "prober.wasm", "").await;
+    ok(&call_as(
+        &p,
+        "print",
+        json!({"stdout": "bob-out-1", "stderr": "bob-err-1"}),
+        Some("bob"),
+    )
+    .await);
+    ok(&call(&p, "print", json!({"stdout": "owner-out-1"})).await);
+    let bob = log_of(&h, "bob", "printer");
+    let owner = log_of(&h, "default", "printer");
+    assert!(bob.contains("STDOUT bob-out-1"), "{bob}");
+    assert!(bob.contains("STDERR bob-err-1"), "{bob}");
+    assert!(
+        !owner.contains("bob-"),
+        "bob's output in the owner's log: {owner}"
+    );
+    assert!(owner.contains("STDOUT owner-out-1"), "{owner}");
+    assert!(!bob.contains("owner-out-1"), "{bob}");
+
+    // A run loop prints while serving whoever its last envelope was for.
+    let mut answers = Answers::new(&h);
+    let server = h.load("kvserver", "hostile-kvserver.wasm", SERVER).await;
+    assert!(server.wait_ready(Duration::from_secs(20)).await);
+    let client = h.load("client", "prober.wasm", CLIENT).await;
+    request(&client, "bob", json!({"op": "get", "tag": "bob-print"})).await;
+    answers.get("bob-print").await;
+    bystander.check("output routing").await;
+    let bob = log_of(&h, "bob", "kvserver");
+    let owner = log_of(&h, "default", "kvserver");
+    assert!(bob.contains("STDOUT served bob-print"), "{bob}");
+    assert!(!owner.contains("bob-print"), "{owner}");
+    h.rt.shutdown().await;
+}
+/// Item 3: a fresh instance made for a principal is instantiated under that principal's memory
+/// quota and charged to its ledger, not the owner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_instance_is_made_under_the_callers_memory_quota() {
+    let h = host();
+    h.profile("tiny", "[quotas]\nmax_memory_bytes = 65536\n");
+    let bystander = Bystander::start(&h).await;
+    let p = h.load("mem", "prober.wasm", "").await;
+    match p.invoke("noop", b"{}", Some(pid("tiny"))).await {
+        Err(InvokeError::Instantiate { capsule, .. }) => assert_eq!(capsule, "mem"),
+        other => panic!("tiny's instance must not fit its 64 KiB quota: {other:?}"),
+    }
+    let stats = h.rt.memory_stats();
+    assert!(
+        stats
+            .get(&pid("tiny"))
+            .is_some_and(|s| s.refused_grows >= 1),
+        "the refused instantiation is charged to tiny: {stats:?}"
+    );
+    // Another principal's fresh instance is charged to that principal.
+    ok(&call_as(&p, "noop", json!({}), Some("pat")).await);
+    let pat =
+        h.rt.memory_stats()
+            .get(&pid("pat"))
+            .copied()
+            .unwrap_or_default();
+    assert!(pat.peak_bytes >= 65536, "{pat:?}");
+    bystander.check("memory quota at instantiation").await;
+    h.rt.shutdown().await;
+}
 /// Item 5: a handler whose pattern covers the audit topic sees only its owner's audit entries
 /// unless the owner holds the firehose grant — the same rule as runtime subscriptions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
