@@ -17,6 +17,7 @@
 //! ([`capsule_bus`]), policy and profiles ([`capsule_security`]) and confined files
 //! ([`capsule_vfs`]).
 
+mod bounded;
 mod cache;
 mod calls;
 mod capsule;
@@ -36,6 +37,7 @@ mod scope;
 pub mod secrets;
 mod state;
 
+pub use bounded::{PRINCIPAL_CACHE_CAPACITY, PRINCIPAL_IDLE_TTL};
 pub use cache::CacheOutcome;
 pub use capsule::{CallStats, Capsule, HookResponse, InvokeError, LoadReport, RunExit};
 pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};
@@ -47,7 +49,8 @@ pub use host::audit::{
 };
 pub use host::fs::{FsError, MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};
 pub use host::ipc::{
-    IpcError, MAX_DRAIN_BYTES, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS, MAX_SUBSCRIPTIONS,
+    CLAIM_WINDOW, IpcError, MAX_DRAIN_BYTES, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS,
+    MAX_SUBSCRIPTIONS,
 };
 pub use host::poll::MAX_POLL_LIST;
 pub use host::sys::{

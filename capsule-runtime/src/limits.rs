@@ -4,18 +4,34 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use capsule_bus::PrincipalId;
 use parking_lot::Mutex;
 use wasmtime::ResourceLimiter;
 
+use crate::bounded::{BoundedMap, PRINCIPAL_CACHE_CAPACITY, PRINCIPAL_IDLE_TTL};
+
 /// Most table elements a guest table may grow to.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
-/// Per-principal memory statistics shared by every Store of a runtime.
-#[derive(Debug, Default)]
+/// Per-principal memory statistics shared by every Store of a runtime; bounded like every
+/// per-principal cache (a principal idle long enough, or the least recently charged one, is
+/// forgotten when room is needed).
+#[derive(Debug)]
 pub(crate) struct MemoryLedger {
-    peaks: Mutex<HashMap<PrincipalId, MemoryStats>>,
+    peaks: Mutex<BoundedMap<PrincipalId, MemoryStats>>,
+}
+
+impl Default for MemoryLedger {
+    fn default() -> Self {
+        Self {
+            peaks: Mutex::new(BoundedMap::new(
+                PRINCIPAL_CACHE_CAPACITY,
+                PRINCIPAL_IDLE_TTL,
+            )),
+        }
+    }
 }
 
 /// Memory statistics of one principal.
@@ -30,20 +46,23 @@ pub struct MemoryStats {
 impl MemoryLedger {
     fn record(&self, principal: &PrincipalId, bytes: u64) {
         let mut peaks = self.peaks.lock();
-        let entry = peaks.entry(principal.clone()).or_default();
+        let entry = peaks.entry(principal, Instant::now(), MemoryStats::default);
         entry.peak_bytes = entry.peak_bytes.max(bytes);
     }
 
     fn refuse(&self, principal: &PrincipalId) {
         self.peaks
             .lock()
-            .entry(principal.clone())
-            .or_default()
+            .entry(principal, Instant::now(), MemoryStats::default)
             .refused_grows += 1;
     }
 
     pub(crate) fn snapshot(&self) -> HashMap<PrincipalId, MemoryStats> {
-        self.peaks.lock().clone()
+        self.peaks
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 }
 
@@ -208,6 +227,17 @@ mod tests {
             }
         );
         assert_eq!(s[&pid("b")].peak_bytes, 4000);
+    }
+
+    #[test]
+    fn the_ledger_stays_bounded_under_principal_churn() {
+        let ledger = Arc::new(MemoryLedger::default());
+        let mut m = MemoryMeter::new(pid("first"), 1 << 20, ledger.clone());
+        for i in 0..PRINCIPAL_CACHE_CAPACITY + 50 {
+            m.retarget(&pid(&format!("p{i}")), 1 << 20);
+            assert!(m.memory_growing(0, 4096, None).unwrap_or(false));
+        }
+        assert_eq!(ledger.snapshot().len(), PRINCIPAL_CACHE_CAPACITY);
     }
 
     #[test]

@@ -633,6 +633,7 @@ impl Runtime {
                 policy: Arc::clone(&policy),
                 bindings: bindings(&manifest),
                 audit_firehose: profile.audit_firehose(),
+                introductions: Mutex::default(),
             }),
             sys: Arc::new(SysShared {
                 defaults: env_defaults(&manifest),

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use capsule_bus::{Attribution, Message, PrincipalId, Scope, TopicPattern};
 use capsule_security::PrincipalProfile;
@@ -14,6 +14,7 @@ use capsule_vfs::{Mount, StateLayout};
 use parking_lot::Mutex;
 use uuid::Uuid;
 
+use crate::bounded::{BoundedMap, PRINCIPAL_CACHE_CAPACITY, PRINCIPAL_IDLE_TTL};
 use crate::logsink::{LogSink, unix_ms};
 
 /// Who caused the current call.
@@ -66,6 +67,13 @@ impl InvocationScope {
     pub fn caller(&self) -> &Caller {
         &self.caller
     }
+
+    /// Whether the principal in scope was only claimed (by an uplink), not established by the
+    /// host. What the call publishes is then attributed as claimed too: a claim never becomes
+    /// a verified identity by passing through a capsule.
+    pub fn is_claimed(&self) -> bool {
+        matches!(self.caller.attribution, Attribution::Claimed(_))
+    }
 }
 
 /// The audit rule, the one place it is written: a pattern that covers the audit topic admits
@@ -79,26 +87,36 @@ pub(crate) fn audit_rule(pattern: &TopicPattern, owner: &PrincipalId, firehose: 
     }
 }
 
-/// Profiles by principal, re-read when the file changes.
+/// Profiles by principal, re-read when the file changes; bounded like every per-principal
+/// cache (see [`crate::bounded`]).
 #[derive(Debug)]
 pub(crate) struct ProfileCache {
     state_dir: PathBuf,
-    entries: Mutex<HashMap<PrincipalId, (Option<SystemTime>, ProfileGrant)>>,
+    entries: Mutex<BoundedMap<PrincipalId, (Option<SystemTime>, ProfileGrant)>>,
 }
 
 impl ProfileCache {
     pub(crate) fn new(state_dir: PathBuf) -> Self {
         Self {
             state_dir,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(BoundedMap::new(
+                PRINCIPAL_CACHE_CAPACITY,
+                PRINCIPAL_IDLE_TTL,
+            )),
         }
+    }
+
+    /// Principals whose profile is cached now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.lock().len()
     }
 
     /// The profile of `principal`; a malformed profile or a disabled principal is refused.
     pub(crate) fn resolve(&self, principal: &PrincipalId) -> ProfileGrant {
         let path = PrincipalProfile::path(&self.state_dir, principal);
         let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        if let Some((seen, grant)) = self.entries.lock().get(principal)
+        if let Some((seen, grant)) = self.entries.lock().get_mut(principal, Instant::now())
             && *seen == mtime
         {
             return grant.clone();
@@ -113,7 +131,7 @@ impl ProfileCache {
         }
         self.entries
             .lock()
-            .insert(principal.clone(), (mtime, grant.clone()));
+            .insert(principal.clone(), (mtime, grant.clone()), Instant::now());
         grant
     }
 }
@@ -276,5 +294,36 @@ fn parse_env_overlay(
             tracing::warn!(%principal, capsule, error = %e, "env overlay is not a JSON object; ignored");
             HashMap::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profile_cache_stays_bounded_under_principal_churn() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let cache = ProfileCache::new(dir.path().to_path_buf());
+        for i in 0..PRINCIPAL_CACHE_CAPACITY + 50 {
+            let p = PrincipalId::parse(&format!("p{i}")).unwrap_or_else(|e| panic!("{e}"));
+            assert!(cache.resolve(&p).is_ok());
+            assert!(cache.len() <= PRINCIPAL_CACHE_CAPACITY);
+        }
+        assert_eq!(cache.len(), PRINCIPAL_CACHE_CAPACITY);
+    }
+
+    #[test]
+    fn the_audit_rule_scopes_only_audit_patterns_without_the_firehose() {
+        let owner = PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}"));
+        let p = |s: &str| TopicPattern::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        let scoped = Scope::Principal(owner.clone());
+        assert_eq!(audit_rule(&p("astrid.v1.audit.*"), &owner, false), scoped);
+        assert_eq!(audit_rule(&p("astrid.*"), &owner, false), scoped);
+        assert_eq!(
+            audit_rule(&p("astrid.v1.audit.*"), &owner, true),
+            Scope::All
+        );
+        assert_eq!(audit_rule(&p("probe.*"), &owner, false), Scope::All);
     }
 }

@@ -52,6 +52,8 @@ pub(crate) struct BusShared {
     pub(crate) bindings: Vec<Binding>,
     /// Whether the owner holds the audit firehose grant (from its profile, never the manifest).
     pub(crate) audit_firehose: bool,
+    /// Principals this capsule introduced with `publish-as` in the current minute.
+    pub(crate) introductions: parking_lot::Mutex<crate::host::ipc::Introductions>,
 }
 
 /// The bus context of one Store.

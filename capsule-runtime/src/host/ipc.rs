@@ -2,7 +2,8 @@
 //! mistake is an `IpcError` mapped to the WIT error code by one exhaustive match; a missing
 //! table entry is a broken host invariant and traps. Each call emits one audit event.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use capsule_bus::{
     Attribution, Drain, JsonPayload, Message, Outgoing, PayloadError, PrincipalError, PrincipalId,
@@ -29,6 +30,9 @@ pub const MAX_DRAIN_BYTES: usize = 1024 * 1024;
 pub const MAX_SUBSCRIPTIONS: usize = 128;
 /// Longest `recv` wait; longer requests are clamped.
 pub const MAX_RECV_TIMEOUT_MS: u64 = 60_000;
+/// The window over which an uplink's new claimed principals are counted against its owner's
+/// `max_claimed_principals_per_minute`.
+pub const CLAIM_WINDOW: Duration = Duration::from_secs(60);
 
 /// Why an IPC call failed. Each variant is a fact about the guest's request.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,19 @@ pub enum IpcError {
     /// The principal's byte budget is spent.
     #[error(transparent)]
     RateLimited(RateLimited),
+    /// The uplink capsule's own byte budget, which every principal it claims also spends, is
+    /// spent.
+    #[error("the uplink's own budget is spent: {0}")]
+    UplinkRateLimited(RateLimited),
+    /// The uplink introduced as many new principals this minute as its owner's quota allows.
+    #[error(
+        "this uplink introduced {limit} new principals in the last minute \
+         (quota max_claimed_principals_per_minute)"
+    )]
+    TooManyClaims {
+        /// The quota.
+        limit: u32,
+    },
     /// The fan-out cap kept the message from some subscribers.
     #[error("fan-out cap reached: {cut} subscriptions did not get the message")]
     Backpressure {
@@ -85,11 +102,43 @@ impl IpcError {
             | Self::Payload(_)
             | Self::Principal(_) => ErrorCode::InvalidInput,
             Self::Denied(_) | Self::PrincipalRefused(_) => ErrorCode::CapabilityDenied,
-            Self::RateLimited(_) => ErrorCode::RateLimited,
+            Self::RateLimited(_) | Self::UplinkRateLimited(_) | Self::TooManyClaims { .. } => {
+                ErrorCode::RateLimited
+            }
             Self::Backpressure { .. } => ErrorCode::Backpressure,
             Self::SubscriptionQuota => ErrorCode::Quota,
             Self::Closed => ErrorCode::Closed,
         }
+    }
+}
+
+/// Distinct principals an uplink capsule introduced with `publish-as` in the current
+/// [`CLAIM_WINDOW`]; at most the owner's quota of them are kept.
+#[derive(Debug, Default)]
+pub(crate) struct Introductions {
+    window: Option<Instant>,
+    seen: HashSet<PrincipalId>,
+}
+
+impl Introductions {
+    /// Whether `principal` may be claimed now: already introduced in this window, or new while
+    /// fewer than `limit` were.
+    fn admit(&mut self, principal: &PrincipalId, limit: u32, now: Instant) -> bool {
+        if self
+            .window
+            .is_none_or(|start| now.saturating_duration_since(start) >= CLAIM_WINDOW)
+        {
+            self.window = Some(now);
+            self.seen.clear();
+        }
+        if self.seen.contains(principal) {
+            return true;
+        }
+        if self.seen.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+            return false;
+        }
+        self.seen.insert(principal.clone());
+        true
     }
 }
 
@@ -134,13 +183,15 @@ impl IpcView<'_> {
     }
 
     /// The shared publish path: validation and ACL first, so a refused publish costs nothing,
-    /// then the byte budget, then delivery.
+    /// then the byte budget (for `publish-as`, also the uplink's own budget and its
+    /// introductions), then delivery.
     fn publish_checked(
         &mut self,
         topic: &str,
         payload: String,
         attribution: Attribution,
         charged: &PrincipalId,
+        claimed_by_uplink: bool,
     ) -> Result<(), IpcError> {
         let topic = Topic::parse(topic).map_err(IpcError::Topic)?;
         if let Decision::Denied(reason) = self.bus.shared.policy.may_publish(&topic) {
@@ -155,11 +206,46 @@ impl IpcView<'_> {
             Err(reason) => return Err(IpcError::PrincipalRefused(reason.to_string())),
         };
         let rate = Rate::per_second(profile.quotas.max_ipc_throughput_bytes);
-        self.bus
-            .shared
-            .limiter
-            .check(self.identity.session, charged, payload.len() as u64, rate)
+        // An uplink pays for the principals it claims: each is one of a bounded number of
+        // introductions per minute, and its bytes also come out of the uplink's own budget.
+        let own = if claimed_by_uplink {
+            let owner = match self.owner_profile {
+                Ok(p) => p.clone(),
+                Err(reason) => return Err(IpcError::PrincipalRefused(reason.to_string())),
+            };
+            let limit = owner.quotas.max_claimed_principals_per_minute;
+            if !self
+                .bus
+                .shared
+                .introductions
+                .lock()
+                .admit(charged, limit, Instant::now())
+            {
+                return Err(IpcError::TooManyClaims { limit });
+            }
+            (charged != &self.identity.owner).then(|| {
+                (
+                    &self.identity.owner,
+                    Rate::per_second(owner.quotas.max_ipc_throughput_bytes),
+                )
+            })
+        } else {
+            None
+        };
+        let (limiter, session, bytes) = (
+            &self.bus.shared.limiter,
+            self.identity.session,
+            payload.len() as u64,
+        );
+        limiter
+            .check(session, charged, bytes, rate)
             .map_err(IpcError::RateLimited)?;
+        if let Some((owner, own_rate)) = own
+            && let Err(e) = limiter.check(session, owner, bytes, own_rate)
+        {
+            limiter.refund(session, charged, bytes, rate);
+            return Err(IpcError::UplinkRateLimited(e));
+        }
         let report = self.bus.shared.bus.publish(Outgoing {
             topic,
             payload,
@@ -248,12 +334,13 @@ impl Host for IpcView<'_> {
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         let principal = self.scoped().principal().clone();
         let size = payload.len() as u64;
-        let result = self.publish_checked(
-            &topic,
-            payload,
-            Attribution::Verified(principal.clone()),
-            &principal,
-        );
+        // Serving a claimed principal, the capsule's messages are claimed too.
+        let attribution = if self.scope.as_ref().is_some_and(|s| s.is_claimed()) {
+            Attribution::Claimed(principal.clone())
+        } else {
+            Attribution::Verified(principal.clone())
+        };
+        let result = self.publish_checked(&topic, payload, attribution, &principal, false);
         self.audit("publish", &topic, size, result.as_ref().err());
         Ok(result.map_err(|e| e.code()))
     }
@@ -275,6 +362,7 @@ impl Host for IpcView<'_> {
                 payload,
                 Attribution::Claimed(claimed.clone()),
                 &claimed,
+                true,
             )
         })();
         self.audit("publish-as", &topic, size, result.as_ref().err());
@@ -401,5 +489,37 @@ impl HostSubscription for IpcView<'_> {
             None,
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pid(s: &str) -> PrincipalId {
+        PrincipalId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn introductions_are_bounded_per_window() {
+        let mut intro = Introductions::default();
+        let t0 = Instant::now();
+        assert!(intro.admit(&pid("a"), 2, t0));
+        assert!(intro.admit(&pid("b"), 2, t0));
+        assert!(!intro.admit(&pid("c"), 2, t0), "a third new principal");
+        assert!(
+            intro.admit(&pid("a"), 2, t0),
+            "a known one is no introduction"
+        );
+        let later = t0 + CLAIM_WINDOW;
+        assert!(
+            intro.admit(&pid("c"), 2, later),
+            "a new window starts afresh"
+        );
+        assert_eq!(intro.seen.len(), 1);
+        assert!(
+            !intro.admit(&pid("z"), 0, later),
+            "a quota of zero admits no one new"
+        );
     }
 }

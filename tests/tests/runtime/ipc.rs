@@ -60,8 +60,8 @@ async fn recv_installs_the_publishers_scope_for_replies() {
     let reply = next(&mut replies).await;
     assert_eq!(
         reply.attribution(),
-        Attribution::Verified(pid("carol")),
-        "a claimed principal is in scope, and the host vouches for the reply it makes"
+        Attribution::Claimed(pid("carol")),
+        "a claimed principal is in scope, and the reply made for it stays a claim"
     );
     h.rt.shutdown().await;
 }

@@ -284,6 +284,131 @@ async fn a_fresh_instance_is_made_under_the_callers_memory_quota() {
     bystander.check("memory quota at instantiation").await;
     h.rt.shutdown().await;
 }
+/// Item 4: a claim stays a claim. A run loop and a handler serving a claimed principal publish
+/// as `claimed`, and a guest receiving their messages sees `claimed` in the WIT attribution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_stays_claimed_across_a_hop() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let mut replies = h.subscribe("pong.reply");
+    let mut seen = h.subscribe("chain.seen");
+    let pong = h
+        .load(
+            "pong",
+            "pong.wasm",
+            "[publish]\n\"pong.*\" = \"x\"\n[subscribe]\n\"ping.*\" = \"x\"\n",
+        )
+        .await;
+    assert!(pong.wait_ready(Duration::from_secs(20)).await);
+    let _chain = h
+        .load(
+            "observer",
+            "chain.wasm",
+            "[publish]\n\"chain.*\" = \"x\"\n[subscribe]\n\"claim.t\" = { wit = \"x\", handler = \"on_t\" }\n",
+        )
+        .await;
+    let receiver = h
+        .load(
+            "receiver",
+            "prober.wasm",
+            "[subscribe]\n\"pong.*\" = \"x\"\n",
+        )
+        .await;
+    // Opened while serving alice, so it admits alice's messages (claimed ones included).
+    let index = ok(&call_as(
+        &receiver,
+        "subscribe",
+        json!({"pattern": "pong.reply"}),
+        Some("alice"),
+    )
+    .await)
+    .clone();
+    let uplink = h
+        .load(
+            "uplink",
+            "prober.wasm",
+            "[publish]\n\"ping.*\" = \"x\"\n\"claim.*\" = \"x\"\n[capabilities]\nuplink = true\n",
+        )
+        .await;
+    for topic in ["ping.x", "claim.t"] {
+        ok(&call(
+            &uplink,
+            "publish-as",
+            json!({"topic": topic, "payload": "{}", "principal": "alice"}),
+        )
+        .await);
+    }
+    let reply = next(&mut replies).await;
+    assert_eq!(
+        reply.attribution(),
+        Attribution::Claimed(pid("alice")),
+        "one hop through a run loop does not turn a claim into a verified identity"
+    );
+    let report = next(&mut seen).await;
+    assert_eq!(report.attribution(), Attribution::Claimed(pid("alice")));
+    let env = ok(&call_as(&receiver, "poll", json!({"index": index}), Some("alice")).await).clone();
+    assert_eq!(env["messages"][0]["principal"], json!({"claimed": "alice"}));
+    bystander.check("claimed hop").await;
+    h.rt.shutdown().await;
+}
+/// Item 4: an uplink pays for the principals it claims: their publishes also spend the
+/// uplink's own byte budget, and it may introduce only so many new principals per minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uplink_pays_for_the_principals_it_claims() {
+    let h = host();
+    h.profile("up1", "[quotas]\nmax_ipc_throughput_bytes = 100\n");
+    h.profile("up2", "[quotas]\nmax_claimed_principals_per_minute = 3\n");
+    let bystander = Bystander::start(&h).await;
+    let acl = "[publish]\n\"probe.*\" = \"x\"\n[capabilities]\nuplink = true\n";
+    let up1 = h.load_as("up-one", "prober.wasm", acl, "up1").await;
+    let payload = format!("\"{}\"", "x".repeat(58));
+    let claim = |who: &str, payload: &str| json!({"topic": "probe.in", "payload": payload, "principal": who});
+    ok(&call(&up1, "publish-as", claim("p1", &payload)).await);
+    assert_eq!(
+        err(&call(&up1, "publish-as", claim("p2", &payload)).await),
+        "rate-limited",
+        "a fresh claimed principal does not bring a fresh budget"
+    );
+    let up2 = h.load_as("up-two", "prober.wasm", acl, "up2").await;
+    for who in ["q1", "q2", "q3"] {
+        ok(&call(&up2, "publish-as", claim(who, "1")).await);
+    }
+    assert_eq!(
+        err(&call(&up2, "publish-as", claim("q4", "1")).await),
+        "rate-limited",
+        "a fourth new principal within the minute is refused"
+    );
+    ok(&call(&up2, "publish-as", claim("q1", "1")).await);
+    bystander.check("claimed-principal flood").await;
+    let refused: Vec<_> = audit_events("up-two")
+        .into_iter()
+        .filter(|e| {
+            e.get("op").map(String::as_str) == Some("publish-as") && e.contains_key("error")
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0]["error"].contains("principals"), "{refused:?}");
+    h.rt.shutdown().await;
+}
+/// Item 4: the per-principal memory ledger stays bounded however many principals pass through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_principal_caches_stay_bounded() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let p = h.load("churn", "prober.wasm", "").await;
+    let cap = capsule_runtime::PRINCIPAL_CACHE_CAPACITY;
+    for i in 0..cap + 100 {
+        let who = format!("u{i}");
+        ok(&call_as(&p, "grow", json!({"pages": 1}), Some(&who)).await);
+    }
+    bystander.check("principal churn").await;
+    let tracked = h.rt.memory_stats().len();
+    assert!(
+        tracked <= cap,
+        "{tracked} principals tracked; the ledger holds at most {cap}"
+    );
+    h.rt.shutdown().await;
+}
 /// Item 5: a handler whose pattern covers the audit topic sees only its owner's audit entries
 /// unless the owner holds the firehose grant — the same rule as runtime subscriptions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
