@@ -644,6 +644,7 @@ impl Runtime {
                     .filter(|(_, e)| e.kind == EnvKind::Secret)
                     .map(|(k, _)| k.clone())
                     .collect::<HashSet<String>>(),
+                declared_keys: manifest.env.keys().cloned().collect(),
                 capabilities: manifest.capabilities.held_names(),
                 owner_log: owner_log.clone(),
                 ready: ready_tx,

@@ -73,6 +73,8 @@ pub(crate) struct SysShared {
     pub(crate) owner_env: HashMap<String, String>,
     /// Keys declared `type = "secret"`: never in any map above.
     pub(crate) secret_keys: HashSet<String>,
+    /// Every `[env]` key the manifest declares: the only keys `get-config` answers.
+    pub(crate) declared_keys: HashSet<String>,
     /// Capability names the capsule holds.
     pub(crate) capabilities: Vec<String>,
     /// The owner's log file for this capsule.

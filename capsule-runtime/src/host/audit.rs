@@ -56,5 +56,18 @@ pub(crate) fn secret_revealed(capsule: &str, principal: &PrincipalId, key: &str,
     );
 }
 
+/// Records that resolving a secret failed: who asked for which key, and the store's reason
+/// (which never contains a value). The guest only learns that the store is unavailable.
+pub(crate) fn secret_failed(capsule: &str, principal: &PrincipalId, key: &str, reason: &str) {
+    tracing::warn!(
+        target: "capsule::audit::secret",
+        capsule,
+        principal = principal.as_str(),
+        key,
+        reason,
+        "secret lookup failed"
+    );
+}
+
 /// Tracing target of interceptor dispatch decisions (denials, aborts, drops).
 pub const DISPATCH_TARGET: &str = "capsule::audit::dispatch";

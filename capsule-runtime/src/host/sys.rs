@@ -1,7 +1,8 @@
 //! `astrid:sys/host@1.0.0`: configuration, caller context, logging, readiness, clocks, sleep,
-//! randomness and capability introspection. Configuration is resolved for the principal in
-//! scope (its env overlay, then the manifest defaults); secret-typed keys never come from a
-//! plain map.
+//! randomness and capability introspection. Configuration answers only keys the manifest
+//! declares, resolved for the principal in scope (its env overlay, then the manifest
+//! defaults); secret-typed keys never come from a plain map. Errors carry no host paths or
+//! backend text: the guest gets a fixed description, the host log the details.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -68,9 +69,10 @@ impl SysError {
             Self::Cancelled => ErrorCode::Cancelled,
             Self::RegistryUnavailable => ErrorCode::RegistryUnavailable,
             Self::Unloading => ErrorCode::Cancelled,
-            Self::BadSession(_) | Self::Random(_) | Self::Secret(_) => {
-                ErrorCode::Unknown(self.to_string())
-            }
+            Self::BadSession(_) => ErrorCode::Unknown(self.to_string()),
+            // What failed underneath is the host's business; the details go to its log.
+            Self::Random(_) => ErrorCode::Unknown("random source unavailable".into()),
+            Self::Secret(_) => ErrorCode::Unknown("secret store unavailable".into()),
         }
     }
 }
@@ -105,9 +107,13 @@ impl SysView<'_> {
             .await
         {
             None => return Err(SysError::Unloading),
-            Some(Err(panic)) => return Err(SysError::Secret(format!("worker failed: {panic}"))),
-            Some(Ok(r)) => r.map_err(|e| SysError::Secret(e.to_string()))?,
+            Some(Err(panic)) => Err(format!("worker failed: {panic}")),
+            Some(Ok(r)) => r.map_err(|e| e.to_string()),
         };
+        let found = found.map_err(|reason| {
+            crate::host::audit::secret_failed(&capsule, &principal, key, &reason);
+            SysError::Secret(reason)
+        })?;
         Ok(found.map(|(value, scope)| {
             let scope = match scope {
                 crate::secrets::SecretScope::Principal(_) => "principal",
@@ -135,6 +141,10 @@ impl SysView<'_> {
             return Ok(Some(from.to_string()));
         }
         let shared = &self.sys.shared;
+        // An overlay may hold anything; only what the manifest declares is configuration.
+        if !shared.declared_keys.contains(key) {
+            return Ok(None);
+        }
         let overlay = match self.scoped().env_overlay() {
             Some(env) => env,
             None => &shared.owner_env,

@@ -511,3 +511,47 @@ async fn continue_data_must_be_json_within_the_payload_limit() {
     bystander.check("invalid continue data").await;
     h.rt.shutdown().await;
 }
+/// Item 12: `get-config` answers only keys the manifest declares; a value planted in a
+/// principal's env overlay under any other key is not returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_config_answers_only_declared_keys() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let plant = |who: &str, body: Value| {
+        let dir = h.state().join("home").join(who).join(".config/env");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.join("cfg.env.json"), body.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    plant(
+        "default",
+        json!({"greeting": "owner hi", "undeclared": "owner-planted"}),
+    );
+    plant(
+        "bob",
+        json!({"greeting": "bob hi", "undeclared": "bob-planted"}),
+    );
+    let p = h
+        .load(
+            "cfg",
+            "prober.wasm",
+            "[env.greeting]\ntype = \"text\"\ndefault = \"hello\"\n",
+        )
+        .await;
+    let config = |key: &str, who: Option<&'static str>| {
+        let (p, key) = (p.clone(), key.to_string());
+        async move { call_as(&p, "config", json!({"key": key}), who).await }
+    };
+    assert_eq!(ok(&config("greeting", Some("bob")).await), "bob hi");
+    assert_eq!(ok(&config("greeting", None).await), "owner hi");
+    assert_eq!(ok(&config("greeting", Some("carol")).await), "hello");
+    for who in [Some("bob"), None] {
+        assert_eq!(
+            ok(&config("undeclared", who).await),
+            &Value::Null,
+            "{who:?}: an undeclared key is never answered from an overlay"
+        );
+    }
+    bystander.check("planted overlay").await;
+    h.rt.shutdown().await;
+}

@@ -1,12 +1,38 @@
-//! Host resources: bounded host work per guest call, publish loops, opaque errors.
+//! Host resources: bounded host work per guest call, publish loops, opaque errors, and the
+//! budgets (CPU, memory, subscriptions, handles, lifecycle-only calls, unload) under attack.
 
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use capsule_runtime::{Interrupt, RunExit};
+use capsule_bus::Attribution;
+use capsule_runtime::{
+    ElicitAnswer, ElicitPrompt, ElicitRefusal, Elicitor, Interrupt, InvokeError, RunExit,
+};
+use serde_json::json;
 
 use super::Bystander;
-use crate::common::host_with;
+use crate::common::*;
 
+/// Waits (bounded) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn log_of(h: &Host, principal: &str, capsule: &str) -> String {
+    let path = h
+        .state()
+        .join("home")
+        .join(principal)
+        .join(".local/log")
+        .join(format!("{capsule}.log"));
+    std::fs::read_to_string(path).unwrap_or_default()
+}
 /// A run loop that never waits burns its CPU windows and is trapped; a capsule serving another
 /// principal answers throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,5 +52,32 @@ async fn a_spinning_run_loop_is_trapped_while_others_answer() {
         }))
     );
     bystander.check("after the spin").await;
+    h.rt.shutdown().await;
+}
+/// Item 11: errors handed to a guest never contain host paths or backend error text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_never_carry_host_paths_or_backend_text() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let p = h
+        .load("opaque", "prober.wasm", "[env.TOKEN]\ntype = \"secret\"\n")
+        .await;
+    // Break the secret store underneath the host: its directory becomes a plain file.
+    let secrets = h.state().join("secrets");
+    if secrets.is_dir() {
+        std::fs::remove_dir_all(&secrets).unwrap_or_else(|e| panic!("{e}"));
+    }
+    std::fs::write(&secrets, b"not a directory").unwrap_or_else(|e| panic!("{e}"));
+    let r = call(&p, "config", json!({"key": "TOKEN"})).await;
+    let code = err(&r);
+    assert_eq!(code, "unknown:secret store unavailable");
+    let state = h.state().display().to_string();
+    assert!(!code.contains(&state), "{code}");
+    let failed = audit_events("opaque").into_iter().any(|e| {
+        e.get("message").map(String::as_str) == Some("secret lookup failed")
+            && e.get("key").map(String::as_str) == Some("TOKEN")
+    });
+    assert!(failed, "{:?}", audit_events("opaque"));
+    bystander.check("broken secret store").await;
     h.rt.shutdown().await;
 }
