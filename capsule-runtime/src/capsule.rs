@@ -686,6 +686,7 @@ impl Capsule {
             attribution: Attribution::Verified(principal),
             source: Uuid::nil(),
             timestamp_ms: unix_ms(),
+            hops: 0,
         };
         self.inner
             .call(action.to_string(), payload.to_vec(), caller)

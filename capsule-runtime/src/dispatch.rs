@@ -213,11 +213,7 @@ impl Dispatcher {
     }
 
     async fn chain(self: Arc<Self>, bindings: Vec<Arc<Binding>>, msg: Arc<Message>) {
-        let caller = Caller {
-            attribution: msg.attribution(),
-            source: msg.source,
-            timestamp_ms: msg.timestamp_ms,
-        };
+        let caller = Caller::of(&msg);
         let mut payload: Vec<u8> = msg.payload.as_str().as_bytes().to_vec();
         let mut start = 0;
         while start < bindings.len() {

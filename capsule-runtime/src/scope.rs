@@ -26,6 +26,21 @@ pub struct Caller {
     pub source: Uuid,
     /// When it was published, in milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
+    /// The hop count of the message that caused the call (0 when no message did): what the
+    /// call publishes carries one more.
+    pub hops: u8,
+}
+
+impl Caller {
+    /// The caller behind a message: its attribution, source, time and hop count.
+    pub fn of(msg: &Message) -> Self {
+        Self {
+            attribution: msg.attribution(),
+            source: msg.source,
+            timestamp_ms: msg.timestamp_ms,
+            hops: msg.hops(),
+        }
+    }
 }
 
 /// A principal's profile as resolved for a scope: usable, or refused with the reason.
@@ -167,14 +182,7 @@ impl ScopeFactory {
 
     /// A scope for a message drained by the guest.
     pub(crate) fn for_message(&self, msg: &Message) -> InvocationScope {
-        self.build(
-            Caller {
-                attribution: msg.attribution(),
-                source: msg.source,
-                timestamp_ms: msg.timestamp_ms,
-            },
-            false,
-        )
+        self.build(Caller::of(msg), false)
     }
 
     /// The caller reported when nothing is in scope: the capsule itself, for its owner.
@@ -183,6 +191,7 @@ impl ScopeFactory {
             attribution: Attribution::Verified(self.owner.clone()),
             source: self.session,
             timestamp_ms: unix_ms(),
+            hops: 0,
         }
     }
 
@@ -212,11 +221,7 @@ impl ScopeFactory {
             }
             let principal = msg.principal().unwrap_or(&self.owner);
             if &current.principal == principal {
-                current.caller = Caller {
-                    attribution: msg.attribution(),
-                    source: msg.source,
-                    timestamp_ms: msg.timestamp_ms,
-                };
+                current.caller = Caller::of(msg);
                 return;
             }
         }

@@ -30,6 +30,10 @@ pub const MAX_DRAIN_BYTES: usize = 1024 * 1024;
 pub const MAX_SUBSCRIPTIONS: usize = 128;
 /// Longest `recv` wait; longer requests are clamped.
 pub const MAX_RECV_TIMEOUT_MS: u64 = 60_000;
+/// Deepest hop count a published message may carry. A call serving a message `h` hops deep
+/// publishes at `h + 1`; a publish that would go past this depth (a handler feeding its own
+/// topic, or a cycle of capsules) is refused with `quota` and audited.
+pub const MAX_HOP_DEPTH: u8 = 16;
 /// The window over which an uplink's new claimed principals are counted against its owner's
 /// `max_claimed_principals_per_minute`.
 pub const CLAIM_WINDOW: Duration = Duration::from_secs(60);
@@ -68,6 +72,15 @@ pub enum IpcError {
     /// spent.
     #[error("the uplink's own budget is spent: {0}")]
     UplinkRateLimited(RateLimited),
+    /// The message would be more than [`MAX_HOP_DEPTH`] hops away from the publish that
+    /// started the chain: a publish loop.
+    #[error(
+        "publish refused: {hops} hops deep, past the hop depth of {MAX_HOP_DEPTH} (a publish loop?)"
+    )]
+    HopLimit {
+        /// The hop count the message would have carried.
+        hops: u16,
+    },
     /// The uplink introduced as many new principals this minute as its owner's quota allows.
     #[error(
         "this uplink introduced {limit} new principals in the last minute \
@@ -106,7 +119,7 @@ impl IpcError {
                 ErrorCode::RateLimited
             }
             Self::Backpressure { .. } => ErrorCode::Backpressure,
-            Self::SubscriptionQuota => ErrorCode::Quota,
+            Self::SubscriptionQuota | Self::HopLimit { .. } => ErrorCode::Quota,
             Self::Closed => ErrorCode::Closed,
         }
     }
@@ -201,6 +214,15 @@ impl IpcView<'_> {
             return Err(IpcError::PayloadTooLarge(payload.len()));
         }
         let payload = JsonPayload::parse(payload).map_err(IpcError::Payload)?;
+        // One step further than the message whose handling publishes this one.
+        let hops = self
+            .scope
+            .as_ref()
+            .map_or(0, |s| u16::from(s.caller.hops) + 1);
+        let hops = match u8::try_from(hops) {
+            Ok(h) if h <= MAX_HOP_DEPTH => h,
+            _ => return Err(IpcError::HopLimit { hops }),
+        };
         let profile = match self.scoped().profile() {
             Ok(p) => p.clone(),
             Err(reason) => return Err(IpcError::PrincipalRefused(reason.to_string())),
@@ -251,7 +273,7 @@ impl IpcView<'_> {
             payload,
             source: self.identity.session,
             attribution,
-            hops: 0,
+            hops,
         });
         if report.is_cut() {
             return Err(IpcError::Backpressure { cut: report.cut });

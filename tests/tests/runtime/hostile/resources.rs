@@ -54,6 +54,85 @@ async fn a_spinning_run_loop_is_trapped_while_others_answer() {
     bystander.check("after the spin").await;
     h.rt.shutdown().await;
 }
+/// Item 10: a handler that publishes to a topic its own capsule handles (and a cycle of two
+/// capsules) stops at the documented hop depth: the publish beyond it gets `quota`, is audited,
+/// and everything else keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_loop_stops_at_the_hop_limit() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let looper = |listen: &str, publish: &str| {
+        format!(
+            "[publish]\n\"loop.*\" = \"x\"\n\
+             [subscribe]\n\"{listen}\" = {{ wit = \"x\", handler = \"h\" }}\n\
+             [env.mode]\ntype = \"text\"\ndefault = \"loop\"\n\
+             [env.topic]\ntype = \"text\"\ndefault = \"{publish}\"\n"
+        )
+    };
+    let depth = u64::from(capsule_runtime::MAX_HOP_DEPTH);
+    let selfish = h
+        .load(
+            "selfish",
+            "hostile-handler.wasm",
+            &looper("loop.self", "loop.self"),
+        )
+        .await;
+    h.publish("loop.self", "{}", Attribution::Verified(pid("alice")));
+    until("the self loop to be refused", || {
+        log_of(&h, "alice", "selfish").contains("loop publish refused: quota")
+    })
+    .await;
+    let s = selfish.clone();
+    until("the last looping call to finish", move || {
+        s.call_stats().completed == depth + 1
+    })
+    .await;
+    bystander.check("self publish loop").await;
+
+    let a = h
+        .load(
+            "cycle-a",
+            "hostile-handler.wasm",
+            &looper("loop.a", "loop.b"),
+        )
+        .await;
+    let b = h
+        .load(
+            "cycle-b",
+            "hostile-handler.wasm",
+            &looper("loop.b", "loop.a"),
+        )
+        .await;
+    h.publish("loop.a", "{}", Attribution::Verified(pid("bob")));
+    until("the cycle to be refused", || {
+        log_of(&h, "bob", "cycle-a").contains("loop publish refused: quota")
+            || log_of(&h, "bob", "cycle-b").contains("loop publish refused: quota")
+    })
+    .await;
+    let (a2, b2) = (a.clone(), b.clone());
+    until("the last cycling call to finish", move || {
+        a2.call_stats().completed + b2.call_stats().completed == depth + 1
+    })
+    .await;
+    bystander.check("two-capsule publish cycle").await;
+    assert_eq!(
+        selfish.call_stats().completed,
+        depth + 1,
+        "the loop stayed stopped"
+    );
+    let hop_refusals = |capsule: &str| {
+        audit_events(capsule)
+            .into_iter()
+            .filter(|e| {
+                e.get("op").map(String::as_str) == Some("publish")
+                    && e.get("error").is_some_and(|m| m.contains("hop"))
+            })
+            .count()
+    };
+    assert_eq!(hop_refusals("selfish"), 1, "{:?}", audit_events("selfish"));
+    assert_eq!(hop_refusals("cycle-a") + hop_refusals("cycle-b"), 1);
+    h.rt.shutdown().await;
+}
 /// Item 11: errors handed to a guest never contain host paths or backend error text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_never_carry_host_paths_or_backend_text() {
