@@ -22,7 +22,7 @@ use crate::host::wasi;
 use crate::inspect::{Exports, HOOK, INSTALL, RUN, UPGRADE};
 use crate::kv::KvStore;
 use crate::lifecycle::LifecyclePhase;
-use crate::limits::{CpuMeter, Interrupt, MemoryMeter};
+use crate::limits::{CpuMeter, Interrupt, MAX_STORE_RESOURCES, MemoryMeter};
 use crate::logsink::{LogSink, unix_ms};
 use crate::registry::Registry;
 use crate::scope::{Caller, InvocationScope, ProfileGrant, ScopeFactory};
@@ -307,7 +307,11 @@ impl CapsuleInner {
             },
             wasi: wasi::locked_down(&output, None),
             output,
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_STORE_RESOURCES);
+                table
+            },
             scope: None,
         };
         let mut store = Store::new(&self.engine, state);
@@ -336,11 +340,7 @@ impl CapsuleInner {
 
     /// Runs `run` to completion on its own Store.
     pub(crate) async fn run_loop(self: Arc<Self>, exit: watch::Sender<Option<RunExit>>) {
-        let mut store = self.new_store(CpuMeter::RunLoop {
-            yielded: false,
-            busy: 0,
-            max: self.max_busy_windows,
-        });
+        let mut store = self.new_store(CpuMeter::run_loop(self.max_busy_windows));
         let outcome = async {
             let instance = self
                 .pre

@@ -17,6 +17,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::capsule::CapsuleInner;
+use crate::host::audit::field;
 use crate::host::ipc::MAX_PAYLOAD_BYTES;
 use crate::scope::{Caller, audit_rule};
 
@@ -257,7 +258,7 @@ impl Dispatcher {
                                         action = %b.action,
                                         topic = %msg.topic,
                                         principal = %caller.attribution.principal().map_or("system", |p| p.as_str()),
-                                        reason = %why,
+                                        reason = %field(&why),
                                         "handler returned invalid continue data"
                                     );
                                 }
@@ -273,14 +274,14 @@ impl Dispatcher {
                                 decision = %response.action,
                                 topic = %msg.topic,
                                 principal = %caller.attribution.principal().map_or("system", |p| p.as_str()),
-                                reason = response.data.as_deref().unwrap_or(""),
+                                reason = %field(response.data.as_deref().unwrap_or("")),
                                 "handler chain stopped"
                             );
                         }
                         other => tracing::warn!(
                             capsule = %b.capsule_name,
                             action = %b.action,
-                            returned = other,
+                            returned = %field(other),
                             "handler returned an unknown action; treated as continue"
                         ),
                     },
@@ -290,7 +291,7 @@ impl Dispatcher {
                             capsule = %b.capsule_name,
                             action = %b.action,
                             topic = %msg.topic,
-                            error = %e,
+                            error = %field(&e.to_string()),
                             "handler failed; the chain continues"
                         );
                     }

@@ -45,7 +45,7 @@ pub use dispatch::DispatchStats;
 pub use graph::GraphError;
 pub use host::audit::{
     DISPATCH_TARGET as AUDIT_DISPATCH_TARGET, IPC_TARGET as AUDIT_IPC_TARGET,
-    SECRET_TARGET as AUDIT_SECRET_TARGET,
+    MAX_AUDIT_FIELD_BYTES, SECRET_TARGET as AUDIT_SECRET_TARGET,
 };
 pub use host::fs::{FsError, MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};
 pub use host::ipc::{
@@ -61,7 +61,7 @@ pub use inspect::Exports;
 pub use lifecycle::{
     ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor, LifecyclePhase,
 };
-pub use limits::{Interrupt, MemoryStats};
+pub use limits::{Interrupt, MAX_STORE_RESOURCES, MemoryStats, RUN_LOOP_BUSY_SHARE_PERCENT};
 pub use runtime::{
     EVENT_TOPIC_PREFIX, HOST_ABI_VERSION, Inspection, LoadError, MAX_COMPONENT_BYTES, Runtime,
 };

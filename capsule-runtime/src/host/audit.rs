@@ -1,10 +1,50 @@
 //! Structured audit events. Every IPC host call emits exactly one event under the target
 //! `capsule::audit::ipc` naming the capsule, the principal in scope, the operation, the topic
-//! or pattern, a size or count, and the error if the call failed.
+//! or pattern, a size or count, and the error if the call failed. Whatever a guest supplied is
+//! bounded before it is logged: a topic is logged as given only once it parses (valid topics
+//! are short and plain), and every guest-supplied field is escaped and cut at
+//! [`MAX_AUDIT_FIELD_BYTES`], so one call never writes more than a few hundred bytes of it.
 
+use std::borrow::Cow;
 use std::fmt::Display;
 
-use capsule_bus::PrincipalId;
+use capsule_bus::{PrincipalId, TopicPattern};
+
+/// Most bytes of guest-supplied text one audit or host log field carries; longer text is cut
+/// and marked with its full length.
+pub const MAX_AUDIT_FIELD_BYTES: usize = 256;
+
+/// `text` as a log field: control characters escaped (so it stays on one line), cut at
+/// [`MAX_AUDIT_FIELD_BYTES`] and marked with its full length when cut.
+pub(crate) fn field(text: &str) -> Cow<'_, str> {
+    let plain = text.len() <= MAX_AUDIT_FIELD_BYTES && !text.chars().any(char::is_control);
+    if plain {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(MAX_AUDIT_FIELD_BYTES + 32);
+    for c in text.chars() {
+        if out.len() >= MAX_AUDIT_FIELD_BYTES {
+            out.push_str(&format!("…({} bytes)", text.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A topic or pattern as a log field: as given when it parses, otherwise marked invalid and
+/// bounded like any [`field`].
+pub(crate) fn topic_field(topic: &str) -> Cow<'_, str> {
+    if TopicPattern::parse(topic).is_ok() {
+        Cow::Borrowed(topic)
+    } else {
+        Cow::Owned(format!("<invalid: {}>", field(topic)))
+    }
+}
 
 /// Tracing target of IPC audit events.
 pub const IPC_TARGET: &str = "capsule::audit::ipc";
@@ -18,6 +58,8 @@ pub(crate) fn ipc(
     size: u64,
     error: Option<&dyn Display>,
 ) {
+    let topic = topic_field(topic);
+    let topic = topic.as_ref();
     match error {
         None => tracing::info!(
             target: "capsule::audit::ipc",
@@ -35,7 +77,7 @@ pub(crate) fn ipc(
             op,
             topic,
             size,
-            error = %e,
+            error = %field(&e.to_string()),
             "ipc"
         ),
     }
@@ -71,3 +113,28 @@ pub(crate) fn secret_failed(capsule: &str, principal: &PrincipalId, key: &str, r
 
 /// Tracing target of interceptor dispatch decisions (denials, aborts, drops).
 pub const DISPATCH_TARGET: &str = "capsule::audit::dispatch";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_cut_escaped_and_marked() {
+        assert_eq!(field("plain"), "plain");
+        assert_eq!(field("a\nb"), "a\\nb");
+        let long = "é".repeat(MAX_AUDIT_FIELD_BYTES);
+        let cut = field(&long);
+        assert!(cut.len() <= MAX_AUDIT_FIELD_BYTES + 32, "{}", cut.len());
+        assert!(cut.ends_with(&format!("({} bytes)", long.len())));
+    }
+
+    #[test]
+    fn only_valid_topics_are_logged_as_given() {
+        assert_eq!(topic_field("probe.a.*"), "probe.a.*");
+        let huge = format!("probe.{}", "a".repeat(1 << 20));
+        let logged = topic_field(&huge);
+        assert!(logged.starts_with("<invalid: probe.aaa"));
+        assert!(logged.len() <= MAX_AUDIT_FIELD_BYTES + 48);
+        assert_eq!(topic_field("x\ny"), "<invalid: x\\ny>");
+    }
+}

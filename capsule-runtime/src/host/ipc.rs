@@ -99,6 +99,12 @@ pub enum IpcError {
     /// The instance holds [`MAX_SUBSCRIPTIONS`] subscriptions already.
     #[error("at most {MAX_SUBSCRIPTIONS} live subscriptions per capsule instance")]
     SubscriptionQuota,
+    /// The instance's resource table is full.
+    #[error(
+        "the instance holds {} resources, the most one instance may",
+        crate::limits::MAX_STORE_RESOURCES
+    )]
+    ResourcesFull,
     /// The capsule is being unloaded.
     #[error("the capsule is unloading")]
     Closed,
@@ -119,7 +125,9 @@ impl IpcError {
                 ErrorCode::RateLimited
             }
             Self::Backpressure { .. } => ErrorCode::Backpressure,
-            Self::SubscriptionQuota | Self::HopLimit { .. } => ErrorCode::Quota,
+            Self::SubscriptionQuota | Self::ResourcesFull | Self::HopLimit { .. } => {
+                ErrorCode::Quota
+            }
             Self::Closed => ErrorCode::Closed,
         }
     }
@@ -396,14 +404,15 @@ impl Host for IpcView<'_> {
         topic_pattern: String,
     ) -> wasmtime::Result<Result<Resource<Subscription>, ErrorCode>> {
         let result = self.subscribe_checked(&topic_pattern);
-        let result = match result {
-            Ok(receiver) => {
-                let entry = self.table.push(SubscriptionEntry { receiver })?;
-                self.bus.subscriptions += 1;
-                Ok(Resource::new_own(entry.rep()))
-            }
-            Err(e) => Err(e),
-        };
+        let result = result.and_then(|receiver| {
+            // A full table drops the entry, and with it the route.
+            let entry = self
+                .table
+                .push(SubscriptionEntry { receiver })
+                .map_err(|_| IpcError::ResourcesFull)?;
+            self.bus.subscriptions += 1;
+            Ok(Resource::new_own(entry.rep()))
+        });
         self.audit(
             "subscribe",
             &topic_pattern,
@@ -459,13 +468,12 @@ impl HostSubscription for IpcView<'_> {
         self_: Resource<Subscription>,
         timeout_ms: u64,
     ) -> wasmtime::Result<Result<IpcEnvelope, ErrorCode>> {
-        // Waiting in recv is what distinguishes an event loop from a spinner.
-        self.limits.cpu.note_wait();
         let cancel = self.limits.shared.cancel.clone();
         let io = self.limits.shared.io.clone();
         let timeout = Duration::from_millis(timeout_ms.min(MAX_RECV_TIMEOUT_MS));
         let entry = self.table.get_mut(&entry_handle(&self_))?;
         let pattern = entry.receiver.pattern().to_string();
+        let started = Instant::now();
         let drain = tokio::select! {
             biased;
             () = cancel.cancelled() => None,
@@ -474,6 +482,8 @@ impl HostSubscription for IpcView<'_> {
                 Some(entry.receiver.recv_one_principal(timeout, MAX_DRAIN_BYTES).await)
             } => drain,
         };
+        // What a run loop spends waiting here is not CPU it used; a `recv(0)` waits nothing.
+        self.limits.cpu.add_wait(started.elapsed());
         let Some(drain) = drain else {
             self.audit("subscription.recv", &pattern, 0, Some(&IpcError::Closed));
             return Ok(Err(ErrorCode::Closed));

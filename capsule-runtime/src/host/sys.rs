@@ -247,16 +247,17 @@ impl Host for SysView<'_> {
             };
             return Ok(Err(e.code()));
         }
-        // A real pause counts as waiting; a zero-length sleep in a loop does not.
-        if duration >= Duration::from_millis(1) {
-            self.limits.cpu.note_wait();
-        }
         let cancel = self.limits.shared.cancel.clone();
-        tokio::select! {
+        let started = Instant::now();
+        let result = tokio::select! {
             biased;
-            () = cancel.cancelled() => Ok(Err(SysError::Cancelled.code())),
-            () = tokio::time::sleep(duration) => Ok(Ok(())),
-        }
+            () = cancel.cancelled() => Err(SysError::Cancelled.code()),
+            () = tokio::time::sleep(duration) => Ok(()),
+        };
+        // Only the time really spent asleep counts as waiting, so short sleeps between bursts
+        // of work do not hide them.
+        self.limits.cpu.add_wait(started.elapsed());
+        Ok(result)
     }
 
     fn random_bytes(&mut self, length: u64) -> wasmtime::Result<Result<Vec<u8>, ErrorCode>> {

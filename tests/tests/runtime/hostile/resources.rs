@@ -54,6 +54,100 @@ async fn a_spinning_run_loop_is_trapped_while_others_answer() {
     bystander.check("after the spin").await;
     h.rt.shutdown().await;
 }
+/// Item 9: a run loop that only pretends to cooperate (`recv(0)` or 1 ms sleeps between bursts
+/// of work) is metered by the CPU it uses per window and trapped like a plain spinner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_loop_that_polls_without_waiting_is_still_metered() {
+    const WINDOWS: u32 = 10;
+    let h = host_with(|c| c.max_busy_windows = WINDOWS);
+    let bystander = Bystander::start(&h).await;
+    for mode in ["recv0", "sleep1"] {
+        let name = format!("spinner-{mode}");
+        let manifest = format!(
+            "[subscribe]\n\"spin.*\" = \"x\"\n[env.mode]\ntype = \"text\"\ndefault = \"{mode}\"\n"
+        );
+        let spinner = h.load(&name, "hostile-spinner.wasm", &manifest).await;
+        bystander.check(&format!("{mode} run loop")).await;
+        let exit = tokio::time::timeout(Duration::from_secs(60), spinner.wait_run_exit())
+            .await
+            .unwrap_or_else(|_| panic!("{mode}: the run loop was never stopped"));
+        assert_eq!(
+            exit,
+            Some(RunExit::Interrupted(Interrupt::CpuBudget {
+                windows: WINDOWS
+            })),
+            "{mode}"
+        );
+    }
+    bystander.check("after the pretend-cooperative loops").await;
+    h.rt.shutdown().await;
+}
+/// Item 9: audit lines are cut at a documented length and topics are validated before they
+/// are logged: refused 1 MiB topics never reach the audit log whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_lines_are_cut_and_topics_validated_before_logging() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let p = h.load("flooder", "prober.wasm", PROBER_ACL).await;
+    let topic = format!("probe.{}", "a".repeat(1024 * 1024));
+    let r = ok(&call(
+        &p,
+        "publish-loop",
+        json!({"topic": topic, "payload": "{}", "count": 20}),
+    )
+    .await)
+    .clone();
+    assert_eq!(r["errors"], 20, "every oversized topic is refused");
+    let r = call(
+        &p,
+        "subscribe",
+        json!({"pattern": format!("{topic}\n.forged")}),
+    )
+    .await;
+    assert_eq!(err(&r), "invalid-input");
+    bystander.check("oversized topics").await;
+    let events = audit_events("flooder");
+    assert!(events.len() >= 21, "{}", events.len());
+    let cut = capsule_runtime::MAX_AUDIT_FIELD_BYTES;
+    for e in &events {
+        for (field, value) in e {
+            assert!(
+                value.len() <= cut + 64,
+                "audit field `{field}` is {} bytes; fields are cut at {cut}",
+                value.len()
+            );
+            assert!(!value.contains('\n'), "`{field}` carries a raw newline");
+        }
+    }
+    h.rt.shutdown().await;
+}
+/// Item 9: every Store's resource table is capped: a guest hoarding pollables is stopped (a
+/// trap: `subscribe-readiness` has no error to return), its instance discarded, and the next
+/// call and other capsules are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resource_table_of_a_store_is_capped() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let p = h.load("hoarder", "prober.wasm", PROBER_ACL).await;
+    let index = ok(&call(&p, "subscribe", json!({"pattern": "probe.x"})).await).clone();
+    let cap = capsule_runtime::MAX_STORE_RESOURCES as u64;
+    match p
+        .invoke(
+            "readiness-many",
+            json!({"index": index, "count": cap + 10})
+                .to_string()
+                .as_bytes(),
+            None,
+        )
+        .await
+    {
+        Err(InvokeError::Trapped(msg)) => assert!(msg.contains("resource table"), "{msg}"),
+        other => panic!("hoarding {} pollables must trap: {other:?}", cap + 10),
+    }
+    bystander.check("pollable hoarding").await;
+    ok(&call(&p, "noop", json!({})).await);
+    h.rt.shutdown().await;
+}
 /// Item 10: a handler that publishes to a topic its own capsule handles (and a cycle of two
 /// capsules) stops at the documented hop depth: the publish beyond it gets `quota`, is audited,
 /// and everything else keeps working.
