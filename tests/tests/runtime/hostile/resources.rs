@@ -254,3 +254,133 @@ async fn errors_never_carry_host_paths_or_backend_text() {
     bystander.check("broken secret store").await;
     h.rt.shutdown().await;
 }
+/// Standing: linear memory growth past the principal's quota fails inside the guest (the
+/// ledger counts it) while others answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_growth_past_the_quota_fails_while_others_answer() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let p = h.load("grower", "prober.wasm", "").await;
+    let r = ok(&call_as(&p, "grow", json!({"pages": 2000}), Some("mallory")).await).clone();
+    assert_eq!(r["result"], -1, "memory.grow reports failure to the guest");
+    assert_eq!(r["after"], r["before"]);
+    assert!(h.rt.memory_stats()[&pid("mallory")].refused_grows >= 1);
+    bystander.check("memory growth").await;
+    h.rt.shutdown().await;
+}
+/// Standing: the subscription and file-handle quotas of an instance hold (`quota`, audited for
+/// IPC) while others answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_and_handle_quotas_hold_while_others_answer() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let p = h
+        .load(
+            "hog",
+            "prober.wasm",
+            &format!("{PROBER_ACL}[capabilities]\nfs_write = [\"*\"]\n"),
+        )
+        .await;
+    let many = ok(&call(
+        &p,
+        "subscribe-many",
+        json!({"pattern": "probe.q", "count": 200}),
+    )
+    .await)
+    .clone();
+    assert_eq!(many["subscribed"], 128);
+    assert_eq!(many["first_error"], "quota");
+    let refused = audit_events("hog").into_iter().any(|e| {
+        e.get("op").map(String::as_str) == Some("subscribe")
+            && e.get("error").is_some_and(|m| m.contains("at most 128"))
+    });
+    assert!(refused, "the refused subscription is audited");
+    ok(&call(&p, "write", json!({"path": "f.txt", "content": "x"})).await);
+    for _ in 0..16 {
+        ok(&call(&p, "open", json!({"path": "f.txt", "mode": "read"})).await);
+    }
+    assert_eq!(
+        err(&call(&p, "open", json!({"path": "f.txt", "mode": "read"})).await),
+        "quota"
+    );
+    bystander.check("subscription and handle hoarding").await;
+    h.rt.shutdown().await;
+}
+
+/// Answers the lifecycle fixture's install questions.
+struct Installer;
+
+impl Elicitor for Installer {
+    fn elicit(
+        &self,
+        prompt: ElicitPrompt,
+    ) -> Pin<Box<dyn Future<Output = Result<ElicitAnswer, ElicitRefusal>> + Send>> {
+        let answer = match prompt.key.as_str() {
+            "TOKEN" => ElicitAnswer::Secret(b"tok".to_vec()),
+            _ => ElicitAnswer::Value("hi".into()),
+        };
+        Box::pin(async move { Ok(answer) })
+    }
+}
+/// Standing: `astrid:elicit` outside `astrid-install`/`astrid-upgrade` answers
+/// `not-in-lifecycle`, whoever asks, while others answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elicit_outside_a_lifecycle_is_refused_while_others_answer() {
+    let h = host();
+    h.rt.set_elicitor(Arc::new(Installer));
+    let bystander = Bystander::start(&h).await;
+    let c = h
+        .load(
+            "lifecycle",
+            "lifecycle.wasm",
+            "[env.TOKEN]\ntype = \"secret\"\n",
+        )
+        .await;
+    for who in [None, Some("mallory")] {
+        assert_eq!(
+            err(&call_as(&c, "elicit", json!({}), who).await),
+            "not-in-lifecycle"
+        );
+        assert_eq!(
+            err(&call_as(&c, "has-secret", json!({}), who).await),
+            "not-in-lifecycle"
+        );
+    }
+    bystander.check("elicit outside lifecycle").await;
+    h.rt.shutdown().await;
+}
+/// Standing: unloading a capsule whose call waits in `recv` answers `closed` at once (audited)
+/// while others answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unloading_during_recv_answers_closed_while_others_answer() {
+    let h = host();
+    let bystander = Bystander::start(&h).await;
+    let mut waiting = h.subscribe("probe.waiting");
+    let p = h.load("waiter", "prober.wasm", PROBER_ACL).await;
+    let index = ok(&call(&p, "subscribe", json!({"pattern": "probe.never"})).await).clone();
+    let blocked = tokio::spawn({
+        let p = p.clone();
+        async move {
+            call(
+                &p,
+                "recv",
+                json!({"index": index, "timeout": 60000, "notify": "probe.waiting"}),
+            )
+            .await
+        }
+    });
+    next(&mut waiting).await;
+    bystander.check("blocked recv").await;
+    tokio::time::timeout(Duration::from_secs(30), p.unload())
+        .await
+        .unwrap_or_else(|_| panic!("unload did not finish"));
+    let answer = blocked.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(err(&answer), "closed");
+    let closed = audit_events("waiter").into_iter().any(|e| {
+        e.get("op").map(String::as_str) == Some("subscription.recv")
+            && e.get("error").is_some_and(|m| m.contains("unloading"))
+    });
+    assert!(closed, "{:?}", audit_events("waiter"));
+    bystander.check("after the unload").await;
+    h.rt.shutdown().await;
+}
