@@ -24,10 +24,10 @@ use astrid::sys::host as sys;
 
 struct Spinner;
 
-/// Work between two cooperative-looking calls: a few milliseconds of arithmetic.
+/// Work between two cooperative-looking calls: tens of milliseconds of arithmetic.
 fn burst(seed: u64) -> u64 {
     let mut x = seed;
-    for _ in 0..5_000_000 {
+    for _ in 0..20_000_000 {
         x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
     }
     x
