@@ -58,15 +58,14 @@ pub(crate) fn ipc(
     size: u64,
     error: Option<&dyn Display>,
 ) {
-    let topic = topic_field(topic);
-    let topic = topic.as_ref();
+    // Fields are computed only when the event is recorded.
     match error {
         None => tracing::info!(
             target: "capsule::audit::ipc",
             capsule,
             principal = principal.as_str(),
             op,
-            topic,
+            topic = %topic_field(topic),
             size,
             "ipc"
         ),
@@ -75,7 +74,7 @@ pub(crate) fn ipc(
             capsule,
             principal = principal.as_str(),
             op,
-            topic,
+            topic = %topic_field(topic),
             size,
             error = %field(&e.to_string()),
             "ipc"
