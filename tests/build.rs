@@ -19,6 +19,9 @@ const FIXTURES: &[(&str, &str)] = &[
     ("chain", "chain.wasm"),
     ("lifecycle", "lifecycle.wasm"),
     ("gate", "gate.wasm"),
+    ("hostile_kvserver", "hostile-kvserver.wasm"),
+    ("hostile_handler", "hostile-handler.wasm"),
+    ("hostile_spinner", "hostile-spinner.wasm"),
 ];
 
 fn main() {

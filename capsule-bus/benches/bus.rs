@@ -98,6 +98,7 @@ fn outgoing(topic: &Topic, payload: &JsonPayload, who: &Attribution) -> Outgoing
         payload: payload.clone(),
         source: Uuid::nil(),
         attribution: who.clone(),
+        hops: 0,
     }
 }
 
@@ -224,6 +225,7 @@ fn bench_retained() {
             payload: JsonPayload::parse(text.clone()).expect("payload"),
             source: Uuid::nil(),
             attribution: who.clone(),
+            hops: 0,
         });
     }
     let after = LIVE.load(Ordering::SeqCst);

@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 
 use crate::index::PatternIndex;
 use crate::message::{Message, Outgoing};
-use crate::route::{Drain, Route, RouteLimits, RouteStats, Scope};
+use crate::route::{Batch, Drain, Route, RouteLimits, RouteStats, Scope};
 use crate::topic::TopicPattern;
 
 /// Tunable limits of a [`Bus`].
@@ -156,7 +156,7 @@ impl Bus {
         let key = msg.principal();
         let cap = self.inner.config.max_fanout;
         let mut report = PublishReport {
-            seq,
+            seq: msg.seq(),
             ..PublishReport::default()
         };
         let index = self.inner.index.read();
@@ -229,12 +229,29 @@ impl Receiver {
         self.route.drain(byte_budget, max_messages)
     }
 
+    /// Like [`try_drain`](Self::try_drain), but every message of the batch has the
+    /// attribution of the first (same principal, or all system; all claimed or none): the
+    /// batch ends where the next message in fair order belongs to someone else. Whoever acts
+    /// on the batch in one principal's scope is then right for every message in it.
+    pub fn try_drain_one_principal(&mut self, byte_budget: usize) -> Drain {
+        self.route
+            .drain_batch(byte_budget, usize::MAX, Batch::OneAttribution)
+    }
+
     /// Waits up to `timeout` for a message, then drains what is queued within `byte_budget`.
     /// On timeout the drain is empty (it still reports losses).
     pub async fn recv(&mut self, timeout: Duration, byte_budget: usize) -> Drain {
         // A timeout only means there is nothing to take yet; the drain below reports that.
         let _elapsed = tokio::time::timeout(timeout, self.route.ready()).await;
         self.route.drain(byte_budget, usize::MAX)
+    }
+
+    /// [`recv`](Self::recv) whose batch is one principal's, as
+    /// [`try_drain_one_principal`](Self::try_drain_one_principal) describes.
+    pub async fn recv_one_principal(&mut self, timeout: Duration, byte_budget: usize) -> Drain {
+        let _elapsed = tokio::time::timeout(timeout, self.route.ready()).await;
+        self.route
+            .drain_batch(byte_budget, usize::MAX, Batch::OneAttribution)
     }
 
     /// A handle that observes whether this subscription has something to take.

@@ -155,8 +155,8 @@ impl fmt::Debug for JsonPayload {
 /// enum) to keep every queued message small; [`Message::attribution`] rebuilds the enum.
 #[derive(Debug)]
 pub struct Message {
-    /// Sequence number (low 63 bits) and the claimed-attribution flag (top bit), packed so
-    /// that every queued message stays small.
+    /// Sequence number (low 55 bits), hop count (the next 8 bits) and the claimed-attribution
+    /// flag (top bit), packed so that every queued message stays small.
     seq_flags: u64,
     /// Publish time, in milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
@@ -170,6 +170,9 @@ pub struct Message {
 }
 
 const CLAIMED: u64 = 1 << 63;
+const HOPS_SHIFT: u32 = 55;
+const HOPS: u64 = 0xff << HOPS_SHIFT;
+const SEQ: u64 = (1 << HOPS_SHIFT) - 1;
 
 /// A message as the publisher hands it over; the bus assigns the sequence number.
 #[derive(Debug, Clone)]
@@ -182,6 +185,10 @@ pub struct Outgoing {
     pub source: Uuid,
     /// Who the message is attributed to.
     pub attribution: Attribution,
+    /// How many handler or receive steps led to this publish: 0 for a message nobody's message
+    /// caused (the host, an embedder, a run loop acting on its own), else one more than the
+    /// message whose handling published it. Lets the host stop publish loops.
+    pub hops: u8,
 }
 
 impl Message {
@@ -192,7 +199,9 @@ impl Message {
             Attribution::System => (None, false),
         };
         Self {
-            seq_flags: (seq & !CLAIMED) | if claimed { CLAIMED } else { 0 },
+            seq_flags: (seq & SEQ)
+                | (u64::from(out.hops) << HOPS_SHIFT)
+                | if claimed { CLAIMED } else { 0 },
             timestamp_ms,
             source: out.source,
             topic: out.topic,
@@ -203,7 +212,17 @@ impl Message {
 
     /// Monotonic per-bus sequence number, assigned at publish.
     pub fn seq(&self) -> u64 {
-        self.seq_flags & !CLAIMED
+        self.seq_flags & SEQ
+    }
+
+    /// The hop count the publisher gave it (see [`Outgoing::hops`]).
+    pub fn hops(&self) -> u8 {
+        ((self.seq_flags & HOPS) >> HOPS_SHIFT) as u8
+    }
+
+    /// Whether the principal was claimed by an uplink rather than established by the host.
+    pub fn is_claimed(&self) -> bool {
+        self.principal.is_some() && self.seq_flags & CLAIMED != 0
     }
 
     /// Size charged against byte budgets and queue limits: the payload length.
@@ -260,6 +279,32 @@ mod tests {
         assert!(JsonPayload::parse("{".into()).is_err());
         assert!(JsonPayload::parse("1 2".into()).is_err());
         assert!(JsonPayload::parse("nope".into()).is_err());
+    }
+
+    #[test]
+    fn packed_fields_round_trip() {
+        let p = PrincipalId::parse("bob").unwrap_or_else(|e| panic!("{e}"));
+        for (seq, hops, attribution) in [
+            (1, 0, Attribution::Verified(p.clone())),
+            (SEQ, u8::MAX, Attribution::Claimed(p.clone())),
+            (12_345, 7, Attribution::System),
+        ] {
+            let out = Outgoing {
+                topic: Topic::parse("a.b").unwrap_or_else(|e| panic!("{e}")),
+                payload: JsonPayload::parse("1".into()).unwrap_or_else(|e| panic!("{e}")),
+                source: Uuid::nil(),
+                attribution: attribution.clone(),
+                hops,
+            };
+            let m = Message::new(seq, 0, out);
+            assert_eq!(m.seq(), seq);
+            assert_eq!(m.hops(), hops);
+            assert_eq!(m.attribution(), attribution);
+            assert_eq!(
+                m.is_claimed(),
+                matches!(attribution, Attribution::Claimed(_))
+            );
+        }
     }
 
     #[test]

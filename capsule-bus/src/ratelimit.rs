@@ -164,6 +164,16 @@ impl RateLimiter {
         }
     }
 
+    /// Gives back `bytes` taken by an earlier [`check`](Self::check) of the same key at
+    /// `rate` (for a send that was refused by a later check and so never happened). The bucket
+    /// never rises above its burst.
+    pub fn refund(&self, capsule: Uuid, principal: &PrincipalId, bytes: u64, rate: Rate) {
+        let mut shard = self.shard(&capsule, principal).lock();
+        if let Some(bucket) = shard.get_mut(&(capsule, principal.clone())) {
+            bucket.tokens = (bucket.tokens + bytes as f64).min(rate.burst as f64);
+        }
+    }
+
     /// Drops buckets that have refilled (losslessly); if none has, the least recently used.
     fn make_room(shard: &mut FxHashMap<Key, Bucket>, now: Instant, rate: Rate) {
         let before = shard.len();
@@ -236,6 +246,27 @@ mod tests {
         assert!(lim.check_at(cap, &alice(), 80, rate, t0).is_ok());
         assert!(lim.check_at(cap, &alice(), 30, rate, t0).is_err());
         assert!(lim.check_at(cap, &alice(), 20, rate, t0).is_ok());
+    }
+
+    #[test]
+    fn a_refund_restores_what_was_taken_up_to_the_burst() {
+        let lim = RateLimiter::default();
+        let cap = Uuid::new_v4();
+        let rate = Rate {
+            bytes_per_sec: 1,
+            burst: 100,
+        };
+        let t0 = Instant::now();
+        assert!(lim.check_at(cap, &alice(), 100, rate, t0).is_ok());
+        lim.refund(cap, &alice(), 60, rate);
+        assert!(lim.check_at(cap, &alice(), 60, rate, t0).is_ok());
+        assert!(lim.check_at(cap, &alice(), 10, rate, t0).is_err());
+        // Refunds never lift a bucket past its burst, and unknown keys are left alone.
+        lim.refund(cap, &alice(), 10_000, rate);
+        assert!(lim.check_at(cap, &alice(), 101, rate, t0).is_err());
+        let bob = PrincipalId::parse("bob").unwrap_or_else(|e| panic!("{e}"));
+        lim.refund(cap, &bob, 50, rate);
+        assert_eq!(lim.len(), 1);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum Scope {
     Principal(PrincipalId),
     /// Messages attributed to this principal, and system messages.
     PrincipalAndSystem(PrincipalId),
+    /// Only system messages.
+    System,
 }
 
 impl Scope {
@@ -33,8 +35,37 @@ impl Scope {
             Self::All => true,
             Self::Principal(p) => key == Some(p),
             Self::PrincipalAndSystem(p) => key.is_none() || key == Some(p),
+            Self::System => key.is_none(),
         }
     }
+
+    /// The scope admitting exactly what both `self` and `other` admit; `None` when that is
+    /// nobody (two different principals).
+    pub fn intersect(&self, other: &Scope) -> Option<Scope> {
+        use Scope::{All, Principal, PrincipalAndSystem, System};
+        match (self, other) {
+            (All, s) | (s, All) => Some(s.clone()),
+            (System, Principal(_)) | (Principal(_), System) => None,
+            (System, _) | (_, System) => Some(System),
+            (Principal(a), Principal(b) | PrincipalAndSystem(b))
+            | (PrincipalAndSystem(b), Principal(a)) => (a == b).then(|| Principal(a.clone())),
+            // Both admit the system; they share a principal only if it is the same one.
+            (PrincipalAndSystem(a), PrincipalAndSystem(b)) => Some(if a == b {
+                PrincipalAndSystem(a.clone())
+            } else {
+                System
+            }),
+        }
+    }
+}
+
+/// How far one drain may reach across principals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Batch {
+    /// Any principals, in fair order.
+    Mixed,
+    /// Only messages attributed like the first one taken.
+    OneAttribution,
 }
 
 /// Limits of one route; see [`BusConfig`](crate::BusConfig).
@@ -275,8 +306,15 @@ impl RouteState {
         }
     }
 
-    /// Pops the next message in DRR order, unless its payload exceeds `room`.
-    fn pop(&mut self, room: usize, quantum: usize) -> Option<Arc<Message>> {
+    /// Pops the next message in DRR order, unless its payload exceeds `room` or it is not
+    /// attributed like `like` (when given): then nothing is taken, and the next drain starts
+    /// where this one stopped.
+    fn pop(
+        &mut self,
+        room: usize,
+        quantum: usize,
+        like: Option<(Option<&PrincipalId>, bool)>,
+    ) -> Option<Arc<Message>> {
         loop {
             let slot = *self.active.front()?;
             let granted = self.granted;
@@ -286,6 +324,15 @@ impl RouteState {
                 self.granted = false;
                 continue;
             };
+            if let Some((principal, claimed)) = like {
+                // Checked before the visit earns credit, so stopping here costs the next
+                // principal nothing.
+                let differs = q.key.as_ref() != principal
+                    || q.items.front().is_some_and(|m| m.is_claimed() != claimed);
+                if differs {
+                    return None;
+                }
+            }
             if !granted {
                 q.deficit = q.deficit.saturating_add(quantum);
             }
@@ -370,8 +417,13 @@ impl Route {
     /// Drains in DRR order: the first message always, then more while their payloads fit in
     /// `budget` bytes, at most `max_messages` in all.
     pub(crate) fn drain(&self, budget: usize, max_messages: usize) -> Drain {
+        self.drain_batch(budget, max_messages, Batch::Mixed)
+    }
+
+    /// [`drain`](Self::drain), ending the batch early as `batch` asks.
+    pub(crate) fn drain_batch(&self, budget: usize, max_messages: usize, batch: Batch) -> Drain {
         let mut st = self.state.lock();
-        let mut messages = Vec::new();
+        let mut messages: Vec<Arc<Message>> = Vec::new();
         let mut used = 0usize;
         while messages.len() < max_messages {
             let room = if messages.is_empty() {
@@ -379,7 +431,13 @@ impl Route {
             } else {
                 budget.saturating_sub(used)
             };
-            match st.pop(room, self.limits.quantum) {
+            let like = match (batch, messages.first()) {
+                (Batch::OneAttribution, Some(first)) => {
+                    Some((first.principal(), first.is_claimed()))
+                }
+                _ => None,
+            };
+            match st.pop(room, self.limits.quantum, like) {
                 Some(m) => {
                     used = used.saturating_add(m.cost());
                     messages.push(m);

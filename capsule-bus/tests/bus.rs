@@ -26,6 +26,7 @@ fn msg(topic: &str, who: Option<&str>, payload: &str) -> Outgoing {
             Some(p) => Attribution::Verified(pid(p)),
             None => Attribution::System,
         },
+        hops: 0,
     }
 }
 
@@ -354,4 +355,114 @@ fn sequence_numbers_increase() {
     let a = bus.publish(msg("t", None, "1")).seq;
     let b = bus.publish(msg("t", None, "1")).seq;
     assert!(b > a);
+}
+
+#[test]
+fn the_hop_count_travels_with_the_message() {
+    let bus = Bus::new();
+    let mut rx = bus.subscribe(pat("t"), Scope::All);
+    let mut out = msg("t", Some("alice"), "1");
+    out.hops = 9;
+    let report = bus.publish(out);
+    let got = rx.try_drain(usize::MAX);
+    assert_eq!(got.messages[0].hops(), 9);
+    assert_eq!(got.messages[0].seq(), report.seq);
+}
+
+#[test]
+fn a_one_principal_drain_never_mixes_principals_and_loses_nothing() {
+    let bus = Bus::new();
+    let mut rx = bus.subscribe(pat("t"), Scope::All);
+    for who in [Some("alice"), Some("bob"), Some("alice"), None, Some("bob")] {
+        bus.publish(msg("t", who, "1"));
+    }
+    let mut claimed = msg("t", None, "1");
+    claimed.attribution = Attribution::Claimed(pid("alice"));
+    bus.publish(claimed);
+    let mut batches = Vec::new();
+    loop {
+        let d = rx.try_drain_one_principal(usize::MAX);
+        if d.messages.is_empty() {
+            break;
+        }
+        let first = d.messages[0].attribution();
+        assert!(
+            d.messages.iter().all(|m| m.attribution() == first),
+            "{:?}",
+            d.messages
+        );
+        batches.push((first, d.messages.len()));
+    }
+    let total: usize = batches.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 6, "{batches:?}");
+    assert!(
+        batches.len() >= 4,
+        "alice, bob, the system and alice's claim: {batches:?}"
+    );
+    let s = rx.stats();
+    assert_eq!(s.admitted, s.delivered + s.dropped + s.queued);
+    assert_eq!(s.queued, 0);
+}
+
+#[test]
+fn a_one_principal_drain_keeps_batching_a_single_principal() {
+    let bus = Bus::new();
+    let mut rx = bus.subscribe(pat("t"), Scope::All);
+    for _ in 0..50 {
+        bus.publish(msg("t", Some("alice"), "1"));
+    }
+    let d = rx.try_drain_one_principal(usize::MAX);
+    assert_eq!(
+        d.messages.len(),
+        50,
+        "one principal's backlog comes in one batch"
+    );
+    assert_eq!(d.lagged, 0);
+}
+
+#[tokio::test]
+async fn recv_one_principal_waits_then_stops_at_the_next_principal() {
+    let bus = Bus::new();
+    let mut rx = bus.subscribe(pat("t"), Scope::All);
+    let empty = rx
+        .recv_one_principal(Duration::from_millis(5), usize::MAX)
+        .await;
+    assert!(empty.messages.is_empty());
+    bus.publish(msg("t", Some("alice"), "1"));
+    bus.publish(msg("t", Some("bob"), "2"));
+    let d = rx
+        .recv_one_principal(Duration::from_secs(5), usize::MAX)
+        .await;
+    assert_eq!(d.messages.len(), 1);
+    assert_eq!(d.lagged, 1, "bob's message waits for the next drain");
+}
+
+#[test]
+fn scope_intersections_admit_exactly_what_both_admit() {
+    let (a, b) = (pid("a"), pid("b"));
+    let scopes = [
+        Scope::All,
+        Scope::Principal(a.clone()),
+        Scope::Principal(b.clone()),
+        Scope::PrincipalAndSystem(a.clone()),
+        Scope::PrincipalAndSystem(b.clone()),
+        Scope::System,
+    ];
+    let keys = [None, Some(&a), Some(&b)];
+    for x in &scopes {
+        for y in &scopes {
+            let both = x.intersect(y);
+            for k in keys {
+                let expected = x.admits(k) && y.admits(k);
+                let got = both.as_ref().is_some_and(|s| s.admits(k));
+                assert_eq!(got, expected, "{x:?} ∩ {y:?} on {k:?}");
+            }
+            if both.is_none() {
+                assert!(
+                    keys.iter().all(|k| !(x.admits(*k) && y.admits(*k))),
+                    "{x:?} ∩ {y:?} is not empty"
+                );
+            }
+        }
+    }
 }

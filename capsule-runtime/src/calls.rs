@@ -203,6 +203,7 @@ mod tests {
                     attribution: Attribution::System,
                     source: uuid::Uuid::nil(),
                     timestamp_ms: 0,
+                    hops: 0,
                 },
                 reply: tx,
             },

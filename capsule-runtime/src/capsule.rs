@@ -22,10 +22,10 @@ use crate::host::wasi;
 use crate::inspect::{Exports, HOOK, INSTALL, RUN, UPGRADE};
 use crate::kv::KvStore;
 use crate::lifecycle::LifecyclePhase;
-use crate::limits::{CpuMeter, Interrupt, MemoryMeter};
+use crate::limits::{CpuMeter, Interrupt, MAX_STORE_RESOURCES, MemoryMeter};
 use crate::logsink::{LogSink, unix_ms};
 use crate::registry::Registry;
-use crate::scope::{Caller, ProfileGrant, ScopeFactory};
+use crate::scope::{Caller, InvocationScope, ProfileGrant, ScopeFactory};
 use crate::secrets::SecretStore;
 use crate::state::{
     BusCtx, BusShared, CapsuleIdentity, FsCtx, FsShared, HostState, KvCtx, LifecycleCtx,
@@ -254,9 +254,21 @@ impl CapsuleInner {
         }
     }
 
-    /// A fresh Store with the limiter and the epoch callback installed.
+    /// A fresh Store for the owner, with the limiter and the epoch callback installed.
     pub(crate) fn new_store(&self, cpu: CpuMeter) -> Store<HostState> {
+        self.new_store_for(cpu, &self.identity.owner, self.owner_quota())
+    }
+
+    /// A fresh Store whose linear memory, from instantiation on, is charged to `principal`
+    /// under `memory_quota`.
+    fn new_store_for(
+        &self,
+        cpu: CpuMeter,
+        principal: &PrincipalId,
+        memory_quota: u64,
+    ) -> Store<HostState> {
         let p = &self.parts;
+        let output = wasi::OutputRoute::new(p.owner_log.clone());
         let state = HostState {
             identity: Arc::clone(&self.identity),
             owner_profile: p.owner_profile.clone(),
@@ -286,15 +298,20 @@ impl CapsuleInner {
             limits: LimitsCtx {
                 shared: Arc::clone(&p.limits),
                 memory: MemoryMeter::new(
-                    self.identity.owner.clone(),
-                    self.owner_quota(),
+                    principal.clone(),
+                    memory_quota,
                     Arc::clone(&p.limits.ledger),
                 ),
                 cpu,
                 cancel_seen: false,
             },
-            wasi: wasi::locked_down(p.owner_log.clone(), None),
-            table: ResourceTable::new(),
+            wasi: wasi::locked_down(&output, None),
+            output,
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_STORE_RESOURCES);
+                table
+            },
             scope: None,
         };
         let mut store = Store::new(&self.engine, state);
@@ -323,11 +340,7 @@ impl CapsuleInner {
 
     /// Runs `run` to completion on its own Store.
     pub(crate) async fn run_loop(self: Arc<Self>, exit: watch::Sender<Option<RunExit>>) {
-        let mut store = self.new_store(CpuMeter::RunLoop {
-            yielded: false,
-            busy: 0,
-            max: self.max_busy_windows,
-        });
+        let mut store = self.new_store(CpuMeter::run_loop(self.max_busy_windows));
         let outcome = async {
             let instance = self
                 .pre
@@ -374,7 +387,8 @@ impl CapsuleInner {
         };
         store.data_mut().lifecycle.phase = Some(phase);
         let tail = wasi::OutputTail::default();
-        store.data_mut().wasi = wasi::locked_down(self.parts.owner_log.clone(), Some(tail.clone()));
+        let output = store.data().output.clone();
+        store.data_mut().wasi = wasi::locked_down(&output, Some(tail.clone()));
         let instance = self
             .pre
             .instantiate_async(&mut store)
@@ -400,11 +414,23 @@ impl CapsuleInner {
         })
     }
 
-    async fn instantiate_call(&self, principal: &PrincipalId) -> Result<Pooled, InvokeError> {
-        let mut store = self.new_store(CpuMeter::Call {
-            elapsed: 0,
-            deadline: 1,
-        });
+    /// A fresh instance for `scope`'s principal: instantiated under that principal's memory
+    /// quota and ledger, with its scope (and so its output route) in place from the start.
+    async fn instantiate_call(
+        &self,
+        scope: &InvocationScope,
+        memory_quota: u64,
+    ) -> Result<Pooled, InvokeError> {
+        let principal = &scope.principal;
+        let mut store = self.new_store_for(
+            CpuMeter::Call {
+                elapsed: 0,
+                deadline: 1,
+            },
+            principal,
+            memory_quota,
+        );
+        store.data_mut().set_scope(Some(scope.clone()));
         let fail = |e: wasmtime::Error| InvokeError::Instantiate {
             capsule: self.identity.name.clone(),
             reason: format!("{e:#}"),
@@ -541,11 +567,14 @@ impl CapsuleInner {
         }
         let mut instance = match pooled.take() {
             Some(p) => p,
-            None => self.instantiate_call(principal).await?,
+            None => {
+                self.instantiate_call(&scope, profile.quotas.max_memory_bytes)
+                    .await?
+            }
         };
         {
             let state = instance.store.data_mut();
-            state.scope = Some(scope);
+            state.set_scope(Some(scope));
             state
                 .limits
                 .memory
@@ -571,7 +600,7 @@ impl CapsuleInner {
             .hook
             .call_async(&mut instance.store, (action, payload))
             .await;
-        instance.store.data_mut().scope = None;
+        instance.store.data_mut().set_scope(None);
         match result {
             Ok((response,)) => {
                 *pooled = Some(instance);
@@ -657,6 +686,7 @@ impl Capsule {
             attribution: Attribution::Verified(principal),
             source: Uuid::nil(),
             timestamp_ms: unix_ms(),
+            hops: 0,
         };
         self.inner
             .call(action.to_string(), payload.to_vec(), caller)

@@ -57,8 +57,9 @@ pub struct RuntimeConfig {
     pub epoch_mode: EpochMode,
     /// Length of one epoch window.
     pub epoch_window: Duration,
-    /// Consecutive windows a run loop may burn CPU without waiting in `recv` before it is
-    /// trapped.
+    /// Consecutive busy windows (more than
+    /// [`RUN_LOOP_BUSY_SHARE_PERCENT`](crate::RUN_LOOP_BUSY_SHARE_PERCENT) of the window spent
+    /// running rather than waiting for events) a run loop may have before it is trapped.
     pub max_busy_windows: u32,
     /// Blocking host calls in flight at once (about cores − 2).
     pub blocking_concurrency: usize,

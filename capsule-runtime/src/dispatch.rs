@@ -2,20 +2,24 @@
 //! fair across principals like any route); its topic is matched against the handler bindings of
 //! the loaded capsules with the bus's own matcher, and the matching handlers run as a chain
 //! ordered by (priority, capsule, action). Handlers of equal priority run concurrently and see
-//! the same payload; `continue` with data replaces the payload for the next priority level,
+//! the same payload; `continue` with data replaces the payload for the next priority level (only
+//! with valid JSON within the payload limit: anything else is a failed, audited link),
 //! `final` ends the chain, `deny`/`abort` end it and are audited; a failed handler is logged and
-//! the chain goes on.
+//! the chain goes on. A binding whose pattern covers the audit topic sees only its owner's audit
+//! entries unless the owner holds the firehose grant: the audit rule of runtime subscriptions.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use capsule_bus::{Bus, Message, PatternIndex, Receiver, Scope, TopicPattern};
+use capsule_bus::{Bus, JsonPayload, Message, PatternIndex, Receiver, Scope, TopicPattern};
 use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::capsule::CapsuleInner;
-use crate::scope::Caller;
+use crate::host::audit::field;
+use crate::host::ipc::MAX_PAYLOAD_BYTES;
+use crate::scope::{Caller, audit_rule};
 
 /// One handler declared by `handler = "…"` in a capsule's `[subscribe]`.
 #[derive(Debug)]
@@ -25,6 +29,20 @@ pub(crate) struct Binding {
     capsule_name: String,
     action: String,
     priority: u32,
+    /// Whose messages the handler may see (the audit rule of runtime subscriptions).
+    scope: Scope,
+}
+
+/// A `continue` answer's data as the next level's payload: one JSON value within the payload
+/// limit, like any published payload.
+fn replacement_payload(data: String) -> Result<JsonPayload, String> {
+    if data.len() > MAX_PAYLOAD_BYTES {
+        return Err(format!(
+            "{} bytes; the payload limit is {MAX_PAYLOAD_BYTES}",
+            data.len()
+        ));
+    }
+    JsonPayload::parse(data).map_err(|e| e.to_string())
 }
 
 /// Counters of the dispatcher.
@@ -34,7 +52,8 @@ pub struct DispatchStats {
     pub chains: u64,
     /// Chains ended early by `final`, `deny` or `abort`.
     pub stopped: u64,
-    /// Handler calls that failed or were dropped (the chain went on).
+    /// Handler calls that failed, were dropped, or answered `continue` with data that is not
+    /// a valid payload (the chain went on).
     pub failed_links: u64,
     /// Messages the tap lost because it was full (each counted by the bus, too).
     pub tap_dropped: u64,
@@ -94,17 +113,31 @@ impl Dispatcher {
             return Vec::new();
         }
         self.ensure_started(bus);
+        let owner = &capsule.identity.owner;
+        let firehose = capsule.parts.bus.audit_firehose;
         let mut index = self.index.write();
         handlers
             .into_iter()
             .map(|(pattern, action, priority)| {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let scope = audit_rule(&pattern, owner, firehose);
+                if scope != Scope::All {
+                    tracing::info!(
+                        target: "capsule::audit::dispatch",
+                        capsule = %capsule.identity.name,
+                        owner = %owner,
+                        pattern = %pattern,
+                        action = %action,
+                        "audit-covering handler scoped to its owner"
+                    );
+                }
                 let binding = Arc::new(Binding {
                     id,
                     capsule: Arc::downgrade(capsule),
                     capsule_name: capsule.identity.name.clone(),
                     action,
                     priority,
+                    scope,
                 });
                 index.insert(&pattern, id, binding);
                 (id, pattern)
@@ -159,9 +192,12 @@ impl Dispatcher {
 
     fn dispatch(self: &Arc<Self>, msg: Arc<Message>) {
         let mut matched: Vec<Arc<Binding>> = Vec::new();
-        self.index
-            .read()
-            .for_each_match(&msg.topic, |b| matched.push(Arc::clone(b)));
+        let key = msg.principal();
+        self.index.read().for_each_match(&msg.topic, |b| {
+            if b.scope.admits(key) {
+                matched.push(Arc::clone(b));
+            }
+        });
         if matched.is_empty() {
             return;
         }
@@ -178,11 +214,7 @@ impl Dispatcher {
     }
 
     async fn chain(self: Arc<Self>, bindings: Vec<Arc<Binding>>, msg: Arc<Message>) {
-        let caller = Caller {
-            attribution: msg.attribution(),
-            source: msg.source,
-            timestamp_ms: msg.timestamp_ms,
-        };
+        let caller = Caller::of(&msg);
         let mut payload: Vec<u8> = msg.payload.as_str().as_bytes().to_vec();
         let mut start = 0;
         while start < bindings.len() {
@@ -204,15 +236,32 @@ impl Dispatcher {
                 }
             });
             let results = futures::future::join_all(calls).await;
-            let mut replacement: Option<String> = None;
+            let mut replacement: Option<JsonPayload> = None;
             let mut stop = false;
             for (b, result) in level.iter().zip(results) {
                 let Some(result) = result else { continue };
                 match result {
                     Ok(response) => match response.action.as_str() {
                         "continue" => {
-                            if replacement.is_none() {
-                                replacement = response.data;
+                            let Some(data) = response.data else { continue };
+                            match replacement_payload(data) {
+                                Ok(data) => {
+                                    if replacement.is_none() {
+                                        replacement = Some(data);
+                                    }
+                                }
+                                Err(why) => {
+                                    self.counters.failed_links.fetch_add(1, Ordering::Relaxed);
+                                    tracing::warn!(
+                                        target: "capsule::audit::dispatch",
+                                        capsule = %b.capsule_name,
+                                        action = %b.action,
+                                        topic = %msg.topic,
+                                        principal = %caller.attribution.principal().map_or("system", |p| p.as_str()),
+                                        reason = %field(&why),
+                                        "handler returned invalid continue data"
+                                    );
+                                }
                             }
                         }
                         "final" => stop = true,
@@ -225,14 +274,14 @@ impl Dispatcher {
                                 decision = %response.action,
                                 topic = %msg.topic,
                                 principal = %caller.attribution.principal().map_or("system", |p| p.as_str()),
-                                reason = response.data.as_deref().unwrap_or(""),
+                                reason = %field(response.data.as_deref().unwrap_or("")),
                                 "handler chain stopped"
                             );
                         }
                         other => tracing::warn!(
                             capsule = %b.capsule_name,
                             action = %b.action,
-                            returned = other,
+                            returned = %field(other),
                             "handler returned an unknown action; treated as continue"
                         ),
                     },
@@ -242,7 +291,7 @@ impl Dispatcher {
                             capsule = %b.capsule_name,
                             action = %b.action,
                             topic = %msg.topic,
-                            error = %e,
+                            error = %field(&e.to_string()),
                             "handler failed; the chain continues"
                         );
                     }
@@ -253,7 +302,7 @@ impl Dispatcher {
                 return;
             }
             if let Some(data) = replacement {
-                payload = data.into_bytes();
+                payload = data.as_str().as_bytes().to_vec();
             }
             start = end;
         }

@@ -18,6 +18,7 @@
 //! ([`capsule_vfs`]).
 
 mod approval;
+mod bounded;
 mod cache;
 mod calls;
 mod capsule;
@@ -39,6 +40,7 @@ pub mod secrets;
 mod state;
 
 pub use approval::{Approval, ApprovalRequest, Approver, Refusal, RefusalReason};
+pub use bounded::{PRINCIPAL_CACHE_CAPACITY, PRINCIPAL_IDLE_TTL};
 pub use cache::CacheOutcome;
 pub use capsule::{CallStats, Capsule, HookResponse, InvokeError, LoadReport, RunExit};
 pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};
@@ -46,11 +48,12 @@ pub use dispatch::DispatchStats;
 pub use graph::GraphError;
 pub use host::audit::{
     DISPATCH_TARGET as AUDIT_DISPATCH_TARGET, FS_TARGET as AUDIT_FS_TARGET,
-    IPC_TARGET as AUDIT_IPC_TARGET, SECRET_TARGET as AUDIT_SECRET_TARGET,
+    IPC_TARGET as AUDIT_IPC_TARGET, MAX_AUDIT_FIELD_BYTES, SECRET_TARGET as AUDIT_SECRET_TARGET,
 };
 pub use host::fs::{FsError, MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};
 pub use host::ipc::{
-    IpcError, MAX_DRAIN_BYTES, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS, MAX_SUBSCRIPTIONS,
+    CLAIM_WINDOW, IpcError, MAX_DRAIN_BYTES, MAX_HOP_DEPTH, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS,
+    MAX_SUBSCRIPTIONS,
 };
 pub use host::poll::MAX_POLL_LIST;
 pub use host::sys::{
@@ -61,7 +64,7 @@ pub use inspect::Exports;
 pub use lifecycle::{
     ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor, LifecyclePhase,
 };
-pub use limits::{Interrupt, MemoryStats};
+pub use limits::{Interrupt, MAX_STORE_RESOURCES, MemoryStats, RUN_LOOP_BUSY_SHARE_PERCENT};
 pub use logsink::MAX_LOG_FILE_BYTES;
 pub use runtime::{
     EVENT_TOPIC_PREFIX, HOST_ABI_VERSION, Inspection, LoadError, MAX_COMPONENT_BYTES, Runtime,

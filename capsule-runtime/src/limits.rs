@@ -1,21 +1,44 @@
 //! Per-Store resource meters: linear memory may never grow past the quota of the principal the
 //! Store currently runs for (a refused growth is a failed `memory.grow` the guest sees, not a
-//! host crash), every principal's peak is recorded, and CPU use is metered in epoch windows.
+//! host crash), every principal's peak is recorded, CPU use is metered in epoch windows (a run
+//! loop by the share of each window it spent running rather than waiting), and every Store's
+//! resource table holds at most [`MAX_STORE_RESOURCES`] entries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use capsule_bus::PrincipalId;
 use parking_lot::Mutex;
 use wasmtime::ResourceLimiter;
 
+use crate::bounded::{BoundedMap, PRINCIPAL_CACHE_CAPACITY, PRINCIPAL_IDLE_TTL};
+
+/// Most entries (subscriptions, pollables, file handles, WASI streams, …) one Store's resource
+/// table holds. A call that would add one more fails: with `quota` where the interface has an
+/// error to return, otherwise (`subscribe-readiness`, WASI) by trapping the guest.
+pub const MAX_STORE_RESOURCES: usize = 4096;
+
 /// Most table elements a guest table may grow to.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
-/// Per-principal memory statistics shared by every Store of a runtime.
-#[derive(Debug, Default)]
+/// Per-principal memory statistics shared by every Store of a runtime; bounded like every
+/// per-principal cache (a principal idle long enough, or the least recently charged one, is
+/// forgotten when room is needed).
+#[derive(Debug)]
 pub(crate) struct MemoryLedger {
-    peaks: Mutex<HashMap<PrincipalId, MemoryStats>>,
+    peaks: Mutex<BoundedMap<PrincipalId, MemoryStats>>,
+}
+
+impl Default for MemoryLedger {
+    fn default() -> Self {
+        Self {
+            peaks: Mutex::new(BoundedMap::new(
+                PRINCIPAL_CACHE_CAPACITY,
+                PRINCIPAL_IDLE_TTL,
+            )),
+        }
+    }
 }
 
 /// Memory statistics of one principal.
@@ -30,20 +53,23 @@ pub struct MemoryStats {
 impl MemoryLedger {
     fn record(&self, principal: &PrincipalId, bytes: u64) {
         let mut peaks = self.peaks.lock();
-        let entry = peaks.entry(principal.clone()).or_default();
+        let entry = peaks.entry(principal, Instant::now(), MemoryStats::default);
         entry.peak_bytes = entry.peak_bytes.max(bytes);
     }
 
     fn refuse(&self, principal: &PrincipalId) {
         self.peaks
             .lock()
-            .entry(principal.clone())
-            .or_default()
+            .entry(principal, Instant::now(), MemoryStats::default)
             .refused_grows += 1;
     }
 
     pub(crate) fn snapshot(&self) -> HashMap<PrincipalId, MemoryStats> {
-        self.peaks.lock().clone()
+        self.peaks
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 }
 
@@ -106,11 +132,16 @@ impl ResourceLimiter for MemoryMeter {
     }
 }
 
+/// Share of a window a run loop may spend running (not waiting in `recv`, `poll`, a pollable
+/// or `sleep-ns`) before the window counts as busy, in percent.
+pub const RUN_LOOP_BUSY_SHARE_PERCENT: u32 = 50;
+
 /// Why a Store was interrupted at an epoch boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Interrupt {
-    /// A run loop burned CPU for the configured number of consecutive windows without waiting.
-    #[error("run loop burned CPU for {windows} consecutive epoch windows without waiting in recv")]
+    /// A run loop was busy (ran for more than [`RUN_LOOP_BUSY_SHARE_PERCENT`] of the time
+    /// instead of waiting) for the configured number of consecutive windows.
+    #[error("run loop kept the CPU busy for {windows} consecutive epoch windows")]
     CpuBudget {
         /// Windows counted when it was stopped.
         windows: u32,
@@ -132,13 +163,17 @@ pub enum Interrupt {
 /// How a Store's CPU use is judged at each epoch boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CpuMeter {
-    /// A background loop: may run forever as long as it keeps waiting for events.
+    /// A background loop: may run forever as long as it spends most of its time waiting for
+    /// events. What counts is the time it waited, not whether it called a waiting function:
+    /// a `recv(0)` or a 1 ms sleep between bursts of work does not make a spinner cooperative.
     RunLoop {
-        /// Set by waiting host calls; cleared at each window.
-        yielded: bool,
-        /// Consecutive windows without a wait.
+        /// When the current window began (the previous epoch boundary seen).
+        since: Instant,
+        /// Time spent in waiting host calls since then.
+        waited: Duration,
+        /// Consecutive busy windows.
         busy: u32,
-        /// Windows allowed.
+        /// Busy windows allowed in a row.
         max: u32,
     },
     /// A bounded call: trapped once its deadline has passed.
@@ -151,24 +186,48 @@ pub(crate) enum CpuMeter {
 }
 
 impl CpuMeter {
-    /// Notes that the guest waited for an event (it is a cooperative loop, not a spinner).
-    pub(crate) fn note_wait(&mut self) {
-        if let Self::RunLoop { yielded, .. } = self {
-            *yielded = true;
+    /// A run-loop meter whose first window starts now.
+    pub(crate) fn run_loop(max: u32) -> Self {
+        Self::RunLoop {
+            since: Instant::now(),
+            waited: Duration::ZERO,
+            busy: 0,
+            max,
+        }
+    }
+
+    /// Notes that the guest spent `waited` blocked in a host call, waiting for an event.
+    pub(crate) fn add_wait(&mut self, waited: Duration) {
+        if let Self::RunLoop { waited: total, .. } = self {
+            *total = total.saturating_add(waited);
         }
     }
 
     /// Accounts one epoch window; `Err` when the Store must be interrupted.
     pub(crate) fn tick(&mut self) -> Result<(), Interrupt> {
+        self.tick_at(Instant::now())
+    }
+
+    /// [`tick`](Self::tick) at `now`.
+    pub(crate) fn tick_at(&mut self, now: Instant) -> Result<(), Interrupt> {
         match self {
-            Self::RunLoop { yielded, busy, max } => {
-                if std::mem::take(yielded) {
-                    *busy = 0;
-                } else {
+            Self::RunLoop {
+                since,
+                waited,
+                busy,
+                max,
+            } => {
+                let elapsed = now.saturating_duration_since(*since);
+                let ran = elapsed.saturating_sub(std::mem::take(waited));
+                *since = now;
+                let share = u128::from(RUN_LOOP_BUSY_SHARE_PERCENT);
+                if ran.as_nanos() * 100 > elapsed.as_nanos() * share {
                     *busy += 1;
                     if *busy >= *max {
                         return Err(Interrupt::CpuBudget { windows: *busy });
                     }
+                } else {
+                    *busy = 0;
                 }
                 Ok(())
             }
@@ -211,19 +270,60 @@ mod tests {
     }
 
     #[test]
-    fn run_loop_survives_while_it_waits() {
+    fn the_ledger_stays_bounded_under_principal_churn() {
+        let ledger = Arc::new(MemoryLedger::default());
+        let mut m = MemoryMeter::new(pid("first"), 1 << 20, ledger.clone());
+        for i in 0..PRINCIPAL_CACHE_CAPACITY + 50 {
+            m.retarget(&pid(&format!("p{i}")), 1 << 20);
+            assert!(m.memory_growing(0, 4096, None).unwrap_or(false));
+        }
+        assert_eq!(ledger.snapshot().len(), PRINCIPAL_CACHE_CAPACITY);
+    }
+
+    #[test]
+    fn run_loop_survives_while_it_waits_and_is_stopped_when_it_runs() {
+        let window = Duration::from_millis(20);
+        let t0 = Instant::now();
         let mut c = CpuMeter::RunLoop {
-            yielded: false,
+            since: t0,
+            waited: Duration::ZERO,
             busy: 0,
             max: 3,
         };
+        let mut now = t0;
         for _ in 0..100 {
-            c.note_wait();
-            assert_eq!(c.tick(), Ok(()));
+            now += window;
+            c.add_wait(Duration::from_millis(15));
+            assert_eq!(c.tick_at(now), Ok(()));
         }
-        assert_eq!(c.tick(), Ok(()));
-        assert_eq!(c.tick(), Ok(()));
-        assert_eq!(c.tick(), Err(Interrupt::CpuBudget { windows: 3 }));
+        // A long wait followed by a little work is one idle window, however long.
+        now += Duration::from_secs(30);
+        c.add_wait(Duration::from_secs(30) - Duration::from_millis(1));
+        assert_eq!(c.tick_at(now), Ok(()));
+        // Waiting 1 ms out of every 20 is running, not waiting.
+        for _ in 0..2 {
+            now += window;
+            c.add_wait(Duration::from_millis(1));
+            assert_eq!(c.tick_at(now), Ok(()));
+        }
+        now += window;
+        assert_eq!(c.tick_at(now), Err(Interrupt::CpuBudget { windows: 3 }));
+    }
+
+    #[test]
+    fn one_idle_window_resets_the_count() {
+        let t0 = Instant::now();
+        let mut c = CpuMeter::run_loop(3);
+        let mut now = t0 + Duration::from_millis(1);
+        for _ in 0..10 {
+            now += Duration::from_millis(20);
+            assert_eq!(c.tick_at(now), Ok(()));
+            now += Duration::from_millis(20);
+            assert_eq!(c.tick_at(now), Ok(()));
+            now += Duration::from_millis(20);
+            c.add_wait(Duration::from_millis(19));
+            assert_eq!(c.tick_at(now), Ok(()));
+        }
     }
 
     #[test]
@@ -232,7 +332,7 @@ mod tests {
             elapsed: 0,
             deadline: 2,
         };
-        c.note_wait();
+        c.add_wait(Duration::from_secs(1));
         assert_eq!(c.tick(), Ok(()));
         assert_eq!(c.tick(), Ok(()));
         assert_eq!(c.tick(), Err(Interrupt::Deadline { windows: 2 }));

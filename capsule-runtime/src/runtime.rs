@@ -589,6 +589,7 @@ impl Runtime {
             payload,
             source: Uuid::nil(),
             attribution: capsule_bus::Attribution::System,
+            hops: 0,
         });
     }
 
@@ -775,6 +776,7 @@ impl Runtime {
                 policy: Arc::clone(&policy),
                 bindings: bindings(&manifest),
                 audit_firehose: profile.audit_firehose(),
+                introductions: Mutex::default(),
             }),
             sys: Arc::new(SysShared {
                 defaults: env_defaults(&manifest),
@@ -785,6 +787,7 @@ impl Runtime {
                     .filter(|(_, e)| e.kind == EnvKind::Secret)
                     .map(|(k, _)| k.clone())
                     .collect::<HashSet<String>>(),
+                declared_keys: manifest.env.keys().cloned().collect(),
                 capabilities: policy.capabilities().held_names(),
                 owner_log: owner_log.clone(),
                 ready: ready_tx,

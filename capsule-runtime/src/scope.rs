@@ -6,14 +6,15 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
-use capsule_bus::{Attribution, Message, PrincipalId};
+use capsule_bus::{Attribution, Message, PrincipalId, Scope, TopicPattern};
 use capsule_security::PrincipalProfile;
 use capsule_vfs::{Mount, StateLayout};
 use parking_lot::Mutex;
 use uuid::Uuid;
 
+use crate::bounded::{BoundedMap, PRINCIPAL_CACHE_CAPACITY, PRINCIPAL_IDLE_TTL};
 use crate::logsink::{LogSink, unix_ms};
 
 /// Who caused the current call.
@@ -25,6 +26,21 @@ pub struct Caller {
     pub source: Uuid,
     /// When it was published, in milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
+    /// The hop count of the message that caused the call (0 when no message did): what the
+    /// call publishes carries one more.
+    pub hops: u8,
+}
+
+impl Caller {
+    /// The caller behind a message: its attribution, source, time and hop count.
+    pub fn of(msg: &Message) -> Self {
+        Self {
+            attribution: msg.attribution(),
+            source: msg.source,
+            timestamp_ms: msg.timestamp_ms,
+            hops: msg.hops(),
+        }
+    }
 }
 
 /// A principal's profile as resolved for a scope: usable, or refused with the reason.
@@ -66,28 +82,56 @@ impl InvocationScope {
     pub fn caller(&self) -> &Caller {
         &self.caller
     }
+
+    /// Whether the principal in scope was only claimed (by an uplink), not established by the
+    /// host. What the call publishes is then attributed as claimed too: a claim never becomes
+    /// a verified identity by passing through a capsule.
+    pub fn is_claimed(&self) -> bool {
+        matches!(self.caller.attribution, Attribution::Claimed(_))
+    }
 }
 
-/// Profiles by principal, re-read when the file changes.
+/// The audit rule, the one place it is written: a pattern that covers the audit topic admits
+/// only the owner's own entries unless the owner's profile holds the firehose grant. Runtime
+/// subscriptions and handler bindings are both scoped by it.
+pub(crate) fn audit_rule(pattern: &TopicPattern, owner: &PrincipalId, firehose: bool) -> Scope {
+    if pattern.covers_audit_topic() && !firehose {
+        Scope::Principal(owner.clone())
+    } else {
+        Scope::All
+    }
+}
+
+/// Profiles by principal, re-read when the file changes; bounded like every per-principal
+/// cache (see [`crate::bounded`]).
 #[derive(Debug)]
 pub(crate) struct ProfileCache {
     state_dir: PathBuf,
-    entries: Mutex<HashMap<PrincipalId, (Option<SystemTime>, ProfileGrant)>>,
+    entries: Mutex<BoundedMap<PrincipalId, (Option<SystemTime>, ProfileGrant)>>,
 }
 
 impl ProfileCache {
     pub(crate) fn new(state_dir: PathBuf) -> Self {
         Self {
             state_dir,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(BoundedMap::new(
+                PRINCIPAL_CACHE_CAPACITY,
+                PRINCIPAL_IDLE_TTL,
+            )),
         }
+    }
+
+    /// Principals whose profile is cached now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.lock().len()
     }
 
     /// The profile of `principal`; a malformed profile or a disabled principal is refused.
     pub(crate) fn resolve(&self, principal: &PrincipalId) -> ProfileGrant {
         let path = PrincipalProfile::path(&self.state_dir, principal);
         let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        if let Some((seen, grant)) = self.entries.lock().get(principal)
+        if let Some((seen, grant)) = self.entries.lock().get_mut(principal, Instant::now())
             && *seen == mtime
         {
             return grant.clone();
@@ -102,7 +146,7 @@ impl ProfileCache {
         }
         self.entries
             .lock()
-            .insert(principal.clone(), (mtime, grant.clone()));
+            .insert(principal.clone(), (mtime, grant.clone()), Instant::now());
         grant
     }
 }
@@ -138,14 +182,7 @@ impl ScopeFactory {
 
     /// A scope for a message drained by the guest.
     pub(crate) fn for_message(&self, msg: &Message) -> InvocationScope {
-        self.build(
-            Caller {
-                attribution: msg.attribution(),
-                source: msg.source,
-                timestamp_ms: msg.timestamp_ms,
-            },
-            false,
-        )
+        self.build(Caller::of(msg), false)
     }
 
     /// The caller reported when nothing is in scope: the capsule itself, for its owner.
@@ -154,6 +191,7 @@ impl ScopeFactory {
             attribution: Attribution::Verified(self.owner.clone()),
             source: self.session,
             timestamp_ms: unix_ms(),
+            hops: 0,
         }
     }
 
@@ -183,11 +221,7 @@ impl ScopeFactory {
             }
             let principal = msg.principal().unwrap_or(&self.owner);
             if &current.principal == principal {
-                current.caller = Caller {
-                    attribution: msg.attribution(),
-                    source: msg.source,
-                    timestamp_ms: msg.timestamp_ms,
-                };
+                current.caller = Caller::of(msg);
                 return;
             }
         }
@@ -265,5 +299,36 @@ fn parse_env_overlay(
             tracing::warn!(%principal, capsule, error = %e, "env overlay is not a JSON object; ignored");
             HashMap::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profile_cache_stays_bounded_under_principal_churn() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let cache = ProfileCache::new(dir.path().to_path_buf());
+        for i in 0..PRINCIPAL_CACHE_CAPACITY + 50 {
+            let p = PrincipalId::parse(&format!("p{i}")).unwrap_or_else(|e| panic!("{e}"));
+            assert!(cache.resolve(&p).is_ok());
+            assert!(cache.len() <= PRINCIPAL_CACHE_CAPACITY);
+        }
+        assert_eq!(cache.len(), PRINCIPAL_CACHE_CAPACITY);
+    }
+
+    #[test]
+    fn the_audit_rule_scopes_only_audit_patterns_without_the_firehose() {
+        let owner = PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}"));
+        let p = |s: &str| TopicPattern::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        let scoped = Scope::Principal(owner.clone());
+        assert_eq!(audit_rule(&p("astrid.v1.audit.*"), &owner, false), scoped);
+        assert_eq!(audit_rule(&p("astrid.*"), &owner, false), scoped);
+        assert_eq!(
+            audit_rule(&p("astrid.v1.audit.*"), &owner, true),
+            Scope::All
+        );
+        assert_eq!(audit_rule(&p("probe.*"), &owner, false), Scope::All);
     }
 }

@@ -16,6 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use capsule_vfs::{Mount, Workspace};
 
+use crate::host::wasi::OutputRoute;
 use crate::kv::KvStore;
 use crate::limits::{CpuMeter, MemoryLedger, MemoryMeter};
 use crate::logsink::LogSink;
@@ -51,6 +52,8 @@ pub(crate) struct BusShared {
     pub(crate) bindings: Vec<Binding>,
     /// Whether the owner holds the audit firehose grant (from its profile, never the manifest).
     pub(crate) audit_firehose: bool,
+    /// Principals this capsule introduced with `publish-as` in the current minute.
+    pub(crate) introductions: parking_lot::Mutex<crate::host::ipc::Introductions>,
 }
 
 /// The bus context of one Store.
@@ -70,6 +73,8 @@ pub(crate) struct SysShared {
     pub(crate) owner_env: HashMap<String, String>,
     /// Keys declared `type = "secret"`: never in any map above.
     pub(crate) secret_keys: HashSet<String>,
+    /// Every `[env]` key the manifest declares: the only keys `get-config` answers.
+    pub(crate) declared_keys: HashSet<String>,
     /// Capability names the capsule holds.
     pub(crate) capabilities: Vec<String>,
     /// The owner's log file for this capsule.
@@ -217,8 +222,23 @@ pub(crate) struct HostState {
     pub(crate) uplink: UplinkCtx,
     pub(crate) limits: LimitsCtx,
     pub(crate) wasi: WasiCtx,
+    /// Where the guest's stdout/stderr go; follows `scope`.
+    pub(crate) output: OutputRoute,
     pub(crate) table: ResourceTable,
     pub(crate) scope: Option<InvocationScope>,
+}
+
+impl HostState {
+    /// Installs (or, with `None`, removes) the invocation scope, re-pointing guest output at
+    /// the log of whoever is then in scope.
+    pub(crate) fn set_scope(&mut self, scope: Option<InvocationScope>) {
+        self.scope = scope;
+        self.output.follow(Scoped {
+            identity: &self.identity,
+            owner_profile: &self.owner_profile,
+            scope: &self.scope,
+        });
+    }
 }
 
 impl std::fmt::Debug for HostState {
@@ -331,6 +351,8 @@ pub(crate) struct IpcView<'a> {
     pub(crate) owner_profile: &'a ProfileGrant,
     pub(crate) scopes: &'a ScopeFactory,
     pub(crate) scope: &'a mut Option<InvocationScope>,
+    /// Re-pointed when a drain installs another principal's scope.
+    pub(crate) output: &'a OutputRoute,
     pub(crate) bus: &'a mut BusCtx,
     pub(crate) limits: &'a mut LimitsCtx,
     pub(crate) table: &'a mut ResourceTable,
@@ -475,6 +497,7 @@ impl HostState {
             owner_profile: &self.owner_profile,
             scopes: &self.scopes,
             scope: &mut self.scope,
+            output: &self.output,
             bus: &mut self.bus,
             limits: &mut self.limits,
             table: &mut self.table,

@@ -28,6 +28,9 @@ pub struct Quotas {
     pub max_http_streams: u32,
     /// Bytes of KV storage.
     pub max_storage_bytes: u64,
+    /// Distinct principals an uplink capsule owned by this principal may introduce with
+    /// `publish-as` per minute.
+    pub max_claimed_principals_per_minute: u32,
 }
 
 impl Default for Quotas {
@@ -40,6 +43,7 @@ impl Default for Quotas {
             max_background_processes: 8,
             max_http_streams: 16,
             max_storage_bytes: 256 * 1024 * 1024,
+            max_claimed_principals_per_minute: 600,
         }
     }
 }
@@ -189,6 +193,9 @@ fn parse_quotas(t: &Table) -> Result<Quotas, String> {
             "max_background_processes" => q.max_background_processes = small()?,
             "max_http_streams" => q.max_http_streams = small()?,
             "max_storage_bytes" => q.max_storage_bytes = n,
+            "max_claimed_principals_per_minute" => {
+                q.max_claimed_principals_per_minute = small()?;
+            }
             other => return Err(format!("unknown quota `{other}`")),
         }
     }
@@ -220,7 +227,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(
             &file,
-            "enabled = true\ngroups = [\"admins\"]\ngrants = [\"audit:read_all\", \"x\"]\nrevokes = [\"x\"]\n[quotas]\nmax_memory_bytes = 1048576\nmax_cpu_fuel_per_sec = 1000\n",
+            "enabled = true\ngroups = [\"admins\"]\ngrants = [\"audit:read_all\", \"x\"]\nrevokes = [\"x\"]\n[quotas]\nmax_memory_bytes = 1048576\nmax_cpu_fuel_per_sec = 1000\nmax_claimed_principals_per_minute = 3\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let p = PrincipalProfile::load(dir.path(), &pid("ops")).unwrap_or_else(|e| panic!("{e}"));
@@ -229,6 +236,7 @@ mod tests {
         assert_eq!(p.quotas.max_memory_bytes, 1 << 20);
         assert_eq!(p.quotas.max_cpu_fuel_per_sec, Some(1000));
         assert_eq!(p.quotas.max_timeout_secs, 300);
+        assert_eq!(p.quotas.max_claimed_principals_per_minute, 3);
     }
 
     #[test]

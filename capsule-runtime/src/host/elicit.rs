@@ -61,7 +61,11 @@ impl ElicitView<'_> {
             a = tokio::time::timeout(shared.timeout, elicitor.elicit(prompt)) => match a {
                 Err(_) => return Err(ErrorCode::Timeout),
                 Ok(Err(ElicitRefusal::Cancelled)) => return Err(ErrorCode::Cancelled),
-                Ok(Err(ElicitRefusal::Unavailable(why))) => return Err(ErrorCode::Unknown(why)),
+                Ok(Err(ElicitRefusal::Unavailable(why))) => {
+                    // The operator side's reason (a terminal error, say) stays in the host log.
+                    tracing::warn!(capsule = %self.identity.name, reason = %why, "nobody can answer an elicit question");
+                    return Err(ErrorCode::Unknown("nobody can answer".into()));
+                }
                 Ok(Ok(answer)) => answer,
             },
         };

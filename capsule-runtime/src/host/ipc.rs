@@ -2,7 +2,8 @@
 //! mistake is an `IpcError` mapped to the WIT error code by one exhaustive match; a missing
 //! table entry is a broken host invariant and traps. Each call emits one audit event.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use capsule_bus::{
     Attribution, Drain, JsonPayload, Message, Outgoing, PayloadError, PrincipalError, PrincipalId,
@@ -18,6 +19,7 @@ use wasmtime::component::Resource;
 
 use crate::host::audit;
 use crate::host::poll::{PollSource, PollableEntry};
+use crate::scope::audit_rule;
 use crate::state::IpcView;
 
 /// Largest payload one publish may carry.
@@ -28,6 +30,13 @@ pub const MAX_DRAIN_BYTES: usize = 1024 * 1024;
 pub const MAX_SUBSCRIPTIONS: usize = 128;
 /// Longest `recv` wait; longer requests are clamped.
 pub const MAX_RECV_TIMEOUT_MS: u64 = 60_000;
+/// Deepest hop count a published message may carry. A call serving a message `h` hops deep
+/// publishes at `h + 1`; a publish that would go past this depth (a handler feeding its own
+/// topic, or a cycle of capsules) is refused with `quota` and audited.
+pub const MAX_HOP_DEPTH: u8 = 16;
+/// The window over which an uplink's new claimed principals are counted against its owner's
+/// `max_claimed_principals_per_minute`.
+pub const CLAIM_WINDOW: Duration = Duration::from_secs(60);
 
 /// Why an IPC call failed. Each variant is a fact about the guest's request.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +68,28 @@ pub enum IpcError {
     /// The principal's byte budget is spent.
     #[error(transparent)]
     RateLimited(RateLimited),
+    /// The uplink capsule's own byte budget, which every principal it claims also spends, is
+    /// spent.
+    #[error("the uplink's own budget is spent: {0}")]
+    UplinkRateLimited(RateLimited),
+    /// The message would be more than [`MAX_HOP_DEPTH`] hops away from the publish that
+    /// started the chain: a publish loop.
+    #[error(
+        "publish refused: {hops} hops deep, past the hop depth of {MAX_HOP_DEPTH} (a publish loop?)"
+    )]
+    HopLimit {
+        /// The hop count the message would have carried.
+        hops: u16,
+    },
+    /// The uplink introduced as many new principals this minute as its owner's quota allows.
+    #[error(
+        "this uplink introduced {limit} new principals in the last minute \
+         (quota max_claimed_principals_per_minute)"
+    )]
+    TooManyClaims {
+        /// The quota.
+        limit: u32,
+    },
     /// The fan-out cap kept the message from some subscribers.
     #[error("fan-out cap reached: {cut} subscriptions did not get the message")]
     Backpressure {
@@ -68,6 +99,12 @@ pub enum IpcError {
     /// The instance holds [`MAX_SUBSCRIPTIONS`] subscriptions already.
     #[error("at most {MAX_SUBSCRIPTIONS} live subscriptions per capsule instance")]
     SubscriptionQuota,
+    /// The instance's resource table is full.
+    #[error(
+        "the instance holds {} resources, the most one instance may",
+        crate::limits::MAX_STORE_RESOURCES
+    )]
+    ResourcesFull,
     /// The capsule is being unloaded.
     #[error("the capsule is unloading")]
     Closed,
@@ -84,11 +121,45 @@ impl IpcError {
             | Self::Payload(_)
             | Self::Principal(_) => ErrorCode::InvalidInput,
             Self::Denied(_) | Self::PrincipalRefused(_) => ErrorCode::CapabilityDenied,
-            Self::RateLimited(_) => ErrorCode::RateLimited,
+            Self::RateLimited(_) | Self::UplinkRateLimited(_) | Self::TooManyClaims { .. } => {
+                ErrorCode::RateLimited
+            }
             Self::Backpressure { .. } => ErrorCode::Backpressure,
-            Self::SubscriptionQuota => ErrorCode::Quota,
+            Self::SubscriptionQuota | Self::ResourcesFull | Self::HopLimit { .. } => {
+                ErrorCode::Quota
+            }
             Self::Closed => ErrorCode::Closed,
         }
+    }
+}
+
+/// Distinct principals an uplink capsule introduced with `publish-as` in the current
+/// [`CLAIM_WINDOW`]; at most the owner's quota of them are kept.
+#[derive(Debug, Default)]
+pub(crate) struct Introductions {
+    window: Option<Instant>,
+    seen: HashSet<PrincipalId>,
+}
+
+impl Introductions {
+    /// Whether `principal` may be claimed now: already introduced in this window, or new while
+    /// fewer than `limit` were.
+    fn admit(&mut self, principal: &PrincipalId, limit: u32, now: Instant) -> bool {
+        if self
+            .window
+            .is_none_or(|start| now.saturating_duration_since(start) >= CLAIM_WINDOW)
+        {
+            self.window = Some(now);
+            self.seen.clear();
+        }
+        if self.seen.contains(principal) {
+            return true;
+        }
+        if self.seen.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+            return false;
+        }
+        self.seen.insert(principal.clone());
+        true
     }
 }
 
@@ -133,13 +204,15 @@ impl IpcView<'_> {
     }
 
     /// The shared publish path: validation and ACL first, so a refused publish costs nothing,
-    /// then the byte budget, then delivery.
+    /// then the byte budget (for `publish-as`, also the uplink's own budget and its
+    /// introductions), then delivery.
     fn publish_checked(
         &mut self,
         topic: &str,
         payload: String,
         attribution: Attribution,
         charged: &PrincipalId,
+        claimed_by_uplink: bool,
     ) -> Result<(), IpcError> {
         let topic = Topic::parse(topic).map_err(IpcError::Topic)?;
         if let Decision::Denied(reason) = self.bus.shared.policy.may_publish(&topic) {
@@ -149,21 +222,66 @@ impl IpcView<'_> {
             return Err(IpcError::PayloadTooLarge(payload.len()));
         }
         let payload = JsonPayload::parse(payload).map_err(IpcError::Payload)?;
+        // One step further than the message whose handling publishes this one.
+        let hops = self
+            .scope
+            .as_ref()
+            .map_or(0, |s| u16::from(s.caller.hops) + 1);
+        let hops = match u8::try_from(hops) {
+            Ok(h) if h <= MAX_HOP_DEPTH => h,
+            _ => return Err(IpcError::HopLimit { hops }),
+        };
         let profile = match self.scoped().profile() {
             Ok(p) => p.clone(),
             Err(reason) => return Err(IpcError::PrincipalRefused(reason.to_string())),
         };
         let rate = Rate::per_second(profile.quotas.max_ipc_throughput_bytes);
-        self.bus
-            .shared
-            .limiter
-            .check(self.identity.session, charged, payload.len() as u64, rate)
+        // An uplink pays for the principals it claims: each is one of a bounded number of
+        // introductions per minute, and its bytes also come out of the uplink's own budget.
+        let own = if claimed_by_uplink {
+            let owner = match self.owner_profile {
+                Ok(p) => p.clone(),
+                Err(reason) => return Err(IpcError::PrincipalRefused(reason.to_string())),
+            };
+            let limit = owner.quotas.max_claimed_principals_per_minute;
+            if !self
+                .bus
+                .shared
+                .introductions
+                .lock()
+                .admit(charged, limit, Instant::now())
+            {
+                return Err(IpcError::TooManyClaims { limit });
+            }
+            (charged != &self.identity.owner).then(|| {
+                (
+                    &self.identity.owner,
+                    Rate::per_second(owner.quotas.max_ipc_throughput_bytes),
+                )
+            })
+        } else {
+            None
+        };
+        let (limiter, session, bytes) = (
+            &self.bus.shared.limiter,
+            self.identity.session,
+            payload.len() as u64,
+        );
+        limiter
+            .check(session, charged, bytes, rate)
             .map_err(IpcError::RateLimited)?;
+        if let Some((owner, own_rate)) = own
+            && let Err(e) = limiter.check(session, owner, bytes, own_rate)
+        {
+            limiter.refund(session, charged, bytes, rate);
+            return Err(IpcError::UplinkRateLimited(e));
+        }
         let report = self.bus.shared.bus.publish(Outgoing {
             topic,
             payload,
             source: self.identity.session,
             attribution,
+            hops,
         });
         if report.is_cut() {
             return Err(IpcError::Backpressure { cut: report.cut });
@@ -184,9 +302,13 @@ impl IpcView<'_> {
             return Err(IpcError::SubscriptionQuota);
         }
         // An audit-covering subscription sees only its owner's entries unless the owner's
-        // profile grants the firehose. The scope is the load-time owner: the route outlives
-        // any one call.
-        let scope = if pattern.covers_audit_topic() && !self.bus.shared.audit_firehose {
+        // profile grants the firehose.
+        let mut scope = audit_rule(
+            &pattern,
+            &self.identity.owner,
+            self.bus.shared.audit_firehose,
+        );
+        if scope != Scope::All {
             tracing::info!(
                 target: "capsule::audit::ipc",
                 capsule = %self.identity.name,
@@ -194,17 +316,37 @@ impl IpcView<'_> {
                 pattern = %pattern,
                 "audit-covering subscription scoped to its owner"
             );
-            Scope::Principal(self.identity.owner.clone())
-        } else {
-            Scope::All
-        };
+        }
+        // Opened while a handler call serves P, the subscription is P's: it admits P's
+        // messages and the system's, so nobody else can inject into P's call.
+        if let Some(serving) = self.scope.as_ref().filter(|s| s.pinned) {
+            let principal = serving.principal.clone();
+            scope = scope
+                .intersect(&Scope::PrincipalAndSystem(principal.clone()))
+                .ok_or_else(|| {
+                    IpcError::Denied(format!(
+                        "`{pattern}` covers audit entries, of which this capsule sees only its \
+                         owner's; opened while serving `{principal}` it would admit nothing"
+                    ))
+                })?;
+            tracing::info!(
+                target: "capsule::audit::ipc",
+                capsule = %self.identity.name,
+                principal = %principal,
+                pattern = %pattern,
+                "subscription scoped to the principal in scope"
+            );
+        }
         Ok(self.bus.shared.bus.subscribe(pattern, scope))
     }
 
-    /// Turns a drain into an envelope and installs the scope of its first message.
+    /// Turns a drain into an envelope and installs the scope of its first message. The drain
+    /// carries one attribution only, so that scope is right for every message in it; an empty
+    /// drain leaves the scope as it was.
     fn deliver(&mut self, drain: Drain) -> IpcEnvelope {
         if let Some(first) = drain.messages.first() {
             self.scopes.install_for_message(self.scope, first);
+            self.output.follow(self.scoped());
         }
         IpcEnvelope {
             messages: drain.messages.iter().map(|m| wit_message(m)).collect(),
@@ -222,12 +364,13 @@ impl Host for IpcView<'_> {
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         let principal = self.scoped().principal().clone();
         let size = payload.len() as u64;
-        let result = self.publish_checked(
-            &topic,
-            payload,
-            Attribution::Verified(principal.clone()),
-            &principal,
-        );
+        // Serving a claimed principal, the capsule's messages are claimed too.
+        let attribution = if self.scope.as_ref().is_some_and(|s| s.is_claimed()) {
+            Attribution::Claimed(principal.clone())
+        } else {
+            Attribution::Verified(principal.clone())
+        };
+        let result = self.publish_checked(&topic, payload, attribution, &principal, false);
         self.audit("publish", &topic, size, result.as_ref().err());
         Ok(result.map_err(|e| e.code()))
     }
@@ -249,6 +392,7 @@ impl Host for IpcView<'_> {
                 payload,
                 Attribution::Claimed(claimed.clone()),
                 &claimed,
+                true,
             )
         })();
         self.audit("publish-as", &topic, size, result.as_ref().err());
@@ -260,14 +404,15 @@ impl Host for IpcView<'_> {
         topic_pattern: String,
     ) -> wasmtime::Result<Result<Resource<Subscription>, ErrorCode>> {
         let result = self.subscribe_checked(&topic_pattern);
-        let result = match result {
-            Ok(receiver) => {
-                let entry = self.table.push(SubscriptionEntry { receiver })?;
-                self.bus.subscriptions += 1;
-                Ok(Resource::new_own(entry.rep()))
-            }
-            Err(e) => Err(e),
-        };
+        let result = result.and_then(|receiver| {
+            // A full table drops the entry, and with it the route.
+            let entry = self
+                .table
+                .push(SubscriptionEntry { receiver })
+                .map_err(|_| IpcError::ResourcesFull)?;
+            self.bus.subscriptions += 1;
+            Ok(Resource::new_own(entry.rep()))
+        });
         self.audit(
             "subscribe",
             &topic_pattern,
@@ -307,7 +452,7 @@ impl HostSubscription for IpcView<'_> {
             self.audit("subscription.poll", &pattern, 0, Some(&IpcError::Closed));
             return Ok(Err(ErrorCode::Closed));
         }
-        let drain = entry.receiver.try_drain(MAX_DRAIN_BYTES);
+        let drain = entry.receiver.try_drain_one_principal(MAX_DRAIN_BYTES);
         let envelope = self.deliver(drain);
         self.audit(
             "subscription.poll",
@@ -323,21 +468,22 @@ impl HostSubscription for IpcView<'_> {
         self_: Resource<Subscription>,
         timeout_ms: u64,
     ) -> wasmtime::Result<Result<IpcEnvelope, ErrorCode>> {
-        // Waiting in recv is what distinguishes an event loop from a spinner.
-        self.limits.cpu.note_wait();
         let cancel = self.limits.shared.cancel.clone();
         let io = self.limits.shared.io.clone();
         let timeout = Duration::from_millis(timeout_ms.min(MAX_RECV_TIMEOUT_MS));
         let entry = self.table.get_mut(&entry_handle(&self_))?;
         let pattern = entry.receiver.pattern().to_string();
+        let started = Instant::now();
         let drain = tokio::select! {
             biased;
             () = cancel.cancelled() => None,
             drain = async {
                 let _permit = io.acquire().await.ok()?;
-                Some(entry.receiver.recv(timeout, MAX_DRAIN_BYTES).await)
+                Some(entry.receiver.recv_one_principal(timeout, MAX_DRAIN_BYTES).await)
             } => drain,
         };
+        // What a run loop spends waiting here is not CPU it used; a `recv(0)` waits nothing.
+        self.limits.cpu.add_wait(started.elapsed());
         let Some(drain) = drain else {
             self.audit("subscription.recv", &pattern, 0, Some(&IpcError::Closed));
             return Ok(Err(ErrorCode::Closed));
@@ -375,5 +521,37 @@ impl HostSubscription for IpcView<'_> {
             None,
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pid(s: &str) -> PrincipalId {
+        PrincipalId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn introductions_are_bounded_per_window() {
+        let mut intro = Introductions::default();
+        let t0 = Instant::now();
+        assert!(intro.admit(&pid("a"), 2, t0));
+        assert!(intro.admit(&pid("b"), 2, t0));
+        assert!(!intro.admit(&pid("c"), 2, t0), "a third new principal");
+        assert!(
+            intro.admit(&pid("a"), 2, t0),
+            "a known one is no introduction"
+        );
+        let later = t0 + CLAIM_WINDOW;
+        assert!(
+            intro.admit(&pid("c"), 2, later),
+            "a new window starts afresh"
+        );
+        assert_eq!(intro.seen.len(), 1);
+        assert!(
+            !intro.admit(&pid("z"), 0, later),
+            "a quota of zero admits no one new"
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! subscription's queue); `block` and `poll` wait on the source itself, not on a timer, and
 //! race the capsule's cancellation so unload always wins.
 
+use std::time::Instant;
+
 use capsule_bus::Readiness;
 use capsule_wit::astrid::io::poll::{ErrorCode, Host, HostPollable, Pollable};
 use futures::future::{BoxFuture, FutureExt, select_all};
@@ -52,10 +54,10 @@ fn entry_handle(r: &Resource<Pollable>) -> Resource<PollableEntry> {
 impl PollView<'_> {
     /// Waits until any of `sources` is ready; `false` if the capsule was unloaded meanwhile.
     async fn wait_any(&mut self, sources: Vec<PollSource>) -> bool {
-        self.limits.cpu.note_wait();
         let cancel = self.limits.shared.cancel.clone();
         let io = self.limits.shared.io.clone();
-        tokio::select! {
+        let started = Instant::now();
+        let done = tokio::select! {
             biased;
             () = cancel.cancelled() => false,
             done = async {
@@ -64,7 +66,10 @@ impl PollView<'_> {
                 select_all(futures).await;
                 true
             } => done,
-        }
+        };
+        // Time spent waiting is not CPU a run loop used.
+        self.limits.cpu.add_wait(started.elapsed());
+        done
     }
 }
 

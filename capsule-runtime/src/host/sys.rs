@@ -1,7 +1,8 @@
 //! `astrid:sys/host@1.0.0`: configuration, caller context, logging, readiness, clocks, sleep,
-//! randomness and capability introspection. Configuration is resolved for the principal in
-//! scope (its env overlay, then the manifest defaults); secret-typed keys never come from a
-//! plain map.
+//! randomness and capability introspection. Configuration answers only keys the manifest
+//! declares, resolved for the principal in scope (its env overlay, then the manifest
+//! defaults); secret-typed keys never come from a plain map. Errors carry no host paths or
+//! backend text: the guest gets a fixed description, the host log the details.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -68,11 +69,10 @@ impl SysError {
             Self::Cancelled => ErrorCode::Cancelled,
             Self::RegistryUnavailable => ErrorCode::RegistryUnavailable,
             Self::Unloading => ErrorCode::Cancelled,
-            Self::BadSession(_) | Self::Random(_) => ErrorCode::Unknown(self.to_string()),
-            // The store's own words may name host paths: they go to the host log only.
-            Self::Secret(_) => {
-                ErrorCode::Unknown("secret store failure (details are in the host log)".into())
-            }
+            Self::BadSession(_) => ErrorCode::Unknown(self.to_string()),
+            // What failed underneath is the host's business; the details go to its log.
+            Self::Random(_) => ErrorCode::Unknown("random source unavailable".into()),
+            Self::Secret(_) => ErrorCode::Unknown("secret store unavailable".into()),
         }
     }
 }
@@ -107,12 +107,13 @@ impl SysView<'_> {
             .await
         {
             None => return Err(SysError::Unloading),
-            Some(Err(panic)) => return Err(SysError::Secret(format!("worker failed: {panic}"))),
-            Some(Ok(r)) => r.map_err(|e| {
-                tracing::warn!(capsule = %capsule, %principal, key, error = %e, "secret lookup failed");
-                SysError::Secret(e.to_string())
-            })?,
+            Some(Err(panic)) => Err(format!("worker failed: {panic}")),
+            Some(Ok(r)) => r.map_err(|e| e.to_string()),
         };
+        let found = found.map_err(|reason| {
+            crate::host::audit::secret_failed(&capsule, &principal, key, &reason);
+            SysError::Secret(reason)
+        })?;
         Ok(found.map(|(value, scope)| {
             let scope = match scope {
                 crate::secrets::SecretScope::Principal(_) => "principal",
@@ -140,6 +141,10 @@ impl SysView<'_> {
             return Ok(Some(from.to_string()));
         }
         let shared = &self.sys.shared;
+        // An overlay may hold anything; only what the manifest declares is configuration.
+        if !shared.declared_keys.contains(key) {
+            return Ok(None);
+        }
         let overlay = match self.scoped().env_overlay() {
             Some(env) => env,
             None => &shared.owner_env,
@@ -242,16 +247,17 @@ impl Host for SysView<'_> {
             };
             return Ok(Err(e.code()));
         }
-        // A real pause counts as waiting; a zero-length sleep in a loop does not.
-        if duration >= Duration::from_millis(1) {
-            self.limits.cpu.note_wait();
-        }
         let cancel = self.limits.shared.cancel.clone();
-        tokio::select! {
+        let started = Instant::now();
+        let result = tokio::select! {
             biased;
-            () = cancel.cancelled() => Ok(Err(SysError::Cancelled.code())),
-            () = tokio::time::sleep(duration) => Ok(Ok(())),
-        }
+            () = cancel.cancelled() => Err(SysError::Cancelled.code()),
+            () = tokio::time::sleep(duration) => Ok(()),
+        };
+        // Only the time really spent asleep counts as waiting, so short sleeps between bursts
+        // of work do not hide them.
+        self.limits.cpu.add_wait(started.elapsed());
+        Ok(result)
     }
 
     fn random_bytes(&mut self, length: u64) -> wasmtime::Result<Result<Vec<u8>, ErrorCode>> {

@@ -1,6 +1,7 @@
 //! The WASI preview 2 context of a capsule, locked down: no environment, no arguments, no
-//! preopened directories, no network; stdin is closed and stdout/stderr are written to the
-//! owner's capsule log, line by line.
+//! preopened directories, no network; stdin is closed and stdout/stderr are written, line by
+//! line, to the capsule log of the principal in scope when the guest writes (the owner's when
+//! nobody else is in scope), exactly where `sys.log` records go.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use crate::logsink::LogSink;
+use crate::state::Scoped;
 
 /// Most bytes a guest may hand to stdout/stderr per write.
 const WRITE_BUDGET: usize = 64 * 1024;
@@ -47,18 +49,51 @@ impl OutputTail {
     }
 }
 
-/// stdout or stderr of a capsule, feeding its log.
+/// Where a Store's stdout and stderr go: the log of the principal in scope. The Store's host
+/// state re-points it whenever its scope changes; every output stream the guest opens shares it.
+#[derive(Clone, Debug)]
+pub(crate) struct OutputRoute {
+    owner: Option<LogSink>,
+    current: Arc<Mutex<Option<LogSink>>>,
+}
+
+impl OutputRoute {
+    /// A route to the owner's log, where output goes while nobody else is in scope.
+    pub(crate) fn new(owner: Option<LogSink>) -> Self {
+        Self {
+            current: Arc::new(Mutex::new(owner.clone())),
+            owner,
+        }
+    }
+
+    /// Points the route at the log of whoever `scoped` says is in scope (never the owner's
+    /// log for another principal: that principal's own, or none).
+    pub(crate) fn follow(&self, scoped: Scoped<'_>) {
+        *self.current.lock() = scoped.log(self.owner.as_ref()).cloned();
+    }
+
+    fn sink(&self) -> Option<LogSink> {
+        self.current.lock().clone()
+    }
+}
+
+/// stdout or stderr of a capsule, feeding the log its route points at.
 #[derive(Clone, Debug)]
 struct LogOutput {
-    sink: Option<LogSink>,
+    route: OutputRoute,
     stream: &'static str,
     tail: Option<OutputTail>,
 }
 
 impl LogOutput {
     fn emit(&self, bytes: &[u8]) {
-        if let Some(sink) = &self.sink {
-            sink.write_output(self.stream, bytes);
+        match self.route.sink() {
+            Some(sink) => sink.write_output(self.stream, bytes),
+            None => tracing::warn!(
+                stream = self.stream,
+                bytes = bytes.len(),
+                "the capsule log of the principal in scope is unavailable; guest output dropped"
+            ),
         }
         if let Some(tail) = &self.tail {
             tail.push(bytes);
@@ -121,17 +156,17 @@ impl tokio::io::AsyncWrite for LogOutput {
     }
 }
 
-/// A locked-down WASI context whose stdout and stderr go to `log`; stderr is also kept in
-/// `tail` when one is given.
-pub(crate) fn locked_down(log: Option<LogSink>, tail: Option<OutputTail>) -> WasiCtx {
+/// A locked-down WASI context whose stdout and stderr go where `route` points; stderr is also
+/// kept in `tail` when one is given.
+pub(crate) fn locked_down(route: &OutputRoute, tail: Option<OutputTail>) -> WasiCtx {
     WasiCtx::builder()
         .stdout(LogOutput {
-            sink: log.clone(),
+            route: route.clone(),
             stream: "STDOUT",
             tail: None,
         })
         .stderr(LogOutput {
-            sink: log,
+            route: route.clone(),
             stream: "STDERR",
             tail,
         })

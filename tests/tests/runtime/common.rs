@@ -128,6 +128,7 @@ impl Host {
             payload: JsonPayload::parse(payload.to_string()).unwrap_or_else(|e| panic!("{e}")),
             source: uuid::Uuid::nil(),
             attribution,
+            hops: 0,
         });
     }
 }

@@ -1,6 +1,7 @@
 //! `astrid:ipc` from inside real guests: round trips, every error path with its exact code,
 //! attribution, audit scoping, real pollables and audit events.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use capsule_bus::Attribution;
@@ -59,8 +60,8 @@ async fn recv_installs_the_publishers_scope_for_replies() {
     let reply = next(&mut replies).await;
     assert_eq!(
         reply.attribution(),
-        Attribution::Verified(pid("carol")),
-        "a claimed principal is in scope, and the host vouches for the reply it makes"
+        Attribution::Claimed(pid("carol")),
+        "a claimed principal is in scope, and the reply made for it stays a claim"
     );
     h.rt.shutdown().await;
 }
@@ -250,11 +251,13 @@ async fn poll_and_recv_deliver_and_report_losses() {
         "a timed-out recv returns an empty envelope"
     );
 
+    // The subscription was opened in a call serving the owner, so it takes the owner's
+    // messages (and the system's).
     for i in 0..5 {
         h.publish(
             "probe.in",
             &i.to_string(),
-            Attribution::Verified(pid("bob")),
+            Attribution::Verified(pid("default")),
         );
     }
     let env = ok(&call(&p, "poll", json!({"index": index})).await).clone();
@@ -262,7 +265,7 @@ async fn poll_and_recv_deliver_and_report_losses() {
     assert_eq!(messages.len(), 2);
     assert_eq!(env["dropped"], 3, "evictions are reported");
     assert_eq!(messages[0]["payload"], "3");
-    assert_eq!(messages[0]["principal"], json!({"verified": "bob"}));
+    assert_eq!(messages[0]["principal"], json!({"verified": "default"}));
     assert_eq!(messages[0]["source"], uuid::Uuid::nil().to_string());
     assert_eq!(messages[0]["topic"], "probe.in");
 
@@ -292,8 +295,10 @@ async fn a_handler_keeps_its_own_scope_when_it_receives() {
     )
     .await)
     .clone();
-    h.publish("probe.in", "{}", Attribution::Verified(pid("bob")));
-    ok(&call_as(&p, "poll", json!({"index": index}), Some("alice")).await);
+    // A system message would put the owner in scope, were the call's scope not pinned.
+    h.publish("probe.in", "{}", Attribution::System);
+    let env = ok(&call_as(&p, "poll", json!({"index": index}), Some("alice")).await).clone();
+    assert_eq!(env["messages"][0]["principal"], "system");
     let caller = ok(&call_as(&p, "caller", json!({}), Some("alice")).await).clone();
     assert_eq!(caller["principal"], "alice");
     ok(&call_as(
@@ -310,54 +315,92 @@ async fn a_handler_keeps_its_own_scope_when_it_receives() {
     h.rt.shutdown().await;
 }
 
+/// Audit scoping of a capsule's own (run-loop) subscriptions. Each server below answers every
+/// message it receives with the principal it was delivered for; the servers hold on a gate
+/// while the entries are published, so each one drains exactly what its route admitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_subscriptions_are_scoped_unless_the_owner_holds_the_firehose() {
     let h = host();
     h.profile("ops", "grants = [\"audit:read_all\"]\n");
-    let acl = "[subscribe]\n\"astrid.*\" = \"opaque\"\n\"probe.*\" = \"opaque\"\n";
-    let alice = h.load_as("alice-audit", "prober.wasm", acl, "alice").await;
-    let ops = h.load_as("ops-audit", "prober.wasm", acl, "ops").await;
-    let a_audit =
-        ok(&call(&alice, "subscribe", json!({"pattern": "astrid.v1.audit.*"})).await).clone();
-    let a_wide = ok(&call(&alice, "subscribe", json!({"pattern": "astrid.*"})).await).clone();
-    let a_other = ok(&call(&alice, "subscribe", json!({"pattern": "probe.*"})).await).clone();
-    let o_audit =
-        ok(&call(&ops, "subscribe", json!({"pattern": "astrid.v1.audit.*"})).await).clone();
-
-    for who in ["alice", "bob", "alice"] {
+    let mut answers = h.subscribe("served.*");
+    let server = |pattern: &str, out: &str| {
+        format!(
+            "[publish]\n\"served.*\" = \"x\"\n\
+             [subscribe]\n\"astrid.*\" = \"x\"\n\"probe.*\" = \"x\"\n\"serve-gate.*\" = \"x\"\n\
+             [env.in]\ntype = \"text\"\ndefault = \"{pattern}\"\n\
+             [env.out]\ntype = \"text\"\ndefault = \"served.{out}\"\n"
+        )
+    };
+    let servers = [
+        ("alice-audit", "astrid.v1.audit.*", "alice"),
+        ("alice-wide", "astrid.*", "alice"),
+        ("alice-other", "probe.*", "alice"),
+        ("ops-audit", "astrid.v1.audit.*", "ops"),
+    ];
+    for (name, pattern, owner) in servers {
+        let c = h
+            .load_as(name, "hostile-kvserver.wasm", &server(pattern, name), owner)
+            .await;
+        assert!(c.wait_ready(Duration::from_secs(20)).await, "{name}");
+    }
+    // Every server holds on its gate before the entries are published.
+    let hold = json!({"op": "hold", "tag": "hold"}).to_string();
+    h.publish(
+        "astrid.v1.audit.entry",
+        &hold,
+        Attribution::Verified(pid("alice")),
+    );
+    h.publish("probe.x", &hold, Attribution::Verified(pid("alice")));
+    let mut held = 0;
+    while held < servers.len() {
+        let m = next(&mut answers).await;
+        let v: serde_json::Value = serde_json::from_str(m.payload.as_str()).unwrap_or_default();
+        assert_eq!(v["tag"], "hold", "{v}");
+        held += 1;
+    }
+    for (i, who) in ["alice", "bob", "alice"].into_iter().enumerate() {
+        let entry = json!({"op": "get", "tag": format!("{who}-{i}")}).to_string();
         h.publish(
             "astrid.v1.audit.entry",
-            "{}",
+            &entry,
             Attribution::Verified(pid(who)),
         );
-        h.publish("probe.x", "{}", Attribution::Verified(pid(who)));
+        h.publish("probe.x", &entry, Attribution::Verified(pid(who)));
     }
-    h.publish("astrid.v1.audit.entry", "{}", Attribution::System);
+    let entry = json!({"op": "get", "tag": "system"}).to_string();
+    h.publish("astrid.v1.audit.entry", &entry, Attribution::System);
+    h.publish("serve-gate.go", "{}", Attribution::System);
 
-    let principals = |v: &serde_json::Value| -> Vec<serde_json::Value> {
-        ok(v)["messages"]
-            .as_array()
-            .map(|m| m.iter().map(|m| m["principal"].clone()).collect())
-            .unwrap_or_default()
-    };
-    let mine = json!({"verified": "alice"});
-    let got = principals(&call(&alice, "poll", json!({"index": a_audit})).await);
+    // Each server's answers, until it answered the last message its route held.
+    let mut got: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+    let mut done = 0;
+    while done < servers.len() {
+        let m = next(&mut answers).await;
+        let v: serde_json::Value = serde_json::from_str(m.payload.as_str()).unwrap_or_default();
+        let server = m.topic.as_str().trim_start_matches("served.").to_string();
+        if v["last"] == true && v["lagged"] == 0 {
+            done += 1;
+        }
+        got.entry(server).or_default().push(v["caller"].clone());
+    }
+    let mine = json!("alice");
     assert_eq!(
-        got,
+        got["alice-audit"],
         vec![mine.clone(), mine.clone()],
         "only the owner's own audit entries"
     );
-    let got = principals(&call(&alice, "poll", json!({"index": a_wide})).await);
     assert_eq!(
-        got,
+        got["alice-wide"],
         vec![mine.clone(), mine.clone()],
         "a covering wildcard is scoped too"
     );
-    let got = principals(&call(&alice, "poll", json!({"index": a_other})).await);
-    assert_eq!(got.len(), 3, "non-audit subscriptions are not scoped");
-    let got = principals(&call(&ops, "poll", json!({"index": o_audit})).await);
     assert_eq!(
-        got.len(),
+        got["alice-other"].len(),
+        3,
+        "non-audit subscriptions are not scoped"
+    );
+    assert_eq!(
+        got["ops-audit"].len(),
         4,
         "the firehose holder sees every principal and the system"
     );

@@ -36,6 +36,7 @@ thread_local! {
     static SUBS: RefCell<Vec<Option<ipc::Subscription>>> = const { RefCell::new(Vec::new()) };
     static GLOBAL: RefCell<Option<String>> = const { RefCell::new(None) };
     static FILES: RefCell<Vec<Option<fs::FileHandle>>> = const { RefCell::new(Vec::new()) };
+    static PINNED: RefCell<Vec<poll::Pollable>> = const { RefCell::new(Vec::new()) };
 }
 
 fn kv_code(e: &kv::ErrorCode) -> String {
@@ -411,6 +412,16 @@ fn run(action: &str, args: &Value) -> Result<Value, String> {
                 )
             })
             .map_err(|e| ipc_code(&e)),
+        "readiness-many" => with_sub(n("index"), |sub| {
+            // Every pollable is kept alive, so each one holds a slot in the host's table.
+            let mut made = 0u64;
+            for _ in 0..n("count") {
+                let p = sub.subscribe_readiness();
+                PINNED.with(|v| v.borrow_mut().push(p));
+                made += 1;
+            }
+            Ok(json!(made))
+        }),
         "config" => sys::get_config(&s("key")).map(|v| json!(v)).map_err(|e| sys_code(&e)),
         "caller" => sys::get_caller()
             .map(|c| json!({"principal": c.principal, "source": c.source_id, "timestamp": c.timestamp}))
@@ -435,6 +446,18 @@ fn run(action: &str, args: &Value) -> Result<Value, String> {
         .map(|r| json!(r.allowed))
         .map_err(|e| sys_code(&e)),
         "capabilities" => Ok(json!(sys::enumerate_capabilities())),
+        "print" => {
+            use std::io::Write;
+            let (out, err) = (s("stdout"), s("stderr"));
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            if !err.is_empty() {
+                eprintln!("{err}");
+            }
+            let _ = std::io::stdout().flush();
+            Ok(Value::Null)
+        }
         "noop" => {
             let mut acc = 0u64;
             for _ in 0..n("count") {
