@@ -36,6 +36,7 @@ mod runtime;
 mod scope;
 pub mod secrets;
 mod state;
+mod stats;
 
 pub use approval::{Approval, ApprovalRequest, Approver, Refusal, RefusalReason};
 pub use cache::CacheOutcome;
@@ -65,6 +66,7 @@ pub use runtime::{
     EVENT_TOPIC_PREFIX, HOST_ABI_VERSION, Inspection, LoadError, MAX_COMPONENT_BYTES, Runtime,
 };
 pub use scope::{Caller, InvocationScope};
+pub use stats::CapsuleStats;
 
 pub use capsule_bus as bus;
 pub use capsule_security as security;

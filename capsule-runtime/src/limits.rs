@@ -12,10 +12,12 @@ use wasmtime::ResourceLimiter;
 /// Most table elements a guest table may grow to.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
-/// Per-principal memory statistics shared by every Store of a runtime.
+/// Per-principal memory statistics: one ledger for the runtime, and one per capsule that
+/// forwards every record to the runtime's, so both views stay complete.
 #[derive(Debug, Default)]
 pub(crate) struct MemoryLedger {
     peaks: Mutex<HashMap<PrincipalId, MemoryStats>>,
+    parent: Option<Arc<MemoryLedger>>,
 }
 
 /// Memory statistics of one principal.
@@ -28,10 +30,23 @@ pub struct MemoryStats {
 }
 
 impl MemoryLedger {
+    /// A ledger (a capsule's) whose records also reach `parent` (the runtime's).
+    pub(crate) fn child_of(parent: Arc<MemoryLedger>) -> Self {
+        Self {
+            peaks: Mutex::default(),
+            parent: Some(parent),
+        }
+    }
+
     fn record(&self, principal: &PrincipalId, bytes: u64) {
-        let mut peaks = self.peaks.lock();
-        let entry = peaks.entry(principal.clone()).or_default();
-        entry.peak_bytes = entry.peak_bytes.max(bytes);
+        {
+            let mut peaks = self.peaks.lock();
+            let entry = peaks.entry(principal.clone()).or_default();
+            entry.peak_bytes = entry.peak_bytes.max(bytes);
+        }
+        if let Some(parent) = &self.parent {
+            parent.record(principal, bytes);
+        }
     }
 
     fn refuse(&self, principal: &PrincipalId) {
@@ -40,6 +55,9 @@ impl MemoryLedger {
             .entry(principal.clone())
             .or_default()
             .refused_grows += 1;
+        if let Some(parent) = &self.parent {
+            parent.refuse(principal);
+        }
     }
 
     pub(crate) fn snapshot(&self) -> HashMap<PrincipalId, MemoryStats> {
@@ -54,6 +72,9 @@ pub(crate) struct MemoryMeter {
     quota: u64,
     principal: PrincipalId,
     ledger: Arc<MemoryLedger>,
+    /// The linear memory size last allowed: what a principal the Store is retargeted to
+    /// starts out using.
+    size: u64,
 }
 
 impl MemoryMeter {
@@ -62,15 +83,20 @@ impl MemoryMeter {
             quota,
             principal,
             ledger,
+            size: 0,
         }
     }
 
-    /// Charges further growth to `principal` under `quota`.
+    /// Charges further growth to `principal` under `quota`; the memory the Store already has
+    /// counts towards the principal's peak, since it runs with it.
     pub(crate) fn retarget(&mut self, principal: &PrincipalId, quota: u64) {
         if &self.principal != principal {
             self.principal = principal.clone();
         }
         self.quota = quota;
+        if self.size > 0 {
+            self.ledger.record(&self.principal, self.size);
+        }
     }
 }
 
@@ -93,6 +119,7 @@ impl ResourceLimiter for MemoryMeter {
             return Ok(false);
         }
         self.ledger.record(&self.principal, desired);
+        self.size = self.size.max(desired);
         Ok(true)
     }
 

@@ -51,6 +51,8 @@ pub(crate) struct BusShared {
     pub(crate) bindings: Vec<Binding>,
     /// Whether the owner holds the audit firehose grant (from its profile, never the manifest).
     pub(crate) audit_firehose: bool,
+    /// What the capsule published, received, lost and was refused.
+    pub(crate) counters: crate::stats::IpcCounters,
 }
 
 /// The bus context of one Store.
@@ -162,7 +164,7 @@ pub(crate) struct LimitsShared {
     pub(crate) blocking: Arc<Semaphore>,
     /// Cancelled when the capsule unloads; every waiting host call races it.
     pub(crate) cancel: CancellationToken,
-    /// Per-principal memory peaks.
+    /// Per-principal memory peaks of this capsule (forwarded to the runtime-wide ledger).
     pub(crate) ledger: Arc<MemoryLedger>,
 }
 

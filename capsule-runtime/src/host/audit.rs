@@ -1,6 +1,8 @@
 //! Structured audit events. Every IPC host call emits exactly one event under the target
 //! `capsule::audit::ipc` naming the capsule, the principal in scope, the operation, the topic
-//! or pattern, a size or count, and the error if the call failed.
+//! or pattern, a size or count, and the error if the call failed. A message stopped by a
+//! handler is also published on the bus's audit topic, attributed like the message itself, so
+//! an audit subscriber scoped to a principal sees exactly that principal's denials.
 
 use std::fmt::Display;
 
@@ -58,3 +60,42 @@ pub(crate) fn secret_revealed(capsule: &str, principal: &PrincipalId, key: &str,
 
 /// Tracing target of interceptor dispatch decisions (denials, aborts, drops).
 pub const DISPATCH_TARGET: &str = "capsule::audit::dispatch";
+
+/// Publishes the denial of `msg` by a handler on [`AUDIT_TOPIC`](capsule_bus::AUDIT_TOPIC),
+/// with the message's own attribution: `{kind: "dispatch.denied", capsule, action, decision,
+/// topic, principal, reason}`. A denial of an audit entry is not re-published, so a handler
+/// that denies audit entries cannot start a loop.
+pub(crate) fn publish_denial(
+    bus: &capsule_bus::Bus,
+    msg: &capsule_bus::Message,
+    capsule: &str,
+    action: &str,
+    response: &crate::HookResponse,
+) {
+    if msg.topic.as_str() == capsule_bus::AUDIT_TOPIC {
+        return;
+    }
+    let attribution = msg.attribution();
+    let body = serde_json::json!({
+        "kind": "dispatch.denied",
+        "capsule": capsule,
+        "action": action,
+        "decision": response.action,
+        "topic": msg.topic.as_str(),
+        "principal": attribution.principal().map(PrincipalId::as_str),
+        "reason": response.data.as_deref().unwrap_or(""),
+    });
+    let (Ok(topic), Ok(payload)) = (
+        capsule_bus::Topic::parse(capsule_bus::AUDIT_TOPIC),
+        capsule_bus::JsonPayload::parse(body.to_string()),
+    ) else {
+        tracing::error!("audit entry could not be formed");
+        return;
+    };
+    bus.publish(capsule_bus::Outgoing {
+        topic,
+        payload,
+        source: uuid::Uuid::nil(),
+        attribution,
+    });
+}

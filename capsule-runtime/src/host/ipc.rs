@@ -121,6 +121,9 @@ fn wit_message(m: &Message) -> IpcMessage {
 
 impl IpcView<'_> {
     fn audit(&self, op: &'static str, topic: &str, size: u64, error: Option<&IpcError>) {
+        if let Some(IpcError::Denied(_) | IpcError::PrincipalRefused(_)) = error {
+            self.bus.shared.counters.denied();
+        }
         let principal = self.scoped().principal();
         audit::ipc(
             &self.identity.name,
@@ -165,6 +168,7 @@ impl IpcView<'_> {
             source: self.identity.session,
             attribution,
         });
+        self.bus.shared.counters.published();
         if report.is_cut() {
             return Err(IpcError::Backpressure { cut: report.cut });
         }
@@ -198,11 +202,17 @@ impl IpcView<'_> {
         } else {
             Scope::All
         };
-        Ok(self.bus.shared.bus.subscribe(pattern, scope))
+        let receiver = self.bus.shared.bus.subscribe(pattern, scope);
+        self.bus.shared.counters.watch(receiver.readiness());
+        Ok(receiver)
     }
 
     /// Turns a drain into an envelope and installs the scope of its first message.
     fn deliver(&mut self, drain: Drain) -> IpcEnvelope {
+        self.bus
+            .shared
+            .counters
+            .received(drain.messages.len(), drain.dropped);
         if let Some(first) = drain.messages.first() {
             self.scopes.install_for_message(self.scope, first);
         }
