@@ -1,8 +1,10 @@
-//! `capsule`: the host binary. `capsule run` loads capsule directories in dependency order
-//! (asking install/upgrade questions and capability approvals on the terminal) and serves them
-//! until interrupted; `capsule inspect` reports what a capsule declares, imports, exports and
-//! requests without running it; `capsule grant`, `grants` and `revoke` manage the operator's
-//! grants. Bad flags get a usage message and exit code 2; a failed command exits 1.
+//! `capsule`: the operator's program. `capsule run` loads capsule directories in dependency
+//! order (asking install/upgrade questions and capability approvals on the terminal), serves
+//! them with a control socket beside the state, and unloads them in reverse order on SIGINT or
+//! SIGTERM. The client commands (`publish`, `request`, `tail`, `ps`, `metrics`, `load`,
+//! `unload`) talk to that socket; `inspect`, `grant`, `grants`, `revoke` and `secret` work on the
+//! state directory directly. Every failure is one sentence plus its cause, never a backtrace,
+//! and the exit code says which kind of failure it was (see [`Failure`]).
 
 // A command-line tool reports on stdout by design.
 #![allow(clippy::print_stdout)]
@@ -10,97 +12,156 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+mod client;
+mod control;
 mod grants;
+mod host;
+mod metrics;
+mod report;
 mod terminal;
 
 use capsule_runtime::bus::PrincipalId;
 use capsule_runtime::{Runtime, RuntimeConfig};
 
-const USAGE: &str = "\
-usage:
-  capsule run [--state DIR] [--owner PRINCIPAL] CAPSULE_DIR...
-  capsule inspect [--state DIR] CAPSULE_DIR
-  capsule grant [--state DIR] CAPSULE (--all | ITEM...)
-  capsule revoke [--state DIR] CAPSULE [--all | ITEM...]
-  capsule grants [--state DIR]
-  capsule secret set [--state DIR] --capsule NAME [--principal P | --host] KEY   (value on stdin)
-  capsule secret delete [--state DIR] --capsule NAME [--principal P | --host] KEY
-  capsule --help | --version
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (also `run` stopped by SIGINT or SIGTERM)
+  1  runtime failure: the host failed while running, or a request to it failed
+     (no host on this state directory, timeout, unknown capsule)
+  2  usage error: bad arguments or flags
+  3  load failure: a capsule could not be loaded (missing directory, malformed
+     manifest, refused capabilities, invalid component)
+  4  refused: the control socket rejected the session token";
 
-options:
-  --state DIR          host state directory (default: $CAPSULE_STATE_DIR,
-                       else $HOME/.local/state/capsule)
-  --owner PRINCIPAL    principal the capsules are loaded for (default: default)
-  --capsule NAME       the capsule a secret belongs to
-  --principal P        store the secret for principal P (default: the owner, `default`)
-  --host               store the secret host-wide (used when a principal has none)
-
-grant and revoke items (CAPSULE is a capsule directory, or a name that has a grant):
-  --all                everything the capsule's manifest requests (grant), or the whole
-                       record (revoke)
-  --fs DIR             read a host directory        --fs-write DIR   read and write it
-  --uplink             act as an uplink (publish-as)
-  --handler PATTERN    a handler on a pattern beyond the capsule's own topics (e.g. '*')
-  --net HOST           --net-connect HOST:PORT     --net-bind HOST:PORT
-  --process COMMAND    --identity resolve|link|admin    --persistent
-
-`run` starts the capsules in dependency order ([imports]/[exports]); capabilities a capsule
-requests beyond its own confinement (host directories, uplink, broad handlers, network,
-processes, identity) need the operator's grant: `run` asks on this terminal for what the stored
-grants do not cover, and refuses the capsules it cannot ask about. Install or upgrade questions
-are asked here too (secret answers are not echoed). Some directories are never grantable: the
-state directory, the host key's directory, the compile cache, /proc, /sys, /dev and /.
-
-The host key that encrypts secrets is $CAPSULE_HOST_KEY_FILE, else <state>/keys/host.key.
-
-RUST_LOG selects log output (default: info).
-";
-
-pub(crate) struct Args {
-    command: String,
+/// Run, inspect and operate WebAssembly capsules.
+#[derive(Parser, Debug)]
+#[command(name = "capsule", version, after_help = EXIT_CODES, propagate_version = true)]
+struct Cli {
+    /// Host state directory [default: $CAPSULE_STATE_DIR, else ~/.local/state/capsule]
+    #[arg(long, global = true, value_name = "DIR")]
     state: Option<PathBuf>,
-    owner: Option<String>,
-    capsule: Option<String>,
-    principal: Option<String>,
-    host: bool,
-    all: bool,
-    items: Vec<(String, Option<String>)>,
-    dirs: Vec<PathBuf>,
+    /// Log filter in RUST_LOG syntax, e.g. `info`, `capsule_runtime=debug`, `trace` (host call
+    /// spans) [default: $RUST_LOG, else `info` for run and `warn` for the other commands]
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn parse(mut raw: impl Iterator<Item = String>) -> Result<Args, String> {
-    let command = raw.next().ok_or("missing command")?;
-    let mut args = Args {
-        command,
-        state: None,
-        owner: None,
-        capsule: None,
-        principal: None,
-        host: false,
-        all: false,
-        items: Vec::new(),
-        dirs: Vec::new(),
-    };
-    while let Some(a) = raw.next() {
-        match a.as_str() {
-            "--state" => args.state = Some(raw.next().ok_or("--state needs a directory")?.into()),
-            "--owner" => args.owner = Some(raw.next().ok_or("--owner needs a principal")?),
-            "--capsule" => args.capsule = Some(raw.next().ok_or("--capsule needs a name")?),
-            "--principal" => {
-                args.principal = Some(raw.next().ok_or("--principal needs a principal")?)
-            }
-            "--host" => args.host = true,
-            "--all" => args.all = true,
-            "--uplink" | "--persistent" => args.items.push((a, None)),
-            flag if grants::VALUE_ITEMS.contains(&flag) => {
-                let value = raw.next().ok_or(format!("{flag} needs a value"))?;
-                args.items.push((a, Some(value)));
-            }
-            flag if flag.starts_with("--") => return Err(format!("unknown option `{flag}`")),
-            dir => args.dirs.push(dir.into()),
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Load capsules in dependency order and serve them until SIGINT or SIGTERM
+    Run(host::RunArgs),
+    /// Compile and link a capsule without running it, and report what it declares and requests
+    Inspect {
+        /// The capsule directory (holding Capsule.toml)
+        dir: PathBuf,
+    },
+    /// Grant a capsule capabilities its manifest requests
+    Grant(grants::GrantArgs),
+    /// Revoke granted capabilities (all of them without items)
+    Revoke(grants::GrantArgs),
+    /// List every stored grant
+    Grants,
+    /// Store or delete an encrypted secret for a capsule
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Publish one message into the running host
+    Publish(client::PublishArgs),
+    /// Publish one message and print the first reply on a topic pattern
+    Request(client::RequestArgs),
+    /// Follow the messages on a topic pattern until Ctrl-C
+    Tail(client::TailArgs),
+    /// Show the loaded capsules with their counters
+    Ps(client::PsArgs),
+    /// Print the host's counters in Prometheus text format
+    Metrics,
+    /// Load another capsule directory into the running host
+    Load {
+        /// The capsule directory (holding Capsule.toml)
+        dir: PathBuf,
+    },
+    /// Unload a capsule from the running host
+    Unload {
+        /// The capsule's name
+        name: String,
+    },
+    /// Print a shell completion script
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SecretCommand {
+    /// Store a secret; the value is read from stdin (a trailing newline is dropped)
+    Set(SecretArgs),
+    /// Delete a secret
+    Delete(SecretArgs),
+}
+
+#[derive(Args, Debug)]
+struct SecretArgs {
+    /// The capsule the secret belongs to
+    #[arg(long, value_name = "NAME")]
+    capsule: String,
+    /// Store it for this principal [default: default]
+    #[arg(long, value_name = "P", conflicts_with = "host")]
+    principal: Option<String>,
+    /// Store it host-wide (used when a principal has none)
+    #[arg(long)]
+    host: bool,
+    /// The `[env]` key
+    key: String,
+}
+
+/// Why a command failed; the variant decides the exit code.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Bad arguments: exit 2.
+    Usage(String),
+    /// A capsule could not be loaded: exit 3.
+    Load(String),
+    /// The host or a request failed at run time: exit 1.
+    Runtime(String),
+    /// The control socket refused the session token: exit 4.
+    Refused(String),
+}
+
+impl Failure {
+    fn code(&self) -> u8 {
+        match self {
+            Self::Runtime(_) => 1,
+            Self::Usage(_) => 2,
+            Self::Load(_) => 3,
+            Self::Refused(_) => 4,
         }
     }
-    Ok(args)
+
+    fn message(&self) -> &str {
+        match self {
+            Self::Usage(m) | Self::Load(m) | Self::Runtime(m) | Self::Refused(m) => m,
+        }
+    }
+}
+
+/// `error` and its sources, one per line after the first.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        // Many errors already end with their cause's text; saying it twice helps nobody.
+        if !text.contains(&line) {
+            text.push_str("\n  caused by: ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn default_state() -> PathBuf {
@@ -112,31 +173,24 @@ fn default_state() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    match raw.first().map(String::as_str) {
-        None | Some("-h" | "--help" | "help") => {
-            eprint!("{USAGE}");
-            return if raw.is_empty() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-        Some("-V" | "--version") => {
-            eprintln!("capsule {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        _ => {}
-    }
-    let args = match parse(raw.into_iter()) {
-        Ok(a) => a,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version print and exit 0; anything else is a usage error (exit 2).
+        Err(e) => e.exit(),
+    };
+    let is_run = matches!(cli.command, Command::Run(_));
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty()))
+        .unwrap_or_else(|| if is_run { "info" } else { "warn" }.to_string());
+    let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(f) => f,
         Err(e) => {
-            eprintln!("capsule: {e}\n\n{USAGE}");
+            eprintln!("capsule: --log `{filter}` is not a valid filter: {e}");
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -148,202 +202,144 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("capsule: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args)) {
+    let outcome = runtime.block_on(dispatch(cli));
+    // Blocked stdin readers (prompts) must not keep the process alive after the answer.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(e)) => {
-            eprintln!("capsule: {e}\n\n{USAGE}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Error(e)) => {
-            eprintln!("capsule: {e}");
-            ExitCode::FAILURE
+        Err(f) => {
+            eprintln!("capsule: {}", f.message());
+            if let Failure::Usage(_) = f {
+                eprintln!("run `capsule --help` for usage");
+            }
+            ExitCode::from(f.code())
         }
     }
 }
 
-pub(crate) enum Failure {
-    Usage(String),
-    Error(String),
-}
-
-async fn run(args: Args) -> Result<(), Failure> {
-    let mut config = RuntimeConfig::new(args.state.clone().unwrap_or_else(default_state));
-    if let Some(owner) = &args.owner {
-        config.owner =
-            PrincipalId::parse(owner).map_err(|e| Failure::Usage(format!("--owner: {e}")))?;
-    }
-    let command = args.command.clone();
-    match command.as_str() {
-        "run" => {
-            if args.dirs.is_empty() {
-                return Err(Failure::Usage(
-                    "run needs at least one capsule directory".into(),
-                ));
-            }
-            let rt = Runtime::new(config).map_err(|e| Failure::Error(e.to_string()))?;
-            let prompter = std::sync::Arc::new(terminal::TerminalPrompter::default());
-            rt.set_elicitor(prompter.clone());
-            rt.set_approver(prompter);
-            if let Some(mut inbound) = rt.take_inbound() {
-                // Nothing consumes uplink traffic yet; log it so the channel never fills.
-                tokio::spawn(async move {
-                    while let Some(m) = inbound.recv().await {
-                        tracing::info!(
-                            capsule = %m.capsule,
-                            uplink = %m.uplink.name,
-                            platform = %m.uplink.platform,
-                            user = %m.platform_user_id,
-                            bytes = m.content.len(),
-                            "inbound uplink message"
-                        );
-                    }
-                });
-            }
-            let loaded = match rt.load_all(&args.dirs).await {
-                Ok(loaded) => loaded,
-                Err(e) => {
-                    rt.shutdown().await;
-                    return Err(Failure::Error(e.to_string()));
-                }
-            };
-            for c in &loaded {
-                println!(
-                    "loaded {} {} (session {}, owner {}, cache {:?})",
-                    c.name(),
-                    c.manifest().package.version,
-                    c.session(),
-                    c.owner(),
-                    c.report().cache,
-                );
-            }
-            println!(
-                "serving {} capsule(s); press Ctrl-C to stop",
-                args.dirs.len()
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let state = cli.state.clone().unwrap_or_else(default_state);
+    let config = RuntimeConfig::new(state.clone());
+    match cli.command {
+        Command::Run(args) => host::run(args, config).await,
+        Command::Inspect { dir } => inspect(config, &dir).await,
+        Command::Grant(args) => grants::grant(&args, &config),
+        Command::Revoke(args) => grants::revoke(&args, &config),
+        Command::Grants => grants::list(&config),
+        Command::Secret(cmd) => secret(cmd, &config),
+        Command::Publish(args) => client::publish(&state, args).await,
+        Command::Request(args) => client::request(&state, args).await,
+        Command::Tail(args) => client::tail(&state, args).await,
+        Command::Ps(args) => client::ps(&state, args).await,
+        Command::Metrics => client::metrics(&state).await,
+        Command::Load { dir } => client::load(&state, &dir).await,
+        Command::Unload { name } => client::unload(&state, &name).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "capsule",
+                &mut std::io::stdout(),
             );
-            let stop = tokio::signal::ctrl_c().await;
-            if let Err(e) = stop {
-                eprintln!("capsule: cannot wait for Ctrl-C ({e}); stopping");
-            }
-            rt.shutdown().await;
             Ok(())
         }
-        "inspect" => {
-            let [dir] = args.dirs.as_slice() else {
-                return Err(Failure::Usage(
-                    "inspect takes exactly one capsule directory".into(),
-                ));
-            };
-            let rt = Runtime::new(config).map_err(|e| Failure::Error(e.to_string()))?;
-            let i = rt
-                .inspect(dir)
-                .await
-                .map_err(|e| Failure::Error(e.to_string()))?;
-            let m = &i.manifest;
-            println!("capsule   {} {}", m.package.name, m.package.version);
-            println!(
-                "component {} ({})",
-                m.component.id,
-                m.component.file.display()
-            );
-            let e = i.exports;
-            let entry_points: Vec<&str> = [
-                (e.run, "run"),
-                (e.hook, "astrid-hook-trigger"),
-                (e.install, "astrid-install"),
-                (e.upgrade, "astrid-upgrade"),
-            ]
-            .into_iter()
-            .filter_map(|(present, name)| present.then_some(name))
-            .collect();
-            println!("exports   {}", entry_points.join(", "));
-            println!("imports   {}", i.imports.join(", "));
-            let publish: Vec<&str> = m.publish.iter().map(|p| p.pattern.as_str()).collect();
-            let subscribe: Vec<&str> = m.subscribe.iter().map(|p| p.pattern.as_str()).collect();
-            println!("publish   {}", publish.join(", "));
-            println!("subscribe {}", subscribe.join(", "));
-            for (pattern, h) in m.handlers() {
-                println!(
-                    "handler   {} -> {} (priority {})",
-                    pattern, h.action, h.priority
-                );
-            }
-            println!("caps      {}", m.capabilities.held_names().join(", "));
-            let p = &i.permissions;
-            for (label, items) in [
-                ("granted", &p.unchanged),
-                ("pending", &p.added),
-                ("refused", &p.denied),
-            ] {
-                for r in items {
-                    println!("request   {} ({label})", terminal::shown(&r.to_string()));
-                }
-            }
-            for f in &i.forbidden {
-                println!("forbidden {}", terminal::shown(&f.to_string()));
-            }
-            let env: Vec<&str> = m.env.keys().map(String::as_str).collect();
-            println!("env       {}", env.join(", "));
-            Ok(())
-        }
-        "secret" => secret(args, config),
-        "grant" | "revoke" | "grants" => grants::run(&command, &args, &config),
-        other => Err(Failure::Usage(format!("unknown command `{other}`"))),
     }
 }
 
-fn secret(args: Args, config: RuntimeConfig) -> Result<(), Failure> {
+async fn inspect(config: RuntimeConfig, dir: &std::path::Path) -> Result<(), Failure> {
+    let rt = Runtime::new(config).map_err(|e| Failure::Runtime(chain(&e)))?;
+    let i = rt
+        .inspect(dir)
+        .await
+        .map_err(|e| Failure::Load(chain(&e)))?;
+    let m = &i.manifest;
+    println!("capsule   {} {}", m.package.name, m.package.version);
+    println!(
+        "component {} ({})",
+        m.component.id,
+        m.component.file.display()
+    );
+    let e = i.exports;
+    let entry_points: Vec<&str> = [
+        (e.run, "run"),
+        (e.hook, "astrid-hook-trigger"),
+        (e.install, "astrid-install"),
+        (e.upgrade, "astrid-upgrade"),
+    ]
+    .into_iter()
+    .filter_map(|(present, name)| present.then_some(name))
+    .collect();
+    println!("exports   {}", entry_points.join(", "));
+    println!("imports   {}", i.imports.join(", "));
+    let publish: Vec<&str> = m.publish.iter().map(|p| p.pattern.as_str()).collect();
+    let subscribe: Vec<&str> = m.subscribe.iter().map(|p| p.pattern.as_str()).collect();
+    println!("publish   {}", publish.join(", "));
+    println!("subscribe {}", subscribe.join(", "));
+    for (pattern, h) in m.handlers() {
+        println!(
+            "handler   {} -> {} (priority {})",
+            pattern, h.action, h.priority
+        );
+    }
+    println!("caps      {}", m.capabilities.held_names().join(", "));
+    let p = &i.permissions;
+    for (label, items) in [
+        ("granted", &p.unchanged),
+        ("pending", &p.added),
+        ("refused", &p.denied),
+    ] {
+        for r in items {
+            println!("request   {} ({label})", terminal::shown(&r.to_string()));
+        }
+    }
+    for f in &i.forbidden {
+        println!("forbidden {}", terminal::shown(&f.to_string()));
+    }
+    let env: Vec<&str> = m.env.keys().map(String::as_str).collect();
+    println!("env       {}", env.join(", "));
+    Ok(())
+}
+
+fn secret(cmd: SecretCommand, config: &RuntimeConfig) -> Result<(), Failure> {
     use capsule_runtime::secrets::{SecretScope, SecretStore};
-    let [action, key] = args.dirs.as_slice() else {
-        return Err(Failure::Usage(
-            "secret needs an action (set, delete) and a KEY".into(),
-        ));
+    let (set, args) = match cmd {
+        SecretCommand::Set(a) => (true, a),
+        SecretCommand::Delete(a) => (false, a),
     };
-    let (action, key) = (action.to_string_lossy(), key.to_string_lossy());
-    let capsule = args
-        .capsule
-        .ok_or_else(|| Failure::Usage("secret needs --capsule NAME".into()))?;
-    let scope = match (args.host, args.principal) {
-        (true, Some(_)) => {
-            return Err(Failure::Usage(
-                "--host and --principal exclude each other".into(),
-            ));
-        }
-        (true, None) => SecretScope::Host,
-        (false, p) => SecretScope::Principal(
-            PrincipalId::parse(p.as_deref().unwrap_or("default"))
+    let scope = if args.host {
+        SecretScope::Host
+    } else {
+        SecretScope::Principal(
+            PrincipalId::parse(args.principal.as_deref().unwrap_or("default"))
                 .map_err(|e| Failure::Usage(format!("--principal: {e}")))?,
-        ),
+        )
     };
     let store = SecretStore::open(&config.state_dir, &config.host_key_file())
-        .map_err(|e| Failure::Error(e.to_string()))?;
-    match action.as_ref() {
-        "set" => {
-            let mut value = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut value)
-                .map_err(|e| Failure::Error(format!("reading the value from stdin: {e}")))?;
-            // A trailing newline from `echo` is not part of the secret.
-            if value.last() == Some(&b'\n') {
-                value.pop();
-            }
-            store
-                .set(&scope, &capsule, &key, &value)
-                .map_err(|e| Failure::Error(e.to_string()))?;
-            println!("stored `{key}` for capsule {capsule}");
-            Ok(())
+        .map_err(|e| Failure::Runtime(chain(&e)))?;
+    let (capsule, key) = (&args.capsule, &args.key);
+    if set {
+        let mut value = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut value)
+            .map_err(|e| Failure::Runtime(format!("reading the value from stdin: {e}")))?;
+        // A trailing newline from `echo` is not part of the secret.
+        if value.last() == Some(&b'\n') {
+            value.pop();
         }
-        "delete" => {
-            let existed = store
-                .delete(&scope, &capsule, &key)
-                .map_err(|e| Failure::Error(e.to_string()))?;
-            println!(
-                "{} `{key}` for capsule {capsule}",
-                if existed { "deleted" } else { "no secret" }
-            );
-            Ok(())
-        }
-        other => Err(Failure::Usage(format!("unknown secret action `{other}`"))),
+        store
+            .set(&scope, capsule, key, &value)
+            .map_err(|e| Failure::Runtime(chain(&e)))?;
+        println!("stored `{key}` for capsule {capsule}");
+    } else {
+        let existed = store
+            .delete(&scope, capsule, key)
+            .map_err(|e| Failure::Runtime(chain(&e)))?;
+        println!(
+            "{} `{key}` for capsule {capsule}",
+            if existed { "deleted" } else { "no secret" }
+        );
     }
+    Ok(())
 }

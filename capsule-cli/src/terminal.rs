@@ -78,6 +78,11 @@ pub(crate) fn shown(text: &str) -> String {
     out
 }
 
+/// `text` shown line by line: its line breaks are kept, everything else is [`shown`].
+pub(crate) fn shown_lines(text: &str) -> String {
+    text.split('\n').map(shown).collect::<Vec<_>>().join("\n")
+}
+
 /// Shows one screen with everything `r` asks for and reads a yes or no.
 fn approve(r: &ApprovalRequest, io: &mut impl Lines) -> Approval {
     let mut screen = vec![format!(
