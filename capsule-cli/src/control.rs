@@ -548,13 +548,14 @@ impl Server {
         if send(&mut write, &ack).await.is_err() {
             return;
         }
-        let mut ignored = String::new();
+        let mut probe = [0u8; 1];
         let readiness = receiver.readiness();
         loop {
             let stopping = tokio::select! {
                 () = self.stop.cancelled() => true,
-                // Anything the client sends now, or its closing, ends the tail.
-                _ = reader.read_line(&mut ignored) => return,
+                // Anything the client sends now, or its closing, ends the tail; nothing it
+                // sends is kept.
+                _ = tokio::io::AsyncReadExt::read(&mut reader, &mut probe) => return,
                 () = readiness.ready() => false,
             };
             let drain = receiver.try_drain(TAIL_DRAIN_BYTES);

@@ -36,8 +36,8 @@ pub(crate) struct RunArgs {
     /// 127.0.0.1:9184 (GET /metrics)
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::loopback)]
     metrics: Option<SocketAddr>,
-    /// Keep compiled components here instead of <state>/cache (shareable between state
-    /// directories; never grantable to a capsule)
+    /// Keep compiled components here instead of the state directory's cache (shareable
+    /// between state directories; never grantable to a capsule)
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
 }
