@@ -20,9 +20,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_capsule");
 const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Compiled components shared by every host these tests start (one compile per run).
+/// Compiled components shared by every host these tests start and by `cargo xtask demo`
+/// (one compile per run; entries are keyed by engine and component, so sharing is safe).
 fn shared_cache() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsule-cli-compile-cache")
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsule-compile-cache")
 }
 
 fn capsule(state: &Path, args: &[&str]) -> Output {

@@ -23,6 +23,9 @@ pub(crate) const EXAMPLES: &[&str] = &["notes", "moderation", "chat", "stats"];
 /// The wasm target the examples are built for.
 const TARGET: &str = "wasm32-wasip2";
 
+/// The compile cache under `<target>/tmp` shared with `capsule-cli`'s tests.
+const COMPILE_CACHE: &str = "capsule-compile-cache";
+
 /// How long the host may take to compile and load the examples (debug builds on a busy
 /// machine are slow; this bounds a hang, it is not a speed target).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -386,10 +389,12 @@ fn script(bin: &Path, base: &Path, state: &Path) -> Result<(), String> {
         state.display()
     ));
     say(&format!("host log: {}", log.display()));
-    // Compiled components are kept between demos (the state directory is fresh each time).
+    // Compiled components are kept between demos (the state directory is fresh each time), in
+    // the cache the CLI tests fill too, so CI compiles each example once.
     let cache = debug_binary()
         .parent()
-        .map_or_else(|| base.join("cache"), |d| d.join("capsule-demo-cache"));
+        .and_then(Path::parent)
+        .map_or_else(|| base.join("cache"), |t| t.join("tmp").join(COMPILE_CACHE));
     let mut cmd = Command::new(bin);
     cmd.arg("--state")
         .arg(state)
