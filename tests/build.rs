@@ -1,10 +1,14 @@
 //! Builds the guest capsules under `capsules/` for `wasm32-wasip2` (and the SDK capsule also
 //! for `wasm32-unknown-unknown`, wrapped into a component) and exposes their directory to the
-//! tests as `CAPSULE_FIXTURES`. A fixture that fails to build fails the build: tests never
-//! skip for want of one.
+//! tests as `CAPSULE_FIXTURES`; builds the example capsules under `../examples` the same way
+//! and lays each out as a runnable capsule directory under `CAPSULE_EXAMPLES`. A fixture or
+//! example that fails to build fails the build: tests never skip for want of one.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Example capsules (crate and directory names alike).
+const EXAMPLES: &[&str] = &["notes", "moderation", "chat", "stats"];
 
 /// Fixture crates and the file name each is installed under.
 const FIXTURES: &[(&str, &str)] = &[
@@ -47,6 +51,20 @@ fn main() {
         );
     }
 
+    let examples = manifest_dir.join("..").join("examples");
+    for path in [examples.join("Cargo.toml"), examples.join("Cargo.lock")] {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    // Not the whole example directories: `cargo xtask examples` copies components into them.
+    for name in EXAMPLES {
+        for part in ["src", "Capsule.toml", "Cargo.toml"] {
+            println!(
+                "cargo:rerun-if-changed={}",
+                examples.join(name).join(part).display()
+            );
+        }
+    }
+
     let target_dir = capsules.join("target");
     cargo_build(&capsules, &target_dir, "wasm32-wasip2", &[]);
     cargo_build(
@@ -79,6 +97,30 @@ fn main() {
     write_if_changed(&out.join("sdk-echo-uu.wasm"), &component);
 
     println!("cargo:rustc-env=CAPSULE_FIXTURES={}", out.display());
+
+    // The examples share the fixtures' target directory: the SDK and its dependencies are
+    // compiled once for both.
+    let examples_target = target_dir.clone();
+    cargo_build(&examples, &examples_target, "wasm32-wasip2", &[]);
+    let laid_out =
+        PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR is not set")))
+            .join("examples");
+    for name in EXAMPLES {
+        let dir = laid_out.join(name);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(&format!("{}: {e}", dir.display())));
+        copy_if_changed(
+            &examples.join(name).join("Capsule.toml"),
+            &dir.join("Capsule.toml"),
+        );
+        copy_if_changed(
+            &examples_target
+                .join("wasm32-wasip2")
+                .join("release")
+                .join(format!("{}.wasm", name.replace('-', "_"))),
+            &dir.join(format!("{name}.wasm")),
+        );
+    }
+    println!("cargo:rustc-env=CAPSULE_EXAMPLES={}", laid_out.display());
 }
 
 fn fail(msg: &str) -> ! {

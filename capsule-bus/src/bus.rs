@@ -300,4 +300,9 @@ impl Readiness {
     pub async fn ready(&self) {
         self.route.ready().await;
     }
+
+    /// Counters of the observed subscription (its queue depth included), without owning it.
+    pub fn stats(&self) -> RouteStats {
+        self.route.stats()
+    }
 }

@@ -11,6 +11,7 @@ use capsule_bus::{Attribution, PrincipalId};
 use capsule_security::Manifest;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use uuid::Uuid;
 use wasmtime::component::{ComponentType, InstancePre, Lift, Lower, ResourceTable, TypedFunc};
 use wasmtime::{Engine, Store, UpdateDeadline};
@@ -152,6 +153,7 @@ struct Counters {
     failed: std::sync::atomic::AtomicU64,
     dropped: std::sync::atomic::AtomicU64,
     resets: std::sync::atomic::AtomicU64,
+    traps: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct CapsuleInner {
@@ -358,6 +360,11 @@ impl CapsuleInner {
                     Err(msg) => RunExit::Trapped(msg),
                 })
         }
+        .instrument(tracing::debug_span!(
+            "run",
+            capsule = %self.identity.name,
+            principal = %self.identity.owner,
+        ))
         .await;
         let exit_value = match outcome {
             Ok(()) => RunExit::Returned,
@@ -398,7 +405,13 @@ impl CapsuleInner {
             .get_typed_func::<(), ()>(&mut store, export)
             .map_err(|e| format!("{e:#}"))?;
         store.set_epoch_deadline(1);
-        func.call_async(&mut store, ()).await.map_err(|e| {
+        let span = tracing::debug_span!(
+            "lifecycle",
+            capsule = %self.identity.name,
+            principal = %self.identity.owner,
+            phase = export,
+        );
+        func.call_async(&mut store, ()).instrument(span).await.map_err(|e| {
             let why = match classify(&e) {
                 Ok(i) => i.to_string(),
                 Err(msg) => msg,
@@ -536,6 +549,9 @@ impl CapsuleInner {
                 &self.counters.failed
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            if let Err(InvokeError::Trapped(_) | InvokeError::Interrupted(_)) = &result {
+                self.counters.traps.fetch_add(1, Ordering::Relaxed);
+            }
             // The caller may have stopped waiting; the result is then simply dropped.
             let _unheard = call.reply.send(result);
         }
@@ -596,9 +612,16 @@ impl CapsuleInner {
             }
         }
         instance.store.set_epoch_deadline(1);
+        let span = tracing::debug_span!(
+            "handler",
+            capsule = %self.identity.name,
+            principal = %principal,
+            action = %action,
+        );
         let result = instance
             .hook
             .call_async(&mut instance.store, (action, payload))
+            .instrument(span)
             .await;
         instance.store.data_mut().set_scope(None);
         match result {
@@ -696,6 +719,25 @@ impl Capsule {
     /// The uplinks this capsule registered.
     pub fn uplinks(&self) -> Vec<crate::host::uplink::Uplink> {
         self.inner.parts.uplink.registered.lock().clone()
+    }
+
+    /// Everything an operator sees of this capsule in `capsule ps` and `capsule metrics`: its
+    /// messages in and out, losses, refusals, traps, queue depths, handler calls and the
+    /// per-principal memory peaks of its Stores.
+    pub fn stats(&self) -> crate::CapsuleStats {
+        let mut stats = crate::CapsuleStats {
+            calls: self.call_stats(),
+            memory: self.inner.parts.limits.ledger.snapshot(),
+            ..Default::default()
+        };
+        self.inner.parts.bus.counters.fill(&mut stats);
+        stats.traps = self.inner.counters.traps.load(Ordering::Relaxed);
+        if let Some(RunExit::Trapped(_) | RunExit::Interrupted(Interrupt::CpuBudget { .. })) =
+            self.run_exit()
+        {
+            stats.traps += 1;
+        }
+        stats
     }
 
     /// Counters of this capsule's handler calls.

@@ -75,6 +75,8 @@ pub(crate) struct Dispatcher {
     cancel: CancellationToken,
     started: Mutex<bool>,
     counters: Counters,
+    /// The bus the tap reads, where denials are also published as audit entries.
+    bus: std::sync::OnceLock<Bus>,
 }
 
 impl Dispatcher {
@@ -85,6 +87,7 @@ impl Dispatcher {
             cancel: CancellationToken::new(),
             started: Mutex::new(false),
             counters: Counters::default(),
+            bus: std::sync::OnceLock::new(),
         }
     }
 
@@ -163,6 +166,7 @@ impl Dispatcher {
             return;
         };
         let receiver = bus.subscribe(all, Scope::All);
+        let _first = self.bus.set(bus.clone());
         tokio::spawn(Arc::clone(self).run(receiver));
         *started = true;
     }
@@ -277,6 +281,18 @@ impl Dispatcher {
                                 reason = %field(response.data.as_deref().unwrap_or("")),
                                 "handler chain stopped"
                             );
+                            if let Some(capsule) = b.capsule.upgrade() {
+                                capsule.parts.bus.counters.handler_denied();
+                            }
+                            if let Some(bus) = self.bus.get() {
+                                crate::host::audit::publish_denial(
+                                    bus,
+                                    &msg,
+                                    &b.capsule_name,
+                                    &b.action,
+                                    &response,
+                                );
+                            }
                         }
                         other => tracing::warn!(
                             capsule = %b.capsule_name,

@@ -38,6 +38,7 @@ mod runtime;
 mod scope;
 pub mod secrets;
 mod state;
+mod stats;
 
 pub use approval::{Approval, ApprovalRequest, Approver, Refusal, RefusalReason};
 pub use bounded::{PRINCIPAL_CACHE_CAPACITY, PRINCIPAL_IDLE_TTL};
@@ -69,7 +70,8 @@ pub use logsink::MAX_LOG_FILE_BYTES;
 pub use runtime::{
     EVENT_TOPIC_PREFIX, HOST_ABI_VERSION, Inspection, LoadError, MAX_COMPONENT_BYTES, Runtime,
 };
-pub use scope::{Caller, InvocationScope};
+pub use scope::{Caller, InvocationScope, audit_rule};
+pub use stats::CapsuleStats;
 
 pub use capsule_bus as bus;
 pub use capsule_security as security;

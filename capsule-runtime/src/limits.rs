@@ -22,12 +22,14 @@ pub const MAX_STORE_RESOURCES: usize = 4096;
 /// Most table elements a guest table may grow to.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
-/// Per-principal memory statistics shared by every Store of a runtime; bounded like every
-/// per-principal cache (a principal idle long enough, or the least recently charged one, is
-/// forgotten when room is needed).
+/// Per-principal memory statistics: one ledger for the runtime, and one per capsule that
+/// forwards every record to the runtime's, so both views stay complete. Each is bounded like
+/// every per-principal cache (a principal idle long enough, or the least recently charged one,
+/// is forgotten when room is needed).
 #[derive(Debug)]
 pub(crate) struct MemoryLedger {
     peaks: Mutex<BoundedMap<PrincipalId, MemoryStats>>,
+    parent: Option<Arc<MemoryLedger>>,
 }
 
 impl Default for MemoryLedger {
@@ -37,6 +39,7 @@ impl Default for MemoryLedger {
                 PRINCIPAL_CACHE_CAPACITY,
                 PRINCIPAL_IDLE_TTL,
             )),
+            parent: None,
         }
     }
 }
@@ -51,10 +54,23 @@ pub struct MemoryStats {
 }
 
 impl MemoryLedger {
+    /// A ledger (a capsule's) whose records also reach `parent` (the runtime's).
+    pub(crate) fn child_of(parent: Arc<MemoryLedger>) -> Self {
+        Self {
+            parent: Some(parent),
+            ..Self::default()
+        }
+    }
+
     fn record(&self, principal: &PrincipalId, bytes: u64) {
-        let mut peaks = self.peaks.lock();
-        let entry = peaks.entry(principal, Instant::now(), MemoryStats::default);
-        entry.peak_bytes = entry.peak_bytes.max(bytes);
+        {
+            let mut peaks = self.peaks.lock();
+            let entry = peaks.entry(principal, Instant::now(), MemoryStats::default);
+            entry.peak_bytes = entry.peak_bytes.max(bytes);
+        }
+        if let Some(parent) = &self.parent {
+            parent.record(principal, bytes);
+        }
     }
 
     fn refuse(&self, principal: &PrincipalId) {
@@ -62,6 +78,9 @@ impl MemoryLedger {
             .lock()
             .entry(principal, Instant::now(), MemoryStats::default)
             .refused_grows += 1;
+        if let Some(parent) = &self.parent {
+            parent.refuse(principal);
+        }
     }
 
     pub(crate) fn snapshot(&self) -> HashMap<PrincipalId, MemoryStats> {
@@ -80,6 +99,9 @@ pub(crate) struct MemoryMeter {
     quota: u64,
     principal: PrincipalId,
     ledger: Arc<MemoryLedger>,
+    /// The linear memory size last allowed: what a principal the Store is retargeted to
+    /// starts out using.
+    size: u64,
 }
 
 impl MemoryMeter {
@@ -88,15 +110,20 @@ impl MemoryMeter {
             quota,
             principal,
             ledger,
+            size: 0,
         }
     }
 
-    /// Charges further growth to `principal` under `quota`.
+    /// Charges further growth to `principal` under `quota`; the memory the Store already has
+    /// counts towards the principal's peak, since it runs with it.
     pub(crate) fn retarget(&mut self, principal: &PrincipalId, quota: u64) {
         if &self.principal != principal {
             self.principal = principal.clone();
         }
         self.quota = quota;
+        if self.size > 0 {
+            self.ledger.record(&self.principal, self.size);
+        }
     }
 }
 
@@ -119,6 +146,7 @@ impl ResourceLimiter for MemoryMeter {
             return Ok(false);
         }
         self.ledger.record(&self.principal, desired);
+        self.size = self.size.max(desired);
         Ok(true)
     }
 

@@ -248,7 +248,10 @@ struct RuntimeInner {
     ledger: Arc<MemoryLedger>,
     io: Arc<Semaphore>,
     blocking: Arc<Semaphore>,
-    capsules: Mutex<HashMap<String, Capsule>>,
+    /// Loaded capsules by name, each with its load sequence number (for reverse-order
+    /// shutdown).
+    capsules: Mutex<HashMap<String, (u64, Capsule)>>,
+    next_load: std::sync::atomic::AtomicU64,
     kv: Arc<KvStore>,
     secrets: Arc<SecretStore>,
     dispatcher: Arc<Dispatcher>,
@@ -265,7 +268,7 @@ impl Drop for RuntimeInner {
         // A runtime dropped without `shutdown` still stops its capsules: their waiting calls
         // answer `closed` and running guests are interrupted at their next epoch boundary.
         self.dispatcher.stop();
-        for capsule in self.capsules.get_mut().values() {
+        for (_, capsule) in self.capsules.get_mut().values() {
             capsule.cancel();
         }
     }
@@ -329,6 +332,7 @@ impl Runtime {
                 io: Arc::new(Semaphore::new(config.io_concurrency)),
                 blocking: Arc::new(Semaphore::new(config.blocking_concurrency)),
                 capsules: Mutex::new(HashMap::new()),
+                next_load: std::sync::atomic::AtomicU64::new(0),
                 kv: Arc::new(kv),
                 secrets: Arc::new(secrets),
                 dispatcher: Arc::new(Dispatcher::new()),
@@ -440,8 +444,23 @@ impl Runtime {
             .capsules
             .lock()
             .get(name)
+            .map(|(_, c)| c)
             .filter(|c| !c.is_unloaded())
             .cloned()
+    }
+
+    /// Every loaded capsule, in the order they were loaded (providers before importers).
+    pub fn capsules(&self) -> Vec<Capsule> {
+        let mut all: Vec<(u64, Capsule)> = self
+            .inner
+            .capsules
+            .lock()
+            .values()
+            .filter(|(_, c)| !c.is_unloaded())
+            .cloned()
+            .collect();
+        all.sort_by_key(|(seq, _)| *seq);
+        all.into_iter().map(|(_, c)| c).collect()
     }
 
     /// Loads the capsule in `dir` (or the manifest file `dir` names) for the configured owner.
@@ -467,7 +486,7 @@ impl Runtime {
             .iter()
             .map(|d| Manifest::load(d))
             .collect::<Result<Vec<_>, _>>()?;
-        let running: Vec<Capsule> = self.inner.capsules.lock().values().cloned().collect();
+        let running: Vec<Capsule> = self.capsules();
         let steps = {
             let set: Vec<&Manifest> = manifests.iter().collect();
             let loaded: Vec<&Manifest> = running.iter().map(Capsule::manifest).collect();
@@ -777,6 +796,7 @@ impl Runtime {
                 bindings: bindings(&manifest),
                 audit_firehose: profile.audit_firehose(),
                 introductions: Mutex::default(),
+                counters: crate::stats::IpcCounters::default(),
             }),
             sys: Arc::new(SysShared {
                 defaults: env_defaults(&manifest),
@@ -797,7 +817,7 @@ impl Runtime {
                 io: Arc::clone(&self.inner.io),
                 blocking: Arc::clone(&self.inner.blocking),
                 cancel: CancellationToken::new(),
-                ledger: Arc::clone(&self.inner.ledger),
+                ledger: Arc::new(MemoryLedger::child_of(Arc::clone(&self.inner.ledger))),
             }),
             owner_log,
             kv: Arc::clone(&self.inner.kv),
@@ -906,8 +926,12 @@ impl Runtime {
         let capsule = Capsule::from_inner(inner);
         let mut capsules = self.inner.capsules.lock();
         // Capsules unloaded through their own handle are forgotten here.
-        capsules.retain(|_, c| !c.is_unloaded());
-        capsules.insert(name, capsule.clone());
+        capsules.retain(|_, (_, c)| !c.is_unloaded());
+        let seq = self
+            .inner
+            .next_load
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        capsules.insert(name, (seq, capsule.clone()));
         Ok(capsule)
     }
 
@@ -977,7 +1001,7 @@ impl Runtime {
 
     /// Unloads the capsule called `name`; whether it was loaded.
     pub async fn unload(&self, name: &str) -> bool {
-        let capsule = self.inner.capsules.lock().remove(name);
+        let capsule = self.inner.capsules.lock().remove(name).map(|(_, c)| c);
         match capsule {
             Some(c) => {
                 c.unload().await;
@@ -988,10 +1012,13 @@ impl Runtime {
         }
     }
 
-    /// Unloads every capsule.
+    /// Unloads every capsule, the last loaded first: importers go before the providers they
+    /// were loaded after.
     pub async fn shutdown(&self) {
-        let all: Vec<Capsule> = self.inner.capsules.lock().drain().map(|(_, c)| c).collect();
-        for c in all {
+        let mut all: Vec<(u64, Capsule)> =
+            self.inner.capsules.lock().drain().map(|(_, c)| c).collect();
+        all.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        for (_, c) in all {
             c.unload().await;
             self.event("unloaded", serde_json::json!({ "capsule": c.name() }));
         }

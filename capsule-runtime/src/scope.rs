@@ -93,8 +93,8 @@ impl InvocationScope {
 
 /// The audit rule, the one place it is written: a pattern that covers the audit topic admits
 /// only the owner's own entries unless the owner's profile holds the firehose grant. Runtime
-/// subscriptions and handler bindings are both scoped by it.
-pub(crate) fn audit_rule(pattern: &TopicPattern, owner: &PrincipalId, firehose: bool) -> Scope {
+/// subscriptions, handler bindings and the control socket's tails are all scoped by it.
+pub fn audit_rule(pattern: &TopicPattern, owner: &PrincipalId, firehose: bool) -> Scope {
     if pattern.covers_audit_topic() && !firehose {
         Scope::Principal(owner.clone())
     } else {

@@ -54,6 +54,8 @@ pub(crate) struct BusShared {
     pub(crate) audit_firehose: bool,
     /// Principals this capsule introduced with `publish-as` in the current minute.
     pub(crate) introductions: parking_lot::Mutex<crate::host::ipc::Introductions>,
+    /// What the capsule published, received, lost and was refused.
+    pub(crate) counters: crate::stats::IpcCounters,
 }
 
 /// The bus context of one Store.
@@ -169,7 +171,7 @@ pub(crate) struct LimitsShared {
     pub(crate) blocking: Arc<Semaphore>,
     /// Cancelled when the capsule unloads; every waiting host call races it.
     pub(crate) cancel: CancellationToken,
-    /// Per-principal memory peaks.
+    /// Per-principal memory peaks of this capsule (forwarded to the runtime-wide ledger).
     pub(crate) ledger: Arc<MemoryLedger>,
 }
 

@@ -13,6 +13,13 @@
 //! a guest mistake a WIT error code); the calls that wait (`recv`, `sleep-ns`, `pollable.block`,
 //! `poll`) or block on storage or people (`log`, all of `astrid:kv`, `astrid:fs` and
 //! `astrid:elicit`) are async.
+//!
+//! Every import runs in a `TRACE`-level span named `wit-bindgen import` with the WIT
+//! interface (`module`) and function (`function`) as fields, plus `TRACE` events for the
+//! call and its return (list arguments and results are elided), except `get-config`, whose
+//! span the host opens itself so a secret value never reaches a trace. Disabled, a span costs one
+//! cached callsite check; the host's own spans around handler and run-loop calls carry the
+//! capsule and principal.
 
 // Generated code: its items carry the WIT doc comments; aliases and helpers the generator adds
 // have none, and its style is not ours to lint.
@@ -22,16 +29,18 @@ mod generated {
         path: "wit",
         world: "capsule:host/imports",
         imports: {
-            "astrid:ipc/host.[method]subscription.recv": async | trappable,
-            "astrid:sys/host.sleep-ns": async | trappable,
-            "astrid:sys/host.log": async | trappable,
+            "astrid:ipc/host.[method]subscription.recv": async | trappable | tracing,
+            "astrid:sys/host.sleep-ns": async | trappable | tracing,
+            "astrid:sys/host.log": async | trappable | tracing,
+            // Traced by the host instead: the generated return event would log the value, and
+            // a secret's value must never reach a log.
             "astrid:sys/host.get-config": async | trappable,
-            "astrid:kv/host": async | trappable,
-            "astrid:fs/host": async | trappable,
-            "astrid:elicit/host": async | trappable,
-            "astrid:io/poll.[method]pollable.block": async | trappable,
-            "astrid:io/poll.poll": async | trappable,
-            default: trappable,
+            "astrid:kv/host": async | trappable | tracing,
+            "astrid:fs/host": async | trappable | tracing,
+            "astrid:elicit/host": async | trappable | tracing,
+            "astrid:io/poll.[method]pollable.block": async | trappable | tracing,
+            "astrid:io/poll.poll": async | trappable | tracing,
+            default: trappable | tracing,
         },
     });
 }

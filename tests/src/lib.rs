@@ -9,6 +9,12 @@ pub fn fixture(file: &str) -> PathBuf {
     Path::new(env!("CAPSULE_FIXTURES")).join(file)
 }
 
+/// A runnable copy of the example capsule `name` from `../examples` (its `Capsule.toml` and
+/// the component built from its source), laid out by the build script.
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CAPSULE_EXAMPLES")).join(name)
+}
+
 /// Writes the capsule directory `dir`: the fixture component `wasm` copied in beside a
 /// `Capsule.toml` naming it relatively (components must lie inside their capsule directory),
 /// with `extra` appended to the manifest. Returns `dir`.

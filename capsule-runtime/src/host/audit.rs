@@ -6,6 +6,9 @@
 //! bounded before it is logged: a topic is logged as given only once it parses (valid topics
 //! are short and plain), and every guest-supplied field is escaped and cut at
 //! [`MAX_AUDIT_FIELD_BYTES`], so one call never writes more than a few hundred bytes of it.
+//! A message stopped by a handler is also published on the bus's audit topic, attributed like
+//! the message itself, so an audit subscriber scoped to a principal sees exactly that
+//! principal's denials.
 
 use std::borrow::Cow;
 use std::fmt::Display;
@@ -114,6 +117,46 @@ pub(crate) fn secret_failed(capsule: &str, principal: &PrincipalId, key: &str, r
 
 /// Tracing target of interceptor dispatch decisions (denials, aborts, drops).
 pub const DISPATCH_TARGET: &str = "capsule::audit::dispatch";
+
+/// Publishes the denial of `msg` by a handler on [`AUDIT_TOPIC`](capsule_bus::AUDIT_TOPIC),
+/// with the message's own attribution: `{kind: "dispatch.denied", capsule, action, decision,
+/// topic, principal, reason}`. A denial of an audit entry is not re-published, so a handler
+/// that denies audit entries cannot start a loop.
+pub(crate) fn publish_denial(
+    bus: &capsule_bus::Bus,
+    msg: &capsule_bus::Message,
+    capsule: &str,
+    action: &str,
+    response: &crate::HookResponse,
+) {
+    if msg.topic.as_str() == capsule_bus::AUDIT_TOPIC {
+        return;
+    }
+    let attribution = msg.attribution();
+    let body = serde_json::json!({
+        "kind": "dispatch.denied",
+        "capsule": capsule,
+        "action": action,
+        "decision": response.action,
+        "topic": msg.topic.as_str(),
+        "principal": attribution.principal().map(PrincipalId::as_str),
+        "reason": response.data.as_deref().unwrap_or(""),
+    });
+    let (Ok(topic), Ok(payload)) = (
+        capsule_bus::Topic::parse(capsule_bus::AUDIT_TOPIC),
+        capsule_bus::JsonPayload::parse(body.to_string()),
+    ) else {
+        tracing::error!("audit entry could not be formed");
+        return;
+    };
+    bus.publish(capsule_bus::Outgoing {
+        topic,
+        payload,
+        source: uuid::Uuid::nil(),
+        attribution,
+        hops: 0,
+    });
+}
 
 /// Tracing target of filesystem refusals.
 pub const FS_TARGET: &str = "capsule::audit::fs";

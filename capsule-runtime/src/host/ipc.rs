@@ -192,6 +192,9 @@ fn wit_message(m: &Message) -> IpcMessage {
 
 impl IpcView<'_> {
     fn audit(&self, op: &'static str, topic: &str, size: u64, error: Option<&IpcError>) {
+        if let Some(IpcError::Denied(_) | IpcError::PrincipalRefused(_)) = error {
+            self.bus.shared.counters.denied();
+        }
         let principal = self.scoped().principal();
         audit::ipc(
             &self.identity.name,
@@ -283,6 +286,7 @@ impl IpcView<'_> {
             attribution,
             hops,
         });
+        self.bus.shared.counters.published();
         if report.is_cut() {
             return Err(IpcError::Backpressure { cut: report.cut });
         }
@@ -337,13 +341,19 @@ impl IpcView<'_> {
                 "subscription scoped to the principal in scope"
             );
         }
-        Ok(self.bus.shared.bus.subscribe(pattern, scope))
+        let receiver = self.bus.shared.bus.subscribe(pattern, scope);
+        self.bus.shared.counters.watch(receiver.readiness());
+        Ok(receiver)
     }
 
     /// Turns a drain into an envelope and installs the scope of its first message. The drain
     /// carries one attribution only, so that scope is right for every message in it; an empty
     /// drain leaves the scope as it was.
     fn deliver(&mut self, drain: Drain) -> IpcEnvelope {
+        self.bus
+            .shared
+            .counters
+            .received(drain.messages.len(), drain.dropped);
         if let Some(first) = drain.messages.first() {
             self.scopes.install_for_message(self.scope, first);
             self.output.follow(self.scoped());

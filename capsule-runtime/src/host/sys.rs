@@ -175,13 +175,27 @@ impl Host for SysView<'_> {
         &mut self,
         key: String,
     ) -> wasmtime::Result<Result<Option<String>, ErrorCode>> {
-        // Secret-typed keys never come from a plain map.
-        let is_secret = self.sys.shared.secret_keys.contains(&key);
-        let result = match self.config(&key) {
-            Ok(_) if is_secret => self.secret(&key).await,
-            other => other,
-        };
-        Ok(result.map_err(|e| e.code()))
+        // The span the bindings give every other import, minus the return event that would
+        // log the value.
+        let span = tracing::trace_span!(
+            "wit-bindgen import",
+            module = "host",
+            function = "get-config",
+            key = %key,
+        );
+        tracing::Instrument::instrument(
+            async {
+                // Secret-typed keys never come from a plain map.
+                let is_secret = self.sys.shared.secret_keys.contains(&key);
+                let result = match self.config(&key) {
+                    Ok(_) if is_secret => self.secret(&key).await,
+                    other => other,
+                };
+                Ok(result.map_err(|e| e.code()))
+            },
+            span,
+        )
+        .await
     }
 
     fn get_caller(&mut self) -> wasmtime::Result<Result<CallerContext, ErrorCode>> {

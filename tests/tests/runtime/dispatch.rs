@@ -42,11 +42,17 @@ async fn wait_for<F: Fn() -> bool>(what: &str, done: F) {
 }
 
 async fn load_chain(h: &Host, modes: [&str; 3]) -> Vec<Capsule> {
+    load_chain_named(h, ["h-a", "h-b", "h-c"], modes).await
+}
+
+/// Like [`load_chain`] with other names, for tests whose audit events must not mix with the
+/// `h-*` ones (audit capture is process-wide).
+async fn load_chain_named(h: &Host, names: [&str; 3], modes: [&str; 3]) -> Vec<Capsule> {
     let mut out = Vec::new();
     for (name, mode, priority) in [
-        ("h-a", modes[0], 10),
-        ("h-b", modes[1], 10),
-        ("h-c", modes[2], 20),
+        (names[0], modes[0], 10),
+        (names[1], modes[1], 10),
+        (names[2], modes[2], 20),
     ] {
         out.push(
             h.load(name, "chain.wasm", &chain_manifest(name, mode, priority))
@@ -279,4 +285,93 @@ async fn handlers_need_the_hook_export() {
             .map(|e| e.to_string())
             .unwrap_or_default();
     assert!(e.contains("astrid-hook-trigger"), "{e}");
+}
+
+/// The audit topic as a subscription scoped to `principal` sees it (what a capsule owned by
+/// that principal, or `capsule tail --as`, gets).
+fn audit_view(h: &Host, principal: &str) -> capsule_bus::Receiver {
+    h.rt.bus().subscribe(
+        capsule_bus::TopicPattern::parse(capsule_bus::AUDIT_TOPIC)
+            .unwrap_or_else(|e| panic!("{e}")),
+        capsule_bus::Scope::Principal(pid(principal)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_reaches_the_audit_topic_for_its_principal_only_and_is_counted() {
+    let h = host();
+    let mut mallory = audit_view(&h, "mallory");
+    let mut alice = audit_view(&h, "alice");
+    let capsules = load_chain_named(&h, ["d-a", "d-b", "d-c"], ["deny", "trap", "pass"]).await;
+    h.publish("chain.t", "1", Attribution::Verified(pid("mallory")));
+    let entry = next(&mut mallory).await;
+    let v: Value = serde_json::from_str(entry.payload.as_str()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        v,
+        json!({"kind": "dispatch.denied", "capsule": "d-a", "action": "on_t", "decision": "deny",
+               "topic": "chain.t", "principal": "mallory", "reason": "d-a says no"})
+    );
+    assert_eq!(entry.attribution(), Attribution::Verified(pid("mallory")));
+    let rt = h.rt.clone();
+    wait_for("the chain to stop", move || {
+        rt.dispatch_stats().stopped == 1
+    })
+    .await;
+    assert!(
+        alice.try_drain(usize::MAX).messages.is_empty(),
+        "alice's view holds none of mallory's denials"
+    );
+    h.publish("chain.t", "2", Attribution::Claimed(pid("alice")));
+    let entry = next(&mut alice).await;
+    assert_eq!(entry.attribution(), Attribution::Claimed(pid("alice")));
+    assert!(mallory.try_drain(usize::MAX).messages.is_empty());
+
+    // The counters saw it: two denials by d-a, two trapped calls of d-b.
+    let [a, b, _c] = capsules.as_slice() else {
+        panic!("three capsules")
+    };
+    let (a, b) = (a.clone(), b.clone());
+    wait_for("d-b's traps to be counted", move || b.stats().traps == 2).await;
+    let stats = a.stats();
+    assert_eq!(stats.handler_denials, 2);
+    assert_eq!(stats.calls.completed, 2);
+    assert_eq!(stats.traps, 0);
+    let principals: Vec<&str> = stats.memory.keys().map(|p| p.as_str()).collect();
+    assert!(
+        principals.contains(&"mallory") && principals.contains(&"alice"),
+        "memory peaks per principal: {principals:?}"
+    );
+    h.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_denying_audit_entries_cannot_start_a_loop() {
+    let h = host();
+    let mut all = h.subscribe(capsule_bus::AUDIT_TOPIC);
+    let _approver = h.approve_all();
+    // The watcher's owner holds the firehose, so its handler sees mallory's entries too.
+    h.profile("default", "grants = [\"audit:read_all\"]\n");
+    // A granted handler on the audit topic that denies everything it sees.
+    let audit_denier = format!(
+        "[subscribe]\n\"{}\" = {{ wit = \"x\", handler = \"on_t\", priority = 1 }}\n\
+         [env.name]\ntype = \"text\"\ndefault = \"watcher\"\n\
+         [env.mode]\ntype = \"text\"\ndefault = \"deny\"\n",
+        capsule_bus::AUDIT_TOPIC
+    );
+    let _watcher = h.load("watcher", "chain.wasm", &audit_denier).await;
+    let _chain = load_chain_named(&h, ["l-a", "l-b", "l-c"], ["deny", "pass", "pass"]).await;
+    h.publish("chain.t", "1", Attribution::Verified(pid("mallory")));
+    let first = next(&mut all).await;
+    assert!(first.payload.as_str().contains("\"capsule\":\"l-a\""));
+    // The watcher denies that entry too; the denial of an audit entry is not re-published.
+    let rt = h.rt.clone();
+    wait_for("both chains to stop", move || {
+        rt.dispatch_stats().stopped == 2
+    })
+    .await;
+    assert!(
+        all.try_drain(usize::MAX).messages.is_empty(),
+        "exactly one audit entry"
+    );
+    h.rt.shutdown().await;
 }

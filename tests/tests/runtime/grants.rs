@@ -672,7 +672,11 @@ async fn a_subscription_reaching_beyond_own_topics_needs_a_grant_like_a_handler(
     let c = h.load("eavesdrop", "prober.wasm", manifest).await;
     let index = ok(&call(&c, "subscribe", json!({"pattern": "chat.*"})).await).clone();
     // Opened in a call for the owner, the subscription admits the owner's messages.
-    h.publish("chat.room", "\"hello\"", Attribution::Verified(pid("default")));
+    h.publish(
+        "chat.room",
+        "\"hello\"",
+        Attribution::Verified(pid("default")),
+    );
     let got = ok(&call(&c, "recv", json!({"index": index, "timeout": 20000})).await).clone();
     assert_eq!(got["messages"][0]["topic"], "chat.room", "{got}");
     h.rt.shutdown().await;

@@ -9,20 +9,79 @@ use capsule_runtime::security::{
 };
 
 use crate::terminal::shown;
-use crate::{Args, Failure};
+use crate::{Failure, chain};
 
-/// Grant items that take a value.
-pub(crate) const VALUE_ITEMS: &[&str] = &[
-    "--fs",
-    "--fs-write",
-    "--handler",
-    "--subscribe",
-    "--net",
-    "--net-connect",
-    "--net-bind",
-    "--process",
-    "--identity",
-];
+/// What `grant` and `revoke` act on, and the items they name.
+#[derive(clap::Args, Debug)]
+pub(crate) struct GrantArgs {
+    /// A capsule directory, or the name of a capsule that already has a grant
+    capsule: std::path::PathBuf,
+    /// Everything the capsule's manifest requests (grant), or the whole record (revoke)
+    #[arg(long)]
+    all: bool,
+    /// Read access to a host directory
+    #[arg(long, value_name = "DIR")]
+    fs: Vec<String>,
+    /// Read and write access to a host directory
+    #[arg(long, value_name = "DIR")]
+    fs_write: Vec<String>,
+    /// Act as an uplink (`publish-as` a claimed principal)
+    #[arg(long)]
+    uplink: bool,
+    /// A handler on a pattern beyond the capsule's own topics (e.g. '*')
+    #[arg(long, value_name = "PATTERN")]
+    handler: Vec<String>,
+    /// A [subscribe] entry spanning every namespace (e.g. '*.chat')
+    #[arg(long, value_name = "PATTERN")]
+    subscribe: Vec<String>,
+    /// Outbound network to a host
+    #[arg(long, value_name = "HOST")]
+    net: Vec<String>,
+    /// Connect to an endpoint
+    #[arg(long, value_name = "HOST:PORT")]
+    net_connect: Vec<String>,
+    /// Bind an endpoint
+    #[arg(long, value_name = "HOST:PORT")]
+    net_bind: Vec<String>,
+    /// Run a host process
+    #[arg(long, value_name = "COMMAND")]
+    process: Vec<String>,
+    /// An identity level: resolve, link or admin
+    #[arg(long, value_name = "LEVEL")]
+    identity: Vec<String>,
+    /// Persistent allowances
+    #[arg(long)]
+    persistent: bool,
+}
+
+impl GrantArgs {
+    /// The items as (flag, value) pairs, in a stable order.
+    fn items(&self) -> Vec<(&'static str, Option<&str>)> {
+        let mut items = Vec::new();
+        for (flag, values) in [
+            ("--fs", &self.fs),
+            ("--fs-write", &self.fs_write),
+            ("--handler", &self.handler),
+            ("--subscribe", &self.subscribe),
+            ("--net", &self.net),
+            ("--net-connect", &self.net_connect),
+            ("--net-bind", &self.net_bind),
+            ("--process", &self.process),
+            ("--identity", &self.identity),
+        ] {
+            for v in values {
+                items.push((flag, Some(v.as_str())));
+            }
+        }
+        if self.uplink {
+            items.push(("--uplink", None));
+        }
+        if self.persistent {
+            items.push(("--persistent", None));
+        }
+        items
+    }
+}
 
 /// Parses one item flag into the request it names.
 fn item(flag: &str, value: Option<&str>) -> Result<Request, String> {
@@ -58,39 +117,27 @@ fn item(flag: &str, value: Option<&str>) -> Result<Request, String> {
     })
 }
 
-/// Runs `grant`, `revoke` or `grants`.
-pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<(), Failure> {
+/// `capsule grants`: every stored grant.
+pub(crate) fn list(config: &RuntimeConfig) -> Result<(), Failure> {
     let store = GrantStore::new(&config.state_dir);
-    let fail = |e: &dyn std::fmt::Display| Failure::error(e);
-    if command == "grants" {
-        if !args.dirs.is_empty() || !args.items.is_empty() || args.all {
-            return Err(Failure::Usage("grants takes no arguments".into()));
-        }
-        let all = store.list().map_err(|e| fail(&e))?;
-        if all.is_empty() {
-            println!("no grants recorded in {}", config.state_dir.display());
-        }
-        for g in all {
-            match g {
-                Ok(g) => print_grant(&g),
-                Err(e) => println!("unreadable: {}", shown(&e.to_string())),
-            }
-        }
-        return Ok(());
+    let all = store.list().map_err(|e| Failure::Runtime(chain(&e)))?;
+    if all.is_empty() {
+        println!("no grants recorded in {}", config.state_dir.display());
     }
-    let [target] = args.dirs.as_slice() else {
-        return Err(Failure::Usage(format!(
-            "{command} takes exactly one CAPSULE (a directory or a name)"
-        )));
-    };
-    let requested: Vec<Request> = args
-        .items
-        .iter()
-        .map(|(flag, value)| item(flag, value.as_deref()))
-        .collect::<Result<_, _>>()
-        .map_err(Failure::Usage)?;
+    for g in all {
+        match g {
+            Ok(g) => print_grant(&g),
+            Err(e) => println!("unreadable: {}", shown(&e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+/// The capsule a `grant`/`revoke` names: its manifest when given a directory, and its name.
+fn target(args: &GrantArgs) -> Result<(Option<Manifest>, CapsuleName), Failure> {
+    let target = &args.capsule;
     let manifest = if target.join(MANIFEST_FILE).is_file() || target.is_file() {
-        Some(Manifest::load(target).map_err(|e| fail(&e))?)
+        Some(Manifest::load(target).map_err(|e| Failure::Load(chain(&e)))?)
     } else {
         None
     };
@@ -103,22 +150,43 @@ pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<
             ))
         })?,
     };
+    Ok((manifest, name))
+}
+
+fn requested(args: &GrantArgs) -> Result<Vec<Request>, Failure> {
+    args.items()
+        .into_iter()
+        .map(|(flag, value)| item(flag, value))
+        .collect::<Result<_, _>>()
+        .map_err(Failure::Usage)
+}
+
+/// `capsule revoke`.
+pub(crate) fn revoke(args: &GrantArgs, config: &RuntimeConfig) -> Result<(), Failure> {
+    let store = GrantStore::new(&config.state_dir);
+    // Grants record the directories requests resolved to; a directory that no longer
+    // resolves is matched as written.
+    let requested: Vec<Request> = requested(args)?
+        .into_iter()
+        .map(|r| match &r {
+            Request::FsRead(d) | Request::FsWrite(d) => {
+                r.with_dir(std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
+            }
+            _ => r,
+        })
+        .collect();
+    let (_, name) = target(args)?;
+    let stored = store.load(&name).map_err(|e| Failure::Runtime(chain(&e)))?;
+    revoke_items(&store, &name, stored, &requested, args.all)
+}
+
+/// `capsule grant`.
+pub(crate) fn grant(args: &GrantArgs, config: &RuntimeConfig) -> Result<(), Failure> {
+    let store = GrantStore::new(&config.state_dir);
+    let fail = |e: &(dyn std::error::Error + 'static)| Failure::Runtime(chain(e));
+    let mut items = requested(args)?;
+    let (manifest, name) = target(args)?;
     let stored = store.load(&name).map_err(|e| fail(&e))?;
-    if command == "revoke" {
-        // Grants record the directories requests resolved to; a directory that no longer
-        // resolves is matched as written.
-        let requested: Vec<Request> = requested
-            .iter()
-            .map(|r| match r {
-                Request::FsRead(d) | Request::FsWrite(d) => {
-                    r.with_dir(std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
-                }
-                other => other.clone(),
-            })
-            .collect();
-        return revoke(&store, &name, stored, &requested, args.all);
-    }
-    let mut items = requested;
     if args.all {
         let Some(m) = &manifest else {
             return Err(Failure::Usage(
@@ -128,6 +196,10 @@ pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<
         items.extend(capsule_runtime::security::requests(m));
     }
     if items.is_empty() {
+        if manifest.is_some() && args.all {
+            println!("`{name}` requests nothing that needs a grant");
+            return Ok(());
+        }
         return Err(Failure::Usage(
             "name what to grant (--all, or items such as --fs DIR, --uplink)".into(),
         ));
@@ -142,7 +214,7 @@ pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<
         .collect();
     let items = resolved.requests;
     if !refused.is_empty() {
-        return Err(Failure::Error(format!(
+        return Err(Failure::Runtime(format!(
             "nothing was granted:\n  {}",
             refused.join("\n  ")
         )));
@@ -151,7 +223,7 @@ pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<
         (Some(g), _) => g,
         (None, Some(m)) => Grant::new(m),
         (None, None) => {
-            return Err(Failure::Error(format!(
+            return Err(Failure::Runtime(format!(
                 "no grant is recorded for `{name}` yet: give its directory, so the manifest the grant is for is recorded"
             )));
         }
@@ -166,16 +238,18 @@ pub(crate) fn run(command: &str, args: &Args, config: &RuntimeConfig) -> Result<
     Ok(())
 }
 
-fn revoke(
+fn revoke_items(
     store: &GrantStore,
     name: &CapsuleName,
     stored: Option<Grant>,
     items: &[Request],
     all: bool,
 ) -> Result<(), Failure> {
-    let fail = |e: &dyn std::fmt::Display| Failure::error(e);
+    let fail = |e: &(dyn std::error::Error + 'static)| Failure::Runtime(chain(e));
     let Some(mut grant) = stored else {
-        return Err(Failure::Error(format!("no grant is recorded for `{name}`")));
+        return Err(Failure::Runtime(format!(
+            "no grant is recorded for `{name}`"
+        )));
     };
     if all || items.is_empty() {
         store.remove(name).map_err(|e| fail(&e))?;
@@ -188,7 +262,7 @@ fn revoke(
         .map(ToString::to_string)
         .collect();
     if !missing.is_empty() {
-        return Err(Failure::Error(format!(
+        return Err(Failure::Runtime(format!(
             "`{name}` holds no grant covering: {}",
             shown(&missing.join(", "))
         )));

@@ -84,6 +84,21 @@ fn interpreted(c: char) -> bool {
         )
 }
 
+/// `text` with every character a terminal would act on escaped except its line breaks, and
+/// nothing else touched: applied to whatever the program prints last, so text that was
+/// escaped already passes unchanged and text that was not cannot act on the terminal.
+pub(crate) fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if interpreted(c) && c != '\n' {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One log record as it may reach the terminal: the formatter already escapes ESC inside
 /// field values (and uses it for colours), so what is left are the other control characters a
 /// capsule or a remote user can put in a field (a carriage return that overwrites the line, a
@@ -129,6 +144,11 @@ impl Write for LogStderr {
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stderr().flush()
     }
+}
+
+/// `text` shown line by line: its line breaks are kept, everything else is [`shown`].
+pub(crate) fn shown_lines(text: &str) -> String {
+    text.split('\n').map(shown).collect::<Vec<_>>().join("\n")
 }
 
 /// Shows one screen with everything `r` asks for and reads a yes or no.
