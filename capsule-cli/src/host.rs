@@ -42,15 +42,32 @@ pub(crate) struct RunArgs {
     cache: Option<PathBuf>,
 }
 
-/// Waits for SIGINT or SIGTERM; the name of the one that came.
-async fn signals() -> Result<&'static str, Failure> {
-    let fail = |e: std::io::Error| Failure::Runtime(format!("cannot watch for signals: {e}"));
-    let mut int = signal(SignalKind::interrupt()).map_err(fail)?;
-    let mut term = signal(SignalKind::terminate()).map_err(fail)?;
-    Ok(tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    })
+/// SIGINT and SIGTERM watchers, installed once for the whole run.
+///
+/// Once tokio has installed its handler the default action (exit) is gone, and a signal that
+/// arrives while no watcher exists is dropped; so the watchers live from before loading until the
+/// host stops, and a signal sent at any point is seen.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, Failure> {
+        let fail = |e: std::io::Error| Failure::Runtime(format!("cannot watch for signals: {e}"));
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).map_err(fail)?,
+            term: signal(SignalKind::terminate()).map_err(fail)?,
+        })
+    }
+
+    /// Waits for SIGINT or SIGTERM; the name of the one that came.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
 }
 
 /// One line for a loaded capsule: name, version, handlers, run loop, ready time.
@@ -98,6 +115,7 @@ pub(crate) async fn run(args: RunArgs, mut config: RuntimeConfig) -> Result<(), 
                 .map_err(|e| Failure::Load(format!("cannot load {}: {}", d.display(), chain(&e))))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mut signals = Signals::install()?;
     let started = Instant::now();
     let rt = Runtime::new(config)
         .map_err(|e| Failure::Runtime(format!("cannot start the host: {}", chain(&e))))?;
@@ -147,8 +165,7 @@ pub(crate) async fn run(args: RunArgs, mut config: RuntimeConfig) -> Result<(), 
 
     let loaded = tokio::select! {
         loaded = load(&rt, &args.dirs, &manifests, started) => loaded,
-        stop = signals() => {
-            let why = stop?;
+        why = signals.next() => {
             println!("{why} while loading: stopping");
             Err(Failure::Runtime(String::new()))
         }
@@ -172,7 +189,7 @@ pub(crate) async fn run(args: RunArgs, mut config: RuntimeConfig) -> Result<(), 
         rt.config().state_dir.display(),
         crate::control::socket_path(&rt.config().state_dir).display()
     );
-    let why = signals().await?;
+    let why = signals.next().await;
     let stopping = Instant::now();
     println!("{why}: stopping");
     stop_metrics.cancel();
