@@ -3,14 +3,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::time::Instant;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
   ci                       fmt check, clippy (warnings denied), tests, docs (warnings denied)
+  ci --stress              the integration tests only, with two CPU-burning processes running
   bench <group> [--quick]  run a benchmark group (bus, runtime, storage) in release; prints JSON lines
   fuzz <target> [--seconds N]
                            run one cargo-fuzz target for N seconds (default 60); installs
@@ -21,9 +22,15 @@ commands:
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("ci") => ci(),
+        Some("ci") if args[1..] == ["--stress"] => stress(),
+        Some("ci") if args.len() == 1 => ci(),
+        Some("ci") => Err(format!(
+            "unknown `ci` arguments {:?}\n\n{USAGE}",
+            &args[1..]
+        )),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some(BURN) => burn(),
         Some("-h" | "--help" | "help") => {
             eprint!("{USAGE}");
             Ok(())
@@ -167,6 +174,69 @@ fn bench(args: &[String]) -> Result<(), String> {
         run(&format!("bench {group}"), cmd)?;
     }
     Ok(())
+}
+
+/// The hidden subcommand a CPU burner runs.
+const BURN: &str = "__burn";
+
+/// Spins on one core until the process that started it is gone, so a burner never outlives
+/// an xtask that was killed before it could clean up.
+fn burn() -> Result<(), String> {
+    let parent = std::os::unix::process::parent_id();
+    let mut x = 0u64;
+    loop {
+        let slice = Instant::now();
+        while slice.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        if std::os::unix::process::parent_id() != parent {
+            return Ok(());
+        }
+    }
+}
+
+/// Background CPU burners, killed and reaped when dropped (also when the run failed).
+struct Burners(Vec<Child>);
+
+impl Burners {
+    fn start(n: usize) -> Result<Self, String> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find the xtask binary: {e}"))?;
+        let mut burners = Self(Vec::with_capacity(n));
+        for _ in 0..n {
+            let child = Command::new(&exe)
+                .arg(BURN)
+                .stdin(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start a CPU burner: {e}"))?;
+            burners.0.push(child);
+        }
+        Ok(burners)
+    }
+}
+
+impl Drop for Burners {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The integration tests with two CPU burners running: tests that only pass on an idle
+/// machine fail here. The tests are built first, without the burners, so only the run is
+/// under load.
+fn stress() -> Result<(), String> {
+    let mut build = cargo();
+    build.args(["test", "--package", "capsule-tests", "--locked", "--no-run"]);
+    run("build the integration tests", build)?;
+    let burners = Burners::start(2)?;
+    let mut test = cargo();
+    test.args(["test", "--package", "capsule-tests", "--locked"]);
+    let result = run("cargo test -p capsule-tests, two CPU burners running", test);
+    drop(burners);
+    result
 }
 
 fn repo_root() -> PathBuf {
