@@ -48,6 +48,22 @@ pub fn run<'a, T: Arbitrary<'a> + Debug>(
     }
 }
 
+/// A fresh scratch directory, in memory (`/dev/shm`) where the machine has it: the file
+/// system targets create and remove a tree per input, and a disk file system makes that the
+/// bottleneck.
+pub(crate) fn scratch_dir() -> Result<tempfile::TempDir, String> {
+    let mut b = tempfile::Builder::new();
+    b.prefix("capsule-fuzz-");
+    let shm = std::path::Path::new("/dev/shm");
+    let made = if shm.is_dir() {
+        b.tempdir_in(shm)
+    } else {
+        b.tempdir()
+    };
+    made.or_else(|_| b.tempdir())
+        .map_err(|e| format!("scratch directory: {e}"))
+}
+
 /// Picks one of `items` (the first when the bytes ran out).
 pub(crate) fn pick<'s, T: ?Sized>(
     u: &mut Unstructured<'_>,

@@ -323,7 +323,7 @@ fn upper_is_empty(upper: &Path) -> bool {
 
 /// Builds the lower tree, runs the operations through an overlay, and compares every step.
 pub fn check(input: &Input) -> Result<(), String> {
-    let tmp = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let tmp = crate::scratch_dir()?;
     let (lower_dir, upper_dir) = (tmp.path().join("lower"), tmp.path().join("upper"));
     let lower = Mount::create(&lower_dir).map_err(|e| format!("lower: {e}"))?;
     let mut base = Fs::new();
