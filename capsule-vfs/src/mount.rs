@@ -171,6 +171,36 @@ pub(crate) fn at(p: &Path) -> &Path {
     }
 }
 
+/// Replaces the content of `dst` (opened without truncating it) with the content of `src`.
+///
+/// Refuses when both handles are the same file, by name, hard link or symlink: truncating the
+/// destination would empty the source before it is read, and the kernel copy then loops
+/// forever on some file systems.
+pub(crate) fn copy_into(
+    src: &mut std::fs::File,
+    dst: &mut std::fs::File,
+    from: &Path,
+    to: &Path,
+) -> Result<(), VfsError> {
+    let a = Metadata::from_just_metadata(src.metadata().map_err(|e| VfsError::from_io(from, e))?);
+    let b = Metadata::from_just_metadata(dst.metadata().map_err(|e| VfsError::from_io(to, e))?);
+    if a.dev() == b.dev() && a.ino() == b.ino() {
+        return Err(same_file(from, to));
+    }
+    dst.set_len(0).map_err(|e| VfsError::from_io(to, e))?;
+    std::io::copy(src, dst).map_err(|e| VfsError::from_io(from, e))?;
+    Ok(())
+}
+
+/// The error for an operation whose source and destination are one file.
+pub(crate) fn same_file(from: &Path, to: &Path) -> VfsError {
+    VfsError::InvalidPath(format!(
+        "`{}` and `{}` are the same file",
+        from.display(),
+        to.display()
+    ))
+}
+
 /// A directory handle confining every operation to its tree.
 #[derive(Debug)]
 pub struct Mount {
@@ -336,10 +366,18 @@ impl Tree for Mount {
     }
 
     fn copy(&self, from: &Path, to: &Path) -> Result<(), VfsError> {
-        self.dir
-            .copy(at(from), &self.dir, at(to))
-            .map(drop)
-            .map_err(Self::err(from))
+        let mut src = self.open(from, OpenMode::Read)?;
+        let mut opts = OpenOptions::new();
+        opts.write(true).create(true);
+        let mut dst = self
+            .dir
+            .open_with(at(to), &opts)
+            .map_err(Self::err(to))?
+            .into_std();
+        copy_into(&mut src, &mut dst, from, to)?;
+        // Like `std::fs::copy`, the copy gets the source's permission bits.
+        let perms = src.metadata().map_err(Self::err(from))?.permissions();
+        dst.set_permissions(perms).map_err(Self::err(to))
     }
 
     fn hard_link(&self, from: &Path, to: &Path) -> Result<(), VfsError> {

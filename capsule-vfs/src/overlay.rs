@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 
 use crate::error::VfsError;
-use crate::mount::{Mount, OpenMode, Stat, Tree};
+use crate::mount::{Mount, OpenMode, Stat, Tree, copy_into, same_file};
 
 #[derive(Debug, Default)]
 struct State {
@@ -168,9 +168,8 @@ impl Overlay {
             Ok(())
         } else {
             let mut src = self.tree(layer).open(from, OpenMode::Read)?;
-            let mut dst = self.upper.open(to, OpenMode::Write)?;
-            std::io::copy(&mut src, &mut dst).map_err(|e| VfsError::from_io(from, e))?;
-            Ok(())
+            let mut dst = self.upper.open(to, OpenMode::ReadWrite)?;
+            copy_into(&mut src, &mut dst, from, to)
         }
     }
 
@@ -420,10 +419,15 @@ impl Tree for Overlay {
         {
             return Err(VfsError::IsDirectory(to.display().to_string()));
         }
+        // A lower file copied onto its own name would land in a fresh upper file; refuse it
+        // like every other copy onto itself.
+        if from == to {
+            return Err(same_file(from, to));
+        }
         self.prepare_dir(&st, parent(to))?;
         let mut src = self.tree(layer).open(from, OpenMode::Read)?;
-        let mut dst = self.upper.open(to, OpenMode::Write)?;
-        std::io::copy(&mut src, &mut dst).map_err(|e| VfsError::from_io(from, e))?;
+        let mut dst = self.upper.open(to, OpenMode::ReadWrite)?;
+        copy_into(&mut src, &mut dst, from, to)?;
         Self::claim(&mut st, false, to, false);
         Ok(())
     }
