@@ -262,7 +262,8 @@ fn apply(fs: &mut Fs, op: &Op) -> bool {
             let Some(Node::File(content)) = kind(fs, &f).cloned() else {
                 return false;
             };
-            if is_dir(fs, &t) || !is_dir(fs, parent(&t)) {
+            // A copy onto itself is refused (it would empty the file first).
+            if f == t || is_dir(fs, &t) || !is_dir(fs, parent(&t)) {
                 return false;
             }
             fs.insert(t, Node::File(content));

@@ -421,6 +421,8 @@ fn fuzz(args: &[String]) -> Result<(), String> {
         .arg(&target_dir)
         .arg("--")
         .arg(format!("-max_total_time={seconds}"))
+        // Every input finishes in milliseconds; one that takes 10 s is a hang, a finding.
+        .arg("-timeout=10")
         .arg("-print_final_stats=1")
         .stderr(Stdio::piped());
     eprintln!("xtask: == cargo fuzz run {target} ({seconds} s, {toolchain:?} toolchain)");
