@@ -417,6 +417,7 @@ fn same_file_refused(r: Result<(), VfsError>, what: &str) {
     );
 }
 
+#[cfg(unix)]
 #[test]
 fn copying_a_file_onto_itself_is_refused_and_keeps_it() {
     let f = fixture();
@@ -469,4 +470,36 @@ fn overlay_copies_and_renames_onto_the_same_file_are_refused() {
         std::fs::read_to_string(lower.join("README")).unwrap_or_default(),
         "readme v1"
     );
+}
+
+/// A write through a dangling symlink creates the symlink's target, so the gate must judge the
+/// target: with `fs_write` on `pub` only, `pub/link -> ../priv/planted` must not pass as
+/// `pub/link`.
+#[cfg(unix)]
+#[test]
+fn a_dangling_symlink_is_judged_by_where_it_points() {
+    let f = fixture();
+    std::fs::create_dir_all(f.mount.join("pub")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(f.mount.join("priv")).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("../priv/planted", f.mount.join("pub/link"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("link", f.mount.join("pub/chain")).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("../../outside/new", f.mount.join("pub/out"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = mount(&f);
+    for (p, want) in [
+        ("pub/link", "priv/planted"),
+        ("pub/chain", "priv/planted"),
+        ("pub/link/below", "priv/planted/below"),
+    ] {
+        assert_eq!(
+            m.resolve_for_gate(Path::new(p)).ok(),
+            Some(PathBuf::from(want)),
+            "{p}"
+        );
+    }
+    assert!(matches!(
+        m.resolve_for_gate(Path::new("pub/out")),
+        Err(VfsError::BoundaryEscape(_))
+    ));
 }
