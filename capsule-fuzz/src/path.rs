@@ -181,24 +181,50 @@ fn model_canonicalize(parts: &[String]) -> Result<Vec<String>, Stop> {
     Ok(at)
 }
 
-/// What the gate should judge, per `Tree::resolve_for_gate`'s contract: the resolved path,
-/// or the longest resolvable ancestor with the missing rest appended.
-fn model_gate(parts: &[String]) -> Result<Vec<String>, Stop> {
-    let mut rest: Vec<String> = Vec::new();
-    let mut existing = parts.to_vec();
-    loop {
-        match model_canonicalize(&existing) {
-            Ok(mut c) => {
-                c.extend(rest.into_iter().rev());
-                return Ok(c);
-            }
-            Err(Stop::NotFound) => match existing.pop() {
-                Some(last) => rest.push(last),
-                None => return Ok(Vec::new()),
-            },
-            Err(Stop::Refused) => return Err(Stop::Refused),
-        }
+/// The target of `path` when it is a symlink itself (its parent resolved, the last component
+/// not followed).
+fn model_link_at(path: &[String]) -> Option<&'static str> {
+    let (last, parent) = path.split_last()?;
+    let mut full = model_canonicalize(parent).ok()?;
+    full.push(last.clone());
+    match node(&full) {
+        Some(Node::Link(target)) => Some(target),
+        _ => None,
     }
+}
+
+/// What the gate should judge, per `Tree::resolve_for_gate`'s contract: the resolved path,
+/// or the longest resolvable ancestor with the missing rest appended, where a dangling
+/// symlink is followed to the target that creating through it would create.
+fn model_gate(parts: &[String]) -> Result<Vec<String>, Stop> {
+    let mut target = parts.to_vec();
+    for _ in 0..40 {
+        let mut existing = target.clone();
+        let mut rest: Vec<String> = Vec::new();
+        let followed = loop {
+            match model_canonicalize(&existing) {
+                Ok(mut c) => {
+                    c.extend(rest.into_iter().rev());
+                    return Ok(c);
+                }
+                Err(Stop::Refused) => return Err(Stop::Refused),
+                Err(Stop::NotFound) => {
+                    if let Some(link) = model_link_at(&existing) {
+                        let mut next = existing[..existing.len() - 1].to_vec();
+                        next.extend(link.split('/').map(str::to_string));
+                        break next;
+                    }
+                    match existing.pop() {
+                        Some(last) if last != ".." => rest.push(last),
+                        _ => return Err(Stop::Refused),
+                    }
+                }
+            }
+        };
+        target = followed;
+        target.extend(rest.into_iter().rev());
+    }
+    Err(Stop::Refused)
 }
 
 fn build_fixture() -> Result<(tempfile::TempDir, PathBuf), String> {
