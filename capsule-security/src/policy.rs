@@ -110,8 +110,8 @@ impl CapsulePolicy {
         }
     }
 
-    /// The absolute host directories the filesystem grants name, longest first (each becomes
-    /// a mount of its own).
+    /// The absolute host directories the filesystem grants name, each once, longest first
+    /// (each becomes a mount of its own).
     pub fn absolute_roots(&self) -> Vec<&Path> {
         let mut roots: Vec<&Path> = self
             .fs_read
@@ -122,7 +122,13 @@ impl CapsulePolicy {
                 FsRoot::Workspace | FsRoot::Home => None,
             })
             .collect();
-        roots.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        // Ties are broken by name so that equal roots end up adjacent for `dedup`.
+        roots.sort_by(|a, b| {
+            b.components()
+                .count()
+                .cmp(&a.components().count())
+                .then_with(|| a.cmp(b))
+        });
         roots.dedup();
         roots
     }
@@ -316,6 +322,24 @@ mod tests {
             CapsulePolicy::default().may_fs(FsAccess::Read, &FsRoot::Workspace, Path::new("a")),
             Decision::Denied(r) if r.contains("no `fs_read`")
         ));
+    }
+
+    #[test]
+    fn absolute_roots_are_listed_once() {
+        let caps = Capabilities {
+            fs_read: vec!["/srv".into(), "/opt".into(), "/usr/share/dict".into()],
+            fs_write: vec!["/srv".into()],
+            ..Capabilities::default()
+        };
+        let p = CapsulePolicy::new(vec![], vec![], caps);
+        assert_eq!(
+            p.absolute_roots(),
+            vec![
+                Path::new("/usr/share/dict"),
+                Path::new("/opt"),
+                Path::new("/srv")
+            ]
+        );
     }
 
     #[test]

@@ -162,6 +162,9 @@ pub enum OpenMode {
     ReadWrite,
 }
 
+/// Dangling symlinks `Tree::resolve_for_gate` follows before it gives up.
+const MAX_GATE_LINKS: usize = 40;
+
 /// The operations a mounted tree provides; paths are normalised and relative to its root.
 pub trait Tree: Send + Sync + std::fmt::Debug {
     /// Metadata, following a final symlink or not.
@@ -206,28 +209,52 @@ pub trait Tree: Send + Sync + std::fmt::Debug {
     ) -> Result<Usage, VfsError>;
 
     /// The path gates should judge: `p` with symlinks resolved, or, for a path that does not
-    /// exist yet, its longest existing ancestor resolved with the rest appended.
+    /// exist yet, its longest existing ancestor resolved with the rest appended. A dangling
+    /// symlink on the way is followed too, since creating a file through it creates its
+    /// target.
     fn resolve_for_gate(&self, p: &Path) -> Result<PathBuf, VfsError> {
-        let mut existing = p.to_path_buf();
-        let mut rest: Vec<std::ffi::OsString> = Vec::new();
-        loop {
-            match self.canonicalize(&existing) {
-                Ok(mut c) => {
-                    for part in rest.iter().rev() {
-                        c.push(part);
+        let mut target = p.to_path_buf();
+        for _ in 0..MAX_GATE_LINKS {
+            let mut existing = target.clone();
+            let mut rest: Vec<std::ffi::OsString> = Vec::new();
+            let followed = loop {
+                match self.canonicalize(&existing) {
+                    Ok(mut c) => {
+                        for part in rest.iter().rev() {
+                            c.push(part);
+                        }
+                        return Ok(c);
                     }
-                    return Ok(c);
+                    Err(VfsError::NotFound(_)) => {
+                        if self
+                            .stat(&existing, false)
+                            .is_ok_and(|s| s.kind == FileKind::Symlink)
+                        {
+                            let mut next = existing.parent().unwrap_or(Path::new("")).to_path_buf();
+                            next.push(self.read_link(&existing)?);
+                            break next;
+                        }
+                        let Some(name) = existing.file_name().map(ToOwned::to_owned) else {
+                            return Err(VfsError::Access(format!(
+                                "{} cannot be resolved",
+                                p.display()
+                            )));
+                        };
+                        rest.push(name);
+                        existing.pop();
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(VfsError::NotFound(_)) => {
-                    let Some(name) = existing.file_name().map(ToOwned::to_owned) else {
-                        return Ok(p.to_path_buf());
-                    };
-                    rest.push(name);
-                    existing.pop();
-                }
-                Err(e) => return Err(e),
+            };
+            target = followed;
+            for part in rest.iter().rev() {
+                target.push(part);
             }
         }
+        Err(VfsError::Access(format!(
+            "{} (more than {MAX_GATE_LINKS} dangling symlinks)",
+            p.display()
+        )))
     }
 }
 
@@ -238,6 +265,30 @@ pub(crate) fn at(p: &Path) -> &Path {
     } else {
         p
     }
+}
+
+/// Refuses a copy whose destination already is its source, by name, hard link or symlink:
+/// replacing the destination would empty the source before it is read.
+pub(crate) fn refuse_same_file(
+    src: &std::fs::File,
+    dst: &cap_std::fs::Metadata,
+    from: &Path,
+    to: &Path,
+) -> Result<(), VfsError> {
+    let a = Metadata::from_just_metadata(src.metadata().map_err(|e| VfsError::from_io(from, e))?);
+    if a.dev() == dst.dev() && a.ino() == dst.ino() {
+        return Err(same_file(from, to));
+    }
+    Ok(())
+}
+
+/// The error for an operation whose source and destination are one file.
+pub(crate) fn same_file(from: &Path, to: &Path) -> VfsError {
+    VfsError::InvalidPath(format!(
+        "`{}` and `{}` are the same file",
+        from.display(),
+        to.display()
+    ))
 }
 
 /// A directory handle confining every operation to its tree.
@@ -450,8 +501,11 @@ impl Tree for Mount {
         if src.metadata().map_err(Self::err(from))?.is_dir() {
             return Err(VfsError::IsDirectory(from.display().to_string()));
         }
-        if self.dir.metadata(at(to)).is_ok_and(|m| m.is_dir()) {
-            return Err(VfsError::IsDirectory(to.display().to_string()));
+        if let Ok(existing) = self.dir.metadata(at(to)) {
+            if existing.is_dir() {
+                return Err(VfsError::IsDirectory(to.display().to_string()));
+            }
+            refuse_same_file(&src, &existing, from, to)?;
         }
         // The copy is assembled under a staging name and renamed into place, so it appears
         // whole or not at all.

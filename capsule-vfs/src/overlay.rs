@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 
 use crate::error::VfsError;
-use crate::mount::{Mount, OpenMode, Stat, Tree};
+use crate::mount::{Mount, OpenMode, Stat, Tree, refuse_same_file, same_file};
 use crate::walk::{self, Ctl, Usage, Visit};
 
 #[derive(Debug, Default)]
@@ -122,7 +122,13 @@ impl Overlay {
         ctl: &Ctl<'_>,
     ) -> Result<(), VfsError> {
         let src = self.tree(layer).open(from, OpenMode::Read, ctl)?;
-        let dst = self.upper.open(to, OpenMode::Write, ctl)?;
+        // Opened without truncating: if `to` is `from` under another name (a hard link),
+        // truncating first would empty the source before it is read.
+        let dst = self.upper.open(to, OpenMode::ReadWrite, ctl)?;
+        let io = |e| VfsError::from_io(to, e);
+        let dst_meta = cap_std::fs::Metadata::from_just_metadata(dst.metadata().map_err(io)?);
+        refuse_same_file(&src, &dst_meta, from, to)?;
+        dst.set_len(0).map_err(io)?;
         walk::copy_data(&src, &dst, ctl).map(drop)
     }
 
@@ -484,6 +490,11 @@ impl Tree for Overlay {
             && self.tree(l).stat(to, false)?.is_dir()
         {
             return Err(VfsError::IsDirectory(to.display().to_string()));
+        }
+        // A lower file copied onto its own name would land in a fresh upper file; refuse it
+        // like every other copy onto itself.
+        if from == to {
+            return Err(same_file(from, to));
         }
         self.prepare_dir(&st, parent(to))?;
         if layer == Layer::Upper {

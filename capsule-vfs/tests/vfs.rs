@@ -695,3 +695,124 @@ fn opening_without_links_refuses_a_link_in_any_component() {
         );
     }
 }
+
+/// Runs `f` on its own thread and waits a generous minute: the copies below looped forever on
+/// some file systems, and a hang must fail the test instead of stalling the run.
+fn finishes<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the operation did not finish within a minute"))
+}
+
+fn same_file_refused(r: Result<(), VfsError>, what: &str) {
+    assert!(
+        matches!(&r, Err(VfsError::InvalidPath(m)) if m.contains("same file")),
+        "{what}: {r:?}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn copying_a_file_onto_itself_is_refused_and_keeps_it() {
+    let f = fixture();
+    let m = std::sync::Arc::new(mount(&f));
+    std::fs::hard_link(f.mount.join("inside.txt"), f.mount.join("alias.txt"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for to in ["inside.txt", "./inside.txt", "alias.txt", "ok-link"] {
+        let m2 = std::sync::Arc::clone(&m);
+        let r = finishes(move || {
+            m2.copy(
+                Path::new("inside.txt"),
+                Path::new(to),
+                &Ctl::uncancellable(),
+            )
+        });
+        same_file_refused(r, to);
+    }
+    assert_eq!(
+        std::fs::read_to_string(f.mount.join("inside.txt")).unwrap_or_default(),
+        "inside"
+    );
+}
+
+#[test]
+fn overlay_copies_and_renames_onto_the_same_file_are_refused() {
+    let (_tmp, lower, o) = overlay();
+    let o = std::sync::Arc::new(o);
+    o.write(Path::new("up.txt"), b"upper", false, &Ctl::uncancellable())
+        .unwrap_or_else(|e| panic!("{e}"));
+    o.hard_link(
+        Path::new("up.txt"),
+        Path::new("alias.txt"),
+        &Ctl::uncancellable(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for (from, to) in [
+        ("up.txt", "up.txt"),
+        ("up.txt", "alias.txt"),
+        ("README", "README"),
+    ] {
+        let o2 = std::sync::Arc::clone(&o);
+        let r = finishes(move || o2.copy(Path::new(from), Path::new(to), &Ctl::uncancellable()));
+        same_file_refused(r, &format!("copy {from} {to}"));
+    }
+    let o2 = std::sync::Arc::clone(&o);
+    let r = finishes(move || {
+        o2.rename(
+            Path::new("up.txt"),
+            Path::new("alias.txt"),
+            &Ctl::uncancellable(),
+        )
+    });
+    same_file_refused(r, "rename onto a hard link of itself");
+    for (p, want) in [
+        ("up.txt", "upper"),
+        ("alias.txt", "upper"),
+        ("README", "readme v1"),
+    ] {
+        assert_eq!(
+            read_to_string(&*o, Path::new(p)).unwrap_or_default(),
+            want,
+            "{p}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(lower.join("README")).unwrap_or_default(),
+        "readme v1"
+    );
+}
+
+/// A write through a dangling symlink creates the symlink's target, so the gate must judge the
+/// target: with `fs_write` on `pub` only, `pub/link -> ../priv/planted` must not pass as
+/// `pub/link`.
+#[cfg(unix)]
+#[test]
+fn a_dangling_symlink_is_judged_by_where_it_points() {
+    let f = fixture();
+    std::fs::create_dir_all(f.mount.join("pub")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(f.mount.join("priv")).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("../priv/planted", f.mount.join("pub/link"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("link", f.mount.join("pub/chain")).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink("../../outside/new", f.mount.join("pub/out"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = mount(&f);
+    for (p, want) in [
+        ("pub/link", "priv/planted"),
+        ("pub/chain", "priv/planted"),
+        ("pub/link/below", "priv/planted/below"),
+    ] {
+        assert_eq!(
+            m.resolve_for_gate(Path::new(p)).ok(),
+            Some(PathBuf::from(want)),
+            "{p}"
+        );
+    }
+    assert!(matches!(
+        m.resolve_for_gate(Path::new("pub/out")),
+        Err(VfsError::BoundaryEscape(_))
+    ));
+}

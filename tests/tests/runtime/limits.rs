@@ -12,6 +12,11 @@ use crate::common::*;
 
 const N: u32 = 5;
 
+/// How long an unload may take while a guest sits in a 60 s `recv`: half the recv timeout,
+/// so the assertion tells "unload interrupted the recv" from "unload waited for it" without
+/// depending on how loaded the machine is.
+const UNLOAD_BOUND: Duration = Duration::from_secs(30);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spinning_run_loop_is_trapped_within_n_windows() {
     let h = manual_host(N);
@@ -132,9 +137,10 @@ async fn unloading_wins_over_a_blocked_recv() {
         )
         .await;
     assert!(pong.wait_ready(Duration::from_secs(20)).await);
-    // The loop now sits in recv(60000).
-    let unload = tokio::time::timeout(Duration::from_secs(1), pong.unload()).await;
-    assert!(unload.is_ok(), "unload took longer than a second");
+    // The loop now sits in recv(60000). Unload must not wait for that timeout; the bound is
+    // half of it, so a loaded machine cannot fail the test but a wait for the recv would.
+    let unload = tokio::time::timeout(UNLOAD_BOUND, pong.unload()).await;
+    assert!(unload.is_ok(), "unload waited for the blocked recv");
     assert_eq!(
         pong.run_exit(),
         Some(RunExit::Returned),
@@ -165,8 +171,8 @@ async fn a_waiting_recv_answers_closed_on_unload() {
         }
     });
     next(&mut waiting).await;
-    let unload = tokio::time::timeout(Duration::from_secs(1), p.unload()).await;
-    assert!(unload.is_ok(), "unload took longer than a second");
+    let unload = tokio::time::timeout(UNLOAD_BOUND, p.unload()).await;
+    assert!(unload.is_ok(), "unload waited for the blocked recv");
     let answer = blocked.await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(err(&answer), "closed");
 }
