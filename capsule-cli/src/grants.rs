@@ -31,7 +31,7 @@ pub(crate) struct GrantArgs {
     /// A handler on a pattern beyond the capsule's own topics (e.g. '*')
     #[arg(long, value_name = "PATTERN")]
     handler: Vec<String>,
-    /// A [subscribe] entry spanning every namespace (e.g. '*.chat')
+    /// A `[subscribe]` entry spanning every namespace (e.g. '*.chat')
     #[arg(long, value_name = "PATTERN")]
     subscribe: Vec<String>,
     /// Outbound network to a host
