@@ -22,11 +22,9 @@ mod route;
 mod topic;
 
 pub use bus::{Bus, BusConfig, BusConfigError, PublishReport, Readiness, Receiver};
+pub use capsule_ids::{MAX_PRINCIPAL_BYTES, PrincipalError, PrincipalId};
 pub use index::PatternIndex;
-pub use message::{
-    Attribution, JsonPayload, MAX_PRINCIPAL_BYTES, Message, Outgoing, PayloadError, PrincipalError,
-    PrincipalId,
-};
+pub use message::{Attribution, JsonPayload, Message, Outgoing, PayloadError};
 pub use ratelimit::{Rate, RateLimited, RateLimiter};
 pub use route::{Drain, RouteStats, Scope};
 pub use topic::{AUDIT_TOPIC, MAX_SEGMENTS, MAX_TOPIC_BYTES, Topic, TopicError, TopicPattern};

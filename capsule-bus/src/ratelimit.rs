@@ -4,12 +4,11 @@
 
 use std::time::Instant;
 
+use capsule_ids::PrincipalId;
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHasher};
 use std::hash::{Hash, Hasher};
 use uuid::Uuid;
-
-use crate::message::PrincipalId;
 
 /// A byte rate: `bytes_per_sec` sustained, up to `burst` bytes at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

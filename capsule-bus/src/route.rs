@@ -9,11 +9,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use capsule_ids::PrincipalId;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
-use crate::message::{Message, PrincipalId};
+use crate::message::Message;
 
 /// Which publishing principals a subscription admits.
 #[derive(Clone, Debug, PartialEq, Eq)]

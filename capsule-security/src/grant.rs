@@ -14,11 +14,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use capsule_bus::TopicPattern;
+use capsule_ids::CapsuleName;
 use toml::{Table, Value};
 
 use crate::capabilities::{Capabilities, IdentityLevel};
 use crate::grants::{EndpointGrant, FsGrant, FsRoot, HostGrant};
-use crate::manifest::{CapsuleName, Manifest};
+use crate::manifest::Manifest;
 
 /// One capability a manifest requests that only the operator may allow.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -504,7 +505,8 @@ impl Grant {
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad(key, "missing, or not a string".into()))
         };
-        let capsule = CapsuleName::parse(text_of("capsule")?).map_err(|e| bad("capsule", e))?;
+        let capsule =
+            CapsuleName::parse(text_of("capsule")?).map_err(|e| bad("capsule", e.to_string()))?;
         let version = semver::Version::parse(text_of("version")?)
             .map_err(|e| bad("version", format!("not a semver version ({e})")))?;
         let manifest = ManifestDigest::parse(text_of("manifest")?)

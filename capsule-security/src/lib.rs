@@ -24,7 +24,7 @@ pub mod private;
 mod profile;
 
 pub use capabilities::{Capabilities, IdentityLevel, KNOWN_CAPABILITIES};
-pub use capsule_bus::PrincipalId;
+pub use capsule_ids::{CapsuleName, CapsuleNameError, PrincipalId};
 pub use grant::{
     Grant, GrantError, GrantStore, ManifestDigest, PermissionDiff, Request, is_broad_handler,
     requests, spans_namespaces, ungated_summary,
@@ -32,9 +32,9 @@ pub use grant::{
 pub use grants::{EndpointGrant, FsGrant, FsRoot, HostGrant, normalize_relative};
 pub use host_policy::{Forbidden, HostPolicy, HostPolicyError, POLICY_FILE, Resolved};
 pub use manifest::{
-    CapsuleName, Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, EnvEntry, EnvKind, Export,
-    Handler, INERT_TABLES, Import, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestError,
-    Package, PublishEntry, SubscribeEntry,
+    Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, EnvEntry, EnvKind, Export, Handler,
+    INERT_TABLES, Import, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestError, Package,
+    PublishEntry, SubscribeEntry,
 };
 pub use policy::{CapsulePolicy, Decision, FsAccess};
 pub use profile::{AUDIT_FIREHOSE_GRANT, PrincipalProfile, ProfileError, Quotas};

@@ -3,10 +3,10 @@
 //! any other unknown key is an error naming it.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use capsule_bus::{TopicError, TopicPattern};
+use capsule_ids::CapsuleName;
 use toml::{Table, Value};
 
 use crate::capabilities::Capabilities;
@@ -120,37 +120,6 @@ fn read_manifest(file: &Path) -> Result<String, ManifestError> {
         });
     }
     Ok(text)
-}
-
-/// A capsule name: `[a-z0-9-]+`, at most 64 bytes. It is also the capsule's id.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CapsuleName(String);
-
-impl CapsuleName {
-    /// Validates a capsule name.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if s.is_empty() || s.len() > 64 {
-            return Err(format!("must be 1 to 64 characters, got {}", s.len()));
-        }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-        {
-            return Err(format!("must match [a-z0-9-]+, found {c:?}"));
-        }
-        Ok(Self(s.to_string()))
-    }
-
-    /// The name text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for CapsuleName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// `[package]`.
@@ -567,7 +536,7 @@ fn parse_package(r: &Reader<'_>, v: Option<&Value>) -> Result<Package, ManifestE
         .get("name")
         .ok_or_else(|| r.invalid("package.name", "missing"))?;
     let name = CapsuleName::parse(&r.string(name, "package.name")?)
-        .map_err(|e| r.invalid("package.name", e))?;
+        .map_err(|e| r.invalid("package.name", e.to_string()))?;
     let version = t
         .get("version")
         .ok_or_else(|| r.invalid("package.version", "missing"))?;

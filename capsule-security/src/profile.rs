@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use capsule_bus::PrincipalId;
+use capsule_ids::PrincipalId;
 use toml::{Table, Value};
 
 /// The grant that lets a capsule owner's audit subscriptions see every principal's entries.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, DirBuilder, OpenOptions};
-use capsule_bus::PrincipalId;
+use capsule_ids::{CapsuleName, PrincipalId};
 
 use crate::mount::Mount;
 use crate::walk::Visit;
@@ -203,7 +203,7 @@ impl StateLayout {
 
     /// Opens (creating, mode 0600) the capsule's log file for `principal` in append mode.
     ///
-    /// `capsule` must be a capsule name (`[a-z0-9-]+`); anything else is refused. The file and
+    /// `capsule` must be a [`CapsuleName`]; anything else is refused. The file and
     /// its directories are resolved inside the principal's home and a symlink in their place
     /// is an error, never followed.
     pub fn open_capsule_log(&self, principal: &PrincipalId, capsule: &str) -> io::Result<LogFile> {
@@ -214,17 +214,12 @@ impl StateLayout {
 }
 
 fn check_capsule_name(capsule: &str) -> io::Result<()> {
-    if capsule.is_empty()
-        || !capsule
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
-        return Err(io::Error::new(
+    CapsuleName::parse(capsule).map(drop).map_err(|e| {
+        io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{capsule:?} is not a capsule name"),
-        ));
-    }
-    Ok(())
+            format!("{capsule:?} is not a capsule name: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -94,6 +94,7 @@ pub(crate) fn run(step: &str, mut cmd: Command) -> Result<(), String> {
 
 /// The crates that must never depend on wasmtime (they are tested without any wasm).
 const WASM_FREE: &[&str] = &[
+    "capsule-ids",
     "capsule-bus",
     "capsule-vfs",
     "capsule-security",

@@ -1,0 +1,18 @@
+//! `capsule-ids`: the two names every part of the host keys things by, each with exactly one
+//! type and one grammar, checked once at parse.
+//!
+//! - [`PrincipalId`]: who a call, a message or a stored byte belongs to (a user or an agent):
+//!   1–64 characters of `[A-Za-z0-9_-]`.
+//! - [`CapsuleName`]: a capsule's name and id (grants, KV namespaces, secrets and log files are
+//!   keyed by it): 1–64 characters of `[a-z0-9-]`.
+//!
+//! Both grammars leave out `/`, `.`, `:` and NUL, so either may be used as one file name or one
+//! separator-free part of a storage key as it is. The crate has no dependency beyond
+//! `thiserror`; the bus, the file system layer, the security crate and the stores all take
+//! these types from here.
+
+mod capsule;
+mod principal;
+
+pub use capsule::{CapsuleName, CapsuleNameError, MAX_CAPSULE_NAME_BYTES};
+pub use principal::{MAX_PRINCIPAL_BYTES, PrincipalError, PrincipalId};
