@@ -313,7 +313,7 @@ async fn inspect(config: RuntimeConfig, dir: &std::path::Path) -> Result<(), Fai
 }
 
 fn secret(cmd: SecretCommand, config: &RuntimeConfig) -> Result<(), Failure> {
-    use capsule_runtime::secrets::{SecretScope, SecretStore};
+    use capsule_runtime::store::{SecretScope, SecretStore};
     let (set, args) = match cmd {
         SecretCommand::Set(a) => (true, a),
         SecretCommand::Delete(a) => (false, a),

@@ -492,7 +492,7 @@ fn a_running_host_is_operated_through_its_control_socket() {
 }
 
 fn capsule_runtime_kv_opens(state: &Path) {
-    let kv = capsule_runtime::kv::KvStore::open(&state.join("kv.redb"));
+    let kv = capsule_runtime::store::KvStore::open(&state.join("kv.redb"));
     assert!(kv.is_ok(), "{:?}", kv.err());
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use capsule_bus::{Attribution, PrincipalId};
 use capsule_security::Manifest;
+use capsule_store::{KvStore, SecretStore};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -21,13 +22,11 @@ use crate::calls::{Call, CallQueue, Submitted};
 use crate::config::EpochMode;
 use crate::host::wasi;
 use crate::inspect::{Exports, HOOK, INSTALL, RUN, UPGRADE};
-use crate::kv::KvStore;
 use crate::lifecycle::LifecyclePhase;
 use crate::limits::{CpuMeter, Interrupt, MAX_STORE_RESOURCES, MemoryMeter};
 use crate::logsink::{LogSink, unix_ms};
 use crate::registry::Registry;
 use crate::scope::{Caller, InvocationScope, ProfileGrant, ScopeFactory};
-use crate::secrets::SecretStore;
 use crate::state::{
     BusCtx, BusShared, CapsuleIdentity, FsCtx, FsShared, HostState, KvCtx, LifecycleCtx,
     LifecycleShared, LimitsCtx, LimitsShared, SysCtx, SysShared, UplinkCtx, UplinkShared,

@@ -14,8 +14,8 @@
 //! ```
 //!
 //! This is the only crate that knows both wasmtime and the domain crates: the bus
-//! ([`capsule_bus`]), policy and profiles ([`capsule_security`]) and confined files
-//! ([`capsule_vfs`]).
+//! ([`capsule_bus`]), policy and profiles ([`capsule_security`]), confined files
+//! ([`capsule_vfs`]) and durable state ([`capsule_store`]).
 
 mod approval;
 mod bounded;
@@ -28,15 +28,12 @@ mod engine;
 mod graph;
 mod host;
 mod inspect;
-pub mod kv;
 mod lifecycle;
 mod limits;
 mod logsink;
-mod quota;
 mod registry;
 mod runtime;
 mod scope;
-pub mod secrets;
 mod state;
 mod stats;
 
@@ -75,4 +72,5 @@ pub use stats::CapsuleStats;
 
 pub use capsule_bus as bus;
 pub use capsule_security as security;
+pub use capsule_store as store;
 pub use capsule_vfs as vfs;

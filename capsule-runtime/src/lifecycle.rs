@@ -1,10 +1,8 @@
 //! Install and upgrade. The version of each capsule installed for each owner is remembered
-//! under `<state>/installed/<owner>/<capsule>.version`; a first load runs `astrid-install`, a
-//! load with a different version runs `astrid-upgrade`, and the record is written only after the
-//! guest's lifecycle call succeeded. During these calls, and only then, a capsule may ask its
+//! by [`capsule_store::InstalledVersions`]; a first load runs `astrid-install`, a load with a
+//! different version runs `astrid-upgrade`, and the record is written only after the guest's
+//! lifecycle call succeeded. During these calls, and only then, a capsule may ask its
 //! operator for values through `astrid:elicit`; the questions go to a pluggable [`Elicitor`].
-
-use std::path::{Path, PathBuf};
 
 use capsule_bus::PrincipalId;
 use futures::future::BoxFuture;
@@ -104,55 +102,6 @@ pub trait Elicitor: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<ElicitAnswer, ElicitRefusal>>;
 }
 
-/// Where installed versions are recorded.
-#[derive(Clone, Debug)]
-pub(crate) struct InstalledVersions {
-    root: PathBuf,
-}
-
-impl InstalledVersions {
-    pub(crate) fn new(state_dir: &Path) -> Self {
-        Self {
-            root: state_dir.join("installed"),
-        }
-    }
-
-    fn path(&self, owner: &PrincipalId, capsule: &str) -> PathBuf {
-        self.root
-            .join(owner.as_str())
-            .join(format!("{capsule}.version"))
-    }
-
-    /// The version recorded for `capsule` installed by `owner`, if any. An unreadable or
-    /// malformed record is an error: guessing would re-run install.
-    pub(crate) fn read(
-        &self,
-        owner: &PrincipalId,
-        capsule: &str,
-    ) -> Result<Option<semver::Version>, String> {
-        let path = self.path(owner, capsule);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => semver::Version::parse(text.trim())
-                .map(Some)
-                .map_err(|e| format!("{}: not a version ({e})", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
-    }
-
-    /// Records `version` atomically.
-    pub(crate) fn write(
-        &self,
-        owner: &PrincipalId,
-        capsule: &str,
-        version: &semver::Version,
-    ) -> Result<(), String> {
-        let path = self.path(owner, capsule);
-        capsule_security::private::write_atomic(&path, format!("{version}\n").as_bytes())
-            .map_err(|e| format!("{}: {e}", path.display()))
-    }
-}
-
 /// Decides which lifecycle call (if any) a load needs.
 pub(crate) fn phase_for(
     recorded: Option<semver::Version>,
@@ -181,26 +130,5 @@ mod tests {
             phase_for(Some(v("1.0.0")), &v("1.1.0")),
             Some(LifecyclePhase::Upgrade { from: v("1.0.0") })
         );
-    }
-
-    #[test]
-    fn records_round_trip_per_owner_and_refuse_garbage() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let iv = InstalledVersions::new(dir.path());
-        let (a, b) = (
-            PrincipalId::parse("a").unwrap_or_else(|e| panic!("{e}")),
-            PrincipalId::parse("b").unwrap_or_else(|e| panic!("{e}")),
-        );
-        assert_eq!(iv.read(&a, "cap"), Ok(None));
-        iv.write(&a, "cap", &v("1.2.3"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(iv.read(&a, "cap"), Ok(Some(v("1.2.3"))));
-        assert_eq!(
-            iv.read(&b, "cap"),
-            Ok(None),
-            "each owner installs separately"
-        );
-        std::fs::write(iv.path(&a, "cap"), "garbage").unwrap_or_else(|e| panic!("{e}"));
-        assert!(iv.read(&a, "cap").is_err());
     }
 }

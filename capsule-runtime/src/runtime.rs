@@ -12,6 +12,7 @@ use capsule_security::{
     CapsulePolicy, EnvKind, Forbidden, Grant, GrantError, GrantStore, HostPolicy, Manifest,
     ManifestError, PermissionDiff,
 };
+use capsule_store::{InstalledVersions, KvStore, SecretStore};
 use capsule_vfs::StateLayout;
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, watch};
@@ -30,12 +31,10 @@ use crate::graph::{self, GraphError};
 use crate::host::build_linker;
 use crate::host::uplink::InboundMessage;
 use crate::inspect;
-use crate::kv::KvStore;
-use crate::lifecycle::{self, Elicitor, InstalledVersions, LifecyclePhase};
+use crate::lifecycle::{self, Elicitor, LifecyclePhase};
 use crate::limits::{MemoryLedger, MemoryStats};
 use crate::registry::Registry;
 use crate::scope::{PrincipalResources, ProfileCache, ScopeFactory};
-use crate::secrets::SecretStore;
 use crate::state::{
     Binding, BusShared, CapsuleIdentity, FsShared, HostState, LifecycleShared, LimitsShared,
     SysShared, UplinkShared,
@@ -857,12 +856,10 @@ impl Runtime {
         // Install or upgrade first: a capsule whose lifecycle call fails is never registered,
         // bound or started.
         let installed = InstalledVersions::new(&self.inner.config.state_dir);
-        let recorded = installed
-            .read(&owner, &name)
-            .map_err(|reason| LoadError::Host {
-                capsule: name.clone(),
-                reason,
-            })?;
+        let recorded = installed.read(&owner, &name).map_err(|e| LoadError::Host {
+            capsule: name.clone(),
+            reason: e.to_string(),
+        })?;
         if let Some(phase) = lifecycle::phase_for(recorded, &version) {
             let exported = match phase {
                 LifecyclePhase::Install => exports.install,
@@ -881,9 +878,9 @@ impl Runtime {
             }
             installed
                 .write(&owner, &name, &version)
-                .map_err(|reason| LoadError::Host {
+                .map_err(|e| LoadError::Host {
                     capsule: name.clone(),
-                    reason,
+                    reason: e.to_string(),
                 })?;
         }
         if decided.record {

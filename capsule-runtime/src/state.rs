@@ -8,6 +8,7 @@ use std::sync::{Arc, Weak};
 
 use capsule_bus::{Bus, PrincipalId, RateLimiter};
 use capsule_security::CapsulePolicy;
+use capsule_store::{KvStore, SecretStore};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -17,12 +18,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use capsule_vfs::{Mount, Workspace};
 
 use crate::host::wasi::OutputRoute;
-use crate::kv::KvStore;
 use crate::limits::{CpuMeter, MemoryLedger, MemoryMeter};
 use crate::logsink::LogSink;
 use crate::registry::Registry;
 use crate::scope::{InvocationScope, ProfileGrant, ScopeFactory};
-use crate::secrets::SecretStore;
 
 /// Who a capsule instance is. Fixed when the capsule is loaded.
 #[derive(Debug)]

@@ -98,6 +98,7 @@ const WASM_FREE: &[&str] = &[
     "capsule-bus",
     "capsule-vfs",
     "capsule-security",
+    "capsule-store",
     "capsule-fuzz",
 ];
 

@@ -3,12 +3,12 @@
 //! [`Elicitor`](crate::Elicitor); secret answers go straight into the encrypted secret store for
 //! the owner and are reported to the guest only as `secret-stored`.
 
+use capsule_store::SecretScope;
 use capsule_wit::astrid::elicit::host::{
     ElicitRequest, ElicitResponse, ElicitType, ErrorCode, Host,
 };
 
 use crate::lifecycle::{ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal};
-use crate::secrets::SecretScope;
 use crate::state::ElicitView;
 
 /// Longest key or description accepted.
@@ -123,7 +123,7 @@ impl Host for ElicitView<'_> {
         let found = self
             .limits
             .shared
-            .blocking(move || -> Result<bool, crate::secrets::SecretError> {
+            .blocking(move || -> Result<bool, capsule_store::SecretError> {
                 Ok(store.has(&SecretScope::Principal(owner), &capsule, &key)?
                     || store.has(&SecretScope::Host, &capsule, &key)?)
             })
@@ -131,7 +131,7 @@ impl Host for ElicitView<'_> {
         Ok(match found {
             Some(Ok(Ok(has))) => Ok(has),
             None => Err(ErrorCode::Cancelled),
-            Some(Ok(Err(crate::secrets::SecretError::InvalidName(_)))) => {
+            Some(Ok(Err(capsule_store::SecretError::InvalidName(_)))) => {
                 Err(ErrorCode::InvalidInput)
             }
             Some(Ok(Err(_))) | Some(Err(_)) => Err(ErrorCode::StoreUnavailable),

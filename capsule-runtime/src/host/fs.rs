@@ -19,6 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use capsule_bus::PrincipalId;
 use capsule_security::{Decision, FsAccess, FsRoot};
+use capsule_store::KvStore;
+use capsule_store::quota::{Charged, ENTRY_BYTES, QuotaError, cost};
 use capsule_vfs::{
     Ctl, FileKind, GuestPath, Mount, OpenMode, Scheme, Stat, Tree, Usage, VfsError, Workspace,
     holds_host_anchor, is_host_only,
@@ -30,8 +32,6 @@ use capsule_wit::astrid::fs::host::{
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::Resource;
 
-use crate::kv::KvStore;
-use crate::quota::{Charged, ENTRY_BYTES, QuotaError, cost};
 use crate::state::{FsShared, FsView};
 
 /// Most file handles one capsule instance may hold open.

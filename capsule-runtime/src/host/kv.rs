@@ -4,10 +4,10 @@
 //! exhaustive match; a database failure reaches the guest without the backend's text, which
 //! goes to the host log.
 
+use capsule_store::{KvError, KvStore, Namespace};
 use capsule_vfs::Ctl;
 use capsule_wit::astrid::kv::host::{ErrorCode, Host, KeyPage};
 
-use crate::kv::{KvError, KvStore, Namespace};
 use crate::state::KvView;
 
 fn code(e: &KvError) -> ErrorCode {

@@ -116,8 +116,8 @@ impl SysView<'_> {
         })?;
         Ok(found.map(|(value, scope)| {
             let scope = match scope {
-                crate::secrets::SecretScope::Principal(_) => "principal",
-                crate::secrets::SecretScope::Host => "host",
+                capsule_store::SecretScope::Principal(_) => "principal",
+                capsule_store::SecretScope::Host => "host",
             };
             crate::host::audit::secret_revealed(&capsule, &principal, key, scope);
             String::from_utf8_lossy(&value).into_owned()

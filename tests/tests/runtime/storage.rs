@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use capsule_runtime::kv::Namespace;
-use capsule_runtime::secrets::SecretScope;
+use capsule_runtime::store::{Namespace, SecretScope};
 use serde_json::json;
 
 use crate::common::*;

@@ -721,7 +721,7 @@ async fn errors_never_leak_host_paths_or_backend_text() {
     assert_eq!(ok(&r), &Value::Null, "no secret stored yet");
     h.rt.secrets()
         .set(
-            &capsule_runtime::secrets::SecretScope::Principal(pid("bob")),
+            &capsule_runtime::store::SecretScope::Principal(pid("bob")),
             "leaky",
             &long_key,
             b"long-key-value",

@@ -1,5 +1,5 @@
 //! The file side of the per-principal storage quota. A principal's `max_storage_bytes` covers
-//! its KV data (kept in redb by [`KvStore`](crate::kv::KvStore), in the same transaction as
+//! its KV data (kept in redb by [`KvStore`](crate::KvStore), in the same transaction as
 //! each write) and its files, accounted here:
 //!
 //! - its **home** (`home://`, `/tmp/` included; the host-managed logs and env overlays left
@@ -17,19 +17,19 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use capsule_bus::PrincipalId;
+use capsule_ids::PrincipalId;
 use capsule_vfs::{Ctl, Mount, StateLayout, Tree, Usage, VfsError, home_usage_visit};
 use parking_lot::Mutex;
 
 /// What one file, directory or link costs on top of its contents.
-pub(crate) const ENTRY_BYTES: u64 = 512;
+pub const ENTRY_BYTES: u64 = 512;
 
 /// Accounts kept before idle ones (re-measurable from disk) are dropped.
 const MAX_ACCOUNTS: usize = 4096;
 
 /// Which kind of tree an operation charges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Charged {
+pub enum Charged {
     /// The principal's own home (and tmp).
     Home,
     /// A tree other principals use too (workspace, granted host directory).
@@ -38,7 +38,7 @@ pub(crate) enum Charged {
 
 /// Why storage could not be reserved.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum QuotaError {
+pub enum QuotaError {
     /// The principal would hold more than its quota.
     #[error("storage quota of {quota} bytes exceeded ({needed} needed)")]
     Exceeded {
@@ -70,7 +70,7 @@ impl Account {
 }
 
 /// Cost of what a walk found or removed.
-pub(crate) fn cost(u: &Usage) -> u64 {
+pub fn cost(u: &Usage) -> u64 {
     u.bytes
         .saturating_add(u.entries.saturating_mul(ENTRY_BYTES))
 }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use capsule_bus::PrincipalId;
+use capsule_ids::{CapsuleName, PrincipalId};
 use capsule_security::private;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
@@ -162,16 +162,9 @@ impl SecretStore {
     }
 
     fn path(&self, scope: &SecretScope, capsule: &str, key: &str) -> Result<PathBuf, SecretError> {
-        check_name("a capsule name", capsule)?;
+        CapsuleName::parse(capsule)
+            .map_err(|e| SecretError::InvalidName(format!("capsule name {capsule:?}: {e}")))?;
         check_name("a secret key", key)?;
-        if !capsule
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
-            return Err(SecretError::InvalidName(
-                "a capsule name is [a-z0-9-]+".into(),
-            ));
-        }
         Ok(self
             .root
             .join(scope.dir())
@@ -417,6 +410,28 @@ mod tests {
         s.set(&alice, "cap", &b, b"B")
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.get(&alice, "cap", &a).ok().flatten(), Some(b"A".to_vec()));
+    }
+
+    #[test]
+    fn capsule_names_follow_the_one_capsule_name_grammar() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = open(dir.path());
+        for bad in ["", "Cap", "../cap", "a/b", "a.b", &"c".repeat(65)] {
+            assert!(
+                matches!(
+                    s.set(&SecretScope::Host, bad, "K", b"v"),
+                    Err(SecretError::InvalidName(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let longest = "c".repeat(64);
+        s.set(&SecretScope::Host, &longest, "K", b"v")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            s.has(&SecretScope::Host, &longest, "K")
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
     }
 
     #[cfg(unix)]

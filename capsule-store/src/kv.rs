@@ -9,7 +9,7 @@
 use std::ops::Bound;
 use std::path::Path;
 
-use capsule_bus::PrincipalId;
+use capsule_ids::PrincipalId;
 use capsule_vfs::{Ctl, StateLayout};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -185,11 +185,7 @@ impl KvStore {
 
     /// Bytes of files charged to `principal`: its home (measured on first use) and what it
     /// grew shared trees by.
-    pub(crate) fn file_usage(
-        &self,
-        principal: &PrincipalId,
-        ctl: &Ctl<'_>,
-    ) -> Result<u64, KvError> {
+    pub fn file_usage(&self, principal: &PrincipalId, ctl: &Ctl<'_>) -> Result<u64, KvError> {
         self.files
             .files(principal, ctl)
             .map_err(|e| KvError::Unaccounted(e.to_string()))
@@ -197,7 +193,7 @@ impl KvStore {
 
     /// Reserves `bytes` of file growth for `principal` in `tree` if its KV data, its files and
     /// the growth fit in `quota`.
-    pub(crate) fn reserve_files(
+    pub fn reserve_files(
         &self,
         principal: &PrincipalId,
         tree: Charged,
@@ -216,12 +212,12 @@ impl KvStore {
     }
 
     /// Credits `bytes` of files freed (or reserved and unused) by `principal` in `tree`.
-    pub(crate) fn release_files(&self, principal: &PrincipalId, tree: Charged, bytes: u64) {
+    pub fn release_files(&self, principal: &PrincipalId, tree: Charged, bytes: u64) {
         self.files.release(principal, tree, bytes);
     }
 
     /// Charges file growth that already happened, without a quota check.
-    pub(crate) fn force_files(&self, principal: &PrincipalId, tree: Charged, bytes: u64) {
+    pub fn force_files(&self, principal: &PrincipalId, tree: Charged, bytes: u64) {
         self.files.force(principal, tree, bytes);
     }
 
