@@ -25,7 +25,6 @@ mod capsule;
 mod config;
 mod dispatch;
 mod engine;
-mod graph;
 mod host;
 mod inspect;
 mod lifecycle;
@@ -41,9 +40,9 @@ pub use approval::{Approval, ApprovalRequest, Approver, Refusal, RefusalReason};
 pub use bounded::{PRINCIPAL_CACHE_CAPACITY, PRINCIPAL_IDLE_TTL};
 pub use cache::CacheOutcome;
 pub use capsule::{CallStats, Capsule, HookResponse, InvokeError, LoadReport, RunExit};
+pub use capsule_security::GraphError;
 pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};
 pub use dispatch::DispatchStats;
-pub use graph::GraphError;
 pub use host::audit::{
     DISPATCH_TARGET as AUDIT_DISPATCH_TARGET, FS_TARGET as AUDIT_FS_TARGET,
     IPC_TARGET as AUDIT_IPC_TARGET, MAX_AUDIT_FIELD_BYTES, SECRET_TARGET as AUDIT_SECRET_TARGET,

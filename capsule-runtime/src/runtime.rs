@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use capsule_bus::{Bus, PrincipalId, RateLimiter};
 use capsule_security::{
-    CapsulePolicy, EnvKind, Forbidden, Grant, GrantError, GrantStore, HostPolicy, Manifest,
-    ManifestError, PermissionDiff,
+    CapsulePolicy, EnvKind, Forbidden, Grant, GrantError, GrantStore, GraphError, HostPolicy,
+    Manifest, ManifestError, PermissionDiff, plan_load,
 };
 use capsule_store::{InstalledVersions, KvStore, SecretStore};
 use capsule_vfs::StateLayout;
@@ -27,7 +27,6 @@ use crate::capsule::{Capsule, CapsuleInner, LoadReport, StoreParts};
 use crate::config::{ConfigError, RuntimeConfig};
 use crate::dispatch::{DispatchStats, Dispatcher};
 use crate::engine::{build_engine, start_epoch_ticker};
-use crate::graph::{self, GraphError};
 use crate::host::build_linker;
 use crate::host::uplink::InboundMessage;
 use crate::inspect;
@@ -489,7 +488,7 @@ impl Runtime {
         let steps = {
             let set: Vec<&Manifest> = manifests.iter().collect();
             let loaded: Vec<&Manifest> = running.iter().map(Capsule::manifest).collect();
-            graph::plan(&set, &loaded)?
+            plan_load(&set, &loaded)?
         };
         // Every capsule of the set is decided about before any starts, so one run names
         // every refused capsule and a refusal starts nothing.

@@ -10,6 +10,7 @@
 //! - [`PrincipalProfile`]: a principal's grants and [`Quotas`].
 //! - [`Request`], [`Grant`], [`GrantStore`]: what a manifest asks for, what the operator
 //!   allowed, and where that decision is kept; a capsule uses `requested ∩ granted`.
+//! - [`plan_load`]: the order a set of capsules loads in, providers before importers.
 //! - [`HostPolicy`]: what may ever be granted on this host (never the state directory, key
 //!   material, `/proc`, `/sys`, `/dev` or `/`).
 
@@ -17,6 +18,7 @@ mod capabilities;
 mod grant;
 mod grants;
 mod host_policy;
+mod load_order;
 mod manifest;
 mod mounts;
 mod policy;
@@ -31,6 +33,7 @@ pub use grant::{
 };
 pub use grants::{EndpointGrant, FsGrant, FsRoot, HostGrant, normalize_relative};
 pub use host_policy::{Forbidden, HostPolicy, HostPolicyError, POLICY_FILE, Resolved};
+pub use load_order::{GraphError, LoadStep, plan_load};
 pub use manifest::{
     Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, EnvEntry, EnvKind, Export, Handler,
     INERT_TABLES, Import, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestError, Package,

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use capsule_security::Manifest;
+use crate::manifest::Manifest;
 
 /// Why a set of capsules cannot be ordered.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,17 +51,18 @@ fn describe_offers(offers: &[(String, String)]) -> String {
 
 /// One capsule in a load plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Step {
+#[non_exhaustive]
+pub struct LoadStep {
     /// Index into the input.
-    pub(crate) index: usize,
+    pub index: usize,
     /// The capsule's name.
-    pub(crate) name: String,
+    pub name: String,
     /// Providers it must wait for, with whether the import that needs each is optional.
-    pub(crate) providers: Vec<(String, bool)>,
+    pub providers: Vec<(String, bool)>,
 }
 
 /// Orders `set` (to be loaded) given `loaded` (already running, usable as providers).
-pub(crate) fn plan(set: &[&Manifest], loaded: &[&Manifest]) -> Result<Vec<Step>, GraphError> {
+pub fn plan_load(set: &[&Manifest], loaded: &[&Manifest]) -> Result<Vec<LoadStep>, GraphError> {
     let mut index: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, m) in set.iter().enumerate() {
         if index.insert(m.package.name.as_str(), i).is_some() {
@@ -140,7 +141,7 @@ pub(crate) fn plan(set: &[&Manifest], loaded: &[&Manifest]) -> Result<Vec<Step>,
     let mut order = Vec::with_capacity(set.len());
     while let Some(first) = free.pop_first() {
         let i = first.2;
-        order.push(Step {
+        order.push(LoadStep {
             index: i,
             name: set[i].package.name.as_str().to_string(),
             providers: std::mem::take(&mut providers[i]).into_iter().collect(),
@@ -204,7 +205,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 
-    fn names(steps: &[Step]) -> Vec<&str> {
+    fn names(steps: &[LoadStep]) -> Vec<&str> {
         steps.iter().map(|s| s.name.as_str()).collect()
     }
 
@@ -214,7 +215,7 @@ mod tests {
         let b = manifest("b", "[exports]\n\"x:svc\" = \"1.4.0\"\n");
         let c = manifest("c", "");
         let up = manifest("z-up", "[capabilities]\nuplink = true\n");
-        let steps = plan(&[&a, &b, &c, &up], &[]).unwrap_or_else(|e| panic!("{e}"));
+        let steps = plan_load(&[&a, &b, &c, &up], &[]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(names(&steps), ["z-up", "b", "a", "c"]);
         assert_eq!(steps[2].providers, vec![("b".to_string(), false)]);
     }
@@ -226,7 +227,7 @@ mod tests {
             "[imports]\n\"x:svc\" = \"^1\"\n\"x:extra\" = { version = \"^1\", optional = true }\n",
         );
         let running = manifest("running", "[exports]\n\"x:svc\" = \"1.0.0\"\n");
-        let steps = plan(&[&a], &[&running]).unwrap_or_else(|e| panic!("{e}"));
+        let steps = plan_load(&[&a], &[&running]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(steps[0].providers, vec![("running".to_string(), false)]);
     }
 
@@ -234,7 +235,7 @@ mod tests {
     fn a_missing_import_names_capsule_import_and_offers() {
         let a = manifest("a", "[imports]\n\"x:svc\" = \"^2\"\n");
         let b = manifest("b", "[exports]\n\"x:svc\" = \"1.4.0\"\n");
-        let e = plan(&[&a, &b], &[])
+        let e = plan_load(&[&a, &b], &[])
             .err()
             .unwrap_or_else(|| panic!("must fail"));
         assert_eq!(
@@ -242,7 +243,7 @@ mod tests {
             "capsule `a` imports `x:svc ^2`, which no capsule exports in a matching version \
              (`b` exports 1.4.0)"
         );
-        let lone = plan(&[&a], &[])
+        let lone = plan_load(&[&a], &[])
             .err()
             .unwrap_or_else(|| panic!("must fail"));
         assert_eq!(
@@ -266,7 +267,7 @@ mod tests {
             "[imports]\n\"x:a\" = \"^1\"\n[exports]\n\"x:c\" = \"1.0.0\"\n",
         );
         let free = manifest("free", "");
-        let e = plan(&[&free, &a, &b, &c], &[])
+        let e = plan_load(&[&free, &a, &b, &c], &[])
             .err()
             .unwrap_or_else(|| panic!("must fail"));
         assert_eq!(e.to_string(), "dependency cycle: a -> b -> c -> a");
@@ -274,11 +275,11 @@ mod tests {
             "me",
             "[imports]\n\"x:me\" = \"^1\"\n[exports]\n\"x:me\" = \"1.0.0\"\n",
         );
-        let e = plan(&[&me], &[])
+        let e = plan_load(&[&me], &[])
             .err()
             .unwrap_or_else(|| panic!("must fail"));
         assert_eq!(e.to_string(), "dependency cycle: me -> me");
-        let dup = plan(&[&free, &free], &[])
+        let dup = plan_load(&[&free, &free], &[])
             .err()
             .unwrap_or_else(|| panic!("must fail"));
         assert_eq!(dup, GraphError::Duplicate("free".into()));
