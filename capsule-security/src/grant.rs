@@ -17,9 +17,8 @@ use capsule_bus::TopicPattern;
 use capsule_ids::CapsuleName;
 use toml::{Table, Value};
 
-use crate::capabilities::{Capabilities, IdentityLevel};
 use crate::grants::{EndpointGrant, FsGrant, FsRoot, HostGrant};
-use crate::manifest::Manifest;
+use crate::manifest::{Capabilities, IdentityLevel, Manifest, ManifestDigest};
 
 /// One capability a manifest requests that only the operator may allow.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -268,35 +267,6 @@ pub fn ungated_summary(manifest: &Manifest) -> Vec<String> {
     }
     out.push(files.join("; "));
     out
-}
-
-/// The SHA-256 digest of a manifest's text.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ManifestDigest(pub [u8; 32]);
-
-impl ManifestDigest {
-    /// The digest of `text`.
-    pub fn of(text: &str) -> Self {
-        use sha2::Digest;
-        Self(sha2::Sha256::digest(text.as_bytes()).into())
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        crate::manifest::parse_sha256(s).map(Self)
-    }
-}
-
-impl fmt::Display for ManifestDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sha256:")?;
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl fmt::Debug for ManifestDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ManifestDigest({self})")
-    }
 }
 
 /// The operator's recorded decision about one capsule.

@@ -14,7 +14,6 @@
 //! - [`HostPolicy`]: what may ever be granted on this host (never the state directory, key
 //!   material, `/proc`, `/sys`, `/dev` or `/`).
 
-mod capabilities;
 mod grant;
 mod grants;
 mod host_policy;
@@ -25,19 +24,19 @@ mod policy;
 pub mod private;
 mod profile;
 
-pub use capabilities::{Capabilities, IdentityLevel, KNOWN_CAPABILITIES};
 pub use capsule_ids::{CapsuleName, CapsuleNameError, PrincipalId};
 pub use grant::{
-    Grant, GrantError, GrantStore, ManifestDigest, PermissionDiff, Request, is_broad_handler,
-    requests, spans_namespaces, ungated_summary,
+    Grant, GrantError, GrantStore, PermissionDiff, Request, is_broad_handler, requests,
+    spans_namespaces, ungated_summary,
 };
 pub use grants::{EndpointGrant, FsGrant, FsRoot, HostGrant, normalize_relative};
 pub use host_policy::{Forbidden, HostPolicy, HostPolicyError, POLICY_FILE, Resolved};
 pub use load_order::{GraphError, LoadStep, plan_load};
 pub use manifest::{
-    Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, EnvEntry, EnvKind, Export, Handler,
-    INERT_TABLES, Import, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestError, Package,
-    PublishEntry, SubscribeEntry,
+    Capabilities, Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, EnvEntry, EnvKind, Export,
+    Handler, INERT_TABLES, IdentityLevel, Import, KNOWN_CAPABILITIES, MANIFEST_FILE,
+    MAX_MANIFEST_BYTES, Manifest, ManifestDigest, ManifestError, Package, PublishEntry,
+    SubscribeEntry,
 };
 pub use policy::{CapsulePolicy, Decision, FsAccess};
 pub use profile::{AUDIT_FIREHOSE_GRANT, PrincipalProfile, ProfileError, Quotas};

@@ -5,10 +5,9 @@ use std::path::Path;
 
 use capsule_bus::{Topic, TopicPattern};
 
-use crate::capabilities::{Capabilities, IdentityLevel};
 use crate::grant::Grant;
 use crate::grants::{EndpointGrant, FsGrant, FsRoot, HostGrant};
-use crate::manifest::Manifest;
+use crate::manifest::{Capabilities, IdentityLevel, Manifest};
 
 /// The answer of a gate.
 #[derive(Clone, Debug, PartialEq, Eq)]

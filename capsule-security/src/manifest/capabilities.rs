@@ -3,8 +3,8 @@
 
 use toml::Table;
 
+use super::reader::{ManifestError, Reader};
 use crate::grants::{EndpointGrant, FsGrant, HostGrant};
-use crate::manifest::{ManifestError, Reader};
 
 /// Identity operations, ordered: a higher level implies the lower ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
