@@ -6,6 +6,7 @@
 // The suite reports bystander latencies on stdout, as the issue asks.
 #![allow(clippy::print_stdout)]
 
+mod disk;
 mod files;
 mod principals;
 mod resources;
