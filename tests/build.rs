@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+include!("guest_build_env.rs");
+
 /// Example capsules (crate and directory names alike).
 const EXAMPLES: &[&str] = &["notes", "moderation", "chat", "stats"];
 
@@ -133,22 +135,7 @@ fn cargo_build(dir: &Path, target_dir: &Path, target: &str, packages: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.env_clear();
-    for key in [
-        "PATH",
-        "HOME",
-        "CARGO_HOME",
-        "RUSTUP_HOME",
-        "RUSTUP_TOOLCHAIN",
-        "TMPDIR",
-        "CARGO_MAKEFLAGS",
-        "MAKEFLAGS",
-        "CARGO_NET_OFFLINE",
-        "CARGO_REGISTRIES_CRATES_IO_PROTOCOL",
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "NO_PROXY",
-        "SSL_CERT_FILE",
-    ] {
+    for key in GUEST_BUILD_ENV {
         if let Ok(v) = std::env::var(key) {
             cmd.env(key, v);
         }

@@ -77,7 +77,7 @@ pub(crate) fn examples() -> Result<(), String> {
     let mut cmd = crate::cargo();
     // The same clean environment the test build uses, so the two share one cache.
     cmd.env_clear();
-    for key in crate::BUILD_ENV {
+    for key in crate::GUEST_BUILD_ENV {
         if let Ok(v) = std::env::var(key) {
             cmd.env(key, v);
         }

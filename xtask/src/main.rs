@@ -25,25 +25,7 @@ commands:
   fuzz --list              list the fuzz targets
 ";
 
-/// The environment a nested guest build keeps (everything else is cleared, so flags meant
-/// for the host build never leak into it); `tests/build.rs` keeps the same list, which lets
-/// the test build and `cargo xtask examples` share one cache.
-pub(crate) const BUILD_ENV: &[&str] = &[
-    "PATH",
-    "HOME",
-    "CARGO_HOME",
-    "RUSTUP_HOME",
-    "RUSTUP_TOOLCHAIN",
-    "TMPDIR",
-    "CARGO_MAKEFLAGS",
-    "MAKEFLAGS",
-    "CARGO_NET_OFFLINE",
-    "CARGO_REGISTRIES_CRATES_IO_PROTOCOL",
-    "HTTPS_PROXY",
-    "HTTP_PROXY",
-    "NO_PROXY",
-    "SSL_CERT_FILE",
-];
+include!("../../tests/guest_build_env.rs");
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
