@@ -454,3 +454,97 @@ async fn errors_never_leak_host_paths_or_backend_text() {
     bystander.check("error probing").await;
     h.rt.shutdown().await;
 }
+
+/// Copying a file onto itself (by name, another spelling or a hard link), or renaming it onto
+/// a hard link of itself in an overlay, is refused with `invalid-path` and keeps the data:
+/// truncating the destination first would empty the source, and a kernel copy of a file into
+/// itself loops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_copied_onto_itself_keeps_its_data() {
+    for overlay in [false, true] {
+        let workspace =
+            tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(workspace.path().join("out")).unwrap_or_else(|e| panic!("{e}"));
+        let root = workspace.path().to_path_buf();
+        let h = host_with(move |c| {
+            c.workspace_root = Some(root);
+            c.overlay_workspace = overlay;
+        });
+        let bystander = Bystander::start(&h).await;
+        let name = if overlay {
+            "selfcopy-overlay"
+        } else {
+            "selfcopy"
+        };
+        let p = h
+            .load(
+                name,
+                "prober.wasm",
+                "[capabilities]\nfs_write = [\"cwd://out\", \"home://\"]\n",
+            )
+            .await;
+        for (path, content) in [("out/f.txt", "data"), ("home://h.txt", "home data")] {
+            ok(&as_(
+                &p,
+                "bob",
+                "write",
+                json!({"path": path, "content": content}),
+            )
+            .await);
+        }
+        ok(&as_(
+            &p,
+            "bob",
+            "link",
+            json!({"src": "out/f.txt", "dst": "out/alias.txt"}),
+        )
+        .await);
+        ok(&as_(
+            &p,
+            "bob",
+            "link",
+            json!({"src": "home://h.txt", "dst": "home://h2.txt"}),
+        )
+        .await);
+        for (src, dst) in [
+            ("out/f.txt", "out/f.txt"),
+            ("out/f.txt", "cwd://./out/sub/../f.txt"),
+            ("out/f.txt", "out/alias.txt"),
+            ("home://h.txt", "home://h.txt"),
+            ("home://h.txt", "home://h2.txt"),
+        ] {
+            assert_eq!(
+                err(&as_(&p, "bob", "copy", json!({"src": src, "dst": dst})).await),
+                "invalid-path",
+                "copy {src} -> {dst} (overlay: {overlay})"
+            );
+        }
+        if overlay {
+            assert_eq!(
+                err(&as_(
+                    &p,
+                    "bob",
+                    "rename",
+                    json!({"src": "out/f.txt", "dst": "out/alias.txt"})
+                )
+                .await),
+                "invalid-path",
+                "rename onto a hard link of itself"
+            );
+        }
+        bystander.check("copies onto themselves").await;
+        for (path, want) in [
+            ("out/f.txt", "data"),
+            ("out/alias.txt", "data"),
+            ("home://h.txt", "home data"),
+            ("home://h2.txt", "home data"),
+        ] {
+            assert_eq!(
+                ok(&as_(&p, "bob", "read", json!({"path": path})).await),
+                want,
+                "{path} (overlay: {overlay})"
+            );
+        }
+        h.rt.shutdown().await;
+    }
+}
