@@ -25,13 +25,16 @@ mod capsule;
 mod config;
 mod dispatch;
 mod engine;
+mod error;
 mod graph;
 mod host;
 mod inspect;
+mod instance;
 pub mod kv;
 mod lifecycle;
 mod limits;
 mod logsink;
+mod outcome;
 mod quota;
 mod registry;
 mod runtime;
@@ -39,13 +42,18 @@ mod scope;
 pub mod secrets;
 mod state;
 mod stats;
+mod worker;
 
 pub use approval::{Approval, ApprovalRequest, Approver, Refusal, RefusalReason};
 pub use bounded::{PRINCIPAL_CACHE_CAPACITY, PRINCIPAL_IDLE_TTL};
 pub use cache::CacheOutcome;
-pub use capsule::{CallStats, Capsule, HookResponse, InvokeError, LoadReport, RunExit};
+pub use capsule::{Capsule, LoadReport};
 pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};
 pub use dispatch::DispatchStats;
+pub use error::{
+    ComponentProblem, FileKind, HOST_ABI_VERSION, HostFailure, LifecycleFailure, LoadError,
+    MAX_COMPONENT_BYTES,
+};
 pub use graph::GraphError;
 pub use host::audit::{
     DISPATCH_TARGET as AUDIT_DISPATCH_TARGET, FS_TARGET as AUDIT_FS_TARGET,
@@ -67,11 +75,10 @@ pub use lifecycle::{
 };
 pub use limits::{Interrupt, MAX_STORE_RESOURCES, MemoryStats, RUN_LOOP_BUSY_SHARE_PERCENT};
 pub use logsink::MAX_LOG_FILE_BYTES;
-pub use runtime::{
-    EVENT_TOPIC_PREFIX, HOST_ABI_VERSION, Inspection, LoadError, MAX_COMPONENT_BYTES, Runtime,
-};
-pub use scope::{Caller, InvocationScope, audit_rule};
-pub use stats::CapsuleStats;
+pub use outcome::{HookResponse, InvokeError, RunExit};
+pub use runtime::{EVENT_TOPIC_PREFIX, Inspection, Runtime};
+pub use scope::{Caller, InvocationScope, PrincipalRefusal, audit_rule};
+pub use stats::{CallStats, CapsuleStats};
 
 pub use capsule_bus as bus;
 pub use capsule_security as security;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use capsule_bus::{Attribution, Message, PrincipalId, Scope, TopicPattern};
-use capsule_security::PrincipalProfile;
+use capsule_security::{PrincipalProfile, ProfileError};
 use capsule_vfs::{Mount, StateLayout};
 use parking_lot::Mutex;
 use uuid::Uuid;
@@ -43,8 +43,19 @@ impl Caller {
     }
 }
 
+/// Why a principal may not act.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum PrincipalRefusal {
+    /// Its profile says `enabled = false`.
+    #[error("principal `{0}` is disabled")]
+    Disabled(PrincipalId),
+    /// Its profile exists but cannot be read or is malformed.
+    #[error(transparent)]
+    Profile(Arc<ProfileError>),
+}
+
 /// A principal's profile as resolved for a scope: usable, or refused with the reason.
-pub(crate) type ProfileGrant = Result<Arc<PrincipalProfile>, Arc<str>>;
+pub(crate) type ProfileGrant = Result<Arc<PrincipalProfile>, PrincipalRefusal>;
 
 /// Per-principal resources used when a principal other than the owner is in scope.
 #[derive(Clone, Debug)]
@@ -137,9 +148,9 @@ impl ProfileCache {
             return grant.clone();
         }
         let grant: ProfileGrant = match PrincipalProfile::load(&self.state_dir, principal) {
-            Ok(p) if !p.enabled => Err(Arc::from(format!("principal `{principal}` is disabled"))),
+            Ok(p) if !p.enabled => Err(PrincipalRefusal::Disabled(principal.clone())),
             Ok(p) => Ok(Arc::new(p)),
-            Err(e) => Err(Arc::from(e.to_string())),
+            Err(e) => Err(PrincipalRefusal::Profile(Arc::new(e))),
         };
         if let Err(reason) = &grant {
             tracing::warn!(%principal, %reason, "principal profile refused");

@@ -3,20 +3,94 @@
 //! [`Elicitor`](crate::Elicitor); secret answers go straight into the encrypted secret store for
 //! the owner and are reported to the guest only as `secret-stored`.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use capsule_wit::astrid::elicit::host::{
     ElicitRequest, ElicitResponse, ElicitType, ErrorCode, Host,
 };
+use wasmtime::component::{HasData, Linker};
 
-use crate::lifecycle::{ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal};
-use crate::secrets::SecretScope;
-use crate::state::ElicitView;
+use crate::error::LoadError;
+use crate::host::{Assembly, Capability, HostState, InstanceCx};
+use crate::lifecycle::{
+    ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor, LifecyclePhase,
+};
+use crate::limits::LimitsCtx;
+use crate::secrets::{SecretScope, SecretStore};
+use crate::state::CapsuleIdentity;
 
 /// Longest key or description accepted.
 const MAX_TEXT: usize = 4096;
 
+/// The `astrid:elicit` capability.
+pub(crate) struct ElicitHost;
+
+/// Capsule-wide data of the elicit capability.
+pub(crate) struct ElicitShared {
+    /// Who answers (the runtime's elicitor when the capsule was loaded).
+    elicitor: Option<Arc<dyn Elicitor>>,
+    secrets: Arc<SecretStore>,
+    /// How long an operator has to answer one question.
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ElicitShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElicitShared")
+            .field("elicitor", &self.elicitor.is_some())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The view `astrid:elicit` is implemented on.
+pub(crate) struct ElicitView<'a> {
+    identity: &'a CapsuleIdentity,
+    /// The lifecycle call this Store runs, if any: questions are allowed only then.
+    phase: &'a Option<LifecyclePhase>,
+    elicit: &'a Arc<ElicitShared>,
+    limits: &'a mut LimitsCtx,
+}
+
+impl HasData for ElicitHost {
+    type Data<'a> = ElicitView<'a>;
+}
+
+fn view(state: &mut HostState) -> ElicitView<'_> {
+    ElicitView {
+        identity: &state.core.identity,
+        phase: &state.core.phase,
+        elicit: &state.caps.elicit,
+        limits: &mut state.core.limits,
+    }
+}
+
+impl Capability for ElicitHost {
+    const INTERFACES: &'static [&'static str] = &["astrid:elicit/host@1.0.0"];
+    type Shared = Arc<ElicitShared>;
+    type Ctx = Arc<ElicitShared>;
+
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        capsule_wit::astrid::elicit::host::add_to_linker::<HostState, ElicitHost>(linker, view)
+    }
+
+    fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
+        Ok(Arc::new(ElicitShared {
+            elicitor: cx.services.elicitor.read().clone(),
+            secrets: Arc::clone(&cx.services.secrets),
+            timeout: cx.config.elicit_timeout,
+        }))
+    }
+
+    fn instance(shared: &Self::Shared, _cx: &InstanceCx<'_>) -> Self::Ctx {
+        Arc::clone(shared)
+    }
+}
+
 impl ElicitView<'_> {
     fn check_phase(&self) -> Result<(), ErrorCode> {
-        if self.lifecycle.phase.is_none() {
+        if self.phase.is_none() {
             return Err(ErrorCode::NotInLifecycle);
         }
         Ok(())
@@ -39,7 +113,7 @@ impl ElicitView<'_> {
         if kind == ElicitKind::Select && request.options.as_ref().is_none_or(Vec::is_empty) {
             return Err(ErrorCode::InvalidInput);
         }
-        let shared = std::sync::Arc::clone(&self.lifecycle.shared);
+        let shared = Arc::clone(self.elicit);
         let Some(elicitor) = shared.elicitor.clone() else {
             return Err(ErrorCode::Unknown(
                 "no elicitation handler is configured on this host".into(),
@@ -71,7 +145,7 @@ impl ElicitView<'_> {
         };
         match (kind, answer) {
             (ElicitKind::Secret, ElicitAnswer::Secret(value)) => {
-                let store = std::sync::Arc::clone(&shared.secrets);
+                let store = Arc::clone(&shared.secrets);
                 let (owner, capsule, key) = (
                     self.identity.owner.clone(),
                     self.identity.name.clone(),
@@ -118,7 +192,7 @@ impl Host for ElicitView<'_> {
         if let Err(e) = self.check_phase() {
             return Ok(Err(e));
         }
-        let store = std::sync::Arc::clone(&self.lifecycle.shared.secrets);
+        let store = Arc::clone(&self.elicit.secrets);
         let (owner, capsule) = (self.identity.owner.clone(), self.identity.name.clone());
         let found = self
             .limits

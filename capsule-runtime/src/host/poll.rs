@@ -7,12 +7,51 @@ use std::time::Instant;
 use capsule_bus::Readiness;
 use capsule_wit::astrid::io::poll::{ErrorCode, Host, HostPollable, Pollable};
 use futures::future::{BoxFuture, FutureExt, select_all};
-use wasmtime::component::Resource;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::state::PollView;
+use crate::error::LoadError;
+use crate::host::{Assembly, Capability, HostState, InstanceCx};
+use crate::limits::LimitsCtx;
 
 /// Most pollables one `poll` call may wait on.
 pub const MAX_POLL_LIST: usize = 1024;
+
+/// The `astrid:io/poll` capability. It keeps nothing of its own: pollables live in the
+/// Store's resource table.
+pub(crate) struct PollHost;
+
+/// The view `astrid:io/poll` is implemented on.
+pub(crate) struct PollView<'a> {
+    limits: &'a mut LimitsCtx,
+    table: &'a mut ResourceTable,
+}
+
+impl HasData for PollHost {
+    type Data<'a> = PollView<'a>;
+}
+
+fn view(state: &mut HostState) -> PollView<'_> {
+    PollView {
+        limits: &mut state.core.limits,
+        table: &mut state.core.table,
+    }
+}
+
+impl Capability for PollHost {
+    const INTERFACES: &'static [&'static str] = &["astrid:io/poll@1.0.0"];
+    type Shared = ();
+    type Ctx = ();
+
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        capsule_wit::astrid::io::poll::add_to_linker::<HostState, PollHost>(linker, view)
+    }
+
+    fn assemble(_cx: &Assembly<'_>) -> Result<(), LoadError> {
+        Ok(())
+    }
+
+    fn instance((): &(), _cx: &InstanceCx<'_>) {}
+}
 
 /// What a pollable observes.
 #[derive(Debug, Clone)]

@@ -4,16 +4,27 @@
 //! defaults); secret-typed keys never come from a plain map. Errors carry no host paths or
 //! backend text: the guest gets a fixed description, the host log the details.
 
-use std::sync::OnceLock;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use capsule_bus::Attribution;
+use capsule_security::{EnvKind, Manifest};
 use capsule_wit::astrid::sys::host::{
     CallerContext, CapabilityCheckRequest, CapabilityCheckResponse, ErrorCode, Host, LogLevel,
 };
+use tokio::sync::watch;
+use wasmtime::component::{HasData, Linker};
 
-use crate::logsink::{rfc3339_ms, unix_ms};
-use crate::state::SysView;
+use crate::error::LoadError;
+use crate::host::{Assembly, Capability, HostState, InstanceCx};
+use crate::lifecycle::LifecyclePhase;
+use crate::limits::LimitsCtx;
+use crate::logsink::{LogSink, rfc3339_ms, unix_ms};
+use crate::registry::Registry;
+use crate::scope::{InvocationScope, ScopeFactory};
+use crate::secrets::SecretStore;
+use crate::state::{CapsuleIdentity, Scoped};
 
 /// Longest `sleep-ns`.
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -55,9 +66,6 @@ pub enum SysError {
     /// The secret store failed (the message never contains a secret value).
     #[error("secret store: {0}")]
     Secret(String),
-    /// The capsule is being unloaded.
-    #[error("the capsule is unloading")]
-    Unloading,
 }
 
 impl SysError {
@@ -68,13 +76,124 @@ impl SysError {
             Self::TooLarge { .. } => ErrorCode::TooLarge,
             Self::Cancelled => ErrorCode::Cancelled,
             Self::RegistryUnavailable => ErrorCode::RegistryUnavailable,
-            Self::Unloading => ErrorCode::Cancelled,
             Self::BadSession(_) => ErrorCode::Unknown(self.to_string()),
             // What failed underneath is the host's business; the details go to its log.
             Self::Random(_) => ErrorCode::Unknown("random source unavailable".into()),
             Self::Secret(_) => ErrorCode::Unknown("secret store unavailable".into()),
         }
     }
+}
+
+/// The `astrid:sys` capability.
+pub(crate) struct SysHost;
+
+/// Capsule-wide data of the sys capability.
+#[derive(Debug)]
+pub(crate) struct SysShared {
+    /// Manifest defaults of non-secret `[env]` keys.
+    defaults: HashMap<String, String>,
+    /// The owner's env overlay, consulted before the defaults when the owner is in scope.
+    owner_env: HashMap<String, String>,
+    /// Keys declared `type = "secret"`: never in any map above.
+    secret_keys: HashSet<String>,
+    /// Every `[env]` key the manifest declares: the only keys `get-config` answers.
+    declared_keys: HashSet<String>,
+    /// Capability names the capsule holds.
+    capabilities: Vec<String>,
+    /// The owner's log file for this capsule.
+    owner_log: Option<LogSink>,
+    /// Flipped by `signal-ready` (or by the host, for a capsule without a run loop).
+    pub(crate) ready: watch::Sender<bool>,
+    /// Loaded capsules, for `check-capsule-capability`.
+    registry: Weak<Registry>,
+    /// Where secret-typed config keys are resolved.
+    secrets: Arc<SecretStore>,
+}
+
+/// The view `astrid:sys` is implemented on.
+pub(crate) struct SysView<'a> {
+    identity: &'a CapsuleIdentity,
+    owner_profile: &'a crate::scope::ProfileGrant,
+    scopes: &'a ScopeFactory,
+    scope: &'a Option<InvocationScope>,
+    /// `get-config("prev_version")` answers during an upgrade.
+    phase: &'a Option<LifecyclePhase>,
+    sys: &'a SysShared,
+    limits: &'a mut LimitsCtx,
+}
+
+impl SysView<'_> {
+    fn scoped(&self) -> Scoped<'_> {
+        Scoped {
+            identity: self.identity,
+            owner_profile: self.owner_profile,
+            scope: self.scope,
+        }
+    }
+}
+
+impl HasData for SysHost {
+    type Data<'a> = SysView<'a>;
+}
+
+fn view(state: &mut HostState) -> SysView<'_> {
+    SysView {
+        identity: &state.core.identity,
+        owner_profile: &state.core.owner_profile,
+        scopes: &state.core.scopes,
+        scope: &state.core.scope,
+        phase: &state.core.phase,
+        sys: &state.caps.sys,
+        limits: &mut state.core.limits,
+    }
+}
+
+impl Capability for SysHost {
+    const INTERFACES: &'static [&'static str] = &["astrid:sys/host@1.0.0"];
+    type Shared = Arc<SysShared>;
+    type Ctx = Arc<SysShared>;
+
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        capsule_wit::astrid::sys::host::add_to_linker::<HostState, SysHost>(linker, view)
+    }
+
+    fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
+        let manifest = cx.manifest;
+        Ok(Arc::new(SysShared {
+            defaults: env_defaults(manifest),
+            owner_env: cx.owner_files.env.clone(),
+            secret_keys: manifest
+                .env
+                .iter()
+                .filter(|(_, e)| e.kind == EnvKind::Secret)
+                .map(|(k, _)| k.clone())
+                .collect(),
+            declared_keys: manifest.env.keys().cloned().collect(),
+            capabilities: cx.policy.capabilities().held_names(),
+            owner_log: cx.owner_files.log.clone(),
+            ready: watch::Sender::new(false),
+            registry: Arc::downgrade(&cx.services.registry),
+            secrets: Arc::clone(&cx.services.secrets),
+        }))
+    }
+
+    fn instance(shared: &Self::Shared, _cx: &InstanceCx<'_>) -> Self::Ctx {
+        Arc::clone(shared)
+    }
+}
+
+/// The manifest's defaults of its non-secret `[env]` keys.
+fn env_defaults(manifest: &Manifest) -> HashMap<String, String> {
+    let defaults: BTreeMap<&String, &String> = manifest
+        .env
+        .iter()
+        .filter(|(_, e)| e.kind != EnvKind::Secret)
+        .filter_map(|(k, e)| e.default.as_ref().map(|d| (k, d)))
+        .collect();
+    defaults
+        .into_iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn monotonic_origin() -> Instant {
@@ -98,7 +217,7 @@ impl SysView<'_> {
     async fn secret(&mut self, key: &str) -> Result<Option<String>, SysError> {
         let principal = self.scoped().principal().clone();
         let capsule = self.identity.name.clone();
-        let store = std::sync::Arc::clone(&self.sys.secrets);
+        let store = Arc::clone(&self.sys.secrets);
         let (k, p, c) = (key.to_string(), principal.clone(), capsule.clone());
         let found = match self
             .limits
@@ -106,7 +225,7 @@ impl SysView<'_> {
             .blocking(move || store.resolve(&p, &c, &k))
             .await
         {
-            None => return Err(SysError::Unloading),
+            None => return Err(SysError::Cancelled),
             Some(Err(panic)) => Err(format!("worker failed: {panic}")),
             Some(Ok(r)) => r.map_err(|e| e.to_string()),
         };
@@ -135,12 +254,12 @@ impl SysView<'_> {
         if key.starts_with(RESERVED_CONFIG_PREFIX) {
             return Err(SysError::ReservedKey(key.to_string()));
         }
-        if let Some(crate::lifecycle::LifecyclePhase::Upgrade { from }) = &self.lifecycle.phase
+        if let Some(LifecyclePhase::Upgrade { from }) = self.phase
             && key == "prev_version"
         {
             return Ok(Some(from.to_string()));
         }
-        let shared = &self.sys.shared;
+        let shared = self.sys;
         // An overlay may hold anything; only what the manifest declares is configuration.
         if !shared.declared_keys.contains(key) {
             return Ok(None);
@@ -160,7 +279,6 @@ impl SysView<'_> {
             .map_err(|_| SysError::BadSession(request.source_uuid.clone()))?;
         let registry = self
             .sys
-            .shared
             .registry
             .upgrade()
             .ok_or(SysError::RegistryUnavailable)?;
@@ -186,7 +304,7 @@ impl Host for SysView<'_> {
         tracing::Instrument::instrument(
             async {
                 // Secret-typed keys never come from a plain map.
-                let is_secret = self.sys.shared.secret_keys.contains(&key);
+                let is_secret = self.sys.secret_keys.contains(&key);
                 let result = match self.config(&key) {
                     Ok(_) if is_secret => self.secret(&key).await,
                     other => other,
@@ -226,7 +344,7 @@ impl Host for SysView<'_> {
             permit = blocking.acquire() => permit.ok(),
         };
         let scoped = self.scoped();
-        match scoped.log(self.sys.shared.owner_log.as_ref()) {
+        match scoped.log(self.sys.owner_log.as_ref()) {
             Some(sink) => sink.write(name, &message),
             None => tracing::warn!(
                 capsule = %self.identity.name,
@@ -238,7 +356,7 @@ impl Host for SysView<'_> {
     }
 
     fn signal_ready(&mut self) -> wasmtime::Result<()> {
-        self.sys.shared.ready.send_replace(true);
+        self.sys.ready.send_replace(true);
         tracing::debug!(capsule = %self.identity.name, "capsule signalled ready");
         Ok(())
     }
@@ -301,6 +419,6 @@ impl Host for SysView<'_> {
     }
 
     fn enumerate_capabilities(&mut self) -> wasmtime::Result<Vec<String>> {
-        Ok(self.sys.shared.capabilities.clone())
+        Ok(self.sys.capabilities.clone())
     }
 }

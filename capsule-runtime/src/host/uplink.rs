@@ -2,10 +2,17 @@
 //! each, no duplicate (name, platform)) and hand inbound messages from external platforms to the
 //! host's bounded inbound channel; a full channel drops the message and says so (`false`).
 
-use capsule_security::Decision;
-use capsule_wit::astrid::uplink::host::{ErrorCode, Host, UplinkProfile as WitProfile};
+use std::sync::Arc;
 
-use crate::state::UplinkView;
+use capsule_security::{CapsulePolicy, Decision};
+use capsule_wit::astrid::uplink::host::{ErrorCode, Host, UplinkProfile as WitProfile};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use wasmtime::component::{HasData, Linker};
+
+use crate::error::LoadError;
+use crate::host::{Assembly, Capability, HostState, InstanceCx};
+use crate::state::CapsuleIdentity;
 
 /// Most uplinks one capsule may register.
 pub const MAX_UPLINKS: usize = 32;
@@ -51,6 +58,57 @@ pub struct InboundMessage {
     pub content: String,
 }
 
+/// The `astrid:uplink` capability.
+pub(crate) struct UplinkHost;
+
+/// Capsule-wide data of the uplink capability.
+#[derive(Debug)]
+pub(crate) struct UplinkShared {
+    policy: Arc<CapsulePolicy>,
+    /// The uplinks the capsule registered.
+    pub(crate) registered: Mutex<Vec<Uplink>>,
+    inbound: mpsc::Sender<InboundMessage>,
+}
+
+/// The view `astrid:uplink` is implemented on.
+pub(crate) struct UplinkView<'a> {
+    identity: &'a CapsuleIdentity,
+    uplink: &'a UplinkShared,
+}
+
+impl HasData for UplinkHost {
+    type Data<'a> = UplinkView<'a>;
+}
+
+fn view(state: &mut HostState) -> UplinkView<'_> {
+    UplinkView {
+        identity: &state.core.identity,
+        uplink: &state.caps.uplink,
+    }
+}
+
+impl Capability for UplinkHost {
+    const INTERFACES: &'static [&'static str] = &["astrid:uplink/host@1.0.0"];
+    type Shared = Arc<UplinkShared>;
+    type Ctx = Arc<UplinkShared>;
+
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        capsule_wit::astrid::uplink::host::add_to_linker::<HostState, UplinkHost>(linker, view)
+    }
+
+    fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
+        Ok(Arc::new(UplinkShared {
+            policy: Arc::clone(cx.policy),
+            registered: Mutex::new(Vec::new()),
+            inbound: cx.services.inbound.clone(),
+        }))
+    }
+
+    fn instance(shared: &Self::Shared, _cx: &InstanceCx<'_>) -> Self::Ctx {
+        Arc::clone(shared)
+    }
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -65,7 +123,7 @@ impl Host for UplinkView<'_> {
         platform: String,
         profile: WitProfile,
     ) -> wasmtime::Result<Result<String, ErrorCode>> {
-        if let Decision::Denied(_) = self.uplink.shared.policy.may_act_as_uplink() {
+        if let Decision::Denied(_) = self.uplink.policy.may_act_as_uplink() {
             return Ok(Err(ErrorCode::CapabilityDenied));
         }
         if !valid_name(&name) || !valid_name(&platform) {
@@ -77,7 +135,7 @@ impl Host for UplinkView<'_> {
             WitProfile::Notify => UplinkProfile::Notify,
             WitProfile::Bridge => UplinkProfile::Bridge,
         };
-        let mut registered = self.uplink.shared.registered.lock();
+        let mut registered = self.uplink.registered.lock();
         if registered.len() >= MAX_UPLINKS {
             return Ok(Err(ErrorCode::Quota));
         }
@@ -104,12 +162,11 @@ impl Host for UplinkView<'_> {
         platform_user_id: String,
         content: String,
     ) -> wasmtime::Result<Result<bool, ErrorCode>> {
-        if let Decision::Denied(_) = self.uplink.shared.policy.may_act_as_uplink() {
+        if let Decision::Denied(_) = self.uplink.policy.may_act_as_uplink() {
             return Ok(Err(ErrorCode::CapabilityDenied));
         }
         let Some(uplink) = self
             .uplink
-            .shared
             .registered
             .lock()
             .iter()
@@ -130,7 +187,7 @@ impl Host for UplinkView<'_> {
             platform_user_id,
             content,
         };
-        Ok(match self.uplink.shared.inbound.try_send(message) {
+        Ok(match self.uplink.inbound.try_send(message) {
             Ok(()) => Ok(true),
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(

@@ -1,7 +1,7 @@
 //! Loading: the compile cache, missing imports named at load, stub exports, manifest and
 //! component checks, duplicate names and refused owners.
 
-use capsule_runtime::{CacheOutcome, Exports, LoadError, Runtime};
+use capsule_runtime::{CacheOutcome, ComponentProblem, Exports, LoadError, Runtime};
 use serde_json::json;
 
 use crate::common::*;
@@ -131,7 +131,10 @@ async fn bad_manifests_components_and_owners_are_refused() {
     std::fs::write(dir.join("Capsule.toml"), text).unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(
         h.rt.load(&dir).await,
-        Err(LoadError::HashMismatch { .. })
+        Err(LoadError::Component {
+            problem: ComponentProblem::HashMismatch,
+            ..
+        })
     ));
 
     // Not a component.
