@@ -6,6 +6,7 @@
 //! reference copy, and a test fails if the two differ in anything but doc comments or if
 //! either stops parsing. `wit/host.wit` adds this host's own worlds (`imports`: what the host
 //! serves, and so what is generated here; `capsule`: what a guest built for this host sees).
+//! The runtime's capability list must serve exactly the `imports` world; its tidy test checks.
 //!
 //! The generated host traits are re-exported under [`astrid`]. Resources are generated as
 //! marker types: hosts keep their own state in the store's `ResourceTable` and address it by

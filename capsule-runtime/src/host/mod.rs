@@ -32,6 +32,8 @@ pub(crate) mod ipc;
 pub(crate) mod kv;
 pub(crate) mod poll;
 pub(crate) mod sys;
+#[cfg(test)]
+mod tidy;
 pub(crate) mod uplink;
 pub(crate) mod wasi;
 
@@ -39,7 +41,8 @@ pub(crate) mod wasi;
 /// named in the list is also the one its linker registration uses.
 pub(crate) trait Capability {
     /// The `astrid:*` interfaces it serves, as `package/interface@version`. Each must be
-    /// imported by the `imports` world of `capsule-wit/wit/host.wit`.
+    /// imported by the `imports` world of `capsule-wit/wit/host.wit` (the tidy test checks
+    /// both directions, and that the linker really serves them).
     const INTERFACES: &'static [&'static str];
     /// Built once per loaded capsule; every Store of the capsule shares it.
     type Shared: Send + Sync + std::fmt::Debug + 'static;
