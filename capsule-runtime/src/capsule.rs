@@ -31,6 +31,7 @@ use crate::stats::{CallCounters, CallStats, CapsuleStats};
 
 /// What loading found out.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LoadReport {
     /// Whether the compiled component came from the cache.
     pub cache: CacheOutcome,

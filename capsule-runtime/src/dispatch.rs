@@ -48,6 +48,7 @@ fn replacement_payload(data: String) -> Result<JsonPayload, String> {
 
 /// Counters of the dispatcher.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DispatchStats {
     /// Messages that matched at least one handler.
     pub chains: u64,

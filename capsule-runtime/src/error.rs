@@ -23,6 +23,7 @@ pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Why a capsule could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The manifest is malformed.
     #[error(transparent)]
@@ -168,6 +169,7 @@ pub enum LoadError {
 
 /// What is wrong with a component file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ComponentProblem {
     /// It could not be read (or its directory resolved).
     #[error("cannot read component: {0}")]
@@ -200,6 +202,7 @@ pub enum ComponentProblem {
 
 /// What a path that should be a component file is instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FileKind {
     /// A directory.
     Directory,
@@ -245,6 +248,7 @@ impl std::fmt::Display for FileKind {
 
 /// How an install or upgrade call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LifecycleFailure {
     /// The owner may not act, so the call never ran.
     #[error(transparent)]
@@ -260,6 +264,7 @@ pub enum LifecycleFailure {
 
 /// A failure of the host itself while loading.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HostFailure {
     /// The compile task did not complete.
     #[error("compile task failed: {0}")]

@@ -25,6 +25,7 @@ pub(crate) const UPGRADE: &str = "astrid-upgrade";
 
 /// Which guest entry points a capsule really has.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Exports {
     /// `run`: a background loop.
     pub run: bool,

@@ -59,15 +59,13 @@ pub use host::audit::{
     DISPATCH_TARGET as AUDIT_DISPATCH_TARGET, FS_TARGET as AUDIT_FS_TARGET,
     IPC_TARGET as AUDIT_IPC_TARGET, MAX_AUDIT_FIELD_BYTES, SECRET_TARGET as AUDIT_SECRET_TARGET,
 };
-pub use host::fs::{FsError, MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};
+pub use host::fs::{MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};
 pub use host::ipc::{
-    CLAIM_WINDOW, IpcError, MAX_DRAIN_BYTES, MAX_HOP_DEPTH, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS,
+    CLAIM_WINDOW, MAX_DRAIN_BYTES, MAX_HOP_DEPTH, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS,
     MAX_SUBSCRIPTIONS,
 };
 pub use host::poll::MAX_POLL_LIST;
-pub use host::sys::{
-    MAX_CONFIG_KEY, MAX_RANDOM_BYTES, MAX_SLEEP, RESERVED_CONFIG_PREFIX, SysError,
-};
+pub use host::sys::{MAX_CONFIG_KEY, MAX_RANDOM_BYTES, MAX_SLEEP, RESERVED_CONFIG_PREFIX};
 pub use host::uplink::{InboundMessage, MAX_INBOUND_CONTENT, MAX_UPLINKS, Uplink, UplinkProfile};
 pub use inspect::Exports;
 pub use lifecycle::{
@@ -77,7 +75,7 @@ pub use limits::{Interrupt, MAX_STORE_RESOURCES, MemoryStats, RUN_LOOP_BUSY_SHAR
 pub use logsink::MAX_LOG_FILE_BYTES;
 pub use outcome::{HookResponse, InvokeError, RunExit};
 pub use runtime::{EVENT_TOPIC_PREFIX, Inspection, Runtime};
-pub use scope::{Caller, InvocationScope, PrincipalRefusal, audit_rule};
+pub use scope::{PrincipalRefusal, audit_rule};
 pub use stats::{CallStats, CapsuleStats};
 
 pub use capsule_bus as bus;

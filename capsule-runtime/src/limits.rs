@@ -48,6 +48,7 @@ impl Default for MemoryLedger {
 
 /// Memory statistics of one principal.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemoryStats {
     /// Largest linear memory any Store reached while running for the principal, in bytes.
     pub peak_bytes: u64,
@@ -168,6 +169,7 @@ pub const RUN_LOOP_BUSY_SHARE_PERCENT: u32 = 50;
 
 /// Why a Store was interrupted at an epoch boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Interrupt {
     /// A run loop was busy (ran for more than [`RUN_LOOP_BUSY_SHARE_PERCENT`] of the time
     /// instead of waiting) for the configured number of consecutive windows.

@@ -67,6 +67,7 @@ impl HookResponse {
 
 /// How a capsule's run loop ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RunExit {
     /// `run` returned.
     Returned,
@@ -91,6 +92,7 @@ impl std::fmt::Display for RunExit {
 
 /// Why a handler call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvokeError {
     /// The capsule exports no `astrid-hook-trigger`.
     #[error("capsule `{0}` has no astrid-hook-trigger export")]

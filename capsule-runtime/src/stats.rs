@@ -14,6 +14,7 @@ use crate::limits::MemoryStats;
 
 /// Counters of one capsule, as [`Capsule::stats`](crate::Capsule::stats) reports them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CapsuleStats {
     /// Messages the capsule published (`publish` and `publish-as` that reached the bus).
     pub published: u64,
@@ -42,6 +43,7 @@ pub struct CapsuleStats {
 
 /// Counters of a capsule's handler calls.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CallStats {
     /// Calls that returned a response.
     pub completed: u64,

@@ -162,7 +162,7 @@ fn bindings(manifest: &Manifest) -> Vec<Binding> {
 
 /// Why an IPC call failed. Each variant is a fact about the guest's request.
 #[derive(Debug, thiserror::Error)]
-pub enum IpcError {
+pub(crate) enum IpcError {
     /// The topic breaks the grammar.
     #[error("invalid topic: {0}")]
     Topic(TopicError),
@@ -234,7 +234,7 @@ pub enum IpcError {
 
 impl IpcError {
     /// The WIT error code the guest sees.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             Self::Topic(_)
             | Self::Pattern(_)

@@ -37,7 +37,7 @@ pub const RESERVED_CONFIG_PREFIX: &str = "__";
 
 /// Why a sys call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum SysError {
+pub(crate) enum SysError {
     /// The key is in the host's reserved namespace.
     #[error("configuration key `{0}` is reserved for the host")]
     ReservedKey(String),
@@ -70,7 +70,7 @@ pub enum SysError {
 
 impl SysError {
     /// The WIT error code the guest sees.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             Self::ReservedKey(_) => ErrorCode::ConfigKeyReserved,
             Self::TooLarge { .. } => ErrorCode::TooLarge,

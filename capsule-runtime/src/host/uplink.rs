@@ -34,6 +34,7 @@ pub enum UplinkProfile {
 
 /// An uplink a capsule registered.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Uplink {
     /// The id handed to the capsule.
     pub id: String,
@@ -47,6 +48,7 @@ pub struct Uplink {
 
 /// A message an uplink capsule received from an external user.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct InboundMessage {
     /// The capsule that received it.
     pub capsule: String,

@@ -45,6 +45,7 @@ pub const EVENT_TOPIC_PREFIX: &str = "runtime.capsule";
 
 /// What [`Runtime::inspect`] found out about a capsule.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Inspection {
     /// The parsed manifest.
     pub manifest: Manifest,

@@ -191,7 +191,7 @@ impl Capability for FsHost {
 
 /// Why a filesystem call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum FsError {
+pub(crate) enum FsError {
     /// The VFS refused or failed.
     #[error(transparent)]
     Vfs(#[from] VfsError),
@@ -236,7 +236,7 @@ impl From<QuotaError> for FsError {
 
 impl FsError {
     /// The WIT error code the guest sees.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             Self::Vfs(e) => match e {
                 VfsError::InvalidPath(_) => ErrorCode::InvalidPath,
