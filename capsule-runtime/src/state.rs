@@ -124,6 +124,34 @@ impl std::fmt::Debug for StoreCore {
     }
 }
 
+/// What a capability's view borrows of its Store's core: who is in scope (read-only), the
+/// lifecycle call in progress, the budgets and the resource table. Only IPC, which installs
+/// scopes when it drains messages, borrows the scope mutably, and builds its view itself.
+pub(crate) struct CoreView<'a> {
+    pub(crate) scoped: Scoped<'a>,
+    pub(crate) scopes: &'a ScopeFactory,
+    pub(crate) phase: &'a Option<LifecyclePhase>,
+    pub(crate) limits: &'a mut LimitsCtx,
+    pub(crate) table: &'a mut ResourceTable,
+}
+
+impl StoreCore {
+    /// The core as a capability's view sees it.
+    pub(crate) fn view(&mut self) -> CoreView<'_> {
+        CoreView {
+            scoped: Scoped {
+                identity: &self.identity,
+                owner_profile: &self.owner_profile,
+                scope: &self.scope,
+            },
+            scopes: &self.scopes,
+            phase: &self.phase,
+            limits: &mut self.limits,
+            table: &mut self.table,
+        }
+    }
+}
+
 /// Read-only answers about who is in scope, shared by every view.
 #[derive(Clone, Copy)]
 pub(crate) struct Scoped<'a> {

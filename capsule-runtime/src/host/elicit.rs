@@ -12,13 +12,9 @@ use capsule_wit::astrid::elicit::host::{
 use wasmtime::component::{HasData, Linker};
 
 use crate::error::LoadError;
-use crate::host::{Assembly, Capability, HostState, InstanceCx};
-use crate::lifecycle::{
-    ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor, LifecyclePhase,
-};
-use crate::limits::LimitsCtx;
+use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
+use crate::lifecycle::{ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor};
 use crate::secrets::{SecretScope, SecretStore};
-use crate::state::CapsuleIdentity;
 
 /// Longest key or description accepted.
 const MAX_TEXT: usize = 4096;
@@ -44,26 +40,12 @@ impl std::fmt::Debug for ElicitShared {
     }
 }
 
-/// The view `astrid:elicit` is implemented on.
-pub(crate) struct ElicitView<'a> {
-    identity: &'a CapsuleIdentity,
-    /// The lifecycle call this Store runs, if any: questions are allowed only then.
-    phase: &'a Option<LifecyclePhase>,
-    elicit: &'a Arc<ElicitShared>,
-    limits: &'a mut LimitsCtx,
-}
+/// The view `astrid:elicit` is implemented on (the core's lifecycle phase says whether
+/// questions are allowed: only during install or upgrade).
+type ElicitView<'a> = View<'a, Arc<ElicitShared>>;
 
 impl HasData for ElicitHost {
     type Data<'a> = ElicitView<'a>;
-}
-
-fn view(state: &mut HostState) -> ElicitView<'_> {
-    ElicitView {
-        identity: &state.core.identity,
-        phase: &state.core.phase,
-        elicit: &state.caps.elicit,
-        limits: &mut state.core.limits,
-    }
 }
 
 impl Capability for ElicitHost {
@@ -72,7 +54,10 @@ impl Capability for ElicitHost {
     type Ctx = Arc<ElicitShared>;
 
     fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::elicit::host::add_to_linker::<HostState, ElicitHost>(linker, view)
+        capsule_wit::astrid::elicit::host::add_to_linker::<HostState, ElicitHost>(
+            linker,
+            view::<ElicitHost>,
+        )
     }
 
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
@@ -90,7 +75,7 @@ impl Capability for ElicitHost {
 
 impl ElicitView<'_> {
     fn check_phase(&self) -> Result<(), ErrorCode> {
-        if self.phase.is_none() {
+        if self.core.phase.is_none() {
             return Err(ErrorCode::NotInLifecycle);
         }
         Ok(())
@@ -113,22 +98,22 @@ impl ElicitView<'_> {
         if kind == ElicitKind::Select && request.options.as_ref().is_none_or(Vec::is_empty) {
             return Err(ErrorCode::InvalidInput);
         }
-        let shared = Arc::clone(self.elicit);
+        let shared = Arc::clone(self.ctx);
         let Some(elicitor) = shared.elicitor.clone() else {
             return Err(ErrorCode::Unknown(
                 "no elicitation handler is configured on this host".into(),
             ));
         };
         let prompt = ElicitPrompt {
-            capsule: self.identity.name.clone(),
-            principal: self.identity.owner.clone(),
+            capsule: self.core.scoped.identity.name.clone(),
+            principal: self.core.scoped.identity.owner.clone(),
             kind,
             key: request.key.clone(),
             description: request.description.clone(),
             options: request.options.clone(),
             default: request.default_value.clone(),
         };
-        let cancel = self.limits.shared.cancel.clone();
+        let cancel = self.core.limits.shared.cancel.clone();
         let answer = tokio::select! {
             biased;
             () = cancel.cancelled() => return Err(ErrorCode::Cancelled),
@@ -137,7 +122,7 @@ impl ElicitView<'_> {
                 Ok(Err(ElicitRefusal::Cancelled)) => return Err(ErrorCode::Cancelled),
                 Ok(Err(ElicitRefusal::Unavailable(why))) => {
                     // The operator side's reason (a terminal error, say) stays in the host log.
-                    tracing::warn!(capsule = %self.identity.name, reason = %why, "nobody can answer an elicit question");
+                    tracing::warn!(capsule = %self.core.scoped.identity.name, reason = %why, "nobody can answer an elicit question");
                     return Err(ErrorCode::Unknown("nobody can answer".into()));
                 }
                 Ok(Ok(answer)) => answer,
@@ -147,11 +132,12 @@ impl ElicitView<'_> {
             (ElicitKind::Secret, ElicitAnswer::Secret(value)) => {
                 let store = Arc::clone(&shared.secrets);
                 let (owner, capsule, key) = (
-                    self.identity.owner.clone(),
-                    self.identity.name.clone(),
+                    self.core.scoped.identity.owner.clone(),
+                    self.core.scoped.identity.name.clone(),
                     request.key,
                 );
                 let stored = self
+                    .core
                     .limits
                     .shared
                     .blocking(move || {
@@ -192,9 +178,13 @@ impl Host for ElicitView<'_> {
         if let Err(e) = self.check_phase() {
             return Ok(Err(e));
         }
-        let store = Arc::clone(&self.elicit.secrets);
-        let (owner, capsule) = (self.identity.owner.clone(), self.identity.name.clone());
+        let store = Arc::clone(&self.ctx.secrets);
+        let (owner, capsule) = (
+            self.core.scoped.identity.owner.clone(),
+            self.core.scoped.identity.name.clone(),
+        );
         let found = self
+            .core
             .limits
             .shared
             .blocking(move || -> Result<bool, crate::secrets::SecretError> {

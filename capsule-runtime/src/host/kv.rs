@@ -11,35 +11,17 @@ use capsule_wit::astrid::kv::host::{ErrorCode, Host, KeyPage};
 use wasmtime::component::{HasData, Linker};
 
 use crate::error::LoadError;
-use crate::host::{Assembly, Capability, HostState, InstanceCx};
+use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
 use crate::kv::{KvError, KvStore, Namespace};
-use crate::limits::LimitsCtx;
-use crate::state::Scoped;
 
 /// The `astrid:kv` capability: the runtime's one KV database, namespaced per call.
 pub(crate) struct KvHost;
 
 /// The view `astrid:kv` is implemented on.
-pub(crate) struct KvView<'a> {
-    scoped: Scoped<'a>,
-    store: &'a Arc<KvStore>,
-    limits: &'a mut LimitsCtx,
-}
+type KvView<'a> = View<'a, Arc<KvStore>>;
 
 impl HasData for KvHost {
     type Data<'a> = KvView<'a>;
-}
-
-fn view(state: &mut HostState) -> KvView<'_> {
-    KvView {
-        scoped: Scoped {
-            identity: &state.core.identity,
-            owner_profile: &state.core.owner_profile,
-            scope: &state.core.scope,
-        },
-        store: &state.caps.kv,
-        limits: &mut state.core.limits,
-    }
 }
 
 impl Capability for KvHost {
@@ -48,7 +30,7 @@ impl Capability for KvHost {
     type Ctx = Arc<KvStore>;
 
     fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::kv::host::add_to_linker::<HostState, KvHost>(linker, view)
+        capsule_wit::astrid::kv::host::add_to_linker::<HostState, KvHost>(linker, view::<KvHost>)
     }
 
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
@@ -82,7 +64,7 @@ impl KvView<'_> {
         &mut self,
         op: impl FnOnce(&KvStore, &Namespace, Room<'_>) -> Result<T, KvError> + Send + 'static,
     ) -> wasmtime::Result<Result<T, ErrorCode>> {
-        let scoped = self.scoped;
+        let scoped = self.core.scoped;
         let quota = match scoped.profile() {
             Ok(p) => p.quotas.max_storage_bytes,
             Err(reason) => {
@@ -93,8 +75,8 @@ impl KvView<'_> {
         };
         let principal = scoped.principal().clone();
         let ns = Namespace::new(&principal, &scoped.identity.name);
-        let store = Arc::clone(self.store);
-        let cancel = self.limits.shared.cancel.clone();
+        let store = Arc::clone(self.ctx);
+        let cancel = self.core.limits.shared.cancel.clone();
         let work = move || {
             let cancelled = move || cancel.is_cancelled();
             let room = || {
@@ -103,7 +85,7 @@ impl KvView<'_> {
             };
             op(&store, &ns, &room)
         };
-        match self.limits.shared.blocking(work).await {
+        match self.core.limits.shared.blocking(work).await {
             None => Ok(Err(ErrorCode::Unknown("the capsule is unloading".into()))),
             Some(Err(panic)) => Err(wasmtime::Error::msg(format!("KV worker failed: {panic}"))),
             Some(Ok(result)) => Ok(result.map_err(|e| {

@@ -23,7 +23,7 @@ use crate::lifecycle::Elicitor;
 use crate::logsink::LogSink;
 use crate::registry::Registry;
 use crate::secrets::SecretStore;
-use crate::state::{CapsuleIdentity, OutputRoute, StoreCore};
+use crate::state::{CapsuleIdentity, CoreView, OutputRoute, StoreCore};
 
 pub(crate) mod audit;
 pub(crate) mod elicit;
@@ -56,6 +56,28 @@ pub(crate) trait Capability {
     fn instance(shared: &Self::Shared, cx: &InstanceCx<'_>) -> Self::Ctx;
     /// Runs once when the capsule has unloaded and none of its Stores is left.
     fn unloaded(_shared: &Self::Shared) {}
+}
+
+/// What a capability's host functions run on: the Store's core as views see it (who is in
+/// scope, read-only) and the capability's own context, nothing of any other capability.
+pub(crate) struct View<'a, C> {
+    pub(crate) core: CoreView<'a>,
+    pub(crate) ctx: &'a mut C,
+}
+
+/// Where a capability's context lives in a Store; implemented by the list.
+pub(crate) trait Slot: Capability {
+    /// The capability's context among all of them.
+    fn slot(caps: &mut Contexts) -> &mut Self::Ctx;
+}
+
+/// The view of capability `C` of `state`: the getter a capability's `link` hands to its
+/// generated `add_to_linker`.
+pub(crate) fn view<C: Slot>(state: &mut HostState) -> View<'_, C::Ctx> {
+    View {
+        core: state.core.view(),
+        ctx: C::slot(&mut state.caps),
+    }
 }
 
 /// The data of one `wasmtime::Store`: what every capability shares, and each capability's
@@ -140,8 +162,6 @@ macro_rules! capabilities {
         }
 
         /// The context of every capability in one Store.
-        // A capability that keeps nothing per Store (poll) has a `()` field nobody reads.
-        #[allow(dead_code)]
         pub(crate) struct Contexts {
             $(pub(crate) $field: <$cap as Capability>::Ctx,)*
         }
@@ -167,6 +187,14 @@ macro_rules! capabilities {
                 $(<$cap as Capability>::unloaded(&self.$field);)*
             }
         }
+
+        $(
+            impl Slot for $cap {
+                fn slot(caps: &mut Contexts) -> &mut <$cap as Capability>::Ctx {
+                    &mut caps.$field
+                }
+            }
+        )*
 
         impl std::fmt::Debug for Shared {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

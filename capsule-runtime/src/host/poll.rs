@@ -7,11 +7,10 @@ use std::time::Instant;
 use capsule_bus::Readiness;
 use capsule_wit::astrid::io::poll::{ErrorCode, Host, HostPollable, Pollable};
 use futures::future::{BoxFuture, FutureExt, select_all};
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime::component::{HasData, Linker, Resource};
 
 use crate::error::LoadError;
-use crate::host::{Assembly, Capability, HostState, InstanceCx};
-use crate::limits::LimitsCtx;
+use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
 
 /// Most pollables one `poll` call may wait on.
 pub const MAX_POLL_LIST: usize = 1024;
@@ -21,20 +20,10 @@ pub const MAX_POLL_LIST: usize = 1024;
 pub(crate) struct PollHost;
 
 /// The view `astrid:io/poll` is implemented on.
-pub(crate) struct PollView<'a> {
-    limits: &'a mut LimitsCtx,
-    table: &'a mut ResourceTable,
-}
+type PollView<'a> = View<'a, ()>;
 
 impl HasData for PollHost {
     type Data<'a> = PollView<'a>;
-}
-
-fn view(state: &mut HostState) -> PollView<'_> {
-    PollView {
-        limits: &mut state.core.limits,
-        table: &mut state.core.table,
-    }
 }
 
 impl Capability for PollHost {
@@ -43,7 +32,10 @@ impl Capability for PollHost {
     type Ctx = ();
 
     fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::io::poll::add_to_linker::<HostState, PollHost>(linker, view)
+        capsule_wit::astrid::io::poll::add_to_linker::<HostState, PollHost>(
+            linker,
+            view::<PollHost>,
+        )
     }
 
     fn assemble(_cx: &Assembly<'_>) -> Result<(), LoadError> {
@@ -93,8 +85,8 @@ fn entry_handle(r: &Resource<Pollable>) -> Resource<PollableEntry> {
 impl PollView<'_> {
     /// Waits until any of `sources` is ready; `false` if the capsule was unloaded meanwhile.
     async fn wait_any(&mut self, sources: Vec<PollSource>) -> bool {
-        let cancel = self.limits.shared.cancel.clone();
-        let io = self.limits.shared.io.clone();
+        let cancel = self.core.limits.shared.cancel.clone();
+        let io = self.core.limits.shared.io.clone();
         let started = Instant::now();
         let done = tokio::select! {
             biased;
@@ -107,21 +99,26 @@ impl PollView<'_> {
             } => done,
         };
         // Time spent waiting is not CPU a run loop used.
-        self.limits.cpu.add_wait(started.elapsed());
+        self.core.limits.cpu.add_wait(started.elapsed());
         done
     }
 }
 
 impl HostPollable for PollView<'_> {
     fn ready(&mut self, self_: Resource<Pollable>) -> wasmtime::Result<bool> {
-        Ok(self.table.get(&entry_handle(&self_))?.source.is_ready())
+        Ok(self
+            .core
+            .table
+            .get(&entry_handle(&self_))?
+            .source
+            .is_ready())
     }
 
     async fn block(
         &mut self,
         self_: Resource<Pollable>,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        let source = self.table.get(&entry_handle(&self_))?.source.clone();
+        let source = self.core.table.get(&entry_handle(&self_))?.source.clone();
         if source.is_ready() {
             return Ok(Ok(()));
         }
@@ -133,7 +130,8 @@ impl HostPollable for PollView<'_> {
     }
 
     fn drop(&mut self, rep: Resource<Pollable>) -> wasmtime::Result<()> {
-        self.table
+        self.core
+            .table
             .delete(Resource::<PollableEntry>::new_own(rep.rep()))?;
         Ok(())
     }
@@ -152,7 +150,7 @@ impl Host for PollView<'_> {
         }
         let sources = pollables
             .iter()
-            .map(|p| Ok(self.table.get(&entry_handle(p))?.source.clone()))
+            .map(|p| Ok(self.core.table.get(&entry_handle(p))?.source.clone()))
             .collect::<wasmtime::Result<Vec<PollSource>>>()?;
         let ready = |sources: &[PollSource]| -> Vec<u32> {
             sources

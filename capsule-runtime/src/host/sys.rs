@@ -17,14 +17,11 @@ use tokio::sync::watch;
 use wasmtime::component::{HasData, Linker};
 
 use crate::error::LoadError;
-use crate::host::{Assembly, Capability, HostState, InstanceCx};
+use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
 use crate::lifecycle::LifecyclePhase;
-use crate::limits::LimitsCtx;
 use crate::logsink::{LogSink, rfc3339_ms, unix_ms};
 use crate::registry::Registry;
-use crate::scope::{InvocationScope, ScopeFactory};
 use crate::secrets::SecretStore;
-use crate::state::{CapsuleIdentity, Scoped};
 
 /// Longest `sleep-ns`.
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -110,42 +107,12 @@ pub(crate) struct SysShared {
     secrets: Arc<SecretStore>,
 }
 
-/// The view `astrid:sys` is implemented on.
-pub(crate) struct SysView<'a> {
-    identity: &'a CapsuleIdentity,
-    owner_profile: &'a crate::scope::ProfileGrant,
-    scopes: &'a ScopeFactory,
-    scope: &'a Option<InvocationScope>,
-    /// `get-config("prev_version")` answers during an upgrade.
-    phase: &'a Option<LifecyclePhase>,
-    sys: &'a SysShared,
-    limits: &'a mut LimitsCtx,
-}
-
-impl SysView<'_> {
-    fn scoped(&self) -> Scoped<'_> {
-        Scoped {
-            identity: self.identity,
-            owner_profile: self.owner_profile,
-            scope: self.scope,
-        }
-    }
-}
+/// The view `astrid:sys` is implemented on (`get-config("prev_version")` answers from the
+/// core's lifecycle phase during an upgrade).
+type SysView<'a> = View<'a, Arc<SysShared>>;
 
 impl HasData for SysHost {
     type Data<'a> = SysView<'a>;
-}
-
-fn view(state: &mut HostState) -> SysView<'_> {
-    SysView {
-        identity: &state.core.identity,
-        owner_profile: &state.core.owner_profile,
-        scopes: &state.core.scopes,
-        scope: &state.core.scope,
-        phase: &state.core.phase,
-        sys: &state.caps.sys,
-        limits: &mut state.core.limits,
-    }
 }
 
 impl Capability for SysHost {
@@ -154,7 +121,7 @@ impl Capability for SysHost {
     type Ctx = Arc<SysShared>;
 
     fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::sys::host::add_to_linker::<HostState, SysHost>(linker, view)
+        capsule_wit::astrid::sys::host::add_to_linker::<HostState, SysHost>(linker, view::<SysHost>)
     }
 
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
@@ -215,11 +182,12 @@ impl SysView<'_> {
     /// Resolves a secret-typed key live from the secret store: the principal in scope first,
     /// then host-wide. Every reveal is audited (never the value).
     async fn secret(&mut self, key: &str) -> Result<Option<String>, SysError> {
-        let principal = self.scoped().principal().clone();
-        let capsule = self.identity.name.clone();
-        let store = Arc::clone(&self.sys.secrets);
+        let principal = self.core.scoped.principal().clone();
+        let capsule = self.core.scoped.identity.name.clone();
+        let store = Arc::clone(&self.ctx.secrets);
         let (k, p, c) = (key.to_string(), principal.clone(), capsule.clone());
         let found = match self
+            .core
             .limits
             .shared
             .blocking(move || store.resolve(&p, &c, &k))
@@ -254,17 +222,17 @@ impl SysView<'_> {
         if key.starts_with(RESERVED_CONFIG_PREFIX) {
             return Err(SysError::ReservedKey(key.to_string()));
         }
-        if let Some(LifecyclePhase::Upgrade { from }) = self.phase
+        if let Some(LifecyclePhase::Upgrade { from }) = self.core.phase
             && key == "prev_version"
         {
             return Ok(Some(from.to_string()));
         }
-        let shared = self.sys;
+        let shared = &**self.ctx;
         // An overlay may hold anything; only what the manifest declares is configuration.
         if !shared.declared_keys.contains(key) {
             return Ok(None);
         }
-        let overlay = match self.scoped().env_overlay() {
+        let overlay = match self.core.scoped.env_overlay() {
             Some(env) => env,
             None => &shared.owner_env,
         };
@@ -278,7 +246,7 @@ impl SysView<'_> {
         let session = uuid::Uuid::parse_str(&request.source_uuid)
             .map_err(|_| SysError::BadSession(request.source_uuid.clone()))?;
         let registry = self
-            .sys
+            .ctx
             .registry
             .upgrade()
             .ok_or(SysError::RegistryUnavailable)?;
@@ -304,7 +272,7 @@ impl Host for SysView<'_> {
         tracing::Instrument::instrument(
             async {
                 // Secret-typed keys never come from a plain map.
-                let is_secret = self.sys.secret_keys.contains(&key);
+                let is_secret = self.ctx.secret_keys.contains(&key);
                 let result = match self.config(&key) {
                     Ok(_) if is_secret => self.secret(&key).await,
                     other => other,
@@ -317,9 +285,9 @@ impl Host for SysView<'_> {
     }
 
     fn get_caller(&mut self) -> wasmtime::Result<Result<CallerContext, ErrorCode>> {
-        let caller = match self.scope {
+        let caller = match self.core.scoped.scope {
             Some(s) => s.caller.clone(),
-            None => self.scopes.own_caller(),
+            None => self.core.scopes.own_caller(),
         };
         let principal = match &caller.attribution {
             Attribution::Verified(p) | Attribution::Claimed(p) => Some(p.to_string()),
@@ -336,18 +304,18 @@ impl Host for SysView<'_> {
         let name = level_name(level);
         // Writing a file is blocking work: bounded by the blocking semaphore, and abandoned
         // when the capsule unloads.
-        let cancel = self.limits.shared.cancel.clone();
-        let blocking = self.limits.shared.blocking.clone();
+        let cancel = self.core.limits.shared.cancel.clone();
+        let blocking = self.core.limits.shared.blocking.clone();
         let _permit = tokio::select! {
             biased;
             () = cancel.cancelled() => return Ok(()),
             permit = blocking.acquire() => permit.ok(),
         };
-        let scoped = self.scoped();
-        match scoped.log(self.sys.owner_log.as_ref()) {
+        let scoped = self.core.scoped;
+        match scoped.log(self.ctx.owner_log.as_ref()) {
             Some(sink) => sink.write(name, &message),
             None => tracing::warn!(
-                capsule = %self.identity.name,
+                capsule = %self.core.scoped.identity.name,
                 principal = %scoped.principal(),
                 "capsule log unavailable; record dropped"
             ),
@@ -356,8 +324,8 @@ impl Host for SysView<'_> {
     }
 
     fn signal_ready(&mut self) -> wasmtime::Result<()> {
-        self.sys.ready.send_replace(true);
-        tracing::debug!(capsule = %self.identity.name, "capsule signalled ready");
+        self.ctx.ready.send_replace(true);
+        tracing::debug!(capsule = %self.core.scoped.identity.name, "capsule signalled ready");
         Ok(())
     }
 
@@ -379,7 +347,7 @@ impl Host for SysView<'_> {
             };
             return Ok(Err(e.code()));
         }
-        let cancel = self.limits.shared.cancel.clone();
+        let cancel = self.core.limits.shared.cancel.clone();
         let started = Instant::now();
         let result = tokio::select! {
             biased;
@@ -388,7 +356,7 @@ impl Host for SysView<'_> {
         };
         // Only the time really spent asleep counts as waiting, so short sleeps between bursts
         // of work do not hide them.
-        self.limits.cpu.add_wait(started.elapsed());
+        self.core.limits.cpu.add_wait(started.elapsed());
         Ok(result)
     }
 
@@ -419,6 +387,6 @@ impl Host for SysView<'_> {
     }
 
     fn enumerate_capabilities(&mut self) -> wasmtime::Result<Vec<String>> {
-        Ok(self.sys.capabilities.clone())
+        Ok(self.ctx.capabilities.clone())
     }
 }

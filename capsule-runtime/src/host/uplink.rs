@@ -11,8 +11,7 @@ use tokio::sync::mpsc;
 use wasmtime::component::{HasData, Linker};
 
 use crate::error::LoadError;
-use crate::host::{Assembly, Capability, HostState, InstanceCx};
-use crate::state::CapsuleIdentity;
+use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
 
 /// Most uplinks one capsule may register.
 pub const MAX_UPLINKS: usize = 32;
@@ -73,20 +72,10 @@ pub(crate) struct UplinkShared {
 }
 
 /// The view `astrid:uplink` is implemented on.
-pub(crate) struct UplinkView<'a> {
-    identity: &'a CapsuleIdentity,
-    uplink: &'a UplinkShared,
-}
+type UplinkView<'a> = View<'a, Arc<UplinkShared>>;
 
 impl HasData for UplinkHost {
     type Data<'a> = UplinkView<'a>;
-}
-
-fn view(state: &mut HostState) -> UplinkView<'_> {
-    UplinkView {
-        identity: &state.core.identity,
-        uplink: &state.caps.uplink,
-    }
 }
 
 impl Capability for UplinkHost {
@@ -95,7 +84,10 @@ impl Capability for UplinkHost {
     type Ctx = Arc<UplinkShared>;
 
     fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::uplink::host::add_to_linker::<HostState, UplinkHost>(linker, view)
+        capsule_wit::astrid::uplink::host::add_to_linker::<HostState, UplinkHost>(
+            linker,
+            view::<UplinkHost>,
+        )
     }
 
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
@@ -125,7 +117,7 @@ impl Host for UplinkView<'_> {
         platform: String,
         profile: WitProfile,
     ) -> wasmtime::Result<Result<String, ErrorCode>> {
-        if let Decision::Denied(_) = self.uplink.policy.may_act_as_uplink() {
+        if let Decision::Denied(_) = self.ctx.policy.may_act_as_uplink() {
             return Ok(Err(ErrorCode::CapabilityDenied));
         }
         if !valid_name(&name) || !valid_name(&platform) {
@@ -137,7 +129,7 @@ impl Host for UplinkView<'_> {
             WitProfile::Notify => UplinkProfile::Notify,
             WitProfile::Bridge => UplinkProfile::Bridge,
         };
-        let mut registered = self.uplink.registered.lock();
+        let mut registered = self.ctx.registered.lock();
         if registered.len() >= MAX_UPLINKS {
             return Ok(Err(ErrorCode::Quota));
         }
@@ -154,7 +146,7 @@ impl Host for UplinkView<'_> {
             platform,
             profile,
         });
-        tracing::info!(capsule = %self.identity.name, uplink = %id, "uplink registered");
+        tracing::info!(capsule = %self.core.scoped.identity.name, uplink = %id, "uplink registered");
         Ok(Ok(id))
     }
 
@@ -164,11 +156,11 @@ impl Host for UplinkView<'_> {
         platform_user_id: String,
         content: String,
     ) -> wasmtime::Result<Result<bool, ErrorCode>> {
-        if let Decision::Denied(_) = self.uplink.policy.may_act_as_uplink() {
+        if let Decision::Denied(_) = self.ctx.policy.may_act_as_uplink() {
             return Ok(Err(ErrorCode::CapabilityDenied));
         }
         let Some(uplink) = self
-            .uplink
+            .ctx
             .registered
             .lock()
             .iter()
@@ -184,17 +176,17 @@ impl Host for UplinkView<'_> {
             return Ok(Err(ErrorCode::InvalidInput));
         }
         let message = InboundMessage {
-            capsule: self.identity.name.clone(),
+            capsule: self.core.scoped.identity.name.clone(),
             uplink,
             platform_user_id,
             content,
         };
-        Ok(match self.uplink.inbound.try_send(message) {
+        Ok(match self.ctx.inbound.try_send(message) {
             Ok(()) => Ok(true),
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(
                     target: "capsule::audit::dispatch",
-                    capsule = %self.identity.name,
+                    capsule = %self.core.scoped.identity.name,
                     "inbound channel full: uplink message dropped"
                 );
                 Ok(false)

@@ -43,7 +43,7 @@ impl FsView<'_> {
         + Send
         + 'static,
     ) -> wasmtime::Result<Result<T, ErrorCode>> {
-        let entry = self.table.get(&entry_handle(handle))?;
+        let entry = self.core.table.get(&entry_handle(handle))?;
         if let Some((what, allowed)) = need
             && !allowed(entry.mode)
         {
@@ -52,6 +52,7 @@ impl FsView<'_> {
         let file = Arc::clone(&entry.file);
         let charge = entry.charge.clone();
         match self
+            .core
             .limits
             .shared
             .blocking(move || op(&file, charge.as_ref()))
@@ -113,7 +114,7 @@ impl HostFileHandle for FsView<'_> {
         offset: u64,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<u32, ErrorCode>> {
-        let append = self.table.get(&entry_handle(&self_))?.mode == OpenMode::Append;
+        let append = self.core.table.get(&entry_handle(&self_))?.mode == OpenMode::Append;
         self.with_file(
             "write-at",
             &self_,
@@ -187,9 +188,10 @@ impl HostFileHandle for FsView<'_> {
     }
 
     async fn drop(&mut self, rep: Resource<FileHandle>) -> wasmtime::Result<()> {
-        self.table
+        self.core
+            .table
             .delete(Resource::<FileEntry>::new_own(rep.rep()))?;
-        self.fs.handles = self.fs.handles.saturating_sub(1);
+        self.ctx.handles = self.ctx.handles.saturating_sub(1);
         Ok(())
     }
 }

@@ -17,15 +17,12 @@ use std::sync::Arc;
 use capsule_security::{CapsulePolicy, FsRoot};
 use capsule_vfs::{Ctl, GuestPath, Mount, Overlay, Scheme, VfsError, Workspace};
 use capsule_wit::astrid::fs::host::ErrorCode;
-use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime::component::{HasData, Linker};
 
 use crate::error::{HostFailure, LoadError};
-use crate::host::{Assembly, Capability, HostState, InstanceCx};
+use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
 use crate::kv::KvStore;
-use crate::limits::LimitsCtx;
 use crate::quota::QuotaError;
-use crate::scope::{InvocationScope, ProfileGrant};
-use crate::state::{CapsuleIdentity, Scoped};
 
 mod charge;
 mod handle;
@@ -74,39 +71,10 @@ pub(crate) struct FsCtx {
 }
 
 /// The view `astrid:fs` is implemented on.
-pub(crate) struct FsView<'a> {
-    identity: &'a CapsuleIdentity,
-    owner_profile: &'a ProfileGrant,
-    scope: &'a Option<InvocationScope>,
-    fs: &'a mut FsCtx,
-    limits: &'a mut LimitsCtx,
-    table: &'a mut ResourceTable,
-}
-
-impl FsView<'_> {
-    fn scoped(&self) -> Scoped<'_> {
-        Scoped {
-            identity: self.identity,
-            owner_profile: self.owner_profile,
-            scope: self.scope,
-        }
-    }
-}
+type FsView<'a> = View<'a, FsCtx>;
 
 impl HasData for FsHost {
     type Data<'a> = FsView<'a>;
-}
-
-fn view(state: &mut HostState) -> FsView<'_> {
-    let core = &mut state.core;
-    FsView {
-        identity: &core.identity,
-        owner_profile: &core.owner_profile,
-        scope: &core.scope,
-        fs: &mut state.caps.fs,
-        limits: &mut core.limits,
-        table: &mut core.table,
-    }
 }
 
 impl Capability for FsHost {
@@ -115,7 +83,7 @@ impl Capability for FsHost {
     type Ctx = FsCtx;
 
     fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::fs::host::add_to_linker::<HostState, FsHost>(linker, view)
+        capsule_wit::astrid::fs::host::add_to_linker::<HostState, FsHost>(linker, view::<FsHost>)
     }
 
     /// Opens the capsule's mounts: its workspace (plain or overlay), the host directories its
@@ -307,8 +275,8 @@ fn code_name(code: &ErrorCode) -> &'static str {
 impl FsView<'_> {
     fn locate(&self, path: &str) -> Result<Located, FsError> {
         let gp = GuestPath::parse(path)?;
-        let shared = &self.fs.shared;
-        let scoped = self.scoped();
+        let shared = &self.ctx.shared;
+        let scoped = self.core.scoped;
         let (target, gate, prefix, rel) = match gp.scheme {
             Scheme::Workspace => (
                 Target::Workspace(Arc::clone(&shared.workspace)),
@@ -365,23 +333,23 @@ impl FsView<'_> {
 
     /// Who is charged for what this call stores.
     fn charge(&self) -> Charge {
-        let scoped = self.scoped();
+        let scoped = self.core.scoped;
         Charge {
-            storage: Arc::clone(&self.fs.shared.storage),
+            storage: Arc::clone(&self.ctx.shared.storage),
             principal: scoped.principal().clone(),
             quota: scoped
                 .profile()
                 .as_ref()
                 .map(|p| p.quotas.max_storage_bytes)
                 .map_err(|reason| reason.to_string()),
-            cancel: self.limits.shared.cancel.clone(),
+            cancel: self.core.limits.shared.cancel.clone(),
         }
     }
 
     /// Audits a refusal or logs a failure whose detail the guest does not see.
     fn report(&self, op: &'static str, path: &str, e: &FsError) {
-        let principal = self.scoped().principal().clone();
-        let capsule = &self.identity.name;
+        let principal = self.core.scoped.principal().clone();
+        let capsule = &self.core.scoped.identity.name;
         if e.is_refusal() {
             crate::host::audit::fs_refused(capsule, &principal, op, path, code_name(&e.code()), e);
         } else if e.is_opaque() {
@@ -418,7 +386,7 @@ impl FsView<'_> {
             ));
             return Ok(Err(e.code()));
         }
-        let shared = Arc::clone(&self.fs.shared);
+        let shared = Arc::clone(&self.ctx.shared);
         let charge = self.charge();
         let work = move || {
             for (loc, touch) in &located {
@@ -434,7 +402,7 @@ impl FsView<'_> {
             };
             op(&job)
         };
-        match self.limits.shared.blocking(work).await {
+        match self.core.limits.shared.blocking(work).await {
             None => Ok(Err(FsError::Closed.code())),
             Some(Err(panic)) => Err(wasmtime::Error::msg(format!(
                 "filesystem worker failed: {panic}"

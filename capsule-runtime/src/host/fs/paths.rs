@@ -66,7 +66,7 @@ impl Host for FsView<'_> {
         path: String,
         mode: WitOpenMode,
     ) -> wasmtime::Result<Result<Resource<FileHandle>, ErrorCode>> {
-        if self.fs.handles >= MAX_OPEN_HANDLES {
+        if self.ctx.handles >= MAX_OPEN_HANDLES {
             return Ok(Err(FsError::HandleQuota.code()));
         }
         let mode = match mode {
@@ -98,12 +98,12 @@ impl Host for FsView<'_> {
             .await?;
         Ok(match opened {
             Ok((file, charged)) => {
-                let entry = self.table.push(FileEntry {
+                let entry = self.core.table.push(FileEntry {
                     file: Arc::new(file),
                     mode,
                     charge: charged.map(|tree| (for_handle, tree)),
                 })?;
-                self.fs.handles += 1;
+                self.ctx.handles += 1;
                 Ok(Resource::new_own(entry.rep()))
             }
             Err(e) => Err(e),
