@@ -361,9 +361,11 @@ mod tests {
 
     #[test]
     fn a_refused_load_is_reported_one_escaped_line_per_capsule() {
-        let refusal = |capsule: &str, dir: &str| Refusal {
-            capsule: capsule.into(),
-            reason: RefusalReason::NotApproved(vec![Request::FsRead(dir.into())]),
+        let refusal = |capsule: &str, dir: &str| {
+            Refusal::new(
+                capsule,
+                RefusalReason::NotApproved(vec![Request::FsRead(dir.into())]),
+            )
         };
         let e = LoadError::Refused {
             refusals: vec![

@@ -112,6 +112,7 @@ fn capsule_row(c: &Capsule) -> CapsuleRow {
                 RunExit::Interrupted(i) => format!("interrupted: {i}"),
                 RunExit::Trapped(t) => format!("trapped: {}", t.lines().next().unwrap_or("")),
                 RunExit::Failed(f) => format!("failed: {}", f.lines().next().unwrap_or("")),
+                other => other.to_string(),
             },
         ),
     };

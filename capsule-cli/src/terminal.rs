@@ -372,16 +372,12 @@ mod tests {
     }
 
     fn prompt(kind: ElicitKind, options: Option<&[&str]>, default: Option<&str>) -> ElicitPrompt {
-        ElicitPrompt {
-            capsule: "c".into(),
-            principal: capsule_runtime::bus::PrincipalId::parse("p")
-                .unwrap_or_else(|e| panic!("{e}")),
-            kind,
-            key: "K".into(),
-            description: "d".into(),
-            options: options.map(|o| o.iter().map(|s| s.to_string()).collect()),
-            default: default.map(str::to_owned),
-        }
+        let principal =
+            capsule_runtime::bus::PrincipalId::parse("p").unwrap_or_else(|e| panic!("{e}"));
+        let mut prompt = ElicitPrompt::new("c", principal, kind, "K", "d");
+        prompt.options = options.map(|o| o.iter().map(|s| s.to_string()).collect());
+        prompt.default = default.map(str::to_owned);
+        prompt
     }
 
     fn answer(
@@ -441,19 +437,17 @@ mod tests {
 
     fn approval(description: &str) -> ApprovalRequest {
         use capsule_runtime::security::{PermissionDiff, Request};
-        ApprovalRequest {
-            capsule: "notes".into(),
-            version: semver::Version::new(0, 2, 0),
-            description: Some(description.into()),
-            previous_version: Some(semver::Version::new(0, 1, 0)),
-            diff: PermissionDiff {
-                added: vec![Request::FsRead("/srv/new\x1b[8m".into()), Request::Uplink],
-                unchanged: vec![Request::FsRead("/srv/old".into())],
-                denied: Vec::new(),
-                removed: Vec::new(),
-            },
-            ungated: vec!["publish to notes.*".into()],
-        }
+        let diff = PermissionDiff {
+            added: vec![Request::FsRead("/srv/new\x1b[8m".into()), Request::Uplink],
+            unchanged: vec![Request::FsRead("/srv/old".into())],
+            denied: Vec::new(),
+            removed: Vec::new(),
+        };
+        let mut request = ApprovalRequest::new("notes", semver::Version::new(0, 2, 0), diff);
+        request.description = Some(description.into());
+        request.previous_version = Some(semver::Version::new(0, 1, 0));
+        request.ungated = vec!["publish to notes.*".into()];
+        request
     }
 
     #[test]

@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 
 /// What the operator is asked about one capsule.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ApprovalRequest {
     /// The capsule.
     pub capsule: String,
@@ -30,6 +31,21 @@ pub struct ApprovalRequest {
     pub diff: PermissionDiff,
     /// What the capsule may use without a grant (IPC ACLs, KV, home, tmp, its workspace).
     pub ungated: Vec<String>,
+}
+
+impl ApprovalRequest {
+    /// A request about `capsule` at `version` with `diff` against the stored decision; no
+    /// description, no previous version, nothing listed as ungated.
+    pub fn new(capsule: impl Into<String>, version: semver::Version, diff: PermissionDiff) -> Self {
+        Self {
+            capsule: capsule.into(),
+            version,
+            description: None,
+            previous_version: None,
+            diff,
+            ungated: Vec::new(),
+        }
+    }
 }
 
 /// The operator's answer.
@@ -59,6 +75,7 @@ pub trait Approver: Send + Sync + 'static {
 
 /// Why the host would not let a capsule start with what it requested.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RefusalReason {
     /// These requests are waiting for the operator's approval.
     NotApproved(Vec<Request>),
@@ -68,11 +85,22 @@ pub enum RefusalReason {
 
 /// One capsule the host refused to start, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Refusal {
     /// The capsule.
     pub capsule: String,
     /// Why.
     pub reason: RefusalReason,
+}
+
+impl Refusal {
+    /// `capsule` refused for `reason`.
+    pub fn new(capsule: impl Into<String>, reason: RefusalReason) -> Self {
+        Self {
+            capsule: capsule.into(),
+            reason,
+        }
+    }
 }
 
 impl std::fmt::Display for Refusal {

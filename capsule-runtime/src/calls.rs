@@ -10,7 +10,7 @@ use capsule_bus::PrincipalId;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 
-use crate::capsule::{HookResponse, InvokeError};
+use crate::outcome::{HookResponse, InvokeError};
 use crate::scope::Caller;
 
 /// One pending call of `astrid-hook-trigger`.

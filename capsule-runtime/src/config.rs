@@ -19,6 +19,7 @@ pub enum EpochMode {
 /// Pooling allocator sizing. The pool reserves address space up front, so it is sized
 /// explicitly rather than left at wasmtime's defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolingConfig {
     /// Component instances (Stores with a live instance) at once.
     pub max_instances: u32,
@@ -41,8 +42,10 @@ impl Default for PoolingConfig {
     }
 }
 
-/// Settings of a [`Runtime`](crate::Runtime).
+/// Settings of a [`Runtime`](crate::Runtime): start from [`RuntimeConfig::new`] and change
+/// the fields that differ.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RuntimeConfig {
     /// Where the host keeps its state: per-principal homes and logs, profiles, installed
     /// versions, the compile cache.
@@ -201,6 +204,7 @@ pub fn default_owner() -> PrincipalId {
 
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// A setting is out of range.
     #[error("invalid runtime configuration: {0}")]

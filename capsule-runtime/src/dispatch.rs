@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::capsule::CapsuleInner;
 use crate::host::audit::field;
 use crate::host::ipc::MAX_PAYLOAD_BYTES;
+use crate::outcome::Verdict;
 use crate::scope::{Caller, audit_rule};
 
 /// One handler declared by `handler = "…"` in a capsule's `[subscribe]`.
@@ -47,6 +48,7 @@ fn replacement_payload(data: String) -> Result<JsonPayload, String> {
 
 /// Counters of the dispatcher.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DispatchStats {
     /// Messages that matched at least one handler.
     pub chains: u64,
@@ -101,8 +103,23 @@ impl Dispatcher {
         }
     }
 
+    /// Binds every handler of `capsule`, and has the capsule remove them first thing when it
+    /// unloads.
+    pub(crate) fn bind(self: &Arc<Self>, bus: &Bus, capsule: &Arc<CapsuleInner>) {
+        let bound = self.bind_handlers(bus, capsule);
+        if bound.is_empty() {
+            return;
+        }
+        let dispatcher = Arc::downgrade(self);
+        capsule.on_unload(move || {
+            if let Some(d) = dispatcher.upgrade() {
+                d.unbind(&bound);
+            }
+        });
+    }
+
     /// Binds every handler of `capsule`; returns the binding ids (for [`unbind`](Self::unbind)).
-    pub(crate) fn bind(
+    fn bind_handlers(
         self: &Arc<Self>,
         bus: &Bus,
         capsule: &Arc<CapsuleInner>,
@@ -116,8 +133,8 @@ impl Dispatcher {
             return Vec::new();
         }
         self.ensure_started(bus);
-        let owner = &capsule.identity.owner;
-        let firehose = capsule.parts.bus.audit_firehose;
+        let owner = &capsule.identity().owner;
+        let firehose = capsule.caps.ipc.audit_firehose;
         let mut index = self.index.write();
         handlers
             .into_iter()
@@ -127,7 +144,7 @@ impl Dispatcher {
                 if scope != Scope::All {
                     tracing::info!(
                         target: "capsule::audit::dispatch",
-                        capsule = %capsule.identity.name,
+                        capsule = %capsule.identity().name,
                         owner = %owner,
                         pattern = %pattern,
                         action = %action,
@@ -137,7 +154,7 @@ impl Dispatcher {
                 let binding = Arc::new(Binding {
                     id,
                     capsule: Arc::downgrade(capsule),
-                    capsule_name: capsule.identity.name.clone(),
+                    capsule_name: capsule.identity().name.clone(),
                     action,
                     priority,
                     scope,
@@ -148,8 +165,8 @@ impl Dispatcher {
             .collect()
     }
 
-    /// Removes bindings made by [`bind`](Self::bind).
-    pub(crate) fn unbind(&self, bindings: &[(u64, TopicPattern)]) {
+    /// Removes bindings made by [`bind_handlers`](Self::bind_handlers).
+    fn unbind(&self, bindings: &[(u64, TopicPattern)]) {
         let mut index = self.index.write();
         for (id, pattern) in bindings {
             index.remove(pattern, *id);
@@ -245,8 +262,8 @@ impl Dispatcher {
             for (b, result) in level.iter().zip(results) {
                 let Some(result) = result else { continue };
                 match result {
-                    Ok(response) => match response.action.as_str() {
-                        "continue" => {
+                    Ok(response) => match response.verdict() {
+                        Verdict::Continue => {
                             let Some(data) = response.data else { continue };
                             match replacement_payload(data) {
                                 Ok(data) => {
@@ -268,21 +285,23 @@ impl Dispatcher {
                                 }
                             }
                         }
-                        "final" => stop = true,
-                        "deny" | "abort" => {
+                        Verdict::Final => stop = true,
+                        verdict @ (Verdict::Deny | Verdict::Abort) => {
                             stop = true;
+                            let decision = verdict.as_str();
+                            let reason = response.data.as_deref().unwrap_or("");
                             tracing::info!(
                                 target: "capsule::audit::dispatch",
                                 capsule = %b.capsule_name,
                                 action = %b.action,
-                                decision = %response.action,
+                                decision,
                                 topic = %msg.topic,
                                 principal = %caller.attribution.principal().map_or("system", |p| p.as_str()),
-                                reason = %field(response.data.as_deref().unwrap_or("")),
+                                reason = %field(reason),
                                 "handler chain stopped"
                             );
                             if let Some(capsule) = b.capsule.upgrade() {
-                                capsule.parts.bus.counters.handler_denied();
+                                capsule.caps.ipc.counters.handler_denied();
                             }
                             if let Some(bus) = self.bus.get() {
                                 crate::host::audit::publish_denial(
@@ -290,14 +309,15 @@ impl Dispatcher {
                                     &msg,
                                     &b.capsule_name,
                                     &b.action,
-                                    &response,
+                                    decision,
+                                    reason,
                                 );
                             }
                         }
-                        other => tracing::warn!(
+                        Verdict::Unknown => tracing::warn!(
                             capsule = %b.capsule_name,
                             action = %b.action,
-                            returned = %field(other),
+                            returned = %field(&response.action),
                             "handler returned an unknown action; treated as continue"
                         ),
                     },

@@ -12,6 +12,8 @@ use wasmtime::Engine;
 use wasmtime::component::types::{ComponentFunc, ComponentItem};
 use wasmtime::component::{Component, Type};
 
+use crate::host::wasi::WASI_P2;
+
 /// `run` export name.
 pub(crate) const RUN: &str = "run";
 /// Interceptor export name.
@@ -21,39 +23,9 @@ pub(crate) const INSTALL: &str = "astrid-install";
 /// Upgrade export name.
 pub(crate) const UPGRADE: &str = "astrid-upgrade";
 
-/// The WASI preview 2 interfaces linked (locked down) for guests built for `wasm32-wasip2`.
-const WASI_P2: &[&str] = &[
-    "wasi:io/error",
-    "wasi:io/poll",
-    "wasi:io/streams",
-    "wasi:clocks/monotonic-clock",
-    "wasi:clocks/wall-clock",
-    "wasi:random/random",
-    "wasi:random/insecure",
-    "wasi:random/insecure-seed",
-    "wasi:cli/environment",
-    "wasi:cli/exit",
-    "wasi:cli/stdin",
-    "wasi:cli/stdout",
-    "wasi:cli/stderr",
-    "wasi:cli/terminal-input",
-    "wasi:cli/terminal-output",
-    "wasi:cli/terminal-stdin",
-    "wasi:cli/terminal-stdout",
-    "wasi:cli/terminal-stderr",
-    "wasi:filesystem/types",
-    "wasi:filesystem/preopens",
-    "wasi:sockets/network",
-    "wasi:sockets/instance-network",
-    "wasi:sockets/udp",
-    "wasi:sockets/udp-create-socket",
-    "wasi:sockets/tcp",
-    "wasi:sockets/tcp-create-socket",
-    "wasi:sockets/ip-name-lookup",
-];
-
 /// Which guest entry points a capsule really has.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Exports {
     /// `run`: a background loop.
     pub run: bool,

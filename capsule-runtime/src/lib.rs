@@ -14,8 +14,8 @@
 //! ```
 //!
 //! This is the only crate that knows both wasmtime and the domain crates: the bus
-//! ([`capsule_bus`]), policy and profiles ([`capsule_security`]), confined files
-//! ([`capsule_vfs`]) and durable state ([`capsule_store`]).
+//! ([`capsule_bus`]), policy and profiles ([`capsule_security`]) and confined files
+//! ([`capsule_vfs`]).
 
 mod approval;
 mod bounded;
@@ -25,37 +25,43 @@ mod capsule;
 mod config;
 mod dispatch;
 mod engine;
+mod error;
 mod host;
 mod inspect;
+mod instance;
 mod lifecycle;
 mod limits;
 mod logsink;
+mod outcome;
 mod registry;
 mod runtime;
 mod scope;
 mod state;
 mod stats;
+mod worker;
 
 pub use approval::{Approval, ApprovalRequest, Approver, Refusal, RefusalReason};
 pub use bounded::{PRINCIPAL_CACHE_CAPACITY, PRINCIPAL_IDLE_TTL};
 pub use cache::CacheOutcome;
-pub use capsule::{CallStats, Capsule, HookResponse, InvokeError, LoadReport, RunExit};
+pub use capsule::{Capsule, LoadReport};
 pub use capsule_security::GraphError;
 pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};
 pub use dispatch::DispatchStats;
+pub use error::{
+    ComponentProblem, FileKind, HOST_ABI_VERSION, HostFailure, LifecycleFailure, LoadError,
+    MAX_COMPONENT_BYTES,
+};
 pub use host::audit::{
     DISPATCH_TARGET as AUDIT_DISPATCH_TARGET, FS_TARGET as AUDIT_FS_TARGET,
     IPC_TARGET as AUDIT_IPC_TARGET, MAX_AUDIT_FIELD_BYTES, SECRET_TARGET as AUDIT_SECRET_TARGET,
 };
-pub use host::fs::{FsError, MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};
+pub use host::fs::{MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};
 pub use host::ipc::{
-    CLAIM_WINDOW, IpcError, MAX_DRAIN_BYTES, MAX_HOP_DEPTH, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS,
+    CLAIM_WINDOW, MAX_DRAIN_BYTES, MAX_HOP_DEPTH, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS,
     MAX_SUBSCRIPTIONS,
 };
 pub use host::poll::MAX_POLL_LIST;
-pub use host::sys::{
-    MAX_CONFIG_KEY, MAX_RANDOM_BYTES, MAX_SLEEP, RESERVED_CONFIG_PREFIX, SysError,
-};
+pub use host::sys::{MAX_CONFIG_KEY, MAX_RANDOM_BYTES, MAX_SLEEP, RESERVED_CONFIG_PREFIX};
 pub use host::uplink::{InboundMessage, MAX_INBOUND_CONTENT, MAX_UPLINKS, Uplink, UplinkProfile};
 pub use inspect::Exports;
 pub use lifecycle::{
@@ -63,11 +69,10 @@ pub use lifecycle::{
 };
 pub use limits::{Interrupt, MAX_STORE_RESOURCES, MemoryStats, RUN_LOOP_BUSY_SHARE_PERCENT};
 pub use logsink::MAX_LOG_FILE_BYTES;
-pub use runtime::{
-    EVENT_TOPIC_PREFIX, HOST_ABI_VERSION, Inspection, LoadError, MAX_COMPONENT_BYTES, Runtime,
-};
-pub use scope::{Caller, InvocationScope, audit_rule};
-pub use stats::CapsuleStats;
+pub use outcome::{HookResponse, InvokeError, RunExit};
+pub use runtime::{EVENT_TOPIC_PREFIX, Inspection, Runtime};
+pub use scope::{PrincipalRefusal, audit_rule};
+pub use stats::{CallStats, CapsuleStats};
 
 pub use capsule_bus as bus;
 pub use capsule_security as security;

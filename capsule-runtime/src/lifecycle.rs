@@ -44,6 +44,7 @@ pub enum ElicitKind {
 
 /// A question a capsule asks its operator during install or upgrade.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ElicitPrompt {
     /// The asking capsule.
     pub capsule: String,
@@ -59,6 +60,28 @@ pub struct ElicitPrompt {
     pub options: Option<Vec<String>>,
     /// The suggested answer.
     pub default: Option<String>,
+}
+
+impl ElicitPrompt {
+    /// `capsule`, being installed for `principal`, asks `description` for `key`; no options,
+    /// no default.
+    pub fn new(
+        capsule: impl Into<String>,
+        principal: PrincipalId,
+        kind: ElicitKind,
+        key: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            capsule: capsule.into(),
+            principal,
+            kind,
+            key: key.into(),
+            description: description.into(),
+            options: None,
+            default: None,
+        }
+    }
 }
 
 /// An operator's answer.

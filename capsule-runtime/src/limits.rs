@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use capsule_bus::PrincipalId;
 use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use wasmtime::ResourceLimiter;
 
 use crate::bounded::{BoundedMap, PRINCIPAL_CACHE_CAPACITY, PRINCIPAL_IDLE_TTL};
@@ -46,6 +48,7 @@ impl Default for MemoryLedger {
 
 /// Memory statistics of one principal.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemoryStats {
     /// Largest linear memory any Store reached while running for the principal, in bytes.
     pub peak_bytes: u64,
@@ -166,6 +169,7 @@ pub const RUN_LOOP_BUSY_SHARE_PERCENT: u32 = 50;
 
 /// Why a Store was interrupted at an epoch boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Interrupt {
     /// A run loop was busy (ran for more than [`RUN_LOOP_BUSY_SHARE_PERCENT`] of the time
     /// instead of waiting) for the configured number of consecutive windows.
@@ -267,6 +271,69 @@ impl CpuMeter {
                 Ok(())
             }
         }
+    }
+}
+
+/// A capsule's budgets, shared by all of its Stores.
+#[derive(Debug)]
+pub(crate) struct LimitsShared {
+    /// Bounds async I/O waits (`recv`, `pollable.block`, `poll`).
+    pub(crate) io: Arc<Semaphore>,
+    /// Bounds blocking host work.
+    pub(crate) blocking: Arc<Semaphore>,
+    /// Cancelled when the capsule unloads; every waiting host call races it.
+    pub(crate) cancel: CancellationToken,
+    /// Per-principal memory peaks of this capsule (forwarded to the runtime-wide ledger).
+    pub(crate) ledger: Arc<MemoryLedger>,
+}
+
+/// The budgets of one Store.
+#[derive(Debug)]
+pub(crate) struct LimitsCtx {
+    pub(crate) shared: Arc<LimitsShared>,
+    pub(crate) memory: MemoryMeter,
+    pub(crate) cpu: CpuMeter,
+    /// Set at the first epoch boundary after unload began: the guest gets one window to
+    /// return on its own (its waiting calls already answered `closed`) before it is trapped.
+    pub(crate) cancel_seen: bool,
+}
+
+impl LimitsShared {
+    /// Runs blocking work on the blocking pool, bounded by the blocking semaphore. `None` when
+    /// the capsule unloads first (the work may still finish; its result is dropped and never
+    /// reported as done). `Some(Err)` only if the work itself panicked: a host bug.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<Result<T, tokio::task::JoinError>> {
+        let permit = tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => return None,
+            permit = Arc::clone(&self.blocking).acquire_owned() => permit.ok()?,
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        });
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => None,
+            done = task => Some(done),
+        }
+    }
+}
+
+impl LimitsCtx {
+    /// The epoch callback's judgement at a boundary: trap once unloading has had its window,
+    /// or when the CPU meter says so; otherwise keep running.
+    pub(crate) fn at_epoch(&mut self) -> Result<(), Interrupt> {
+        if self.shared.cancel.is_cancelled() {
+            if std::mem::replace(&mut self.cancel_seen, true) {
+                return Err(Interrupt::Unloaded);
+            }
+            return Ok(());
+        }
+        self.cpu.tick()
     }
 }
 

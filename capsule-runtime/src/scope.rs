@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use capsule_bus::{Attribution, Message, PrincipalId, Scope, TopicPattern};
-use capsule_security::PrincipalProfile;
+use capsule_security::{PrincipalProfile, ProfileError};
 use capsule_vfs::{Mount, StateLayout};
 use parking_lot::Mutex;
 use uuid::Uuid;
@@ -19,21 +19,21 @@ use crate::logsink::{LogSink, unix_ms};
 
 /// Who caused the current call.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller {
+pub(crate) struct Caller {
     /// The principal attribution of the message or call being handled.
-    pub attribution: Attribution,
+    pub(crate) attribution: Attribution,
     /// The capsule instance that published it (or the caller's own session).
-    pub source: Uuid,
+    pub(crate) source: Uuid,
     /// When it was published, in milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
+    pub(crate) timestamp_ms: u64,
     /// The hop count of the message that caused the call (0 when no message did): what the
     /// call publishes carries one more.
-    pub hops: u8,
+    pub(crate) hops: u8,
 }
 
 impl Caller {
     /// The caller behind a message: its attribution, source, time and hop count.
-    pub fn of(msg: &Message) -> Self {
+    pub(crate) fn of(msg: &Message) -> Self {
         Self {
             attribution: msg.attribution(),
             source: msg.source,
@@ -43,8 +43,20 @@ impl Caller {
     }
 }
 
+/// Why a principal may not act.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrincipalRefusal {
+    /// Its profile says `enabled = false`.
+    #[error("principal `{0}` is disabled")]
+    Disabled(PrincipalId),
+    /// Its profile exists but cannot be read or is malformed.
+    #[error(transparent)]
+    Profile(Arc<ProfileError>),
+}
+
 /// A principal's profile as resolved for a scope: usable, or refused with the reason.
-pub(crate) type ProfileGrant = Result<Arc<PrincipalProfile>, Arc<str>>;
+pub(crate) type ProfileGrant = Result<Arc<PrincipalProfile>, PrincipalRefusal>;
 
 /// Per-principal resources used when a principal other than the owner is in scope.
 #[derive(Clone, Debug)]
@@ -62,7 +74,7 @@ pub(crate) struct Overlays {
 
 /// The per-call context: installed before a call on behalf of a principal and removed after it.
 #[derive(Clone, Debug)]
-pub struct InvocationScope {
+pub(crate) struct InvocationScope {
     pub(crate) principal: PrincipalId,
     pub(crate) caller: Caller,
     pub(crate) profile: ProfileGrant,
@@ -73,20 +85,10 @@ pub struct InvocationScope {
 }
 
 impl InvocationScope {
-    /// The principal the call acts for.
-    pub fn principal(&self) -> &PrincipalId {
-        &self.principal
-    }
-
-    /// Who caused the call.
-    pub fn caller(&self) -> &Caller {
-        &self.caller
-    }
-
     /// Whether the principal in scope was only claimed (by an uplink), not established by the
     /// host. What the call publishes is then attributed as claimed too: a claim never becomes
     /// a verified identity by passing through a capsule.
-    pub fn is_claimed(&self) -> bool {
+    pub(crate) fn is_claimed(&self) -> bool {
         matches!(self.caller.attribution, Attribution::Claimed(_))
     }
 }
@@ -137,9 +139,9 @@ impl ProfileCache {
             return grant.clone();
         }
         let grant: ProfileGrant = match PrincipalProfile::load(&self.state_dir, principal) {
-            Ok(p) if !p.enabled => Err(Arc::from(format!("principal `{principal}` is disabled"))),
+            Ok(p) if !p.enabled => Err(PrincipalRefusal::Disabled(principal.clone())),
             Ok(p) => Ok(Arc::new(p)),
-            Err(e) => Err(Arc::from(e.to_string())),
+            Err(e) => Err(PrincipalRefusal::Profile(Arc::new(e))),
         };
         if let Err(reason) = &grant {
             tracing::warn!(%principal, %reason, "principal profile refused");

@@ -1,26 +1,21 @@
-//! Per-Store host state. `HostState` is a set of private per-capability contexts plus one
-//! `ResourceTable` and one `Option<InvocationScope>`; each WIT interface is implemented on a
-//! narrow view that borrows only the contexts it needs, so (for example) IPC code cannot reach
-//! the sys context. Identity (capsule name, session, owner) is shared and immutable.
+//! What every capability of a Store shares, and nothing capability-specific: who the capsule
+//! is, which principal the current call is for (the invocation scope, and the answers every
+//! view reads from it), the lifecycle call in progress, where guest output goes, the budgets
+//! and the one resource table. Each capability keeps its own context in its own module under
+//! `host/`; this module knows none of them.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use capsule_bus::{Bus, PrincipalId, RateLimiter};
-use capsule_security::CapsulePolicy;
-use capsule_store::{KvStore, SecretStore};
-use tokio::sync::{Semaphore, watch};
-use tokio_util::sync::CancellationToken;
+use capsule_bus::PrincipalId;
+use capsule_vfs::Mount;
+use parking_lot::Mutex;
 use uuid::Uuid;
-use wasmtime::component::{HasData, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::component::ResourceTable;
 
-use capsule_vfs::{Mount, Workspace};
-
-use crate::host::wasi::OutputRoute;
-use crate::limits::{CpuMeter, MemoryLedger, MemoryMeter};
+use crate::lifecycle::LifecyclePhase;
+use crate::limits::{CpuMeter, LimitsCtx, LimitsShared, MAX_STORE_RESOURCES, MemoryMeter};
 use crate::logsink::LogSink;
-use crate::registry::Registry;
 use crate::scope::{InvocationScope, ProfileGrant, ScopeFactory};
 
 /// Who a capsule instance is. Fixed when the capsule is loaded.
@@ -34,202 +29,75 @@ pub(crate) struct CapsuleIdentity {
     pub(crate) owner: PrincipalId,
 }
 
-/// A handler binding as reported by `get-interceptor-bindings`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Binding {
-    pub(crate) id: u64,
-    pub(crate) action: String,
-    pub(crate) topic: String,
-}
-
-/// Capsule-wide data of the bus capability.
+/// The capsule-wide parts every Store is built from, whatever capabilities the capsule has.
 #[derive(Debug)]
-pub(crate) struct BusShared {
-    pub(crate) bus: Bus,
-    pub(crate) limiter: Arc<RateLimiter>,
-    pub(crate) policy: Arc<CapsulePolicy>,
-    pub(crate) bindings: Vec<Binding>,
-    /// Whether the owner holds the audit firehose grant (from its profile, never the manifest).
-    pub(crate) audit_firehose: bool,
-    /// Principals this capsule introduced with `publish-as` in the current minute.
-    pub(crate) introductions: parking_lot::Mutex<crate::host::ipc::Introductions>,
-    /// What the capsule published, received, lost and was refused.
-    pub(crate) counters: crate::stats::IpcCounters,
-}
-
-/// The bus context of one Store.
-#[derive(Debug)]
-pub(crate) struct BusCtx {
-    pub(crate) shared: Arc<BusShared>,
-    /// Live subscriptions of this instance.
-    pub(crate) subscriptions: usize,
-}
-
-/// Capsule-wide data of the sys capability.
-#[derive(Debug)]
-pub(crate) struct SysShared {
-    /// Manifest defaults of non-secret `[env]` keys.
-    pub(crate) defaults: HashMap<String, String>,
-    /// The owner's env overlay, consulted before the defaults when the owner is in scope.
-    pub(crate) owner_env: HashMap<String, String>,
-    /// Keys declared `type = "secret"`: never in any map above.
-    pub(crate) secret_keys: HashSet<String>,
-    /// Every `[env]` key the manifest declares: the only keys `get-config` answers.
-    pub(crate) declared_keys: HashSet<String>,
-    /// Capability names the capsule holds.
-    pub(crate) capabilities: Vec<String>,
-    /// The owner's log file for this capsule.
+pub(crate) struct CoreParts {
+    pub(crate) identity: Arc<CapsuleIdentity>,
+    /// The owner's profile as resolved at load.
+    pub(crate) owner_profile: ProfileGrant,
+    pub(crate) scopes: Arc<ScopeFactory>,
+    pub(crate) limits: Arc<LimitsShared>,
+    /// The owner's log file for this capsule, where output goes while nobody else is in scope.
     pub(crate) owner_log: Option<LogSink>,
-    /// Flipped by `signal-ready`.
-    pub(crate) ready: watch::Sender<bool>,
-    /// Loaded capsules, for `check-capsule-capability`.
-    pub(crate) registry: Weak<Registry>,
 }
 
-/// The sys context of one Store.
-#[derive(Debug)]
-pub(crate) struct SysCtx {
-    pub(crate) shared: Arc<SysShared>,
-    /// Where secret-typed config keys are resolved.
-    pub(crate) secrets: Arc<SecretStore>,
-}
-
-/// Capsule-wide data of the lifecycle capability.
-pub(crate) struct LifecycleShared {
-    /// Who answers `elicit` (snapshot taken at load).
-    pub(crate) elicitor: Option<Arc<dyn crate::lifecycle::Elicitor>>,
-    pub(crate) secrets: Arc<SecretStore>,
-    /// How long an operator has to answer one question.
-    pub(crate) timeout: std::time::Duration,
-}
-
-impl std::fmt::Debug for LifecycleShared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LifecycleShared")
-            .field("elicitor", &self.elicitor.is_some())
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+impl CoreParts {
+    /// The owner's memory quota (nothing, when the owner's profile is refused).
+    pub(crate) fn owner_quota(&self) -> u64 {
+        match &self.owner_profile {
+            Ok(p) => p.quotas.max_memory_bytes,
+            Err(_) => 0,
+        }
     }
-}
 
-/// The lifecycle context of one Store.
-#[derive(Debug)]
-pub(crate) struct LifecycleCtx {
-    pub(crate) shared: Arc<LifecycleShared>,
-    /// Set only on the Store running `astrid-install` or `astrid-upgrade`.
-    pub(crate) phase: Option<crate::lifecycle::LifecyclePhase>,
-}
-
-/// Capsule-wide data of the uplink capability.
-#[derive(Debug)]
-pub(crate) struct UplinkShared {
-    pub(crate) policy: Arc<CapsulePolicy>,
-    pub(crate) registered: parking_lot::Mutex<Vec<crate::host::uplink::Uplink>>,
-    pub(crate) inbound: tokio::sync::mpsc::Sender<crate::host::uplink::InboundMessage>,
-}
-
-/// The uplink context of one Store.
-#[derive(Debug)]
-pub(crate) struct UplinkCtx {
-    pub(crate) shared: Arc<UplinkShared>,
-}
-
-/// The KV context of one Store.
-#[derive(Debug)]
-pub(crate) struct KvCtx {
-    pub(crate) store: Arc<KvStore>,
-}
-
-/// Capsule-wide data of the filesystem capability.
-#[derive(Debug)]
-pub(crate) struct FsShared {
-    pub(crate) policy: Arc<CapsulePolicy>,
-    /// The KV database, which keeps each principal's file usage beside its KV usage.
-    pub(crate) storage: Arc<KvStore>,
-    pub(crate) workspace: Arc<Workspace>,
-    /// Host directories granted by absolute path, longest prefix first.
-    pub(crate) absolute: Vec<(std::path::PathBuf, Arc<Mount>)>,
-    pub(crate) owner_home: Option<Arc<Mount>>,
-    pub(crate) owner_tmp: Option<Arc<Mount>>,
-}
-
-/// The filesystem context of one Store.
-#[derive(Debug)]
-pub(crate) struct FsCtx {
-    pub(crate) shared: Arc<FsShared>,
-    /// Open file handles of this instance.
-    pub(crate) handles: usize,
-}
-
-/// Capsule-wide data of the limits capability.
-#[derive(Debug)]
-pub(crate) struct LimitsShared {
-    /// Bounds async I/O waits (`recv`, `pollable.block`, `poll`).
-    pub(crate) io: Arc<Semaphore>,
-    /// Bounds blocking host work.
-    pub(crate) blocking: Arc<Semaphore>,
-    /// Cancelled when the capsule unloads; every waiting host call races it.
-    pub(crate) cancel: CancellationToken,
-    /// Per-principal memory peaks of this capsule (forwarded to the runtime-wide ledger).
-    pub(crate) ledger: Arc<MemoryLedger>,
-}
-
-/// The limits context of one Store.
-#[derive(Debug)]
-pub(crate) struct LimitsCtx {
-    pub(crate) shared: Arc<LimitsShared>,
-    pub(crate) memory: MemoryMeter,
-    pub(crate) cpu: CpuMeter,
-    /// Set at the first epoch boundary after unload began: the guest gets one window to
-    /// return on its own (its waiting calls already answered `closed`) before it is trapped.
-    pub(crate) cancel_seen: bool,
-}
-
-impl LimitsShared {
-    /// Runs blocking work on the blocking pool, bounded by the blocking semaphore. `None` when
-    /// the capsule unloads first (the work may still finish; its result is dropped and never
-    /// reported as done). `Some(Err)` only if the work itself panicked: a host bug.
-    pub(crate) async fn blocking<T: Send + 'static>(
+    /// A fresh core for a Store whose memory is charged to `principal` under `memory_quota`.
+    pub(crate) fn store_core(
         &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<Result<T, tokio::task::JoinError>> {
-        let permit = tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => return None,
-            permit = Arc::clone(&self.blocking).acquire_owned() => permit.ok()?,
-        };
-        let task = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work()
-        });
-        tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => None,
-            done = task => Some(done),
+        principal: &PrincipalId,
+        memory_quota: u64,
+        cpu: CpuMeter,
+        output: OutputRoute,
+    ) -> StoreCore {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_STORE_RESOURCES);
+        StoreCore {
+            identity: Arc::clone(&self.identity),
+            owner_profile: self.owner_profile.clone(),
+            scopes: Arc::clone(&self.scopes),
+            scope: None,
+            phase: None,
+            output,
+            table,
+            limits: LimitsCtx {
+                shared: Arc::clone(&self.limits),
+                memory: MemoryMeter::new(
+                    principal.clone(),
+                    memory_quota,
+                    Arc::clone(&self.limits.ledger),
+                ),
+                cpu,
+                cancel_seen: false,
+            },
         }
     }
 }
 
-/// The data of one `wasmtime::Store`.
-pub(crate) struct HostState {
+/// The part of one Store's data every capability shares.
+pub(crate) struct StoreCore {
     pub(crate) identity: Arc<CapsuleIdentity>,
     pub(crate) owner_profile: ProfileGrant,
     pub(crate) scopes: Arc<ScopeFactory>,
-    pub(crate) bus: BusCtx,
-    pub(crate) sys: SysCtx,
-    pub(crate) kv: KvCtx,
-    pub(crate) fs: FsCtx,
-    pub(crate) lifecycle: LifecycleCtx,
-    pub(crate) uplink: UplinkCtx,
-    pub(crate) limits: LimitsCtx,
-    pub(crate) wasi: WasiCtx,
+    /// Who the current call acts for; `None` between calls and in run loops until a drain.
+    pub(crate) scope: Option<InvocationScope>,
+    /// Set only on the Store running `astrid-install` or `astrid-upgrade`.
+    pub(crate) phase: Option<LifecyclePhase>,
     /// Where the guest's stdout/stderr go; follows `scope`.
     pub(crate) output: OutputRoute,
     pub(crate) table: ResourceTable,
-    pub(crate) scope: Option<InvocationScope>,
+    pub(crate) limits: LimitsCtx,
 }
 
-impl HostState {
+impl StoreCore {
     /// Installs (or, with `None`, removes) the invocation scope, re-pointing guest output at
     /// the log of whoever is then in scope.
     pub(crate) fn set_scope(&mut self, scope: Option<InvocationScope>) {
@@ -242,24 +110,43 @@ impl HostState {
     }
 }
 
-impl std::fmt::Debug for HostState {
+impl std::fmt::Debug for StoreCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostState")
+        f.debug_struct("StoreCore")
             .field("capsule", &self.identity.name)
             .field("session", &self.identity.session)
             .field(
                 "scope",
                 &self.scope.as_ref().map(|s| s.principal.to_string()),
             )
-            .field("subscriptions", &self.bus.subscriptions)
+            .field("phase", &self.phase)
             .finish_non_exhaustive()
     }
 }
 
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
+/// What a capability's view borrows of its Store's core: who is in scope (read-only), the
+/// lifecycle call in progress, the budgets and the resource table. Only IPC, which installs
+/// scopes when it drains messages, borrows the scope mutably, and builds its view itself.
+pub(crate) struct CoreView<'a> {
+    pub(crate) scoped: Scoped<'a>,
+    pub(crate) scopes: &'a ScopeFactory,
+    pub(crate) phase: &'a Option<LifecyclePhase>,
+    pub(crate) limits: &'a mut LimitsCtx,
+    pub(crate) table: &'a mut ResourceTable,
+}
+
+impl StoreCore {
+    /// The core as a capability's view sees it.
+    pub(crate) fn view(&mut self) -> CoreView<'_> {
+        CoreView {
+            scoped: Scoped {
+                identity: &self.identity,
+                owner_profile: &self.owner_profile,
+                scope: &self.scope,
+            },
+            scopes: &self.scopes,
+            phase: &self.phase,
+            limits: &mut self.limits,
             table: &mut self.table,
         }
     }
@@ -346,217 +233,31 @@ impl<'a> Scoped<'a> {
     }
 }
 
-/// The view `astrid:ipc` is implemented on.
-pub(crate) struct IpcView<'a> {
-    pub(crate) identity: &'a CapsuleIdentity,
-    pub(crate) owner_profile: &'a ProfileGrant,
-    pub(crate) scopes: &'a ScopeFactory,
-    pub(crate) scope: &'a mut Option<InvocationScope>,
-    /// Re-pointed when a drain installs another principal's scope.
-    pub(crate) output: &'a OutputRoute,
-    pub(crate) bus: &'a mut BusCtx,
-    pub(crate) limits: &'a mut LimitsCtx,
-    pub(crate) table: &'a mut ResourceTable,
+/// Where a Store's stdout and stderr go: the log of the principal in scope. The Store's core
+/// re-points it whenever its scope changes; every output stream the guest opens shares it.
+#[derive(Clone, Debug)]
+pub(crate) struct OutputRoute {
+    owner: Option<LogSink>,
+    current: Arc<Mutex<Option<LogSink>>>,
 }
 
-impl IpcView<'_> {
-    pub(crate) fn scoped(&self) -> Scoped<'_> {
-        Scoped {
-            identity: self.identity,
-            owner_profile: self.owner_profile,
-            scope: self.scope,
-        }
-    }
-}
-
-/// The view `astrid:sys` is implemented on.
-pub(crate) struct SysView<'a> {
-    pub(crate) identity: &'a CapsuleIdentity,
-    pub(crate) owner_profile: &'a ProfileGrant,
-    pub(crate) scopes: &'a ScopeFactory,
-    pub(crate) scope: &'a Option<InvocationScope>,
-    pub(crate) sys: &'a mut SysCtx,
-    /// Read-only: `get-config("prev_version")` answers during an upgrade.
-    pub(crate) lifecycle: &'a LifecycleCtx,
-    pub(crate) limits: &'a mut LimitsCtx,
-}
-
-/// The view `astrid:elicit` is implemented on.
-pub(crate) struct ElicitView<'a> {
-    pub(crate) identity: &'a CapsuleIdentity,
-    pub(crate) lifecycle: &'a mut LifecycleCtx,
-    pub(crate) limits: &'a mut LimitsCtx,
-}
-
-/// The view `astrid:uplink` is implemented on.
-pub(crate) struct UplinkView<'a> {
-    pub(crate) identity: &'a CapsuleIdentity,
-    pub(crate) uplink: &'a mut UplinkCtx,
-}
-
-/// Marker selecting [`ElicitView`] when linking `astrid:elicit`.
-pub(crate) struct ElicitHost;
-impl HasData for ElicitHost {
-    type Data<'a> = ElicitView<'a>;
-}
-
-/// Marker selecting [`UplinkView`] when linking `astrid:uplink`.
-pub(crate) struct UplinkHost;
-impl HasData for UplinkHost {
-    type Data<'a> = UplinkView<'a>;
-}
-
-impl SysView<'_> {
-    pub(crate) fn scoped(&self) -> Scoped<'_> {
-        Scoped {
-            identity: self.identity,
-            owner_profile: self.owner_profile,
-            scope: self.scope,
-        }
-    }
-}
-
-/// The view `astrid:kv` is implemented on.
-pub(crate) struct KvView<'a> {
-    pub(crate) identity: &'a CapsuleIdentity,
-    pub(crate) owner_profile: &'a ProfileGrant,
-    pub(crate) scope: &'a Option<InvocationScope>,
-    pub(crate) kv: &'a mut KvCtx,
-    pub(crate) limits: &'a mut LimitsCtx,
-}
-
-impl KvView<'_> {
-    pub(crate) fn scoped(&self) -> Scoped<'_> {
-        Scoped {
-            identity: self.identity,
-            owner_profile: self.owner_profile,
-            scope: self.scope,
-        }
-    }
-}
-
-/// The view `astrid:fs` is implemented on.
-pub(crate) struct FsView<'a> {
-    pub(crate) identity: &'a CapsuleIdentity,
-    pub(crate) owner_profile: &'a ProfileGrant,
-    pub(crate) scope: &'a Option<InvocationScope>,
-    pub(crate) fs: &'a mut FsCtx,
-    pub(crate) limits: &'a mut LimitsCtx,
-    pub(crate) table: &'a mut ResourceTable,
-}
-
-impl FsView<'_> {
-    pub(crate) fn scoped(&self) -> Scoped<'_> {
-        Scoped {
-            identity: self.identity,
-            owner_profile: self.owner_profile,
-            scope: self.scope,
-        }
-    }
-}
-
-/// Marker selecting [`KvView`] when linking `astrid:kv`.
-pub(crate) struct KvHost;
-impl HasData for KvHost {
-    type Data<'a> = KvView<'a>;
-}
-
-/// Marker selecting [`FsView`] when linking `astrid:fs`.
-pub(crate) struct FsHost;
-impl HasData for FsHost {
-    type Data<'a> = FsView<'a>;
-}
-
-/// The view `astrid:io/poll` is implemented on.
-pub(crate) struct PollView<'a> {
-    pub(crate) limits: &'a mut LimitsCtx,
-    pub(crate) table: &'a mut ResourceTable,
-}
-
-/// Marker selecting [`IpcView`] when linking `astrid:ipc`.
-pub(crate) struct IpcHost;
-impl HasData for IpcHost {
-    type Data<'a> = IpcView<'a>;
-}
-
-/// Marker selecting [`SysView`] when linking `astrid:sys`.
-pub(crate) struct SysHost;
-impl HasData for SysHost {
-    type Data<'a> = SysView<'a>;
-}
-
-/// Marker selecting [`PollView`] when linking `astrid:io/poll`.
-pub(crate) struct PollHost;
-impl HasData for PollHost {
-    type Data<'a> = PollView<'a>;
-}
-
-impl HostState {
-    pub(crate) fn ipc_view(&mut self) -> IpcView<'_> {
-        IpcView {
-            identity: &self.identity,
-            owner_profile: &self.owner_profile,
-            scopes: &self.scopes,
-            scope: &mut self.scope,
-            output: &self.output,
-            bus: &mut self.bus,
-            limits: &mut self.limits,
-            table: &mut self.table,
+impl OutputRoute {
+    /// A route to the owner's log, where output goes while nobody else is in scope.
+    pub(crate) fn new(owner: Option<LogSink>) -> Self {
+        Self {
+            current: Arc::new(Mutex::new(owner.clone())),
+            owner,
         }
     }
 
-    pub(crate) fn sys_view(&mut self) -> SysView<'_> {
-        SysView {
-            identity: &self.identity,
-            owner_profile: &self.owner_profile,
-            scopes: &self.scopes,
-            scope: &self.scope,
-            sys: &mut self.sys,
-            lifecycle: &self.lifecycle,
-            limits: &mut self.limits,
-        }
+    /// Points the route at the log of whoever `scoped` says is in scope (never the owner's
+    /// log for another principal: that principal's own, or none).
+    pub(crate) fn follow(&self, scoped: Scoped<'_>) {
+        *self.current.lock() = scoped.log(self.owner.as_ref()).cloned();
     }
 
-    pub(crate) fn elicit_view(&mut self) -> ElicitView<'_> {
-        ElicitView {
-            identity: &self.identity,
-            lifecycle: &mut self.lifecycle,
-            limits: &mut self.limits,
-        }
-    }
-
-    pub(crate) fn uplink_view(&mut self) -> UplinkView<'_> {
-        UplinkView {
-            identity: &self.identity,
-            uplink: &mut self.uplink,
-        }
-    }
-
-    pub(crate) fn kv_view(&mut self) -> KvView<'_> {
-        KvView {
-            identity: &self.identity,
-            owner_profile: &self.owner_profile,
-            scope: &self.scope,
-            kv: &mut self.kv,
-            limits: &mut self.limits,
-        }
-    }
-
-    pub(crate) fn fs_view(&mut self) -> FsView<'_> {
-        FsView {
-            identity: &self.identity,
-            owner_profile: &self.owner_profile,
-            scope: &self.scope,
-            fs: &mut self.fs,
-            limits: &mut self.limits,
-            table: &mut self.table,
-        }
-    }
-
-    pub(crate) fn poll_view(&mut self) -> PollView<'_> {
-        PollView {
-            limits: &mut self.limits,
-            table: &mut self.table,
-        }
+    /// The log output goes to now.
+    pub(crate) fn sink(&self) -> Option<LogSink> {
+        self.current.lock().clone()
     }
 }

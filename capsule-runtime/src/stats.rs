@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use capsule_bus::{PrincipalId, Readiness};
 use parking_lot::Mutex;
 
-use crate::capsule::CallStats;
 use crate::limits::MemoryStats;
 
 /// Counters of one capsule, as [`Capsule::stats`](crate::Capsule::stats) reports them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CapsuleStats {
     /// Messages the capsule published (`publish` and `publish-as` that reached the bus).
     pub published: u64,
@@ -39,6 +39,66 @@ pub struct CapsuleStats {
     /// The largest linear memory each principal made one of its Stores reach, and refused
     /// growths, by principal.
     pub memory: HashMap<PrincipalId, MemoryStats>,
+}
+
+/// Counters of a capsule's handler calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallStats {
+    /// Calls that returned a response.
+    pub completed: u64,
+    /// Calls that trapped, were interrupted or could not start.
+    pub failed: u64,
+    /// Calls refused because the principal's queue was full.
+    pub dropped: u64,
+    /// Fresh instances made because the previous one served another principal.
+    pub resets: u64,
+    /// Calls waiting in the queues now.
+    pub queued: u64,
+}
+
+/// What a capsule's handler workers add to.
+#[derive(Debug, Default)]
+pub(crate) struct CallCounters {
+    completed: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+    resets: AtomicU64,
+    traps: AtomicU64,
+}
+
+impl CallCounters {
+    /// A call ended: completed, or failed (a trap or an interrupt also counts as a trap).
+    pub(crate) fn ended(&self, ok: bool, trapped: bool) {
+        let counter = if ok { &self.completed } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if trapped {
+            self.traps.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn reset(&self) {
+        self.resets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn traps(&self) -> u64 {
+        self.traps.load(Ordering::Relaxed)
+    }
+
+    /// The counters, with `queued` calls waiting now.
+    pub(crate) fn snapshot(&self, queued: u64) -> CallStats {
+        CallStats {
+            completed: self.completed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            resets: self.resets.load(Ordering::Relaxed),
+            queued,
+        }
+    }
 }
 
 /// The counters a capsule's host calls and the dispatcher add to.

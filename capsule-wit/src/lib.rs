@@ -5,7 +5,8 @@
 //! capsules are compiled against, documented for this host; `abi/` holds the undocumented
 //! reference copy, and a test fails if the two differ in anything but doc comments or if
 //! either stops parsing. `wit/host.wit` adds this host's own worlds (`imports`: what the host
-//! serves; `capsule`: what a guest built for this host sees).
+//! serves, and so what is generated here; `capsule`: what a guest built for this host sees).
+//! The runtime's capability list must serve exactly the `imports` world; its tidy test checks.
 //!
 //! The generated host traits are re-exported under [`astrid`]. Resources are generated as
 //! marker types: hosts keep their own state in the store's `ResourceTable` and address it by
@@ -49,14 +50,3 @@ pub use generated::astrid;
 
 /// Directory of the documented WIT packages, relative to this crate's manifest.
 pub const WIT_DIR: &str = "wit";
-
-/// The WIT packages this host serves (`package/interface@version`), in link order.
-pub const SERVED_INTERFACES: &[&str] = &[
-    "astrid:io/poll@1.0.0",
-    "astrid:ipc/host@1.0.0",
-    "astrid:sys/host@1.0.0",
-    "astrid:kv/host@1.0.0",
-    "astrid:fs/host@1.0.0",
-    "astrid:elicit/host@1.0.0",
-    "astrid:uplink/host@1.0.0",
-];

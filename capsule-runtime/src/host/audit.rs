@@ -127,7 +127,8 @@ pub(crate) fn publish_denial(
     msg: &capsule_bus::Message,
     capsule: &str,
     action: &str,
-    response: &crate::HookResponse,
+    decision: &'static str,
+    reason: &str,
 ) {
     if msg.topic.as_str() == capsule_bus::AUDIT_TOPIC {
         return;
@@ -137,10 +138,10 @@ pub(crate) fn publish_denial(
         "kind": "dispatch.denied",
         "capsule": capsule,
         "action": action,
-        "decision": response.action,
+        "decision": decision,
         "topic": msg.topic.as_str(),
         "principal": attribution.principal().map(PrincipalId::as_str),
-        "reason": response.data.as_deref().unwrap_or(""),
+        "reason": reason,
     });
     let (Ok(topic), Ok(payload)) = (
         capsule_bus::Topic::parse(capsule_bus::AUDIT_TOPIC),

@@ -3,20 +3,79 @@
 //! [`Elicitor`](crate::Elicitor); secret answers go straight into the encrypted secret store for
 //! the owner and are reported to the guest only as `secret-stored`.
 
-use capsule_store::SecretScope;
+use std::sync::Arc;
+use std::time::Duration;
+
 use capsule_wit::astrid::elicit::host::{
     ElicitRequest, ElicitResponse, ElicitType, ErrorCode, Host,
 };
+use wasmtime::component::{HasData, Linker};
 
-use crate::lifecycle::{ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal};
-use crate::state::ElicitView;
+use crate::error::LoadError;
+use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
+use crate::lifecycle::{ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor};
+use capsule_store::{SecretScope, SecretStore};
 
 /// Longest key or description accepted.
 const MAX_TEXT: usize = 4096;
 
+/// The `astrid:elicit` capability.
+pub(crate) struct ElicitHost;
+
+/// Capsule-wide data of the elicit capability.
+pub(crate) struct ElicitShared {
+    /// Who answers (the runtime's elicitor when the capsule was loaded).
+    elicitor: Option<Arc<dyn Elicitor>>,
+    secrets: Arc<SecretStore>,
+    /// How long an operator has to answer one question.
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ElicitShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElicitShared")
+            .field("elicitor", &self.elicitor.is_some())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The view `astrid:elicit` is implemented on (the core's lifecycle phase says whether
+/// questions are allowed: only during install or upgrade).
+type ElicitView<'a> = View<'a, Arc<ElicitShared>>;
+
+impl HasData for ElicitHost {
+    type Data<'a> = ElicitView<'a>;
+}
+
+impl Capability for ElicitHost {
+    const INTERFACES: &'static [&'static str] = &["astrid:elicit/host@1.0.0"];
+    type Shared = Arc<ElicitShared>;
+    type Ctx = Arc<ElicitShared>;
+
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        capsule_wit::astrid::elicit::host::add_to_linker::<HostState, ElicitHost>(
+            linker,
+            view::<ElicitHost>,
+        )
+    }
+
+    fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
+        Ok(Arc::new(ElicitShared {
+            elicitor: cx.services.elicitor.read().clone(),
+            secrets: Arc::clone(&cx.services.secrets),
+            timeout: cx.config.elicit_timeout,
+        }))
+    }
+
+    fn instance(shared: &Self::Shared, _cx: &InstanceCx<'_>) -> Self::Ctx {
+        Arc::clone(shared)
+    }
+}
+
 impl ElicitView<'_> {
     fn check_phase(&self) -> Result<(), ErrorCode> {
-        if self.lifecycle.phase.is_none() {
+        if self.core.phase.is_none() {
             return Err(ErrorCode::NotInLifecycle);
         }
         Ok(())
@@ -39,22 +98,22 @@ impl ElicitView<'_> {
         if kind == ElicitKind::Select && request.options.as_ref().is_none_or(Vec::is_empty) {
             return Err(ErrorCode::InvalidInput);
         }
-        let shared = std::sync::Arc::clone(&self.lifecycle.shared);
+        let shared = Arc::clone(self.ctx);
         let Some(elicitor) = shared.elicitor.clone() else {
             return Err(ErrorCode::Unknown(
                 "no elicitation handler is configured on this host".into(),
             ));
         };
         let prompt = ElicitPrompt {
-            capsule: self.identity.name.clone(),
-            principal: self.identity.owner.clone(),
+            capsule: self.core.scoped.identity.name.clone(),
+            principal: self.core.scoped.identity.owner.clone(),
             kind,
             key: request.key.clone(),
             description: request.description.clone(),
             options: request.options.clone(),
             default: request.default_value.clone(),
         };
-        let cancel = self.limits.shared.cancel.clone();
+        let cancel = self.core.limits.shared.cancel.clone();
         let answer = tokio::select! {
             biased;
             () = cancel.cancelled() => return Err(ErrorCode::Cancelled),
@@ -63,7 +122,7 @@ impl ElicitView<'_> {
                 Ok(Err(ElicitRefusal::Cancelled)) => return Err(ErrorCode::Cancelled),
                 Ok(Err(ElicitRefusal::Unavailable(why))) => {
                     // The operator side's reason (a terminal error, say) stays in the host log.
-                    tracing::warn!(capsule = %self.identity.name, reason = %why, "nobody can answer an elicit question");
+                    tracing::warn!(capsule = %self.core.scoped.identity.name, reason = %why, "nobody can answer an elicit question");
                     return Err(ErrorCode::Unknown("nobody can answer".into()));
                 }
                 Ok(Ok(answer)) => answer,
@@ -71,13 +130,14 @@ impl ElicitView<'_> {
         };
         match (kind, answer) {
             (ElicitKind::Secret, ElicitAnswer::Secret(value)) => {
-                let store = std::sync::Arc::clone(&shared.secrets);
+                let store = Arc::clone(&shared.secrets);
                 let (owner, capsule, key) = (
-                    self.identity.owner.clone(),
-                    self.identity.name.clone(),
+                    self.core.scoped.identity.owner.clone(),
+                    self.core.scoped.identity.name.clone(),
                     request.key,
                 );
                 let stored = self
+                    .core
                     .limits
                     .shared
                     .blocking(move || {
@@ -118,9 +178,13 @@ impl Host for ElicitView<'_> {
         if let Err(e) = self.check_phase() {
             return Ok(Err(e));
         }
-        let store = std::sync::Arc::clone(&self.lifecycle.shared.secrets);
-        let (owner, capsule) = (self.identity.owner.clone(), self.identity.name.clone());
+        let store = Arc::clone(&self.ctx.secrets);
+        let (owner, capsule) = (
+            self.core.scoped.identity.owner.clone(),
+            self.core.scoped.identity.name.clone(),
+        );
         let found = self
+            .core
             .limits
             .shared
             .blocking(move || -> Result<bool, capsule_store::SecretError> {

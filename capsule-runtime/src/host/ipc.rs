@@ -3,24 +3,29 @@
 //! table entry is a broken host invariant and traps. Each call emits one audit event.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use capsule_bus::{
-    Attribution, Drain, JsonPayload, Message, Outgoing, PayloadError, PrincipalError, PrincipalId,
-    Rate, RateLimited, Receiver, Scope, Topic, TopicError, TopicPattern,
+    Attribution, Bus, Drain, JsonPayload, Message, Outgoing, PayloadError, PrincipalError,
+    PrincipalId, Rate, RateLimited, RateLimiter, Receiver, Scope, Topic, TopicError, TopicPattern,
 };
-use capsule_security::Decision;
+use capsule_security::{CapsulePolicy, Decision, Manifest};
 use capsule_wit::astrid::io::poll::Pollable;
 use capsule_wit::astrid::ipc::host::{
     ErrorCode, Host, HostSubscription, InterceptorBinding, IpcEnvelope, IpcMessage,
     PrincipalAttribution, Subscription,
 };
-use wasmtime::component::Resource;
+use parking_lot::Mutex;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::host::audit;
+use crate::error::LoadError;
 use crate::host::poll::{PollSource, PollableEntry};
-use crate::scope::audit_rule;
-use crate::state::IpcView;
+use crate::host::{Assembly, Capability, HostState, InstanceCx, audit};
+use crate::limits::LimitsCtx;
+use crate::scope::{InvocationScope, ProfileGrant, ScopeFactory, audit_rule};
+use crate::state::{CapsuleIdentity, OutputRoute, Scoped};
+use crate::stats::IpcCounters;
 
 /// Largest payload one publish may carry.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
@@ -38,9 +43,126 @@ pub const MAX_HOP_DEPTH: u8 = 16;
 /// `max_claimed_principals_per_minute`.
 pub const CLAIM_WINDOW: Duration = Duration::from_secs(60);
 
+/// The `astrid:ipc` capability.
+pub(crate) struct IpcHost;
+
+/// A handler binding as reported by `get-interceptor-bindings`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Binding {
+    id: u64,
+    action: String,
+    topic: String,
+}
+
+/// Capsule-wide data of the IPC capability.
+#[derive(Debug)]
+pub(crate) struct IpcShared {
+    bus: Bus,
+    limiter: Arc<RateLimiter>,
+    policy: Arc<CapsulePolicy>,
+    bindings: Vec<Binding>,
+    /// Whether the owner holds the audit firehose grant (from its profile, never the manifest).
+    pub(crate) audit_firehose: bool,
+    /// Principals this capsule introduced with `publish-as` in the current minute.
+    introductions: Mutex<Introductions>,
+    /// What the capsule published, received, lost and was refused.
+    pub(crate) counters: IpcCounters,
+}
+
+/// The IPC context of one Store.
+#[derive(Debug)]
+pub(crate) struct IpcCtx {
+    shared: Arc<IpcShared>,
+    /// Live subscriptions of this instance.
+    subscriptions: usize,
+}
+
+/// The view `astrid:ipc` is implemented on.
+pub(crate) struct IpcView<'a> {
+    identity: &'a CapsuleIdentity,
+    owner_profile: &'a ProfileGrant,
+    scopes: &'a ScopeFactory,
+    scope: &'a mut Option<InvocationScope>,
+    /// Re-pointed when a drain installs another principal's scope.
+    output: &'a OutputRoute,
+    ipc: &'a mut IpcCtx,
+    limits: &'a mut LimitsCtx,
+    table: &'a mut ResourceTable,
+}
+
+impl IpcView<'_> {
+    fn scoped(&self) -> Scoped<'_> {
+        Scoped {
+            identity: self.identity,
+            owner_profile: self.owner_profile,
+            scope: self.scope,
+        }
+    }
+}
+
+impl HasData for IpcHost {
+    type Data<'a> = IpcView<'a>;
+}
+
+fn view(state: &mut HostState) -> IpcView<'_> {
+    let core = &mut state.core;
+    IpcView {
+        identity: &core.identity,
+        owner_profile: &core.owner_profile,
+        scopes: &core.scopes,
+        scope: &mut core.scope,
+        output: &core.output,
+        ipc: &mut state.caps.ipc,
+        limits: &mut core.limits,
+        table: &mut core.table,
+    }
+}
+
+impl Capability for IpcHost {
+    const INTERFACES: &'static [&'static str] = &["astrid:ipc/host@1.0.0"];
+    type Shared = Arc<IpcShared>;
+    type Ctx = IpcCtx;
+
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        capsule_wit::astrid::ipc::host::add_to_linker::<HostState, IpcHost>(linker, view)
+    }
+
+    fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
+        Ok(Arc::new(IpcShared {
+            bus: cx.services.bus.clone(),
+            limiter: Arc::clone(&cx.services.limiter),
+            policy: Arc::clone(cx.policy),
+            bindings: bindings(cx.manifest),
+            audit_firehose: cx.owner_profile.audit_firehose(),
+            introductions: Mutex::default(),
+            counters: IpcCounters::default(),
+        }))
+    }
+
+    fn instance(shared: &Self::Shared, _cx: &InstanceCx<'_>) -> Self::Ctx {
+        IpcCtx {
+            shared: Arc::clone(shared),
+            subscriptions: 0,
+        }
+    }
+}
+
+/// The handler bindings `get-interceptor-bindings` reports, numbered in manifest order.
+fn bindings(manifest: &Manifest) -> Vec<Binding> {
+    manifest
+        .handlers()
+        .enumerate()
+        .map(|(i, (pattern, h))| Binding {
+            id: i as u64,
+            action: h.action.clone(),
+            topic: pattern.as_str().to_string(),
+        })
+        .collect()
+}
+
 /// Why an IPC call failed. Each variant is a fact about the guest's request.
 #[derive(Debug, thiserror::Error)]
-pub enum IpcError {
+pub(crate) enum IpcError {
     /// The topic breaks the grammar.
     #[error("invalid topic: {0}")]
     Topic(TopicError),
@@ -112,7 +234,7 @@ pub enum IpcError {
 
 impl IpcError {
     /// The WIT error code the guest sees.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             Self::Topic(_)
             | Self::Pattern(_)
@@ -136,7 +258,7 @@ impl IpcError {
 /// Distinct principals an uplink capsule introduced with `publish-as` in the current
 /// [`CLAIM_WINDOW`]; at most the owner's quota of them are kept.
 #[derive(Debug, Default)]
-pub(crate) struct Introductions {
+struct Introductions {
     window: Option<Instant>,
     seen: HashSet<PrincipalId>,
 }
@@ -165,7 +287,7 @@ impl Introductions {
 
 /// A subscription as kept in the resource table.
 #[derive(Debug)]
-pub(crate) struct SubscriptionEntry {
+struct SubscriptionEntry {
     receiver: Receiver,
 }
 
@@ -193,7 +315,7 @@ fn wit_message(m: &Message) -> IpcMessage {
 impl IpcView<'_> {
     fn audit(&self, op: &'static str, topic: &str, size: u64, error: Option<&IpcError>) {
         if let Some(IpcError::Denied(_) | IpcError::PrincipalRefused(_)) = error {
-            self.bus.shared.counters.denied();
+            self.ipc.shared.counters.denied();
         }
         let principal = self.scoped().principal();
         audit::ipc(
@@ -218,7 +340,7 @@ impl IpcView<'_> {
         claimed_by_uplink: bool,
     ) -> Result<(), IpcError> {
         let topic = Topic::parse(topic).map_err(IpcError::Topic)?;
-        if let Decision::Denied(reason) = self.bus.shared.policy.may_publish(&topic) {
+        if let Decision::Denied(reason) = self.ipc.shared.policy.may_publish(&topic) {
             return Err(IpcError::Denied(reason));
         }
         if payload.len() > MAX_PAYLOAD_BYTES {
@@ -248,7 +370,7 @@ impl IpcView<'_> {
             };
             let limit = owner.quotas.max_claimed_principals_per_minute;
             if !self
-                .bus
+                .ipc
                 .shared
                 .introductions
                 .lock()
@@ -266,7 +388,7 @@ impl IpcView<'_> {
             None
         };
         let (limiter, session, bytes) = (
-            &self.bus.shared.limiter,
+            &self.ipc.shared.limiter,
             self.identity.session,
             payload.len() as u64,
         );
@@ -279,14 +401,14 @@ impl IpcView<'_> {
             limiter.refund(session, charged, bytes, rate);
             return Err(IpcError::UplinkRateLimited(e));
         }
-        let report = self.bus.shared.bus.publish(Outgoing {
+        let report = self.ipc.shared.bus.publish(Outgoing {
             topic,
             payload,
             source: self.identity.session,
             attribution,
             hops,
         });
-        self.bus.shared.counters.published();
+        self.ipc.shared.counters.published();
         if report.is_cut() {
             return Err(IpcError::Backpressure { cut: report.cut });
         }
@@ -299,10 +421,10 @@ impl IpcView<'_> {
         if stars > 1 || (stars == 1 && !pattern.has_trailing_wildcard()) {
             return Err(IpcError::PatternShape(pattern.to_string()));
         }
-        if let Decision::Denied(reason) = self.bus.shared.policy.may_subscribe(&pattern) {
+        if let Decision::Denied(reason) = self.ipc.shared.policy.may_subscribe(&pattern) {
             return Err(IpcError::Denied(reason));
         }
-        if self.bus.subscriptions >= MAX_SUBSCRIPTIONS {
+        if self.ipc.subscriptions >= MAX_SUBSCRIPTIONS {
             return Err(IpcError::SubscriptionQuota);
         }
         // An audit-covering subscription sees only its owner's entries unless the owner's
@@ -310,7 +432,7 @@ impl IpcView<'_> {
         let mut scope = audit_rule(
             &pattern,
             &self.identity.owner,
-            self.bus.shared.audit_firehose,
+            self.ipc.shared.audit_firehose,
         );
         if scope != Scope::All {
             tracing::info!(
@@ -341,8 +463,8 @@ impl IpcView<'_> {
                 "subscription scoped to the principal in scope"
             );
         }
-        let receiver = self.bus.shared.bus.subscribe(pattern, scope);
-        self.bus.shared.counters.watch(receiver.readiness());
+        let receiver = self.ipc.shared.bus.subscribe(pattern, scope);
+        self.ipc.shared.counters.watch(receiver.readiness());
         Ok(receiver)
     }
 
@@ -350,7 +472,7 @@ impl IpcView<'_> {
     /// carries one attribution only, so that scope is right for every message in it; an empty
     /// drain leaves the scope as it was.
     fn deliver(&mut self, drain: Drain) -> IpcEnvelope {
-        self.bus
+        self.ipc
             .shared
             .counters
             .received(drain.messages.len(), drain.dropped);
@@ -393,7 +515,7 @@ impl Host for IpcView<'_> {
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         let size = payload.len() as u64;
         let result = (|| {
-            if let Decision::Denied(reason) = self.bus.shared.policy.may_act_as_uplink() {
+            if let Decision::Denied(reason) = self.ipc.shared.policy.may_act_as_uplink() {
                 return Err(IpcError::Denied(reason));
             }
             let claimed = PrincipalId::parse(&principal).map_err(IpcError::Principal)?;
@@ -420,13 +542,13 @@ impl Host for IpcView<'_> {
                 .table
                 .push(SubscriptionEntry { receiver })
                 .map_err(|_| IpcError::ResourcesFull)?;
-            self.bus.subscriptions += 1;
+            self.ipc.subscriptions += 1;
             Ok(Resource::new_own(entry.rep()))
         });
         self.audit(
             "subscribe",
             &topic_pattern,
-            self.bus.subscriptions as u64,
+            self.ipc.subscriptions as u64,
             result.as_ref().err(),
         );
         Ok(result.map_err(|e| e.code()))
@@ -436,7 +558,7 @@ impl Host for IpcView<'_> {
         &mut self,
     ) -> wasmtime::Result<Result<Vec<InterceptorBinding>, ErrorCode>> {
         let bindings: Vec<InterceptorBinding> = self
-            .bus
+            .ipc
             .shared
             .bindings
             .iter()
@@ -523,7 +645,7 @@ impl HostSubscription for IpcView<'_> {
         let entry = self
             .table
             .delete(Resource::<SubscriptionEntry>::new_own(rep.rep()))?;
-        self.bus.subscriptions = self.bus.subscriptions.saturating_sub(1);
+        self.ipc.subscriptions = self.ipc.subscriptions.saturating_sub(1);
         self.audit(
             "subscription.drop",
             entry.receiver.pattern().as_str(),

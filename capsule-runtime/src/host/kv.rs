@@ -4,11 +4,43 @@
 //! exhaustive match; a database failure reaches the guest without the backend's text, which
 //! goes to the host log.
 
-use capsule_store::{KvError, KvStore, Namespace};
+use std::sync::Arc;
+
 use capsule_vfs::Ctl;
 use capsule_wit::astrid::kv::host::{ErrorCode, Host, KeyPage};
+use wasmtime::component::{HasData, Linker};
 
-use crate::state::KvView;
+use crate::error::LoadError;
+use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
+use capsule_store::{KvError, KvStore, Namespace};
+
+/// The `astrid:kv` capability: the runtime's one KV database, namespaced per call.
+pub(crate) struct KvHost;
+
+/// The view `astrid:kv` is implemented on.
+type KvView<'a> = View<'a, Arc<KvStore>>;
+
+impl HasData for KvHost {
+    type Data<'a> = KvView<'a>;
+}
+
+impl Capability for KvHost {
+    const INTERFACES: &'static [&'static str] = &["astrid:kv/host@1.0.0"];
+    type Shared = Arc<KvStore>;
+    type Ctx = Arc<KvStore>;
+
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        capsule_wit::astrid::kv::host::add_to_linker::<HostState, KvHost>(linker, view::<KvHost>)
+    }
+
+    fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
+        Ok(Arc::clone(&cx.services.kv))
+    }
+
+    fn instance(shared: &Self::Shared, _cx: &InstanceCx<'_>) -> Self::Ctx {
+        Arc::clone(shared)
+    }
+}
 
 fn code(e: &KvError) -> ErrorCode {
     match e {
@@ -32,7 +64,7 @@ impl KvView<'_> {
         &mut self,
         op: impl FnOnce(&KvStore, &Namespace, Room<'_>) -> Result<T, KvError> + Send + 'static,
     ) -> wasmtime::Result<Result<T, ErrorCode>> {
-        let scoped = self.scoped();
+        let scoped = self.core.scoped;
         let quota = match scoped.profile() {
             Ok(p) => p.quotas.max_storage_bytes,
             Err(reason) => {
@@ -42,9 +74,9 @@ impl KvView<'_> {
             }
         };
         let principal = scoped.principal().clone();
-        let ns = Namespace::new(&principal, &self.identity.name);
-        let store = std::sync::Arc::clone(&self.kv.store);
-        let cancel = self.limits.shared.cancel.clone();
+        let ns = Namespace::new(&principal, &scoped.identity.name);
+        let store = Arc::clone(self.ctx);
+        let cancel = self.core.limits.shared.cancel.clone();
         let work = move || {
             let cancelled = move || cancel.is_cancelled();
             let room = || {
@@ -53,12 +85,12 @@ impl KvView<'_> {
             };
             op(&store, &ns, &room)
         };
-        match self.limits.shared.blocking(work).await {
+        match self.core.limits.shared.blocking(work).await {
             None => Ok(Err(ErrorCode::Unknown("the capsule is unloading".into()))),
             Some(Err(panic)) => Err(wasmtime::Error::msg(format!("KV worker failed: {panic}"))),
             Some(Ok(result)) => Ok(result.map_err(|e| {
                 if matches!(e, KvError::Storage(_) | KvError::Unaccounted(_)) {
-                    tracing::warn!(capsule = %self.identity.name, error = %e, "KV call failed");
+                    tracing::warn!(capsule = %scoped.identity.name, error = %e, "KV call failed");
                 }
                 code(&e)
             })),

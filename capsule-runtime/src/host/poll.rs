@@ -7,12 +7,43 @@ use std::time::Instant;
 use capsule_bus::Readiness;
 use capsule_wit::astrid::io::poll::{ErrorCode, Host, HostPollable, Pollable};
 use futures::future::{BoxFuture, FutureExt, select_all};
-use wasmtime::component::Resource;
+use wasmtime::component::{HasData, Linker, Resource};
 
-use crate::state::PollView;
+use crate::error::LoadError;
+use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
 
 /// Most pollables one `poll` call may wait on.
 pub const MAX_POLL_LIST: usize = 1024;
+
+/// The `astrid:io/poll` capability. It keeps nothing of its own: pollables live in the
+/// Store's resource table.
+pub(crate) struct PollHost;
+
+/// The view `astrid:io/poll` is implemented on.
+type PollView<'a> = View<'a, ()>;
+
+impl HasData for PollHost {
+    type Data<'a> = PollView<'a>;
+}
+
+impl Capability for PollHost {
+    const INTERFACES: &'static [&'static str] = &["astrid:io/poll@1.0.0"];
+    type Shared = ();
+    type Ctx = ();
+
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        capsule_wit::astrid::io::poll::add_to_linker::<HostState, PollHost>(
+            linker,
+            view::<PollHost>,
+        )
+    }
+
+    fn assemble(_cx: &Assembly<'_>) -> Result<(), LoadError> {
+        Ok(())
+    }
+
+    fn instance((): &(), _cx: &InstanceCx<'_>) {}
+}
 
 /// What a pollable observes.
 #[derive(Debug, Clone)]
@@ -54,8 +85,8 @@ fn entry_handle(r: &Resource<Pollable>) -> Resource<PollableEntry> {
 impl PollView<'_> {
     /// Waits until any of `sources` is ready; `false` if the capsule was unloaded meanwhile.
     async fn wait_any(&mut self, sources: Vec<PollSource>) -> bool {
-        let cancel = self.limits.shared.cancel.clone();
-        let io = self.limits.shared.io.clone();
+        let cancel = self.core.limits.shared.cancel.clone();
+        let io = self.core.limits.shared.io.clone();
         let started = Instant::now();
         let done = tokio::select! {
             biased;
@@ -68,21 +99,26 @@ impl PollView<'_> {
             } => done,
         };
         // Time spent waiting is not CPU a run loop used.
-        self.limits.cpu.add_wait(started.elapsed());
+        self.core.limits.cpu.add_wait(started.elapsed());
         done
     }
 }
 
 impl HostPollable for PollView<'_> {
     fn ready(&mut self, self_: Resource<Pollable>) -> wasmtime::Result<bool> {
-        Ok(self.table.get(&entry_handle(&self_))?.source.is_ready())
+        Ok(self
+            .core
+            .table
+            .get(&entry_handle(&self_))?
+            .source
+            .is_ready())
     }
 
     async fn block(
         &mut self,
         self_: Resource<Pollable>,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        let source = self.table.get(&entry_handle(&self_))?.source.clone();
+        let source = self.core.table.get(&entry_handle(&self_))?.source.clone();
         if source.is_ready() {
             return Ok(Ok(()));
         }
@@ -94,7 +130,8 @@ impl HostPollable for PollView<'_> {
     }
 
     fn drop(&mut self, rep: Resource<Pollable>) -> wasmtime::Result<()> {
-        self.table
+        self.core
+            .table
             .delete(Resource::<PollableEntry>::new_own(rep.rep()))?;
         Ok(())
     }
@@ -113,7 +150,7 @@ impl Host for PollView<'_> {
         }
         let sources = pollables
             .iter()
-            .map(|p| Ok(self.table.get(&entry_handle(p))?.source.clone()))
+            .map(|p| Ok(self.core.table.get(&entry_handle(p))?.source.clone()))
             .collect::<wasmtime::Result<Vec<PollSource>>>()?;
         let ready = |sources: &[PollSource]| -> Vec<u32> {
             sources

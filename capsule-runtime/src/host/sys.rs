@@ -4,16 +4,24 @@
 //! defaults); secret-typed keys never come from a plain map. Errors carry no host paths or
 //! backend text: the guest gets a fixed description, the host log the details.
 
-use std::sync::OnceLock;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use capsule_bus::Attribution;
+use capsule_security::{EnvKind, Manifest};
 use capsule_wit::astrid::sys::host::{
     CallerContext, CapabilityCheckRequest, CapabilityCheckResponse, ErrorCode, Host, LogLevel,
 };
+use tokio::sync::watch;
+use wasmtime::component::{HasData, Linker};
 
-use crate::logsink::{rfc3339_ms, unix_ms};
-use crate::state::SysView;
+use crate::error::LoadError;
+use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
+use crate::lifecycle::LifecyclePhase;
+use crate::logsink::{LogSink, rfc3339_ms, unix_ms};
+use crate::registry::Registry;
+use capsule_store::SecretStore;
 
 /// Longest `sleep-ns`.
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -26,7 +34,7 @@ pub const RESERVED_CONFIG_PREFIX: &str = "__";
 
 /// Why a sys call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum SysError {
+pub(crate) enum SysError {
     /// The key is in the host's reserved namespace.
     #[error("configuration key `{0}` is reserved for the host")]
     ReservedKey(String),
@@ -55,26 +63,104 @@ pub enum SysError {
     /// The secret store failed (the message never contains a secret value).
     #[error("secret store: {0}")]
     Secret(String),
-    /// The capsule is being unloaded.
-    #[error("the capsule is unloading")]
-    Unloading,
 }
 
 impl SysError {
     /// The WIT error code the guest sees.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             Self::ReservedKey(_) => ErrorCode::ConfigKeyReserved,
             Self::TooLarge { .. } => ErrorCode::TooLarge,
             Self::Cancelled => ErrorCode::Cancelled,
             Self::RegistryUnavailable => ErrorCode::RegistryUnavailable,
-            Self::Unloading => ErrorCode::Cancelled,
             Self::BadSession(_) => ErrorCode::Unknown(self.to_string()),
             // What failed underneath is the host's business; the details go to its log.
             Self::Random(_) => ErrorCode::Unknown("random source unavailable".into()),
             Self::Secret(_) => ErrorCode::Unknown("secret store unavailable".into()),
         }
     }
+}
+
+/// The `astrid:sys` capability.
+pub(crate) struct SysHost;
+
+/// Capsule-wide data of the sys capability.
+#[derive(Debug)]
+pub(crate) struct SysShared {
+    /// Manifest defaults of non-secret `[env]` keys.
+    defaults: HashMap<String, String>,
+    /// The owner's env overlay, consulted before the defaults when the owner is in scope.
+    owner_env: HashMap<String, String>,
+    /// Keys declared `type = "secret"`: never in any map above.
+    secret_keys: HashSet<String>,
+    /// Every `[env]` key the manifest declares: the only keys `get-config` answers.
+    declared_keys: HashSet<String>,
+    /// Capability names the capsule holds.
+    capabilities: Vec<String>,
+    /// The owner's log file for this capsule.
+    owner_log: Option<LogSink>,
+    /// Flipped by `signal-ready` (or by the host, for a capsule without a run loop).
+    pub(crate) ready: watch::Sender<bool>,
+    /// Loaded capsules, for `check-capsule-capability`.
+    registry: Weak<Registry>,
+    /// Where secret-typed config keys are resolved.
+    secrets: Arc<SecretStore>,
+}
+
+/// The view `astrid:sys` is implemented on (`get-config("prev_version")` answers from the
+/// core's lifecycle phase during an upgrade).
+type SysView<'a> = View<'a, Arc<SysShared>>;
+
+impl HasData for SysHost {
+    type Data<'a> = SysView<'a>;
+}
+
+impl Capability for SysHost {
+    const INTERFACES: &'static [&'static str] = &["astrid:sys/host@1.0.0"];
+    type Shared = Arc<SysShared>;
+    type Ctx = Arc<SysShared>;
+
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        capsule_wit::astrid::sys::host::add_to_linker::<HostState, SysHost>(linker, view::<SysHost>)
+    }
+
+    fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
+        let manifest = cx.manifest;
+        Ok(Arc::new(SysShared {
+            defaults: env_defaults(manifest),
+            owner_env: cx.owner_files.env.clone(),
+            secret_keys: manifest
+                .env
+                .iter()
+                .filter(|(_, e)| e.kind == EnvKind::Secret)
+                .map(|(k, _)| k.clone())
+                .collect(),
+            declared_keys: manifest.env.keys().cloned().collect(),
+            capabilities: cx.policy.capabilities().held_names(),
+            owner_log: cx.owner_files.log.clone(),
+            ready: watch::Sender::new(false),
+            registry: Arc::downgrade(&cx.services.registry),
+            secrets: Arc::clone(&cx.services.secrets),
+        }))
+    }
+
+    fn instance(shared: &Self::Shared, _cx: &InstanceCx<'_>) -> Self::Ctx {
+        Arc::clone(shared)
+    }
+}
+
+/// The manifest's defaults of its non-secret `[env]` keys.
+fn env_defaults(manifest: &Manifest) -> HashMap<String, String> {
+    let defaults: BTreeMap<&String, &String> = manifest
+        .env
+        .iter()
+        .filter(|(_, e)| e.kind != EnvKind::Secret)
+        .filter_map(|(k, e)| e.default.as_ref().map(|d| (k, d)))
+        .collect();
+    defaults
+        .into_iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn monotonic_origin() -> Instant {
@@ -96,17 +182,18 @@ impl SysView<'_> {
     /// Resolves a secret-typed key live from the secret store: the principal in scope first,
     /// then host-wide. Every reveal is audited (never the value).
     async fn secret(&mut self, key: &str) -> Result<Option<String>, SysError> {
-        let principal = self.scoped().principal().clone();
-        let capsule = self.identity.name.clone();
-        let store = std::sync::Arc::clone(&self.sys.secrets);
+        let principal = self.core.scoped.principal().clone();
+        let capsule = self.core.scoped.identity.name.clone();
+        let store = Arc::clone(&self.ctx.secrets);
         let (k, p, c) = (key.to_string(), principal.clone(), capsule.clone());
         let found = match self
+            .core
             .limits
             .shared
             .blocking(move || store.resolve(&p, &c, &k))
             .await
         {
-            None => return Err(SysError::Unloading),
+            None => return Err(SysError::Cancelled),
             Some(Err(panic)) => Err(format!("worker failed: {panic}")),
             Some(Ok(r)) => r.map_err(|e| e.to_string()),
         };
@@ -135,17 +222,17 @@ impl SysView<'_> {
         if key.starts_with(RESERVED_CONFIG_PREFIX) {
             return Err(SysError::ReservedKey(key.to_string()));
         }
-        if let Some(crate::lifecycle::LifecyclePhase::Upgrade { from }) = &self.lifecycle.phase
+        if let Some(LifecyclePhase::Upgrade { from }) = self.core.phase
             && key == "prev_version"
         {
             return Ok(Some(from.to_string()));
         }
-        let shared = &self.sys.shared;
+        let shared = &**self.ctx;
         // An overlay may hold anything; only what the manifest declares is configuration.
         if !shared.declared_keys.contains(key) {
             return Ok(None);
         }
-        let overlay = match self.scoped().env_overlay() {
+        let overlay = match self.core.scoped.env_overlay() {
             Some(env) => env,
             None => &shared.owner_env,
         };
@@ -159,8 +246,7 @@ impl SysView<'_> {
         let session = uuid::Uuid::parse_str(&request.source_uuid)
             .map_err(|_| SysError::BadSession(request.source_uuid.clone()))?;
         let registry = self
-            .sys
-            .shared
+            .ctx
             .registry
             .upgrade()
             .ok_or(SysError::RegistryUnavailable)?;
@@ -186,7 +272,7 @@ impl Host for SysView<'_> {
         tracing::Instrument::instrument(
             async {
                 // Secret-typed keys never come from a plain map.
-                let is_secret = self.sys.shared.secret_keys.contains(&key);
+                let is_secret = self.ctx.secret_keys.contains(&key);
                 let result = match self.config(&key) {
                     Ok(_) if is_secret => self.secret(&key).await,
                     other => other,
@@ -199,9 +285,9 @@ impl Host for SysView<'_> {
     }
 
     fn get_caller(&mut self) -> wasmtime::Result<Result<CallerContext, ErrorCode>> {
-        let caller = match self.scope {
+        let caller = match self.core.scoped.scope {
             Some(s) => s.caller.clone(),
-            None => self.scopes.own_caller(),
+            None => self.core.scopes.own_caller(),
         };
         let principal = match &caller.attribution {
             Attribution::Verified(p) | Attribution::Claimed(p) => Some(p.to_string()),
@@ -218,18 +304,18 @@ impl Host for SysView<'_> {
         let name = level_name(level);
         // Writing a file is blocking work: bounded by the blocking semaphore, and abandoned
         // when the capsule unloads.
-        let cancel = self.limits.shared.cancel.clone();
-        let blocking = self.limits.shared.blocking.clone();
+        let cancel = self.core.limits.shared.cancel.clone();
+        let blocking = self.core.limits.shared.blocking.clone();
         let _permit = tokio::select! {
             biased;
             () = cancel.cancelled() => return Ok(()),
             permit = blocking.acquire() => permit.ok(),
         };
-        let scoped = self.scoped();
-        match scoped.log(self.sys.shared.owner_log.as_ref()) {
+        let scoped = self.core.scoped;
+        match scoped.log(self.ctx.owner_log.as_ref()) {
             Some(sink) => sink.write(name, &message),
             None => tracing::warn!(
-                capsule = %self.identity.name,
+                capsule = %self.core.scoped.identity.name,
                 principal = %scoped.principal(),
                 "capsule log unavailable; record dropped"
             ),
@@ -238,8 +324,8 @@ impl Host for SysView<'_> {
     }
 
     fn signal_ready(&mut self) -> wasmtime::Result<()> {
-        self.sys.shared.ready.send_replace(true);
-        tracing::debug!(capsule = %self.identity.name, "capsule signalled ready");
+        self.ctx.ready.send_replace(true);
+        tracing::debug!(capsule = %self.core.scoped.identity.name, "capsule signalled ready");
         Ok(())
     }
 
@@ -261,7 +347,7 @@ impl Host for SysView<'_> {
             };
             return Ok(Err(e.code()));
         }
-        let cancel = self.limits.shared.cancel.clone();
+        let cancel = self.core.limits.shared.cancel.clone();
         let started = Instant::now();
         let result = tokio::select! {
             biased;
@@ -270,7 +356,7 @@ impl Host for SysView<'_> {
         };
         // Only the time really spent asleep counts as waiting, so short sleeps between bursts
         // of work do not hide them.
-        self.limits.cpu.add_wait(started.elapsed());
+        self.core.limits.cpu.add_wait(started.elapsed());
         Ok(result)
     }
 
@@ -301,6 +387,6 @@ impl Host for SysView<'_> {
     }
 
     fn enumerate_capabilities(&mut self) -> wasmtime::Result<Vec<String>> {
-        Ok(self.sys.shared.capabilities.clone())
+        Ok(self.ctx.capabilities.clone())
     }
 }

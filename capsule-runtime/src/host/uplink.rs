@@ -2,10 +2,16 @@
 //! each, no duplicate (name, platform)) and hand inbound messages from external platforms to the
 //! host's bounded inbound channel; a full channel drops the message and says so (`false`).
 
-use capsule_security::Decision;
-use capsule_wit::astrid::uplink::host::{ErrorCode, Host, UplinkProfile as WitProfile};
+use std::sync::Arc;
 
-use crate::state::UplinkView;
+use capsule_security::{CapsulePolicy, Decision};
+use capsule_wit::astrid::uplink::host::{ErrorCode, Host, UplinkProfile as WitProfile};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use wasmtime::component::{HasData, Linker};
+
+use crate::error::LoadError;
+use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
 
 /// Most uplinks one capsule may register.
 pub const MAX_UPLINKS: usize = 32;
@@ -27,6 +33,7 @@ pub enum UplinkProfile {
 
 /// An uplink a capsule registered.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Uplink {
     /// The id handed to the capsule.
     pub id: String,
@@ -40,6 +47,7 @@ pub struct Uplink {
 
 /// A message an uplink capsule received from an external user.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct InboundMessage {
     /// The capsule that received it.
     pub capsule: String,
@@ -49,6 +57,50 @@ pub struct InboundMessage {
     pub platform_user_id: String,
     /// The content.
     pub content: String,
+}
+
+/// The `astrid:uplink` capability.
+pub(crate) struct UplinkHost;
+
+/// Capsule-wide data of the uplink capability.
+#[derive(Debug)]
+pub(crate) struct UplinkShared {
+    policy: Arc<CapsulePolicy>,
+    /// The uplinks the capsule registered.
+    pub(crate) registered: Mutex<Vec<Uplink>>,
+    inbound: mpsc::Sender<InboundMessage>,
+}
+
+/// The view `astrid:uplink` is implemented on.
+type UplinkView<'a> = View<'a, Arc<UplinkShared>>;
+
+impl HasData for UplinkHost {
+    type Data<'a> = UplinkView<'a>;
+}
+
+impl Capability for UplinkHost {
+    const INTERFACES: &'static [&'static str] = &["astrid:uplink/host@1.0.0"];
+    type Shared = Arc<UplinkShared>;
+    type Ctx = Arc<UplinkShared>;
+
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        capsule_wit::astrid::uplink::host::add_to_linker::<HostState, UplinkHost>(
+            linker,
+            view::<UplinkHost>,
+        )
+    }
+
+    fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
+        Ok(Arc::new(UplinkShared {
+            policy: Arc::clone(cx.policy),
+            registered: Mutex::new(Vec::new()),
+            inbound: cx.services.inbound.clone(),
+        }))
+    }
+
+    fn instance(shared: &Self::Shared, _cx: &InstanceCx<'_>) -> Self::Ctx {
+        Arc::clone(shared)
+    }
 }
 
 fn valid_name(s: &str) -> bool {
@@ -65,7 +117,7 @@ impl Host for UplinkView<'_> {
         platform: String,
         profile: WitProfile,
     ) -> wasmtime::Result<Result<String, ErrorCode>> {
-        if let Decision::Denied(_) = self.uplink.shared.policy.may_act_as_uplink() {
+        if let Decision::Denied(_) = self.ctx.policy.may_act_as_uplink() {
             return Ok(Err(ErrorCode::CapabilityDenied));
         }
         if !valid_name(&name) || !valid_name(&platform) {
@@ -77,7 +129,7 @@ impl Host for UplinkView<'_> {
             WitProfile::Notify => UplinkProfile::Notify,
             WitProfile::Bridge => UplinkProfile::Bridge,
         };
-        let mut registered = self.uplink.shared.registered.lock();
+        let mut registered = self.ctx.registered.lock();
         if registered.len() >= MAX_UPLINKS {
             return Ok(Err(ErrorCode::Quota));
         }
@@ -94,7 +146,7 @@ impl Host for UplinkView<'_> {
             platform,
             profile,
         });
-        tracing::info!(capsule = %self.identity.name, uplink = %id, "uplink registered");
+        tracing::info!(capsule = %self.core.scoped.identity.name, uplink = %id, "uplink registered");
         Ok(Ok(id))
     }
 
@@ -104,12 +156,11 @@ impl Host for UplinkView<'_> {
         platform_user_id: String,
         content: String,
     ) -> wasmtime::Result<Result<bool, ErrorCode>> {
-        if let Decision::Denied(_) = self.uplink.shared.policy.may_act_as_uplink() {
+        if let Decision::Denied(_) = self.ctx.policy.may_act_as_uplink() {
             return Ok(Err(ErrorCode::CapabilityDenied));
         }
         let Some(uplink) = self
-            .uplink
-            .shared
+            .ctx
             .registered
             .lock()
             .iter()
@@ -125,17 +176,17 @@ impl Host for UplinkView<'_> {
             return Ok(Err(ErrorCode::InvalidInput));
         }
         let message = InboundMessage {
-            capsule: self.identity.name.clone(),
+            capsule: self.core.scoped.identity.name.clone(),
             uplink,
             platform_user_id,
             content,
         };
-        Ok(match self.uplink.shared.inbound.try_send(message) {
+        Ok(match self.ctx.inbound.try_send(message) {
             Ok(()) => Ok(true),
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(
                     target: "capsule::audit::dispatch",
-                    capsule = %self.identity.name,
+                    capsule = %self.core.scoped.identity.name,
                     "inbound channel full: uplink message dropped"
                 );
                 Ok(false)

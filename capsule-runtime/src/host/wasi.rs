@@ -1,7 +1,9 @@
 //! The WASI preview 2 context of a capsule, locked down: no environment, no arguments, no
 //! preopened directories, no network; stdin is closed and stdout/stderr are written, line by
 //! line, to the capsule log of the principal in scope when the guest writes (the owner's when
-//! nobody else is in scope), exactly where `sys.log` records go.
+//! nobody else is in scope), exactly where `sys.log` records go. WASI is a capability like
+//! the `astrid:*` ones; the interfaces it links are accepted by [`WASI_P2`] name at any
+//! `0.2.x` version rather than listed in `host.wit`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,12 +11,75 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use wasmtime_wasi::WasiCtx;
+use wasmtime::component::Linker;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::logsink::LogSink;
-use crate::state::Scoped;
+use crate::error::LoadError;
+use crate::host::{Assembly, Capability, HostState, InstanceCx};
+use crate::state::OutputRoute;
+
+/// The WASI preview 2 interfaces linked (locked down) for guests built for `wasm32-wasip2`.
+pub(crate) const WASI_P2: &[&str] = &[
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+];
+
+/// The WASI capability; wasmtime-wasi reaches its context through [`WasiView`].
+pub(crate) struct WasiHost;
+
+impl Capability for WasiHost {
+    const INTERFACES: &'static [&'static str] = &[];
+    type Shared = ();
+    type Ctx = WasiCtx;
+
+    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        wasmtime_wasi::p2::add_to_linker_async(linker)
+    }
+
+    fn assemble(_cx: &Assembly<'_>) -> Result<(), LoadError> {
+        Ok(())
+    }
+
+    fn instance((): &(), cx: &InstanceCx<'_>) -> WasiCtx {
+        locked_down(cx.output, cx.stderr_tail.cloned())
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.caps.wasi,
+            table: &mut self.core.table,
+        }
+    }
+}
 
 /// Most bytes a guest may hand to stdout/stderr per write.
 const WRITE_BUDGET: usize = 64 * 1024;
@@ -46,34 +111,6 @@ impl OutputTail {
             .map(str::trim)
             .find(|l| !l.is_empty())
             .map(str::to_owned)
-    }
-}
-
-/// Where a Store's stdout and stderr go: the log of the principal in scope. The Store's host
-/// state re-points it whenever its scope changes; every output stream the guest opens shares it.
-#[derive(Clone, Debug)]
-pub(crate) struct OutputRoute {
-    owner: Option<LogSink>,
-    current: Arc<Mutex<Option<LogSink>>>,
-}
-
-impl OutputRoute {
-    /// A route to the owner's log, where output goes while nobody else is in scope.
-    pub(crate) fn new(owner: Option<LogSink>) -> Self {
-        Self {
-            current: Arc::new(Mutex::new(owner.clone())),
-            owner,
-        }
-    }
-
-    /// Points the route at the log of whoever `scoped` says is in scope (never the owner's
-    /// log for another principal: that principal's own, or none).
-    pub(crate) fn follow(&self, scoped: Scoped<'_>) {
-        *self.current.lock() = scoped.log(self.owner.as_ref()).cloned();
-    }
-
-    fn sink(&self) -> Option<LogSink> {
-        self.current.lock().clone()
     }
 }
 
@@ -158,7 +195,7 @@ impl tokio::io::AsyncWrite for LogOutput {
 
 /// A locked-down WASI context whose stdout and stderr go where `route` points; stderr is also
 /// kept in `tail` when one is given.
-pub(crate) fn locked_down(route: &OutputRoute, tail: Option<OutputTail>) -> WasiCtx {
+fn locked_down(route: &OutputRoute, tail: Option<OutputTail>) -> WasiCtx {
     WasiCtx::builder()
         .stdout(LogOutput {
             route: route.clone(),

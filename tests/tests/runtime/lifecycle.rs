@@ -8,7 +8,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use capsule_runtime::{
-    ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor, LoadError, Runtime,
+    ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor, LifecyclePhase, LoadError,
+    Runtime,
 };
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -179,7 +180,7 @@ async fn a_failing_lifecycle_call_fails_the_load_and_records_nothing() {
         matches!(
             e,
             LoadError::Lifecycle {
-                phase: "install",
+                phase: LifecyclePhase::Install,
                 ..
             }
         ),

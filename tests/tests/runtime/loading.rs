@@ -1,7 +1,7 @@
 //! Loading: the compile cache, missing imports named at load, stub exports, manifest and
 //! component checks, duplicate names and refused owners.
 
-use capsule_runtime::{CacheOutcome, Exports, LoadError, Runtime};
+use capsule_runtime::{CacheOutcome, ComponentProblem, LoadError, Runtime};
 use serde_json::json;
 
 use crate::common::*;
@@ -76,14 +76,11 @@ async fn a_missing_import_fails_the_load_and_is_named() {
 async fn aliased_stub_exports_count_as_absent() {
     let h = host();
     let stubs = h.load("stubs", "stubs.wasm", "").await;
+    let exports = stubs.report().exports;
     assert_eq!(
-        stubs.report().exports,
-        Exports {
-            run: false,
-            hook: true,
-            install: false,
-            upgrade: false
-        }
+        (exports.run, exports.hook, exports.install, exports.upgrade),
+        (false, true, false, false),
+        "{exports:?}"
     );
     assert_eq!(stubs.wait_run_exit().await, None, "no run loop was started");
     let r = stubs
@@ -131,7 +128,10 @@ async fn bad_manifests_components_and_owners_are_refused() {
     std::fs::write(dir.join("Capsule.toml"), text).unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(
         h.rt.load(&dir).await,
-        Err(LoadError::HashMismatch { .. })
+        Err(LoadError::Component {
+            problem: ComponentProblem::HashMismatch,
+            ..
+        })
     ));
 
     // Not a component.
