@@ -198,7 +198,8 @@ pub(crate) fn exports(
 
 /// Names among `run`, `astrid-install` and `astrid-upgrade` whose lifted core function is the
 /// very same core function as another of the three: toolchains emit unimplemented entry points
-/// as identical stubs that the optimiser merges, so a shared target means "not implemented".
+/// as identical stubs that the optimiser merges, so a shared target means the capsule does not
+/// provide that entry point.
 ///
 /// The chain followed is: component export -> `canon lift` -> core function alias -> (core
 /// instance, export name) -> instantiated module -> that module's function index.
