@@ -9,10 +9,9 @@ use std::time::Duration;
 use capsule_wit::astrid::elicit::host::{
     ElicitRequest, ElicitResponse, ElicitType, ErrorCode, Host,
 };
-use wasmtime::component::{HasData, Linker};
 
 use crate::error::LoadError;
-use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
+use crate::host::{Assembly, Capability, InstanceCx, View};
 use crate::lifecycle::{ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor};
 use capsule_store::{SecretScope, SecretStore};
 
@@ -44,21 +43,14 @@ impl std::fmt::Debug for ElicitShared {
 /// questions are allowed: only during install or upgrade).
 type ElicitView<'a> = View<'a, Arc<ElicitShared>>;
 
-impl HasData for ElicitHost {
-    type Data<'a> = ElicitView<'a>;
-}
+runs_on_view!(ElicitHost);
 
 impl Capability for ElicitHost {
     const INTERFACES: &'static [&'static str] = &["astrid:elicit/host@1.0.0"];
     type Shared = Arc<ElicitShared>;
     type Ctx = Arc<ElicitShared>;
 
-    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::elicit::host::add_to_linker::<HostState, ElicitHost>(
-            linker,
-            view::<ElicitHost>,
-        )
-    }
+    link_bindings!(capsule_wit::astrid::elicit::host);
 
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
         Ok(Arc::new(ElicitShared {

@@ -8,10 +8,9 @@ use std::sync::Arc;
 
 use capsule_vfs::Ctl;
 use capsule_wit::astrid::kv::host::{ErrorCode, Host, KeyPage};
-use wasmtime::component::{HasData, Linker};
 
 use crate::error::LoadError;
-use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
+use crate::host::{Assembly, Capability, InstanceCx, View};
 use capsule_store::{KvError, KvStore, Namespace};
 
 /// The `astrid:kv` capability: the runtime's one KV database, namespaced per call.
@@ -20,18 +19,14 @@ pub(crate) struct KvHost;
 /// The view `astrid:kv` is implemented on.
 type KvView<'a> = View<'a, Arc<KvStore>>;
 
-impl HasData for KvHost {
-    type Data<'a> = KvView<'a>;
-}
+runs_on_view!(KvHost);
 
 impl Capability for KvHost {
     const INTERFACES: &'static [&'static str] = &["astrid:kv/host@1.0.0"];
     type Shared = Arc<KvStore>;
     type Ctx = Arc<KvStore>;
 
-    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::kv::host::add_to_linker::<HostState, KvHost>(linker, view::<KvHost>)
-    }
+    link_bindings!(capsule_wit::astrid::kv::host);
 
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
         Ok(Arc::clone(&cx.services.kv))
@@ -41,6 +36,9 @@ impl Capability for KvHost {
         Arc::clone(shared)
     }
 }
+
+/// What a guest acting for a refused principal is told; the reason goes to the host log.
+pub(crate) const REFUSED: &str = "the principal in scope may not use storage";
 
 fn code(e: &KvError) -> ErrorCode {
     match e {
@@ -68,9 +66,15 @@ impl KvView<'_> {
         let quota = match scoped.profile() {
             Ok(p) => p.quotas.max_storage_bytes,
             Err(reason) => {
-                return Ok(Err(ErrorCode::Unknown(format!(
-                    "principal refused: {reason}"
-                ))));
+                // Why (a disabled principal, or a profile the host cannot read, named by its
+                // host path) is the operator's business: the guest learns only that it may not.
+                tracing::warn!(
+                    capsule = %scoped.identity.name,
+                    principal = %scoped.principal(),
+                    %reason,
+                    "KV call refused"
+                );
+                return Ok(Err(ErrorCode::Unknown(REFUSED.into())));
             }
         };
         let principal = scoped.principal().clone();

@@ -25,6 +25,31 @@ use crate::state::{CapsuleIdentity, CoreView, OutputRoute, StoreCore};
 use capsule_store::KvStore;
 use capsule_store::SecretStore;
 
+/// Makes `View<'_, Ctx>` what the host functions of capability `$cap` run on: the usual
+/// marker, for every capability that needs no view of its own.
+macro_rules! runs_on_view {
+    ($cap:ty) => {
+        impl wasmtime::component::HasData for $cap {
+            type Data<'a> = $crate::host::View<'a, <$cap as $crate::host::Capability>::Ctx>;
+        }
+    };
+}
+
+/// The usual [`Capability::link`]: registers the host functions of the generated bindings
+/// module `$m`, each run on the capability's [`View`].
+macro_rules! link_bindings {
+    ($($m:ident)::+) => {
+        fn link(
+            linker: &mut wasmtime::component::Linker<$crate::host::HostState>,
+        ) -> wasmtime::Result<()> {
+            $($m)::+::add_to_linker::<$crate::host::HostState, Self>(
+                linker,
+                $crate::host::view::<Self>,
+            )
+        }
+    };
+}
+
 pub(crate) mod audit;
 pub(crate) mod elicit;
 pub(crate) mod fs;

@@ -7,10 +7,10 @@ use std::time::Instant;
 use capsule_bus::Readiness;
 use capsule_wit::astrid::io::poll::{ErrorCode, Host, HostPollable, Pollable};
 use futures::future::{BoxFuture, FutureExt, select_all};
-use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime::component::Resource;
 
 use crate::error::LoadError;
-use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
+use crate::host::{Assembly, Capability, InstanceCx, View};
 
 /// Most pollables one `poll` call may wait on.
 pub const MAX_POLL_LIST: usize = 1024;
@@ -22,21 +22,14 @@ pub(crate) struct PollHost;
 /// The view `astrid:io/poll` is implemented on.
 type PollView<'a> = View<'a, ()>;
 
-impl HasData for PollHost {
-    type Data<'a> = PollView<'a>;
-}
+runs_on_view!(PollHost);
 
 impl Capability for PollHost {
     const INTERFACES: &'static [&'static str] = &["astrid:io/poll@1.0.0"];
     type Shared = ();
     type Ctx = ();
 
-    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::io::poll::add_to_linker::<HostState, PollHost>(
-            linker,
-            view::<PollHost>,
-        )
-    }
+    link_bindings!(capsule_wit::astrid::io::poll);
 
     fn assemble(_cx: &Assembly<'_>) -> Result<(), LoadError> {
         Ok(())

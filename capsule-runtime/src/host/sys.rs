@@ -14,13 +14,13 @@ use capsule_wit::astrid::sys::host::{
     CallerContext, CapabilityCheckRequest, CapabilityCheckResponse, ErrorCode, Host, LogLevel,
 };
 use tokio::sync::watch;
-use wasmtime::component::{HasData, Linker};
 
 use crate::error::LoadError;
-use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
+use crate::host::{Assembly, Capability, InstanceCx, View};
 use crate::lifecycle::LifecyclePhase;
 use crate::logsink::{LogSink, rfc3339_ms, unix_ms};
 use crate::registry::Registry;
+use capsule_store::SecretError;
 use capsule_store::SecretStore;
 
 /// Longest `sleep-ns`.
@@ -59,10 +59,10 @@ pub(crate) enum SysError {
     BadSession(String),
     /// The operating system's random source failed.
     #[error("random source failed: {0}")]
-    Random(String),
+    Random(#[source] getrandom::Error),
     /// The secret store failed (the message never contains a secret value).
     #[error("secret store: {0}")]
-    Secret(String),
+    Secret(#[source] SecretError),
 }
 
 impl SysError {
@@ -111,18 +111,14 @@ pub(crate) struct SysShared {
 /// core's lifecycle phase during an upgrade).
 type SysView<'a> = View<'a, Arc<SysShared>>;
 
-impl HasData for SysHost {
-    type Data<'a> = SysView<'a>;
-}
+runs_on_view!(SysHost);
 
 impl Capability for SysHost {
     const INTERFACES: &'static [&'static str] = &["astrid:sys/host@1.0.0"];
     type Shared = Arc<SysShared>;
     type Ctx = Arc<SysShared>;
 
-    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::sys::host::add_to_linker::<HostState, SysHost>(linker, view::<SysHost>)
-    }
+    link_bindings!(capsule_wit::astrid::sys::host);
 
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
         let manifest = cx.manifest;
@@ -181,7 +177,8 @@ fn level_name(level: LogLevel) -> &'static str {
 impl SysView<'_> {
     /// Resolves a secret-typed key live from the secret store: the principal in scope first,
     /// then host-wide. Every reveal is audited (never the value).
-    async fn secret(&mut self, key: &str) -> Result<Option<String>, SysError> {
+    /// A worker that panicked is the host's failure, not the guest's: the call traps.
+    async fn secret(&mut self, key: &str) -> wasmtime::Result<Result<Option<String>, SysError>> {
         let principal = self.core.scoped.principal().clone();
         let capsule = self.core.scoped.identity.name.clone();
         let store = Arc::clone(&self.ctx.secrets);
@@ -193,22 +190,29 @@ impl SysView<'_> {
             .blocking(move || store.resolve(&p, &c, &k))
             .await
         {
-            None => return Err(SysError::Cancelled),
-            Some(Err(panic)) => Err(format!("worker failed: {panic}")),
-            Some(Ok(r)) => r.map_err(|e| e.to_string()),
+            None => return Ok(Err(SysError::Cancelled)),
+            Some(Err(panic)) => {
+                return Err(wasmtime::Error::msg(format!(
+                    "secret worker failed: {panic}"
+                )));
+            }
+            Some(Ok(r)) => r,
         };
-        let found = found.map_err(|reason| {
-            crate::host::audit::secret_failed(&capsule, &principal, key, &reason);
-            SysError::Secret(reason)
-        })?;
-        Ok(found.map(|(value, scope)| {
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                crate::host::audit::secret_failed(&capsule, &principal, key, &e.to_string());
+                return Ok(Err(SysError::Secret(e)));
+            }
+        };
+        Ok(Ok(found.map(|(value, scope)| {
             let scope = match scope {
                 capsule_store::SecretScope::Principal(_) => "principal",
                 capsule_store::SecretScope::Host => "host",
             };
             crate::host::audit::secret_revealed(&capsule, &principal, key, scope);
             String::from_utf8_lossy(&value).into_owned()
-        }))
+        })))
     }
 
     fn config(&self, key: &str) -> Result<Option<String>, SysError> {
@@ -274,7 +278,7 @@ impl Host for SysView<'_> {
                 // Secret-typed keys never come from a plain map.
                 let is_secret = self.ctx.secret_keys.contains(&key);
                 let result = match self.config(&key) {
-                    Ok(_) if is_secret => self.secret(&key).await,
+                    Ok(_) if is_secret => self.secret(&key).await?,
                     other => other,
                 };
                 Ok(result.map_err(|e| e.code()))
@@ -372,7 +376,7 @@ impl Host for SysView<'_> {
         let mut buf = vec![0u8; usize::try_from(length).unwrap_or(0)];
         match getrandom::fill(&mut buf) {
             Ok(()) => Ok(Ok(buf)),
-            Err(e) => Ok(Err(SysError::Random(e.to_string()).code())),
+            Err(e) => Ok(Err(SysError::Random(e).code())),
         }
     }
 

@@ -8,10 +8,9 @@ use capsule_security::{CapsulePolicy, Decision};
 use capsule_wit::astrid::uplink::host::{ErrorCode, Host, UplinkProfile as WitProfile};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
-use wasmtime::component::{HasData, Linker};
 
 use crate::error::LoadError;
-use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
+use crate::host::{Assembly, Capability, InstanceCx, View};
 
 /// Most uplinks one capsule may register.
 pub const MAX_UPLINKS: usize = 32;
@@ -74,21 +73,14 @@ pub(crate) struct UplinkShared {
 /// The view `astrid:uplink` is implemented on.
 type UplinkView<'a> = View<'a, Arc<UplinkShared>>;
 
-impl HasData for UplinkHost {
-    type Data<'a> = UplinkView<'a>;
-}
+runs_on_view!(UplinkHost);
 
 impl Capability for UplinkHost {
     const INTERFACES: &'static [&'static str] = &["astrid:uplink/host@1.0.0"];
     type Shared = Arc<UplinkShared>;
     type Ctx = Arc<UplinkShared>;
 
-    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::uplink::host::add_to_linker::<HostState, UplinkHost>(
-            linker,
-            view::<UplinkHost>,
-        )
-    }
+    link_bindings!(capsule_wit::astrid::uplink::host);
 
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
         Ok(Arc::new(UplinkShared {

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use capsule_security::{CapsulePolicy, FsRoot};
 use capsule_vfs::{Ctl, GuestPath, Mount, Overlay, Scheme, VfsError, Workspace};
 use capsule_wit::astrid::fs::host::ErrorCode;
-use wasmtime::component::{HasData, Linker};
 
 use crate::error::{HostFailure, LoadError};
-use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
+use crate::host::{Assembly, Capability, InstanceCx, View};
+use crate::scope::PrincipalRefusal;
 use capsule_store::KvStore;
 use capsule_store::quota::QuotaError;
 
@@ -73,18 +73,14 @@ pub(crate) struct FsCtx {
 /// The view `astrid:fs` is implemented on.
 type FsView<'a> = View<'a, FsCtx>;
 
-impl HasData for FsHost {
-    type Data<'a> = FsView<'a>;
-}
+runs_on_view!(FsHost);
 
 impl Capability for FsHost {
     const INTERFACES: &'static [&'static str] = &["astrid:fs/host@1.0.0"];
     type Shared = Arc<FsShared>;
     type Ctx = FsCtx;
 
-    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::fs::host::add_to_linker::<HostState, FsHost>(linker, view::<FsHost>)
-    }
+    link_bindings!(capsule_wit::astrid::fs::host);
 
     /// Opens the capsule's mounts: its workspace (plain or overlay), the host directories its
     /// grants name, and its owner's home and tmp.
@@ -183,7 +179,7 @@ pub(crate) enum FsError {
     Quota(String),
     /// The principal in scope may not store anything (its profile is refused).
     #[error("principal refused: {0}")]
-    Refused(String),
+    Refused(PrincipalRefusal),
     /// Storage accounting failed on the host's side.
     #[error("storage accounting failed: {0}")]
     Accounting(String),
@@ -341,7 +337,7 @@ impl FsView<'_> {
                 .profile()
                 .as_ref()
                 .map(|p| p.quotas.max_storage_bytes)
-                .map_err(|reason| reason.to_string()),
+                .map_err(Clone::clone),
             cancel: self.core.limits.shared.cancel.clone(),
         }
     }

@@ -1,17 +1,18 @@
 //! The path calls of `astrid:fs/host`: each locates its paths, has them gated for how it
 //! touches them, and runs on the blocking pool with the growth it causes charged first.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use capsule_vfs::{FileKind, OpenMode, Stat, Usage};
+use capsule_vfs::{Ctl, FileKind, OpenMode, Stat, Tree, Usage, VfsError};
 use capsule_wit::astrid::fs::host::{
     Datetime, ErrorCode, FileHandle, FileStat, FileType, Host, OpenMode as WitOpenMode,
 };
 use wasmtime::component::Resource;
 
 use super::handle::FileEntry;
-use super::locate::{Touch, content, entry, held};
+use super::locate::{Located, Touch, content, entry, held};
 use super::{FsError, FsView, MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};
 use capsule_store::quota::{ENTRY_BYTES, cost};
 
@@ -236,21 +237,15 @@ impl Host for FsView<'_> {
         src: String,
         dst: String,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        self.run(
-            "copy",
-            &[(&src, Touch::Read), (&dst, Touch::Replace)],
-            |j| {
-                let (from, to) = (j.loc(0), j.loc(1));
-                let size = from.tree().stat(&from.rel, true)?.size;
-                let delta = i128::from(size)
-                    - entry(to.tree(), &to.rel)
-                        .map_or(-i128::from(ENTRY_BYTES), |st| i128::from(content(&st)));
-                j.charged(1, delta, || {
-                    Ok(from.tree().copy(&from.rel, &to.rel, &j.ctl)?)
-                })
-            },
-        )
-        .await
+        let delta: Delta = |from, to| {
+            let size = from.tree().stat(&from.rel, true)?.size;
+            let replaced = entry(to.tree(), &to.rel)
+                .map_or(-i128::from(ENTRY_BYTES), |st| i128::from(content(&st)));
+            Ok(i128::from(size) - replaced)
+        };
+        let act: Act = |tree, from, to, ctl| tree.copy(from, to, ctl);
+        self.transfer("copy", (&src, Touch::Read), &dst, delta, act)
+            .await
     }
 
     async fn fs_rename(
@@ -258,23 +253,17 @@ impl Host for FsView<'_> {
         src: String,
         dst: String,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        self.run(
-            "rename",
-            &[(&src, Touch::Replace), (&dst, Touch::Replace)],
-            |j| {
-                let (from, to) = (j.loc(0), j.loc(1));
-                // A rename over another entry frees that entry, unless both names are one file.
-                let same = |a: &Stat, b: &Stat| a.file_id == b.file_id;
-                let freed = match (entry(from.tree(), &from.rel), entry(to.tree(), &to.rel)) {
-                    (Some(a), Some(b)) if !same(&a, &b) => held(&b),
-                    _ => 0,
-                };
-                j.charged(1, -i128::from(freed), || {
-                    Ok(from.tree().rename(&from.rel, &to.rel, &j.ctl)?)
-                })
-            },
-        )
-        .await
+        // A rename over another entry frees that entry, unless both names are one file.
+        let delta: Delta = |from, to| {
+            let freed = match (entry(from.tree(), &from.rel), entry(to.tree(), &to.rel)) {
+                (Some(a), Some(b)) if a.file_id != b.file_id => held(&b),
+                _ => 0,
+            };
+            Ok(-i128::from(freed))
+        };
+        let act: Act = |tree, from, to, ctl| tree.rename(from, to, ctl);
+        self.transfer("rename", (&src, Touch::Replace), &dst, delta, act)
+            .await
     }
 
     async fn fs_remove_dir_all(
@@ -331,6 +320,32 @@ impl Host for FsView<'_> {
                 })
             },
         )
+        .await
+    }
+}
+
+/// How a two-path call changes the destination principal's storage (bytes, signed).
+type Delta = fn(&Located, &Located) -> Result<i128, FsError>;
+/// The tree operation of a two-path call.
+type Act = fn(&dyn Tree, &Path, &Path, &Ctl<'_>) -> Result<(), VfsError>;
+
+impl FsView<'_> {
+    /// Runs a call that takes `src` (touched as given) to `dst` (replaced) within one mount,
+    /// with the destination's storage change charged before the tree operation runs.
+    async fn transfer(
+        &mut self,
+        op: &'static str,
+        (src, touch): (&str, Touch),
+        dst: &str,
+        delta: Delta,
+        act: Act,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        self.run(op, &[(src, touch), (dst, Touch::Replace)], move |j| {
+            let (from, to) = (j.loc(0), j.loc(1));
+            j.charged(1, delta(from, to)?, || {
+                Ok(act(from.tree(), &from.rel, &to.rel, &j.ctl)?)
+            })
+        })
         .await
     }
 }
