@@ -212,14 +212,12 @@ pub enum ConfigError {
     /// The engine refused the settings.
     #[error("the wasm engine rejected the configuration: {0}")]
     Engine(String),
-    /// A store (KV database, secret store) could not be opened.
-    #[error("cannot open the {what}: {reason}")]
-    Store {
-        /// Which store.
-        what: &'static str,
-        /// Why.
-        reason: String,
-    },
+    /// The KV database could not be opened.
+    #[error("cannot open the KV database: {0}")]
+    KvStore(#[source] capsule_store::KvError),
+    /// The secret store could not be opened.
+    #[error("cannot open the secret store: {0}")]
+    SecretStore(#[source] capsule_store::SecretError),
     /// The operator's host policy (`<state>/policy.toml`) is malformed.
     #[error("invalid host policy: {0}")]
     Policy(String),

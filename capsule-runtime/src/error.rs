@@ -130,12 +130,12 @@ pub enum LoadError {
         source: GrantError,
     },
     /// The record of the version installed for the owner could not be read or written.
-    #[error("capsule `{capsule}`: installed version record: {reason}")]
+    #[error("capsule `{capsule}`: installed version record: {source}")]
     Installed {
         /// The capsule.
         capsule: String,
         /// The record's path and what went wrong with it.
-        reason: String,
+        source: capsule_store::InstalledError,
     },
     /// A capsule of that name is already loaded.
     #[error("a capsule named `{0}` is already loaded")]

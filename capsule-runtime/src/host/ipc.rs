@@ -23,7 +23,7 @@ use crate::error::LoadError;
 use crate::host::poll::{PollSource, PollableEntry};
 use crate::host::{Assembly, Capability, HostState, InstanceCx, audit};
 use crate::limits::LimitsCtx;
-use crate::scope::{InvocationScope, ProfileGrant, ScopeFactory, audit_rule};
+use crate::scope::{InvocationScope, PrincipalRefusal, ProfileGrant, ScopeFactory, audit_rule};
 use crate::state::{CapsuleIdentity, OutputRoute, Scoped};
 use crate::stats::IpcCounters;
 
@@ -186,7 +186,7 @@ pub(crate) enum IpcError {
     Denied(String),
     /// The principal in scope may not act (malformed profile, or disabled).
     #[error("principal refused: {0}")]
-    PrincipalRefused(String),
+    PrincipalRefused(PrincipalRefusal),
     /// The principal's byte budget is spent.
     #[error(transparent)]
     RateLimited(RateLimited),
@@ -358,7 +358,7 @@ impl IpcView<'_> {
         };
         let profile = match self.scoped().profile() {
             Ok(p) => p.clone(),
-            Err(reason) => return Err(IpcError::PrincipalRefused(reason.to_string())),
+            Err(reason) => return Err(IpcError::PrincipalRefused(reason.clone())),
         };
         let rate = Rate::per_second(profile.quotas.max_ipc_throughput_bytes);
         // An uplink pays for the principals it claims: each is one of a bounded number of
@@ -366,7 +366,7 @@ impl IpcView<'_> {
         let own = if claimed_by_uplink {
             let owner = match self.owner_profile {
                 Ok(p) => p.clone(),
-                Err(reason) => return Err(IpcError::PrincipalRefused(reason.to_string())),
+                Err(reason) => return Err(IpcError::PrincipalRefused(reason.clone())),
             };
             let limit = owner.quotas.max_claimed_principals_per_minute;
             if !self

@@ -186,9 +186,9 @@ impl Runtime {
     async fn install(&self, inner: &CapsuleInner, owner: &PrincipalId) -> Result<(), LoadError> {
         let name = &inner.identity().name;
         let version = &inner.manifest.package.version;
-        let record = |e: capsule_store::InstalledError| LoadError::Installed {
+        let record = |source| LoadError::Installed {
             capsule: name.clone(),
-            reason: e.to_string(),
+            source,
         };
         let installed = InstalledVersions::new(&self.inner.config.state_dir);
         let recorded = installed.read(owner, name).map_err(record)?;

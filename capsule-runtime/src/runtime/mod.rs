@@ -126,19 +126,10 @@ impl Runtime {
             host::build_linker(&engine).map_err(|e| ConfigError::Engine(format!("{e:#}")))?;
         let cache = ArtifactCache::new(config.cache_dir(), &engine);
         let bus = Bus::with_config(config.bus).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let kv = KvStore::open_in(&StateLayout::new(config.state_dir.clone())).map_err(|e| {
-            ConfigError::Store {
-                what: "KV database",
-                reason: e.to_string(),
-            }
-        })?;
-        let secrets =
-            SecretStore::open(&config.state_dir, &config.host_key_file()).map_err(|e| {
-                ConfigError::Store {
-                    what: "secret store",
-                    reason: e.to_string(),
-                }
-            })?;
+        let kv = KvStore::open_in(&StateLayout::new(config.state_dir.clone()))
+            .map_err(ConfigError::KvStore)?;
+        let secrets = SecretStore::open(&config.state_dir, &config.host_key_file())
+            .map_err(ConfigError::SecretStore)?;
         let host_policy = config.host_policy()?;
         start_epoch_ticker(&engine, config.epoch_mode, config.epoch_window)?;
         let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(config.inbound_capacity);

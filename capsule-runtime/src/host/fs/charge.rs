@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::locate::Located;
 use super::{FsError, handle::handle_io};
+use crate::scope::PrincipalRefusal;
 use capsule_store::KvStore;
 use capsule_store::quota::Charged;
 
@@ -18,7 +19,7 @@ pub(super) struct Charge {
     pub(super) storage: Arc<KvStore>,
     pub(super) principal: PrincipalId,
     /// The principal's `max_storage_bytes`, or why it may store nothing.
-    pub(super) quota: Result<u64, String>,
+    pub(super) quota: Result<u64, PrincipalRefusal>,
     pub(super) cancel: CancellationToken,
 }
 

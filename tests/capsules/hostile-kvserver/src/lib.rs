@@ -2,7 +2,8 @@
 //! config `in` (default `serve.*`) and config `gate` (default `serve-gate.*`), signals ready,
 //! and answers every request it receives on config `out` (default `served.reply`), acting for
 //! whoever the host put in scope. Requests are JSON objects `{"op", "tag", "value"}`:
-//! - `set` stores `value` under the KV key `v`; `get` answers the stored value;
+//! - `set` stores `value` under the KV key `v` (answering, and printing, the error it got, if
+//!   any); `get` answers the stored value;
 //! - `hold` answers first, then waits on the gate subscription until a message arrives there
 //!   (so a test can queue several requests before the next drain);
 //! - `idle` polls the (empty) gate subscription, then answers.
@@ -79,7 +80,16 @@ impl Guest for Server {
                 match op {
                     "set" => {
                         let value = req["value"].as_str().unwrap_or("");
-                        answer["ok"] = json!(kv::kv_set("v", value.as_bytes()).is_ok());
+                        match kv::kv_set("v", value.as_bytes()) {
+                            Ok(()) => answer["ok"] = json!(true),
+                            Err(e) => {
+                                answer["ok"] = json!(false);
+                                // Printed too: a refused principal's answer may not be
+                                // publishable, and its log still is written.
+                                println!("kv-error {tag} {e:?}");
+                                answer["error"] = json!(format!("{e:?}"));
+                            }
+                        }
                     }
                     "get" => {
                         let value = kv::kv_get("v")

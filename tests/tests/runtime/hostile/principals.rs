@@ -133,6 +133,59 @@ async fn an_envelope_never_mixes_principals() {
     bystander.check("after the mixed-principal attack").await;
     h.rt.shutdown().await;
 }
+/// A run loop draining a message from a principal whose profile the host cannot use acts for
+/// that principal, and its KV calls are refused; the guest learns that it may not store, never
+/// why (the reason names the profile's host path and its content).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_principal_learns_nothing_of_the_host_from_kv() {
+    let h = host();
+    h.profile("mallory", "quotas = = \"broken\"\n");
+    let mut answers = Answers::new(&h);
+    let server = h.load("kvserver", "hostile-kvserver.wasm", SERVER).await;
+    assert!(server.wait_ready(Duration::from_secs(20)).await);
+
+    let req = json!({"op": "set", "tag": "mallory-set", "value": "x"});
+    h.publish(
+        "serve.req",
+        &req.to_string(),
+        Attribution::Verified(pid("mallory")),
+    );
+    // Its answer cannot be published (mallory may not act), but its log is kept.
+    until("mallory's KV error in her log", || {
+        log_of(&h, "mallory", "kvserver").contains("kv-error mallory-set")
+    })
+    .await;
+    let log = log_of(&h, "mallory", "kvserver");
+    let error = log
+        .lines()
+        .find(|l| l.contains("kv-error mallory-set"))
+        .unwrap_or_default();
+    assert!(error.contains("may not use storage"), "{error}");
+    let state = h.state().display().to_string();
+    for secret in [
+        state.as_str(),
+        "profiles",
+        "mallory.toml",
+        "broken",
+        "malformed",
+    ] {
+        assert!(
+            !error.contains(secret),
+            "the guest is told `{error}`, which reveals `{secret}`"
+        );
+    }
+
+    // The same server still serves a usable principal.
+    let req = json!({"op": "set", "tag": "alice-set", "value": "y"});
+    h.publish(
+        "serve.req",
+        &req.to_string(),
+        Attribution::Verified(pid("alice")),
+    );
+    assert_eq!(answers.get("alice-set").await.0["ok"], true);
+    h.rt.shutdown().await;
+}
+
 /// Item 2: a subscription a guest opens while a handler call serves alice admits only alice's
 /// messages and system messages, so bob cannot inject replies into alice's call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
