@@ -161,6 +161,8 @@ pub struct HostPolicy {
     fs_roots: Option<Vec<PathBuf>>,
     /// Patterns broad handler bindings must be covered by; `None` = any.
     handler_patterns: Option<Vec<TopicPattern>>,
+    /// The mount table, re-read only when it changed.
+    mounts: crate::mounts::MountWatch,
 }
 
 impl HostPolicy {
@@ -185,6 +187,7 @@ impl HostPolicy {
             protected: Vec::new(),
             fs_roots: None,
             handler_patterns: None,
+            mounts: crate::mounts::MountWatch::default(),
         };
         for (path, what) in SYSTEM_PROTECTED {
             p = p.protect(Path::new(path), what);
@@ -357,10 +360,10 @@ impl HostPolicy {
                 resolved,
             }));
         }
-        // Spellings agree with the protections; now the file systems must too. The table is
-        // read on every check so a mount made after start is seen; without it, nothing is
-        // granted.
-        let table = crate::mounts::MountTable::read().map_err(|e| {
+        // Spellings agree with the protections; now the file systems must too. A mount made
+        // after start is seen (the watch re-reads a changed table); without a table, nothing
+        // is granted.
+        let table = self.mounts.current().map_err(|e| {
             Box::new(Forbidden::Unresolvable {
                 request: request.clone(),
                 reason: format!("cannot read the mount table: {e}"),

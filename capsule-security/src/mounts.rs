@@ -4,7 +4,12 @@
 //! and its path inside that file system; two spellings with the same identity are the same
 //! directory.
 
+use std::fs::File;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 /// File systems that expose the kernel or devices rather than files; never grantable however
 /// they are reached.
@@ -87,10 +92,14 @@ fn unescape(field: &str) -> PathBuf {
     PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
 }
 
+/// Where the kernel publishes this process's mount table.
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
 impl MountTable {
     /// Reads `/proc/self/mountinfo`.
+    #[cfg(test)]
     pub(crate) fn read() -> std::io::Result<Self> {
-        std::fs::read_to_string("/proc/self/mountinfo").map(|t| Self::parse(&t))
+        std::fs::read_to_string(MOUNTINFO).map(|t| Self::parse(&t))
     }
 
     /// Parses mountinfo text; malformed lines are skipped.
@@ -141,6 +150,58 @@ impl MountTable {
             .iter()
             .filter(move |m| m.point != dir && m.point.starts_with(dir))
     }
+}
+
+/// The mount table, read once and read again only when the kernel says it changed.
+///
+/// An open `mountinfo` file reports `POLLPRI | POLLERR` once the namespace's mounts have changed
+/// since the file was opened or last polled; an unchanged table is answered from memory, so a
+/// load with filesystem grants costs no file read. A mount made between a check and the use of
+/// its answer is as invisible as it would be to a fresh read; the next check sees it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MountWatch {
+    seen: Arc<Mutex<Option<Watched>>>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    file: File,
+    table: Arc<MountTable>,
+}
+
+impl MountWatch {
+    /// The current mount table.
+    pub(crate) fn current(&self) -> std::io::Result<Arc<MountTable>> {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = seen.as_mut() {
+            let mut fds = [PollFd::new(&w.file, PollFlags::PRI)];
+            let ready = poll(&mut fds, Some(&Timespec::default()))?;
+            let changed = ready > 0
+                && fds[0]
+                    .revents()
+                    .intersects(PollFlags::PRI | PollFlags::ERR | PollFlags::NVAL);
+            if !changed {
+                return Ok(Arc::clone(&w.table));
+            }
+            // The poll above consumed the change; what is read from here on includes it.
+            w.file.rewind()?;
+            w.table = Arc::new(read_table(&mut w.file)?);
+            return Ok(Arc::clone(&w.table));
+        }
+        let mut file = File::open(MOUNTINFO)?;
+        let table = Arc::new(read_table(&mut file)?);
+        *seen = Some(Watched {
+            file,
+            table: Arc::clone(&table),
+        });
+        Ok(table)
+    }
+}
+
+fn read_table(file: &mut File) -> std::io::Result<MountTable> {
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(MountTable::parse(&text))
 }
 
 /// How a directory is tied to a protected one through the file systems they live on.
@@ -295,5 +356,95 @@ mod tests {
             .locate(Path::new("/proc/self"))
             .unwrap_or_else(|| panic!("no mount holds /proc"));
         assert!(proc.mount.is_kernel(), "{proc:?}");
+    }
+
+    #[test]
+    fn an_unchanged_table_is_answered_from_memory() {
+        let watch = MountWatch::default();
+        let first = watch.current().unwrap_or_else(|e| panic!("{e}"));
+        let again = watch.current().unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "no mount changed, so the table must not have been read again"
+        );
+        assert!(first.locate(Path::new("/")).is_some());
+    }
+
+    /// Set in the copy of this test that runs inside its own mount namespace.
+    const IN_NAMESPACE: &str = "CAPSULE_MOUNT_WATCH_IN_NAMESPACE";
+
+    /// Mounting needs a mount namespace of its own, so the test runs itself again under
+    /// `unshare -m`: there it mounts a tmpfs and checks the watch sees it.
+    #[test]
+    fn a_mount_made_after_the_first_read_is_seen() {
+        if std::env::var_os(IN_NAMESPACE).is_some() {
+            return in_namespace();
+        }
+        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+        let out = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private"])
+            .arg(exe)
+            .args([
+                "--exact",
+                "mounts::tests::a_mount_made_after_the_first_read_is_seen",
+                "--nocapture",
+            ])
+            .env(IN_NAMESPACE, "1")
+            .output();
+        let out = match out {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("`unshare` is not installed: the mount-change part is not run");
+                return;
+            }
+            Err(e) => panic!("unshare: {e}"),
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() == Some(1) && stderr.contains("unshare failed") {
+            eprintln!(
+                "no mount namespace for this user ({stderr}): the mount-change part is not run"
+            );
+            return;
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(
+            stdout.contains("1 passed"),
+            "the copy ran no test: {stdout}"
+        );
+    }
+
+    fn in_namespace() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = dir.path().canonicalize().unwrap_or_else(|e| panic!("{e}"));
+        let watch = MountWatch::default();
+        let before = watch.current().unwrap_or_else(|e| panic!("{e}"));
+        let point = |t: &MountTable| t.locate(&dir).map(|l| l.mount.point.clone());
+        assert_ne!(point(&before).as_deref(), Some(dir.as_path()));
+
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "capsule-watch-test"])
+            .arg(&dir)
+            .status()
+            .unwrap_or_else(|e| panic!("mount: {e}"));
+        assert!(status.success(), "mount failed: {status}");
+
+        let after = watch.current().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!Arc::ptr_eq(&before, &after), "the change was not noticed");
+        let found = after
+            .locate(&dir)
+            .unwrap_or_else(|| panic!("{} is not in the new table", dir.display()));
+        assert_eq!(found.mount.point, dir);
+        assert_eq!(found.mount.fstype, "tmpfs");
+        let again = watch.current().unwrap_or_else(|e| panic!("{e}"));
+        assert!(Arc::ptr_eq(&after, &again), "one change is read once");
+
+        let status = std::process::Command::new("umount")
+            .arg(&dir)
+            .status()
+            .unwrap_or_else(|e| panic!("umount: {e}"));
+        assert!(status.success());
+        let gone = watch.current().unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(point(&gone).as_deref(), Some(dir.as_path()));
     }
 }
