@@ -102,6 +102,30 @@ fn outgoing(topic: &Topic, payload: &JsonPayload, who: &Attribution) -> Outgoing
     }
 }
 
+/// Parsing a topic and a pattern of five segments, as the host does for every publish and
+/// every subscribe a guest makes.
+fn bench_parse(opts: &Opts) {
+    const N: u64 = 10_000;
+    let t = "chat.v1.room-42.message.sent";
+    let ns = measure(opts, N, || {
+        let start = Instant::now();
+        for _ in 0..N {
+            black_box(Topic::parse(black_box(t)).expect("topic"));
+        }
+        start.elapsed()
+    });
+    emit("topic_parse", "{\"segments\":5}", ns, "ns");
+    let p = "chat.v1.*.message.*";
+    let ns = measure(opts, N, || {
+        let start = Instant::now();
+        for _ in 0..N {
+            black_box(TopicPattern::parse(black_box(p)).expect("pattern"));
+        }
+        start.elapsed()
+    });
+    emit("pattern_parse", "{\"segments\":5}", ns, "ns");
+}
+
 fn bench_match(opts: &Opts) {
     let cases = [
         ("exact", "chat.v1.room.message", "chat.v1.room.message"),
@@ -249,6 +273,7 @@ fn main() {
             Duration::from_secs(3)
         },
     };
+    bench_parse(&opts);
     bench_match(&opts);
     bench_publish_one_match(&opts);
     bench_publish_drain(&opts);

@@ -102,6 +102,68 @@ fn validate(s: &str, wildcards: bool) -> Result<usize, TopicError> {
     Ok(count)
 }
 
+/// What one pass over a valid topic or pattern learns.
+struct Shape {
+    /// Number of segments.
+    count: usize,
+    /// Number of `*` segments.
+    stars: usize,
+    /// Whether the last segment is `*`.
+    trailing: bool,
+    /// Byte offset one past the end of each segment (the first `count` are meaningful).
+    ends: [u16; MAX_SEGMENTS],
+}
+
+/// The shape of `s` in one pass without allocating, or `None` when `s` breaks any rule of the
+/// grammar: exactly the strings [`validate`] refuses, which then names the rule.
+fn scan(s: &str, wildcards: bool) -> Option<Shape> {
+    let bytes = s.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_TOPIC_BYTES {
+        return None;
+    }
+    let mut shape = Shape {
+        count: 0,
+        stars: 0,
+        trailing: false,
+        ends: [0; MAX_SEGMENTS],
+    };
+    let (mut len, mut star) = (0usize, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'.' {
+            shape.close(i, len, star)?;
+            (len, star) = (0, false);
+            continue;
+        }
+        if b == b'*' {
+            if !wildcards || len != 0 {
+                return None;
+            }
+            star = true;
+        } else if star || !is_segment_byte(b) {
+            return None;
+        }
+        len += 1;
+    }
+    shape.close(bytes.len(), len, star)?;
+    shape.trailing = star;
+    Some(shape)
+}
+
+impl Shape {
+    /// Records the segment of `len` bytes ending at byte `end`; `None` if it is empty or one
+    /// too many.
+    fn close(&mut self, end: usize, len: usize, star: bool) -> Option<()> {
+        if len == 0 || self.count == MAX_SEGMENTS {
+            return None;
+        }
+        // `end` is at most MAX_TOPIC_BYTES, which fits.
+        self.ends[self.count] = u16::try_from(end).ok()?;
+        self.count += 1;
+        self.stars += usize::from(star);
+        Some(())
+    }
+}
+
 /// A concrete, validated topic such as `chat.v1.message`.
 ///
 /// Cloning is cheap (the text is reference-counted), so a parsed topic can be kept and reused.
@@ -111,7 +173,9 @@ pub struct Topic(Arc<str>);
 impl Topic {
     /// Parses and validates a topic. `*` is rejected: publishing to a pattern is invalid.
     pub fn parse(s: &str) -> Result<Self, TopicError> {
-        validate(s, false)?;
+        if scan(s, false).is_none() {
+            validate(s, false)?;
+        }
         Ok(Self(Arc::from(s)))
     }
 
@@ -169,10 +233,26 @@ pub struct TopicPattern {
 impl TopicPattern {
     /// Parses and validates a pattern.
     pub fn parse(s: &str) -> Result<Self, TopicError> {
-        let count = validate(s, true)?;
-        let stars = s.split('.').filter(|seg| *seg == "*").count();
-        let trailing = s == "*" || s.ends_with(".*");
-        Ok(Self::from_validated(Arc::from(s), count, stars, trailing))
+        match scan(s, true) {
+            Some(shape) => Ok(Self::from_shape(Arc::from(s), &shape)),
+            None => {
+                let count = validate(s, true)?;
+                let stars = s.split('.').filter(|seg| *seg == "*").count();
+                let trailing = s == "*" || s.ends_with(".*");
+                Ok(Self::from_validated(Arc::from(s), count, stars, trailing))
+            }
+        }
+    }
+
+    fn from_shape(text: Arc<str>, shape: &Shape) -> Self {
+        Self {
+            // At most MAX_SEGMENTS: both fit.
+            len: u8::try_from(shape.count).unwrap_or(u8::MAX),
+            trailing: shape.trailing,
+            stars: u8::try_from(shape.stars).unwrap_or(u8::MAX),
+            ends: shape.ends,
+            text,
+        }
     }
 
     fn from_validated(text: Arc<str>, count: usize, stars: usize, trailing: bool) -> Self {
@@ -530,5 +610,29 @@ mod tests {
         assert_eq!(pat.segment_count(), 3);
         assert!(pat.matches(&t("a.b.c")));
         assert_eq!(pat, p("a.b.c"));
+    }
+
+    proptest::proptest! {
+        /// The one-pass scan accepts exactly what the rule-by-rule validation accepts, and
+        /// learns the same shape.
+        #[test]
+        fn the_fast_scan_agrees_with_the_rules(
+            s in "[a-c0-9_.*\\-é ]{0,40}|([a-z*]{1,3}\\.){0,9}[a-z*]{1,3}",
+            wildcards: bool,
+        ) {
+            let fast = scan(&s, wildcards);
+            let slow = validate(&s, wildcards);
+            proptest::prop_assert_eq!(fast.is_some(), slow.is_ok(), "{:?}", s);
+            if let (Some(shape), Ok(count)) = (fast, slow) {
+                let stars = s.split('.').filter(|seg| *seg == "*").count();
+                let trailing = s == "*" || s.ends_with(".*");
+                let old = TopicPattern::from_validated(Arc::from(s.as_str()), count, stars, trailing);
+                let new = TopicPattern::from_shape(Arc::from(s.as_str()), &shape);
+                proptest::prop_assert_eq!(
+                    (old.len, old.stars, old.trailing, old.ends),
+                    (new.len, new.stars, new.trailing, new.ends)
+                );
+            }
+        }
     }
 }
