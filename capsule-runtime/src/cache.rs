@@ -3,12 +3,23 @@
 //! contents: an entry that does not verify is recompiled and replaced, never handed to the
 //! deserializer.
 //!
+//! Components this runtime has already deserialized or compiled stay resident (a bounded
+//! number of them), keyed like the files: a load whose entry file is unchanged since (same
+//! inode, length and modification time) reuses the resident component without reading,
+//! verifying or copying the file again. A changed or missing file is read as before.
+//!
 //! Trust model: the cache directory belongs to the host user (created 0700). The checksum
 //! catches corruption (torn writes, bit rot, truncation); it is not a defence against an
 //! attacker who can already write the host's state directory.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -41,11 +52,35 @@ impl Hasher for Blake3Hasher {
     }
 }
 
-/// On-disk cache of compiled components.
+/// Most components kept resident; past it the resident set starts over (a load then reads
+/// its file once more).
+pub(crate) const MAX_RESIDENT: usize = 64;
+
+/// What identifies one version of an entry file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Self> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            ino: m.ino(),
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
+    }
+}
+
+/// On-disk cache of compiled components, with the ones already loaded kept resident.
 #[derive(Debug, Clone)]
 pub(crate) struct ArtifactCache {
     dir: PathBuf,
     engine_key: [u8; 32],
+    resident: Arc<Mutex<HashMap<PathBuf, (Stamp, Component)>>>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -61,6 +96,7 @@ impl ArtifactCache {
         Self {
             dir,
             engine_key: *h.0.finalize().as_bytes(),
+            resident: Arc::default(),
         }
     }
 
@@ -79,6 +115,13 @@ impl ArtifactCache {
         wasm: &[u8],
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let path = self.path_for(wasm);
+        let stamp = Stamp::of(&path);
+        if let Some(stamp) = stamp
+            && let Some((seen, component)) = self.resident.lock().get(&path)
+            && *seen == stamp
+        {
+            return Ok((component.clone(), CacheOutcome::Hit));
+        }
         let rejected = match std::fs::read(&path) {
             Ok(bytes) => match Self::verify(&bytes) {
                 Ok(body) => {
@@ -87,7 +130,12 @@ impl ArtifactCache {
                     // engine settings) and its BLAKE3 digest matches the one written beside it,
                     // so it is unmodified serializer output as `deserialize` requires.
                     match unsafe { Component::deserialize(engine, body) } {
-                        Ok(c) => return Ok((c, CacheOutcome::Hit)),
+                        Ok(c) => {
+                            // The stamp taken before the read: if the file changed in
+                            // between, the next load sees a different one and reads again.
+                            self.keep(path, stamp, &c);
+                            return Ok((c, CacheOutcome::Hit));
+                        }
                         Err(e) => Some(format!("deserialize failed: {e}")),
                     }
                 }
@@ -97,8 +145,11 @@ impl ArtifactCache {
             Err(e) => Some(format!("unreadable: {e}")),
         };
         let component = Component::new(engine, wasm)?;
-        if let Err(e) = self.store(&path, &component) {
-            tracing::warn!(path = %path.display(), error = %e, "could not write the compile cache");
+        match self.store(&path, &component) {
+            Ok(()) => self.keep(path.clone(), Stamp::of(&path), &component),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not write the compile cache");
+            }
         }
         let outcome = match rejected {
             Some(reason) => {
@@ -108,6 +159,16 @@ impl ArtifactCache {
             None => CacheOutcome::Miss,
         };
         Ok((component, outcome))
+    }
+
+    /// Keeps `component` resident as the one in the entry file `path` of `stamp`.
+    fn keep(&self, path: PathBuf, stamp: Option<Stamp>, component: &Component) {
+        let Some(stamp) = stamp else { return };
+        let mut resident = self.resident.lock();
+        if resident.len() >= MAX_RESIDENT && !resident.contains_key(&path) {
+            resident.clear();
+        }
+        resident.insert(path, (stamp, component.clone()));
     }
 
     fn verify(bytes: &[u8]) -> Result<&[u8], String> {

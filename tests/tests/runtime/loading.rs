@@ -6,6 +6,48 @@ use serde_json::json;
 
 use crate::common::*;
 
+/// A component this runtime already has is reused while its entry file is unchanged: the file
+/// is not read again. The proof: damage made without changing the file's length, inode or
+/// modification time goes unnoticed by this runtime (it serves its verified copy) while a
+/// fresh runtime reading the file rejects it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resident_component_is_reused_without_reading_its_file() {
+    let cache = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let h = host_with(|c| c.cache_dir = Some(cache.path().to_path_buf()));
+    let first = h.load("resident", "prober.wasm", "").await;
+    assert_eq!(first.report().cache, CacheOutcome::Miss);
+    first.unload().await;
+    for entry in std::fs::read_dir(cache.path()).unwrap_or_else(|e| panic!("{e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::io::Write::write_all(&mut &file, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        file.set_modified(meta.modified().unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let second = h.load("resident", "prober.wasm", "").await;
+    assert_eq!(second.report().cache, CacheOutcome::Hit);
+    ok(&call(&second, "clock", json!({})).await);
+    second.unload().await;
+
+    let other = host_with(|c| c.cache_dir = Some(cache.path().to_path_buf()));
+    let third = other.load("resident", "prober.wasm", "").await;
+    assert!(
+        matches!(third.report().cache, CacheOutcome::Rejected(ref why) if why.contains("checksum")),
+        "a runtime that reads the file sees the damage: {:?}",
+        third.report().cache
+    );
+    third.unload().await;
+    other.rt.shutdown().await;
+    h.rt.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_second_load_takes_the_cache_path_and_damage_is_recompiled() {
     let cache = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
