@@ -215,7 +215,7 @@ impl ScopeFactory {
     }
 
     /// Installs the scope of a drained message, following the recv rules: never over a pinned
-    /// scope; only the caller is refreshed when the principal is unchanged.
+    /// scope; only the caller and the profile are refreshed when the principal is unchanged.
     pub(crate) fn install_for_message(&self, slot: &mut Option<InvocationScope>, msg: &Message) {
         if let Some(current) = slot.as_mut() {
             if current.pinned {
@@ -224,6 +224,10 @@ impl ScopeFactory {
             let principal = msg.principal().unwrap_or(&self.owner);
             if &current.principal == principal {
                 current.caller = Caller::of(msg);
+                // A principal disabled (or its profile broken) since its last message stops
+                // acting now, not when another principal's message comes along. One cached
+                // lookup (a stat) per drained envelope.
+                current.profile = self.profiles.resolve(principal);
                 return;
             }
         }

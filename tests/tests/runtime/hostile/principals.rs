@@ -186,6 +186,34 @@ async fn a_refused_principal_learns_nothing_of_the_host_from_kv() {
     h.rt.shutdown().await;
 }
 
+/// A principal disabled while a run loop is acting for it stops acting at its next message,
+/// even when no other principal's message comes in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_disabled_between_its_messages_stops_acting_at_the_next() {
+    let h = host();
+    let mut answers = Answers::new(&h);
+    let server = h.load("kvserver", "hostile-kvserver.wasm", SERVER).await;
+    assert!(server.wait_ready(Duration::from_secs(20)).await);
+    let send = |tag: &str| {
+        let req = json!({"op": "set", "tag": tag, "value": tag});
+        h.publish(
+            "serve.req",
+            &req.to_string(),
+            Attribution::Verified(pid("alice")),
+        );
+    };
+    send("before");
+    assert_eq!(answers.get("before").await.0["ok"], true);
+
+    h.profile("alice", "enabled = false\n");
+    send("after");
+    until("alice's refused KV call in her log", || {
+        log_of(&h, "alice", "kvserver").contains("kv-error after")
+    })
+    .await;
+    h.rt.shutdown().await;
+}
+
 /// Item 2: a subscription a guest opens while a handler call serves alice admits only alice's
 /// messages and system messages, so bob cannot inject replies into alice's call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
