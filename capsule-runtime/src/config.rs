@@ -93,6 +93,9 @@ pub struct RuntimeConfig {
     /// The host key that encrypts secrets; defaults to `$CAPSULE_HOST_KEY_FILE`, else
     /// `<state_dir>/keys/host.key` (created 0600 on first use).
     pub host_key_file: Option<PathBuf>,
+    /// Who turns host names into addresses for outbound connections (`astrid:http`); `None`
+    /// is the system resolver. Every answer passes the host policy's airlock either way.
+    pub resolver: Option<std::sync::Arc<dyn capsule_security::Resolver>>,
 }
 
 impl RuntimeConfig {
@@ -119,6 +122,7 @@ impl RuntimeConfig {
             ready_timeout: Duration::from_secs(30),
             overlay_workspace: false,
             host_key_file: None,
+            resolver: None,
         }
     }
 

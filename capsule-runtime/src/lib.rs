@@ -56,11 +56,14 @@ pub use host::audit::{
     IPC_TARGET as AUDIT_IPC_TARGET, MAX_AUDIT_FIELD_BYTES, SECRET_TARGET as AUDIT_SECRET_TARGET,
 };
 pub use host::fs::{MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};
+pub use host::http::client::{CONNECT_TIMEOUT, MAX_REDIRECTS, MAX_REQUEST_HEADERS, MAX_URL_BYTES};
+pub use host::http::{MAX_CHUNK_BYTES, NET_AUDIT_TARGET, STREAM_BUFFER_BYTES};
 pub use host::ipc::{
     CLAIM_WINDOW, MAX_DRAIN_BYTES, MAX_HOP_DEPTH, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS,
     MAX_SUBSCRIPTIONS,
 };
 pub use host::poll::MAX_POLL_LIST;
+pub use host::streams::MAX_STREAM_CHUNK;
 pub use host::sys::{MAX_CONFIG_KEY, MAX_RANDOM_BYTES, MAX_SLEEP, RESERVED_CONFIG_PREFIX};
 pub use host::uplink::{InboundMessage, MAX_INBOUND_CONTENT, MAX_UPLINKS, Uplink, UplinkProfile};
 pub use inspect::Exports;

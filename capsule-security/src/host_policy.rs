@@ -3,7 +3,8 @@
 //! `/dev`, `/` and every ancestor of those); `<state>/policy.toml` may narrow the rest. Every
 //! filesystem check runs on the canonical (symlink-resolved) path; that path is what the
 //! operator approves and what the host mounts (opened refusing any link on the way), so a
-//! symlink swapped in later cannot redirect a grant.
+//! symlink swapped in later cannot redirect a grant. `[net] open_ranges` is the only place
+//! address ranges are opened to the network airlock.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use capsule_bus::TopicPattern;
 use toml::{Table, Value};
 
+use crate::airlock::{Airlock, IpRange};
 use crate::grant::Request;
 
 /// Name of the policy file inside the state directory.
@@ -163,6 +165,8 @@ pub struct HostPolicy {
     handler_patterns: Option<Vec<TopicPattern>>,
     /// The mount table, re-read only when it changed.
     mounts: crate::mounts::MountWatch,
+    /// The network airlock, with the ranges `[net] open_ranges` opens.
+    airlock: Airlock,
 }
 
 impl HostPolicy {
@@ -188,6 +192,7 @@ impl HostPolicy {
             fs_roots: None,
             handler_patterns: None,
             mounts: crate::mounts::MountWatch::default(),
+            airlock: Airlock::closed(),
         };
         for (path, what) in SYSTEM_PROTECTED {
             p = p.protect(Path::new(path), what);
@@ -210,10 +215,11 @@ impl HostPolicy {
             let key = match section.as_str() {
                 "fs" => "allowed_roots",
                 "handlers" => "allowed_patterns",
+                "net" => "open_ranges",
                 other => {
                     return Err(bad(
                         other,
-                        "unknown section (expected fs or handlers)".into(),
+                        "unknown section (expected fs, handlers or net)".into(),
                     ));
                 }
             };
@@ -244,6 +250,12 @@ impl HostPolicy {
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 policy.fs_roots = Some(roots);
+            } else if section == "net" {
+                let open = items
+                    .iter()
+                    .map(|s| s.parse::<IpRange>().map_err(|e| bad(&at, e)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                policy.airlock = Airlock::with_open(open);
             } else {
                 let patterns = items
                     .iter()
@@ -253,6 +265,12 @@ impl HostPolicy {
             }
         }
         Ok(policy)
+    }
+
+    /// The network airlock: every address class refused except the ranges the operator
+    /// opened in `[net] open_ranges` (CIDR, e.g. `["127.0.0.0/8", "::1/128"]`).
+    pub fn airlock(&self) -> &Airlock {
+        &self.airlock
     }
 
     /// Adds a directory that can never be granted. It is resolved now; one that does not
@@ -613,6 +631,22 @@ mod tests {
     }
 
     #[test]
+    fn only_the_policy_file_opens_address_ranges_to_the_airlock() {
+        let loopback: std::net::IpAddr = [127, 0, 0, 1].into();
+        let closed =
+            HostPolicy::parse("", Path::new("policy.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(closed.airlock().check(loopback).is_err());
+        let open = HostPolicy::parse(
+            "[net]\nopen_ranges = [\"127.0.0.0/8\", \"::1\"]\n",
+            Path::new("policy.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(open.airlock().check(loopback), Ok(loopback));
+        assert!(open.airlock().check([10, 0, 0, 1].into()).is_err());
+        assert_eq!(open.airlock().open_ranges().len(), 2);
+    }
+
+    #[test]
     fn malformed_policies_name_the_key() {
         for (text, key) in [
             ("[fs]\nallowed_roots = \"/srv\"\n", "fs.allowed_roots"),
@@ -622,7 +656,13 @@ mod tests {
                 "[handlers]\nallowed_patterns = [\"a..b\"]\n",
                 "handlers.allowed_patterns",
             ),
-            ("[net]\n", "net"),
+            ("[proc]\n", "proc"),
+            (
+                "[net]\nopen_ranges = [\"127.0.0.0/33\"]\n",
+                "net.open_ranges",
+            ),
+            ("[net]\nopen_ranges = [\"localhost\"]\n", "net.open_ranges"),
+            ("[net]\nopen = [\"127.0.0.1\"]\n", "net.open"),
             ("fs = 1\n", "fs"),
         ] {
             match HostPolicy::parse(text, Path::new("policy.toml")) {

@@ -12,8 +12,10 @@
 //!   allowed, and where that decision is kept; a capsule uses `requested ∩ granted`.
 //! - [`plan_load`]: the order a set of capsules loads in, providers before importers.
 //! - [`HostPolicy`]: what may ever be granted on this host (never the state directory, key
-//!   material, `/proc`, `/sys`, `/dev` or `/`).
+//!   material, `/proc`, `/sys`, `/dev` or `/`), and which address ranges it opens to the
+//!   network [`Airlock`] (none by default).
 
+mod airlock;
 mod grant;
 mod grants;
 mod host_policy;
@@ -24,6 +26,11 @@ mod policy;
 pub mod private;
 mod profile;
 
+pub use airlock::{
+    AddressClass, Airlock, AirlockError, Embedding, IpRange, MAX_RESOLVED_ADDRESSES, Refusal,
+    ResolveError, Resolver, StaticResolver, SystemResolver, classify, classify_v4, classify_v6_own,
+    embedded_v4,
+};
 pub use capsule_ids::{CapsuleName, CapsuleNameError, PrincipalId};
 pub use grant::{
     Grant, GrantError, GrantStore, PermissionDiff, Request, is_broad_handler, requests,

@@ -24,8 +24,11 @@ pub struct Quotas {
     pub max_cpu_fuel_per_sec: Option<u64>,
     /// Background processes running at once.
     pub max_background_processes: u32,
-    /// HTTP streams open at once.
+    /// HTTP requests and streams in flight at once, per capsule.
     pub max_http_streams: u32,
+    /// Largest HTTP response body a buffered request returns, and most bytes a streamed
+    /// response delivers (beyond it: `body-too-large`).
+    pub max_http_response_bytes: u64,
     /// Bytes of KV storage.
     pub max_storage_bytes: u64,
     /// Distinct principals an uplink capsule owned by this principal may introduce with
@@ -42,6 +45,7 @@ impl Default for Quotas {
             max_cpu_fuel_per_sec: Some(2_000_000_000),
             max_background_processes: 8,
             max_http_streams: 16,
+            max_http_response_bytes: 16 * 1024 * 1024,
             max_storage_bytes: 256 * 1024 * 1024,
             max_claimed_principals_per_minute: 600,
         }
@@ -192,6 +196,7 @@ fn parse_quotas(t: &Table) -> Result<Quotas, String> {
             "max_cpu_fuel_per_sec" => q.max_cpu_fuel_per_sec = Some(positive(n)?),
             "max_background_processes" => q.max_background_processes = small()?,
             "max_http_streams" => q.max_http_streams = small()?,
+            "max_http_response_bytes" => q.max_http_response_bytes = positive(n)?,
             "max_storage_bytes" => q.max_storage_bytes = n,
             "max_claimed_principals_per_minute" => {
                 q.max_claimed_principals_per_minute = small()?;

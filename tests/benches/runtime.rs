@@ -269,4 +269,108 @@ async fn main() {
         "msgs/s",
     );
     rt.shutdown().await;
+    http_get_loopback(budget).await;
+}
+
+/// A loopback HTTP/1.1 server answering every request with a 2-byte body, keeping the
+/// connection for the next one.
+async fn tiny_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    match sock.read(&mut tmp).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if sock.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The same GET without a guest or the host's checks: a fresh connection and a raw HTTP/1.1
+/// exchange, the floor the host's per-request connection is measured against.
+async fn direct_get(addr: std::net::SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 256];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = s.read(&mut tmp).await.expect("read");
+        assert!(n > 0, "the server closed early");
+        got.extend_from_slice(&tmp[..n]);
+    }
+}
+
+/// `http_get_loopback`: GETs per second from a guest (`astrid:http` through the grant, the
+/// airlock and a fresh connection per request) next to the same exchange made directly.
+async fn http_get_loopback(budget: Duration) {
+    let addr = tiny_server().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        state.path().join("policy.toml"),
+        "[net]\nopen_ranges = [\"127.0.0.0/8\"]\n",
+    )
+    .expect("policy");
+    let rt = Runtime::new(RuntimeConfig::new(state.path())).expect("runtime");
+    rt.set_approver(std::sync::Arc::new(ApproveAll));
+    let dir = capsule_dir(
+        state.path(),
+        "netprobe",
+        "netprobe.wasm",
+        "[capabilities]\nnet = [\"127.0.0.1\"]\n",
+    );
+    let probe = rt.load(&dir).await.expect("load");
+    let args = format!("{{\"url\":\"http://{addr}/x\"}}");
+    let ns = measure(budget, 1, || {
+        let (p, args) = (probe.clone(), args.clone());
+        async move {
+            let t = Instant::now();
+            call(&p, "get", &args).await;
+            t.elapsed()
+        }
+    })
+    .await;
+    emit(
+        "runtime",
+        "http_get_loopback",
+        "{\"path\":\"guest\",\"connection\":\"fresh\"}",
+        1e9 / ns,
+        "requests/s",
+    );
+    let ns = measure(budget, 1, || async move {
+        let t = Instant::now();
+        direct_get(addr).await;
+        t.elapsed()
+    })
+    .await;
+    emit(
+        "runtime",
+        "http_get_loopback",
+        "{\"path\":\"direct\",\"connection\":\"fresh\"}",
+        1e9 / ns,
+        "requests/s",
+    );
+    probe.unload().await;
+    rt.shutdown().await;
 }

@@ -53,9 +53,12 @@ macro_rules! link_bindings {
 pub(crate) mod audit;
 pub(crate) mod elicit;
 pub(crate) mod fs;
+pub(crate) mod http;
 pub(crate) mod ipc;
 pub(crate) mod kv;
+pub(crate) mod pipe;
 pub(crate) mod poll;
+pub(crate) mod streams;
 pub(crate) mod sys;
 #[cfg(test)]
 mod tidy;
@@ -130,6 +133,8 @@ pub(crate) struct Services {
     pub(crate) elicitor: RwLock<Option<Arc<dyn Elicitor>>>,
     /// Where uplink capsules hand inbound messages.
     pub(crate) inbound: tokio::sync::mpsc::Sender<uplink::InboundMessage>,
+    /// The airlock and resolver outbound connections go through.
+    pub(crate) net: http::NetServices,
 }
 
 impl std::fmt::Debug for Services {
@@ -252,6 +257,8 @@ capabilities! {
     fs: fs::FsHost,
     elicit: elicit::ElicitHost,
     uplink: uplink::UplinkHost,
+    streams: streams::StreamsHost,
+    http: http::HttpHost,
 }
 
 /// Every `astrid:*` interface this host serves (`package/interface@version`), in link order.

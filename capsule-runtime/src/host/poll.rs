@@ -1,6 +1,7 @@
-//! `astrid:io/poll@1.0.0`: real pollables. A pollable observes a readiness source (today: a
-//! subscription's queue); `block` and `poll` wait on the source itself, not on a timer, and
-//! race the capsule's cancellation so unload always wins.
+//! `astrid:io/poll@1.0.0`: real pollables. A pollable observes a readiness source (a
+//! subscription's queue, or another capability's `ReadySignal` such as a stream's data);
+//! `block` and `poll` wait on the source itself, not on a timer, and race the capsule's
+//! cancellation so unload always wins.
 
 use std::time::Instant;
 
@@ -38,23 +39,36 @@ impl Capability for PollHost {
     fn instance((): &(), _cx: &InstanceCx<'_>) {}
 }
 
+/// A readiness source of another capability (a stream's data, a socket's room): ready once
+/// the event happened, and a future that waits for it.
+pub(crate) trait ReadySignal: Send + Sync + std::fmt::Debug {
+    /// Whether the event has happened.
+    fn is_ready(&self) -> bool;
+    /// Waits until it has.
+    fn wait(self: std::sync::Arc<Self>) -> BoxFuture<'static, ()>;
+}
+
 /// What a pollable observes.
 #[derive(Debug, Clone)]
 pub(crate) enum PollSource {
     /// Ready when the subscription has a queued message (or was dropped).
     Subscription(Readiness),
+    /// Ready when another capability's signal says so.
+    Signal(std::sync::Arc<dyn ReadySignal>),
 }
 
 impl PollSource {
     fn is_ready(&self) -> bool {
         match self {
             Self::Subscription(r) => r.is_ready(),
+            Self::Signal(s) => s.is_ready(),
         }
     }
 
     fn wait(self) -> BoxFuture<'static, ()> {
         match self {
             Self::Subscription(r) => async move { r.ready().await }.boxed(),
+            Self::Signal(s) => s.wait(),
         }
     }
 }

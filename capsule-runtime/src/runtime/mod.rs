@@ -147,6 +147,7 @@ impl Runtime {
                     registry: Arc::new(Registry::default()),
                     elicitor: RwLock::new(None),
                     inbound: inbound_tx,
+                    net: host::http::NetServices::new(&host_policy, &config),
                 },
                 profiles: Arc::new(ProfileCache::new(config.state_dir.clone())),
                 layout: StateLayout::new(config.state_dir.clone()),

@@ -10,6 +10,7 @@ mod ipc;
 mod lifecycle;
 mod limits;
 mod loading;
+mod net;
 mod sdk;
 mod storage;
 mod sys;

@@ -1,11 +1,11 @@
-//! Test capsule: imports `astrid:http/host@1.1.0`, which the host does not provide, so loading
-//! it must fail and name that import.
+//! Test capsule: imports `astrid:net/host@1.0.0`, which the host does not provide, so loading
+//! it must fail and name that import. (The crate keeps its historical name.)
 
 wit_bindgen::generate!({
     inline: r#"
         package test:needs-http;
         world needs-http {
-            import astrid:http/host@1.1.0;
+            import astrid:net/host@1.0.0;
             include astrid:guest/interceptor@1.0.0;
         }
     "#,
@@ -13,24 +13,18 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use astrid::http1_1_0::host as http;
+use astrid::net::host as net;
 
-struct NeedsHttp;
+struct NeedsNet;
 
-impl Guest for NeedsHttp {
+impl Guest for NeedsNet {
     fn astrid_hook_trigger(_action: String, _payload: Vec<u8>) -> CapsuleResult {
-        let request = http::HttpRequestData {
-            url: "https://example.invalid/".into(),
-            method: http::HttpMethod::Get,
-            headers: Vec::new(),
-            body: None,
-        };
-        let status = http::http_request(&request).map(|r| r.status).unwrap_or(0);
+        let found = net::lookup_host("example.invalid").map_or(0, |a| a.len());
         CapsuleResult {
             action: "continue".into(),
-            data: Some(status.to_string()),
+            data: Some(found.to_string()),
         }
     }
 }
 
-export!(NeedsHttp);
+export!(NeedsNet);
