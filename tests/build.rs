@@ -28,6 +28,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ("hostile_kvserver", "hostile-kvserver.wasm"),
     ("hostile_handler", "hostile-handler.wasm"),
     ("hostile_spinner", "hostile-spinner.wasm"),
+    ("registrar", "registrar.wasm"),
 ];
 
 fn main() {

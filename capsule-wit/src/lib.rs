@@ -12,8 +12,8 @@
 //! marker types: hosts keep their own state in the store's `ResourceTable` and address it by
 //! the resource's `rep`. Every import is trappable (a host invariant failure becomes a trap,
 //! a guest mistake a WIT error code); the calls that wait (`recv`, `sleep-ns`, `pollable.block`,
-//! `poll`) or block on storage or people (`log`, all of `astrid:kv`, `astrid:fs` and
-//! `astrid:elicit`) are async.
+//! `poll`) or block on storage or people (`log`, all of `astrid:kv`, `astrid:fs`,
+//! `astrid:elicit` and `astrid:identity`) are async.
 //!
 //! Every import runs in a `TRACE`-level span named `wit-bindgen import` with the WIT
 //! interface (`module`) and function (`function`) as fields, plus `TRACE` events for the
@@ -39,6 +39,7 @@ mod generated {
             "astrid:kv/host": async | trappable | tracing,
             "astrid:fs/host": async | trappable | tracing,
             "astrid:elicit/host": async | trappable | tracing,
+            "astrid:identity/host": async | trappable | tracing,
             "astrid:io/poll.[method]pollable.block": async | trappable | tracing,
             "astrid:io/poll.poll": async | trappable | tracing,
             default: trappable | tracing,

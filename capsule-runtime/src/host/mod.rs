@@ -28,6 +28,7 @@ use capsule_store::SecretStore;
 pub(crate) mod audit;
 pub(crate) mod elicit;
 pub(crate) mod fs;
+pub(crate) mod identity;
 pub(crate) mod ipc;
 pub(crate) mod kv;
 pub(crate) mod poll;
@@ -227,6 +228,7 @@ capabilities! {
     fs: fs::FsHost,
     elicit: elicit::ElicitHost,
     uplink: uplink::UplinkHost,
+    identity: identity::IdentityHost,
 }
 
 /// Every `astrid:*` interface this host serves (`package/interface@version`), in link order.

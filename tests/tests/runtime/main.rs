@@ -6,6 +6,7 @@ mod dispatch;
 mod grants;
 mod graph;
 mod hostile;
+mod identity;
 mod ipc;
 mod lifecycle;
 mod limits;
