@@ -23,6 +23,7 @@ mod cache;
 mod calls;
 mod capsule;
 mod config;
+mod consent;
 mod dispatch;
 mod engine;
 mod error;
@@ -46,11 +47,13 @@ pub use cache::CacheOutcome;
 pub use capsule::{Capsule, LoadReport};
 pub use capsule_security::GraphError;
 pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};
+pub use consent::{ActionDecision, ActionRequest, ApprovalHandler, DEFAULT_APPROVAL_TIMEOUT};
 pub use dispatch::DispatchStats;
 pub use error::{
     ComponentProblem, FileKind, HOST_ABI_VERSION, HostFailure, LifecycleFailure, LoadError,
     MAX_COMPONENT_BYTES,
 };
+pub use host::approval::APPROVAL_TARGET as AUDIT_APPROVAL_TARGET;
 pub use host::audit::{
     DISPATCH_TARGET as AUDIT_DISPATCH_TARGET, FS_TARGET as AUDIT_FS_TARGET,
     IPC_TARGET as AUDIT_IPC_TARGET, MAX_AUDIT_FIELD_BYTES, SECRET_TARGET as AUDIT_SECRET_TARGET,

@@ -13,7 +13,8 @@
 //! the resource's `rep`. Every import is trappable (a host invariant failure becomes a trap,
 //! a guest mistake a WIT error code); the calls that wait (`recv`, `sleep-ns`, `pollable.block`,
 //! `poll`) or block on storage or people (`log`, all of `astrid:kv`, `astrid:fs`,
-//! `astrid:elicit` and `astrid:identity`) are async.
+//! `astrid:elicit`, `astrid:identity`
+//! and `astrid:approval`) are async.
 //!
 //! Every import runs in a `TRACE`-level span named `wit-bindgen import` with the WIT
 //! interface (`module`) and function (`function`) as fields, plus `TRACE` events for the
@@ -40,6 +41,7 @@ mod generated {
             "astrid:fs/host": async | trappable | tracing,
             "astrid:elicit/host": async | trappable | tracing,
             "astrid:identity/host": async | trappable | tracing,
+            "astrid:approval/host": async | trappable | tracing,
             "astrid:io/poll.[method]pollable.block": async | trappable | tracing,
             "astrid:io/poll.poll": async | trappable | tracing,
             default: trappable | tracing,

@@ -25,6 +25,7 @@ use crate::state::{CapsuleIdentity, CoreView, OutputRoute, StoreCore};
 use capsule_store::KvStore;
 use capsule_store::SecretStore;
 
+pub(crate) mod approval;
 pub(crate) mod audit;
 pub(crate) mod elicit;
 pub(crate) mod fs;
@@ -106,6 +107,8 @@ pub(crate) struct Services {
     pub(crate) elicitor: RwLock<Option<Arc<dyn Elicitor>>>,
     /// Where uplink capsules hand inbound messages.
     pub(crate) inbound: tokio::sync::mpsc::Sender<uplink::InboundMessage>,
+    /// Who decides `astrid:approval` requests, and the stored allowances.
+    pub(crate) approvals: Arc<crate::consent::Desk>,
 }
 
 impl std::fmt::Debug for Services {
@@ -229,6 +232,7 @@ capabilities! {
     elicit: elicit::ElicitHost,
     uplink: uplink::UplinkHost,
     identity: identity::IdentityHost,
+    approval: approval::ApprovalHost,
 }
 
 /// Every `astrid:*` interface this host serves (`package/interface@version`), in link order.

@@ -1,6 +1,7 @@
 //! The integration-test binary: real components, built from `tests/capsules/` by the build
 //! script, driven through the public `capsule-runtime` API.
 
+mod approval;
 mod common;
 mod dispatch;
 mod grants;

@@ -1,4 +1,5 @@
-//! Test capsule: an interceptor that drives `astrid:identity` from inside a guest. Each action
+//! Test capsule: an interceptor that drives `astrid:identity` and `astrid:approval` from
+//! inside a guest. Each action
 //! names one call, takes its arguments from the JSON payload and answers `{"ok": …}` or
 //! `{"err": code}`, acting for whichever principal the host put in scope. `*-huge` actions
 //! build their oversized argument inside the guest (`size` bytes), so the attack never passes
@@ -11,6 +12,7 @@ wit_bindgen::generate!({
         package test:registrar;
         world registrar {
             import astrid:identity/host@1.0.0;
+            import astrid:approval/host@1.0.0;
             include astrid:guest/interceptor@1.0.0;
         }
     "#,
@@ -18,6 +20,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+use astrid::approval::host as approval;
 use astrid::identity::host as id;
 
 struct Registrar;
@@ -32,6 +35,32 @@ fn id_code(e: &id::ErrorCode) -> String {
         id::ErrorCode::StoreUnavailable => "store-unavailable".into(),
         id::ErrorCode::Unknown(s) => format!("unknown:{s}"),
     }
+}
+
+fn approval_code(e: &approval::ErrorCode) -> String {
+    match e {
+        approval::ErrorCode::InvalidInput => "invalid-input".into(),
+        approval::ErrorCode::Timeout => "timeout".into(),
+        approval::ErrorCode::StoreUnavailable => "store-unavailable".into(),
+        approval::ErrorCode::Unknown(s) => format!("unknown:{s}"),
+    }
+}
+
+fn ask(action: String, target_resource: String) -> Result<Value, String> {
+    approval::request_approval(&approval::ApprovalRequest {
+        action,
+        target_resource,
+    })
+    .map(|r| {
+        json!(match r.decision {
+            approval::ApprovalDecision::Denied => "denied",
+            approval::ApprovalDecision::Approved => "approved",
+            approval::ApprovalDecision::ApprovedSession => "approved-session",
+            approval::ApprovalDecision::ApprovedAlways => "approved-always",
+            approval::ApprovalDecision::Allowance => "allowance",
+        })
+    })
+    .map_err(|e| approval_code(&e))
 }
 
 fn run(action: &str, args: &Value) -> Result<Value, String> {
@@ -85,6 +114,8 @@ fn run(action: &str, args: &Value) -> Result<Value, String> {
                     .collect::<Vec<_>>())
             })
             .map_err(|e| id_code(&e)),
+        "approve" => ask(s("action"), s("resource")),
+        "approve-huge" => ask(s("action"), huge()),
         other => Err(format!("unknown action {other}")),
     }
 }
