@@ -348,3 +348,65 @@ async fn hostile_identity_strings_are_refused_bounded_and_escaped() {
     );
     h.rt.shutdown().await;
 }
+
+/// A principal an uplink only claimed — even one named like the capsule's owner — reaches its
+/// own entries read-only: a claim never binds a platform identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_principal_cannot_change_the_directory() {
+    let h = host();
+    h.approve_all();
+    let c = h
+        .load(
+            "claim-target",
+            "registrar.wasm",
+            &format!(
+                "{ADMIN}\n[subscribe]\n\"probe.idlink\" = {{ wit = \"x\", handler = \"link\" }}\n"
+            ),
+        )
+        .await;
+    let ann = create_user(&c, "Ann").await;
+    let uplink = h
+        .load(
+            "claimer",
+            "prober.wasm",
+            &format!(
+                "{}\n[capabilities]\nuplink = true\n",
+                crate::common::PROBER_ACL
+            ),
+        )
+        .await;
+    for claimed in [ann.as_str(), "default"] {
+        let payload = link_args("discord", claimed, claimed).to_string();
+        ok(&call(
+            &uplink,
+            "publish-as",
+            json!({"topic": "probe.idlink", "payload": payload, "principal": claimed}),
+        )
+        .await);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let refused = loop {
+        let refused: Vec<_> = audit_events("claim-target")
+            .into_iter()
+            .filter(|e| e.get("op").map(String::as_str) == Some("link"))
+            .filter(|e| e.get("error").is_some_and(|m| m.contains("claimed")))
+            .collect();
+        if refused.len() >= 2 || std::time::Instant::now() > deadline {
+            break refused;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let principals: Vec<_> = refused.iter().map(|e| e["principal"].clone()).collect();
+    assert!(
+        principals.contains(&ann) && principals.contains(&"default".to_string()),
+        "{refused:?}"
+    );
+    for p in [ann.as_str(), "default"] {
+        assert_eq!(
+            err(&call(&c, "resolve", who("discord", p)).await),
+            "link-not-found",
+            "nothing was linked for {p}"
+        );
+    }
+    h.rt.shutdown().await;
+}
