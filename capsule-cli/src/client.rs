@@ -1,5 +1,5 @@
 //! The client side of the control socket: `publish`, `request`, `tail`, `ps`, `metrics`,
-//! `load` and `unload` connect to `<state>/control.sock`, send one JSON request with the
+//! `load`, `unload` and `approve` connect to `<state>/control.sock`, send one JSON request with the
 //! session token read from `<state>/control.token` (or `$CAPSULE_TOKEN`), and turn the answer
 //! into output for people (or JSON with `--json`) and an exit code by the kind of failure.
 
@@ -348,6 +348,51 @@ pub(crate) async fn load(state: &Path, dir: &Path) -> Result<(), Failure> {
 pub(crate) async fn unload(state: &Path, name: &str) -> Result<(), Failure> {
     Connection::call(state, json!({"op": "unload", "name": name})).await?;
     println!("unloaded {name}");
+    Ok(())
+}
+
+/// `capsule approve`: without an id, lists the pending approval requests; with one, decides
+/// it (`once`, `session`, `always` or `deny`).
+pub(crate) async fn approve(
+    state: &Path,
+    id: Option<u64>,
+    decision: Option<&str>,
+) -> Result<(), Failure> {
+    let Some(id) = id else {
+        let answer = Connection::call(state, json!({"op": "approvals"})).await?;
+        let pending = answer.get("pending").and_then(Value::as_array);
+        if pending.is_none_or(Vec::is_empty) {
+            println!("no approval requests are pending");
+        }
+        for r in pending.into_iter().flatten() {
+            let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+            println!(
+                "{}",
+                crate::terminal::printable(&format!(
+                    "#{} {} for {}{}: {} {}",
+                    r.get("id").and_then(Value::as_u64).unwrap_or(0),
+                    text("capsule"),
+                    text("principal"),
+                    if r.get("claimed") == Some(&Value::Bool(true)) {
+                        " (claimed)"
+                    } else {
+                        ""
+                    },
+                    text("action"),
+                    text("resource"),
+                ))
+            );
+        }
+        return Ok(());
+    };
+    let decision = decision
+        .ok_or_else(|| Failure::Usage("say how to decide: once, session, always or deny".into()))?;
+    Connection::call(
+        state,
+        json!({"op": "approve", "id": id, "decision": decision}),
+    )
+    .await?;
+    println!("approval #{id}: {decision}");
     Ok(())
 }
 

@@ -9,7 +9,8 @@
 //! Protocol (one JSON object per line each way):
 //! - request: `{"token": "…", "op": "…", …}` with `op` one of `publish {topic, payload, as?}`,
 //!   `request {topic, payload, reply, as?, timeout_ms?}`, `tail {pattern, as?}`, `ps`,
-//!   `metrics`, `load {dir}`, `unload {name}`;
+//!   `metrics`, `load {dir}`, `unload {name}`, `approvals` (pending `astrid:approval`
+//!   requests), `approve {id, decision}` (`once`, `session`, `always` or `deny`);
 //! - answer: `{"ok": true, …}` or `{"ok": false, "kind": "usage|load|runtime|refused",
 //!   "error": "…"}`; a `tail` answer is followed by `{"message": {…}}` and
 //!   `{"dropped": n}` lines until the client closes or the host stops (`{"end": "…"}`).
@@ -92,6 +93,13 @@ pub(crate) enum Op {
     Unload {
         name: String,
     },
+    /// The pending approval requests.
+    Approvals,
+    /// Decides a pending approval request.
+    Approve {
+        id: u64,
+        decision: String,
+    },
 }
 
 /// The envelope of a request: the token, then the operation.
@@ -149,6 +157,8 @@ pub(crate) struct Server {
     /// Live tails finish their drain and say goodbye when `stop` fires; the host waits for
     /// them through this tracker.
     tails: tokio_util::task::TaskTracker,
+    /// The approval handler `capsule run` installs; its pending requests are decided here.
+    approvals: Arc<crate::approvals::Approvals>,
 }
 
 impl Server {
@@ -185,8 +195,14 @@ impl Server {
             started: Instant::now(),
             stop: CancellationToken::new(),
             tails: tokio_util::task::TaskTracker::new(),
+            approvals: Arc::new(crate::approvals::Approvals::new()),
         });
         Ok((server, listener))
+    }
+
+    /// The approval handler whose pending requests this socket decides.
+    pub(crate) fn approvals(&self) -> Arc<crate::approvals::Approvals> {
+        Arc::clone(&self.approvals)
     }
 
     /// The host's counters now.
@@ -471,6 +487,25 @@ impl Server {
                         Kind::Runtime,
                         format!("no capsule named `{name}` is loaded"),
                     ))
+                }
+            }
+            Op::Approvals => Ok(json!({ "ok": true, "pending": self.approvals.list() })),
+            Op::Approve { id, decision } => {
+                match capsule_runtime::ActionDecision::parse(&decision) {
+                    None => Err(error(
+                        Kind::Usage,
+                        format!(
+                            "`{}` is not a decision (once, session, always or deny)",
+                            crate::terminal::shown(&decision)
+                        ),
+                    )),
+                    Some(d) if self.approvals.decide(id, d) => {
+                        Ok(json!({ "ok": true, "decided": id }))
+                    }
+                    Some(_) => Err(error(
+                        Kind::Usage,
+                        format!("no approval request #{id} is pending"),
+                    )),
                 }
             }
             Op::Tail { .. } => Err(error(Kind::Usage, "tail takes over its connection")),

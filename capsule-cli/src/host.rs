@@ -140,6 +140,7 @@ pub(crate) async fn run(args: RunArgs, mut config: RuntimeConfig) -> Result<(), 
     let (server, listener) = Server::bind(rt.clone())
         .await
         .map_err(|e| Failure::Runtime(format!("cannot open the control socket: {e}")))?;
+    rt.set_approval_handler(server.approvals());
     let serving = tokio::spawn(Arc::clone(&server).serve(listener));
     let stop_metrics = CancellationToken::new();
     if let Some(addr) = args.metrics {

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+mod approvals;
 mod client;
 mod control;
 mod grants;
@@ -87,6 +88,13 @@ enum Command {
     Unload {
         /// The capsule's name
         name: String,
+    },
+    /// List the capsules' pending approval requests, or decide one
+    Approve {
+        /// The request's number (as listed); without it, list what is pending
+        id: Option<u64>,
+        /// once, session, always or deny
+        decision: Option<String>,
     },
     /// Print a shell completion script
     Completions {
@@ -246,6 +254,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Metrics => client::metrics(&state).await,
         Command::Load { dir } => client::load(&state, &dir).await,
         Command::Unload { name } => client::unload(&state, &name).await,
+        Command::Approve { id, decision } => client::approve(&state, id, decision.as_deref()).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

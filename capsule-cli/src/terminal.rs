@@ -282,6 +282,11 @@ fn ask(p: &ElicitPrompt, io: &mut impl Lines) -> Result<ElicitAnswer, ElicitRefu
     }
 }
 
+/// Shows `prompt` on stderr and reads one answer line from stdin; `None` when stdin is closed.
+pub(crate) fn read_answer(prompt: &str) -> Option<String> {
+    read_line(prompt, true).ok()
+}
+
 /// Prints `prompt` to stderr and reads one line from stdin (without its line ending); with
 /// `echo` false and a terminal on stdin, typing is not shown.
 fn read_line(prompt: &str, echo: bool) -> Result<String, ElicitRefusal> {

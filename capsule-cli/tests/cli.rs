@@ -566,3 +566,67 @@ fn sigterm_also_stops_the_host_cleanly() {
     );
     assert!(!state.join("control.sock").exists());
 }
+
+#[test]
+fn capsule_approve_lists_and_decides_what_a_capsule_asks() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let state = dir.path().join("state");
+    let asker = capsule_tests::write_capsule(
+        &dir.path().join("asker"),
+        "asker",
+        "0.1.0",
+        "registrar.wasm",
+        "[subscribe]\n\"ask.it\" = { wit = \"ask\", handler = \"approve\" }\n",
+    );
+    let mut h = host(&state, &[asker], &[]);
+    let audit = tail(
+        &state,
+        &["astrid.v1.audit.entry", "--as", "alice", "--json"],
+    );
+    let ask = r#"{"action":"delete","resource":"/srv/x"}"#;
+    ok(&capsule(
+        &state,
+        &["publish", "ask.it", ask, "--as", "alice"],
+    ));
+    h.wait_for("the request to wait", EVENT_TIMEOUT, |_, err| {
+        err.iter().any(|l| l.contains("approval #1 pending"))
+    });
+    let listed = ok(&capsule(&state, &["approve"]));
+    assert!(
+        listed.contains("#1 asker for alice: delete /srv/x"),
+        "{listed}"
+    );
+    for (args, needle) in [
+        (["approve", "1", "yes"], "`yes` is not a decision"),
+        (
+            ["approve", "99", "once"],
+            "no approval request #99 is pending",
+        ),
+    ] {
+        let out = capsule(&state, &args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).starts_with(&format!("capsule: {needle}")));
+    }
+    assert!(ok(&capsule(&state, &["approve", "1", "always"])).contains("approval #1: always"));
+    audit.wait_for("the decision", EVENT_TIMEOUT, |out, _| {
+        out.iter()
+            .any(|l| l.contains("approval.decided") && l.contains("always"))
+    });
+    // The stored allowance answers the same request without asking anyone.
+    ok(&capsule(
+        &state,
+        &["publish", "ask.it", ask, "--as", "alice"],
+    ));
+    audit.wait_for("the allowance", EVENT_TIMEOUT, |out, _| {
+        out.iter()
+            .any(|l| l.contains("approval.decided") && l.contains("allowance"))
+    });
+    assert!(
+        !h.err().iter().any(|l| l.contains("approval #2 pending")),
+        "{:?}",
+        h.err()
+    );
+    assert!(ok(&capsule(&state, &["approve"])).contains("no approval requests are pending"));
+    h.signal("INT");
+    assert!(h.wait_exit(EVENT_TIMEOUT).success());
+}

@@ -23,6 +23,7 @@ mod cache;
 mod calls;
 mod capsule;
 mod config;
+mod consent;
 mod dispatch;
 mod engine;
 mod error;
@@ -46,11 +47,13 @@ pub use cache::CacheOutcome;
 pub use capsule::{Capsule, LoadReport};
 pub use capsule_security::GraphError;
 pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};
+pub use consent::{ActionDecision, ActionRequest, ApprovalHandler, DEFAULT_APPROVAL_TIMEOUT};
 pub use dispatch::DispatchStats;
 pub use error::{
     ComponentProblem, FileKind, HOST_ABI_VERSION, HostFailure, LifecycleFailure, LoadError,
     MAX_COMPONENT_BYTES,
 };
+pub use host::approval::APPROVAL_TARGET as AUDIT_APPROVAL_TARGET;
 pub use host::audit::{
     DISPATCH_TARGET as AUDIT_DISPATCH_TARGET, FS_TARGET as AUDIT_FS_TARGET,
     IPC_TARGET as AUDIT_IPC_TARGET, MAX_AUDIT_FIELD_BYTES, SECRET_TARGET as AUDIT_SECRET_TARGET,
@@ -58,6 +61,7 @@ pub use host::audit::{
 pub use host::fs::{MAX_OPEN_HANDLES, MAX_READ_BYTES, MAX_READDIR_ENTRIES};
 pub use host::http::client::{CONNECT_TIMEOUT, MAX_REDIRECTS, MAX_REQUEST_HEADERS, MAX_URL_BYTES};
 pub use host::http::{MAX_CHUNK_BYTES, NET_AUDIT_TARGET, STREAM_BUFFER_BYTES};
+pub use host::identity::IDENTITY_TARGET as AUDIT_IDENTITY_TARGET;
 pub use host::ipc::{
     CLAIM_WINDOW, MAX_DRAIN_BYTES, MAX_HOP_DEPTH, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS,
     MAX_SUBSCRIPTIONS,

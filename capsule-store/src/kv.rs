@@ -8,6 +8,7 @@
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
 use capsule_ids::PrincipalId;
 use capsule_vfs::{Ctl, StateLayout};
@@ -135,7 +136,7 @@ fn unhex(s: &str) -> Option<String> {
 /// The KV database of a runtime, and the file usage of each principal beside it.
 #[derive(Debug)]
 pub struct KvStore {
-    db: Database,
+    db: Arc<Database>,
     files: FileLedger,
 }
 
@@ -178,9 +179,14 @@ impl KvStore {
         txn.open_table(USAGE).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(Self {
-            db,
+            db: Arc::new(db),
             files: FileLedger::new(homes),
         })
+    }
+
+    /// The database itself, for the other host tables kept in the same file.
+    pub(crate) fn database(&self) -> Arc<Database> {
+        Arc::clone(&self.db)
     }
 
     /// Bytes of files charged to `principal`: its home (measured on first use) and what it

@@ -9,16 +9,23 @@
 //!   together with its files ([`quota`]).
 //! - [`SecretStore`]: secrets encrypted at rest under a host key, bound to their scope,
 //!   capsule and key.
+//! - [`IdentityStore`]: host users and the platform identities linked to them, unique per
+//!   (platform, platform user id), in the KV store's database.
+//! - [`AllowanceStore`]: standing approvals ("allow always") per principal and capsule.
 //! - [`InstalledVersions`]: which version of each capsule each owner installed, so a load
 //!   knows whether to run install, upgrade or neither.
 //!
 //! The crate has no WebAssembly dependency; the runtime maps its errors onto WIT error codes.
 
+pub mod allowance;
+pub mod identity;
 mod installed;
 mod kv;
 pub mod quota;
 mod secrets;
 
+pub use allowance::{Allowance, AllowanceError, AllowanceStore};
+pub use identity::{IdentityError, IdentityStore, PlatformIdentity};
 pub use installed::{InstalledError, InstalledVersions};
 pub use kv::{
     KvError, KvStore, MAX_KEY_BYTES, MAX_LIST_KEYS, MAX_PAGE, MAX_VALUE_BYTES, Namespace,

@@ -50,10 +50,12 @@ macro_rules! link_bindings {
     };
 }
 
+pub(crate) mod approval;
 pub(crate) mod audit;
 pub(crate) mod elicit;
 pub(crate) mod fs;
 pub(crate) mod http;
+pub(crate) mod identity;
 pub(crate) mod ipc;
 pub(crate) mod kv;
 pub(crate) mod pipe;
@@ -135,6 +137,8 @@ pub(crate) struct Services {
     pub(crate) inbound: tokio::sync::mpsc::Sender<uplink::InboundMessage>,
     /// The airlock and resolver outbound connections go through.
     pub(crate) net: http::NetServices,
+    /// Who decides `astrid:approval` requests, and the stored allowances.
+    pub(crate) approvals: Arc<crate::consent::Desk>,
 }
 
 impl std::fmt::Debug for Services {
@@ -259,6 +263,8 @@ capabilities! {
     uplink: uplink::UplinkHost,
     streams: streams::StreamsHost,
     http: http::HttpHost,
+    identity: identity::IdentityHost,
+    approval: approval::ApprovalHost,
 }
 
 /// Every `astrid:*` interface this host serves (`package/interface@version`), in link order.

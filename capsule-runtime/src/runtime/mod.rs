@@ -21,6 +21,7 @@ use crate::approval::Approver;
 use crate::cache::{ArtifactCache, CacheOutcome};
 use crate::capsule::Capsule;
 use crate::config::{ConfigError, RuntimeConfig};
+use crate::consent::{ApprovalHandler, Desk};
 use crate::dispatch::{DispatchStats, Dispatcher};
 use crate::engine::{build_engine, start_epoch_ticker};
 use crate::error::LoadError;
@@ -31,8 +32,10 @@ use crate::lifecycle::Elicitor;
 use crate::limits::{MemoryLedger, MemoryStats};
 use crate::registry::Registry;
 use crate::scope::ProfileCache;
+use capsule_security::CapsuleName;
 use capsule_store::KvStore;
 use capsule_store::SecretStore;
+use capsule_store::{Allowance, AllowanceError, AllowanceStore};
 
 mod component;
 mod load;
@@ -133,6 +136,9 @@ impl Runtime {
         let host_policy = config.host_policy()?;
         start_epoch_ticker(&engine, config.epoch_mode, config.epoch_window)?;
         let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(config.inbound_capacity);
+        let allowances = AllowanceStore::open(&kv)
+            .inspect_err(|e| tracing::warn!(error = %e, "approval allowances unavailable"))
+            .ok();
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -148,6 +154,7 @@ impl Runtime {
                     elicitor: RwLock::new(None),
                     inbound: inbound_tx,
                     net: host::http::NetServices::new(&host_policy, &config),
+                    approvals: Arc::new(Desk::new(allowances)),
                 },
                 profiles: Arc::new(ProfileCache::new(config.state_dir.clone())),
                 layout: StateLayout::new(config.state_dir.clone()),
@@ -202,6 +209,50 @@ impl Runtime {
     /// started afterwards ask it). Without one, such loads fail naming what is pending.
     pub fn set_approver(&self, approver: Arc<dyn Approver>) {
         *self.inner.approver.write() = Some(approver);
+    }
+
+    /// Sets who decides capsules' `astrid:approval` requests (asked from now on). Without
+    /// one, every request not covered by a stored allowance is denied.
+    pub fn set_approval_handler(&self, handler: Arc<dyn ApprovalHandler>) {
+        self.inner.services.approvals.set_handler(handler);
+    }
+
+    /// The "allow always" decisions `principal` holds for `capsule`.
+    pub fn allowances(
+        &self,
+        principal: &PrincipalId,
+        capsule: &CapsuleName,
+    ) -> Result<Vec<Allowance>, AllowanceError> {
+        self.allowance_store()?.list(principal, capsule)
+    }
+
+    /// Revokes a stored "allow always" decision; answers whether it was held. The next
+    /// request it would have covered goes to the handler again.
+    pub fn revoke_allowance(&self, allowance: &Allowance) -> Result<bool, AllowanceError> {
+        let revoked = self.allowance_store()?.revoke(allowance)?;
+        if revoked {
+            tracing::info!(
+                target: crate::host::approval::APPROVAL_TARGET,
+                capsule = allowance.capsule.as_str(),
+                principal = allowance.principal.as_str(),
+                op = "approval.revoked",
+                action = %crate::host::audit::field(&allowance.action),
+                resource = %crate::host::audit::field(&allowance.resource),
+                "approval"
+            );
+        }
+        Ok(revoked)
+    }
+
+    fn allowance_store(&self) -> Result<&AllowanceStore, AllowanceError> {
+        self.inner
+            .services
+            .approvals
+            .allowances
+            .as_ref()
+            .ok_or_else(|| {
+                AllowanceError::Storage("the allowance table could not be opened".into())
+            })
     }
 
     /// The operator's stored grants.

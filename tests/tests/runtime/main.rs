@@ -1,11 +1,13 @@
 //! The integration-test binary: real components, built from `tests/capsules/` by the build
 //! script, driven through the public `capsule-runtime` API.
 
+mod approval;
 mod common;
 mod dispatch;
 mod grants;
 mod graph;
 mod hostile;
+mod identity;
 mod ipc;
 mod lifecycle;
 mod limits;

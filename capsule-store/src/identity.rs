@@ -1,0 +1,689 @@
+//! The identity directory: host users and the platform identities linked to them, kept in the
+//! runtime's redb database. Contract: a platform identity (platform, platform user id) is
+//! linked to at most one user, ever, at any moment; every change is one durable transaction
+//! that keeps the link table and each user's link index in step; every field is validated
+//! and bounded before it is stored, so nothing a guest sends can grow a record or the
+//! directory without limit.
+//!
+//! Host user ids are principal ids (`capsule-ids`), so a resolved user can be acted for as it
+//! is. Who may see or change which links is the runtime's decision; this store offers the
+//! conditional forms ([`IdentityStore::unlink`] with an owner to match) that let it decide
+//! inside the transaction.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use capsule_ids::PrincipalId;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::KvStore;
+
+/// User id → display name (a flag byte, then the name's bytes).
+const USERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("identity_users");
+/// `platform\0platform user id` → `user\0linked at\0method`.
+const LINKS: TableDefinition<'_, &str, &str> = TableDefinition::new("identity_links");
+/// `user\0platform\0platform user id` → nothing: each user's links, in order.
+const USER_LINKS: TableDefinition<'_, &str, ()> = TableDefinition::new("identity_user_links");
+
+/// Longest platform name, in bytes (`[a-z0-9._-]`).
+pub const MAX_PLATFORM_BYTES: usize = 64;
+/// Longest platform user id, in bytes.
+pub const MAX_PLATFORM_USER_BYTES: usize = 256;
+/// Longest link method, in bytes (`[A-Za-z0-9._:-]`).
+pub const MAX_METHOD_BYTES: usize = 64;
+/// Longest display name, in bytes.
+pub const MAX_DISPLAY_NAME_BYTES: usize = 128;
+/// Most platform identities one user may have linked.
+pub const MAX_LINKS_PER_USER: usize = 64;
+/// Most users the directory holds.
+pub const MAX_USERS: u64 = 100_000;
+
+/// Why an identity operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A field is empty, too long or has characters its grammar does not allow.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The host user does not exist.
+    #[error("no such user")]
+    UserNotFound,
+    /// The platform identity is not linked (to the user the caller may see).
+    #[error("the platform identity is not linked")]
+    LinkNotFound,
+    /// The platform identity is linked to a user already.
+    #[error("the platform identity is already linked")]
+    AlreadyLinked,
+    /// A directory bound would be exceeded.
+    #[error("{what}: the limit is {limit}")]
+    Full {
+        /// Which bound.
+        what: &'static str,
+        /// Its value.
+        limit: u64,
+    },
+    /// The database failed.
+    #[error("identity storage failure: {0}")]
+    Storage(String),
+}
+
+fn storage(e: impl std::fmt::Display) -> IdentityError {
+    IdentityError::Storage(e.to_string())
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> IdentityError {
+    IdentityError::InvalidInput {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// `text` is 1 to `max` bytes of characters `allowed` accepts.
+fn check(
+    field: &'static str,
+    text: &str,
+    max: usize,
+    allowed: impl Fn(char) -> bool,
+) -> Result<(), IdentityError> {
+    if text.is_empty() || text.len() > max {
+        return Err(invalid(
+            field,
+            format!("must be 1 to {max} bytes ({} given)", text.len()),
+        ));
+    }
+    if !text.chars().all(allowed) {
+        return Err(invalid(field, "has characters that are not allowed"));
+    }
+    Ok(())
+}
+
+/// Printable text: no control or invisible formatting characters (which could make two ids
+/// look alike on a screen or forge terminal output).
+fn printable(c: char) -> bool {
+    !c.is_control()
+        && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Parses a host user id: a principal id.
+pub fn parse_user(text: &str) -> Result<PrincipalId, IdentityError> {
+    PrincipalId::parse(text).map_err(|e| invalid("user id", e.to_string()))
+}
+
+/// Checks a link method: 1 to [`MAX_METHOD_BYTES`] of `[A-Za-z0-9._:-]`.
+pub fn check_method(method: &str) -> Result<(), IdentityError> {
+    check("method", method, MAX_METHOD_BYTES, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+    })
+}
+
+/// Checks a display name: 1 to [`MAX_DISPLAY_NAME_BYTES`] of printable text.
+pub fn check_display_name(name: &str) -> Result<(), IdentityError> {
+    check("display name", name, MAX_DISPLAY_NAME_BYTES, printable)
+}
+
+/// A platform identity, validated: a platform name (`[a-z0-9._-]`, lower case so one platform
+/// has one spelling) and the user's printable id there.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PlatformIdentity {
+    platform: String,
+    user: String,
+}
+
+impl PlatformIdentity {
+    /// Validates both parts.
+    pub fn new(platform: &str, platform_user_id: &str) -> Result<Self, IdentityError> {
+        check("platform", platform, MAX_PLATFORM_BYTES, |c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+        })?;
+        check(
+            "platform user id",
+            platform_user_id,
+            MAX_PLATFORM_USER_BYTES,
+            printable,
+        )?;
+        Ok(Self {
+            platform: platform.to_string(),
+            user: platform_user_id.to_string(),
+        })
+    }
+
+    /// The platform's name.
+    pub fn platform(&self) -> &str {
+        &self.platform
+    }
+
+    /// The user's id on the platform.
+    pub fn platform_user_id(&self) -> &str {
+        &self.user
+    }
+
+    fn key(&self) -> String {
+        format!("{}\0{}", self.platform, self.user)
+    }
+}
+
+/// A host user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct User {
+    /// Its id.
+    pub id: PrincipalId,
+    /// Its display name, if one is set.
+    pub display_name: Option<String>,
+}
+
+/// A platform identity linked to a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Link {
+    /// The platform identity.
+    pub identity: PlatformIdentity,
+    /// The user it is linked to.
+    pub user: PrincipalId,
+    /// When it was linked, RFC 3339 in UTC.
+    pub linked_at: String,
+    /// How it was linked.
+    pub method: String,
+}
+
+fn encode_name(name: Option<&str>) -> Vec<u8> {
+    match name {
+        None => vec![0],
+        Some(n) => {
+            let mut v = Vec::with_capacity(n.len() + 1);
+            v.push(1);
+            v.extend_from_slice(n.as_bytes());
+            v
+        }
+    }
+}
+
+fn decode_name(bytes: &[u8]) -> Result<Option<String>, IdentityError> {
+    match bytes.split_first() {
+        Some((0, _)) => Ok(None),
+        Some((1, name)) => String::from_utf8(name.to_vec())
+            .map(Some)
+            .map_err(|_| storage("a stored display name is not UTF-8")),
+        _ => Err(storage("a stored user record is malformed")),
+    }
+}
+
+/// The link record `user\0linked at\0method`, decoded.
+fn decode_link(identity: PlatformIdentity, value: &str) -> Result<Link, IdentityError> {
+    let mut parts = value.splitn(3, '\0');
+    let (Some(user), Some(linked_at), Some(method)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(storage("a stored link record is malformed"));
+    };
+    Ok(Link {
+        identity,
+        user: PrincipalId::parse(user).map_err(storage)?,
+        linked_at: linked_at.to_string(),
+        method: method.to_string(),
+    })
+}
+
+/// `secs` since the Unix epoch as an RFC 3339 UTC timestamp.
+fn rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from a day count, with years starting in March so the leap day is last.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn now() -> String {
+    rfc3339(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+/// The identity directory of a runtime, in the KV store's database file.
+#[derive(Clone, Debug)]
+pub struct IdentityStore {
+    db: Arc<Database>,
+}
+
+impl IdentityStore {
+    /// The directory kept in `kv`'s database (its tables are created if missing).
+    pub fn open(kv: &KvStore) -> Result<Self, IdentityError> {
+        let db = kv.database();
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(USERS).map_err(storage)?;
+        txn.open_table(LINKS).map_err(storage)?;
+        txn.open_table(USER_LINKS).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(Self { db })
+    }
+
+    /// Creates a user with a fresh random id (`u-` and 32 hex digits).
+    pub fn create_user(&self, display_name: Option<&str>) -> Result<PrincipalId, IdentityError> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| storage(format!("OS random source failed: {e}")))?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let id = parse_user(&format!("u-{hex}"))?;
+        if !self.add_user(&id, display_name)? {
+            return Err(storage("a fresh random user id is taken"));
+        }
+        Ok(id)
+    }
+
+    /// Registers `id` as a user (the operator's way to make an existing principal linkable).
+    /// Answers whether it was new; an existing user keeps its display name.
+    pub fn add_user(
+        &self,
+        id: &PrincipalId,
+        display_name: Option<&str>,
+    ) -> Result<bool, IdentityError> {
+        if let Some(name) = display_name {
+            check_display_name(name)?;
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut users = txn.open_table(USERS).map_err(storage)?;
+            if users.get(id.as_str()).map_err(storage)?.is_some() {
+                return Ok(false);
+            }
+            if users.len().map_err(storage)? >= MAX_USERS {
+                return Err(IdentityError::Full {
+                    what: "users",
+                    limit: MAX_USERS,
+                });
+            }
+            users
+                .insert(id.as_str(), encode_name(display_name).as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(true)
+    }
+
+    /// The user `id`, if it exists.
+    pub fn user(&self, id: &PrincipalId) -> Result<Option<User>, IdentityError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let users = txn.open_table(USERS).map_err(storage)?;
+        let Some(record) = users.get(id.as_str()).map_err(storage)? else {
+            return Ok(None);
+        };
+        Ok(Some(User {
+            id: id.clone(),
+            display_name: decode_name(record.value())?,
+        }))
+    }
+
+    /// Links `identity` to the existing user `user`, recording `method`. One transaction:
+    /// either the identity was unlinked and is now linked to `user`, or nothing changed.
+    pub fn link(
+        &self,
+        identity: &PlatformIdentity,
+        user: &PrincipalId,
+        method: &str,
+    ) -> Result<(), IdentityError> {
+        check_method(method)?;
+        let key = identity.key();
+        let index_key = format!("{user}\0{key}");
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let users = txn.open_table(USERS).map_err(storage)?;
+            if users.get(user.as_str()).map_err(storage)?.is_none() {
+                return Err(IdentityError::UserNotFound);
+            }
+            let mut links = txn.open_table(LINKS).map_err(storage)?;
+            if links.get(key.as_str()).map_err(storage)?.is_some() {
+                return Err(IdentityError::AlreadyLinked);
+            }
+            let mut index = txn.open_table(USER_LINKS).map_err(storage)?;
+            let prefix = format!("{user}\0");
+            let held = index
+                .range::<&str>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+                .map_err(storage)?
+                .take(MAX_LINKS_PER_USER + 1)
+                .map_while(|item| item.ok())
+                .take_while(|(k, _)| k.value().starts_with(&prefix))
+                .count();
+            if held >= MAX_LINKS_PER_USER {
+                return Err(IdentityError::Full {
+                    what: "links of one user",
+                    limit: MAX_LINKS_PER_USER as u64,
+                });
+            }
+            let record = format!("{user}\0{}\0{method}", now());
+            links
+                .insert(key.as_str(), record.as_str())
+                .map_err(storage)?;
+            index.insert(index_key.as_str(), ()).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Removes the link of `identity` and answers the user it belonged to. With `only_of`, the
+    /// link is removed only if it belongs to that user; a link of anyone else is reported as
+    /// [`IdentityError::LinkNotFound`], exactly like a missing one.
+    pub fn unlink(
+        &self,
+        identity: &PlatformIdentity,
+        only_of: Option<&PrincipalId>,
+    ) -> Result<PrincipalId, IdentityError> {
+        let key = identity.key();
+        let txn = self.db.begin_write().map_err(storage)?;
+        let user = {
+            let mut links = txn.open_table(LINKS).map_err(storage)?;
+            let Some(record) = links
+                .get(key.as_str())
+                .map_err(storage)?
+                .map(|v| v.value().to_string())
+            else {
+                return Err(IdentityError::LinkNotFound);
+            };
+            let link = decode_link(identity.clone(), &record)?;
+            if only_of.is_some_and(|owner| *owner != link.user) {
+                return Err(IdentityError::LinkNotFound);
+            }
+            links.remove(key.as_str()).map_err(storage)?;
+            let mut index = txn.open_table(USER_LINKS).map_err(storage)?;
+            index
+                .remove(format!("{}\0{key}", link.user).as_str())
+                .map_err(storage)?;
+            link.user
+        };
+        txn.commit().map_err(storage)?;
+        Ok(user)
+    }
+
+    /// The link of `identity`, if there is one.
+    pub fn resolve(&self, identity: &PlatformIdentity) -> Result<Option<Link>, IdentityError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let links = txn.open_table(LINKS).map_err(storage)?;
+        let Some(record) = links.get(identity.key().as_str()).map_err(storage)? else {
+            return Ok(None);
+        };
+        decode_link(identity.clone(), record.value()).map(Some)
+    }
+
+    /// Every platform identity linked to `user` (at most [`MAX_LINKS_PER_USER`]), ordered by
+    /// platform then platform user id; [`IdentityError::UserNotFound`] if there is no such
+    /// user.
+    pub fn links(&self, user: &PrincipalId) -> Result<Vec<Link>, IdentityError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let users = txn.open_table(USERS).map_err(storage)?;
+        if users.get(user.as_str()).map_err(storage)?.is_none() {
+            return Err(IdentityError::UserNotFound);
+        }
+        let index = txn.open_table(USER_LINKS).map_err(storage)?;
+        let links = txn.open_table(LINKS).map_err(storage)?;
+        let prefix = format!("{user}\0");
+        let mut out = Vec::new();
+        for item in index
+            .range::<&str>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+            .map_err(storage)?
+        {
+            let (k, _) = item.map_err(storage)?;
+            let Some(key) = k.value().strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            if out.len() >= MAX_LINKS_PER_USER {
+                break;
+            }
+            let Some((platform, platform_user)) = key.split_once('\0') else {
+                return Err(storage("a stored link index entry is malformed"));
+            };
+            let identity = PlatformIdentity {
+                platform: platform.to_string(),
+                user: platform_user.to_string(),
+            };
+            let Some(record) = links.get(key).map_err(storage)? else {
+                return Err(storage("the link index names a missing link"));
+            };
+            out.push(decode_link(identity, record.value())?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, KvStore, IdentityStore) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let kv = KvStore::open(&dir.path().join("kv.redb")).unwrap_or_else(|e| panic!("{e}"));
+        let ids = IdentityStore::open(&kv).unwrap_or_else(|e| panic!("{e}"));
+        (dir, kv, ids)
+    }
+
+    fn pi(platform: &str, user: &str) -> PlatformIdentity {
+        PlatformIdentity::new(platform, user).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn user(ids: &IdentityStore, name: &str) -> PrincipalId {
+        ids.create_user(Some(name))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_platform_identity_links_to_one_user_only() {
+        let (_d, _kv, ids) = store();
+        let (a, b) = (user(&ids, "Ann"), user(&ids, "Bo"));
+        assert_ne!(a, b);
+        ids.link(&pi("discord", "42"), &a, "oauth")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            ids.link(&pi("discord", "42"), &b, "oauth"),
+            Err(IdentityError::AlreadyLinked)
+        ));
+        assert!(matches!(
+            ids.link(&pi("discord", "42"), &a, "again"),
+            Err(IdentityError::AlreadyLinked)
+        ));
+        // The same user id on another platform is another identity.
+        ids.link(&pi("slack", "42"), &b, "admin")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let resolved = ids
+            .resolve(&pi("discord", "42"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resolved.map(|l| l.user), Some(a.clone()));
+        assert_eq!(ids.links(&b).unwrap_or_else(|e| panic!("{e}")).len(), 1);
+    }
+
+    #[test]
+    fn link_unlink_resolve_and_list_agree() {
+        let (_d, _kv, ids) = store();
+        let a = user(&ids, "Ann");
+        assert_eq!(
+            ids.user(&a)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .and_then(|u| u.display_name),
+            Some("Ann".into())
+        );
+        for (p, u) in [("telegram", "9"), ("discord", "7"), ("discord", "10")] {
+            ids.link(&pi(p, u), &a, "code")
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let listed: Vec<_> = ids
+            .links(&a)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|l| {
+                format!(
+                    "{}/{}",
+                    l.identity.platform(),
+                    l.identity.platform_user_id()
+                )
+            })
+            .collect();
+        assert_eq!(listed, ["discord/10", "discord/7", "telegram/9"]);
+        let link = ids
+            .resolve(&pi("discord", "7"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("linked"));
+        assert_eq!(link.method, "code");
+        assert!(
+            link.linked_at.ends_with('Z') && link.linked_at.len() == 20,
+            "{}",
+            link.linked_at
+        );
+
+        assert_eq!(
+            ids.unlink(&pi("discord", "7"), None)
+                .unwrap_or_else(|e| panic!("{e}")),
+            a
+        );
+        assert!(matches!(
+            ids.unlink(&pi("discord", "7"), None),
+            Err(IdentityError::LinkNotFound)
+        ));
+        assert!(
+            ids.resolve(&pi("discord", "7"))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_none()
+        );
+        assert_eq!(ids.links(&a).unwrap_or_else(|e| panic!("{e}")).len(), 2);
+        // Unlinked, the identity may be linked again, to anyone.
+        let b = user(&ids, "Bo");
+        ids.link(&pi("discord", "7"), &b, "code")
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn a_conditional_unlink_never_touches_another_users_link() {
+        let (_d, _kv, ids) = store();
+        let (a, b) = (user(&ids, "Ann"), user(&ids, "Bo"));
+        ids.link(&pi("discord", "1"), &a, "code")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            ids.unlink(&pi("discord", "1"), Some(&b)),
+            Err(IdentityError::LinkNotFound)
+        ));
+        assert!(
+            ids.resolve(&pi("discord", "1"))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_some()
+        );
+        ids.unlink(&pi("discord", "1"), Some(&a))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn unknown_users_and_bad_fields_are_typed_errors() {
+        let (_d, _kv, ids) = store();
+        let ghost = parse_user("ghost").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            ids.link(&pi("discord", "1"), &ghost, "code"),
+            Err(IdentityError::UserNotFound)
+        ));
+        assert!(matches!(
+            ids.links(&ghost),
+            Err(IdentityError::UserNotFound)
+        ));
+        for (p, u) in [
+            ("", "1"),
+            ("Discord", "1"),
+            ("dis cord", "1"),
+            ("discord", ""),
+            ("discord", "a\u{1b}[2J"),
+            ("discord", "a\u{202E}b"),
+        ] {
+            assert!(
+                matches!(
+                    PlatformIdentity::new(p, u),
+                    Err(IdentityError::InvalidInput { .. })
+                ),
+                "{p:?} {u:?}"
+            );
+        }
+        let long = "x".repeat(MAX_PLATFORM_USER_BYTES + 1);
+        assert!(PlatformIdentity::new("discord", &long).is_err());
+        assert!(PlatformIdentity::new("discord", &long[1..]).is_ok());
+        let a = user(&ids, "Ann");
+        assert!(matches!(
+            ids.link(&pi("discord", "1"), &a, "bad method"),
+            Err(IdentityError::InvalidInput {
+                field: "method",
+                ..
+            })
+        ));
+        assert!(ids.create_user(Some("\u{1b}]0;pwned\u{7}")).is_err());
+        assert!(
+            ids.create_user(Some(&"n".repeat(MAX_DISPLAY_NAME_BYTES + 1)))
+                .is_err()
+        );
+        assert!(parse_user("../etc").is_err());
+    }
+
+    #[test]
+    fn one_user_holds_a_bounded_number_of_links() {
+        let (_d, _kv, ids) = store();
+        let a = user(&ids, "Ann");
+        for i in 0..MAX_LINKS_PER_USER {
+            ids.link(&pi("p", &i.to_string()), &a, "m")
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(matches!(
+            ids.link(&pi("p", "last"), &a, "m"),
+            Err(IdentityError::Full { .. })
+        ));
+        assert!(
+            ids.resolve(&pi("p", "last"))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_none()
+        );
+        assert_eq!(
+            ids.links(&a).unwrap_or_else(|e| panic!("{e}")).len(),
+            MAX_LINKS_PER_USER
+        );
+    }
+
+    #[test]
+    fn the_directory_survives_reopening_the_database() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("kv.redb");
+        let a = {
+            let kv = KvStore::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            let ids = IdentityStore::open(&kv).unwrap_or_else(|e| panic!("{e}"));
+            let a = ids.create_user(None).unwrap_or_else(|e| panic!("{e}"));
+            ids.link(&pi("discord", "5"), &a, "code")
+                .unwrap_or_else(|e| panic!("{e}"));
+            a
+        };
+        let kv = KvStore::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let ids = IdentityStore::open(&kv).unwrap_or_else(|e| panic!("{e}"));
+        let link = ids
+            .resolve(&pi("discord", "5"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(link.map(|l| l.user), Some(a.clone()));
+        assert_eq!(
+            ids.user(&a)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .map(|u| u.display_name),
+            Some(None)
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+}
