@@ -102,11 +102,31 @@ fn check(
     Ok(())
 }
 
-/// Printable text: no control or invisible formatting characters (which could make two ids
-/// look alike on a screen or forge terminal output).
+/// Printable text: no control characters, line or paragraph separators, and nothing that
+/// renders as nothing (format characters, fillers, variation selectors, tags), any of which
+/// could make two ids look alike on a screen or forge terminal output.
 fn printable(c: char) -> bool {
     !c.is_control()
-        && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+        && !matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
 }
 
 /// Parses a host user id: a principal id.
