@@ -361,8 +361,7 @@ async fn a_raised_identity_level_is_not_granted_behind_the_operators_back() {
         asked.asked.lock().iter().any(|q| q
             .diff
             .added
-            .iter()
-            .any(|r| *r == Request::Identity(IdentityLevel::Admin))),
+            .contains(&Request::Identity(IdentityLevel::Admin))),
         "the raised level is put to the operator"
     );
     h.rt.shutdown().await;
