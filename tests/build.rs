@@ -30,6 +30,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ("hostile_spinner", "hostile-spinner.wasm"),
     ("netprobe", "netprobe.wasm"),
     ("registrar", "registrar.wasm"),
+    ("hostile_registrar", "hostile-registrar.wasm"),
 ];
 
 fn main() {

@@ -102,11 +102,31 @@ fn check(
     Ok(())
 }
 
-/// Printable text: no control or invisible formatting characters (which could make two ids
-/// look alike on a screen or forge terminal output).
+/// Printable text: no control characters, line or paragraph separators, and nothing that
+/// renders as nothing (format characters, fillers, variation selectors, tags), any of which
+/// could make two ids look alike on a screen or forge terminal output.
 fn printable(c: char) -> bool {
     !c.is_control()
-        && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+        && !matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
 }
 
 /// Parses a host user id: a principal id.
@@ -678,6 +698,78 @@ mod tests {
                 .map(|u| u.display_name),
             Some(None)
         );
+    }
+
+    #[test]
+    fn invisible_characters_make_no_look_alike_ids_or_names() {
+        let (_d, _kv, ids) = store();
+        let a = user(&ids, "Ann");
+        ids.link(&pi("discord", "42"), &a, "code")
+            .unwrap_or_else(|e| panic!("{e}"));
+        for hidden in [
+            "4\u{00AD}2",
+            "4\u{034F}2",
+            "4\u{061C}2",
+            "\u{115F}42",
+            "4\u{180E}2",
+            "4\u{2028}2",
+            "4\u{2064}2",
+            "\u{3164}42",
+            "42\u{FE0F}",
+            "42\u{FFA0}",
+            "42\u{FFF9}",
+            "4\u{1D173}2",
+            "42\u{E0020}",
+            "42\u{E0100}",
+        ] {
+            assert!(
+                matches!(
+                    PlatformIdentity::new("discord", hidden),
+                    Err(IdentityError::InvalidInput { .. })
+                ),
+                "{hidden:?}"
+            );
+            assert!(
+                check_display_name(&format!("Ann{hidden}")).is_err(),
+                "{hidden:?}"
+            );
+        }
+        // Visible text outside ASCII stays allowed.
+        assert!(PlatformIdentity::new("matrix", "@zoë:example.org").is_ok());
+        assert!(check_display_name("Zoë 李").is_ok());
+    }
+
+    #[test]
+    fn racing_links_of_one_identity_leave_exactly_one_holder() {
+        let (_d, _kv, ids) = store();
+        let users: Vec<_> = (0..8).map(|i| user(&ids, &format!("u{i}"))).collect();
+        let wins: Vec<bool> = std::thread::scope(|s| {
+            let handles: Vec<_> = users
+                .iter()
+                .map(|u| {
+                    let ids = ids.clone();
+                    s.spawn(move || match ids.link(&pi("discord", "race"), u, "code") {
+                        Ok(()) => true,
+                        Err(IdentityError::AlreadyLinked) => false,
+                        Err(e) => panic!("{e}"),
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| panic!("a linker panicked")))
+                .collect()
+        });
+        assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+        let holder = ids
+            .resolve(&pi("discord", "race"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|l| l.user);
+        for (u, won) in users.iter().zip(&wins) {
+            assert_eq!(holder.as_ref() == Some(u), *won);
+            let listed = ids.links(u).unwrap_or_else(|e| panic!("{e}")).len();
+            assert_eq!(listed, usize::from(*won), "{u}");
+        }
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //!   entries read-only; every change answers `capability-denied`, so a claim never binds or
 //!   frees a platform identity.
 //!
+//! A principal whose profile is refused (disabled, or unreadable) reaches nothing: every call
+//! answers `capability-denied`, as KV, files and IPC refuse it.
+//!
 //! Every call runs on the blocking pool; every change and every refusal is audited under
 //! [`IDENTITY_TARGET`] with guest text escaped and cut. Store failures reach the guest as
 //! `store-unavailable`, with the backend's text only in the host log.
@@ -98,6 +101,10 @@ enum IdentityCallError {
     /// The grant's level is too low, or the principal in scope may not do this.
     #[error("refused: {0}")]
     Denied(&'static str),
+    /// The principal in scope is disabled or its profile is unreadable: like every other
+    /// capability, identity acts for no refused principal.
+    #[error("principal refused: {0}")]
+    PrincipalRefused(String),
     /// The directory said no.
     #[error(transparent)]
     Store(#[from] IdentityError),
@@ -111,7 +118,9 @@ enum IdentityCallError {
 
 fn code(e: &IdentityCallError) -> ErrorCode {
     match e {
-        IdentityCallError::Denied(_) => ErrorCode::CapabilityDenied,
+        IdentityCallError::Denied(_) | IdentityCallError::PrincipalRefused(_) => {
+            ErrorCode::CapabilityDenied
+        }
         IdentityCallError::Store(e) => match e {
             IdentityError::InvalidInput { .. } => ErrorCode::InvalidInput,
             IdentityError::UserNotFound => ErrorCode::UserNotFound,
@@ -178,7 +187,9 @@ impl IdentityView<'_> {
         work: impl FnOnce(&IdentityStore, &Reach) -> Result<T, IdentityCallError> + Send + 'static,
     ) -> wasmtime::Result<Result<T, ErrorCode>> {
         let reach = self.reach();
-        let result = if !self.ctx.policy.may_identity(level).is_allowed() {
+        let result = if let Err(reason) = self.core.scoped.profile() {
+            Err(IdentityCallError::PrincipalRefused(reason.to_string()))
+        } else if !self.ctx.policy.may_identity(level).is_allowed() {
             Err(IdentityCallError::Denied(match level {
                 IdentityLevel::Resolve => "identity is not granted",
                 IdentityLevel::Link => "identity is not granted at level `link`",

@@ -8,6 +8,7 @@ mod grants;
 mod graph;
 mod hostile;
 mod identity;
+mod identity_attacks;
 mod ipc;
 mod lifecycle;
 mod limits;
