@@ -19,12 +19,11 @@ use capsule_wit::astrid::approval::host::{
     ApprovalDecision, ApprovalRequest as WitRequest, ApprovalResponse, ErrorCode, Host,
 };
 use parking_lot::Mutex;
-use wasmtime::component::{HasData, Linker};
 
 use crate::consent::{ActionDecision, ActionRequest, Desk};
 use crate::error::LoadError;
 use crate::host::audit::field;
-use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
+use crate::host::{Assembly, Capability, InstanceCx, View};
 
 /// Tracing target of approval audit events.
 pub const APPROVAL_TARGET: &str = "capsule::audit::approval";
@@ -49,21 +48,14 @@ pub(crate) struct ApprovalShared {
 /// The view `astrid:approval` is implemented on.
 type ApprovalView<'a> = View<'a, Arc<ApprovalShared>>;
 
-impl HasData for ApprovalHost {
-    type Data<'a> = ApprovalView<'a>;
-}
+runs_on_view!(ApprovalHost);
 
 impl Capability for ApprovalHost {
     const INTERFACES: &'static [&'static str] = &["astrid:approval/host@1.0.0"];
     type Shared = Arc<ApprovalShared>;
     type Ctx = Arc<ApprovalShared>;
 
-    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::approval::host::add_to_linker::<HostState, ApprovalHost>(
-            linker,
-            view::<ApprovalHost>,
-        )
-    }
+    link_bindings!(capsule_wit::astrid::approval::host);
 
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
         Ok(Arc::new(ApprovalShared {

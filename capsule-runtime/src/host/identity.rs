@@ -33,11 +33,10 @@ use capsule_wit::astrid::identity::host::{
     ErrorCode, Host, IdentityCreateUserRequest, IdentityCreateUserResponse, IdentityLinkRequest,
     IdentityResolveRequest, IdentityResolveResponse, IdentityUnlinkRequest, PlatformLink,
 };
-use wasmtime::component::{HasData, Linker};
 
 use crate::error::LoadError;
 use crate::host::audit::field;
-use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
+use crate::host::{Assembly, Capability, InstanceCx, View};
 
 /// Tracing target of identity audit events.
 pub const IDENTITY_TARGET: &str = "capsule::audit::identity";
@@ -57,21 +56,14 @@ pub(crate) struct IdentityShared {
 /// The view `astrid:identity` is implemented on.
 type IdentityView<'a> = View<'a, Arc<IdentityShared>>;
 
-impl HasData for IdentityHost {
-    type Data<'a> = IdentityView<'a>;
-}
+runs_on_view!(IdentityHost);
 
 impl Capability for IdentityHost {
     const INTERFACES: &'static [&'static str] = &["astrid:identity/host@1.0.0"];
     type Shared = Arc<IdentityShared>;
     type Ctx = Arc<IdentityShared>;
 
-    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::identity::host::add_to_linker::<HostState, IdentityHost>(
-            linker,
-            view::<IdentityHost>,
-        )
-    }
+    link_bindings!(capsule_wit::astrid::identity::host);
 
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
         let granted = cx.policy.may_identity(IdentityLevel::Resolve).is_allowed();

@@ -39,6 +39,15 @@ impl Capability for PollHost {
     fn instance((): &(), _cx: &InstanceCx<'_>) {}
 }
 
+/// A new guest-owned pollable that is ready when `signal` says so.
+pub(crate) fn signal_pollable(
+    table: &mut wasmtime::component::ResourceTable,
+    signal: std::sync::Arc<dyn ReadySignal>,
+) -> wasmtime::Result<Resource<Pollable>> {
+    let entry = table.push(PollableEntry::new(PollSource::Signal(signal)))?;
+    Ok(Resource::new_own(entry.rep()))
+}
+
 /// A readiness source of another capability (a stream's data, a socket's room): ready once
 /// the event happened, and a future that waits for it.
 pub(crate) trait ReadySignal: Send + Sync + std::fmt::Debug {

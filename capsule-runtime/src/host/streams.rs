@@ -17,7 +17,7 @@ use wasmtime::component::{HasData, Linker, Resource};
 
 use crate::error::LoadError;
 use crate::host::pipe::{self, End, Pipe, Read};
-use crate::host::poll::{PollSource, PollableEntry};
+use crate::host::poll::signal_pollable;
 use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
 
 /// Most bytes one read, skip or write-zeroes call moves.
@@ -276,13 +276,7 @@ impl HostInputStream for StreamsView<'_> {
         self_: Resource<InputStream>,
     ) -> wasmtime::Result<Resource<Pollable>> {
         let pipe = Arc::clone(&self.core.table.get(&input(&self_))?.0);
-        let entry = self
-            .core
-            .table
-            .push(PollableEntry::new(PollSource::Signal(Arc::new(
-                pipe::Readable(pipe),
-            ))))?;
-        Ok(Resource::new_own(entry.rep()))
+        signal_pollable(self.core.table, Arc::new(pipe::Readable(pipe)))
     }
 
     async fn drop(&mut self, rep: Resource<InputStream>) -> wasmtime::Result<()> {
@@ -348,13 +342,7 @@ impl HostOutputStream for StreamsView<'_> {
         self_: Resource<OutputStream>,
     ) -> wasmtime::Result<Resource<Pollable>> {
         let pipe = Arc::clone(&self.core.table.get(&output(&self_))?.0);
-        let entry = self
-            .core
-            .table
-            .push(PollableEntry::new(PollSource::Signal(Arc::new(
-                pipe::Writable(pipe),
-            ))))?;
-        Ok(Resource::new_own(entry.rep()))
+        signal_pollable(self.core.table, Arc::new(pipe::Writable(pipe)))
     }
 
     async fn write_zeroes(

@@ -25,13 +25,13 @@ use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime::component::Resource;
 
 use crate::error::LoadError;
 use crate::host::audit::field;
 use crate::host::pipe::{self, End, Pipe, Read};
-use crate::host::poll::{PollSource, PollableEntry};
-use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
+use crate::host::poll::signal_pollable;
+use crate::host::{Assembly, Capability, InstanceCx, View};
 
 use client::{Gate, Outgoing, Refused};
 
@@ -172,21 +172,14 @@ impl HttpShared {
 /// The view `astrid:http` is implemented on.
 type HttpView<'a> = View<'a, Arc<HttpShared>>;
 
-impl HasData for HttpHost {
-    type Data<'a> = HttpView<'a>;
-}
+runs_on_view!(HttpHost);
 
 impl Capability for HttpHost {
     const INTERFACES: &'static [&'static str] = &["astrid:http/host@1.0.0"];
     type Shared = Arc<HttpShared>;
     type Ctx = Arc<HttpShared>;
 
-    fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        capsule_wit::astrid::http1_0_0::host::add_to_linker::<HostState, HttpHost>(
-            linker,
-            view::<HttpHost>,
-        )
-    }
+    link_bindings!(capsule_wit::astrid::http1_0_0::host);
 
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
         // A capsule with no `net` grant never resolves anything: a table with no names keeps
@@ -521,13 +514,7 @@ impl HostHttpStream for HttpView<'_> {
         self_: Resource<HttpStream>,
     ) -> wasmtime::Result<Resource<Pollable>> {
         let pipe = Arc::clone(&self.core.table.get(&stream_entry(&self_))?.pipe);
-        let entry = self
-            .core
-            .table
-            .push(PollableEntry::new(PollSource::Signal(Arc::new(
-                pipe::Readable(pipe),
-            ))))?;
-        Ok(Resource::new_own(entry.rep()))
+        signal_pollable(self.core.table, Arc::new(pipe::Readable(pipe)))
     }
 
     async fn body_stream(
