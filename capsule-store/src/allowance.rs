@@ -11,7 +11,7 @@ use std::sync::Arc;
 use capsule_ids::{CapsuleName, PrincipalId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::KvStore;
+use crate::{InvalidField, KvStore};
 
 /// `principal\0capsule\0action\0resource` → nothing.
 const ALLOWANCES: TableDefinition<'_, &str, ()> = TableDefinition::new("approval_allowances");
@@ -25,13 +25,8 @@ pub const MAX_ALLOWANCES: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum AllowanceError {
     /// The action or resource is empty, too long or has control characters.
-    #[error("invalid {field}: {reason}")]
-    InvalidInput {
-        /// Which field.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error(transparent)]
+    InvalidInput(InvalidField),
     /// The capsule holds [`MAX_ALLOWANCES`] for the principal already.
     #[error("at most {MAX_ALLOWANCES} allowances per principal and capsule")]
     Full,
@@ -48,19 +43,19 @@ fn storage(e: impl std::fmt::Display) -> AllowanceError {
 /// characters (which could forge or hide text on the operator's screen).
 pub fn check_field(field: &'static str, text: &str) -> Result<(), AllowanceError> {
     if text.is_empty() || text.len() > MAX_APPROVAL_FIELD_BYTES {
-        return Err(AllowanceError::InvalidInput {
+        return Err(AllowanceError::InvalidInput(InvalidField::new(
             field,
-            reason: format!(
+            format!(
                 "must be 1 to {MAX_APPROVAL_FIELD_BYTES} bytes ({} given)",
                 text.len()
             ),
-        });
+        )));
     }
     if text.chars().any(char::is_control) {
-        return Err(AllowanceError::InvalidInput {
+        return Err(AllowanceError::InvalidInput(InvalidField::new(
             field,
-            reason: "has control characters".into(),
-        });
+            "has control characters",
+        )));
     }
     Ok(())
 }
@@ -284,7 +279,7 @@ mod tests {
             assert!(
                 matches!(
                     Allowance::new(p.clone(), c.clone(), action, resource),
-                    Err(AllowanceError::InvalidInput { .. })
+                    Err(AllowanceError::InvalidInput(_))
                 ),
                 "{action:?}"
             );

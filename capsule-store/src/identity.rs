@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use capsule_ids::PrincipalId;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::KvStore;
+use crate::{InvalidField, KvStore};
 
 /// User id → display name (a flag byte, then the name's bytes).
 const USERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("identity_users");
@@ -43,13 +43,8 @@ pub const MAX_USERS: u64 = 100_000;
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// A field is empty, too long or has characters its grammar does not allow.
-    #[error("invalid {field}: {reason}")]
-    InvalidInput {
-        /// Which field.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error(transparent)]
+    InvalidInput(InvalidField),
     /// The host user does not exist.
     #[error("no such user")]
     UserNotFound,
@@ -77,10 +72,7 @@ fn storage(e: impl std::fmt::Display) -> IdentityError {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> IdentityError {
-    IdentityError::InvalidInput {
-        field,
-        reason: reason.into(),
-    }
+    IdentityError::InvalidInput(InvalidField::new(field, reason))
 }
 
 /// `text` is 1 to `max` bytes of characters `allowed` accepts.
@@ -627,7 +619,7 @@ mod tests {
             assert!(
                 matches!(
                     PlatformIdentity::new(p, u),
-                    Err(IdentityError::InvalidInput { .. })
+                    Err(IdentityError::InvalidInput(_))
                 ),
                 "{p:?} {u:?}"
             );
@@ -638,10 +630,10 @@ mod tests {
         let a = user(&ids, "Ann");
         assert!(matches!(
             ids.link(&pi("discord", "1"), &a, "bad method"),
-            Err(IdentityError::InvalidInput {
+            Err(IdentityError::InvalidInput(InvalidField {
                 field: "method",
                 ..
-            })
+            }))
         ));
         assert!(ids.create_user(Some("\u{1b}]0;pwned\u{7}")).is_err());
         assert!(
@@ -725,7 +717,7 @@ mod tests {
             assert!(
                 matches!(
                     PlatformIdentity::new("discord", hidden),
-                    Err(IdentityError::InvalidInput { .. })
+                    Err(IdentityError::InvalidInput(_))
                 ),
                 "{hidden:?}"
             );

@@ -18,6 +18,7 @@
 //! The crate has no WebAssembly dependency; the runtime maps its errors onto WIT error codes.
 
 pub mod allowance;
+mod field;
 pub mod identity;
 mod installed;
 mod kv;
@@ -25,6 +26,7 @@ pub mod quota;
 mod secrets;
 
 pub use allowance::{Allowance, AllowanceError, AllowanceStore};
+pub use field::InvalidField;
 pub use identity::{IdentityError, IdentityStore, PlatformIdentity};
 pub use installed::{InstalledError, InstalledVersions};
 pub use kv::{

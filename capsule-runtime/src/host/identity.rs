@@ -114,7 +114,7 @@ fn code(e: &IdentityCallError) -> ErrorCode {
             ErrorCode::CapabilityDenied
         }
         IdentityCallError::Store(e) => match e {
-            IdentityError::InvalidInput { .. } => ErrorCode::InvalidInput,
+            IdentityError::InvalidInput(_) => ErrorCode::InvalidInput,
             IdentityError::UserNotFound => ErrorCode::UserNotFound,
             IdentityError::LinkNotFound => ErrorCode::LinkNotFound,
             IdentityError::AlreadyLinked => ErrorCode::AlreadyLinked,
