@@ -242,18 +242,8 @@ fn decode_link(identity: PlatformIdentity, value: &str) -> Result<Link, Identity
 
 /// `secs` since the Unix epoch as an RFC 3339 UTC timestamp.
 fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
+    let (year, month, day) = crate::civil_date(secs / 86_400);
     let rem = secs % 86_400;
-    // Civil date from a day count, with years starting in March so the leap day is last.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,

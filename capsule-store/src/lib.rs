@@ -33,3 +33,24 @@ pub use kv::{
     KvError, KvStore, MAX_KEY_BYTES, MAX_LIST_KEYS, MAX_PAGE, MAX_VALUE_BYTES, Namespace,
 };
 pub use secrets::{MAX_SECRET_BYTES, SecretError, SecretScope, SecretStore};
+
+/// The proleptic Gregorian (year, month, day) of `days` since 1970-01-01, for the RFC 3339
+/// timestamps the host writes (records here, log lines in the runtime).
+pub fn civil_date(days: u64) -> (i64, u32, u32) {
+    // Counted from 0000-03-01 so that the leap day falls last in each year.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // Both are in range by construction (1..=31, 1..=12).
+    (
+        year,
+        u32::try_from(month).unwrap_or(1),
+        u32::try_from(day).unwrap_or(1),
+    )
+}
