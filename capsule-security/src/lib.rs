@@ -35,7 +35,7 @@ pub use load_order::{GraphError, LoadStep, plan_load};
 pub use manifest::{
     Capabilities, Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, EnvEntry, EnvKind, Export,
     Handler, INERT_TABLES, IdentityLevel, Import, KNOWN_CAPABILITIES, MANIFEST_FILE,
-    MAX_MANIFEST_BYTES, Manifest, ManifestDigest, ManifestError, Package, PublishEntry,
+    MAX_MANIFEST_BYTES, Manifest, ManifestDigest, ManifestError, Package, Problem, PublishEntry,
     SubscribeEntry,
 };
 pub use policy::{CapsulePolicy, Decision, FsAccess};
