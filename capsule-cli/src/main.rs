@@ -309,6 +309,13 @@ async fn inspect(config: RuntimeConfig, dir: &std::path::Path) -> Result<(), Fai
     }
     let env: Vec<&str> = m.env.keys().map(String::as_str).collect();
     println!("env       {}", env.join(", "));
+    for d in &m.deprecations {
+        println!("deprecated {}", terminal::shown(&d.to_string()));
+    }
+    if let Some(migrated) = &m.migrated {
+        println!("\n# {} in the current layout:", m.file.display());
+        println!("{}", terminal::shown_lines(migrated.trim_end()));
+    }
     Ok(())
 }
 

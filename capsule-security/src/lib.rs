@@ -33,10 +33,10 @@ pub use grants::{EndpointGrant, FsGrant, FsRoot, HostGrant, normalize_relative};
 pub use host_policy::{Forbidden, HostPolicy, HostPolicyError, POLICY_FILE, Resolved};
 pub use load_order::{GraphError, LoadStep, plan_load};
 pub use manifest::{
-    Capabilities, Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, EnvEntry, EnvKind, Export,
-    Handler, INERT_TABLES, IdentityLevel, Import, KNOWN_CAPABILITIES, MANIFEST_FILE,
-    MAX_MANIFEST_BYTES, Manifest, ManifestDigest, ManifestError, Package, Problem, PublishEntry,
-    SubscribeEntry,
+    Capabilities, Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, Deprecation, EnvEntry,
+    EnvKind, Export, Handler, INERT_TABLES, IdentityLevel, Import, KNOWN_CAPABILITIES,
+    LegacyConstruct, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestDigest, ManifestError,
+    Package, Problem, PublishEntry, SubscribeEntry,
 };
 pub use policy::{CapsulePolicy, Decision, FsAccess};
 pub use profile::{AUDIT_FIREHOSE_GRANT, PrincipalProfile, ProfileError, Quotas};

@@ -7,6 +7,7 @@ mod capabilities;
 mod digest;
 mod env;
 mod interfaces;
+mod legacy;
 mod package;
 mod position;
 mod reader;
@@ -22,6 +23,7 @@ pub use capabilities::{Capabilities, IdentityLevel, KNOWN_CAPABILITIES};
 pub use digest::{ComponentHash, ManifestDigest};
 pub use env::{EnvEntry, EnvKind};
 pub use interfaces::{Export, Import};
+pub use legacy::{Deprecation, LegacyConstruct};
 pub use package::{Component, Package};
 pub use reader::{ManifestError, Problem};
 pub use topics::{DEFAULT_HANDLER_PRIORITY, Handler, PublishEntry, SubscribeEntry};
@@ -121,6 +123,12 @@ pub struct Manifest {
     pub inert_tables: Vec<String>,
     /// SHA-256 of the manifest text, recorded with the operator's grant.
     pub digest: ManifestDigest,
+    /// Constructs of earlier astrid layouts that were translated (each was logged as a
+    /// warning), sorted by construct.
+    pub deprecations: Vec<Deprecation>,
+    /// The manifest rewritten in the current layout, when it used deprecated constructs: what
+    /// an author can paste to migrate.
+    pub migrated: Option<String>,
 }
 
 impl Manifest {
@@ -147,7 +155,17 @@ impl Manifest {
                 message: e.message().trim().to_string(),
             }
         })?;
+        let mut root = root;
         let r = Reader::new(file);
+        let deprecations = legacy::translate(&r, &mut root);
+        for d in &deprecations {
+            tracing::warn!(manifest = %file.display(), "{d}");
+        }
+        let migrated = if deprecations.is_empty() {
+            None
+        } else {
+            toml::to_string(&root).ok()
+        };
         let mut inert_tables = Vec::new();
         for key in root.keys() {
             match key.as_str() {
@@ -241,6 +259,8 @@ impl Manifest {
             env,
             inert_tables,
             digest: ManifestDigest::of(text),
+            deprecations,
+            migrated,
         })
     }
 

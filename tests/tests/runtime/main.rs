@@ -7,6 +7,7 @@ mod grants;
 mod graph;
 mod hostile;
 mod ipc;
+mod legacy;
 mod lifecycle;
 mod limits;
 mod loading;
