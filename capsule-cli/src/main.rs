@@ -19,6 +19,7 @@ mod control;
 mod grants;
 mod host;
 mod metrics;
+mod profiles;
 mod report;
 mod terminal;
 
@@ -88,6 +89,9 @@ enum Command {
         /// The capsule's name
         name: String,
     },
+    /// Read, change, list or delete principal profiles (quotas, grants, enabled)
+    #[command(subcommand)]
+    Profile(profiles::ProfileCommand),
     /// Print a shell completion script
     Completions {
         /// The shell
@@ -246,6 +250,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Metrics => client::metrics(&state).await,
         Command::Load { dir } => client::load(&state, &dir).await,
         Command::Unload { name } => client::unload(&state, &name).await,
+        Command::Profile(cmd) => profiles::run(cmd, &config),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -110,3 +110,56 @@ fn inspect_names_every_manifest_mistake_at_once() {
         assert!(err.contains(needle), "{needle} missing from {err}");
     }
 }
+
+#[test]
+fn profiles_are_set_read_listed_and_deleted_from_the_command_line() {
+    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let state = root.path().join("state");
+    let run = |args: &[&str]| {
+        let out = capsule(&state, args);
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, stdout, _) = run(&["profile", "get", "alice"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("the defaults") && stdout.contains("max_storage_bytes = 268435456"));
+    let (code, _, err) = run(&[
+        "profile",
+        "set",
+        "alice",
+        "--quota",
+        "max_storage_bytes=4096",
+        "--grant",
+        "audit:read_all",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, stdout, _) = run(&["profile", "get", "alice"]);
+    assert!(stdout.contains("max_storage_bytes = 4096"), "{stdout}");
+    assert!(stdout.contains("\"audit:read_all\""), "{stdout}");
+    // The host reads what the command wrote.
+    let stored = capsule_runtime::security::ProfileStore::new(&state)
+        .get(&capsule_runtime::PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stored.quotas.max_storage_bytes, 4096);
+    assert!(stored.audit_firehose());
+    // Refused: nothing changes.
+    for bad in [
+        vec!["profile", "set", "alice", "--quota", "max_memory_bytes=0"],
+        vec!["profile", "set", "alice", "--quota", "teleports=1"],
+        vec!["profile", "set", "alice", "--quota", "max_storage_bytes"],
+        vec!["profile", "set", "../etc", "--enabled", "false"],
+    ] {
+        let (code, _, err) = run(&bad);
+        assert_eq!(code, Some(2), "{bad:?}: {err}");
+    }
+    let (_, again, _) = run(&["profile", "get", "alice"]);
+    assert_eq!(again, stdout);
+    run(&["profile", "set", "bob", "--enabled", "false"]);
+    let (_, list, _) = run(&["profile", "list"]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(lines[0].starts_with("alice  enabled") && lines[1].starts_with("bob  disabled"));
+    let (code, _, _) = run(&["profile", "delete", "bob"]);
+    assert_eq!(code, Some(0));
+    let (_, list, _) = run(&["profile", "list"]);
+    assert_eq!(list.lines().count(), 1);
+}

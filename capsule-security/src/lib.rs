@@ -7,7 +7,8 @@
 //!
 //! - [`Manifest`]: `Capsule.toml`, parsed once.
 //! - [`CapsulePolicy`]: the capsule's gates (IPC ACLs, uplink), built from the manifest.
-//! - [`PrincipalProfile`]: a principal's grants and [`Quotas`].
+//! - [`PrincipalProfile`]: a principal's grants and [`Quotas`]; [`ProfileStore`] reads, lists,
+//!   writes (validated, atomically) and deletes them.
 //! - [`Request`], [`Grant`], [`GrantStore`]: what a manifest asks for, what the operator
 //!   allowed, and where that decision is kept; a capsule uses `requested ∩ granted`.
 //! - [`plan_load`]: the order a set of capsules loads in, providers before importers.
@@ -23,6 +24,7 @@ mod mounts;
 mod policy;
 pub mod private;
 mod profile;
+mod profiles;
 
 pub use capsule_ids::{CapsuleName, CapsuleNameError, PrincipalId};
 pub use grant::{
@@ -40,3 +42,4 @@ pub use manifest::{
 };
 pub use policy::{CapsulePolicy, Decision, FsAccess};
 pub use profile::{AUDIT_FIREHOSE_GRANT, PrincipalProfile, ProfileError, Quotas};
+pub use profiles::ProfileStore;
