@@ -33,6 +33,7 @@ mod lifecycle;
 mod limits;
 mod logsink;
 mod outcome;
+mod outcomes;
 mod registry;
 mod runtime;
 mod scope;
@@ -70,9 +71,18 @@ pub use lifecycle::{
 pub use limits::{Interrupt, MAX_STORE_RESOURCES, MemoryStats, RUN_LOOP_BUSY_SHARE_PERCENT};
 pub use logsink::MAX_LOG_FILE_BYTES;
 pub use outcome::{HookResponse, InvokeError, RunExit};
-pub use runtime::{EVENT_TOPIC_PREFIX, Inspection, Runtime};
+pub use outcomes::{DISPATCH_OUTCOME_BUFFER, DispatchOutcome, DispatchOutcomes, LinkResult};
+pub use runtime::{
+    EVENT_TOPIC_PREFIX, Inspection, PublishError, Published, RequestError, Runtime, Sender,
+    StatePaths,
+};
 pub use scope::{PrincipalRefusal, audit_rule};
 pub use stats::{CallStats, CapsuleStats};
+
+// What the public signatures use, so an embedder needs no direct dependency on the domain
+// crates for everyday work.
+pub use capsule_bus::{Attribution, Message, PrincipalId, Topic, TopicPattern};
+pub use capsule_security::{Manifest, PrincipalProfile, ProfileStore, Quotas};
 
 pub use capsule_bus as bus;
 pub use capsule_security as security;

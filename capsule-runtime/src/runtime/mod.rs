@@ -35,7 +35,10 @@ use capsule_store::KvStore;
 use capsule_store::SecretStore;
 
 mod component;
+mod embed;
 mod load;
+
+pub use embed::{PublishError, Published, RequestError, Sender, StatePaths};
 
 /// Prefix of the topics the host publishes its own events on: `runtime.capsule.loaded`
 /// (`{capsule, owner, session, version}`), `runtime.capsule.waiting` (`{capsule, provider}`:

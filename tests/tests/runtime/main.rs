@@ -3,6 +3,7 @@
 
 mod common;
 mod dispatch;
+mod embed;
 mod grants;
 mod graph;
 mod hostile;
