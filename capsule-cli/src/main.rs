@@ -287,6 +287,9 @@ async fn inspect(config: RuntimeConfig, dir: &std::path::Path) -> Result<(), Fai
     .filter_map(|(present, name)| present.then_some(name))
     .collect();
     println!("exports   {}", entry_points.join(", "));
+    for stub in &i.stubs {
+        println!("absent    {stub}");
+    }
     println!("imports   {}", i.imports.join(", "));
     let publish: Vec<&str> = m.publish.iter().map(|p| p.pattern.as_str()).collect();
     let subscribe: Vec<&str> = m.subscribe.iter().map(|p| p.pattern.as_str()).collect();

@@ -163,3 +163,35 @@ fn profiles_are_set_read_listed_and_deleted_from_the_command_line() {
     let (_, list, _) = run(&["profile", "list"]);
     assert_eq!(list.lines().count(), 1);
 }
+
+#[test]
+fn inspect_names_aliased_stub_exports_and_why() {
+    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = capsule_tests::write_capsule(
+        &root.path().join("stubs"),
+        "stubs",
+        "0.1.0",
+        "stubs.wasm",
+        "",
+    );
+    let out = capsule(
+        &root.path().join("state"),
+        &["inspect", &dir.to_string_lossy()],
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let absent: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("absent "))
+        .collect();
+    assert_eq!(absent.len(), 3, "{stdout}");
+    assert!(
+        absent
+            .iter()
+            .any(|l| l.contains("run is treated as absent") && l.contains("astrid-install"))
+    );
+    assert!(
+        stdout.contains("exports   astrid-hook-trigger\n"),
+        "{stdout}"
+    );
+}

@@ -64,7 +64,7 @@ pub use host::ipc::{
 pub use host::poll::MAX_POLL_LIST;
 pub use host::sys::{MAX_CONFIG_KEY, MAX_RANDOM_BYTES, MAX_SLEEP, RESERVED_CONFIG_PREFIX};
 pub use host::uplink::{InboundMessage, MAX_INBOUND_CONTENT, MAX_UPLINKS, Uplink, UplinkProfile};
-pub use inspect::Exports;
+pub use inspect::{AliasedStub, Exports};
 pub use lifecycle::{
     ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor, LifecyclePhase,
 };

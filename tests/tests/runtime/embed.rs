@@ -113,3 +113,34 @@ async fn dispatch_outcomes_name_each_link_its_trap_and_the_denial_that_stopped_t
     assert!(outcomes.try_next().is_none());
     assert_eq!(outcomes.lost(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_names_the_aliased_stub_exports_it_treats_as_absent() {
+    let h = host();
+    let dir = h.capsule_dir("stubs", "stubs.wasm", "");
+    let i = h.rt.inspect(&dir).await.unwrap_or_else(|e| panic!("{e}"));
+    let found: Vec<(String, Vec<String>)> = i
+        .stubs
+        .iter()
+        .map(|s| (s.export.clone(), s.same_as.clone()))
+        .collect();
+    let v = |a: &[&str]| a.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        found,
+        vec![
+            ("astrid-install".into(), v(&["astrid-upgrade", "run"])),
+            ("astrid-upgrade".into(), v(&["astrid-install", "run"])),
+            ("run".into(), v(&["astrid-install", "astrid-upgrade"])),
+        ]
+    );
+    assert!(i.stubs[2].to_string().contains("stub"));
+    assert!(!i.exports.run && i.exports.hook);
+    // A capsule whose entry points are real has none.
+    let pong = h.capsule_dir(
+        "pong",
+        "pong.wasm",
+        "[publish]\n\"pong.*\" = \"x\"\n[subscribe]\n\"ping.*\" = \"x\"\n",
+    );
+    let i = h.rt.inspect(&pong).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(i.stubs.is_empty(), "{:?}", i.stubs);
+}
