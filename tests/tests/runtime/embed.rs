@@ -144,3 +144,58 @@ async fn inspect_names_the_aliased_stub_exports_it_treats_as_absent() {
     let i = h.rt.inspect(&pong).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(i.stubs.is_empty(), "{:?}", i.stubs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_subscribe_or_publish_is_explained_in_the_capsule_log_and_bounded() {
+    let h = host();
+    let c = h
+        .load_as("refusal-prober", "prober.wasm", PROBER_ACL, "gina")
+        .await;
+    assert_eq!(
+        err(&call(&c, "subscribe", json!({"pattern": "other.*"})).await),
+        "capability-denied"
+    );
+    assert_eq!(
+        err(&call(&c, "publish", json!({"topic": "other.x", "payload": "{}"})).await),
+        "capability-denied"
+    );
+    // Another principal's refusal goes to that principal's log, not the owner's.
+    assert_eq!(
+        err(&call_as(
+            &c,
+            "publish",
+            json!({"topic": "hank.x", "payload": "{}"}),
+            Some("hank")
+        )
+        .await),
+        "capability-denied"
+    );
+    let paths = h.rt.paths();
+    let log = |who: &str| {
+        std::fs::read_to_string(paths.capsule_log(&pid(who), "refusal-prober")).unwrap_or_default()
+    };
+    let gina = log("gina");
+    assert!(
+        gina.contains("subscribe `other.*` refused (capability-denied): no [subscribe] pattern covers `other.*`; the [subscribe] ACL holds: probe.*"),
+        "{gina}"
+    );
+    assert!(
+        gina.contains("publish `other.x` refused (capability-denied): no [publish] pattern matches `other.x`; the [publish] ACL holds: probe.*"),
+        "{gina}"
+    );
+    assert!(!gina.contains("hank.x"), "{gina}");
+    assert!(log("hank").contains("publish `hank.x` refused"));
+    // A guest retrying a refused publish in a loop writes a bounded number of records: the
+    // instance serving gina again is a fresh one (hank was served in between), and it logs
+    // at most MAX_LOGGED_REFUSALS.
+    let before = log("gina").matches(" refused (capability-denied)").count();
+    let flood = json!({"topic": "other.y", "payload": "{}", "count": 200});
+    ok(&call(&c, "publish-loop", flood).await);
+    let text = log("gina");
+    let after = text.matches(" refused (capability-denied)").count();
+    assert_eq!(
+        after - before,
+        capsule_runtime::MAX_LOGGED_REFUSALS as usize
+    );
+    assert!(text.contains("further refusals of this instance are not logged"));
+}
