@@ -181,14 +181,16 @@ pub fn check(input: &Input) -> Result<(), String> {
                 ));
             }
         }
+        // The model judges each key by the first rule it breaks, so it may not list every
+        // problem the parser finds; at least one reported key must be one it knows is wrong.
         (Err(ManifestError::Many { problems, .. }), Err(bad)) => {
-            if let Some(p) = problems
+            if !problems
                 .iter()
-                .find(|p| !bad.iter().any(|b| p.key.starts_with(b.as_str())))
+                .any(|p| bad.iter().any(|b| p.key.starts_with(b.as_str())))
             {
+                let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
                 return Err(format!(
-                    "{text}\nrefused naming `{}`, but the wrong keys are {bad:?}",
-                    p.key
+                    "{text}\nrefused naming {keys:?}, but the wrong keys are {bad:?}"
                 ));
             }
         }
