@@ -20,6 +20,7 @@ mod control;
 mod grants;
 mod host;
 mod metrics;
+mod profiles;
 mod report;
 mod terminal;
 
@@ -96,6 +97,9 @@ enum Command {
         /// once, session, always or deny
         decision: Option<String>,
     },
+    /// Read, change, list or delete principal profiles (quotas, grants, enabled)
+    #[command(subcommand)]
+    Profile(profiles::ProfileCommand),
     /// Print a shell completion script
     Completions {
         /// The shell
@@ -255,6 +259,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Load { dir } => client::load(&state, &dir).await,
         Command::Unload { name } => client::unload(&state, &name).await,
         Command::Approve { id, decision } => client::approve(&state, id, decision.as_deref()).await,
+        Command::Profile(cmd) => profiles::run(cmd, &config),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -291,6 +296,9 @@ async fn inspect(config: RuntimeConfig, dir: &std::path::Path) -> Result<(), Fai
     .filter_map(|(present, name)| present.then_some(name))
     .collect();
     println!("exports   {}", entry_points.join(", "));
+    for stub in &i.stubs {
+        println!("absent    {stub}");
+    }
     println!("imports   {}", i.imports.join(", "));
     let publish: Vec<&str> = m.publish.iter().map(|p| p.pattern.as_str()).collect();
     let subscribe: Vec<&str> = m.subscribe.iter().map(|p| p.pattern.as_str()).collect();
@@ -318,6 +326,13 @@ async fn inspect(config: RuntimeConfig, dir: &std::path::Path) -> Result<(), Fai
     }
     let env: Vec<&str> = m.env.keys().map(String::as_str).collect();
     println!("env       {}", env.join(", "));
+    for d in &m.deprecations {
+        println!("deprecated {}", terminal::shown(&d.to_string()));
+    }
+    if let Some(migrated) = &m.migrated {
+        println!("\n# {} in the current layout:", m.file.display());
+        println!("{}", terminal::shown_lines(migrated.trim_end()));
+    }
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use crate::capsule::CapsuleInner;
 use crate::host::audit::field;
 use crate::host::ipc::MAX_PAYLOAD_BYTES;
 use crate::outcome::Verdict;
+use crate::outcomes::{DispatchOutcomes, LinkResult, OutcomeSender};
 use crate::scope::{Caller, audit_rule};
 
 /// One handler declared by `handler = "…"` in a capsule's `[subscribe]`.
@@ -79,6 +80,8 @@ pub(crate) struct Dispatcher {
     counters: Counters,
     /// The bus the tap reads, where denials are also published as audit entries.
     bus: std::sync::OnceLock<Bus>,
+    /// Every link's outcome, for embedders that read them.
+    outcomes: OutcomeSender,
 }
 
 impl Dispatcher {
@@ -90,7 +93,13 @@ impl Dispatcher {
             started: Mutex::new(false),
             counters: Counters::default(),
             bus: std::sync::OnceLock::new(),
+            outcomes: OutcomeSender::new(),
         }
+    }
+
+    /// A reader of every link outcome from now on.
+    pub(crate) fn outcomes(&self) -> DispatchOutcomes {
+        self.outcomes.subscribe()
     }
 
     pub(crate) fn stats(&self) -> DispatchStats {
@@ -264,14 +273,28 @@ impl Dispatcher {
                 match result {
                     Ok(response) => match response.verdict() {
                         Verdict::Continue => {
-                            let Some(data) = response.data else { continue };
+                            let Some(data) = response.data else {
+                                self.outcomes.send(&b.capsule_name, &b.action, &msg, || {
+                                    LinkResult::Continue { replaced: false }
+                                });
+                                continue;
+                            };
                             match replacement_payload(data) {
                                 Ok(data) => {
-                                    if replacement.is_none() {
+                                    let replaced = replacement.is_none();
+                                    if replaced {
                                         replacement = Some(data);
                                     }
+                                    self.outcomes.send(&b.capsule_name, &b.action, &msg, || {
+                                        LinkResult::Continue { replaced }
+                                    });
                                 }
                                 Err(why) => {
+                                    self.outcomes.send(&b.capsule_name, &b.action, &msg, || {
+                                        LinkResult::InvalidData {
+                                            reason: why.clone(),
+                                        }
+                                    });
                                     self.counters.failed_links.fetch_add(1, Ordering::Relaxed);
                                     tracing::warn!(
                                         target: "capsule::audit::dispatch",
@@ -285,11 +308,23 @@ impl Dispatcher {
                                 }
                             }
                         }
-                        Verdict::Final => stop = true,
+                        Verdict::Final => {
+                            stop = true;
+                            self.outcomes
+                                .send(&b.capsule_name, &b.action, &msg, || LinkResult::Final);
+                        }
                         verdict @ (Verdict::Deny | Verdict::Abort) => {
                             stop = true;
                             let decision = verdict.as_str();
                             let reason = response.data.as_deref().unwrap_or("");
+                            self.outcomes.send(&b.capsule_name, &b.action, &msg, || {
+                                let reason = reason.to_string();
+                                if verdict == Verdict::Deny {
+                                    LinkResult::Deny { reason }
+                                } else {
+                                    LinkResult::Abort { reason }
+                                }
+                            });
                             tracing::info!(
                                 target: "capsule::audit::dispatch",
                                 capsule = %b.capsule_name,
@@ -314,14 +349,26 @@ impl Dispatcher {
                                 );
                             }
                         }
-                        Verdict::Unknown => tracing::warn!(
-                            capsule = %b.capsule_name,
-                            action = %b.action,
-                            returned = %field(&response.action),
-                            "handler returned an unknown action; treated as continue"
-                        ),
+                        Verdict::Unknown => {
+                            self.outcomes.send(&b.capsule_name, &b.action, &msg, || {
+                                LinkResult::Unknown {
+                                    returned: response.action.clone(),
+                                }
+                            });
+                            tracing::warn!(
+                                capsule = %b.capsule_name,
+                                action = %b.action,
+                                returned = %field(&response.action),
+                                "handler returned an unknown action; treated as continue"
+                            );
+                        }
                     },
                     Err(e) => {
+                        self.outcomes.send(&b.capsule_name, &b.action, &msg, || {
+                            LinkResult::Failed {
+                                error: e.to_string(),
+                            }
+                        });
                         self.counters.failed_links.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
                             capsule = %b.capsule_name,

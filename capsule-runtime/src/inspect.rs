@@ -196,6 +196,57 @@ pub(crate) fn exports(
     Ok(found)
 }
 
+/// An entry point the component exports but the host treats as absent, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AliasedStub {
+    /// The export (`run`, `astrid-install` or `astrid-upgrade`).
+    pub export: String,
+    /// The other entry points lifted from the very same core function.
+    pub same_as: Vec<String>,
+}
+
+impl std::fmt::Display for AliasedStub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is treated as absent: it lifts the same core function as {}, the empty stub \
+             toolchains emit for an entry point a capsule does not implement",
+            self.export,
+            self.same_as.join(", ")
+        )
+    }
+}
+
+/// Every aliased entry point with the others it shares its core function with, sorted.
+pub(crate) fn aliased_stub_details(wasm: &[u8]) -> Vec<AliasedStub> {
+    let Ok(targets) = export_targets(wasm) else {
+        return Vec::new();
+    };
+    let trio: Vec<(&str, CoreFunc)> = targets
+        .iter()
+        .filter(|(n, _)| [RUN, INSTALL, UPGRADE].contains(&n.as_str()))
+        .filter_map(|(n, t)| t.map(|t| (n.as_str(), t)))
+        .collect();
+    let mut out: Vec<AliasedStub> = trio
+        .iter()
+        .filter_map(|(name, target)| {
+            let mut same_as: Vec<String> = trio
+                .iter()
+                .filter(|(other, t)| other != name && t == target)
+                .map(|(other, _)| (*other).to_string())
+                .collect();
+            same_as.sort();
+            (!same_as.is_empty()).then(|| AliasedStub {
+                export: (*name).to_string(),
+                same_as,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.export.cmp(&b.export));
+    out
+}
+
 /// Names among `run`, `astrid-install` and `astrid-upgrade` whose lifted core function is the
 /// very same core function as another of the three: toolchains emit unimplemented entry points
 /// as identical stubs that the optimiser merges, so a shared target means the capsule does not

@@ -34,6 +34,7 @@ mod lifecycle;
 mod limits;
 mod logsink;
 mod outcome;
+mod outcomes;
 mod registry;
 mod runtime;
 mod scope;
@@ -63,23 +64,32 @@ pub use host::http::client::{CONNECT_TIMEOUT, MAX_REDIRECTS, MAX_REQUEST_HEADERS
 pub use host::http::{MAX_CHUNK_BYTES, NET_AUDIT_TARGET, STREAM_BUFFER_BYTES};
 pub use host::identity::IDENTITY_TARGET as AUDIT_IDENTITY_TARGET;
 pub use host::ipc::{
-    CLAIM_WINDOW, MAX_DRAIN_BYTES, MAX_HOP_DEPTH, MAX_PAYLOAD_BYTES, MAX_RECV_TIMEOUT_MS,
-    MAX_SUBSCRIPTIONS,
+    CLAIM_WINDOW, MAX_DRAIN_BYTES, MAX_HOP_DEPTH, MAX_LOGGED_REFUSALS, MAX_PAYLOAD_BYTES,
+    MAX_RECV_TIMEOUT_MS, MAX_SUBSCRIPTIONS,
 };
 pub use host::poll::MAX_POLL_LIST;
 pub use host::streams::MAX_STREAM_CHUNK;
 pub use host::sys::{MAX_CONFIG_KEY, MAX_RANDOM_BYTES, MAX_SLEEP, RESERVED_CONFIG_PREFIX};
 pub use host::uplink::{InboundMessage, MAX_INBOUND_CONTENT, MAX_UPLINKS, Uplink, UplinkProfile};
-pub use inspect::Exports;
+pub use inspect::{AliasedStub, Exports};
 pub use lifecycle::{
     ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor, LifecyclePhase,
 };
 pub use limits::{Interrupt, MAX_STORE_RESOURCES, MemoryStats, RUN_LOOP_BUSY_SHARE_PERCENT};
 pub use logsink::MAX_LOG_FILE_BYTES;
 pub use outcome::{HookResponse, InvokeError, RunExit};
-pub use runtime::{EVENT_TOPIC_PREFIX, Inspection, Runtime};
+pub use outcomes::{DISPATCH_OUTCOME_BUFFER, DispatchOutcome, DispatchOutcomes, LinkResult};
+pub use runtime::{
+    EVENT_TOPIC_PREFIX, Inspection, PublishError, Published, RequestError, Runtime, Sender,
+    StatePaths,
+};
 pub use scope::{PrincipalRefusal, audit_rule};
 pub use stats::{CallStats, CapsuleStats};
+
+// What the public signatures use, so an embedder needs no direct dependency on the domain
+// crates for everyday work.
+pub use capsule_bus::{Attribution, Message, PrincipalId, Topic, TopicPattern};
+pub use capsule_security::{Manifest, PrincipalProfile, ProfileStore, Quotas};
 
 pub use capsule_bus as bus;
 pub use capsule_security as security;

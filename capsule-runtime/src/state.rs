@@ -256,6 +256,11 @@ impl OutputRoute {
         *self.current.lock() = scoped.log(self.owner.as_ref()).cloned();
     }
 
+    /// The log of whoever `scoped` says is in scope, without re-pointing the route.
+    pub(crate) fn for_scope(&self, scoped: Scoped<'_>) -> Option<LogSink> {
+        scoped.log(self.owner.as_ref()).cloned()
+    }
+
     /// The log output goes to now.
     pub(crate) fn sink(&self) -> Option<LogSink> {
         self.current.lock().clone()

@@ -7,7 +7,8 @@
 //!
 //! - [`Manifest`]: `Capsule.toml`, parsed once.
 //! - [`CapsulePolicy`]: the capsule's gates (IPC ACLs, uplink), built from the manifest.
-//! - [`PrincipalProfile`]: a principal's grants and [`Quotas`].
+//! - [`PrincipalProfile`]: a principal's grants and [`Quotas`]; [`ProfileStore`] reads, lists,
+//!   writes (validated, atomically) and deletes them.
 //! - [`Request`], [`Grant`], [`GrantStore`]: what a manifest asks for, what the operator
 //!   allowed, and where that decision is kept; a capsule uses `requested ∩ granted`.
 //! - [`plan_load`]: the order a set of capsules loads in, providers before importers.
@@ -25,6 +26,7 @@ mod mounts;
 mod policy;
 pub mod private;
 mod profile;
+mod profiles;
 
 pub use airlock::{
     AddressClass, Airlock, AirlockError, Embedding, IpRange, MAX_RESOLVED_ADDRESSES, Refusal,
@@ -40,10 +42,11 @@ pub use grants::{EndpointGrant, FsGrant, FsRoot, HostGrant, normalize_relative};
 pub use host_policy::{Forbidden, HostPolicy, HostPolicyError, POLICY_FILE, Resolved};
 pub use load_order::{GraphError, LoadStep, plan_load};
 pub use manifest::{
-    Capabilities, Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, EnvEntry, EnvKind, Export,
-    Handler, INERT_TABLES, IdentityLevel, Import, KNOWN_CAPABILITIES, MANIFEST_FILE,
-    MAX_MANIFEST_BYTES, Manifest, ManifestDigest, ManifestError, Package, PublishEntry,
-    SubscribeEntry,
+    Capabilities, Component, ComponentHash, DEFAULT_HANDLER_PRIORITY, Deprecation, EnvEntry,
+    EnvKind, Export, Handler, INERT_TABLES, IdentityLevel, Import, KNOWN_CAPABILITIES,
+    LegacyConstruct, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestDigest, ManifestError,
+    Package, Problem, PublishEntry, SubscribeEntry,
 };
 pub use policy::{CapsulePolicy, Decision, FsAccess};
 pub use profile::{AUDIT_FIREHOSE_GRANT, PrincipalProfile, ProfileError, Quotas};
+pub use profiles::ProfileStore;

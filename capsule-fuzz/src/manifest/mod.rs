@@ -128,6 +128,24 @@ fn check_shape(text: &str, r: &Result<Manifest, ManifestError>) -> Result<(), St
                     Err(format!("error without a key or reason: {e}"))
                 }
                 ManifestError::Invalid { .. } => Ok(()),
+                ManifestError::Many { problems, .. } => {
+                    let lines = text.split('\n').count();
+                    if problems.len() < 2 {
+                        return Err(format!("fewer than two problems reported as many: {e}"));
+                    }
+                    if problems.iter().any(|p| {
+                        p.key.is_empty() || p.reason.is_empty() || p.line == 0 || p.line > lines
+                    }) {
+                        return Err(format!("a problem without a key, reason or line: {e}"));
+                    }
+                    if problems
+                        .windows(2)
+                        .any(|w| (w[0].line, w[0].column) > (w[1].line, w[1].column))
+                    {
+                        return Err(format!("problems out of file order: {e}"));
+                    }
+                    Ok(())
+                }
                 ManifestError::Io { .. } | ManifestError::NotAManifest { .. } => {
                     Err(format!("parsing text gave a file error: {e}"))
                 }
@@ -160,6 +178,19 @@ pub fn check(input: &Input) -> Result<(), String> {
             if !bad.iter().any(|b| key.starts_with(b.as_str())) {
                 return Err(format!(
                     "{text}\nrefused naming `{key}`, but the wrong keys are {bad:?}"
+                ));
+            }
+        }
+        // The model judges each key by the first rule it breaks, so it may not list every
+        // problem the parser finds; at least one reported key must be one it knows is wrong.
+        (Err(ManifestError::Many { problems, .. }), Err(bad)) => {
+            if !problems
+                .iter()
+                .any(|p| bad.iter().any(|b| p.key.starts_with(b.as_str())))
+            {
+                let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+                return Err(format!(
+                    "{text}\nrefused naming {keys:?}, but the wrong keys are {bad:?}"
                 ));
             }
         }

@@ -69,12 +69,18 @@ pub(crate) struct IpcShared {
     pub(crate) counters: IpcCounters,
 }
 
+/// Refusals one instance writes to its capsule log; later ones are only audited.
+pub const MAX_LOGGED_REFUSALS: u32 = 32;
+
 /// The IPC context of one Store.
 #[derive(Debug)]
 pub(crate) struct IpcCtx {
     shared: Arc<IpcShared>,
     /// Live subscriptions of this instance.
     subscriptions: usize,
+    /// Refusals written to the capsule's log by this instance (bounded, so a guest that
+    /// retries a refused call in a loop cannot turn its log into a disk-writing loop).
+    refusals_logged: std::cell::Cell<u32>,
 }
 
 /// The view `astrid:ipc` is implemented on.
@@ -143,6 +149,7 @@ impl Capability for IpcHost {
         IpcCtx {
             shared: Arc::clone(shared),
             subscriptions: 0,
+            refusals_logged: std::cell::Cell::new(0),
         }
     }
 }
@@ -317,6 +324,9 @@ impl IpcView<'_> {
         if let Some(IpcError::Denied(_) | IpcError::PrincipalRefused(_)) = error {
             self.ipc.shared.counters.denied();
         }
+        if let Some(IpcError::Denied(reason)) = error {
+            self.log_refusal(op, topic, reason);
+        }
         let principal = self.scoped().principal();
         audit::ipc(
             &self.identity.name,
@@ -326,6 +336,39 @@ impl IpcView<'_> {
             size,
             error.map(|e| e as &dyn std::fmt::Display),
         );
+    }
+
+    /// Tells the capsule's author, in the log of the principal in scope, why an ACL refused a
+    /// publish or subscribe: the topic or pattern, the reason, and the ACL it was checked
+    /// against. At most [`MAX_LOGGED_REFUSALS`] per instance.
+    fn log_refusal(&self, op: &str, target: &str, reason: &str) {
+        let logged = self.ipc.refusals_logged.get();
+        if logged >= MAX_LOGGED_REFUSALS {
+            return;
+        }
+        self.ipc.refusals_logged.set(logged + 1);
+        let policy = &self.ipc.shared.policy;
+        let (section, acl) = if op.starts_with("subscribe") {
+            ("[subscribe]", policy.subscribe_acl())
+        } else {
+            ("[publish]", policy.publish_acl())
+        };
+        let entries: Vec<&str> = acl.iter().map(TopicPattern::as_str).collect();
+        let held = if entries.is_empty() {
+            "nothing".to_string()
+        } else {
+            entries.join(", ")
+        };
+        let mut message = format!(
+            "{op} `{}` refused (capability-denied): {reason}; the {section} ACL holds: {held}",
+            audit::field(target)
+        );
+        if logged + 1 == MAX_LOGGED_REFUSALS {
+            message.push_str(" (further refusals of this instance are not logged)");
+        }
+        if let Some(sink) = self.output.for_scope(self.scoped()) {
+            sink.write("warn", &message);
+        }
     }
 
     /// The shared publish path: validation and ACL first, so a refused publish costs nothing,

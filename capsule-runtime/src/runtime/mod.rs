@@ -38,7 +38,10 @@ use capsule_store::SecretStore;
 use capsule_store::{Allowance, AllowanceError, AllowanceStore};
 
 mod component;
+mod embed;
 mod load;
+
+pub use embed::{PublishError, Published, RequestError, Sender, StatePaths};
 
 /// Prefix of the topics the host publishes its own events on: `runtime.capsule.loaded`
 /// (`{capsule, owner, session, version}`), `runtime.capsule.waiting` (`{capsule, provider}`:
@@ -63,6 +66,9 @@ pub struct Inspection {
     pub permissions: PermissionDiff,
     /// Requests that can never be granted on this host (the load would fail).
     pub forbidden: Vec<Forbidden>,
+    /// Entry points the component exports but the host treats as absent (aliased no-op
+    /// stubs), each with the reason.
+    pub stubs: Vec<crate::inspect::AliasedStub>,
 }
 
 struct RuntimeInner {
@@ -334,7 +340,12 @@ impl Runtime {
             .imports(&self.inner.engine)
             .map(|(name, _)| name.to_string())
             .collect();
+        // Only the inspector needs the details; loading already dropped the stubs.
+        let stubs = std::fs::read(&prepared.manifest.component.file)
+            .map(|wasm| crate::inspect::aliased_stub_details(&wasm))
+            .unwrap_or_default();
         Ok(Inspection {
+            stubs,
             manifest: prepared.manifest,
             cache: prepared.cache,
             exports: prepared.exports,

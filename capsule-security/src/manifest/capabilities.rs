@@ -106,11 +106,26 @@ impl Capabilities {
     pub(crate) fn parse(r: &Reader<'_>, t: &Table, path: &str) -> Result<Self, ManifestError> {
         let mut caps = Self::default();
         for (name, v) in t {
+            r.keep(caps.parse_one(r, path, name, v));
+        }
+        Ok(caps)
+    }
+
+    /// Reads one capability into `self`.
+    fn parse_one(
+        &mut self,
+        r: &Reader<'_>,
+        path: &str,
+        name: &str,
+        v: &toml::Value,
+    ) -> Result<(), ManifestError> {
+        let caps = self;
+        {
             let key = format!("{path}.{name}");
-            if LIST_CAPS.contains(&name.as_str()) {
+            if LIST_CAPS.contains(&name) {
                 let list = r.strings(v, &key)?;
                 for (i, item) in list.iter().enumerate() {
-                    let checked = match name.as_str() {
+                    let checked = match name {
                         "fs_read" | "fs_write" => FsGrant::parse(item).map(drop),
                         "net" => HostGrant::parse(item).map(drop),
                         "net_connect" | "net_bind" => EndpointGrant::parse(item).map(drop),
@@ -124,7 +139,7 @@ impl Capabilities {
                 *caps
                     .list_mut(name)
                     .ok_or_else(|| r.invalid(&key, "unknown capability"))? = list;
-            } else if FLAG_CAPS.contains(&name.as_str()) {
+            } else if FLAG_CAPS.contains(&name) {
                 let on = r.bool(v, &key)?;
                 *caps
                     .flag_mut(name)
@@ -156,7 +171,7 @@ impl Capabilities {
                 ));
             }
         }
-        Ok(caps)
+        Ok(())
     }
 
     fn list_mut(&mut self, name: &str) -> Option<&mut Vec<String>> {

@@ -71,6 +71,16 @@ pub(crate) fn parse_env(
 ) -> Result<BTreeMap<String, EnvEntry>, ManifestError> {
     let mut out = BTreeMap::new();
     for (name, v) in t {
+        if let Some(entry) = r.keep(parse_entry(r, name, v)) {
+            out.insert(name.clone(), entry);
+        }
+    }
+    Ok(out)
+}
+
+/// One `[env.KEY]` entry.
+fn parse_entry(r: &Reader<'_>, name: &str, v: &Value) -> Result<EnvEntry, ManifestError> {
+    {
         let key = join("env", name);
         let et = r.table(v, &key)?;
         r.known_keys(
@@ -135,17 +145,13 @@ pub(crate) fn parse_env(
                 ));
             }
         }
-        out.insert(
-            name.clone(),
-            EnvEntry {
-                kind,
-                request: r.opt_string(et, &key, "request")?,
-                description: r.opt_string(et, &key, "description")?,
-                default,
-                enum_values,
-                placeholder: r.opt_string(et, &key, "placeholder")?,
-            },
-        );
+        Ok(EnvEntry {
+            kind,
+            request: r.opt_string(et, &key, "request")?,
+            description: r.opt_string(et, &key, "description")?,
+            default,
+            enum_values,
+            placeholder: r.opt_string(et, &key, "placeholder")?,
+        })
     }
-    Ok(out)
 }

@@ -53,19 +53,17 @@ fn flatten<'v>(
         if k.contains(':') {
             out.push((k.clone(), key, v));
         } else if leaf(v) {
-            return Err(r.invalid(
+            r.note(r.invalid(
                 key,
                 "expected `namespace:name` (or a nested [section.namespace] table)",
             ));
-        } else {
-            for (n, inner) in r.table(v, &key)? {
+        } else if let Some(inner) = r.keep(r.table(v, &key)) {
+            for (n, inner) in inner {
                 out.push((format!("{k}:{n}"), join(&key, n), inner));
             }
         }
     }
-    for (name, key, _) in &out {
-        interface_name(r, name, key)?;
-    }
+    out.retain(|(name, key, _)| r.keep(interface_name(r, name, key)).is_some());
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
@@ -75,66 +73,70 @@ pub(crate) fn parse_imports(r: &Reader<'_>, t: &Table) -> Result<Vec<Import>, Ma
     // A nested namespace table holds tables or strings; an import given as a table has a
     // `version` key.
     let is_leaf = |v: &Value| v.is_str() || v.as_table().is_some_and(|t| t.contains_key("version"));
-    flatten(r, t, "imports", is_leaf)?
+    Ok(flatten(r, t, "imports", is_leaf)?
         .into_iter()
-        .map(|(name, key, v)| {
-            let (text, optional) = match v {
-                Value::String(s) => (s.clone(), false),
-                Value::Table(it) => {
-                    r.known_keys(it, &key, &["version", "optional"])?;
-                    let version = it
-                        .get("version")
-                        .ok_or_else(|| r.invalid(join(&key, "version"), "missing"))?;
-                    let optional = it
-                        .get("optional")
-                        .map(|o| r.bool(o, &join(&key, "optional")))
-                        .transpose()?
-                        .unwrap_or(false);
-                    (r.string(version, &join(&key, "version"))?, optional)
-                }
-                other => {
-                    return Err(r.invalid(
-                        key,
-                        format!("expected a version requirement, found {}", other.type_str()),
-                    ));
-                }
-            };
-            let version = semver::VersionReq::parse(&text)
-                .map_err(|e| r.invalid(&key, format!("not a semver requirement ({e})")))?;
-            Ok(Import {
-                name,
-                version,
-                optional,
-            })
+        .filter_map(|(name, key, v)| {
+            r.keep((|| {
+                let (text, optional) = match v {
+                    Value::String(s) => (s.clone(), false),
+                    Value::Table(it) => {
+                        r.known_keys(it, &key, &["version", "optional"])?;
+                        let version = it
+                            .get("version")
+                            .ok_or_else(|| r.invalid(join(&key, "version"), "missing"))?;
+                        let optional = it
+                            .get("optional")
+                            .map(|o| r.bool(o, &join(&key, "optional")))
+                            .transpose()?
+                            .unwrap_or(false);
+                        (r.string(version, &join(&key, "version"))?, optional)
+                    }
+                    other => {
+                        return Err(r.invalid(
+                            key,
+                            format!("expected a version requirement, found {}", other.type_str()),
+                        ));
+                    }
+                };
+                let version = semver::VersionReq::parse(&text)
+                    .map_err(|e| r.invalid(&key, format!("not a semver requirement ({e})")))?;
+                Ok(Import {
+                    name,
+                    version,
+                    optional,
+                })
+            })())
         })
-        .collect()
+        .collect())
 }
 
 /// Parses `[exports]`, sorted by name.
 pub(crate) fn parse_exports(r: &Reader<'_>, t: &Table) -> Result<Vec<Export>, ManifestError> {
     let is_leaf = |v: &Value| v.is_str() || v.as_table().is_some_and(|t| t.contains_key("version"));
-    flatten(r, t, "exports", is_leaf)?
+    Ok(flatten(r, t, "exports", is_leaf)?
         .into_iter()
-        .map(|(name, key, v)| {
-            let text = match v {
-                Value::String(s) => s.clone(),
-                Value::Table(it) => {
-                    r.known_keys(it, &key, &["version"])?;
-                    let version = it
-                        .get("version")
-                        .ok_or_else(|| r.invalid(join(&key, "version"), "missing"))?;
-                    r.string(version, &join(&key, "version"))?
-                }
-                other => {
-                    return Err(r.invalid(
-                        key,
-                        format!("expected a version, found {}", other.type_str()),
-                    ));
-                }
-            };
-            let version = semver::Version::parse(&text)
-                .map_err(|e| r.invalid(&key, format!("not a semver version ({e})")))?;
-            Ok(Export { name, version })
+        .filter_map(|(name, key, v)| {
+            r.keep((|| {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Table(it) => {
+                        r.known_keys(it, &key, &["version"])?;
+                        let version = it
+                            .get("version")
+                            .ok_or_else(|| r.invalid(join(&key, "version"), "missing"))?;
+                        r.string(version, &join(&key, "version"))?
+                    }
+                    other => {
+                        return Err(r.invalid(
+                            key,
+                            format!("expected a version, found {}", other.type_str()),
+                        ));
+                    }
+                };
+                let version = semver::Version::parse(&text)
+                    .map_err(|e| r.invalid(&key, format!("not a semver version ({e})")))?;
+                Ok(Export { name, version })
+            })())
         })
-        .collect()
+        .collect())
 }

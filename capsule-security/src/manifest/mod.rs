@@ -7,7 +7,9 @@ mod capabilities;
 mod digest;
 mod env;
 mod interfaces;
+mod legacy;
 mod package;
+mod position;
 mod reader;
 mod topics;
 
@@ -21,8 +23,9 @@ pub use capabilities::{Capabilities, IdentityLevel, KNOWN_CAPABILITIES};
 pub use digest::{ComponentHash, ManifestDigest};
 pub use env::{EnvEntry, EnvKind};
 pub use interfaces::{Export, Import};
+pub use legacy::{Deprecation, LegacyConstruct};
 pub use package::{Component, Package};
-pub use reader::ManifestError;
+pub use reader::{ManifestError, Problem};
 pub use topics::{DEFAULT_HANDLER_PRIORITY, Handler, PublishEntry, SubscribeEntry};
 
 use env::parse_env;
@@ -120,6 +123,12 @@ pub struct Manifest {
     pub inert_tables: Vec<String>,
     /// SHA-256 of the manifest text, recorded with the operator's grant.
     pub digest: ManifestDigest,
+    /// Constructs of earlier astrid layouts that were translated (each was logged as a
+    /// warning), sorted by construct.
+    pub deprecations: Vec<Deprecation>,
+    /// The manifest rewritten in the current layout, when it used deprecated constructs: what
+    /// an author can paste to migrate.
+    pub migrated: Option<String>,
 }
 
 impl Manifest {
@@ -146,7 +155,17 @@ impl Manifest {
                 message: e.message().trim().to_string(),
             }
         })?;
+        let mut root = root;
         let r = Reader::new(file);
+        let deprecations = legacy::translate(&r, &mut root);
+        for d in &deprecations {
+            tracing::warn!(manifest = %file.display(), "{d}");
+        }
+        let migrated = if deprecations.is_empty() {
+            None
+        } else {
+            toml::to_string(&root).ok()
+        };
         let mut inert_tables = Vec::new();
         for key in root.keys() {
             match key.as_str() {
@@ -160,46 +179,74 @@ impl Manifest {
                     );
                     inert_tables.push(k.to_string());
                 }
-                other => {
-                    return Err(r.invalid(
-                        join("", other),
-                        "unknown top-level key (expected package, component, imports, exports, \
-                         publish, subscribe, capabilities, env, or an inert table: tool, command, \
-                         uplink, mcp_server, context_file, skill)",
-                    ));
-                }
+                other => r.note(r.invalid(
+                    join("", other),
+                    "unknown top-level key (expected package, component, imports, exports, \
+                     publish, subscribe, capabilities, env, or an inert table: tool, command, \
+                     uplink, mcp_server, context_file, skill)",
+                )),
             }
         }
-        let package = parse_package(&r, root.get("package"))?;
+        // Every section is read even when an earlier one is wrong, so one run names every
+        // problem; within a section, each entry is read on its own for the same reason.
+        let package = r.keep(parse_package(&r, root.get("package")));
         let dir = file.parent().unwrap_or(Path::new("."));
-        let mut capabilities = match root.get("capabilities") {
-            Some(v) => Capabilities::parse(&r, r.table(v, "capabilities")?, "capabilities")?,
-            None => Capabilities::default(),
+        let capabilities = match root.get("capabilities") {
+            Some(v) => r.keep(
+                r.table(v, "capabilities")
+                    .and_then(|t| Capabilities::parse(&r, t, "capabilities")),
+            ),
+            None => Some(Capabilities::default()),
         };
-        let (component, component_caps) = parse_component(&r, root.get("component"), dir)?;
+        let component = r.keep(parse_component(&r, root.get("component"), dir));
+        let section = |name: &str| root.get(name).map(|v| r.table(v, name)).transpose();
+        let imports = r.keep(section("imports").and_then(|t| match t {
+            Some(t) => parse_imports(&r, t),
+            None => Ok(Vec::new()),
+        }));
+        let exports = r.keep(section("exports").and_then(|t| match t {
+            Some(t) => parse_exports(&r, t),
+            None => Ok(Vec::new()),
+        }));
+        let publish = r.keep(section("publish").and_then(|t| match t {
+            Some(t) => parse_publish(&r, t),
+            None => Ok(Vec::new()),
+        }));
+        let subscribe = r.keep(section("subscribe").and_then(|t| match t {
+            Some(t) => parse_subscribe(&r, t),
+            None => Ok(Vec::new()),
+        }));
+        let env = r.keep(section("env").and_then(|t| match t {
+            Some(t) => parse_env(&r, t),
+            None => Ok(BTreeMap::new()),
+        }));
+        let (
+            false,
+            Some(package),
+            Some(mut capabilities),
+            Some((component, component_caps)),
+            Some(imports),
+            Some(exports),
+            Some(publish),
+            Some(subscribe),
+            Some(env),
+        ) = (
+            r.failed(),
+            package,
+            capabilities,
+            component,
+            imports,
+            exports,
+            publish,
+            subscribe,
+            env,
+        )
+        else {
+            return Err(r.finish(text));
+        };
         if let Some(c) = component_caps {
             capabilities.merge(c);
         }
-        let imports = match root.get("imports") {
-            Some(v) => parse_imports(&r, r.table(v, "imports")?)?,
-            None => Vec::new(),
-        };
-        let exports = match root.get("exports") {
-            Some(v) => parse_exports(&r, r.table(v, "exports")?)?,
-            None => Vec::new(),
-        };
-        let publish = match root.get("publish") {
-            Some(v) => parse_publish(&r, r.table(v, "publish")?)?,
-            None => Vec::new(),
-        };
-        let subscribe = match root.get("subscribe") {
-            Some(v) => parse_subscribe(&r, r.table(v, "subscribe")?)?,
-            None => Vec::new(),
-        };
-        let env = match root.get("env") {
-            Some(v) => parse_env(&r, r.table(v, "env")?)?,
-            None => BTreeMap::new(),
-        };
         Ok(Self {
             file: file.to_path_buf(),
             package,
@@ -212,6 +259,8 @@ impl Manifest {
             env,
             inert_tables,
             digest: ManifestDigest::of(text),
+            deprecations,
+            migrated,
         })
     }
 

@@ -1,9 +1,12 @@
 //! Reading values out of a parsed TOML tree so that every problem becomes a [`ManifestError`]
 //! naming the file, the dotted key path and the reason.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
+
+use super::position::offset_of;
 
 /// Why a manifest was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -48,18 +51,134 @@ pub enum ManifestError {
         /// What is wrong with it.
         reason: String,
     },
+    /// More than one key is wrong: every problem found in one pass, sorted by position.
+    #[error("{}: {} problems:{}", file.display(), problems.len(), list(problems))]
+    Many {
+        /// The manifest path.
+        file: PathBuf,
+        /// Each problem, in the order of the file.
+        problems: Vec<Problem>,
+    },
+}
+
+/// One wrong key of a manifest with several, and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line of the key (of its closest existing ancestor when it is missing).
+    pub line: usize,
+    /// 1-based column of the same.
+    pub column: usize,
+    /// Dotted path of the offending key, such as `package.name`.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "line {}, column {}: `{}`: {}",
+            self.line, self.column, self.key, self.reason
+        )
+    }
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("\n  {p}")).collect()
+}
+
+impl ManifestError {
+    /// Every wrong key this error reports (one for [`Invalid`](Self::Invalid), each of
+    /// [`Many`](Self::Many)), positioned in `text`; empty for I/O and file-type errors, and
+    /// the one syntax error for [`Syntax`](Self::Syntax).
+    pub fn problems(&self, text: &str) -> Vec<Problem> {
+        match self {
+            Self::Io { .. } | Self::NotAManifest { .. } => Vec::new(),
+            Self::Syntax {
+                line,
+                column,
+                message,
+                ..
+            } => vec![Problem {
+                line: *line,
+                column: *column,
+                key: String::new(),
+                reason: message.clone(),
+            }],
+            Self::Invalid { key, reason, .. } => vec![locate(text, key, reason)],
+            Self::Many { problems, .. } => problems.clone(),
+        }
+    }
+}
+
+fn locate(text: &str, key: &str, reason: &str) -> Problem {
+    let (line, column) = line_col(text, offset_of(text, key));
+    Problem {
+        line,
+        column,
+        key: key.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Reads key values out of TOML tables, turning every problem into a [`ManifestError`] that
 /// names the key.
 pub(crate) struct Reader<'f> {
     file: &'f Path,
+    /// Problems set aside so that parsing goes on and reports them all at once.
+    noted: RefCell<Vec<ManifestError>>,
 }
 
 impl<'f> Reader<'f> {
     /// A reader whose errors name `file`.
     pub(crate) fn new(file: &'f Path) -> Self {
-        Self { file }
+        Self {
+            file,
+            noted: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The value of `result`, or `None` with its error noted for [`Reader::finish`].
+    pub(crate) fn keep<T>(&self, result: Result<T, ManifestError>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.noted.borrow_mut().push(e);
+                None
+            }
+        }
+    }
+
+    /// Notes an error for [`Reader::finish`].
+    pub(crate) fn note(&self, e: ManifestError) {
+        self.noted.borrow_mut().push(e);
+    }
+
+    /// Whether any error was noted.
+    pub(crate) fn failed(&self) -> bool {
+        !self.noted.borrow().is_empty()
+    }
+
+    /// The noted errors as one: a single error as it is, several as
+    /// [`ManifestError::Many`] sorted by their position in `text`.
+    pub(crate) fn finish(&self, text: &str) -> ManifestError {
+        let mut noted = self.noted.take();
+        if noted.len() <= 1 {
+            return noted.pop().unwrap_or_else(|| {
+                self.invalid(
+                    "package",
+                    "the manifest could not be read (no error recorded)",
+                )
+            });
+        }
+        let mut problems: Vec<Problem> = noted.iter().flat_map(|e| e.problems(text)).collect();
+        problems.sort_by(|a, b| (a.line, a.column, &a.key).cmp(&(b.line, b.column, &b.key)));
+        problems.dedup();
+        ManifestError::Many {
+            file: self.file.to_path_buf(),
+            problems,
+        }
     }
 
     pub(crate) fn invalid(

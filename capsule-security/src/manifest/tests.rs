@@ -226,12 +226,21 @@ fn bad_values_name_their_key() {
 
 #[test]
 fn missing_sections_are_named() {
-    assert_eq!(err("").0, "package");
+    match parse("") {
+        Err(e @ ManifestError::Many { .. }) => {
+            let keys: Vec<String> = e.problems("").into_iter().map(|p| p.key).collect();
+            assert_eq!(keys, ["component", "package"]);
+        }
+        other => panic!("expected both missing sections, got {:?}", other.err()),
+    }
     assert_eq!(
         err("[package]\nname = \"a\"\nversion = \"1.0.0\"\n").0,
         "component"
     );
-    assert_eq!(err("[package]\nversion = \"1.0.0\"\n").0, "package.name");
+    assert_eq!(
+        err("[package]\nversion = \"1.0.0\"\n[[component]]\nid = \"a\"\nfile = \"a.wasm\"\n").0,
+        "package.name"
+    );
 }
 
 #[test]
@@ -247,4 +256,86 @@ fn component_hash_is_verified() {
     let h = m.component.hash.unwrap_or_else(|| panic!("hash parsed"));
     assert!(h.verify(b"wasm bytes"));
     assert!(!h.verify(b"other bytes"));
+}
+
+#[test]
+fn three_mistakes_are_reported_in_one_pass_in_file_order() {
+    let text = r#"
+[package]
+name = "pong"
+version = "not-a-version"
+
+[[component]]
+id = "pong"
+file = "pong.wasm"
+
+[env.mode]
+type = "colour"
+
+[subscribe]
+"bad..topic" = "x"
+"#;
+    let e = match parse(text) {
+        Err(e) => e,
+        Ok(_) => panic!("three mistakes parsed"),
+    };
+    let ManifestError::Many {
+        ref file,
+        ref problems,
+    } = e
+    else {
+        panic!("expected every problem at once, got {e}");
+    };
+    assert_eq!(file, Path::new("/caps/pong/Capsule.toml"));
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "package.version",
+            "env.mode.type",
+            "subscribe.\"bad..topic\""
+        ],
+        "{e}"
+    );
+    let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+    assert_eq!(lines, [4, 11, 14], "{e}");
+    assert!(problems[1].reason.contains("colour"), "{e}");
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with("/caps/pong/Capsule.toml: 3 problems:"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("line 14, column 1: `subscribe.\"bad..topic\"`"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn mistakes_in_one_section_are_each_reported() {
+    let text = format!(
+        "{MINIMAL}\n[capabilities]\nnet = 3\nteleport = true\n[publish]\n\"a.*.\" = 1\n\"ok.topic\" = {{ fanout = \"yes\" }}\n"
+    );
+    let problems = match parse(&text) {
+        Err(e @ ManifestError::Many { .. }) => e.problems(&text),
+        Err(e) => panic!("expected several problems, got {e}"),
+        Ok(_) => panic!("parsed"),
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "capabilities.net",
+            "capabilities.teleport",
+            "publish.\"a.*.\"",
+            "publish.\"ok.topic\".fanout"
+        ]
+    );
+    assert!(problems.windows(2).all(|w| w[0].line < w[1].line));
+}
+
+#[test]
+fn a_single_mistake_stays_a_keyed_error() {
+    let (key, _) = err(&format!("{MINIMAL}\n[capabilities]\nteleport = true\n"));
+    assert_eq!(key, "capabilities.teleport");
 }

@@ -57,9 +57,25 @@ fn parse_topics(
     t: &Table,
     section: &str,
 ) -> Result<Vec<(TopicPattern, TopicEntry)>, ManifestError> {
-    let subscribe = section == "subscribe";
     let mut out = Vec::with_capacity(t.len());
     for (k, v) in t {
+        if let Some(entry) = r.keep(parse_topic(r, section, k, v)) {
+            out.push(entry);
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// One entry of `[publish]` or `[subscribe]`.
+fn parse_topic(
+    r: &Reader<'_>,
+    section: &str,
+    k: &str,
+    v: &Value,
+) -> Result<(TopicPattern, TopicEntry), ManifestError> {
+    let subscribe = section == "subscribe";
+    {
         let key = join(section, k);
         let pattern = TopicPattern::parse(k).map_err(|e| r.invalid(&key, topic_reason(&e)))?;
         let entry = match v {
@@ -139,10 +155,8 @@ fn parse_topics(
                 ));
             }
         };
-        out.push((pattern, entry));
+        Ok((pattern, entry))
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
 }
 
 /// Parses `[publish]`, sorted by pattern.

@@ -4,12 +4,14 @@
 mod approval;
 mod common;
 mod dispatch;
+mod embed;
 mod grants;
 mod graph;
 mod hostile;
 mod identity;
 mod identity_attacks;
 mod ipc;
+mod legacy;
 mod lifecycle;
 mod limits;
 mod loading;
