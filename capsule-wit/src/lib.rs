@@ -39,6 +39,7 @@ mod generated {
             "astrid:kv/host": async | trappable | tracing,
             "astrid:fs/host": async | trappable | tracing,
             "astrid:elicit/host": async | trappable | tracing,
+            "astrid:process/host": async | trappable | tracing,
             "astrid:io/poll.[method]pollable.block": async | trappable | tracing,
             "astrid:io/poll.poll": async | trappable | tracing,
             default: trappable | tracing,

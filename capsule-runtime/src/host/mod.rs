@@ -31,6 +31,7 @@ pub(crate) mod fs;
 pub(crate) mod ipc;
 pub(crate) mod kv;
 pub(crate) mod poll;
+pub(crate) mod process;
 pub(crate) mod sys;
 #[cfg(test)]
 mod tidy;
@@ -227,6 +228,7 @@ capabilities! {
     fs: fs::FsHost,
     elicit: elicit::ElicitHost,
     uplink: uplink::UplinkHost,
+    process: process::ProcessHost,
 }
 
 /// Every `astrid:*` interface this host serves (`package/interface@version`), in link order.

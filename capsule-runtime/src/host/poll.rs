@@ -50,18 +50,22 @@ impl Capability for PollHost {
 pub(crate) enum PollSource {
     /// Ready when the subscription has a queued message (or was dropped).
     Subscription(Readiness),
+    /// Ready when a host process exited, or (for logs) has unread output or exited.
+    Process(crate::host::process::Readiness),
 }
 
 impl PollSource {
     fn is_ready(&self) -> bool {
         match self {
             Self::Subscription(r) => r.is_ready(),
+            Self::Process(r) => r.is_ready(),
         }
     }
 
     fn wait(self) -> BoxFuture<'static, ()> {
         match self {
             Self::Subscription(r) => async move { r.ready().await }.boxed(),
+            Self::Process(r) => r.ready().boxed(),
         }
     }
 }
