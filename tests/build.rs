@@ -28,6 +28,8 @@ const FIXTURES: &[(&str, &str)] = &[
     ("hostile_kvserver", "hostile-kvserver.wasm"),
     ("hostile_handler", "hostile-handler.wasm"),
     ("hostile_spinner", "hostile-spinner.wasm"),
+    ("proc_runner", "proc-runner.wasm"),
+    ("proc_v10", "proc-v10.wasm"),
 ];
 
 fn main() {

@@ -10,6 +10,7 @@ mod ipc;
 mod lifecycle;
 mod limits;
 mod loading;
+mod process;
 mod sdk;
 mod storage;
 mod sys;
