@@ -13,7 +13,7 @@
 //! the resource's `rep`. Every import is trappable (a host invariant failure becomes a trap,
 //! a guest mistake a WIT error code); the calls that wait (`recv`, `sleep-ns`, `pollable.block`,
 //! `poll`) or block on storage or people (`log`, all of `astrid:kv`, `astrid:fs` and
-//! `astrid:elicit`) are async.
+//! `astrid:elicit`, and all of `astrid:process`, whose calls wait for children) are async.
 //!
 //! Every import runs in a `TRACE`-level span named `wit-bindgen import` with the WIT
 //! interface (`module`) and function (`function`) as fields, plus `TRACE` events for the

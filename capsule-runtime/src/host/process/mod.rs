@@ -602,13 +602,16 @@ fn open_cwd(
     Ok((dir, mount.root().join(canonical)))
 }
 
+/// The names of injected files, and the variables pointing at those placed by the host.
+type Written = (Vec<String>, Vec<(String, String)>);
+
 /// Writes the injected files (0400, never over an existing entry) and returns their names and
 /// the variables that point at them.
 fn inject(
     dir: &cap_std::fs::Dir,
     host_dir: &Path,
     injections: Vec<Injection>,
-) -> Result<(Vec<String>, Vec<(String, String)>), ProcessError> {
+) -> Result<Written, ProcessError> {
     use cap_std::fs::OpenOptionsExt;
     let mut names = Vec::new();
     let mut vars = Vec::new();
