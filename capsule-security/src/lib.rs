@@ -24,6 +24,7 @@ mod manifest;
 mod mounts;
 mod policy;
 pub mod private;
+mod process_grant;
 mod profile;
 
 pub use airlock::{
@@ -46,4 +47,5 @@ pub use manifest::{
     SubscribeEntry,
 };
 pub use policy::{CapsulePolicy, Decision, FsAccess};
+pub use process_grant::{MAX_PROCESS_GRANT, ProcessGrant};
 pub use profile::{AUDIT_FIREHOSE_GRANT, PrincipalProfile, ProfileError, Quotas};

@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod loading;
 mod net;
+mod process;
 mod sdk;
 mod storage;
 mod sys;
