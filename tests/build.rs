@@ -31,6 +31,8 @@ const FIXTURES: &[(&str, &str)] = &[
     ("netprobe", "netprobe.wasm"),
     ("registrar", "registrar.wasm"),
     ("hostile_registrar", "hostile-registrar.wasm"),
+    ("proc_runner", "proc-runner.wasm"),
+    ("proc_v10", "proc-v10.wasm"),
 ];
 
 fn main() {

@@ -91,6 +91,16 @@ pub use stats::{CallStats, CapsuleStats};
 pub use capsule_bus::{Attribution, Message, PrincipalId, Topic, TopicPattern};
 pub use capsule_security::{Manifest, PrincipalProfile, ProfileStore, Quotas};
 
+/// The documented bounds of `astrid:process` (see the host module's contract).
+pub mod process {
+    pub use crate::host::process::{
+        DEFAULT_EXIT_RETENTION, DEFAULT_STOP_GRACE, MAX_ARG_BYTES, MAX_ARGS, MAX_ENV_BYTES,
+        MAX_ENV_VARS, MAX_EXIT_RETENTION, MAX_INJECTION_BYTES, MAX_INJECTIONS, MAX_LABEL_BYTES,
+        MAX_PERSISTENT_RECORDS, MAX_READ_BYTES, MAX_STDIN_BYTES, MAX_STOP_GRACE,
+        PROCESS_AUDIT_TARGET, SEARCH_PATH, UNLOAD_GRACE,
+    };
+}
+
 pub use capsule_bus as bus;
 pub use capsule_security as security;
 pub use capsule_store as store;

@@ -25,6 +25,7 @@ mod manifest;
 mod mounts;
 mod policy;
 pub mod private;
+mod process_grant;
 mod profile;
 mod profiles;
 
@@ -48,5 +49,6 @@ pub use manifest::{
     Package, Problem, PublishEntry, SubscribeEntry,
 };
 pub use policy::{CapsulePolicy, Decision, FsAccess};
+pub use process_grant::{MAX_PROCESS_GRANT, ProcessGrant};
 pub use profile::{AUDIT_FIREHOSE_GRANT, PrincipalProfile, ProfileError, Quotas};
 pub use profiles::ProfileStore;

@@ -34,6 +34,21 @@ pub struct Quotas {
     /// Distinct principals an uplink capsule owned by this principal may introduce with
     /// `publish-as` per minute.
     pub max_claimed_principals_per_minute: u32,
+    /// CPU seconds one spawned host process may use (`RLIMIT_CPU`: `SIGXCPU` at the limit,
+    /// `SIGKILL` a second later).
+    pub max_process_cpu_secs: u64,
+    /// Address space one spawned host process may map, in bytes (`RLIMIT_AS`).
+    pub max_process_memory_bytes: u64,
+    /// Files one spawned host process may have open at once (`RLIMIT_NOFILE`).
+    pub max_process_open_files: u32,
+    /// Processes one spawned host process and its descendants may be at once (a pids
+    /// cgroup where the host can create one, and `RLIMIT_NPROC`, which the kernel counts
+    /// per user, not per tree).
+    pub max_process_pids: u32,
+    /// Wall-clock lifetime of one spawned host process, in seconds.
+    pub max_process_wall_secs: u64,
+    /// Output the host keeps of one stream of a spawned host process, in bytes.
+    pub max_process_output_bytes: u64,
 }
 
 impl Default for Quotas {
@@ -48,6 +63,12 @@ impl Default for Quotas {
             max_http_response_bytes: 16 * 1024 * 1024,
             max_storage_bytes: 256 * 1024 * 1024,
             max_claimed_principals_per_minute: 600,
+            max_process_cpu_secs: 60,
+            max_process_memory_bytes: 1024 * 1024 * 1024,
+            max_process_open_files: 256,
+            max_process_pids: 32,
+            max_process_wall_secs: 600,
+            max_process_output_bytes: 1024 * 1024,
         }
     }
 }
@@ -201,6 +222,14 @@ fn parse_quotas(t: &Table) -> Result<Quotas, String> {
             "max_claimed_principals_per_minute" => {
                 q.max_claimed_principals_per_minute = small()?;
             }
+            "max_process_cpu_secs" => q.max_process_cpu_secs = positive(n)?,
+            "max_process_memory_bytes" => q.max_process_memory_bytes = positive(n)?,
+            "max_process_open_files" => {
+                q.max_process_open_files = positive(n).and_then(|_| small())?;
+            }
+            "max_process_pids" => q.max_process_pids = positive(n).and_then(|_| small())?,
+            "max_process_wall_secs" => q.max_process_wall_secs = positive(n)?,
+            "max_process_output_bytes" => q.max_process_output_bytes = positive(n)?,
             other => return Err(format!("unknown quota `{other}`")),
         }
     }

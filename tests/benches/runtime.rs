@@ -268,6 +268,41 @@ async fn main() {
         median(samples),
         "msgs/s",
     );
+
+    // Host processes from a guest: spawn and wait of `/bin/true`, `SPAWNS` per handler call.
+    let runner_dir = capsule_dir(
+        state.path(),
+        "runner",
+        "proc-runner.wasm",
+        "[capabilities]\nhost_process = [\"/bin/true\"]\n",
+    );
+    let runner = rt.load(&runner_dir).await.expect("load runner");
+    const SPAWNS: u64 = 20;
+    let per_spawn = measure(budget, SPAWNS, || {
+        let r = runner.clone();
+        async move {
+            let t = Instant::now();
+            let out = r
+                .invoke(
+                    "spawn-n",
+                    format!("{{\"cmd\":\"/bin/true\",\"args\":[],\"n\":{SPAWNS}}}").as_bytes(),
+                    None,
+                )
+                .await
+                .expect("invoke");
+            let data = out.data.unwrap_or_default();
+            assert!(data.contains(&format!("\"ok\":{SPAWNS}")), "{data}");
+            t.elapsed()
+        }
+    })
+    .await;
+    emit(
+        "runtime",
+        "spawn_wait_true",
+        "{\"program\":\"/bin/true\",\"from\":\"guest\",\"interface\":\"astrid:process@1.1.0\"}",
+        1e9 / per_spawn,
+        "spawns/s",
+    );
     rt.shutdown().await;
     http_get_loopback(budget).await;
 }

@@ -61,6 +61,7 @@ pub(crate) mod kv;
 pub(crate) mod pipe;
 pub(crate) mod poll;
 pub(crate) mod streams;
+pub(crate) mod process;
 pub(crate) mod sys;
 #[cfg(test)]
 mod tidy;
@@ -265,6 +266,7 @@ capabilities! {
     http: http::HttpHost,
     identity: identity::IdentityHost,
     approval: approval::ApprovalHost,
+    process: process::ProcessHost,
 }
 
 /// Every `astrid:*` interface this host serves (`package/interface@version`), in link order.

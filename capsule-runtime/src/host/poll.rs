@@ -64,6 +64,8 @@ pub(crate) enum PollSource {
     Subscription(Readiness),
     /// Ready when another capability's signal says so.
     Signal(std::sync::Arc<dyn ReadySignal>),
+    /// Ready when a host process exited, or (for logs) has unread output or exited.
+    Process(crate::host::process::Readiness),
 }
 
 impl PollSource {
@@ -71,6 +73,7 @@ impl PollSource {
         match self {
             Self::Subscription(r) => r.is_ready(),
             Self::Signal(s) => s.is_ready(),
+            Self::Process(r) => r.is_ready(),
         }
     }
 
@@ -78,6 +81,7 @@ impl PollSource {
         match self {
             Self::Subscription(r) => async move { r.ready().await }.boxed(),
             Self::Signal(s) => s.wait(),
+            Self::Process(r) => r.ready().boxed(),
         }
     }
 }

@@ -5,6 +5,7 @@ use toml::Table;
 
 use super::reader::{ManifestError, Reader};
 use crate::grants::{EndpointGrant, FsGrant, HostGrant};
+use crate::process_grant::ProcessGrant;
 
 /// Identity operations, ordered: a higher level implies the lower ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -129,9 +130,7 @@ impl Capabilities {
                         "fs_read" | "fs_write" => FsGrant::parse(item).map(drop),
                         "net" => HostGrant::parse(item).map(drop),
                         "net_connect" | "net_bind" => EndpointGrant::parse(item).map(drop),
-                        "host_process" if item.is_empty() || item.contains('\0') => {
-                            Err("a command must be a non-empty name or path".to_string())
-                        }
+                        "host_process" => ProcessGrant::parse(item).map(drop),
                         _ => Ok(()),
                     };
                     checked.map_err(|reason| r.invalid(format!("{key}[{i}]"), reason))?;

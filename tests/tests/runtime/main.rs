@@ -16,6 +16,7 @@ mod lifecycle;
 mod limits;
 mod loading;
 mod net;
+mod process;
 mod sdk;
 mod storage;
 mod sys;
