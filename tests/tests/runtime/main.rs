@@ -11,6 +11,7 @@ mod lifecycle;
 mod limits;
 mod loading;
 mod process;
+mod process_attacks;
 mod sdk;
 mod storage;
 mod sys;
