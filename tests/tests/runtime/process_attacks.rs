@@ -83,8 +83,18 @@ read -r line"
     }
     let escaped = escaped.unwrap_or_else(|| panic!("the child never printed its pid"));
     c.unload().await;
-    let alive = std::fs::read_to_string(format!("/proc/{escaped}/stat"))
-        .is_ok_and(|s| s.contains("(sleep)") && !s.contains(") Z "));
+    // A SIGKILL takes effect once the target is scheduled: give it a bounded while.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{escaped}/stat"))
+            .is_ok_and(|s| s.contains("(sleep)") && !s.contains(") Z "))
+    };
+    for _ in 0..1000 {
+        if !alive() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let alive = alive();
     if alive {
         let _ = std::process::Command::new("kill")
             .args(["-9", &escaped.to_string()])
