@@ -17,6 +17,7 @@ mod limits;
 mod loading;
 mod net;
 mod process;
+mod process_attacks;
 mod sdk;
 mod storage;
 mod sys;

@@ -1,7 +1,8 @@
 //! One host process and everything the host keeps of it. A child is started with a cleared
 //! environment, in a new process group, in its own pids cgroup where the host can create one,
 //! with its resource limits set between fork and exec (only async-signal-safe calls there), and
-//! without capabilities when the host is root. Three host threads serve it: one reader per
+//! without capabilities (and with the pids hierarchy read-only in a mount namespace of its own)
+//! when the host is root. Three host threads serve it: one reader per
 //! output stream (bounded buffers, drop-oldest or backpressure) and a watcher that enforces the
 //! wall-clock and idle limits through a pidfd, kills what is left of the group when the leader
 //! exits, and only then reaps the leader, so a process-group id is never signalled after its
@@ -457,6 +458,17 @@ fn pids_root() -> Option<&'static Path> {
     .as_deref()
 }
 
+/// The pids hierarchy's mount point as a C string, for a root child to remount read-only in
+/// its own mount namespace before exec.
+fn pids_root_c() -> Option<&'static std::ffi::CStr> {
+    static ROOT: OnceLock<Option<std::ffi::CString>> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = pids_root()?;
+        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(root.as_os_str())).ok()
+    })
+    .as_deref()
+}
+
 /// Whether the process-count limit is enforced by the kernel for a child of this host.
 pub(crate) fn count_limit_enforceable() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -541,6 +553,8 @@ struct ChildSetup {
     memory: libc::rlim_t,
     files: libc::rlim_t,
     nproc: Option<libc::rlim_t>,
+    /// The pids hierarchy a root child must not be able to write.
+    cgroup_root: Option<&'static std::ffi::CStr>,
 }
 
 fn set_limit(
@@ -582,6 +596,13 @@ fn in_child(s: ChildSetup) -> std::io::Result<()> {
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
+        if let Some(root) = s.cgroup_root {
+            // A child with user id 0 owns the cgroup files even without capabilities: it
+            // could raise its own `pids.max` or move itself out of the group the host kills
+            // it through. Its own mount namespace sees the pids hierarchy read-only. The
+            // working directory is set first so the new namespace carries it over.
+            hide_cgroups(root)?;
+        }
         // An empty bounding set leaves a root child without capabilities after exec, so it
         // cannot raise its hard limits or leave its group by privilege.
         // SAFETY: prctl with integer arguments only.
@@ -608,6 +629,37 @@ fn in_child(s: ChildSetup) -> std::io::Result<()> {
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Enters a new mount namespace (private to this child) in which `root` is read-only.
+fn hide_cgroups(root: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: unshare and mount with integer flags and valid NUL-terminated strings only.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     Ok(())
 }
@@ -671,6 +723,7 @@ pub(crate) fn start(launch: Launch, meta: Meta) -> Result<Arc<Proc>, ProcessErro
         memory: rlim(limits.memory_bytes),
         files: rlim(limits.open_files),
         nproc,
+        cgroup_root: cgroup.as_ref().and_then(|_| pids_root_c()),
     };
     let mut cmd = Command::new(&program);
     cmd.args(&args)

@@ -400,6 +400,40 @@ fn valid_env_key(k: &str) -> bool {
     !k.is_empty() && !k.contains('=') && !k.contains('\0')
 }
 
+/// Variables that make the dynamic loader, the C library or a shell run or load code the
+/// request names, so a granted program would run something nobody granted. A list cannot
+/// know every program's variables: a granted program must be one that stays within its
+/// grant under any other environment.
+const CODE_VARS: &[&str] = &[
+    "BASH_ENV",
+    "ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "PROMPT_COMMAND",
+    "GCONV_PATH",
+    "GLIBC_TUNABLES",
+    "LOCPATH",
+    "NLSPATH",
+    "HOSTALIASES",
+    "RESOLV_HOST_CONF",
+];
+
+/// Whether `k` is a variable the host refuses to pass (see [`CODE_VARS`]).
+fn code_var(k: &str) -> bool {
+    k.starts_with("LD_") || k.starts_with("BASH_FUNC_") || CODE_VARS.contains(&k)
+}
+
+fn refuse_code_var(k: &str) -> Result<(), ProcessError> {
+    if code_var(k) {
+        return Err(ProcessError::Denied(format!(
+            "the variable `{}` could make the program run code that is not granted",
+            field(k)
+        )));
+    }
+    Ok(())
+}
+
 /// Checks the request's sizes and names before anything is touched.
 fn validate(spec: &SpawnSpec) -> Result<(), ProcessError> {
     if spec.args.len() > MAX_ARGS
@@ -463,7 +497,13 @@ fn validate(spec: &SpawnSpec) -> Result<(), ProcessError> {
             "at most {MAX_INJECTIONS} injected files of {MAX_INJECTION_BYTES} bytes in all"
         )));
     }
+    for (k, _) in &spec.env {
+        refuse_code_var(k)?;
+    }
     for i in &spec.injections {
+        if let Injection::Env(var, _) = i {
+            refuse_code_var(var)?;
+        }
         match i {
             Injection::Env(var, _) if !valid_env_key(var) => {
                 return Err(ProcessError::Invalid(
@@ -693,7 +733,10 @@ impl ProcView<'_> {
                 "persistent processes are not granted (`allow_persistent`)".into(),
             )));
         }
-        validate(&spec)?;
+        validate(&spec).map_err(|e| match e {
+            ProcessError::Denied(_) => refused(e),
+            other => other,
+        })?;
         let limits = limits(&spec, &profile)?;
         let overflow = spec.overflow.unwrap_or(Overflow::DropOldest);
         let retention = spec
@@ -1091,5 +1134,32 @@ pub(crate) fn info(proc: &Proc) -> Info {
         stdin_open: s.stdin_open,
         cpu_ms: s.cpu_ms,
         peak_bytes: s.peak_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loader_and_shell_code_variables_are_refused_and_plain_ones_pass() {
+        for bad in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "LD_AUDIT",
+            "BASH_FUNC_true%%",
+            "BASH_ENV",
+            "ENV",
+            "PS4",
+            "GCONV_PATH",
+        ] {
+            assert!(
+                matches!(refuse_code_var(bad), Err(ProcessError::Denied(_))),
+                "{bad}"
+            );
+        }
+        for good in ["FOO", "LANG", "PATH", "HOME", "OLD_PRELOAD"] {
+            assert!(refuse_code_var(good).is_ok(), "{good}");
+        }
     }
 }
