@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use capsule_ids::PrincipalId;
 
 use crate::private::{create_private_dir, write_atomic};
-use crate::profile::{PrincipalProfile, ProfileError};
+use crate::profile::{PrincipalProfile, ProfileError, Quotas};
 
 impl PrincipalProfile {
     /// The profile as the TOML [`PrincipalProfile::parse`] reads, every quota written out.
@@ -18,7 +18,25 @@ impl PrincipalProfile {
             let quoted: Vec<String> = items.iter().map(|s| toml_string(s)).collect();
             format!("[{}]", quoted.join(", "))
         };
-        let q = &self.quotas;
+        // Destructured without `..` so that a quota added to `Quotas` cannot be left out of
+        // the text (a profile would then fail to read back as itself).
+        let Quotas {
+            max_memory_bytes,
+            max_timeout_secs,
+            max_ipc_throughput_bytes,
+            max_cpu_fuel_per_sec,
+            max_background_processes,
+            max_http_streams,
+            max_http_response_bytes,
+            max_storage_bytes,
+            max_claimed_principals_per_minute,
+            max_process_cpu_secs,
+            max_process_memory_bytes,
+            max_process_open_files,
+            max_process_pids,
+            max_process_wall_secs,
+            max_process_output_bytes,
+        } = &self.quotas;
         let mut out = format!(
             "enabled = {}\ngroups = {}\ngrants = {}\nrevokes = {}\n\n[quotas]\n",
             self.enabled,
@@ -27,20 +45,30 @@ impl PrincipalProfile {
             list(&self.revokes)
         );
         for (key, value) in [
-            ("max_memory_bytes", Some(q.max_memory_bytes)),
-            ("max_timeout_secs", Some(q.max_timeout_secs)),
-            ("max_ipc_throughput_bytes", Some(q.max_ipc_throughput_bytes)),
-            ("max_cpu_fuel_per_sec", q.max_cpu_fuel_per_sec),
+            ("max_memory_bytes", Some(*max_memory_bytes)),
+            ("max_timeout_secs", Some(*max_timeout_secs)),
+            ("max_ipc_throughput_bytes", Some(*max_ipc_throughput_bytes)),
+            ("max_cpu_fuel_per_sec", *max_cpu_fuel_per_sec),
             (
                 "max_background_processes",
-                Some(u64::from(q.max_background_processes)),
+                Some(u64::from(*max_background_processes)),
             ),
-            ("max_http_streams", Some(u64::from(q.max_http_streams))),
-            ("max_storage_bytes", Some(q.max_storage_bytes)),
+            ("max_http_streams", Some(u64::from(*max_http_streams))),
+            ("max_http_response_bytes", Some(*max_http_response_bytes)),
+            ("max_storage_bytes", Some(*max_storage_bytes)),
             (
                 "max_claimed_principals_per_minute",
-                Some(u64::from(q.max_claimed_principals_per_minute)),
+                Some(u64::from(*max_claimed_principals_per_minute)),
             ),
+            ("max_process_cpu_secs", Some(*max_process_cpu_secs)),
+            ("max_process_memory_bytes", Some(*max_process_memory_bytes)),
+            (
+                "max_process_open_files",
+                Some(u64::from(*max_process_open_files)),
+            ),
+            ("max_process_pids", Some(u64::from(*max_process_pids))),
+            ("max_process_wall_secs", Some(*max_process_wall_secs)),
+            ("max_process_output_bytes", Some(*max_process_output_bytes)),
         ] {
             if let Some(v) = value {
                 out.push_str(&format!("{key} = {v}\n"));
@@ -206,12 +234,26 @@ mod tests {
             groups: vec!["ops \"night\"".into(), "a\\b\n".into()],
             grants: vec!["audit:read_all".into()],
             revokes: vec![],
+            // Every quota off its default, so one the text leaves out reads back different.
             quotas: Quotas {
-                max_storage_bytes: 0,
                 max_memory_bytes: 1 << 20,
-                ..Quotas::default()
+                max_timeout_secs: 7,
+                max_ipc_throughput_bytes: 1234,
+                max_cpu_fuel_per_sec: Some(99),
+                max_background_processes: 3,
+                max_http_streams: 5,
+                max_http_response_bytes: 4321,
+                max_storage_bytes: 0,
+                max_claimed_principals_per_minute: 11,
+                max_process_cpu_secs: 13,
+                max_process_memory_bytes: 1 << 24,
+                max_process_open_files: 17,
+                max_process_pids: 19,
+                max_process_wall_secs: 23,
+                max_process_output_bytes: 29,
             },
         };
+        assert_ne!(p.quotas, Quotas::default());
         let back = PrincipalProfile::parse(&p.to_toml(), Path::new("x"))
             .unwrap_or_else(|e| panic!("{e}\n{}", p.to_toml()));
         assert_eq!(back, p);

@@ -60,8 +60,8 @@ pub(crate) mod ipc;
 pub(crate) mod kv;
 pub(crate) mod pipe;
 pub(crate) mod poll;
-pub(crate) mod streams;
 pub(crate) mod process;
+pub(crate) mod streams;
 pub(crate) mod sys;
 #[cfg(test)]
 mod tidy;
