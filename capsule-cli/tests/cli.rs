@@ -4,6 +4,8 @@
 //! operator meets (bad flags, a missing directory, a malformed manifest, a bad token), each
 //! with its one-line message and documented exit code.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capsule_tests::example;
+use common::{BIN, capsule, text};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_capsule");
 /// Bounds a hang, not a speed: a debug host compiling components on a loaded machine is slow.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -24,20 +26,6 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// (one compile per run; entries are keyed by engine and component, so sharing is safe).
 fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("capsule-compile-cache")
-}
-
-fn capsule(state: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--state")
-        .arg(state)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("capsule {args:?}: {e}"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Asserts `out` failed with `code` and exactly one line on stderr containing `needle`.

@@ -2,26 +2,12 @@
 //! layout is shown with one deprecation line per construct and rewritten in the current
 //! layout, and a manifest with several mistakes names all of them in one run.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
 use capsule_tests::example;
-
-const BIN: &str = env!("CARGO_BIN_EXE_capsule");
-
-fn capsule(state: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--state")
-        .arg(state)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("capsule {args:?}: {e}"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{capsule, text};
 
 /// A copy of the notes example whose manifest is `manifest`.
 fn notes_with(root: &Path, manifest: &str) -> std::path::PathBuf {
