@@ -9,36 +9,34 @@ use std::process::Command;
 
 include!("guest_build_env.rs");
 
-/// Example capsules (crate and directory names alike).
-const EXAMPLES: &[&str] = &["notes", "moderation", "chat", "stats"];
-
-/// Fixture crates and the file name each is installed under.
-const FIXTURES: &[(&str, &str)] = &[
-    ("prober", "prober.wasm"),
-    ("pong", "pong.wasm"),
-    ("ping", "ping.wasm"),
-    ("spin", "spin.wasm"),
-    ("needs_http", "needs-http.wasm"),
-    ("stubs", "stubs.wasm"),
-    ("sdk_echo", "sdk-echo.wasm"),
-    ("kvwriter", "kvwriter.wasm"),
-    ("chain", "chain.wasm"),
-    ("lifecycle", "lifecycle.wasm"),
-    ("gate", "gate.wasm"),
-    ("hostile_kvserver", "hostile-kvserver.wasm"),
-    ("hostile_handler", "hostile-handler.wasm"),
-    ("hostile_spinner", "hostile-spinner.wasm"),
-    ("netprobe", "netprobe.wasm"),
-    ("registrar", "registrar.wasm"),
-    ("hostile_registrar", "hostile-registrar.wasm"),
-    ("proc_runner", "proc-runner.wasm"),
-    ("proc_v10", "proc-v10.wasm"),
-];
+/// The members of the guest workspace whose `Cargo.toml` is at `manifest`: its directory names,
+/// each also the name (dashes as underscores) of the crate's `.wasm`. Read when the script
+/// runs, never compiled in, so the script built for one checkout is right for any other.
+fn members(manifest: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(manifest)
+        .unwrap_or_else(|e| fail(&format!("{}: {e}", manifest.display())));
+    let table: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| fail(&format!("{}: {e}", manifest.display())));
+    let list = table
+        .get("workspace")
+        .and_then(|w| w.get("members"))
+        .and_then(|m| m.as_array())
+        .unwrap_or_else(|| fail(&format!("{}: no workspace.members", manifest.display())));
+    list.iter()
+        .map(|m| {
+            m.as_str().map(str::to_owned).unwrap_or_else(|| {
+                fail(&format!("{}: a member is not a string", manifest.display()))
+            })
+        })
+        .collect()
+}
 
 fn main() {
     let manifest_dir =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
     let capsules = manifest_dir.join("capsules");
+    let fixtures = members(&capsules.join("Cargo.toml"));
     let wit = manifest_dir.join("..").join("capsule-wit").join("wit");
     let out =
         PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR is not set")))
@@ -51,19 +49,17 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", path.display());
     }
-    for (krate, _) in FIXTURES {
-        println!(
-            "cargo:rerun-if-changed={}",
-            capsules.join(krate.replace('_', "-")).display()
-        );
+    for dir in &fixtures {
+        println!("cargo:rerun-if-changed={}", capsules.join(dir).display());
     }
 
     let examples = manifest_dir.join("..").join("examples");
+    let example_names = members(&examples.join("Cargo.toml"));
     for path in [examples.join("Cargo.toml"), examples.join("Cargo.lock")] {
         println!("cargo:rerun-if-changed={}", path.display());
     }
     // Not the whole example directories: `cargo xtask examples` copies components into them.
-    for name in EXAMPLES {
+    for name in &example_names {
         for part in ["src", "Capsule.toml", "Cargo.toml"] {
             println!(
                 "cargo:rerun-if-changed={}",
@@ -83,9 +79,9 @@ fn main() {
 
     std::fs::create_dir_all(&out).unwrap_or_else(|e| fail(&format!("{}: {e}", out.display())));
     let release = |target: &str| target_dir.join(target).join("release");
-    for (krate, name) in FIXTURES {
-        let from = release("wasm32-wasip2").join(format!("{krate}.wasm"));
-        copy_if_changed(&from, &out.join(name));
+    for dir in &fixtures {
+        let from = release("wasm32-wasip2").join(format!("{}.wasm", dir.replace('-', "_")));
+        copy_if_changed(&from, &out.join(format!("{dir}.wasm")));
     }
     // The SDK's wasm32-unknown-unknown build is a core module carrying its component type;
     // wrapping it gives a component that imports only astrid interfaces.
@@ -112,7 +108,7 @@ fn main() {
     let laid_out =
         PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR is not set")))
             .join("examples");
-    for name in EXAMPLES {
+    for name in &example_names {
         let dir = laid_out.join(name);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(&format!("{}: {e}", dir.display())));
         copy_if_changed(
