@@ -97,7 +97,7 @@ fn check(
 /// Printable text: no control characters, line or paragraph separators, and nothing that
 /// renders as nothing (format characters, fillers, variation selectors, tags), any of which
 /// could make two ids look alike on a screen or forge terminal output.
-fn printable(c: char) -> bool {
+pub fn printable(c: char) -> bool {
     !c.is_control()
         && !matches!(
             c,
