@@ -31,6 +31,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ("netprobe", "netprobe.wasm"),
     ("registrar", "registrar.wasm"),
     ("hostile_registrar", "hostile-registrar.wasm"),
+    ("hostile_asker", "hostile-asker.wasm"),
 ];
 
 fn main() {
