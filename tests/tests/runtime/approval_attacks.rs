@@ -166,15 +166,22 @@ async fn a_disabled_principal_is_denied_without_asking_and_its_allowance_does_no
     // owner's message comes first. Ann, disabled, cannot publish the loop's answers: the
     // effect of her requests is read from the audit trail.
     let owner = asker
-        .ask(&h, "o1", "read", "/o", Attribution::Verified(pid("default")))
+        .ask(
+            &h,
+            "o1",
+            "read",
+            "/o",
+            Attribution::Verified(pid("default")),
+        )
         .await;
     assert_eq!(owner["ok"], "denied", "{owner}");
     let before = decided("asker-loop", "ann").len();
     Loop::send(&h, "d1", "delete", "/x", ann());
     Loop::send(&h, "d2", "read", "/y", ann());
-    until("both of the disabled principal's requests are decided", || {
-        decided("asker-loop", "ann").len() >= before + 2
-    })
+    until(
+        "both of the disabled principal's requests are decided",
+        || decided("asker-loop", "ann").len() >= before + 2,
+    )
     .await;
     let after = decided("asker-loop", "ann");
     assert_eq!(
@@ -198,7 +205,13 @@ async fn a_disabled_principal_is_denied_without_asking_and_its_allowance_does_no
     // Enabled again, the allowance she was given still answers.
     h.profile("ann", "enabled = true\n");
     asker
-        .ask(&h, "o2", "read", "/o", Attribution::Verified(pid("default")))
+        .ask(
+            &h,
+            "o2",
+            "read",
+            "/o",
+            Attribution::Verified(pid("default")),
+        )
         .await;
     let back = asker.ask(&h, "a3", "delete", "/x", ann()).await;
     assert_eq!(back["ok"], "allowance", "{back}");
@@ -225,12 +238,9 @@ async fn one_principal_waits_for_one_answer_at_a_time_and_cannot_hold_every_work
         handler.asked.lock().len() == 1
     })
     .await;
-    let second = tokio::time::timeout(
-        Duration::from_secs(60),
-        ask(&c, "mallory", "delete", "/b"),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("mallory's second request waits for the handler too"));
+    let second = tokio::time::timeout(Duration::from_secs(60), ask(&c, "mallory", "delete", "/b"))
+        .await
+        .unwrap_or_else(|_| panic!("mallory's second request waits for the handler too"));
     let refused = err(&second);
     assert!(
         refused.starts_with("unknown:") && refused.contains("already waiting"),
@@ -357,7 +367,10 @@ async fn an_always_decision_is_never_stretched_to_another_principal_capsule_or_t
         .await;
     assert_eq!(claimed["ok"], "denied", "{claimed}");
     let seen = handler.asked.lock().last().cloned();
-    assert!(seen.is_some_and(|r| r.claimed), "the handler sees the claim");
+    assert!(
+        seen.is_some_and(|r| r.claimed),
+        "the handler sees the claim"
+    );
     let verified = lp
         .ask(
             &h,
