@@ -431,3 +431,71 @@ async fn an_always_decision_arriving_after_the_timeout_stores_nothing() {
     assert_eq!(handler.replies.lock().len(), 1, "asked again");
     h.rt.shutdown().await;
 }
+
+/// The identity directory is host-wide: an admin capsule creating users and linking
+/// identities without end fills only its own share (a typed `unknown("limit reached: …")`),
+/// and another capsule still creates and links; an unlink gives the maker its share back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_capsule_fills_only_its_own_share_of_the_identity_directory() {
+    use capsule_runtime::store::identity::IdentityLimits;
+    const ADMIN: &str = "[capabilities]\nidentity = \"admin\"\n";
+    let h = host_with(|c| c.identity_limits = IdentityLimits::new(3, 4));
+    h.approve_all();
+    let filler = h.load("filler", "registrar.wasm", ADMIN).await;
+    let other = h.load("other", "registrar.wasm", ADMIN).await;
+    let create = |c: &Capsule| {
+        let c = c.clone();
+        async move { call_as(&c, "create-user", json!({"name": "n"}), None).await }
+    };
+    let link = |c: &Capsule, user: &str, to: &Value| {
+        let (c, user, to) = (c.clone(), user.to_string(), to.clone());
+        async move {
+            call_as(
+                &c,
+                "link",
+                json!({"platform": "chat", "user": user, "to": to, "method": "m"}),
+                None,
+            )
+            .await
+        }
+    };
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        made.push(ok(&create(&filler).await).clone());
+    }
+    let full = create(&filler).await;
+    assert_eq!(
+        err(&full),
+        "unknown:limit reached: at most 3 users created by one capsule"
+    );
+    let theirs = ok(&create(&other).await).clone();
+    for i in 0..4 {
+        ok(&link(&filler, &format!("f{i}"), &made[i % 3]).await);
+    }
+    assert_eq!(
+        err(&link(&filler, "f4", &made[0]).await),
+        "unknown:limit reached: at most 4 links made by one capsule"
+    );
+    assert_eq!(
+        err(&call_as(
+            &other,
+            "resolve",
+            json!({"platform": "chat", "user": "f4"}),
+            None
+        )
+        .await),
+        "link-not-found",
+        "the refused link left nothing"
+    );
+    ok(&link(&other, "o0", &theirs).await);
+    // Unlinked (by anyone), a link is given back to the capsule that made it.
+    ok(&call_as(
+        &other,
+        "unlink",
+        json!({"platform": "chat", "user": "f0"}),
+        None,
+    )
+    .await);
+    ok(&link(&filler, "f4", &made[0]).await);
+    h.rt.shutdown().await;
+}
