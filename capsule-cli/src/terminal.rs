@@ -71,9 +71,12 @@ pub(crate) fn shown(text: &str) -> String {
 }
 
 /// Whether a terminal would act on `c` rather than show it: a control character (C0, DEL,
-/// C1), a line or paragraph separator, or invisible formatting.
+/// C1), a line or paragraph separator, or invisible formatting (the host's whole
+/// [`printable`](capsule_runtime::store::identity::printable) set: fillers, variation
+/// selectors, tags), which would let two different texts look alike.
 fn interpreted(c: char) -> bool {
     c.is_control()
+        || !capsule_runtime::store::identity::printable(c)
         || matches!(
             c,
             '\u{200b}'..='\u{200f}'
@@ -401,6 +404,10 @@ mod tests {
         assert_eq!(shown("line\nfake"), "line\\u{a}fake");
         assert_eq!(shown("\u{202e}txt.exe"), "\\u{202e}txt.exe");
         assert_eq!(shown("\u{9b}31m"), "\\u{9b}31m", "C1 CSI");
+        // Invisible characters that would make two texts look alike.
+        assert_eq!(shown("/srv/x\u{fe0f}"), "/srv/x\\u{fe0f}");
+        assert_eq!(shown("/srv/\u{ad}x\u{e0001}"), "/srv/\\u{ad}x\\u{e0001}");
+        assert_eq!(shown("\u{3164}bob"), "\\u{3164}bob");
         assert_eq!(
             shown("\\u{1b}"),
             "\\\\u{1b}",

@@ -96,6 +96,9 @@ pub struct RuntimeConfig {
     /// Who turns host names into addresses for outbound connections (`astrid:http`); `None`
     /// is the system resolver. Every answer passes the host policy's airlock either way.
     pub resolver: Option<std::sync::Arc<dyn capsule_security::Resolver>>,
+    /// How much of the host-wide identity directory one capsule's `astrid:identity` calls may
+    /// fill (users created, current links made).
+    pub identity_limits: capsule_store::identity::IdentityLimits,
 }
 
 impl RuntimeConfig {
@@ -123,6 +126,7 @@ impl RuntimeConfig {
             overlay_workspace: false,
             host_key_file: None,
             resolver: None,
+            identity_limits: capsule_store::identity::IdentityLimits::default(),
         }
     }
 

@@ -24,7 +24,7 @@ pub const MAX_ALLOWANCES: usize = 256;
 /// Why an allowance operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AllowanceError {
-    /// The action or resource is empty, too long or has control characters.
+    /// The action or resource is empty, too long, or has control or invisible characters.
     #[error(transparent)]
     InvalidInput(InvalidField),
     /// The capsule holds [`MAX_ALLOWANCES`] for the principal already.
@@ -39,8 +39,10 @@ fn storage(e: impl std::fmt::Display) -> AllowanceError {
     AllowanceError::Storage(e.to_string())
 }
 
-/// Checks an action or resource: 1 to [`MAX_APPROVAL_FIELD_BYTES`] bytes, no control
-/// characters (which could forge or hide text on the operator's screen).
+/// Checks an action or resource: 1 to [`MAX_APPROVAL_FIELD_BYTES`] bytes, only
+/// [`printable`](crate::identity::printable) characters: no control characters (which could
+/// forge or hide text on the operator's screen) and nothing invisible (which would let two
+/// requests, or two allowances, look alike to the operator while they differ).
 pub fn check_field(field: &'static str, text: &str) -> Result<(), AllowanceError> {
     if text.is_empty() || text.len() > MAX_APPROVAL_FIELD_BYTES {
         return Err(AllowanceError::InvalidInput(InvalidField::new(
@@ -55,6 +57,12 @@ pub fn check_field(field: &'static str, text: &str) -> Result<(), AllowanceError
         return Err(AllowanceError::InvalidInput(InvalidField::new(
             field,
             "has control characters",
+        )));
+    }
+    if !text.chars().all(crate::identity::printable) {
+        return Err(AllowanceError::InvalidInput(InvalidField::new(
+            field,
+            "has invisible characters",
         )));
     }
     Ok(())
@@ -263,6 +271,34 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"))
         );
         assert!(!held(&allowance("alice", "tool", "delete", "/x")));
+    }
+
+    #[test]
+    fn invisible_characters_make_no_look_alike_allowances() {
+        let p = PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}"));
+        let c = CapsuleName::parse("tool").unwrap_or_else(|e| panic!("{e}"));
+        // Each of these shows as `/srv/x` (or as `delete`) on most terminals.
+        for hidden in [
+            "/srv/x\u{200B}",
+            "/srv/\u{00AD}x",
+            "/srv/x\u{FE0F}",
+            "/srv/x\u{E0001}",
+            "/srv/\u{2066}x\u{2069}",
+            "/srv/x\u{3164}",
+            "/srv/x\u{FEFF}",
+        ] {
+            for (action, resource) in [("delete", hidden), (hidden, "/srv/x")] {
+                assert!(
+                    matches!(
+                        Allowance::new(p.clone(), c.clone(), action, resource),
+                        Err(AllowanceError::InvalidInput(_))
+                    ),
+                    "{action:?} {resource:?}"
+                );
+            }
+        }
+        // Visible text outside ASCII stays allowed.
+        assert!(Allowance::new(p, c, "löschen", "/srv/données/李").is_ok());
     }
 
     #[test]

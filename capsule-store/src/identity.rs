@@ -3,7 +3,11 @@
 //! linked to at most one user, ever, at any moment; every change is one durable transaction
 //! that keeps the link table and each user's link index in step; every field is validated
 //! and bounded before it is stored, so nothing a guest sends can grow a record or the
-//! directory without limit.
+//! directory without limit. The directory is host-wide, so what a capsule's calls add to it is
+//! also charged to that capsule ([`IdentityStore::create_user_for`],
+//! [`IdentityStore::link_for`]) and bounded by [`IdentityLimits`]: one capsule filling its
+//! share never stops another from creating users or linking (links it made are given back to
+//! it when unlinked; users are never removed, so users it created stay charged).
 //!
 //! Host user ids are principal ids (`capsule-ids`), so a resolved user can be acted for as it
 //! is. Who may see or change which links is the runtime's decision; this store offers the
@@ -14,7 +18,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use capsule_ids::PrincipalId;
+use capsule_ids::{CapsuleName, PrincipalId};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::{InvalidField, KvStore};
@@ -25,6 +29,9 @@ const USERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("identity_u
 const LINKS: TableDefinition<'_, &str, &str> = TableDefinition::new("identity_links");
 /// `user\0platform\0platform user id` → nothing: each user's links, in order.
 const USER_LINKS: TableDefinition<'_, &str, ()> = TableDefinition::new("identity_user_links");
+/// `capsule\0users` / `capsule\0links` → how many users that capsule created / how many of
+/// the current links it made.
+const CHARGES: TableDefinition<'_, &str, u64> = TableDefinition::new("identity_charges");
 
 /// Longest platform name, in bytes (`[a-z0-9._-]`).
 pub const MAX_PLATFORM_BYTES: usize = 64;
@@ -38,6 +45,37 @@ pub const MAX_DISPLAY_NAME_BYTES: usize = 128;
 pub const MAX_LINKS_PER_USER: usize = 64;
 /// Most users the directory holds.
 pub const MAX_USERS: u64 = 100_000;
+/// Most users one capsule creates, by default.
+pub const MAX_USERS_PER_CAPSULE: u64 = 10_000;
+/// Most current links one capsule made, by default.
+pub const MAX_LINKS_PER_CAPSULE: u64 = 20_000;
+
+/// How much of the host-wide directory one capsule's calls may fill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IdentityLimits {
+    /// Most users one capsule creates (ever: users are never removed).
+    pub users_per_capsule: u64,
+    /// Most links one capsule made that are linked at once.
+    pub links_per_capsule: u64,
+}
+
+impl IdentityLimits {
+    /// Limits of `users_per_capsule` users and `links_per_capsule` links.
+    pub fn new(users_per_capsule: u64, links_per_capsule: u64) -> Self {
+        Self {
+            users_per_capsule,
+            links_per_capsule,
+        }
+    }
+}
+
+impl Default for IdentityLimits {
+    /// [`MAX_USERS_PER_CAPSULE`] and [`MAX_LINKS_PER_CAPSULE`].
+    fn default() -> Self {
+        Self::new(MAX_USERS_PER_CAPSULE, MAX_LINKS_PER_CAPSULE)
+    }
+}
 
 /// Why an identity operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +135,7 @@ fn check(
 /// Printable text: no control characters, line or paragraph separators, and nothing that
 /// renders as nothing (format characters, fillers, variation selectors, tags), any of which
 /// could make two ids look alike on a screen or forge terminal output.
-fn printable(c: char) -> bool {
+pub fn printable(c: char) -> bool {
     !c.is_control()
         && !matches!(
             c,
@@ -225,9 +263,14 @@ fn decode_name(bytes: &[u8]) -> Result<Option<String>, IdentityError> {
     }
 }
 
-/// The link record `user\0linked at\0method`, decoded.
+/// The capsule a link record (`user\0linked at\0method[\0capsule]`) is charged to, if any.
+fn link_maker(value: &str) -> Option<&str> {
+    value.splitn(4, '\0').nth(3)
+}
+
+/// The link record `user\0linked at\0method[\0capsule]`, decoded.
 fn decode_link(identity: PlatformIdentity, value: &str) -> Result<Link, IdentityError> {
-    let mut parts = value.splitn(3, '\0');
+    let mut parts = value.splitn(4, '\0');
     let (Some(user), Some(linked_at), Some(method)) = (parts.next(), parts.next(), parts.next())
     else {
         return Err(storage("a stored link record is malformed"));
@@ -264,6 +307,40 @@ fn now() -> String {
 #[derive(Clone, Debug)]
 pub struct IdentityStore {
     db: Arc<Database>,
+    limits: IdentityLimits,
+}
+
+/// The charge key of `what` for `capsule`.
+fn charge_key(capsule: &CapsuleName, what: &str) -> String {
+    format!("{capsule}\0{what}")
+}
+
+/// Adds one to `capsule`'s count of `what` in `txn`, or refuses when it holds `limit`.
+fn charge(
+    txn: &redb::WriteTransaction,
+    capsule: &CapsuleName,
+    what: &'static str,
+    limit: u64,
+) -> Result<(), IdentityError> {
+    let key = charge_key(capsule, what);
+    let mut charges = txn.open_table(CHARGES).map_err(storage)?;
+    let held = charges
+        .get(key.as_str())
+        .map_err(storage)?
+        .map_or(0, |v| v.value());
+    if held >= limit {
+        return Err(IdentityError::Full {
+            what: match what {
+                "users" => "users created by one capsule",
+                _ => "links made by one capsule",
+            },
+            limit,
+        });
+    }
+    charges
+        .insert(key.as_str(), held.saturating_add(1))
+        .map_err(storage)?;
+    Ok(())
 }
 
 impl IdentityStore {
@@ -274,18 +351,60 @@ impl IdentityStore {
         txn.open_table(USERS).map_err(storage)?;
         txn.open_table(LINKS).map_err(storage)?;
         txn.open_table(USER_LINKS).map_err(storage)?;
+        txn.open_table(CHARGES).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            limits: IdentityLimits::default(),
+        })
     }
 
-    /// Creates a user with a fresh random id (`u-` and 32 hex digits).
+    /// This directory with `limits` in force for the charged calls.
+    pub fn with_limits(mut self, limits: IdentityLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// What `capsule` is charged now: (users it created, current links it made).
+    pub fn charged(&self, capsule: &CapsuleName) -> Result<(u64, u64), IdentityError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let charges = txn.open_table(CHARGES).map_err(storage)?;
+        let get = |what: &str| -> Result<u64, IdentityError> {
+            Ok(charges
+                .get(charge_key(capsule, what).as_str())
+                .map_err(storage)?
+                .map_or(0, |v| v.value()))
+        };
+        Ok((get("users")?, get("links")?))
+    }
+
+    /// Creates a user with a fresh random id (`u-` and 32 hex digits), charged to nobody (the
+    /// operator's way).
     pub fn create_user(&self, display_name: Option<&str>) -> Result<PrincipalId, IdentityError> {
+        self.fresh_user(display_name, None)
+    }
+
+    /// Creates a user as [`Self::create_user`] does, charged to `capsule`:
+    /// [`IdentityError::Full`] once it created its [`IdentityLimits::users_per_capsule`].
+    pub fn create_user_for(
+        &self,
+        capsule: &CapsuleName,
+        display_name: Option<&str>,
+    ) -> Result<PrincipalId, IdentityError> {
+        self.fresh_user(display_name, Some(capsule))
+    }
+
+    fn fresh_user(
+        &self,
+        display_name: Option<&str>,
+        by: Option<&CapsuleName>,
+    ) -> Result<PrincipalId, IdentityError> {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes)
             .map_err(|e| storage(format!("OS random source failed: {e}")))?;
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let id = parse_user(&format!("u-{hex}"))?;
-        if !self.add_user(&id, display_name)? {
+        if !self.insert_user(&id, display_name, by)? {
             return Err(storage("a fresh random user id is taken"));
         }
         Ok(id)
@@ -297,6 +416,15 @@ impl IdentityStore {
         &self,
         id: &PrincipalId,
         display_name: Option<&str>,
+    ) -> Result<bool, IdentityError> {
+        self.insert_user(id, display_name, None)
+    }
+
+    fn insert_user(
+        &self,
+        id: &PrincipalId,
+        display_name: Option<&str>,
+        by: Option<&CapsuleName>,
     ) -> Result<bool, IdentityError> {
         if let Some(name) = display_name {
             check_display_name(name)?;
@@ -312,6 +440,9 @@ impl IdentityStore {
                     what: "users",
                     limit: MAX_USERS,
                 });
+            }
+            if let Some(capsule) = by {
+                charge(&txn, capsule, "users", self.limits.users_per_capsule)?;
             }
             users
                 .insert(id.as_str(), encode_name(display_name).as_slice())
@@ -334,13 +465,36 @@ impl IdentityStore {
         }))
     }
 
-    /// Links `identity` to the existing user `user`, recording `method`. One transaction:
-    /// either the identity was unlinked and is now linked to `user`, or nothing changed.
+    /// Links `identity` to the existing user `user`, recording `method`, charged to nobody (the
+    /// operator's way). One transaction: either the identity was unlinked and is now linked to
+    /// `user`, or nothing changed.
     pub fn link(
         &self,
         identity: &PlatformIdentity,
         user: &PrincipalId,
         method: &str,
+    ) -> Result<(), IdentityError> {
+        self.insert_link(identity, user, method, None)
+    }
+
+    /// Links as [`Self::link`] does, charged to `capsule` until the link is removed:
+    /// [`IdentityError::Full`] while it holds [`IdentityLimits::links_per_capsule`] links.
+    pub fn link_for(
+        &self,
+        capsule: &CapsuleName,
+        identity: &PlatformIdentity,
+        user: &PrincipalId,
+        method: &str,
+    ) -> Result<(), IdentityError> {
+        self.insert_link(identity, user, method, Some(capsule))
+    }
+
+    fn insert_link(
+        &self,
+        identity: &PlatformIdentity,
+        user: &PrincipalId,
+        method: &str,
+        by: Option<&CapsuleName>,
     ) -> Result<(), IdentityError> {
         check_method(method)?;
         let key = identity.key();
@@ -370,7 +524,13 @@ impl IdentityStore {
                     limit: MAX_LINKS_PER_USER as u64,
                 });
             }
-            let record = format!("{user}\0{}\0{method}", now());
+            if let Some(capsule) = by {
+                charge(&txn, capsule, "links", self.limits.links_per_capsule)?;
+            }
+            let record = match by {
+                Some(capsule) => format!("{user}\0{}\0{method}\0{capsule}", now()),
+                None => format!("{user}\0{}\0{method}", now()),
+            };
             links
                 .insert(key.as_str(), record.as_str())
                 .map_err(storage)?;
@@ -403,6 +563,19 @@ impl IdentityStore {
                 return Err(IdentityError::LinkNotFound);
             }
             links.remove(key.as_str()).map_err(storage)?;
+            if let Some(maker) = link_maker(&record).and_then(|m| CapsuleName::parse(m).ok()) {
+                let key = charge_key(&maker, "links");
+                let mut charges = txn.open_table(CHARGES).map_err(storage)?;
+                let held = charges
+                    .get(key.as_str())
+                    .map_err(storage)?
+                    .map_or(0, |v| v.value());
+                if held <= 1 {
+                    charges.remove(key.as_str()).map_err(storage)?;
+                } else {
+                    charges.insert(key.as_str(), held - 1).map_err(storage)?;
+                }
+            }
             let mut index = txn.open_table(USER_LINKS).map_err(storage)?;
             index
                 .remove(format!("{}\0{key}", link.user).as_str())
@@ -752,6 +925,75 @@ mod tests {
             let listed = ids.links(u).unwrap_or_else(|e| panic!("{e}")).len();
             assert_eq!(listed, usize::from(*won), "{u}");
         }
+    }
+
+    #[test]
+    fn each_capsule_fills_only_its_share_and_unlinking_gives_links_back() {
+        let (_d, _kv, ids) = store();
+        let ids = ids.with_limits(IdentityLimits::new(2, 3));
+        let capsule = |n: &str| CapsuleName::parse(n).unwrap_or_else(|e| panic!("{e}"));
+        let (filler, other) = (capsule("filler"), capsule("other"));
+        let mut made = Vec::new();
+        for _ in 0..2 {
+            made.push(
+                ids.create_user_for(&filler, None)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        assert!(matches!(
+            ids.create_user_for(&filler, None),
+            Err(IdentityError::Full { limit: 2, .. })
+        ));
+        let theirs = ids
+            .create_user_for(&other, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..3 {
+            ids.link_for(&filler, &pi("p", &i.to_string()), &made[0], "m")
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(matches!(
+            ids.link_for(&filler, &pi("p", "3"), &made[1], "m"),
+            Err(IdentityError::Full { limit: 3, .. })
+        ));
+        assert!(
+            ids.resolve(&pi("p", "3"))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_none(),
+            "a refused link leaves nothing"
+        );
+        ids.link_for(&other, &pi("p", "3"), &theirs, "m")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            ids.charged(&filler).unwrap_or_else(|e| panic!("{e}")),
+            (2, 3)
+        );
+        // Whoever removes a link, its maker gets it back; an operator's link charges nobody.
+        ids.unlink(&pi("p", "0"), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            ids.charged(&filler).unwrap_or_else(|e| panic!("{e}")),
+            (2, 2)
+        );
+        ids.link_for(&filler, &pi("p", "4"), &made[1], "m")
+            .unwrap_or_else(|e| panic!("{e}"));
+        ids.link(&pi("p", "5"), &made[1], "m")
+            .unwrap_or_else(|e| panic!("{e}"));
+        ids.unlink(&pi("p", "5"), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            ids.charged(&filler).unwrap_or_else(|e| panic!("{e}")),
+            (2, 3)
+        );
+        assert_eq!(
+            ids.charged(&other).unwrap_or_else(|e| panic!("{e}")),
+            (1, 1)
+        );
+        // The maker does not show in what a link reads as.
+        let link = ids
+            .resolve(&pi("p", "4"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("linked"));
+        assert_eq!(link.method, "m");
     }
 
     #[test]

@@ -1,15 +1,21 @@
 //! `astrid:approval/host@1.0.0`: a capsule asks before it acts, for the principal in scope.
 //! A request is checked (action and resource 1 to `MAX_APPROVAL_FIELD_BYTES` bytes, no
-//! control characters: `invalid-input` otherwise, and nobody is asked), then answered by, in
-//! order: a session allowance of this load for that principal, a stored "allow always"
-//! allowance for that principal and capsule (`allowance`), or the runtime's
-//! [`ApprovalHandler`](crate::ApprovalHandler). No handler means `denied`; a handler that does
-//! not answer within its timeout means `timeout` (the action is not approved), and so does the
-//! capsule unloading while it waits. Every request and every decision is audited under
+//! control characters or invisible ones: `invalid-input` otherwise, and nobody is asked), then
+//! answered by, in order: a session allowance of this load for that principal, a stored
+//! "allow always" allowance for that principal and capsule (`allowance`), or the runtime's
+//! [`ApprovalHandler`](crate::ApprovalHandler). A principal the host refuses (disabled, or its
+//! profile unreadable) is `denied` without anyone being asked and without any allowance
+//! counting, as every other capability refuses it. No handler means `denied`; a handler that
+//! does not answer within its timeout means `timeout` (the action is not approved), and so does
+//! the capsule unloading while it waits. Each principal has at most
+//! [`MAX_WAITING_PER_PRINCIPAL`] request of one capsule load waiting for the handler at a time;
+//! another one is refused at once with `unknown("…already waiting…")`, so one principal's
+//! unanswered requests never hold more than one of the capsule's workers and never crowd the
+//! operator's list. Every request and every decision is audited under
 //! [`APPROVAL_TARGET`] and published on the audit topic attributed to the principal, so an
 //! audit subscriber scoped to that principal sees its own approvals and nobody else's.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use capsule_bus::{Attribution, PrincipalId};
@@ -32,6 +38,10 @@ pub const APPROVAL_TARGET: &str = "capsule::audit::approval";
 /// session decision approves only the request it answered.
 const MAX_SESSION_ALLOWANCES: usize = 1024;
 
+/// Most requests of one principal (verified and claimed counted apart) one loaded capsule has
+/// waiting for the handler at once.
+pub(crate) const MAX_WAITING_PER_PRINCIPAL: usize = 1;
+
 /// The `astrid:approval` capability.
 pub(crate) struct ApprovalHost;
 
@@ -43,6 +53,47 @@ pub(crate) struct ApprovalShared {
     bus: capsule_bus::Bus,
     capsule: Option<CapsuleName>,
     session: Mutex<HashSet<(PrincipalId, bool, String, String)>>,
+    /// The principals (and whether claimed) with a request waiting for the handler, and how
+    /// many.
+    waiting: Arc<Mutex<HashMap<(PrincipalId, bool), usize>>>,
+}
+
+/// One principal's place among the requests waiting for the handler, given back however the
+/// wait ends (decided, timed out, or the call dropped at unload).
+struct Waiting {
+    waiting: Arc<Mutex<HashMap<(PrincipalId, bool), usize>>>,
+    key: (PrincipalId, bool),
+}
+
+impl Waiting {
+    /// Takes a place for `key`, or `None` when it holds [`MAX_WAITING_PER_PRINCIPAL`] already.
+    fn take(
+        waiting: &Arc<Mutex<HashMap<(PrincipalId, bool), usize>>>,
+        key: (PrincipalId, bool),
+    ) -> Option<Self> {
+        let mut held = waiting.lock();
+        let n = held.entry(key.clone()).or_insert(0);
+        if *n >= MAX_WAITING_PER_PRINCIPAL {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            waiting: Arc::clone(waiting),
+            key,
+        })
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut held = self.waiting.lock();
+        if let Some(n) = held.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// The view `astrid:approval` is implemented on.
@@ -63,6 +114,7 @@ impl Capability for ApprovalHost {
             bus: cx.services.bus.clone(),
             capsule: CapsuleName::parse(&cx.identity.name).ok(),
             session: Mutex::new(HashSet::new()),
+            waiting: Arc::new(Mutex::new(HashMap::new())),
         }))
     }
 
@@ -83,6 +135,11 @@ enum ApprovalError {
     /// No decision in time (or the capsule unloaded while waiting).
     #[error("no decision in time")]
     Timeout,
+    /// The principal has a request of this capsule waiting for the handler already.
+    #[error(
+        "an approval request of this principal is already waiting (at most {MAX_WAITING_PER_PRINCIPAL})"
+    )]
+    AlreadyWaiting,
 }
 
 fn code(e: &ApprovalError) -> ErrorCode {
@@ -90,12 +147,15 @@ fn code(e: &ApprovalError) -> ErrorCode {
         ApprovalError::Invalid(_) => ErrorCode::InvalidInput,
         ApprovalError::Store(_) => ErrorCode::StoreUnavailable,
         ApprovalError::Timeout => ErrorCode::Timeout,
+        e @ ApprovalError::AlreadyWaiting => ErrorCode::Unknown(e.to_string()),
     }
 }
 
 fn wit_decision(d: &Decided) -> ApprovalDecision {
     match d {
-        Decided::Handler(ActionDecision::Deny) | Decided::NoHandler => ApprovalDecision::Denied,
+        Decided::Handler(ActionDecision::Deny) | Decided::NoHandler | Decided::Refused => {
+            ApprovalDecision::Denied
+        }
         Decided::Handler(ActionDecision::AllowOnce) | Decided::AlwaysNotStored => {
             ApprovalDecision::Approved
         }
@@ -114,6 +174,8 @@ enum Decided {
     Stored,
     /// No handler is set.
     NoHandler,
+    /// The principal is refused (disabled, or its profile unreadable): nobody is asked.
+    Refused,
     /// The handler decided.
     Handler(ActionDecision),
     /// The handler said "always" but the allowance could not be stored: approved once.
@@ -121,13 +183,14 @@ enum Decided {
 }
 
 impl Decided {
-    fn as_str(&self) -> &'static str {
+    fn outcome(&self) -> String {
         match self {
-            Self::Session => "session-allowance",
-            Self::Stored => "allowance",
-            Self::NoHandler => "deny (no handler)",
-            Self::Handler(d) => d.as_str(),
-            Self::AlwaysNotStored => "once (always could not be stored)",
+            Self::Session => "session-allowance".into(),
+            Self::Stored => "allowance".into(),
+            Self::NoHandler => "deny (no handler)".into(),
+            Self::Refused => "deny (principal refused)".into(),
+            Self::Handler(d) => d.as_str().into(),
+            Self::AlwaysNotStored => "once (always could not be stored)".into(),
         }
     }
 }
@@ -216,9 +279,21 @@ impl ApprovalView<'_> {
             resource: allowance.resource.clone(),
         };
         shared.audit(&attribution, &asked, "approval.requested", "asked");
-        let decided = self.answer(&shared, &asked, allowance).await;
+        // A refused principal acts through no capability: nobody is asked for it and no
+        // allowance it held counts while it is refused.
+        let decided = match scoped.profile() {
+            Err(reason) => {
+                tracing::info!(
+                    target: APPROVAL_TARGET,
+                    capsule = %scoped.identity.name, principal = principal.as_str(),
+                    op = "approval.refused", id = asked.id, error = %reason, "approval"
+                );
+                Ok(Decided::Refused)
+            }
+            Ok(_) => self.answer(&shared, &asked, allowance).await,
+        };
         let outcome = match &decided {
-            Ok(d) => d.as_str().to_string(),
+            Ok(d) => d.outcome(),
             Err(e) => format!("error: {e}"),
         };
         shared.audit(&attribution, &asked, "approval.decided", &outcome);
@@ -270,6 +345,9 @@ impl ApprovalView<'_> {
         }
         let Some(handler) = shared.desk.handler() else {
             return Ok(Decided::NoHandler);
+        };
+        let Some(_place) = Waiting::take(&shared.waiting, (key.0.clone(), key.1)) else {
+            return Err(ApprovalError::AlreadyWaiting);
         };
         let cancel = self.core.limits.shared.cancel.clone();
         let timeout = handler.timeout();

@@ -19,6 +19,10 @@
 //! A principal whose profile is refused (disabled, or unreadable) reaches nothing: every call
 //! answers `capability-denied`, as KV, files and IPC refuse it.
 //!
+//! The directory is host-wide: users a capsule creates and links it makes are charged to it and
+//! bounded by the runtime's [`IdentityLimits`](capsule_store::identity::IdentityLimits), so one
+//! capsule filling its share never stops another (beyond it: `unknown("limit reached: …")`).
+//!
 //! Every call runs on the blocking pool; every change and every refusal is audited under
 //! [`IDENTITY_TARGET`] with guest text escaped and cut. Store failures reach the guest as
 //! `store-unavailable`, with the backend's text only in the host log.
@@ -26,7 +30,7 @@
 use std::sync::Arc;
 
 use capsule_bus::PrincipalId;
-use capsule_security::{CapsulePolicy, IdentityLevel};
+use capsule_security::{CapsuleName, CapsulePolicy, IdentityLevel};
 use capsule_store::identity::{Link, parse_user};
 use capsule_store::{IdentityError, IdentityStore, PlatformIdentity};
 use capsule_wit::astrid::identity::host::{
@@ -51,6 +55,9 @@ pub(crate) struct IdentityShared {
     /// `None` when the capsule holds no grant (it is never asked) or the directory could not
     /// be opened (every call answers `store-unavailable`).
     store: Option<IdentityStore>,
+    /// Who the directory charges for this capsule's changes (`None` only for a name the
+    /// directory cannot record: every call then answers `store-unavailable`).
+    capsule: Option<CapsuleName>,
 }
 
 /// The view `astrid:identity` is implemented on.
@@ -67,8 +74,12 @@ impl Capability for IdentityHost {
 
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
         let granted = cx.policy.may_identity(IdentityLevel::Resolve).is_allowed();
+        let capsule = CapsuleName::parse(&cx.identity.name).ok();
         let store = granted
-            .then(|| IdentityStore::open(&cx.services.kv))
+            .then(|| {
+                let limits = cx.config.identity_limits;
+                IdentityStore::open(&cx.services.kv).map(|s| s.with_limits(limits))
+            })
             .and_then(|opened| {
                 opened
                     .inspect_err(|e| {
@@ -79,6 +90,7 @@ impl Capability for IdentityHost {
         Ok(Arc::new(IdentityShared {
             policy: Arc::clone(cx.policy),
             store,
+            capsule,
         }))
     }
 
@@ -176,7 +188,9 @@ impl IdentityView<'_> {
         op: &'static str,
         level: IdentityLevel,
         subject: String,
-        work: impl FnOnce(&IdentityStore, &Reach) -> Result<T, IdentityCallError> + Send + 'static,
+        work: impl FnOnce(&IdentityStore, &CapsuleName, &Reach) -> Result<T, IdentityCallError>
+        + Send
+        + 'static,
     ) -> wasmtime::Result<Result<T, ErrorCode>> {
         let reach = self.reach();
         let result = if let Err(reason) = self.core.scoped.profile() {
@@ -187,13 +201,15 @@ impl IdentityView<'_> {
                 IdentityLevel::Link => "identity is not granted at level `link`",
                 IdentityLevel::Admin => "identity is not granted at level `admin`",
             }))
-        } else if let Some(store) = self.ctx.store.clone() {
+        } else if let (Some(store), Some(capsule)) =
+            (self.ctx.store.clone(), self.ctx.capsule.clone())
+        {
             let reach = reach.clone();
             match self
                 .core
                 .limits
                 .shared
-                .blocking(move || work(&store, &reach))
+                .blocking(move || work(&store, &capsule, &reach))
                 .await
             {
                 None => Err(IdentityCallError::Unloading),
@@ -246,7 +262,7 @@ impl Host for IdentityView<'_> {
             "resolve",
             IdentityLevel::Resolve,
             about,
-            move |store, reach| {
+            move |store, _, reach| {
                 let identity = PlatformIdentity::new(&request.platform, &request.platform_user_id)?;
                 let link = store
                     .resolve(&identity)?
@@ -271,23 +287,28 @@ impl Host for IdentityView<'_> {
             subject(&request.platform, &request.platform_user_id),
             field(&request.astrid_user_id)
         );
-        self.run("link", IdentityLevel::Link, about, move |store, reach| {
-            let identity = PlatformIdentity::new(&request.platform, &request.platform_user_id)?;
-            let user = parse_user(&request.astrid_user_id)?;
-            match reach {
-                Reach::OwnReadOnly(_) => {
-                    return Err(IdentityCallError::Denied("a claimed principal cannot link"));
+        self.run(
+            "link",
+            IdentityLevel::Link,
+            about,
+            move |store, capsule, reach| {
+                let identity = PlatformIdentity::new(&request.platform, &request.platform_user_id)?;
+                let user = parse_user(&request.astrid_user_id)?;
+                match reach {
+                    Reach::OwnReadOnly(_) => {
+                        return Err(IdentityCallError::Denied("a claimed principal cannot link"));
+                    }
+                    Reach::Own(p) if *p != user => {
+                        return Err(IdentityCallError::Denied(
+                            "a principal links only to itself",
+                        ));
+                    }
+                    Reach::Own(_) | Reach::Directory => {}
                 }
-                Reach::Own(p) if *p != user => {
-                    return Err(IdentityCallError::Denied(
-                        "a principal links only to itself",
-                    ));
-                }
-                Reach::Own(_) | Reach::Directory => {}
-            }
-            store.link(&identity, &user, &request.method)?;
-            Ok(())
-        })
+                store.link_for(capsule, &identity, &user, &request.method)?;
+                Ok(())
+            },
+        )
         .await
     }
 
@@ -296,16 +317,21 @@ impl Host for IdentityView<'_> {
         request: IdentityUnlinkRequest,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         let about = subject(&request.platform, &request.platform_user_id);
-        self.run("unlink", IdentityLevel::Link, about, move |store, reach| {
-            let identity = PlatformIdentity::new(&request.platform, &request.platform_user_id)?;
-            if let Reach::OwnReadOnly(_) = reach {
-                return Err(IdentityCallError::Denied(
-                    "a claimed principal cannot unlink",
-                ));
-            }
-            store.unlink(&identity, reach.confined_to())?;
-            Ok(())
-        })
+        self.run(
+            "unlink",
+            IdentityLevel::Link,
+            about,
+            move |store, _, reach| {
+                let identity = PlatformIdentity::new(&request.platform, &request.platform_user_id)?;
+                if let Reach::OwnReadOnly(_) = reach {
+                    return Err(IdentityCallError::Denied(
+                        "a claimed principal cannot unlink",
+                    ));
+                }
+                store.unlink(&identity, reach.confined_to())?;
+                Ok(())
+            },
+        )
         .await
     }
 
@@ -318,13 +344,13 @@ impl Host for IdentityView<'_> {
             "create-user",
             IdentityLevel::Admin,
             about,
-            move |store, reach| {
+            move |store, capsule, reach| {
                 if !matches!(reach, Reach::Directory) {
                     return Err(IdentityCallError::Denied(
                         "only the capsule's owner creates users",
                     ));
                 }
-                let id = store.create_user(request.display_name.as_deref())?;
+                let id = store.create_user_for(capsule, request.display_name.as_deref())?;
                 Ok(IdentityCreateUserResponse {
                     user_id: id.to_string(),
                 })
@@ -342,7 +368,7 @@ impl Host for IdentityView<'_> {
             "list-links",
             IdentityLevel::Resolve,
             about,
-            move |store, reach| {
+            move |store, _, reach| {
                 let user = parse_user(&astrid_user_id)?;
                 if reach.confined_to().is_some_and(|p| *p != user) {
                     return Err(IdentityCallError::Denied(

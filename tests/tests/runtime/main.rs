@@ -2,6 +2,7 @@
 //! script, driven through the public `capsule-runtime` API.
 
 mod approval;
+mod approval_attacks;
 mod common;
 mod dispatch;
 mod embed;
