@@ -23,6 +23,7 @@
 //! capabilities when that user is root.
 
 mod child;
+mod keeper;
 mod spec;
 mod view;
 mod wit;
@@ -43,6 +44,7 @@ use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
 
 pub(crate) use child::Exit;
 use child::Proc;
+pub(crate) use keeper::Keeper;
 pub(crate) use spec::{Injection, RequestLimits, SpawnSpec};
 pub(crate) use view::{info, read_logs, read_since, signal, write_stdin};
 
@@ -128,6 +130,21 @@ pub(crate) struct ProcShared {
     owner_home: Option<Arc<Mount>>,
     owner_tmp: Option<Arc<Mount>>,
     table: Mutex<Table>,
+    /// Where persistent children wait while the capsule is reloaded.
+    keeper: Arc<Keeper>,
+}
+
+impl Drop for ProcShared {
+    fn drop(&mut self) {
+        // Only a capsule that never went live (a load failing after its children were handed
+        // over) is dropped with children still in its table: they die with it.
+        let t = self.table.get_mut();
+        if !t.closed {
+            for p in t.procs.values() {
+                p.signal_tree(libc::SIGKILL);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -191,18 +208,34 @@ impl Capability for ProcessHost {
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
         let caps = cx.policy.capabilities();
         // The manifest parser already refused malformed entries.
-        let grants = caps
+        let grants: Vec<ProcessGrant> = caps
             .host_process
             .iter()
             .filter_map(|g| ProcessGrant::parse(g).ok())
             .collect();
+        let keeper = Arc::clone(&cx.services.processes);
+        let name = &cx.identity.name;
+        // A reload hands over the previous instance's persistent children, each only if
+        // this instance may still run it as a persistent process.
+        let adopted = if caps.allow_persistent {
+            keeper.adopt(name, |p| {
+                grants.iter().any(|g| g.allows(&p.command, &p.args))
+            })
+        } else {
+            Vec::new()
+        };
+        let table = Table {
+            procs: adopted.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            ..Table::default()
+        };
         Ok(Arc::new(ProcShared {
-            capsule: cx.identity.name.clone(),
+            capsule: name.clone(),
             grants,
             persistent: caps.allow_persistent,
             owner_home: cx.owner_files.home.clone(),
             owner_tmp: cx.owner_files.tmp.clone(),
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(table),
+            keeper,
         }))
     }
 
@@ -216,7 +249,8 @@ impl Capability for ProcessHost {
             t.closed = true;
             t.procs.drain().map(|(_, p)| p).collect()
         };
-        shutdown(&procs);
+        let doomed = shared.keeper.park(&shared.capsule, procs);
+        shutdown(&doomed);
     }
 }
 

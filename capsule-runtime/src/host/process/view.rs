@@ -101,6 +101,7 @@ impl ProcView<'_> {
             principal: principal.clone(),
             label: spec.label.clone().unwrap_or_default(),
             command: spec.cmd.clone(),
+            args: spec.args.clone(),
             persistent: kind == Kind::Persistent,
             retention,
         };

@@ -95,6 +95,8 @@ pub(crate) struct Meta {
     pub(crate) principal: PrincipalId,
     pub(crate) label: String,
     pub(crate) command: String,
+    /// The arguments it was started with, checked again against the grants on a reload.
+    pub(crate) args: Vec<String>,
     pub(crate) persistent: bool,
     pub(crate) retention: Duration,
 }
@@ -134,6 +136,7 @@ pub(crate) struct Proc {
     pub(crate) principal: PrincipalId,
     pub(crate) label: String,
     pub(crate) command: String,
+    pub(crate) args: Vec<String>,
     pub(crate) persistent: bool,
     pub(crate) pid: u32,
     retention: Duration,
@@ -438,6 +441,7 @@ pub(crate) fn start(launch: Launch, meta: Meta) -> Result<Arc<Proc>, ProcessErro
         principal: meta.principal,
         label: meta.label,
         command: meta.command,
+        args: meta.args,
         persistent: meta.persistent,
         pid,
         retention: meta.retention,
