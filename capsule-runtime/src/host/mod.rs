@@ -140,6 +140,8 @@ pub(crate) struct Services {
     pub(crate) net: http::NetServices,
     /// Who decides `astrid:approval` requests, and the stored allowances.
     pub(crate) approvals: Arc<crate::consent::Desk>,
+    /// Persistent host processes held while their capsule is reloaded.
+    pub(crate) processes: Arc<process::Keeper>,
 }
 
 impl std::fmt::Debug for Services {

@@ -40,6 +40,7 @@ use capsule_store::{Allowance, AllowanceError, AllowanceStore};
 mod component;
 mod embed;
 mod load;
+mod reload;
 
 pub use embed::{PublishError, Published, RequestError, Sender, StatePaths};
 
@@ -161,6 +162,7 @@ impl Runtime {
                     inbound: inbound_tx,
                     net: host::http::NetServices::new(&host_policy, &config),
                     approvals: Arc::new(Desk::new(allowances)),
+                    processes: Arc::default(),
                 },
                 profiles: Arc::new(ProfileCache::new(config.state_dir.clone())),
                 layout: StateLayout::new(config.state_dir.clone()),
@@ -371,6 +373,8 @@ impl Runtime {
     /// Unloads every capsule, the last loaded first: importers go before the providers they
     /// were loaded after.
     pub async fn shutdown(&self) {
+        // Nothing is kept for a reload from now on: every child dies with its capsule.
+        self.inner.services.processes.close();
         let mut all: Vec<(u64, Capsule)> =
             self.inner.capsules.lock().drain().map(|(_, c)| c).collect();
         all.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));

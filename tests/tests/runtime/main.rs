@@ -19,6 +19,7 @@ mod loading;
 mod net;
 mod process;
 mod process_attacks;
+mod process_reload;
 mod sdk;
 mod storage;
 mod sys;

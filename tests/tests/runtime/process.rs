@@ -15,7 +15,7 @@ use crate::common::{Host, call_as, err, host, ok, pid};
 use crate::hostile::Bystander;
 
 /// Programs the operator grants the runner in these tests.
-const GRANTS: &str = r#"[capabilities]
+pub(crate) const GRANTS: &str = r#"[capabilities]
 host_process = [
     "/bin/true",
     "/bin/sh",
@@ -27,12 +27,12 @@ host_process = [
 allow_persistent = true
 "#;
 
-async fn runner(h: &Host) -> Capsule {
+pub(crate) async fn runner(h: &Host) -> Capsule {
     h.approve_all();
     h.load("runner", "proc-runner.wasm", GRANTS).await
 }
 
-async fn call(c: &Capsule, action: &str, args: Value, who: &str) -> Value {
+pub(crate) async fn call(c: &Capsule, action: &str, args: Value, who: &str) -> Value {
     call_as(c, action, args, Some(who)).await
 }
 
@@ -51,7 +51,7 @@ fn with(mut base: Value, extra: Value) -> Value {
 
 /// Whether the process `pid` is gone: no entry, or the number now names a process outside
 /// the group it led.
-fn gone(pid: u64) -> bool {
+pub(crate) fn gone(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         Ok(stat) => stat_fields(&stat).get(2).map(String::as_str) != Some(&pid.to_string()),
