@@ -22,10 +22,12 @@
 //!
 //! let tmp = tempfile::tempdir()?;
 //! let (real, pending) = (tmp.path().join("workspace"), tmp.path().join("upper"));
-//! let workspace = Workspace::Overlay(Overlay::new(Mount::create(&real)?, Mount::create(&pending)?));
+//! let overlay = Overlay::new(Mount::create(&real)?, Mount::create(&pending)?);
+//! let workspace = Workspace::Overlay(overlay);
 //!
 //! let path = GuestPath::parse("cwd://notes/../todo.txt")?;
-//! assert_eq!((path.scheme.clone(), path.rel.as_path()), (Scheme::Workspace, Path::new("todo.txt")));
+//! assert_eq!(path.scheme, Scheme::Workspace);
+//! assert_eq!(path.rel, Path::new("todo.txt"));
 //! assert!(matches!(GuestPath::parse("../../etc/passwd"), Err(VfsError::BoundaryEscape(_))));
 //!
 //! let tree = workspace.tree();
