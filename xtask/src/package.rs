@@ -1,9 +1,10 @@
-//! The packaging step of `cargo xtask ci`: every library crate of the workspace packages as it
-//! would be published, intra-workspace dependencies resolved through cargo's local overlay of
-//! the crates being packaged together, and each package holds every file its crate tracks (so
-//! an `include` list cannot silently drop the vendored WIT or a doc example's fixture).
-//! Every other workspace member must say `publish = false`, so a new library crate cannot
-//! skip this step unnoticed.
+//! The packaging step of `cargo xtask ci`: every published crate (the library crates and the
+//! `capsule` program) packages as it would be published, intra-workspace dependencies resolved
+//! through cargo's local overlay of the crates being packaged together; each carries its
+//! registry metadata, a library's front page holds a runnable example, and each package holds
+//! every file its crate tracks (so an `include` list cannot silently drop the vendored WIT or a
+//! doc example's fixture). Every other workspace member must say `publish = false`, so a new
+//! crate cannot skip this step unnoticed.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -26,8 +27,8 @@ pub(crate) const PUBLISHED: &[&str] = &[
 /// The crates whose packages `cargo xtask ci` also builds from the packaged sources. A
 /// verifying build of `capsule-wit`, `capsule-runtime` and `capsule-cli` compiles wasmtime
 /// again (their packages resolve features without the workspace's dev-dependencies), which
-/// took about ten minutes on the 2-core development machine; CI checks their file lists
-/// instead, and `cargo xtask package --verify-all` builds them all.
+/// took about nine minutes of compiling on the 2-core development machine; CI checks their
+/// file lists instead, and `cargo xtask package --verify-all` builds them all.
 const VERIFIED_IN_CI: &[&str] = &[
     "capsule-ids",
     "capsule-bus",
