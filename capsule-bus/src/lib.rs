@@ -13,6 +13,53 @@
 //!   subscriber on its next drain: `delivered + dropped + queued == admitted` at all times.
 //!
 //! The crate has no WebAssembly dependency; the runtime maps its errors onto WIT error codes.
+//!
+//! # Example
+//!
+//! One subscriber, two publishing principals. Alice floods a queue that holds two messages;
+//! bob's one message still comes out in the first round of the drain, and the drain reports
+//! exactly how many of alice's were lost.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use capsule_bus::{
+//!     Attribution, Bus, BusConfig, JsonPayload, Outgoing, PrincipalId, Scope, Topic,
+//!     TopicPattern,
+//! };
+//!
+//! let bus = Bus::with_config(BusConfig { queue_max_messages: 2, ..BusConfig::default() })?;
+//! let mut inbox = bus.subscribe(TopicPattern::parse("chat.*")?, Scope::All);
+//!
+//! let post = |who: &PrincipalId, n: u32| -> Result<(), Box<dyn std::error::Error>> {
+//!     bus.publish(Outgoing {
+//!         topic: Topic::parse("chat.post")?,
+//!         payload: JsonPayload::parse(format!(r#"{{"n":{n}}}"#))?,
+//!         source: uuid::Uuid::nil(),
+//!         attribution: Attribution::Verified(who.clone()),
+//!         hops: 0,
+//!     });
+//!     Ok(())
+//! };
+//! let (alice, bob) = (PrincipalId::parse("alice")?, PrincipalId::parse("bob")?);
+//! for n in 0..5 {
+//!     post(&alice, n)?; // alice's queue holds two: three of her five are lost
+//! }
+//! post(&bob, 0)?;
+//!
+//! let drain = inbox.try_drain(usize::MAX);
+//! assert_eq!(drain.dropped, 3);
+//! let order: Vec<&str> = drain
+//!     .messages
+//!     .iter()
+//!     .filter_map(|m| m.principal().map(PrincipalId::as_str))
+//!     .collect();
+//! // Deficit round robin: one message per principal per round, bob is not behind alice.
+//! assert_eq!(order, ["alice", "bob", "alice"]);
+//!
+//! let stats = inbox.stats();
+//! assert_eq!(stats.admitted, stats.delivered + stats.dropped + stats.queued);
+//! # Ok(()) }
+//! ```
 
 mod bus;
 mod index;

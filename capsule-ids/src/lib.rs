@@ -10,6 +10,23 @@
 //! separator-free part of a storage key as it is. The crate has no dependency beyond
 //! `thiserror`; the bus, the file system layer, the security crate and the stores all take
 //! these types from here.
+//!
+//! # Example
+//!
+//! ```
+//! use capsule_ids::{CapsuleName, PrincipalId};
+//!
+//! let alice = PrincipalId::parse("alice")?;
+//! assert_eq!(alice.as_str(), "alice");
+//! // Nothing that could climb a directory or split a storage key gets in.
+//! assert!(PrincipalId::parse("../bob").is_err());
+//! assert!(PrincipalId::parse("").is_err());
+//!
+//! let notes = CapsuleName::parse("notes")?;
+//! assert_eq!(notes.as_str(), "notes");
+//! assert!(CapsuleName::parse("Notes").is_err(), "capsule names are lower case");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod capsule;
 mod principal;

@@ -4,11 +4,36 @@
 //! principal's scope; every guest mistake is a typed WIT error that changes nothing else; a
 //! broken host invariant is a trap; and unloading a capsule always wins over a blocked call.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use capsule_runtime::{Runtime, RuntimeConfig};
-//! let runtime = Runtime::new(RuntimeConfig::new("/var/lib/capsules"))?;
-//! let capsule = runtime.load("capsules/pong").await?;
+//! # Example
+//!
+//! Load a capsule and talk to it as a principal. The capsule here is `doc/echo/` in this
+//! crate: a manifest whose `[subscribe]` entry binds `echo.in` to its handler, and a real component
+//! written in the component text format (`echo.wat`) whose handler publishes the payload it
+//! gets back on `echo.out`. [`Runtime::request`] subscribes to the reply, publishes as
+//! alice, and returns the first reply that belongs to her.
+//!
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use capsule_runtime::{Runtime, RuntimeConfig, Sender};
+//!
+//! // A capsule is a directory: `Capsule.toml` and the component it names.
+//! let tmp = tempfile::tempdir()?;
+//! let echo = tmp.path().join("echo");
+//! std::fs::create_dir(&echo)?;
+//! std::fs::write(echo.join("Capsule.toml"), include_str!("../doc/echo/Capsule.toml"))?;
+//! std::fs::write(echo.join("echo.wasm"), wat::parse_str(include_str!("../doc/echo/echo.wat"))?)?;
+//!
+//! let runtime = Runtime::new(RuntimeConfig::new(tmp.path().join("state")))?;
+//! let capsule = runtime.load(&echo).await?;
+//!
+//! let alice = Sender::principal("alice")?;
+//! let reply = runtime
+//!     .request("echo.in", r#"{"text":"hi"}"#, alice, "echo.out", Duration::from_secs(60))
+//!     .await?;
+//! assert_eq!(reply.payload.as_str(), r#"{"text":"hi"}"#);
+//! assert_eq!(reply.principal().map(|p| p.as_str()), Some("alice"));
+//!
 //! capsule.unload().await;
 //! # Ok(()) }
 //! ```

@@ -15,6 +15,59 @@
 //! - [`HostPolicy`]: what may ever be granted on this host (never the state directory, key
 //!   material, `/proc`, `/sys`, `/dev` or `/`), and which address ranges it opens to the
 //!   network [`Airlock`] (none by default).
+//!
+//! # Example
+//!
+//! Parse a manifest, see what it asks the operator for, and evaluate the policy it gets
+//! before and after the operator grants it: ACLs apply as written, a gated capability only
+//! once granted, and every refusal says why.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::collections::HashMap;
+//! use std::path::Path;
+//! use capsule_bus::Topic;
+//! use capsule_security::{CapsulePolicy, Decision, Grant, HostGrant, Manifest, Request, requests};
+//!
+//! let manifest = Manifest::parse(
+//!     r#"
+//!     [package]
+//!     name = "weather"
+//!     version = "1.0.0"
+//!
+//!     [[component]]
+//!     id = "weather"
+//!     file = "weather.wasm"
+//!
+//!     [capabilities]
+//!     net = ["api.weather.example"]
+//!
+//!     [publish]
+//!     "weather.report" = {}
+//!
+//!     [subscribe]
+//!     "weather.ask" = { handler = "ask" }
+//!     "#,
+//!     Path::new("weather/Capsule.toml"),
+//! )?;
+//! let asked = requests(&manifest);
+//! assert_eq!(asked, [Request::Net(HostGrant::parse("api.weather.example")?)]);
+//!
+//! let mut grant = Grant::new(&manifest);
+//! let before = CapsulePolicy::granted(&manifest, &grant, &HashMap::new());
+//! assert!(before.may_publish(&Topic::parse("weather.report")?).is_allowed());
+//! assert_eq!(
+//!     before.may_publish(&Topic::parse("chat.post")?),
+//!     Decision::Denied("no [publish] pattern matches `chat.post`".into())
+//! );
+//! assert!(!before.may_http("api.weather.example").is_allowed());
+//!
+//! grant.allow(asked);
+//! let after = CapsulePolicy::granted(&manifest, &grant, &HashMap::new());
+//! assert!(after.may_http("api.weather.example").is_allowed());
+//! assert!(!after.may_http("evil.example").is_allowed());
+//! # Ok(()) }
+//! ```
 
 mod airlock;
 mod grant;

@@ -16,6 +16,33 @@
 //!   knows whether to run install, upgrade or neither.
 //!
 //! The crate has no WebAssembly dependency; the runtime maps its errors onto WIT error codes.
+//!
+//! # Example
+//!
+//! Two principals' data for the same capsule live apart, a write past the quota is refused,
+//! and what was acknowledged is there after the store is reopened.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use capsule_ids::PrincipalId;
+//! use capsule_store::{KvError, KvStore, Namespace};
+//!
+//! let tmp = tempfile::tempdir()?;
+//! let file = tmp.path().join("kv.redb");
+//! let alice = Namespace::new(&PrincipalId::parse("alice")?, "notes");
+//! let bob = Namespace::new(&PrincipalId::parse("bob")?, "notes");
+//! let quota = 64; // bytes per principal
+//!
+//! let kv = KvStore::open(&file)?;
+//! kv.set(&alice, "draft", b"hello", quota)?;
+//! assert_eq!(kv.get(&bob, "draft")?, None, "bob's namespace is his own");
+//! assert!(matches!(kv.set(&alice, "big", &[0; 100], quota), Err(KvError::Quota { .. })));
+//! drop(kv);
+//!
+//! let kv = KvStore::open(&file)?;
+//! assert_eq!(kv.get(&alice, "draft")?.as_deref(), Some(&b"hello"[..]));
+//! # Ok(()) }
+//! ```
 
 pub mod allowance;
 mod field;

@@ -9,6 +9,36 @@
 //! and copy is iterative, bounded and cancellable ([`Ctl`]), so a guest cannot make the host
 //! recurse, run out of descriptors or work without end. The crate has no WebAssembly
 //! dependency.
+//!
+//! # Example
+//!
+//! Mount a workspace behind an overlay, resolve guest paths (one that tries to climb out is
+//! refused), write through the overlay, and commit: the real directory changes only then.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::path::Path;
+//! use capsule_vfs::{Ctl, GuestPath, Mount, Overlay, Scheme, VfsError, Workspace, read_to_string};
+//!
+//! let tmp = tempfile::tempdir()?;
+//! let (real, pending) = (tmp.path().join("workspace"), tmp.path().join("upper"));
+//! let overlay = Overlay::new(Mount::create(&real)?, Mount::create(&pending)?);
+//! let workspace = Workspace::Overlay(overlay);
+//!
+//! let path = GuestPath::parse("cwd://notes/../todo.txt")?;
+//! assert_eq!(path.scheme, Scheme::Workspace);
+//! assert_eq!(path.rel, Path::new("todo.txt"));
+//! assert!(matches!(GuestPath::parse("../../etc/passwd"), Err(VfsError::BoundaryEscape(_))));
+//!
+//! let tree = workspace.tree();
+//! tree.write(&path.rel, b"ship it", false, &Ctl::uncancellable())?;
+//! assert_eq!(read_to_string(tree, &path.rel)?, "ship it");
+//! assert!(!real.join("todo.txt").exists(), "pending until committed");
+//!
+//! workspace.commit()?;
+//! assert_eq!(std::fs::read_to_string(real.join("todo.txt"))?, "ship it");
+//! # Ok(()) }
+//! ```
 
 mod error;
 mod layout;

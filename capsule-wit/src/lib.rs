@@ -22,6 +22,61 @@
 //! span the host opens itself so a secret value never reaches a trace. Disabled, a span costs one
 //! cached callsite check; the host's own spans around handler and run-loop calls carry the
 //! capsule and principal.
+//!
+//! # Example
+//!
+//! A host serves one interface by implementing its generated trait and registering it with
+//! the generated `add_to_linker`; a real component that imports the interface (`doc/ask.wat`
+//! in this crate, written in the component text format) then calls it.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use capsule_wit::astrid::approval::host::{
+//!     ApprovalDecision, ApprovalRequest, ApprovalResponse, ErrorCode, Host, add_to_linker,
+//! };
+//! use wasmtime::component::{Component, HasSelf, Linker};
+//! use wasmtime::{Engine, Store};
+//!
+//! /// Approves reads and nothing else, and remembers what it was asked.
+//! #[derive(Default)]
+//! struct Approver {
+//!     asked: Vec<(String, String)>,
+//! }
+//!
+//! impl Host for Approver {
+//!     async fn request_approval(
+//!         &mut self,
+//!         request: ApprovalRequest,
+//!     ) -> wasmtime::Result<Result<ApprovalResponse, ErrorCode>> {
+//!         let decision = if request.action == "read" {
+//!             ApprovalDecision::Approved
+//!         } else {
+//!             ApprovalDecision::Denied
+//!         };
+//!         self.asked.push((request.action, request.target_resource));
+//!         Ok(Ok(ApprovalResponse { decision }))
+//!     }
+//! }
+//!
+//! let engine = Engine::default();
+//! let component = Component::new(&engine, wat::parse_str(include_str!("../doc/ask.wat"))?)?;
+//! let mut store = Store::new(&engine, Approver::default());
+//!
+//! // A linker without the interface refuses the guest; with it, the guest runs.
+//! let empty = Linker::<Approver>::new(&engine);
+//! assert!(empty.instantiate_async(&mut store, &component).await.is_err());
+//!
+//! let mut linker = Linker::<Approver>::new(&engine);
+//! add_to_linker::<Approver, HasSelf<Approver>>(&mut linker, |host| host)?;
+//! let instance = linker.instantiate_async(&mut store, &component).await?;
+//! let ask = instance.get_typed_func::<(), (u8,)>(&mut store, "ask")?;
+//! let (decision,) = ask.call_async(&mut store, ()).await?;
+//!
+//! assert_eq!(decision, 1, "the guest read `approved`, the enum's case 1");
+//! assert_eq!(store.data().asked, [("read".to_string(), "notes.txt".to_string())]);
+//! # Ok(()) }
+//! ```
 
 // Generated code: its items carry the WIT doc comments; aliases and helpers the generator adds
 // have none, and its style is not ours to lint.

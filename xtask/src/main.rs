@@ -7,6 +7,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod demo;
+mod package;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -15,9 +16,12 @@ commands:
   demo                     build the examples and the host, run them, and play a scripted
                            conversation as two principals through the control socket
   examples                 build the example capsules (wasm32-wasip2) into their directories
-  ci                       fmt check, clippy (warnings denied), tests, docs (warnings denied),
+  ci                       fmt check, clippy (warnings denied), tests (doc tests included),
+                           docs (warnings denied), `cargo package` of the library crates,
                            then the demo end to end
   ci --stress              the integration tests only, with two CPU-burning processes running
+  package [--verify-all]   package the published crates as `ci` does; --verify-all also builds
+                           capsule-wit, capsule-runtime and capsule-cli from their packages
   bench <group> [--quick]  run a benchmark group (bus, runtime, storage) in release; prints JSON lines
   fuzz <target> [--seconds N]
                            run one cargo-fuzz target for N seconds (default 60); installs
@@ -38,6 +42,12 @@ fn main() -> ExitCode {
         )),
         Some("demo") => demo::demo(),
         Some("examples") => demo::examples(),
+        Some("package") if args[1..] == ["--verify-all"] => package::package(true),
+        Some("package") if args.len() == 1 => package::package(false),
+        Some("package") => Err(format!(
+            "unknown `package` arguments {:?}\n\n{USAGE}",
+            &args[1..]
+        )),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some(BURN) => burn(),
@@ -146,6 +156,8 @@ fn ci() -> Result<(), String> {
     doc.args(["doc", "--workspace", "--no-deps", "--locked"]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
     run("cargo doc", doc)?;
+
+    package::package(false)?;
 
     // The README's first command must keep working: the demo runs end to end here.
     eprintln!("xtask: == cargo xtask demo");
