@@ -17,9 +17,9 @@ use crate::common::{Host, audit_events, call_as, err, host, ok, pid};
 use crate::hostile::Bystander;
 
 /// A handler that answers from a script, in order, and never answers once it runs out.
-struct Scripted {
+pub(crate) struct Scripted {
     script: Mutex<VecDeque<ActionDecision>>,
-    asked: Mutex<Vec<ActionRequest>>,
+    pub(crate) asked: Mutex<Vec<ActionRequest>>,
     timeout: Duration,
 }
 
@@ -37,7 +37,7 @@ impl ApprovalHandler for Scripted {
     }
 }
 
-fn scripted(h: &Host, script: &[ActionDecision], timeout: Duration) -> Arc<Scripted> {
+pub(crate) fn scripted(h: &Host, script: &[ActionDecision], timeout: Duration) -> Arc<Scripted> {
     let handler = Arc::new(Scripted {
         script: Mutex::new(script.iter().copied().collect()),
         asked: Mutex::new(Vec::new()),
