@@ -320,6 +320,34 @@ mod tests {
     }
 
     #[test]
+    fn a_host_grant_that_reads_as_an_ipv4_address_covers_that_address_only() {
+        // URL parsers read a host whose last label is a number as an IPv4 address (`127.1`,
+        // `0x7f.1`, `2130706433`), so such a grant can never name a domain: a partial one
+        // like `0.1` would otherwise cover every address ending in `.0.1` by suffix.
+        for partial in [
+            "1",
+            "0.1",
+            "0.0.1",
+            "2.3.4",
+            "0x7f.1",
+            "2130706433",
+            "a.1",
+            "127.00.0.1",
+        ] {
+            assert!(
+                HostGrant::parse(partial).is_err(),
+                "{partial:?} should be refused"
+            );
+        }
+        let g = HostGrant::parse("8.8.8.8").unwrap_or_else(|e| panic!("{e}"));
+        assert!(g.allows("8.8.8.8"));
+        assert!(!g.allows("1.8.8.8.8"));
+        // A name whose last label merely starts with a digit is still a name.
+        let n = HostGrant::parse("api.1password.com").unwrap_or_else(|e| panic!("{e}"));
+        assert!(n.allows("x.api.1password.com"));
+    }
+
+    #[test]
     fn endpoint_grants() {
         let p = |s: &str| EndpointGrant::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         assert!(p("db.local:5432").allows_tcp("db.local", 5432));
