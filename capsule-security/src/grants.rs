@@ -126,14 +126,36 @@ fn valid_host(h: &str) -> bool {
         })
 }
 
+/// Whether a URL parser reads `host` as an IPv4 address: its last label is a decimal or
+/// `0x` hexadecimal number (`127.1`, `0x7f.1`, `2130706433` all mean `127.0.0.1`).
+fn ends_in_number(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or("");
+    match last.strip_prefix("0x") {
+        Some(hex) => hex.chars().all(|c| c.is_ascii_hexdigit()),
+        None => !last.is_empty() && last.chars().all(|c| c.is_ascii_digit()),
+    }
+}
+
 impl HostGrant {
-    /// Parses a host name (case-insensitive; no scheme, port or path).
+    /// Parses a host name (case-insensitive; no scheme, port or path) or a dotted-quad IPv4
+    /// address; anything else ending in a number is refused, since URLs never name such a
+    /// host as a domain.
     pub fn parse(s: &str) -> Result<Self, String> {
         let h = s.trim_end_matches('.').to_ascii_lowercase();
         if !valid_host(&h) {
             return Err(format!("`{s}` is not a host name"));
         }
+        if ends_in_number(&h) && h.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(format!(
+                "`{s}` is neither a host name nor a dotted-quad IPv4 address"
+            ));
+        }
         Ok(Self(h))
+    }
+
+    /// Whether this grant names one IPv4 address (covering that address only).
+    fn is_address(&self) -> bool {
+        self.0.parse::<std::net::Ipv4Addr>().is_ok()
     }
 
     /// The normalised host name.
@@ -141,13 +163,14 @@ impl HostGrant {
         &self.0
     }
 
-    /// Whether `host` is this host or a subdomain of it.
+    /// Whether `host` is this host or a subdomain of it (an address grant: that address).
     pub fn allows(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         host == self.0
-            || host
-                .strip_suffix(&self.0)
-                .is_some_and(|prefix| prefix.ends_with('.'))
+            || (!self.is_address()
+                && host
+                    .strip_suffix(&self.0)
+                    .is_some_and(|prefix| prefix.ends_with('.')))
     }
 }
 
