@@ -163,11 +163,10 @@ async fn serve(mut sock: TcpStream, tx: mpsc::UnboundedSender<String>) {
         );
         let _ = sock.write_all(reply.as_bytes()).await;
     } else if path == "/cut" {
-        // Promises more than it sends, then resets the connection.
+        // Promises more than it sends, then closes the connection.
         let _ = sock
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\npartial")
             .await;
-        let _ = sock.set_linger(Some(Duration::ZERO));
     } else if path == "/upgrade" {
         let _ = sock
             .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: evil\r\nConnection: upgrade\r\n\r\nraw bytes after the upgrade")
