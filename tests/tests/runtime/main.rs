@@ -16,6 +16,7 @@ mod lifecycle;
 mod limits;
 mod loading;
 mod net;
+mod net_attack;
 mod sdk;
 mod storage;
 mod sys;
