@@ -37,6 +37,8 @@ impl PrincipalProfile {
             ),
             ("max_http_streams", Some(u64::from(q.max_http_streams))),
             ("max_storage_bytes", Some(q.max_storage_bytes)),
+            ("max_sockets", Some(u64::from(q.max_sockets))),
+            ("max_listeners", Some(u64::from(q.max_listeners))),
             (
                 "max_claimed_principals_per_minute",
                 Some(u64::from(q.max_claimed_principals_per_minute)),
