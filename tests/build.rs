@@ -29,6 +29,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ("hostile_handler", "hostile-handler.wasm"),
     ("hostile_spinner", "hostile-spinner.wasm"),
     ("netprobe", "netprobe.wasm"),
+    ("netkit", "netkit.wasm"),
     ("registrar", "registrar.wasm"),
     ("hostile_registrar", "hostile-registrar.wasm"),
 ];

@@ -259,7 +259,10 @@ mod tests {
         let v6 = g("[::1]:8080");
         assert!(v6.allows_url("http", "::1", 8080));
         assert_eq!(v6.to_string(), "[::1]:8080");
-        assert_eq!(g("HTTPS://Api.Example.com:443").to_string(), "https://api.example.com");
+        assert_eq!(
+            g("HTTPS://Api.Example.com:443").to_string(),
+            "https://api.example.com"
+        );
         assert_eq!(g("*.example.com").to_string(), "*.example.com");
     }
 }

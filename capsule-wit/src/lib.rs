@@ -13,7 +13,7 @@
 //! the resource's `rep`. Every import is trappable (a host invariant failure becomes a trap,
 //! a guest mistake a WIT error code); the calls that wait (`recv`, `sleep-ns`, `pollable.block`,
 //! `poll`) or block on storage, people or the network (`log`, all of `astrid:kv`,
-//! `astrid:fs`, `astrid:elicit`, `astrid:http`, `astrid:io/streams`, `astrid:identity`
+//! `astrid:fs`, `astrid:elicit`, `astrid:http`, `astrid:net`, `astrid:io/streams`, `astrid:identity`
 //! and `astrid:approval`) are async.
 //!
 //! Every import runs in a `TRACE`-level span named `wit-bindgen import` with the WIT
@@ -41,6 +41,7 @@ mod generated {
             "astrid:fs/host": async | trappable | tracing,
             "astrid:elicit/host": async | trappable | tracing,
             "astrid:http/host": async | trappable | tracing,
+            "astrid:net/host": async | trappable | tracing,
             "astrid:io/streams": async | trappable | tracing,
             "astrid:identity/host": async | trappable | tracing,
             "astrid:approval/host": async | trappable | tracing,

@@ -17,6 +17,7 @@ mod limits;
 mod loading;
 mod net;
 mod net_attack;
+mod net_kit;
 mod sdk;
 mod storage;
 mod sys;

@@ -192,8 +192,8 @@ fn hostile_host(policy: &str) -> Host {
     }
     let resolver = Arc::new(
         StaticResolver::new()
-            .with("allowed.test", &[ip("127.0.0.1")])
-            .with("other.test", &[ip("127.0.0.1")]),
+            .with("allowed.lab.test", &[ip("127.0.0.1")])
+            .with("other.lab.test", &[ip("127.0.0.1")]),
     );
     host_in(dir, move |c| c.resolver = Some(resolver))
 }
@@ -216,16 +216,16 @@ async fn get(c: &capsule_runtime::Capsule, url: &str) -> Value {
 async fn other_spellings_of_a_loopback_host_never_pass_a_grant_for_a_name() {
     let server = Hostile::start().await;
     let h = hostile_host(OPEN_LOOPBACK);
-    // Loopback is open to the airlock, so only the grant (`allowed.test`) stands between
+    // Loopback is open to the airlock, so only the grant (`allowed.lab.test`) stands between
     // these URLs and the server.
-    let c = probe(&h, "atk-spell", "allowed.test").await;
+    let c = probe(&h, "atk-spell", "allowed.lab.test").await;
     let p = server.port();
     assert_eq!(
-        ok(&get(&c, &format!("http://allowed.test:{p}/hello")).await)["body"],
+        ok(&get(&c, &format!("http://allowed.lab.test:{p}/hello")).await)["body"],
         "hello"
     );
     assert_eq!(
-        ok(&get(&c, &format!("http://ALLOWED.test.:{p}/hello")).await)["body"],
+        ok(&get(&c, &format!("http://ALLOWED.lab.test.:{p}/hello")).await)["body"],
         "hello"
     );
     for url in [
@@ -241,22 +241,22 @@ async fn other_spellings_of_a_loopback_host_never_pass_a_grant_for_a_name() {
         format!("http://[::ffff:7f00:1]:{p}/hello"),
         format!("http://[::1]:{p}/hello"),
         format!("http://localhost:{p}/hello"),
-        format!("http://other.test:{p}/hello"),
-        format!("http://allowed.test.other.test:{p}/hello"),
+        format!("http://other.lab.test:{p}/hello"),
+        format!("http://allowed.lab.test.other.lab.test:{p}/hello"),
         format!("http://allowed.testx:{p}/hello"),
-        format!("http://xallowed.test:{p}/hello"),
+        format!("http://xallowed.lab.test:{p}/hello"),
     ] {
         let r = get(&c, &url).await;
         assert_eq!(err(&r), "capability-denied", "{url}: {r}");
     }
     for url in [
-        format!("http://allowed.test@127.0.0.1:{p}/hello"),
-        format!("http://allowed.test:{p}@127.0.0.1:{p}/hello"),
+        format!("http://allowed.lab.test@127.0.0.1:{p}/hello"),
+        format!("http://allowed.lab.test:{p}@127.0.0.1:{p}/hello"),
         format!("http://[fe80::1%25lo]:{p}/hello"),
         format!("http://[::ffff:127.0.0.1%25lo]:{p}/hello"),
         "file:///etc/passwd".to_string(),
-        format!("gopher://allowed.test:{p}/hello"),
-        format!("//allowed.test:{p}/hello"),
+        format!("gopher://allowed.lab.test:{p}/hello"),
+        format!("//allowed.lab.test:{p}/hello"),
         "/hello".to_string(),
     ] {
         let r = get(&c, &url).await;
@@ -264,7 +264,11 @@ async fn other_spellings_of_a_loopback_host_never_pass_a_grant_for_a_name() {
     }
     // A backslash ends the authority of an http URL: the host is the granted one, and what
     // follows is a path on it, never another host.
-    let r = get(&c, &format!("http://allowed.test:{p}\\@127.0.0.1/hello")).await;
+    let r = get(
+        &c,
+        &format!("http://allowed.lab.test:{p}\\@127.0.0.1/hello"),
+    )
+    .await;
     assert_eq!(ok(&r)["status"], 404, "{r}");
 }
 
@@ -294,11 +298,11 @@ async fn other_spellings_of_refused_addresses_are_refused_by_the_airlock() {
 async fn hostile_redirects_are_refused_and_credentials_do_not_follow_them() {
     let server = Hostile::start().await;
     let h = hostile_host(OPEN_LOOPBACK);
-    let c = probe(&h, "atk-redirect", "allowed.test").await;
+    let c = probe(&h, "atk-redirect", "allowed.lab.test").await;
     let p = server.port();
-    let via = |to: &str| format!("http://allowed.test:{p}/to/{}", hex_encode(to));
+    let via = |to: &str| format!("http://allowed.lab.test:{p}/to/{}", hex_encode(to));
     // The harness works: a redirect to the granted host under another spelling is followed.
-    let r = get(&c, &via(&format!("http://ALLOWED.TEST.:{p}/hello"))).await;
+    let r = get(&c, &via(&format!("http://ALLOWED.LAB.TEST.:{p}/hello"))).await;
     assert_eq!(ok(&r)["body"], "hello", "{r}");
     for to in [
         format!("http://127.0.0.1:{p}/hello"),
@@ -307,8 +311,8 @@ async fn hostile_redirects_are_refused_and_credentials_do_not_follow_them() {
         format!("//127.1:{p}/hello"),
         format!("http://[::ffff:127.0.0.1]:{p}/hello"),
         format!("http://localhost:{p}/hello"),
-        format!("http://other.test:{p}/hello"),
-        format!("https://other.test:{p}/hello"),
+        format!("http://other.lab.test:{p}/hello"),
+        format!("https://other.lab.test:{p}/hello"),
     ] {
         let r = get(&c, &via(&to)).await;
         assert_eq!(err(&r), "capability-denied", "{to}: {r}");
@@ -316,9 +320,9 @@ async fn hostile_redirects_are_refused_and_credentials_do_not_follow_them() {
         assert_eq!(err(&r), "capability-denied", "{to}: {r}");
     }
     for to in [
-        format!("http://allowed.test@127.0.0.1:{p}/hello"),
+        format!("http://allowed.lab.test@127.0.0.1:{p}/hello"),
         "file:///etc/passwd".to_string(),
-        "gopher://allowed.test/".to_string(),
+        "gopher://allowed.lab.test/".to_string(),
         "data:text/plain,hello".to_string(),
         "http://[::1".to_string(),
     ] {
@@ -326,7 +330,7 @@ async fn hostile_redirects_are_refused_and_credentials_do_not_follow_them() {
         assert!(err(&r).starts_with("protocol:"), "{to}: {r}");
     }
     // A chain of redirects that each stay allowed still ends at the bound.
-    let mut chain = format!("http://allowed.test:{p}/hello");
+    let mut chain = format!("http://allowed.lab.test:{p}/hello");
     // Six hops: one more than the bound (and short enough for the URL limit).
     for _ in 0..6 {
         chain = via(&chain);
@@ -338,17 +342,17 @@ async fn hostile_redirects_are_refused_and_credentials_do_not_follow_them() {
     let r = call(
         &c,
         "get",
-        json!({"url": via(&format!("http://allowed.test:{p}/hello")), "headers": secret}),
+        json!({"url": via(&format!("http://allowed.lab.test:{p}/hello")), "headers": secret}),
     )
     .await;
     assert_eq!(ok(&r)["body"], "hello", "{r}");
     assert_eq!(ok(&r)["echo"], "2", "{r}");
     let h2 = hostile_host(OPEN_LOOPBACK);
-    let c2 = probe(&h2, "atk-redirect-2", "test").await;
+    let c2 = probe(&h2, "atk-redirect-2", "lab.test").await;
     let r = call(
         &c2,
         "get",
-        json!({"url": via(&format!("http://other.test:{p}/hello")), "headers": secret}),
+        json!({"url": via(&format!("http://other.lab.test:{p}/hello")), "headers": secret}),
     )
     .await;
     assert_eq!(ok(&r)["body"], "hello", "{r}");
@@ -365,13 +369,13 @@ async fn a_server_that_never_answers_or_trickles_hits_the_deadline_and_is_discon
         .load_as(
             "atk-slow",
             "netprobe.wasm",
-            "[capabilities]\nnet = [\"allowed.test\"]\n",
+            "[capabilities]\nnet = [\"allowed.lab.test\"]\n",
             "alice",
         )
         .await;
     let p = server.port();
     for path in ["/never", "/trickle"] {
-        let url = format!("http://allowed.test:{p}{path}");
+        let url = format!("http://allowed.lab.test:{p}{path}");
         let r = get(&c, &url).await;
         assert_eq!(err(&r), "timeout", "{path}: {r}");
         assert_eq!(server.report("eof").await, format!("eof {path}"));
@@ -387,8 +391,8 @@ async fn unloading_ends_a_request_the_server_never_answers() {
     let h = hostile_host(OPEN_LOOPBACK);
     // The default deadline (minutes) is far beyond the test's bounded waits: only the unload
     // can end the call in time.
-    let c = probe(&h, "atk-unload", "allowed.test").await;
-    let url = format!("http://allowed.test:{}/never", server.port());
+    let c = probe(&h, "atk-unload", "allowed.lab.test").await;
+    let url = format!("http://allowed.lab.test:{}/never", server.port());
     let pending = {
         let c = c.clone();
         tokio::spawn(async move {
@@ -412,18 +416,18 @@ async fn unloading_ends_a_request_the_server_never_answers() {
 async fn huge_headers_upgrades_and_cut_bodies_fail_cleanly_and_say_nothing_of_the_host() {
     let mut server = Hostile::start().await;
     let h = hostile_host(OPEN_LOOPBACK);
-    let c = probe(&h, "atk-fat", "allowed.test").await;
+    let c = probe(&h, "atk-fat", "allowed.lab.test").await;
     let p = server.port();
     for path in ["/fat-headers", "/one-fat-header"] {
-        let r = get(&c, &format!("http://allowed.test:{p}{path}")).await;
+        let r = get(&c, &format!("http://allowed.lab.test:{p}{path}")).await;
         assert!(err(&r).starts_with("protocol:"), "{path}: {r}");
     }
     // A 101 nobody asked for is not an open pipe to the server.
-    let r = get(&c, &format!("http://allowed.test:{p}/upgrade")).await;
+    let r = get(&c, &format!("http://allowed.lab.test:{p}/upgrade")).await;
     assert!(r.get("err").is_some() || ok(&r)["len"] == 0, "{r}");
     assert_eq!(server.report("eof").await, "eof /upgrade");
     // A body cut short fails; what the guest reads names no address, port or OS error.
-    let url = format!("http://allowed.test:{p}/cut");
+    let url = format!("http://allowed.lab.test:{p}/cut");
     for action in ["get", "chunks", "body-stream"] {
         let r = call(&c, action, json!({ "url": url })).await;
         let e = err(&r);
@@ -432,7 +436,7 @@ async fn huge_headers_upgrades_and_cut_bodies_fail_cleanly_and_say_nothing_of_th
         }
     }
     assert_eq!(
-        ok(&get(&c, &format!("http://allowed.test:{p}/hello")).await)["body"],
+        ok(&get(&c, &format!("http://allowed.lab.test:{p}/hello")).await)["body"],
         "hello"
     );
 }
