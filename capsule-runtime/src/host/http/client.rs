@@ -400,17 +400,6 @@ impl Pool {
     pub(crate) fn clear(&self) {
         self.idle.lock().clear();
     }
-
-    /// Idle connections kept for `principal`.
-    #[cfg(test)]
-    pub(crate) fn idle_of(&self, principal: &PrincipalId) -> usize {
-        self.idle
-            .lock()
-            .iter()
-            .filter(|(k, _)| &k.principal == principal)
-            .map(|(_, v)| v.len())
-            .sum()
-    }
 }
 
 /// The final response of a request and how it got there.

@@ -395,7 +395,7 @@ pub(crate) fn integrity_ok(metadata: &str, body: &[u8]) -> Result<bool, HttpErro
         2 => sha2::Sha384::digest(body).to_vec(),
         _ => sha2::Sha512::digest(body).to_vec(),
     };
-    Ok(digests.iter().any(|d| *d == actual))
+    Ok(digests.contains(&actual))
 }
 
 /// Standard or URL-safe base64, padding optional.
@@ -499,10 +499,10 @@ impl HttpView<'_> {
                 if let Some(conn) = sent.conn.take() {
                     shared.pool.put(conn);
                 }
-                if let Some(meta) = &options.integrity {
-                    if !integrity_ok(meta, &body)? {
-                        return Err(HttpError::IntegrityMismatch);
-                    }
+                if let Some(meta) = &options.integrity
+                    && !integrity_ok(meta, &body)?
+                {
+                    return Err(HttpError::IntegrityMismatch);
                 }
                 Ok(Buffered {
                     status: sent.response.status().as_u16(),
@@ -562,7 +562,7 @@ impl HttpView<'_> {
         let trailers = Arc::new(Mutex::new(None));
         tokio::spawn(pump(
             sent,
-            Arc::clone(&self.ctx),
+            Arc::clone(self.ctx),
             Sink {
                 pipe: Arc::clone(&pipe),
                 failure: Arc::clone(&failure),
@@ -809,10 +809,10 @@ async fn pump(
                 return Ok(false);
             }
         }
-        if let (Some(meta), Some(body)) = (&integrity, &hasher) {
-            if !integrity_ok(meta, body)? {
-                return Err(HttpError::IntegrityMismatch);
-            }
+        if let (Some(meta), Some(body)) = (&integrity, &hasher)
+            && !integrity_ok(meta, body)?
+        {
+            return Err(HttpError::IntegrityMismatch);
         }
         Ok(true)
     };
@@ -824,10 +824,8 @@ async fn pump(
     };
     match outcome {
         Ok(complete) => {
-            if complete {
-                if let Some(conn) = sent.conn.take() {
-                    shared.pool.put(conn);
-                }
+            if complete && let Some(conn) = sent.conn.take() {
+                shared.pool.put(conn);
             }
             pipe.finish(End::Done);
         }
