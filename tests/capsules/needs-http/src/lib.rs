@@ -1,11 +1,11 @@
-//! Test capsule: imports `astrid:net/host@1.0.0`, which the host does not provide, so loading
-//! it must fail and name that import. (The crate keeps its historical name.)
+//! Test capsule: imports `astrid:process/host@1.0.0`, which the host does not provide, so
+//! loading it must fail and name that import. (The crate keeps its historical name.)
 
 wit_bindgen::generate!({
     inline: r#"
         package test:needs-http;
         world needs-http {
-            import astrid:net/host@1.0.0;
+            import astrid:process/host@1.0.0;
             include astrid:guest/interceptor@1.0.0;
         }
     "#,
@@ -13,13 +13,13 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use astrid::net::host as net;
+use astrid::process1_0_0::host as process;
 
-struct NeedsNet;
+struct NeedsProcess;
 
-impl Guest for NeedsNet {
+impl Guest for NeedsProcess {
     fn astrid_hook_trigger(_action: String, _payload: Vec<u8>) -> CapsuleResult {
-        let found = net::lookup_host("example.invalid").map_or(0, |a| a.len());
+        let found = process::list_processes(None).map_or(0, |a| a.len());
         CapsuleResult {
             action: "continue".into(),
             data: Some(found.to_string()),
@@ -27,4 +27,4 @@ impl Guest for NeedsNet {
     }
 }
 
-export!(NeedsNet);
+export!(NeedsProcess);
