@@ -106,17 +106,9 @@ impl FsGrant {
     }
 }
 
-/// An outbound host allowlist entry: the host itself and any subdomain of it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HostGrant(String);
+pub use crate::host_grant::HostGrant;
 
-impl fmt::Display for HostGrant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn valid_host(h: &str) -> bool {
+pub(crate) fn valid_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
         && h.split('.').all(|label| {
@@ -126,28 +118,13 @@ fn valid_host(h: &str) -> bool {
         })
 }
 
-impl HostGrant {
-    /// Parses a host name (case-insensitive; no scheme, port or path).
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let h = s.trim_end_matches('.').to_ascii_lowercase();
-        if !valid_host(&h) {
-            return Err(format!("`{s}` is not a host name"));
-        }
-        Ok(Self(h))
-    }
-
-    /// The normalised host name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `host` is this host or a subdomain of it.
-    pub fn allows(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        host == self.0
-            || host
-                .strip_suffix(&self.0)
-                .is_some_and(|prefix| prefix.ends_with('.'))
+/// Whether a URL parser reads `host` as an IPv4 address: its last label is a decimal or
+/// `0x` hexadecimal number (`127.1`, `0x7f.1`, `2130706433` all mean `127.0.0.1`).
+pub(crate) fn ends_in_number(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or("");
+    match last.strip_prefix("0x") {
+        Some(hex) => hex.chars().all(|c| c.is_ascii_hexdigit()),
+        None => !last.is_empty() && last.chars().all(|c| c.is_ascii_digit()),
     }
 }
 
@@ -315,8 +292,36 @@ mod tests {
         assert!(g.allows("api.EXAMPLE.com"));
         assert!(!g.allows("badexample.com"));
         assert!(!g.allows("example.com.evil.net"));
-        assert!(HostGrant::parse("http://x.com").is_err());
-        assert!(HostGrant::parse("x.com:443").is_err());
+        assert!(HostGrant::parse("com").is_err());
+        assert!(HostGrant::parse("*.com").is_err());
+    }
+
+    #[test]
+    fn a_host_grant_that_reads_as_an_ipv4_address_covers_that_address_only() {
+        // URL parsers read a host whose last label is a number as an IPv4 address (`127.1`,
+        // `0x7f.1`, `2130706433`), so such a grant can never name a domain: a partial one
+        // like `0.1` would otherwise cover every address ending in `.0.1` by suffix.
+        for partial in [
+            "1",
+            "0.1",
+            "0.0.1",
+            "2.3.4",
+            "0x7f.1",
+            "2130706433",
+            "a.1",
+            "127.00.0.1",
+        ] {
+            assert!(
+                HostGrant::parse(partial).is_err(),
+                "{partial:?} should be refused"
+            );
+        }
+        let g = HostGrant::parse("8.8.8.8").unwrap_or_else(|e| panic!("{e}"));
+        assert!(g.allows("8.8.8.8"));
+        assert!(!g.allows("1.8.8.8.8"));
+        // A name whose last label merely starts with a digit is still a name.
+        let n = HostGrant::parse("api.1password.com").unwrap_or_else(|e| panic!("{e}"));
+        assert!(n.allows("x.api.1password.com"));
     }
 
     #[test]

@@ -72,6 +72,7 @@
 mod airlock;
 mod grant;
 mod grants;
+mod host_grant;
 mod host_policy;
 mod load_order;
 mod manifest;

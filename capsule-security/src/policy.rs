@@ -168,6 +168,18 @@ impl CapsulePolicy {
         }
     }
 
+    /// Whether a request to `scheme://host:port` is allowed by `net` (scheme and port of
+    /// each grant included).
+    pub fn may_http_url(&self, scheme: &str, host: &str, port: u16) -> Decision {
+        if self.net.iter().any(|g| g.allows_url(scheme, host, port)) {
+            Decision::Allowed
+        } else {
+            Decision::Denied(format!(
+                "`{scheme}://{host}:{port}` is not in the `net` allowlist"
+            ))
+        }
+    }
+
     /// Whether a TCP connection to `host:port` is allowed by `net_connect`.
     pub fn may_connect(&self, host: &str, port: u16) -> Decision {
         if self.net_connect.iter().any(|g| g.allows_tcp(host, port)) {

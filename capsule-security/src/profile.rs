@@ -31,6 +31,10 @@ pub struct Quotas {
     pub max_http_response_bytes: u64,
     /// Bytes of KV storage.
     pub max_storage_bytes: u64,
+    /// Connected `astrid:net` sockets (connected or accepted) open at once, per capsule.
+    pub max_sockets: u32,
+    /// `astrid:net` listeners (TCP and Unix) open at once, per capsule.
+    pub max_listeners: u32,
     /// Distinct principals an uplink capsule owned by this principal may introduce with
     /// `publish-as` per minute.
     pub max_claimed_principals_per_minute: u32,
@@ -62,6 +66,8 @@ impl Default for Quotas {
             max_http_streams: 16,
             max_http_response_bytes: 16 * 1024 * 1024,
             max_storage_bytes: 256 * 1024 * 1024,
+            max_sockets: 64,
+            max_listeners: 4,
             max_claimed_principals_per_minute: 600,
             max_process_cpu_secs: 60,
             max_process_memory_bytes: 1024 * 1024 * 1024,
@@ -219,6 +225,8 @@ fn parse_quotas(t: &Table) -> Result<Quotas, String> {
             "max_http_streams" => q.max_http_streams = small()?,
             "max_http_response_bytes" => q.max_http_response_bytes = positive(n)?,
             "max_storage_bytes" => q.max_storage_bytes = n,
+            "max_sockets" => q.max_sockets = small()?,
+            "max_listeners" => q.max_listeners = small()?,
             "max_claimed_principals_per_minute" => {
                 q.max_claimed_principals_per_minute = small()?;
             }

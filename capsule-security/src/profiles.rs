@@ -36,6 +36,8 @@ impl PrincipalProfile {
             max_process_pids,
             max_process_wall_secs,
             max_process_output_bytes,
+            max_sockets,
+            max_listeners,
         } = &self.quotas;
         let mut out = format!(
             "enabled = {}\ngroups = {}\ngrants = {}\nrevokes = {}\n\n[quotas]\n",
@@ -56,6 +58,8 @@ impl PrincipalProfile {
             ("max_http_streams", Some(u64::from(*max_http_streams))),
             ("max_http_response_bytes", Some(*max_http_response_bytes)),
             ("max_storage_bytes", Some(*max_storage_bytes)),
+            ("max_sockets", Some(u64::from(*max_sockets))),
+            ("max_listeners", Some(u64::from(*max_listeners))),
             (
                 "max_claimed_principals_per_minute",
                 Some(u64::from(*max_claimed_principals_per_minute)),
@@ -251,6 +255,8 @@ mod tests {
                 max_process_pids: 19,
                 max_process_wall_secs: 23,
                 max_process_output_bytes: 29,
+                max_sockets: 31,
+                max_listeners: 2,
             },
         };
         assert_ne!(p.quotas, Quotas::default());

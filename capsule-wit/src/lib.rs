@@ -13,8 +13,9 @@
 //! the resource's `rep`. Every import is trappable (a host invariant failure becomes a trap,
 //! a guest mistake a WIT error code); the calls that wait (`recv`, `sleep-ns`, `pollable.block`,
 //! `poll`) or block on storage, people or the network (`log`, all of `astrid:kv`,
-//! `astrid:fs`, `astrid:elicit`, `astrid:http`, `astrid:io/streams`, `astrid:identity`,
-//! `astrid:approval`, and all of `astrid:process`, whose calls wait for children) are async.
+//! `astrid:fs`, `astrid:elicit`, `astrid:http`, `astrid:net`, `astrid:io/streams`,
+//! `astrid:identity`, `astrid:approval`, and all of `astrid:process`, whose calls wait for
+//! children) are async.
 //!
 //! Every import runs in a `TRACE`-level span named `wit-bindgen import` with the WIT
 //! interface (`module`) and function (`function`) as fields, plus `TRACE` events for the
@@ -96,6 +97,7 @@ mod generated {
             "astrid:fs/host": async | trappable | tracing,
             "astrid:elicit/host": async | trappable | tracing,
             "astrid:http/host": async | trappable | tracing,
+            "astrid:net/host": async | trappable | tracing,
             "astrid:io/streams": async | trappable | tracing,
             "astrid:identity/host": async | trappable | tracing,
             "astrid:approval/host": async | trappable | tracing,

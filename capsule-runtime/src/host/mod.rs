@@ -58,6 +58,7 @@ pub(crate) mod http;
 pub(crate) mod identity;
 pub(crate) mod ipc;
 pub(crate) mod kv;
+pub(crate) mod net;
 pub(crate) mod pipe;
 pub(crate) mod poll;
 pub(crate) mod process;
@@ -266,6 +267,7 @@ capabilities! {
     uplink: uplink::UplinkHost,
     streams: streams::StreamsHost,
     http: http::HttpHost,
+    net: net::NetHost,
     identity: identity::IdentityHost,
     approval: approval::ApprovalHost,
     process: process::ProcessHost,

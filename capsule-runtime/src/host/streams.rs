@@ -85,6 +85,14 @@ pub(crate) fn new_input(
     Ok(Resource::new_own(table.push(InputEntry(pipe))?.rep()))
 }
 
+/// Puts the write side of `pipe` in `table` as a guest output stream.
+pub(crate) fn new_output(
+    table: &mut wasmtime::component::ResourceTable,
+    pipe: Arc<Pipe>,
+) -> wasmtime::Result<Resource<OutputStream>> {
+    Ok(Resource::new_own(table.push(OutputEntry(pipe))?.rep()))
+}
+
 fn input(r: &Resource<InputStream>) -> Resource<InputEntry> {
     Resource::new_borrow(r.rep())
 }

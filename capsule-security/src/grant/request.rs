@@ -77,7 +77,7 @@ impl Request {
             | (Self::FsWrite(g), Self::FsWrite(p)) => p.starts_with(g),
             (Self::Handler(g), Self::Handler(p))
             | (Self::Handler(g) | Self::Subscribe(g), Self::Subscribe(p)) => g.covers(p),
-            (Self::Net(g), Self::Net(h)) => g.allows(h.as_str()),
+            (Self::Net(g), Self::Net(h)) => g.covers(h),
             (Self::NetConnect(g), Self::NetConnect(e)) | (Self::NetBind(g), Self::NetBind(e)) => {
                 g.covers(e)
             }

@@ -164,9 +164,9 @@ fn bad_values_name_their_key() {
             "climbs out",
         ),
         (
-            format!("{MINIMAL}\n[capabilities]\nnet = [\"https://x.com\"]\n"),
+            format!("{MINIMAL}\n[capabilities]\nnet = [\"*.com\"]\n"),
             "capabilities.net[0]",
-            "not a host",
+            "single label",
         ),
         (
             format!("{MINIMAL}\n[capabilities]\nnet_connect = [\"db\"]\n"),

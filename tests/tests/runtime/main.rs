@@ -17,6 +17,8 @@ mod lifecycle;
 mod limits;
 mod loading;
 mod net;
+mod net_attack;
+mod net_kit;
 mod process;
 mod process_attacks;
 mod process_reload;

@@ -175,8 +175,8 @@ const OPEN_LOOPBACK: &str = "[net]\nopen_ranges = [\"127.0.0.0/8\"]\n";
 /// The test's DNS: names under `.test` pointing at loopback and at every refused class.
 fn resolver() -> StaticResolver {
     StaticResolver::new()
-        .with("allowed.test", &[ip("127.0.0.1")])
-        .with("also.allowed.test", &[ip("127.0.0.1")])
+        .with("allowed.lab.test", &[ip("127.0.0.1")])
+        .with("also.allowed.lab.test", &[ip("127.0.0.1")])
 }
 
 async fn load_probe(h: &Host, name: &str, net: &[&str]) -> capsule_runtime::Capsule {
@@ -205,7 +205,7 @@ fn net_audit(capsule: &str) -> Vec<AuditEvent> {
 async fn loopback_opened_by_the_operator_serves_a_guest_get_and_streams() {
     let server = Server::start().await;
     let h = net_host(OPEN_LOOPBACK, resolver());
-    let c = load_probe(&h, "net-open", &["127.0.0.1", "test"]).await;
+    let c = load_probe(&h, "net-open", &["127.0.0.1", "lab.test"]).await;
     let r = get(&c, &server.url("/hello")).await;
     assert_eq!(ok(&r)["status"], 200);
     assert_eq!(ok(&r)["body"], "hello");
@@ -213,7 +213,7 @@ async fn loopback_opened_by_the_operator_serves_a_guest_get_and_streams() {
     let r = call(
         &c,
         "get",
-        json!({"url": server.named("allowed.test", "/echo"), "method": "POST",
+        json!({"url": server.named("allowed.lab.test", "/echo"), "method": "POST",
                "body": "payload", "headers": {"x-token": "t1"}}),
     )
     .await;
@@ -223,14 +223,14 @@ async fn loopback_opened_by_the_operator_serves_a_guest_get_and_streams() {
     let r = call(
         &c,
         "get",
-        json!({"url": server.named("allowed.test", "/see-other"), "method": "POST", "body": "x"}),
+        json!({"url": server.named("allowed.lab.test", "/see-other"), "method": "POST", "body": "x"}),
     )
     .await;
     assert_eq!(ok(&r)["body"], "GET ");
     let port = server.addr.port();
     let r = get(
         &c,
-        &server.url(&format!("/redirect/also.allowed.test:{port}/hello")),
+        &server.url(&format!("/redirect/also.allowed.lab.test:{port}/hello")),
     )
     .await;
     assert_eq!(ok(&r)["body"], "hello");
@@ -283,12 +283,12 @@ async fn every_airlock_class_and_form_is_refused_from_a_guest() {
     ];
     let mut dns = StaticResolver::new();
     for (name, addr) in classes {
-        dns = dns.with(&format!("{name}.test"), &[ip(addr)]);
+        dns = dns.with(&format!("{name}.lab.test"), &[ip(addr)]);
     }
     let h = net_host("", dns);
-    let c = load_probe(&h, "net-closed", &["test", "127.0.0.1", "10.1.2.3"]).await;
+    let c = load_probe(&h, "net-closed", &["lab.test", "127.0.0.1", "10.1.2.3"]).await;
     for (name, addr) in classes {
-        let url = server.named(&format!("{name}.test"), "/hello");
+        let url = server.named(&format!("{name}.lab.test"), "/hello");
         let r = get(&c, &url).await;
         assert_eq!(err(&r), "airlock-rejected", "{name} ({addr}): {r}");
     }
@@ -307,7 +307,7 @@ async fn every_airlock_class_and_form_is_refused_from_a_guest() {
     let audit = net_audit("net-closed");
     assert!(
         audit.iter().any(
-            |e| e.get("host").map(String::as_str) == Some("linklocal.test")
+            |e| e.get("host").map(String::as_str) == Some("linklocal.lab.test")
                 && e.get("code").map(String::as_str) == Some("airlock-rejected")
                 && e.get("reason").is_some_and(|r| r.contains("link-local"))
         ),
@@ -320,15 +320,15 @@ async fn every_airlock_class_and_form_is_refused_from_a_guest() {
 async fn a_redirect_to_a_refused_address_or_host_is_refused_and_audited() {
     let server = Server::start().await;
     let dns = resolver()
-        .with("metadata.test", &[ip("169.254.169.254")])
-        .with("intranet.test", &[ip("10.0.0.7")]);
+        .with("metadata.lab.test", &[ip("169.254.169.254")])
+        .with("intranet.lab.test", &[ip("10.0.0.7")]);
     let h = net_host(OPEN_LOOPBACK, dns);
-    let c = load_probe(&h, "net-redirect", &["test", "10.0.0.7"]).await;
+    let c = load_probe(&h, "net-redirect", &["lab.test", "10.0.0.7"]).await;
     let port = server.addr.port();
-    let start = |to: &str| server.named("allowed.test", &format!("/redirect/{to}"));
-    let r = get(&c, &start("metadata.test/latest/meta-data")).await;
+    let start = |to: &str| server.named("allowed.lab.test", &format!("/redirect/{to}"));
+    let r = get(&c, &start("metadata.lab.test/latest/meta-data")).await;
     assert_eq!(err(&r), "airlock-rejected", "{r}");
-    let r = get(&c, &start("intranet.test/admin")).await;
+    let r = get(&c, &start("intranet.lab.test/admin")).await;
     assert_eq!(err(&r), "airlock-rejected", "{r}");
     let r = get(&c, &start("10.0.0.7/admin")).await;
     assert_eq!(err(&r), "airlock-rejected", "{r}");
@@ -338,7 +338,7 @@ async fn a_redirect_to_a_refused_address_or_host_is_refused_and_audited() {
     let r = call(
         &c,
         "chunks",
-        json!({"url": start("metadata.test/latest/meta-data")}),
+        json!({"url": start("metadata.lab.test/latest/meta-data")}),
     )
     .await;
     assert_eq!(err(&r), "airlock-rejected", "{r}");
@@ -350,7 +350,7 @@ async fn a_redirect_to_a_refused_address_or_host_is_refused_and_audited() {
     assert!(
         redirects
             .iter()
-            .any(|e| e.get("host").map(String::as_str) == Some("metadata.test")),
+            .any(|e| e.get("host").map(String::as_str) == Some("metadata.lab.test")),
         "{audit:?}"
     );
     assert!(
@@ -367,19 +367,19 @@ async fn dns_answers_pointing_into_refused_ranges_are_refused() {
     let server = Server::start().await;
     let dns = resolver()
         // A rebinding answer: one usable address beside an internal one.
-        .with("rebind.test", &[ip("127.0.0.1"), ip("10.0.0.1")])
-        .with("internal.test", &[ip("192.168.0.10")])
-        .with("mapped.test", &[ip("::ffff:169.254.169.254")]);
+        .with("rebind.lab.test", &[ip("127.0.0.1"), ip("10.0.0.1")])
+        .with("internal.lab.test", &[ip("192.168.0.10")])
+        .with("mapped.lab.test", &[ip("::ffff:169.254.169.254")]);
     let h = net_host(OPEN_LOOPBACK, dns);
-    let c = load_probe(&h, "net-dns", &["test"]).await;
-    for name in ["rebind.test", "internal.test", "mapped.test"] {
+    let c = load_probe(&h, "net-dns", &["lab.test"]).await;
+    for name in ["rebind.lab.test", "internal.lab.test", "mapped.lab.test"] {
         let r = get(&c, &server.named(name, "/hello")).await;
         assert_eq!(err(&r), "airlock-rejected", "{name}: {r}");
     }
-    let r = get(&c, &server.named("missing.test", "/hello")).await;
+    let r = get(&c, &server.named("missing.lab.test", "/hello")).await;
     assert_eq!(err(&r), "dns-error", "{r}");
     // The same server under an honest name works.
-    let r = get(&c, &server.named("allowed.test", "/hello")).await;
+    let r = get(&c, &server.named("allowed.lab.test", "/hello")).await;
     assert_eq!(ok(&r)["body"], "hello");
 }
 
@@ -393,19 +393,19 @@ async fn without_a_grant_requests_are_capability_denied() {
         "capability-denied"
     );
     assert_eq!(
-        err(&get(&none, &server.named("allowed.test", "/hello")).await),
+        err(&get(&none, &server.named("allowed.lab.test", "/hello")).await),
         "capability-denied"
     );
     let r = call(&none, "chunks", json!({"url": server.url("/chunked")})).await;
     assert_eq!(err(&r), "capability-denied");
     // A grant of one host covers it and its subdomains only.
-    let one = load_probe(&h, "net-one", &["also.allowed.test"]).await;
+    let one = load_probe(&h, "net-one", &["also.allowed.lab.test"]).await;
     assert_eq!(
-        err(&get(&one, &server.named("allowed.test", "/hello")).await),
+        err(&get(&one, &server.named("allowed.lab.test", "/hello")).await),
         "capability-denied"
     );
     assert_eq!(
-        ok(&get(&one, &server.named("also.allowed.test", "/hello")).await)["body"],
+        ok(&get(&one, &server.named("also.allowed.lab.test", "/hello")).await)["body"],
         "hello"
     );
     assert!(
@@ -421,17 +421,17 @@ async fn without_a_grant_requests_are_capability_denied() {
 async fn malformed_requests_are_invalid_and_change_nothing() {
     let server = Server::start().await;
     let h = net_host(OPEN_LOOPBACK, resolver());
-    let c = load_probe(&h, "net-bad", &["127.0.0.1", "test"]).await;
+    let c = load_probe(&h, "net-bad", &["127.0.0.1", "lab.test"]).await;
     let port = server.addr.port();
     for (args, why) in [
-        (json!({"url": "ftp://allowed.test/x"}), "scheme"),
+        (json!({"url": "ftp://allowed.lab.test/x"}), "scheme"),
         (json!({"url": "not a url"}), "syntax"),
         (
-            json!({"url": format!("http://user:pw@allowed.test:{port}/hello")}),
+            json!({"url": format!("http://user:pw@allowed.lab.test:{port}/hello")}),
             "credentials",
         ),
         (
-            json!({"url": server.url("/hello"), "headers": {"host": "internal.test"}}),
+            json!({"url": server.url("/hello"), "headers": {"host": "internal.lab.test"}}),
             "host header",
         ),
         (
@@ -451,7 +451,7 @@ async fn malformed_requests_are_invalid_and_change_nothing() {
             "method",
         ),
         (
-            json!({"url": format!("http://allowed.test:{port}/{}", "a".repeat(9000))}),
+            json!({"url": format!("http://allowed.lab.test:{port}/{}", "a".repeat(9000))}),
             "long url",
         ),
     ] {

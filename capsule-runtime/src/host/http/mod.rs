@@ -1,4 +1,6 @@
-//! `astrid:http/host@1.0.0`: outbound HTTP(S) for capsules granted `net` hosts. Every hop
+//! `astrid:http/host@1.0.0` and `@1.1.0`: outbound HTTP(S) for capsules granted `net` hosts.
+//! One engine serves both; `v1_0` and `v1_1` only translate their WIT types and error codes
+//! (1.1 adds request options, response metadata, trailers and streamed uploads). Every hop
 //! (the request and each redirect, at most `MAX_REDIRECTS`) is checked against the grant and
 //! the host's airlock, connected only to the addresses the airlock checked, and a refusal is
 //! audited on `capsule::audit::net` with the host and the reason. Per (capsule, principal in
@@ -9,18 +11,15 @@
 //! code by one exhaustive match.
 
 pub(crate) mod client;
+mod v1_0;
+mod v1_1;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use capsule_security::{PrincipalId, StaticResolver, SystemResolver};
-use capsule_wit::astrid::http1_0_0::host::{
-    ErrorCode, Host, HostHttpStream, HttpMethod, HttpRequestData, HttpResponseData, HttpStream,
-    KeyValuePair,
-};
-use capsule_wit::astrid::io::poll::Pollable;
-use capsule_wit::astrid::io::streams::InputStream;
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -29,11 +28,10 @@ use wasmtime::component::Resource;
 
 use crate::error::LoadError;
 use crate::host::audit::field;
-use crate::host::pipe::{self, End, Pipe, Read};
-use crate::host::poll::signal_pollable;
+use crate::host::pipe::{End, Pipe, Read};
 use crate::host::{Assembly, Capability, InstanceCx, View};
 
-use client::{Gate, Outgoing, Refused};
+use client::{Gate, Hops, Outgoing, Pool, RedirectPolicy, Refused};
 
 /// Tracing target of refused outbound requests.
 pub const NET_AUDIT_TARGET: &str = "capsule::audit::net";
@@ -78,30 +76,24 @@ pub(crate) enum HttpError {
     /// The principal has its most requests in flight.
     #[error("too many requests in flight")]
     Quota,
-    /// The server broke HTTP (or a redirect loop ran past the limit).
+    /// The server broke HTTP.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// A redirect arrived and the request's policy refuses them.
+    #[error("the response is a redirect and redirects are refused")]
+    RedirectBlocked,
+    /// More redirects than the limit.
+    #[error("more than {0} redirects")]
+    TooManyRedirects(u32),
+    /// A hop is not `https` and the request demands it.
+    #[error("a hop is not https and the request is https-only")]
+    SchemeDenied,
+    /// The body does not match the request's integrity metadata.
+    #[error("the body does not match its integrity metadata")]
+    IntegrityMismatch,
     /// Anything else.
     #[error("{0}")]
     Unknown(String),
-}
-
-/// The WIT code a guest sees for `e`. Connection and TLS details stay in the host log.
-fn code(e: &HttpError) -> ErrorCode {
-    match e {
-        HttpError::Denied(_) => ErrorCode::CapabilityDenied,
-        HttpError::Invalid(_) => ErrorCode::InvalidRequest,
-        HttpError::Dns(_) => ErrorCode::DnsError,
-        HttpError::Airlock(_) => ErrorCode::AirlockRejected,
-        HttpError::Tls(_) => ErrorCode::TlsError,
-        HttpError::Timeout => ErrorCode::Timeout,
-        HttpError::Connect(_) => ErrorCode::ConnectionError,
-        HttpError::TooLarge { .. } => ErrorCode::BodyTooLarge,
-        HttpError::Closed => ErrorCode::Closed,
-        HttpError::Quota => ErrorCode::Quota,
-        HttpError::Protocol(p) => ErrorCode::Protocol(p.clone()),
-        HttpError::Unknown(u) => ErrorCode::Unknown(u.clone()),
-    }
 }
 
 fn code_name(e: &HttpError) -> &'static str {
@@ -109,6 +101,7 @@ fn code_name(e: &HttpError) -> &'static str {
         HttpError::Denied(_) => "capability-denied",
         HttpError::Airlock(_) => "airlock-rejected",
         HttpError::Dns(_) => "dns-error",
+        HttpError::SchemeDenied => "scheme-denied",
         _ => "other",
     }
 }
@@ -147,6 +140,8 @@ pub(crate) struct HttpShared {
     capsule: String,
     /// Requests and streams in flight, per principal (an entry is dropped when idle).
     inflight: Mutex<HashMap<PrincipalId, Arc<Semaphore>>>,
+    /// Idle keep-alive connections, per principal.
+    pool: Pool,
 }
 
 /// Principals whose in-flight counters are kept before idle ones are dropped.
@@ -175,11 +170,23 @@ type HttpView<'a> = View<'a, Arc<HttpShared>>;
 runs_on_view!(HttpHost);
 
 impl Capability for HttpHost {
-    const INTERFACES: &'static [&'static str] = &["astrid:http/host@1.0.0"];
+    const INTERFACES: &'static [&'static str] =
+        &["astrid:http/host@1.0.0", "astrid:http/host@1.1.0"];
     type Shared = Arc<HttpShared>;
     type Ctx = Arc<HttpShared>;
 
-    link_bindings!(capsule_wit::astrid::http1_0_0::host);
+    fn link(
+        linker: &mut wasmtime::component::Linker<crate::host::HostState>,
+    ) -> wasmtime::Result<()> {
+        capsule_wit::astrid::http1_0_0::host::add_to_linker::<crate::host::HostState, Self>(
+            linker,
+            crate::host::view::<Self>,
+        )?;
+        capsule_wit::astrid::http1_1_0::host::add_to_linker::<crate::host::HostState, Self>(
+            linker,
+            crate::host::view::<Self>,
+        )
+    }
 
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
         // A capsule with no `net` grant never resolves anything: a table with no names keeps
@@ -199,54 +206,104 @@ impl Capability for HttpHost {
             },
             capsule: cx.identity.name.clone(),
             inflight: Mutex::new(HashMap::new()),
+            pool: Pool::default(),
         }))
     }
 
     fn instance(shared: &Self::Shared, _cx: &InstanceCx<'_>) -> Self::Ctx {
         Arc::clone(shared)
     }
-}
 
-fn method_name(m: &HttpMethod) -> &str {
-    match m {
-        HttpMethod::Get => "GET",
-        HttpMethod::Head => "HEAD",
-        HttpMethod::Post => "POST",
-        HttpMethod::Put => "PUT",
-        HttpMethod::Delete => "DELETE",
-        HttpMethod::Connect => "CONNECT",
-        HttpMethod::Options => "OPTIONS",
-        HttpMethod::Trace => "TRACE",
-        HttpMethod::Patch => "PATCH",
-        HttpMethod::Other(s) => s,
+    fn unloaded(shared: &Self::Shared) {
+        shared.pool.clear();
     }
 }
 
-fn pairs(headers: &http::HeaderMap) -> Vec<KeyValuePair> {
+/// A header as every version carries it.
+pub(crate) type Pair = (String, String);
+
+fn pairs(headers: &http::HeaderMap) -> Vec<Pair> {
     headers
         .iter()
-        .map(|(k, v)| KeyValuePair {
-            key: k.as_str().to_string(),
-            value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
         })
         .collect()
 }
 
-/// What a request may use, from the profile of the principal in scope.
+/// What a request asked for beyond the request itself (1.1's `request-options`); every
+/// limit is capped by the principal's profile.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Options {
+    pub(crate) connect: Option<Duration>,
+    pub(crate) first_byte: Option<Duration>,
+    pub(crate) between_bytes: Option<Duration>,
+    pub(crate) total: Option<Duration>,
+    pub(crate) redirect: Option<RedirectPolicy>,
+    pub(crate) max_redirects: Option<u32>,
+    pub(crate) max_response_bytes: Option<u64>,
+    pub(crate) https_only: bool,
+    pub(crate) integrity: Option<String>,
+}
+
+impl Options {
+    fn hops(&self) -> Hops {
+        let mut hops = Hops::default();
+        if let Some(p) = self.redirect {
+            hops.redirect = p;
+        }
+        hops.max_redirects = self
+            .max_redirects
+            .map_or(client::MAX_REDIRECTS, |m| m.min(client::MAX_REDIRECTS));
+        hops.https_only = self.https_only;
+        hops.connect = self
+            .connect
+            .map_or(client::CONNECT_TIMEOUT, |c| c.min(client::CONNECT_TIMEOUT));
+        hops.first_byte = self.first_byte;
+        hops
+    }
+}
+
+/// How a response got to the guest (1.1's `response-meta`).
+#[derive(Clone, Debug)]
+pub(crate) struct Meta {
+    pub(crate) final_url: String,
+    pub(crate) redirects: u32,
+    pub(crate) elapsed: Duration,
+    /// Body bytes received, as sent by the server.
+    pub(crate) wire_bytes: u64,
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub(crate) struct Buffered {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<Pair>,
+    pub(crate) body: Vec<u8>,
+    pub(crate) meta: Meta,
+}
+
+/// What a request may use, from the profile of the principal in scope and its options.
 struct Budget {
     principal: PrincipalId,
     /// The in-flight slot, released when the budget is dropped.
     _slot: OwnedSemaphorePermit,
     limit: u64,
     deadline: Duration,
+    between: Option<Duration>,
 }
 
 /// A response whose body is still being delivered.
 pub(crate) struct StreamEntry {
     status: u16,
-    headers: Vec<KeyValuePair>,
+    headers: Vec<Pair>,
     pipe: Arc<Pipe>,
     failure: Arc<Mutex<Option<HttpError>>>,
+    /// The trailers, once the body has ended with some.
+    trailers: Arc<Mutex<Option<Vec<Pair>>>>,
     closed: bool,
 }
 
@@ -258,12 +315,114 @@ impl Drop for StreamEntry {
     }
 }
 
-fn stream_entry(r: &Resource<HttpStream>) -> Resource<StreamEntry> {
-    Resource::new_borrow(r.rep())
+/// A request whose body the guest is still writing (1.1's `http-upload`).
+pub(crate) struct UploadEntry {
+    /// The request body the guest writes into.
+    sink: Arc<Pipe>,
+    /// The exchange, running since `http-upload-start`; taken by `finish`.
+    sent: Option<tokio::task::JoinHandle<Result<client::Sent, HttpError>>>,
+    budget: Option<Budget>,
+    started: Instant,
+}
+
+impl Drop for UploadEntry {
+    fn drop(&mut self) {
+        self.sink.close_reader();
+        if let Some(task) = self.sent.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The request body of an upload: what the guest queues in `pipe`, until it finishes.
+struct SinkReader(Arc<Pipe>);
+
+impl Drop for SinkReader {
+    fn drop(&mut self) {
+        self.0.close_reader();
+    }
+}
+
+fn pipe_body(pipe: Arc<Pipe>) -> client::Body {
+    let stream = futures::stream::unfold(Some(SinkReader(pipe)), |reader| async move {
+        let reader = reader?;
+        loop {
+            reader.0.readable().await;
+            match reader.0.try_read(MAX_CHUNK_BYTES) {
+                Read::Data(b) => return Some((Ok(hyper::body::Frame::data(b)), Some(reader))),
+                Read::Empty => {}
+                Read::End(End::Done) => return None,
+                Read::End(End::Failed(e)) => {
+                    return Some((Err(client::BodyError::from(e)), None));
+                }
+            }
+        }
+    });
+    http_body_util::StreamBody::new(stream).boxed_unsync()
+}
+
+/// Checks `body` against Subresource Integrity metadata (`sha256-…`, `sha384-…`,
+/// `sha512-…`, space separated): it must match one of the strongest algorithm named.
+pub(crate) fn integrity_ok(metadata: &str, body: &[u8]) -> Result<bool, HttpError> {
+    use sha2::Digest;
+    let mut best: Option<(u8, Vec<Vec<u8>>)> = None;
+    for token in metadata.split_ascii_whitespace() {
+        let token = token.split('?').next().unwrap_or(token);
+        let (algo, b64) = token
+            .split_once('-')
+            .ok_or_else(|| HttpError::Invalid("integrity metadata is `algo-base64`".into()))?;
+        let rank = match algo {
+            "sha256" => 1,
+            "sha384" => 2,
+            "sha512" => 3,
+            _ => continue,
+        };
+        let digest = base64_decode(b64)
+            .ok_or_else(|| HttpError::Invalid("integrity digest is not base64".into()))?;
+        match &mut best {
+            Some((r, list)) if *r == rank => list.push(digest),
+            Some((r, _)) if *r > rank => {}
+            _ => best = Some((rank, vec![digest])),
+        }
+    }
+    let Some((rank, digests)) = best else {
+        return Err(HttpError::Invalid(
+            "integrity metadata names no sha256, sha384 or sha512 digest".into(),
+        ));
+    };
+    let actual = match rank {
+        1 => sha2::Sha256::digest(body).to_vec(),
+        2 => sha2::Sha384::digest(body).to_vec(),
+        _ => sha2::Sha512::digest(body).to_vec(),
+    };
+    Ok(digests.contains(&actual))
+}
+
+/// Standard or URL-safe base64, padding optional.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    Some(out)
 }
 
 impl HttpView<'_> {
-    fn budget(&self) -> Result<Budget, HttpError> {
+    fn budget(&self, options: &Options) -> Result<Budget, HttpError> {
         let principal = self.core.scoped.principal().clone();
         let profile = self
             .core
@@ -274,11 +433,14 @@ impl HttpView<'_> {
         let permit = self
             .ctx
             .permit(&principal, profile.quotas.max_http_streams)?;
+        let most = Duration::from_secs(profile.quotas.max_timeout_secs);
+        let limit = profile.quotas.max_http_response_bytes;
         Ok(Budget {
             principal,
             _slot: permit,
-            limit: profile.quotas.max_http_response_bytes,
-            deadline: Duration::from_secs(profile.quotas.max_timeout_secs),
+            limit: options.max_response_bytes.map_or(limit, |m| m.min(limit)),
+            deadline: options.total.map_or(most, |t| t.min(most)),
+            between: options.between_bytes,
         })
     }
 
@@ -299,35 +461,58 @@ impl HttpView<'_> {
         out
     }
 
-    fn outgoing(request: &HttpRequestData) -> Result<Outgoing, HttpError> {
-        let headers: Vec<(String, String)> = request
-            .headers
-            .iter()
-            .map(|p| (p.key.clone(), p.value.clone()))
-            .collect();
-        Outgoing::parse(
-            method_name(&request.method),
-            &request.url,
-            &headers,
-            request.body.clone(),
-        )
+    fn auditor(
+        &self,
+        principal: &PrincipalId,
+    ) -> impl Fn(&Refused, &HttpError) + Sync + Send + 'static {
+        let shared = Arc::clone(self.ctx);
+        let principal = principal.clone();
+        move |r: &Refused, e: &HttpError| shared_audit(&shared, &principal, r, e)
     }
 
-    async fn request(&mut self, request: HttpRequestData) -> Result<HttpResponseData, HttpError> {
-        let outgoing = Self::outgoing(&request)?;
-        let budget = self.budget()?;
+    /// A buffered request.
+    pub(crate) async fn request(
+        &mut self,
+        outgoing: Outgoing,
+        options: &Options,
+    ) -> Result<Buffered, HttpError> {
+        let budget = self.budget(options)?;
         let shared = Arc::clone(self.ctx);
         let principal = budget.principal.clone();
-        let audit = |r: &Refused, e: &HttpError| shared_audit(&shared, &principal, r, e);
-        let limit = budget.limit;
+        let audit = self.auditor(&principal);
+        let (limit, between) = (budget.limit, budget.between);
+        let hops = options.hops();
+        let started = Instant::now();
         let result = self
             .bounded(budget.deadline, async {
-                let mut response =
-                    client::send(&shared.gate, outgoing, client::MAX_REDIRECTS, &audit).await?;
-                let body = client::read_body(response.body_mut(), limit).await?;
-                Ok(HttpResponseData {
-                    status: response.status().as_u16(),
-                    headers: pairs(response.headers()),
+                let mut sent = client::send(
+                    &shared.gate,
+                    &shared.pool,
+                    &principal,
+                    outgoing,
+                    &hops,
+                    None,
+                    &audit,
+                )
+                .await?;
+                let body = client::read_body(sent.response.body_mut(), limit, between).await?;
+                if let Some(conn) = sent.conn.take() {
+                    shared.pool.put(conn);
+                }
+                if let Some(meta) = &options.integrity
+                    && !integrity_ok(meta, &body)?
+                {
+                    return Err(HttpError::IntegrityMismatch);
+                }
+                Ok(Buffered {
+                    status: sent.response.status().as_u16(),
+                    headers: pairs(sent.response.headers()),
+                    meta: Meta {
+                        final_url: sent.final_url.to_string(),
+                        redirects: sent.redirects,
+                        elapsed: started.elapsed(),
+                        wire_bytes: body.len() as u64,
+                    },
                     body,
                 })
             })
@@ -336,36 +521,233 @@ impl HttpView<'_> {
         result
     }
 
-    async fn stream_start(&mut self, request: HttpRequestData) -> Result<StreamEntry, HttpError> {
-        let outgoing = Self::outgoing(&request)?;
-        let budget = self.budget()?;
+    /// A streamed response.
+    pub(crate) async fn stream_start(
+        &mut self,
+        outgoing: Outgoing,
+        options: &Options,
+    ) -> Result<StreamEntry, HttpError> {
+        let budget = self.budget(options)?;
         let shared = Arc::clone(self.ctx);
         let principal = budget.principal.clone();
-        let audit = |r: &Refused, e: &HttpError| shared_audit(&shared, &principal, r, e);
-        let response = self
+        let audit = self.auditor(&principal);
+        let hops = options.hops();
+        let sent = self
             .bounded(
                 budget.deadline,
-                client::send(&shared.gate, outgoing, client::MAX_REDIRECTS, &audit),
+                client::send(
+                    &shared.gate,
+                    &shared.pool,
+                    &principal,
+                    outgoing,
+                    &hops,
+                    None,
+                    &audit,
+                ),
             )
             .await?;
-        let status = response.status().as_u16();
-        let headers = pairs(response.headers());
+        Ok(self.stream_of(sent, budget, options.integrity.clone()))
+    }
+
+    fn stream_of(
+        &self,
+        sent: client::Sent,
+        budget: Budget,
+        integrity: Option<String>,
+    ) -> StreamEntry {
+        let status = sent.response.status().as_u16();
+        let headers = pairs(sent.response.headers());
         let pipe = Pipe::new(STREAM_BUFFER_BYTES);
         let failure = Arc::new(Mutex::new(None));
+        let trailers = Arc::new(Mutex::new(None));
         tokio::spawn(pump(
-            response.into_body(),
-            Arc::clone(&pipe),
-            Arc::clone(&failure),
+            sent,
+            Arc::clone(self.ctx),
+            Sink {
+                pipe: Arc::clone(&pipe),
+                failure: Arc::clone(&failure),
+                trailers: Arc::clone(&trailers),
+            },
             budget,
+            integrity,
             self.core.limits.shared.cancel.clone(),
         ));
-        Ok(StreamEntry {
+        StreamEntry {
             status,
             headers,
             pipe,
             failure,
+            trailers,
             closed: false,
+        }
+    }
+
+    /// Starts a request whose body the guest streams; the exchange runs while it writes.
+    pub(crate) fn upload_start(
+        &mut self,
+        outgoing: Outgoing,
+        options: &Options,
+    ) -> Result<UploadEntry, HttpError> {
+        let budget = self.budget(options)?;
+        let shared = Arc::clone(self.ctx);
+        let principal = budget.principal.clone();
+        let audit = self.auditor(&principal);
+        // The grant is checked now, so a refused destination fails the start, not `finish`.
+        let url = &outgoing.url;
+        let host = client::host_of(url);
+        let port = url.port_or_known_default().unwrap_or(80);
+        let refused = Refused {
+            host: host.clone(),
+            redirect: false,
+        };
+        if options.https_only && url.scheme() != "https" {
+            audit(&refused, &HttpError::SchemeDenied);
+            return Err(HttpError::SchemeDenied);
+        }
+        if let capsule_security::Decision::Denied(reason) =
+            shared.gate.policy.may_http_url(url.scheme(), &host, port)
+        {
+            let e = HttpError::Denied(reason);
+            audit(&refused, &e);
+            return Err(e);
+        }
+        let sink = Pipe::new(STREAM_BUFFER_BYTES);
+        let body = pipe_body(Arc::clone(&sink));
+        let hops = options.hops();
+        let cancel = self.core.limits.shared.cancel.clone();
+        let deadline = budget.deadline;
+        let sent = tokio::spawn(async move {
+            let work = client::send(
+                &shared.gate,
+                &shared.pool,
+                &principal,
+                outgoing,
+                &hops,
+                Some(body),
+                &audit,
+            );
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => Err(HttpError::Closed),
+                r = tokio::time::timeout(deadline, work) => r.unwrap_or(Err(HttpError::Timeout)),
+            }
+        });
+        Ok(UploadEntry {
+            sink,
+            sent: Some(sent),
+            budget: Some(budget),
+            started: Instant::now(),
         })
+    }
+
+    pub(crate) fn upload(&mut self, rep: u32) -> wasmtime::Result<&mut UploadEntry> {
+        Ok(self
+            .core
+            .table
+            .get_mut(&Resource::<UploadEntry>::new_borrow(rep))?)
+    }
+
+    /// Ends an upload's body and waits for the response head; a second `finish` is
+    /// `closed`.
+    pub(crate) async fn upload_finish(
+        &mut self,
+        rep: u32,
+    ) -> wasmtime::Result<Result<StreamEntry, HttpError>> {
+        let entry = self.upload(rep)?;
+        let (Some(task), Some(budget)) = (entry.sent.take(), entry.budget.take()) else {
+            return Ok(Err(HttpError::Closed));
+        };
+        entry.sink.finish(End::Done);
+        let left = budget.deadline.saturating_sub(entry.started.elapsed());
+        let sent = self
+            .bounded(left, async {
+                task.await
+                    .map_err(|_| HttpError::Unknown("the upload stopped".into()))?
+            })
+            .await;
+        Ok(sent.map(|sent| self.stream_of(sent, budget, None)))
+    }
+
+    pub(crate) fn stream(&mut self, rep: u32) -> wasmtime::Result<&mut StreamEntry> {
+        Ok(self
+            .core
+            .table
+            .get_mut(&Resource::<StreamEntry>::new_borrow(rep))?)
+    }
+
+    /// The next chunk; empty once the body has ended.
+    pub(crate) async fn next_chunk(
+        &mut self,
+        rep: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, HttpError>> {
+        let entry = self.stream(rep)?;
+        if entry.closed {
+            return Ok(Err(HttpError::Closed));
+        }
+        let (pipe, failure) = (Arc::clone(&entry.pipe), Arc::clone(&entry.failure));
+        let cancel = self.core.limits.shared.cancel.clone();
+        let started = Instant::now();
+        let ready = tokio::select! {
+            biased;
+            () = cancel.cancelled() => false,
+            () = pipe.readable() => true,
+        };
+        self.core.limits.cpu.add_wait(started.elapsed());
+        if !ready {
+            return Ok(Err(HttpError::Closed));
+        }
+        Ok(match pipe.try_read(MAX_CHUNK_BYTES) {
+            Read::Data(b) => Ok(b.to_vec()),
+            Read::Empty | Read::End(End::Done) => Ok(Vec::new()),
+            Read::End(End::Failed(text)) => {
+                Err(failure.lock().take().unwrap_or(HttpError::Connect(text)))
+            }
+        })
+    }
+
+    pub(crate) fn close_stream(&mut self, rep: u32) -> wasmtime::Result<Result<(), HttpError>> {
+        let entry = self.stream(rep)?;
+        if std::mem::replace(&mut entry.closed, true) {
+            return Ok(Err(HttpError::Closed));
+        }
+        entry.pipe.close_reader();
+        Ok(Ok(()))
+    }
+
+    /// The trailers: `None` until the body has ended, or when it ended without any.
+    pub(crate) fn trailers(&mut self, rep: u32) -> wasmtime::Result<Option<Vec<Pair>>> {
+        Ok(self.stream(rep)?.trailers.lock().clone())
+    }
+
+    pub(crate) fn readable_pollable(
+        &mut self,
+        rep: u32,
+    ) -> wasmtime::Result<Resource<capsule_wit::astrid::io::poll::Pollable>> {
+        let pipe = Arc::clone(&self.stream(rep)?.pipe);
+        crate::host::poll::signal_pollable(
+            self.core.table,
+            Arc::new(crate::host::pipe::Readable(pipe)),
+        )
+    }
+
+    pub(crate) fn stream_body(
+        &mut self,
+        rep: u32,
+    ) -> wasmtime::Result<Resource<capsule_wit::astrid::io::streams::InputStream>> {
+        let pipe = Arc::clone(&self.stream(rep)?.pipe);
+        crate::host::streams::new_input(self.core.table, pipe)
+    }
+
+    pub(crate) fn drop_stream(&mut self, rep: u32) -> wasmtime::Result<()> {
+        self.core
+            .table
+            .delete(Resource::<StreamEntry>::new_own(rep))?;
+        Ok(())
+    }
+
+    /// Puts a finished stream in the table and answers its handle's rep.
+    pub(crate) fn push_stream(&mut self, entry: StreamEntry) -> wasmtime::Result<u32> {
+        Ok(self.core.table.push(entry)?.rep())
     }
 }
 
@@ -382,153 +764,76 @@ fn shared_audit(shared: &HttpShared, principal: &PrincipalId, refused: &Refused,
     );
 }
 
-/// Moves a response body into `pipe` until it ends, fails, outgrows the budget, its reader
-/// leaves, the deadline passes or the capsule unloads; the budget's slot is held until then.
-async fn pump(
-    mut body: hyper::body::Incoming,
+/// Where a streamed body goes.
+struct Sink {
     pipe: Arc<Pipe>,
     failure: Arc<Mutex<Option<HttpError>>>,
+    trailers: Arc<Mutex<Option<Vec<Pair>>>>,
+}
+
+/// Moves a response body into the sink until it ends, fails, outgrows the budget, its reader
+/// leaves, the deadline passes or the capsule unloads; the budget's slot is held until then.
+/// A body read to its end hands its connection back to the pool.
+async fn pump(
+    mut sent: client::Sent,
+    shared: Arc<HttpShared>,
+    sink: Sink,
     budget: Budget,
+    integrity: Option<String>,
     cancel: CancellationToken,
 ) {
-    let limit = budget.limit;
+    let (limit, between) = (budget.limit, budget.between);
+    let pipe = &sink.pipe;
     let work = async {
         let mut seen: u64 = 0;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| HttpError::Connect(e.to_string()))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
+        let mut hasher = integrity.as_ref().map(|_| Vec::new());
+        let body = sent.response.body_mut();
+        while let Some(frame) = client::next_frame(body, between).await? {
+            let frame = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        *sink.trailers.lock() = Some(pairs(&t));
+                    }
+                    continue;
+                }
             };
-            seen += data.len() as u64;
+            seen += frame.len() as u64;
             if seen > limit {
                 return Err(HttpError::TooLarge { limit });
             }
-            if !pipe.push(data).await {
-                return Ok(());
+            if let Some(h) = &mut hasher {
+                h.extend_from_slice(&frame);
+            }
+            if !pipe.push(Bytes::clone(&frame)).await {
+                return Ok(false);
             }
         }
-        Ok(())
+        if let (Some(meta), Some(body)) = (&integrity, &hasher)
+            && !integrity_ok(meta, body)?
+        {
+            return Err(HttpError::IntegrityMismatch);
+        }
+        Ok(true)
     };
     let outcome = tokio::select! {
         biased;
         () = cancel.cancelled() => Err(HttpError::Closed),
-        () = pipe.reader_left() => Ok(()),
+        () = pipe.reader_left() => Ok(false),
         r = tokio::time::timeout(budget.deadline, work) => r.unwrap_or(Err(HttpError::Timeout)),
     };
     match outcome {
-        Ok(()) => pipe.finish(End::Done),
+        Ok(complete) => {
+            if complete && let Some(conn) = sent.conn.take() {
+                shared.pool.put(conn);
+            }
+            pipe.finish(End::Done);
+        }
         Err(e) => {
             let text = e.to_string();
-            *failure.lock() = Some(e);
+            *sink.failure.lock() = Some(e);
             pipe.finish(End::Failed(text));
         }
     }
     drop(budget);
-}
-
-impl Host for HttpView<'_> {
-    async fn http_request(
-        &mut self,
-        request: HttpRequestData,
-    ) -> wasmtime::Result<Result<HttpResponseData, ErrorCode>> {
-        Ok(self.request(request).await.map_err(|e| {
-            tracing::debug!(capsule = %self.ctx.capsule, error = %e, "http request failed");
-            code(&e)
-        }))
-    }
-
-    async fn http_stream_start(
-        &mut self,
-        request: HttpRequestData,
-    ) -> wasmtime::Result<Result<Resource<HttpStream>, ErrorCode>> {
-        match self.stream_start(request).await {
-            Ok(entry) => {
-                let r = self.core.table.push(entry)?;
-                Ok(Ok(Resource::new_own(r.rep())))
-            }
-            Err(e) => {
-                tracing::debug!(capsule = %self.ctx.capsule, error = %e, "http stream failed");
-                Ok(Err(code(&e)))
-            }
-        }
-    }
-}
-
-impl HostHttpStream for HttpView<'_> {
-    async fn status(&mut self, self_: Resource<HttpStream>) -> wasmtime::Result<u16> {
-        Ok(self.core.table.get(&stream_entry(&self_))?.status)
-    }
-
-    async fn headers(
-        &mut self,
-        self_: Resource<HttpStream>,
-    ) -> wasmtime::Result<Vec<KeyValuePair>> {
-        Ok(self.core.table.get(&stream_entry(&self_))?.headers.clone())
-    }
-
-    /// The next chunk; an empty chunk means the body has ended.
-    async fn read_chunk(
-        &mut self,
-        self_: Resource<HttpStream>,
-    ) -> wasmtime::Result<Result<Vec<u8>, ErrorCode>> {
-        let entry = self.core.table.get(&stream_entry(&self_))?;
-        if entry.closed {
-            return Ok(Err(ErrorCode::Closed));
-        }
-        let (pipe, failure) = (Arc::clone(&entry.pipe), Arc::clone(&entry.failure));
-        let cancel = self.core.limits.shared.cancel.clone();
-        let started = Instant::now();
-        let ready = tokio::select! {
-            biased;
-            () = cancel.cancelled() => false,
-            () = pipe.readable() => true,
-        };
-        self.core.limits.cpu.add_wait(started.elapsed());
-        if !ready {
-            return Ok(Err(ErrorCode::Closed));
-        }
-        Ok(match pipe.try_read(MAX_CHUNK_BYTES) {
-            Read::Data(b) => Ok(b.to_vec()),
-            Read::Empty | Read::End(End::Done) => Ok(Vec::new()),
-            Read::End(End::Failed(_)) => Err(failure
-                .lock()
-                .as_ref()
-                .map_or(ErrorCode::ConnectionError, code)),
-        })
-    }
-
-    async fn close(
-        &mut self,
-        self_: Resource<HttpStream>,
-    ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        let entry = self.core.table.get_mut(&stream_entry(&self_))?;
-        if std::mem::replace(&mut entry.closed, true) {
-            return Ok(Err(ErrorCode::Closed));
-        }
-        entry.pipe.close_reader();
-        Ok(Ok(()))
-    }
-
-    async fn subscribe_readable(
-        &mut self,
-        self_: Resource<HttpStream>,
-    ) -> wasmtime::Result<Resource<Pollable>> {
-        let pipe = Arc::clone(&self.core.table.get(&stream_entry(&self_))?.pipe);
-        signal_pollable(self.core.table, Arc::new(pipe::Readable(pipe)))
-    }
-
-    async fn body_stream(
-        &mut self,
-        self_: Resource<HttpStream>,
-    ) -> wasmtime::Result<Resource<InputStream>> {
-        let pipe = Arc::clone(&self.core.table.get(&stream_entry(&self_))?.pipe);
-        crate::host::streams::new_input(self.core.table, pipe)
-    }
-
-    async fn drop(&mut self, rep: Resource<HttpStream>) -> wasmtime::Result<()> {
-        self.core
-            .table
-            .delete(Resource::<StreamEntry>::new_own(rep.rep()))?;
-        Ok(())
-    }
 }

@@ -1,11 +1,15 @@
-//! Test capsule: imports `astrid:net/host@1.0.0`, which the host does not provide, so loading
-//! it must fail and name that import. (The crate keeps its historical name.)
+//! Test capsule: imports `test:needs-http/absent`, an interface no host serves, so loading it
+//! must fail and name that import. (The crate keeps its historical name; an interface of its
+//! own stays unserved however many astrid interfaces the host gains.)
 
 wit_bindgen::generate!({
     inline: r#"
         package test:needs-http;
+        interface absent {
+            ping: func() -> u32;
+        }
         world needs-http {
-            import astrid:net/host@1.0.0;
+            import absent;
             include astrid:guest/interceptor@1.0.0;
         }
     "#,
@@ -13,18 +17,16 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use astrid::net::host as net;
+struct NeedsAbsent;
 
-struct NeedsNet;
-
-impl Guest for NeedsNet {
+impl Guest for NeedsAbsent {
     fn astrid_hook_trigger(_action: String, _payload: Vec<u8>) -> CapsuleResult {
-        let found = net::lookup_host("example.invalid").map_or(0, |a| a.len());
+        let answer = test::needs_http::absent::ping();
         CapsuleResult {
             action: "continue".into(),
-            data: Some(found.to_string()),
+            data: Some(answer.to_string()),
         }
     }
 }
 
-export!(NeedsNet);
+export!(NeedsAbsent);
