@@ -221,10 +221,8 @@ fn the_linker_serves_exactly_the_served_list() {
         .into_iter()
         .filter(|name| !served.contains(&name.as_str()))
         .collect();
-    assert!(
-        !others.is_empty(),
-        "the WIT defines astrid interfaces this host does not serve; the probe must see them"
-    );
+    // Once every astrid interface is served there is nothing left to probe here; that the
+    // probe can refuse at all is `the_probe_can_tell_served_from_unserved`'s to show.
     for name in &others {
         assert!(
             linker
