@@ -15,7 +15,6 @@
 //!   answer, so a thousand writers cost a thousand small queue entries, not a thousand
 //!   blocked threads; if the committer is gone, callers get a storage error, never a hang.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;

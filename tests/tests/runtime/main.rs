@@ -11,6 +11,7 @@ mod hostile;
 mod identity;
 mod identity_attacks;
 mod ipc;
+mod kv_group;
 mod legacy;
 mod lifecycle;
 mod limits;
