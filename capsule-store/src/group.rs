@@ -13,10 +13,16 @@
 //!   fails alone;
 //! - waiting for a commit holds no thread of the caller's: async callers await a one-shot
 //!   answer, so a thousand writers cost a thousand small queue entries, not a thousand
-//!   blocked threads; if the committer is gone, callers get a storage error, never a hang.
+//!   blocked threads; if the committer is gone, callers get a storage error, never a hang;
+//! - a write that arrives when no other write is in flight is not handed to the committer:
+//!   the caller gets it back as a [`Lone`] write and commits it in its own transaction on a
+//!   thread of its own, so a single writer pays no hand-off to the committer and back. At
+//!   most one lone write exists at a time (it counts as in flight), so writes arriving
+//!   meanwhile queue for the committer and are grouped; redb runs write transactions one
+//!   after another, so a lone commit and a group commit never see each other's halves.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -114,12 +120,56 @@ fn gone() -> KvError {
     KvError::Storage("the KV committer has stopped".into())
 }
 
+/// A checked write handed back to its caller: either queued for the committer, or the only
+/// write in flight, for the caller to commit itself.
+#[derive(Debug)]
+pub enum Ticket {
+    /// Queued behind a commit in flight: await its outcome.
+    Queued(Pending),
+    /// Nothing else was in flight: commit it with [`Lone::commit`] on a thread that may block.
+    Lone(Lone),
+}
+
+/// The one write in flight when it arrived, to be committed by its caller in a transaction of
+/// its own. While it exists, later writes queue for the committer; dropping it uncommitted
+/// stores nothing.
+#[derive(Debug)]
+pub struct Lone {
+    write: Write,
+    db: Arc<Database>,
+    in_flight: Arc<AtomicUsize>,
+    commits: Arc<AtomicU64>,
+}
+
+impl Lone {
+    /// Commits the write durably on the calling thread (which blocks for the commit) and
+    /// returns its outcome: `Ok` only once the transaction holding it is durable.
+    pub fn commit(self) -> Result<(), KvError> {
+        let (mut answers, committed) =
+            commit_or_split(&self.db, ENTRIES, USAGE, std::iter::once(&self.write));
+        self.commits.fetch_add(committed, Ordering::Relaxed);
+        answers
+            .pop()
+            .unwrap_or_else(|| Err(KvError::Storage("no outcome".into())))
+    }
+}
+
+impl Drop for Lone {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The committer thread of one KV database and the queue feeding it.
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
+    db: Arc<Database>,
     queue: Mutex<Option<mpsc::Sender<Queued>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     commits: Arc<AtomicU64>,
+    /// Writes queued or being committed, lone ones included; a write finding it zero goes
+    /// lone.
+    in_flight: Arc<AtomicUsize>,
 }
 
 fn storage(e: impl std::fmt::Display) -> KvError {
@@ -131,36 +181,71 @@ impl GroupCommit {
     pub(crate) fn start(db: Arc<Database>) -> Result<Self, KvError> {
         let (tx, rx) = mpsc::channel::<Queued>();
         let commits = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&commits);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (counted, answered, own) = (
+            Arc::clone(&commits),
+            Arc::clone(&in_flight),
+            Arc::clone(&db),
+        );
         let thread = std::thread::Builder::new()
             .name("capsule-kv-commit".into())
-            .spawn(move || committer(&db, &rx, &counted))
+            .spawn(move || committer(&own, &rx, &counted, &answered))
             .map_err(|e| KvError::Storage(format!("cannot start the KV committer: {e}")))?;
         Ok(Self {
+            db,
             queue: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             commits,
+            in_flight,
         })
     }
 
-    fn push(&self, write: Write, reply: Reply) -> Result<(), KvError> {
+    /// `write` back as a [`Lone`] if nothing else is in flight, else queued with `reply`.
+    fn route(&self, write: Write, reply: impl FnOnce() -> Reply) -> Result<Option<Lone>, KvError> {
+        if self
+            .in_flight
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return Ok(Some(Lone {
+                write,
+                db: Arc::clone(&self.db),
+                in_flight: Arc::clone(&self.in_flight),
+                commits: Arc::clone(&self.commits),
+            }));
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         let queue = self.queue.lock();
-        let tx = queue.as_ref().ok_or_else(gone)?;
-        tx.send((write, reply)).map_err(|_| gone())
+        let sent = match queue.as_ref() {
+            Some(tx) => tx.send((write, reply())).is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(None)
+        } else {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            Err(gone())
+        }
     }
 
-    /// Queues `write` and blocks the calling thread until its outcome is known.
+    /// Commits `write` (in place if nothing else is in flight, else in the committer's next
+    /// group) and blocks the calling thread until its outcome is known.
     pub(crate) fn submit(&self, write: Write) -> Outcome {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.push(write, Reply::Blocking(tx))?;
-        rx.recv().unwrap_or_else(|_| Err(gone()))
+        match self.route(write, || Reply::Blocking(tx))? {
+            Some(lone) => lone.commit(),
+            None => rx.recv().unwrap_or_else(|_| Err(gone())),
+        }
     }
 
-    /// Queues `write` without waiting.
-    pub(crate) fn enqueue(&self, write: Write) -> Result<Pending, KvError> {
+    /// Hands `write` back as a [`Lone`] if nothing else is in flight, else queues it without
+    /// waiting.
+    pub(crate) fn enqueue(&self, write: Write) -> Result<Ticket, KvError> {
         let (tx, rx) = oneshot::channel();
-        self.push(write, Reply::Async(tx))?;
-        Ok(Pending(rx))
+        Ok(match self.route(write, || Reply::Async(tx))? {
+            Some(lone) => Ticket::Lone(lone),
+            None => Ticket::Queued(Pending(rx)),
+        })
     }
 
     /// Durable transactions committed so far.
@@ -181,7 +266,12 @@ impl Drop for GroupCommit {
 }
 
 /// The committer loop: waits for one write, takes whatever else is queued, commits, answers.
-fn committer(db: &Database, rx: &mpsc::Receiver<Queued>, commits: &AtomicU64) {
+fn committer(
+    db: &Database,
+    rx: &mpsc::Receiver<Queued>,
+    commits: &AtomicU64,
+    in_flight: &AtomicUsize,
+) {
     let mut carry: Option<Queued> = None;
     loop {
         let first = match carry.take() {
@@ -205,9 +295,11 @@ fn committer(db: &Database, rx: &mpsc::Receiver<Queued>, commits: &AtomicU64) {
         let (answers, committed) =
             commit_or_split(db, ENTRIES, USAGE, batch.iter().map(|(w, _)| w));
         commits.fetch_add(committed, Ordering::Relaxed);
+        let answered = batch.len();
         for ((_, reply), answer) in batch.into_iter().zip(answers) {
             reply.send(answer);
         }
+        in_flight.fetch_sub(answered, Ordering::AcqRel);
     }
 }
 
@@ -490,5 +582,81 @@ mod tests {
                 Some((SETS * 57) as u64)
             );
         }
+    }
+
+    fn lone(ticket: Ticket) -> Lone {
+        match ticket {
+            Ticket::Lone(lone) => lone,
+            Ticket::Queued(_) => panic!("queued although nothing was in flight"),
+        }
+    }
+
+    fn queued(ticket: Ticket) -> Pending {
+        match ticket {
+            Ticket::Queued(pending) => pending,
+            Ticket::Lone(_) => panic!("a second lone write while one was in flight"),
+        }
+    }
+
+    #[test]
+    fn a_lone_write_commits_in_place_and_writes_meanwhile_are_grouped() {
+        use futures::FutureExt;
+        let (_d, kv) = store();
+        let ns = Namespace::new(&pid("a"), "c");
+        let first = lone(
+            kv.queue_set(&ns, "k1", b"one".to_vec(), 1 << 20)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        // While the lone write is in flight, others go to the committer, which does not wait
+        // for it: a blocking set behind it completes, and so does the queued write before it.
+        let second = queued(
+            kv.queue_set(&ns, "k2", b"two".to_vec(), 1 << 20)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        kv.set(&ns, "k3", b"three", 1 << 20)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let outcome = second.outcome().now_or_never();
+        assert!(
+            matches!(outcome, Some(Ok(()))),
+            "answered in FIFO order: {outcome:?}"
+        );
+        assert_eq!(
+            get(&kv, "a", "k1"),
+            None,
+            "the lone write is not committed yet"
+        );
+        let grouped = kv.write_commits();
+        first.commit().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(kv.write_commits(), grouped + 1, "its own transaction");
+        assert_eq!(get(&kv, "a", "k1"), Some(b"one".to_vec()));
+        assert_eq!(kv.usage(&pid("a")).ok(), Some(5 + 5 + 7));
+
+        // Nothing in flight again: the next write is lone, and one dropped uncommitted stores
+        // nothing and frees the path for the next.
+        let dropped = lone(
+            kv.queue_set(&ns, "gone", b"x".to_vec(), 1 << 20)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        drop(dropped);
+        assert_eq!(get(&kv, "a", "gone"), None);
+        let refused = lone(
+            kv.queue_cas(&ns, "k1", Some(b"wrong".to_vec()), b"y".to_vec(), 1 << 20)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert!(matches!(refused.commit(), Err(KvError::CasMismatch)));
+        let over = lone(
+            kv.queue_set(&ns, "big", vec![0; 100], 20)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert!(matches!(over.commit(), Err(KvError::Quota { .. })));
+        assert_eq!(
+            kv.usage(&pid("a")).ok(),
+            Some(17),
+            "refused lone writes charge nothing"
+        );
+        lone(kv.queue_delete(&ns, "k2").unwrap_or_else(|e| panic!("{e}")))
+            .commit()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(kv.usage(&pid("a")).ok(), Some(12));
     }
 }

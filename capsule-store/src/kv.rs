@@ -15,7 +15,7 @@ use capsule_ids::PrincipalId;
 use capsule_vfs::{Ctl, StateLayout};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::group::{Change, GroupCommit, Pending, Write};
+use crate::group::{Change, GroupCommit, Ticket, Write};
 use crate::quota::{Charged, FileLedger, QuotaError};
 
 pub(crate) const ENTRIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("entries");
@@ -293,16 +293,18 @@ impl KvStore {
         }
     }
 
-    /// Checks and queues a set of `key` to `value` without blocking the caller: the returned
-    /// [`Pending`] resolves once the write is durable (or refused). For async hosts that must
-    /// not hold a thread while a commit is in flight.
+    /// Checks a set of `key` to `value` without blocking the caller. The returned [`Ticket`]
+    /// is either a `Pending` that resolves once the write is durable (or refused), queued
+    /// behind a commit in flight, or, when no other write was in flight, a `Lone` write the
+    /// caller commits on a thread that may block. For async hosts that must not hold a thread
+    /// while a commit is in flight.
     pub fn queue_set(
         &self,
         ns: &Namespace,
         key: &str,
         value: Vec<u8>,
         quota: u64,
-    ) -> Result<Pending, KvError> {
+    ) -> Result<Ticket, KvError> {
         self.queue_put(ns, key, None, value, quota)
     }
 
@@ -314,12 +316,12 @@ impl KvStore {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
         quota: u64,
-    ) -> Result<Pending, KvError> {
+    ) -> Result<Ticket, KvError> {
         self.queue_put(ns, key, Some(expected), new, quota)
     }
 
     /// [`KvStore::delete`] queued like [`KvStore::queue_set`].
-    pub fn queue_delete(&self, ns: &Namespace, key: &str) -> Result<Pending, KvError> {
+    pub fn queue_delete(&self, ns: &Namespace, key: &str) -> Result<Ticket, KvError> {
         check_key(key, "a key")?;
         self.group.enqueue(Self::write(ns, key, Change::Delete))
     }
@@ -331,7 +333,7 @@ impl KvStore {
         expected: Option<Option<Vec<u8>>>,
         new: Vec<u8>,
         quota: u64,
-    ) -> Result<Pending, KvError> {
+    ) -> Result<Ticket, KvError> {
         check_key(key, "a key")?;
         check_value(&new)?;
         self.group.enqueue(Self::write(

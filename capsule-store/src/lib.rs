@@ -28,7 +28,7 @@ mod secrets;
 
 pub use allowance::{Allowance, AllowanceError, AllowanceStore};
 pub use field::InvalidField;
-pub use group::Pending;
+pub use group::{Lone, Pending, Ticket};
 pub use identity::{IdentityError, IdentityStore, PlatformIdentity};
 pub use installed::{InstalledError, InstalledVersions};
 pub use kv::{

@@ -1,9 +1,11 @@
 //! `astrid:kv/host@1.0.0`: every call works in the namespace of the principal in scope
 //! (`<principal>:capsule:<capsule>`) under that principal's storage quota, which its files
 //! share; a get is one short read transaction run in place; a set, CAS or delete is checked in
-//! place and queued for the store's group commit, and the call awaits that durable commit
-//! without holding a blocking worker (so concurrent writers share one commit); listings and
-//! clears run on the blocking pool. `KvError` maps to the WIT error code by one
+//! place and, when no other write is in flight, committed on the blocking pool like any
+//! blocking call (a lone writer pays no extra hand-off); otherwise it is queued for the
+//! store's group commit and the call awaits that durable commit without holding a blocking
+//! worker (so concurrent writers share one commit); listings and clears run on the blocking
+//! pool. `KvError` maps to the WIT error code by one
 //! exhaustive match; a database failure reaches the guest without the backend's text, which
 //! goes to the host log.
 
@@ -14,7 +16,7 @@ use capsule_wit::astrid::kv::host::{ErrorCode, Host, KeyPage};
 
 use crate::error::LoadError;
 use crate::host::{Assembly, Capability, InstanceCx, View};
-use capsule_store::{KvError, KvStore, Namespace, Pending};
+use capsule_store::{KvError, KvStore, Namespace, Ticket};
 
 /// The `astrid:kv` capability: the runtime's one KV database, namespaced per call.
 pub(crate) struct KvHost;
@@ -118,13 +120,14 @@ impl KvView<'_> {
         }
     }
 
-    /// Queues a write through `queue` (given the principal's room, when `needs_room`) and
-    /// awaits its durable commit. The room comes from the file ledger in place once the
+    /// Checks a write through `queue` (given the principal's room, when `needs_room`) and
+    /// awaits its durable commit: its own, on the blocking pool, when it is the only write in
+    /// flight, else the group's. The room comes from the file ledger in place once the
     /// principal's home was measured, and from the blocking pool (which measures it) before.
     async fn write(
         &mut self,
         needs_room: bool,
-        queue: impl FnOnce(&KvStore, &Namespace, u64) -> Result<Pending, KvError>,
+        queue: impl FnOnce(&KvStore, &Namespace, u64) -> Result<Ticket, KvError>,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         let quota = match self.quota() {
             Ok(quota) => quota,
@@ -143,7 +146,23 @@ impl KvView<'_> {
             }
         };
         let pending = match queue(self.ctx, &ns, room) {
-            Ok(pending) => pending,
+            Ok(Ticket::Queued(pending)) => pending,
+            Ok(Ticket::Lone(lone)) => {
+                // Dropped uncommitted if the capsule unloads before a worker is free.
+                return match self
+                    .core
+                    .limits
+                    .shared
+                    .blocking(move || lone.commit())
+                    .await
+                {
+                    None => Ok(Err(ErrorCode::Unknown("the capsule is unloading".into()))),
+                    Some(Err(panic)) => {
+                        Err(wasmtime::Error::msg(format!("KV worker failed: {panic}")))
+                    }
+                    Some(Ok(outcome)) => Ok(outcome.map_err(|e| self.failed(&e))),
+                };
+            }
             Err(e) => return Ok(Err(self.failed(&e))),
         };
         let cancel = self.core.limits.shared.cancel.clone();
