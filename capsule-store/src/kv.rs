@@ -1,10 +1,11 @@
 //! Durable per-principal key-value storage on redb. One namespace per
-//! `<principal>:capsule:<capsule>`; every write is one ACID transaction committed with
-//! immediate durability, so a call that returned `Ok` survives a crash of the host. Each
-//! principal's stored bytes (keys plus values, across all its namespaces) are tracked in the
-//! same transaction; the storage quota is checked against them plus the principal's files,
-//! whose usage the store keeps beside it (see `quota.rs`). The database file is private to the
-//! host user (0600) whatever the umask.
+//! `<principal>:capsule:<capsule>`; every write is part of one ACID transaction committed with
+//! immediate durability before the call returns `Ok`, so an acknowledged write survives a
+//! crash of the host; concurrent sets, CAS and deletes share one such transaction (see
+//! `group.rs`). Each principal's stored bytes (keys plus values, across all its namespaces)
+//! are tracked in the same transaction; the storage quota is checked against them plus the
+//! principal's files, whose usage the store keeps beside it (see `quota.rs`). The database
+//! file is private to the host user (0600) whatever the umask.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -14,10 +15,11 @@ use capsule_ids::PrincipalId;
 use capsule_vfs::{Ctl, StateLayout};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::group::{Change, GroupCommit, Ticket, Write};
 use crate::quota::{Charged, FileLedger, QuotaError};
 
-const ENTRIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("entries");
-const USAGE: TableDefinition<'_, &str, u64> = TableDefinition::new("usage");
+pub(crate) const ENTRIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("entries");
+pub(crate) const USAGE: TableDefinition<'_, &str, u64> = TableDefinition::new("usage");
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -83,7 +85,7 @@ impl Namespace {
         }
     }
 
-    fn key(&self, key: &str) -> String {
+    pub(crate) fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 }
@@ -138,6 +140,7 @@ fn unhex(s: &str) -> Option<String> {
 pub struct KvStore {
     db: Arc<Database>,
     files: FileLedger,
+    group: GroupCommit,
 }
 
 /// Creates `path` (0600) if it is missing, and takes group and other access away from an
@@ -178,9 +181,12 @@ impl KvStore {
         txn.open_table(ENTRIES).map_err(storage)?;
         txn.open_table(USAGE).map_err(storage)?;
         txn.commit().map_err(storage)?;
+        let db = Arc::new(db);
+        let group = GroupCommit::start(Arc::clone(&db))?;
         Ok(Self {
-            db: Arc::new(db),
+            db,
             files: FileLedger::new(homes),
+            group,
         })
     }
 
@@ -195,6 +201,12 @@ impl KvStore {
         self.files
             .files(principal, ctl)
             .map_err(|e| KvError::Unaccounted(e.to_string()))
+    }
+
+    /// [`KvStore::file_usage`] when it is known without measuring the home (the fast path of a
+    /// write: `None` means ask `file_usage`, which may walk the disk).
+    pub fn measured_file_usage(&self, principal: &PrincipalId) -> Option<u64> {
+        self.files.files_if_measured(principal)
     }
 
     /// Reserves `bytes` of file growth for `principal` in `tree` if its KV data, its files and
@@ -249,7 +261,8 @@ impl KvStore {
     }
 
     /// Writes `new` at `key` if `expected` matches the current value (always, for a plain set),
-    /// charging the difference against `quota`. One durable transaction.
+    /// charging the difference against `quota`. Durable when it returns `Ok`: committed in the
+    /// group transaction of the writes queued with it.
     fn put(
         &self,
         ns: &Namespace,
@@ -260,35 +273,84 @@ impl KvStore {
     ) -> Result<(), KvError> {
         check_key(key, "a key")?;
         check_value(new)?;
-        let full = ns.key(key);
-        let txn = self.db.begin_write().map_err(storage)?;
-        {
-            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
-            let mut usage = txn.open_table(USAGE).map_err(storage)?;
-            let current: Option<Vec<u8>> = entries
-                .get(full.as_str())
-                .map_err(storage)?
-                .map(|v| v.value().to_vec());
-            if let Some(expected) = expected
-                && current.as_deref() != expected
-            {
-                return Err(KvError::CasMismatch);
-            }
-            let used = usage
-                .get(ns.principal.as_str())
-                .map_err(storage)?
-                .map_or(0, |v| v.value());
-            let old = current.as_ref().map_or(0, |v| (key.len() + v.len()) as u64);
-            let needed = used - old.min(used) + (key.len() + new.len()) as u64;
-            if needed > quota && needed > used {
-                return Err(KvError::Quota { needed, quota });
-            }
-            entries.insert(full.as_str(), new).map_err(storage)?;
-            usage
-                .insert(ns.principal.as_str(), needed)
-                .map_err(storage)?;
+        self.group.submit(Self::write(
+            ns,
+            key,
+            Change::Put {
+                expected: expected.map(|e| e.map(<[u8]>::to_vec)),
+                new: new.to_vec(),
+                quota,
+            },
+        ))
+    }
+
+    fn write(ns: &Namespace, key: &str, change: Change) -> Write {
+        Write {
+            principal: ns.principal.clone(),
+            full: ns.key(key),
+            key_len: key.len(),
+            change,
         }
-        txn.commit().map_err(storage)
+    }
+
+    /// Checks a set of `key` to `value` without blocking the caller. The returned [`Ticket`]
+    /// is either a `Pending` that resolves once the write is durable (or refused), queued
+    /// behind a commit in flight, or, when no other write was in flight, a `Lone` write the
+    /// caller commits on a thread that may block. For async hosts that must not hold a thread
+    /// while a commit is in flight.
+    pub fn queue_set(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        value: Vec<u8>,
+        quota: u64,
+    ) -> Result<Ticket, KvError> {
+        self.queue_put(ns, key, None, value, quota)
+    }
+
+    /// [`KvStore::cas`] queued like [`KvStore::queue_set`].
+    pub fn queue_cas(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+        quota: u64,
+    ) -> Result<Ticket, KvError> {
+        self.queue_put(ns, key, Some(expected), new, quota)
+    }
+
+    /// [`KvStore::delete`] queued like [`KvStore::queue_set`].
+    pub fn queue_delete(&self, ns: &Namespace, key: &str) -> Result<Ticket, KvError> {
+        check_key(key, "a key")?;
+        self.group.enqueue(Self::write(ns, key, Change::Delete))
+    }
+
+    fn queue_put(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        expected: Option<Option<Vec<u8>>>,
+        new: Vec<u8>,
+        quota: u64,
+    ) -> Result<Ticket, KvError> {
+        check_key(key, "a key")?;
+        check_value(&new)?;
+        self.group.enqueue(Self::write(
+            ns,
+            key,
+            Change::Put {
+                expected,
+                new,
+                quota,
+            },
+        ))
+    }
+
+    /// Durable write transactions the KV writes (sets, CAS, deletes) took so far; fewer than
+    /// the writes when concurrent writes were grouped.
+    pub fn write_commits(&self) -> u64 {
+        self.group.commits()
     }
 
     /// Sets `key` to `value`.
@@ -311,27 +373,7 @@ impl KvStore {
     /// Removes `key` (absent keys are fine).
     pub fn delete(&self, ns: &Namespace, key: &str) -> Result<(), KvError> {
         check_key(key, "a key")?;
-        let full = ns.key(key);
-        let txn = self.db.begin_write().map_err(storage)?;
-        {
-            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
-            let removed = entries
-                .remove(full.as_str())
-                .map_err(storage)?
-                .map(|v| v.value().len());
-            if let Some(len) = removed {
-                let mut usage = txn.open_table(USAGE).map_err(storage)?;
-                let used = usage
-                    .get(ns.principal.as_str())
-                    .map_err(storage)?
-                    .map_or(0, |v| v.value());
-                let freed = (key.len() + len) as u64;
-                usage
-                    .insert(ns.principal.as_str(), used.saturating_sub(freed))
-                    .map_err(storage)?;
-            }
-        }
-        txn.commit().map_err(storage)
+        self.group.submit(Self::write(ns, key, Change::Delete))
     }
 
     /// Keys starting with `prefix`, sorted, from just after `after` (exclusive), at most `limit`,

@@ -6,7 +6,7 @@
 //!
 //! - [`KvStore`]: per-principal, per-capsule key-value data on redb, with each principal's
 //!   usage kept in the transaction of every write and checked against its storage quota
-//!   together with its files ([`quota`]).
+//!   together with its files ([`quota`]); concurrent writes share one durable commit.
 //! - [`SecretStore`]: secrets encrypted at rest under a host key, bound to their scope,
 //!   capsule and key.
 //! - [`IdentityStore`]: host users and the platform identities linked to them, unique per
@@ -46,6 +46,7 @@
 
 pub mod allowance;
 mod field;
+mod group;
 pub mod identity;
 mod installed;
 mod kv;
@@ -54,6 +55,7 @@ mod secrets;
 
 pub use allowance::{Allowance, AllowanceError, AllowanceStore};
 pub use field::InvalidField;
+pub use group::{Lone, Pending, Ticket};
 pub use identity::{IdentityError, IdentityStore, PlatformIdentity};
 pub use installed::{InstalledError, InstalledVersions};
 pub use kv::{

@@ -139,6 +139,14 @@ impl FileLedger {
         self.measured(principal, &mut account, ctl)
     }
 
+    /// Bytes of files charged to `principal` if that needs no measuring (its home was
+    /// measured already, or homes are not measured), without touching the disk.
+    pub(crate) fn files_if_measured(&self, principal: &PrincipalId) -> Option<u64> {
+        let account = self.account(principal);
+        let account = account.lock();
+        (account.home.is_some() || self.homes.is_none()).then(|| account.files())
+    }
+
     /// Charges `bytes` of growth in `tree` to `principal` if its files, its KV data
     /// (`kv_used`, read while the account is locked) and the growth fit in `quota`.
     pub(crate) fn reserve(

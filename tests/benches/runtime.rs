@@ -6,6 +6,8 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "density/mod.rs"]
+mod density;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -305,6 +307,7 @@ async fn main() {
     );
     rt.shutdown().await;
     http_get_loopback(budget).await;
+    density::density().await;
 }
 
 /// A loopback HTTP/1.1 server answering every request with a 2-byte body, keeping the

@@ -26,6 +26,49 @@ async fn rate(c: &Capsule, budget: Duration, action: &str, args: &str, ops: u64)
     median(samples)
 }
 
+/// Capsules setting keys at once in `kv_set_concurrent`, each acting for its own principal.
+const WRITERS: usize = 64;
+
+/// Acknowledged sets per second while [`WRITERS`] capsules, each acting for a principal of
+/// its own, run durable set loops at the same time (median over rounds).
+async fn concurrent_sets(rt: &Runtime, state: &std::path::Path, budget: Duration) -> f64 {
+    let mut writers = Vec::new();
+    for i in 0..WRITERS {
+        let dir = capsule_dir(state, &format!("writer-{i}"), "prober.wasm", "");
+        writers.push(rt.load(&dir).await.expect("load writer"));
+    }
+    let sets = 20u64;
+    let args = format!("{{\"mode\":\"set\",\"count\":{sets},\"size\":100}}");
+    let principals: Vec<_> = (0..WRITERS)
+        .map(|i| capsule_runtime::PrincipalId::parse(&format!("writer{i}")).expect("principal"))
+        .collect();
+    let round = || {
+        futures::future::join_all(writers.iter().zip(&principals).map(|(c, p)| {
+            let args = args.as_str();
+            async move {
+                let r = c
+                    .invoke("kv-loop", args.as_bytes(), Some(p.clone()))
+                    .await
+                    .expect("invoke");
+                let data = r.data.unwrap_or_default();
+                assert!(!data.contains("\"err\""), "kv-loop: {data}");
+            }
+        }))
+    };
+    round().await;
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget || samples.len() < 5 {
+        let t = Instant::now();
+        round().await;
+        samples.push((sets * WRITERS as u64) as f64 / t.elapsed().as_secs_f64());
+    }
+    for w in writers {
+        w.unload().await;
+    }
+    median(samples)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let budget = budget();
@@ -66,6 +109,15 @@ async fn main() {
     )
     .await;
     emit("storage", "kv_get", "{\"value_bytes\":100}", v, "ops/s");
+
+    let v = concurrent_sets(&rt, state.path(), budget).await;
+    emit(
+        "storage",
+        "kv_set_concurrent",
+        &format!("{{\"writers\":{WRITERS},\"value_bytes\":100,\"durable\":true}}"),
+        v,
+        "ops/s",
+    );
 
     const MIB: u64 = 1024 * 1024;
     let files = 16;

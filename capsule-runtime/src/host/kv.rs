@@ -1,7 +1,11 @@
 //! `astrid:kv/host@1.0.0`: every call works in the namespace of the principal in scope
 //! (`<principal>:capsule:<capsule>`) under that principal's storage quota, which its files
-//! share; a get is one short read transaction run in place, every other call runs on the
-//! blocking pool. `KvError` maps to the WIT error code by one
+//! share; a get is one short read transaction run in place; a set, CAS or delete is checked in
+//! place and, when no other write is in flight, committed on the blocking pool like any
+//! blocking call (a lone writer pays no extra hand-off); otherwise it is queued for the
+//! store's group commit and the call awaits that durable commit without holding a blocking
+//! worker (so concurrent writers share one commit); listings and clears run on the blocking
+//! pool. `KvError` maps to the WIT error code by one
 //! exhaustive match; a database failure reaches the guest without the backend's text, which
 //! goes to the host log.
 
@@ -12,7 +16,7 @@ use capsule_wit::astrid::kv::host::{ErrorCode, Host, KeyPage};
 
 use crate::error::LoadError;
 use crate::host::{Assembly, Capability, InstanceCx, View};
-use capsule_store::{KvError, KvStore, Namespace};
+use capsule_store::{KvError, KvStore, Namespace, Ticket};
 
 /// The `astrid:kv` capability: the runtime's one KV database, namespaced per call.
 pub(crate) struct KvHost;
@@ -115,6 +119,59 @@ impl KvView<'_> {
             Some(Ok(result)) => Ok(result.map_err(|e| self.failed(&e))),
         }
     }
+
+    /// Checks a write through `queue` (given the principal's room, when `needs_room`) and
+    /// awaits its durable commit: its own, on the blocking pool, when it is the only write in
+    /// flight, else the group's. The room comes from the file ledger in place once the
+    /// principal's home was measured, and from the blocking pool (which measures it) before.
+    async fn write(
+        &mut self,
+        needs_room: bool,
+        queue: impl FnOnce(&KvStore, &Namespace, u64) -> Result<Ticket, KvError>,
+    ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        let quota = match self.quota() {
+            Ok(quota) => quota,
+            Err(code) => return Ok(Err(code)),
+        };
+        let scoped = self.core.scoped;
+        let ns = Namespace::new(scoped.principal(), &scoped.identity.name);
+        let room = if !needs_room {
+            0
+        } else if let Some(files) = self.ctx.measured_file_usage(scoped.principal()) {
+            quota.saturating_sub(files)
+        } else {
+            match self.run(|_, _, room| room()).await? {
+                Ok(room) => room,
+                Err(code) => return Ok(Err(code)),
+            }
+        };
+        let pending = match queue(self.ctx, &ns, room) {
+            Ok(Ticket::Queued(pending)) => pending,
+            Ok(Ticket::Lone(lone)) => {
+                // Dropped uncommitted if the capsule unloads before a worker is free.
+                return match self
+                    .core
+                    .limits
+                    .shared
+                    .blocking(move || lone.commit())
+                    .await
+                {
+                    None => Ok(Err(ErrorCode::Unknown("the capsule is unloading".into()))),
+                    Some(Err(panic)) => {
+                        Err(wasmtime::Error::msg(format!("KV worker failed: {panic}")))
+                    }
+                    Some(Ok(outcome)) => Ok(outcome.map_err(|e| self.failed(&e))),
+                };
+            }
+            Err(e) => return Ok(Err(self.failed(&e))),
+        };
+        let cancel = self.core.limits.shared.cancel.clone();
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Ok(Err(ErrorCode::Unknown("the capsule is unloading".into()))),
+            outcome = pending.outcome() => Ok(outcome.map_err(|e| self.failed(&e))),
+        }
+    }
 }
 
 impl Host for KvView<'_> {
@@ -137,12 +194,13 @@ impl Host for KvView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        self.run(move |s, ns, room| s.set(ns, &key, &value, room()?))
+        self.write(true, move |s, ns, room| s.queue_set(ns, &key, value, room))
             .await
     }
 
     async fn kv_delete(&mut self, key: String) -> wasmtime::Result<Result<(), ErrorCode>> {
-        self.run(move |s, ns, _| s.delete(ns, &key)).await
+        self.write(false, move |s, ns, _| s.queue_delete(ns, &key))
+            .await
     }
 
     async fn kv_list_keys(
@@ -178,8 +236,10 @@ impl Host for KvView<'_> {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        self.run(move |s, ns, room| s.cas(ns, &key, expected.as_deref(), &new, room()?))
-            .await
+        self.write(true, move |s, ns, room| {
+            s.queue_cas(ns, &key, expected, new, room)
+        })
+        .await
     }
 }
 

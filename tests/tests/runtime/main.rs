@@ -12,6 +12,7 @@ mod hostile;
 mod identity;
 mod identity_attacks;
 mod ipc;
+mod kv_group;
 mod legacy;
 mod lifecycle;
 mod limits;

@@ -1,6 +1,8 @@
 //! Test capsule: a run loop that stores config `value` under KV key `acked`, logs
-//! `acknowledged <value>` once the set has returned Ok, signals ready, and then idles. Used to
-//! prove that an acknowledged write survives `kill -9` of the host.
+//! `acknowledged <value>` once the set has returned Ok, signals ready, then (when config
+//! `count` is a number) sets `k<i>` to `<value>-<i>` for i in 0..count, logging
+//! `acknowledged k<i>` after each set returned Ok, and then idles. Used to prove that
+//! acknowledged writes, alone or from many concurrent writers, survive `kill -9` of the host.
 
 wit_bindgen::generate!({
     inline: r#"
@@ -28,6 +30,18 @@ impl Guest for KvWriter {
             Err(e) => sys::log(sys::LogLevel::Error, &format!("kv-set failed: {e:?}")),
         }
         sys::signal_ready();
+        let count: u32 = sys::get_config("count")
+            .ok()
+            .flatten()
+            .and_then(|c| c.trim().parse().ok())
+            .unwrap_or(0);
+        for i in 0..count {
+            let key = format!("k{i}");
+            match kv::kv_set(&key, format!("{value}-{i}").as_bytes()) {
+                Ok(()) => sys::log(sys::LogLevel::Info, &format!("acknowledged {key}")),
+                Err(e) => sys::log(sys::LogLevel::Error, &format!("kv-set {key} failed: {e:?}")),
+            }
+        }
         while sys::sleep_ns(1_000_000_000).is_ok() {}
     }
 }
