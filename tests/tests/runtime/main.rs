@@ -20,6 +20,7 @@ mod net;
 mod process;
 mod process_attacks;
 mod process_reload;
+mod reload_attacks;
 mod sdk;
 mod storage;
 mod sys;
