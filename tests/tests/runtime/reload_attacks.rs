@@ -1,7 +1,8 @@
 //! Hostile timing around a reload of a capsule with persistent children: a load of a
 //! capsule of the same name that lands while the reload's own load waits (here, on the
-//! operator's approval) must not take over the parked children, and the children of a
-//! reload that then fails die with it, checked by pid.
+//! operator's approval) must not take over the parked children; the children of a reload
+//! that then fails, or is abandoned midway, die with it, checked by pid; and children taken
+//! over still count against their principal's `max_background_processes`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -160,5 +161,50 @@ async fn parked_children_still_count_against_the_process_quota_after_a_reload() 
     ok(&stopped);
     let r = call(&c2, "persist", sleeper, "carol").await;
     ok(&r);
+    assert!(h.rt.unload("runner").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_abandoned_midway_leaves_no_child_behind() {
+    let h = host();
+    let c = runner(&h).await;
+    let r = call(
+        &c,
+        "persist",
+        json!({"cmd": "/bin/sleep", "args": ["1000"]}),
+        "alice",
+    )
+    .await;
+    let id = ok(&r)
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {r}"))
+        .to_string();
+    let s = call(&c, "status", json!({"id": id}), "alice").await;
+    let pid = ok(&s)["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid in {s}"));
+
+    // The reload's load waits on the operator for good; its caller gives up.
+    let gate = Arc::new(Gate::armed());
+    h.rt.set_approver(gate.clone());
+    let wider = GRANTS.replace("\"/bin/true\",", "\"/bin/true\",\n    \"/bin/true extra\",");
+    let dir = h.capsule_dir_at("runner", "proc-runner.wasm", "0.2.0", &wider);
+    let rt = h.rt.clone();
+    let reloading = tokio::spawn(async move { rt.reload("runner", &dir).await });
+    gate.entered.notified().await;
+    assert!(!gone(pid), "the child is parked for the reload");
+    reloading.abort();
+    let joined = reloading.await;
+    assert!(joined.is_err_and(|e| e.is_cancelled()));
+    assert!(gone(pid), "{pid} outlived the abandoned reload");
+
+    // Nothing of it lingers: the next reload runs, and the id names nothing.
+    let again = h.capsule_dir_at("runner", "proc-runner.wasm", "0.3.0", GRANTS);
+    let c2 =
+        h.rt.reload("runner", &again)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    let r = call(&c2, "status", json!({"id": id}), "alice").await;
+    assert_eq!(err(&r), "no-such-process");
     assert!(h.rt.unload("runner").await);
 }
