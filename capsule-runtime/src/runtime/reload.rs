@@ -2,7 +2,8 @@
 //! directory loads for the same owner, as with `unload` then `load`, except that the old
 //! instance's persistent host processes are handed to the new one when it loads under the
 //! same name and is still granted them (see `host::process::keeper`); otherwise they are
-//! killed when the reload ends. Reloads run one at a time.
+//! killed when the reload ends. Reloads run one at a time, and only the reload's own load
+//! takes the children: another load of the same name racing it gets none.
 
 use std::path::Path;
 
@@ -27,7 +28,7 @@ impl Runtime {
             .capsule(name)
             .map_or_else(|| self.inner.config.owner.clone(), |c| c.owner().clone());
         self.unload(name).await;
-        let loaded = self.load_as(dir, owner).await;
+        let loaded = reload.load(self.load_as(dir, owner)).await;
         if loaded.is_ok() {
             reload.loaded();
         }

@@ -334,4 +334,6 @@ fn translate_interceptors(r: &Reader<'_>, root: &mut Table, v: Value, found: &mu
 }
 
 #[cfg(test)]
+mod attacks;
+#[cfg(test)]
 mod tests;

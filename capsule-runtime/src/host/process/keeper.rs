@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -23,6 +24,15 @@ pub(crate) struct Keeper {
     state: Mutex<State>,
     /// One reload at a time, so two reloads of a name never share or steal parked children.
     reloads: tokio::sync::Mutex<()>,
+    /// Source of reload tokens.
+    next: AtomicU64,
+}
+
+tokio::task_local! {
+    /// The token of the reload whose own load runs in this task: a load racing the reload
+    /// (another task loading a capsule of the same name, possibly for another owner, while
+    /// the old instance is gone and the new one not yet in) must not take its children.
+    static RELOADING: u64;
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +45,8 @@ struct State {
 
 #[derive(Debug, Default)]
 struct Parked {
+    /// Only the load run by [`Reload::load`] with this token takes these children.
+    token: u64,
     /// Unloaded with the old instance, not yet taken back.
     waiting: Vec<Arc<Proc>>,
     /// Taken back by the new instance; killed if its load fails after all.
@@ -45,6 +57,7 @@ struct Parked {
 pub(crate) struct Reload<'a> {
     keeper: &'a Keeper,
     name: String,
+    token: u64,
     loaded: bool,
     _one_at_a_time: tokio::sync::MutexGuard<'a, ()>,
 }
@@ -54,13 +67,18 @@ impl Keeper {
     /// capsule of that name parks its persistent children instead of killing them.
     pub(crate) async fn begin(&self, name: &str) -> Reload<'_> {
         let guard = self.reloads.lock().await;
-        self.state
-            .lock()
-            .reloading
-            .insert(name.to_string(), Parked::default());
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        self.state.lock().reloading.insert(
+            name.to_string(),
+            Parked {
+                token,
+                ..Parked::default()
+            },
+        );
         Reload {
             keeper: self,
             name: name.to_string(),
+            token,
             loaded: false,
             _one_at_a_time: guard,
         }
@@ -82,12 +100,15 @@ impl Keeper {
     }
 
     /// Hands the children parked under `name` that `wanted` accepts to the capsule loading
-    /// under that name.
+    /// under that name, if that load is the reload's own (see [`Reload::load`]).
     pub(super) fn adopt(&self, name: &str, wanted: impl Fn(&Proc) -> bool) -> Vec<Arc<Proc>> {
         let mut state = self.state.lock();
         let Some(parked) = state.reloading.get_mut(name) else {
             return Vec::new();
         };
+        if RELOADING.try_with(|t| *t).ok() != Some(parked.token) {
+            return Vec::new();
+        }
         let (take, leave): (Vec<_>, Vec<_>) = std::mem::take(&mut parked.waiting)
             .into_iter()
             .partition(|p| wanted(p));
@@ -112,6 +133,12 @@ impl Keeper {
 }
 
 impl Reload<'_> {
+    /// Runs `load` as this reload's own load: only a capsule assembled inside it takes the
+    /// parked children back.
+    pub(crate) async fn load<F: std::future::Future>(&self, load: F) -> F::Output {
+        RELOADING.scope(self.token, load).await
+    }
+
     /// Records that the new capsule loaded: what it took back is its own from now on.
     pub(crate) fn loaded(&mut self) {
         self.loaded = true;
