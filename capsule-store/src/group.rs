@@ -104,8 +104,8 @@ impl Reply {
 
 type Queued = (Write, Reply);
 
-/// A write queued by [`GroupCommit::enqueue`]: resolves to its outcome once the transaction
-/// that held it committed durably (`Ok`) or refused or failed it.
+/// A write queued with the group committer (`KvStore::queue_set` and kin): resolves to its
+/// outcome once the transaction that held it committed durably (`Ok`) or refused or failed it.
 #[derive(Debug)]
 pub struct Pending(oneshot::Receiver<Outcome>);
 
