@@ -215,6 +215,14 @@ fn millis(d: Option<Duration>) -> Option<u64> {
     d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// A guest's read or write timeout: `None` waits as long as the call may, a zero is refused.
+fn timeout(ms: Option<u64>) -> Result<Option<Duration>, NetError> {
+    match ms {
+        Some(0) => Err(NetError::Unknown("a timeout of 0 is not a timeout".into())),
+        ms => Ok(ms.map(Duration::from_millis)),
+    }
+}
+
 impl NetView<'_> {
     /// The socket behind `r`, if the principal in scope owns it.
     fn socket(
@@ -478,10 +486,7 @@ impl HostTcpStream for NetView<'_> {
         timeout_ms: Option<u64>,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         self.with(&self_, |s| {
-            if timeout_ms == Some(0) {
-                return Err(NetError::Unknown("a timeout of 0 is not a timeout".into()));
-            }
-            s.read_timeout = timeout_ms.map(Duration::from_millis);
+            s.read_timeout = timeout(timeout_ms)?;
             Ok(())
         })
     }
@@ -499,10 +504,7 @@ impl HostTcpStream for NetView<'_> {
         timeout_ms: Option<u64>,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
         self.with(&self_, |s| {
-            if timeout_ms == Some(0) {
-                return Err(NetError::Unknown("a timeout of 0 is not a timeout".into()));
-            }
-            s.write_timeout = timeout_ms.map(Duration::from_millis);
+            s.write_timeout = timeout(timeout_ms)?;
             Ok(())
         })
     }
