@@ -112,47 +112,5 @@ impl Host for HttpView<'_> {
 }
 
 impl HostHttpStream for HttpView<'_> {
-    async fn status(&mut self, self_: Resource<HttpStream>) -> wasmtime::Result<u16> {
-        Ok(self.stream(self_.rep())?.status)
-    }
-
-    async fn headers(
-        &mut self,
-        self_: Resource<HttpStream>,
-    ) -> wasmtime::Result<Vec<KeyValuePair>> {
-        Ok(kv(self.stream(self_.rep())?.headers.clone()))
-    }
-
-    /// The next chunk; an empty chunk means the body has ended.
-    async fn read_chunk(
-        &mut self,
-        self_: Resource<HttpStream>,
-    ) -> wasmtime::Result<Result<Vec<u8>, ErrorCode>> {
-        Ok(self.next_chunk(self_.rep()).await?.map_err(|e| code(&e)))
-    }
-
-    async fn close(
-        &mut self,
-        self_: Resource<HttpStream>,
-    ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        Ok(self.close_stream(self_.rep())?.map_err(|e| code(&e)))
-    }
-
-    async fn subscribe_readable(
-        &mut self,
-        self_: Resource<HttpStream>,
-    ) -> wasmtime::Result<Resource<Pollable>> {
-        self.readable_pollable(self_.rep())
-    }
-
-    async fn body_stream(
-        &mut self,
-        self_: Resource<HttpStream>,
-    ) -> wasmtime::Result<Resource<InputStream>> {
-        self.stream_body(self_.rep())
-    }
-
-    async fn drop(&mut self, rep: Resource<HttpStream>) -> wasmtime::Result<()> {
-        self.drop_stream(rep.rep())
-    }
+    shared_stream_methods!();
 }
