@@ -211,9 +211,10 @@ fn add_acl(
             r.note(r.invalid(key, "a topic pattern must not be empty"));
             continue;
         }
-        target
-            .entry(pattern)
-            .or_insert_with(|| Value::Table(Table::new()));
+        if !target.contains_key(&pattern) {
+            r.alias(join(section, &pattern), key, &[]);
+            target.insert(pattern, Value::Table(Table::new()));
+        }
     }
 }
 
@@ -312,6 +313,7 @@ fn translate_interceptors(r: &Reader<'_>, root: &mut Table, v: Value, found: &mu
     for (event, key, entry) in bindings {
         match subscribe.get_mut(&event) {
             None => {
+                r.alias(join("subscribe", &event), key, &[("handler", "action")]);
                 subscribe.insert(event, Value::Table(entry));
             }
             Some(Value::Table(existing)) if !existing.contains_key("handler") => {

@@ -122,12 +122,24 @@ fn locate(text: &str, key: &str, reason: &str) -> Problem {
     }
 }
 
+/// A field renamed by a translation: `(current name, legacy name)`.
+pub(crate) type Rename = (&'static str, &'static str);
+
+/// Where a translated entry came from.
+struct Alias {
+    current: String,
+    legacy: String,
+    renames: &'static [Rename],
+}
+
 /// Reads key values out of TOML tables, turning every problem into a [`ManifestError`] that
 /// names the key.
 pub(crate) struct Reader<'f> {
     file: &'f Path,
     /// Problems set aside so that parsing goes on and reports them all at once.
     noted: RefCell<Vec<ManifestError>>,
+    /// Every entry translated from an earlier layout.
+    aliases: RefCell<Vec<Alias>>,
 }
 
 impl<'f> Reader<'f> {
@@ -136,7 +148,45 @@ impl<'f> Reader<'f> {
         Self {
             file,
             noted: RefCell::new(Vec::new()),
+            aliases: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Records that the entry at `current` was written at `legacy` in the file, its fields
+    /// named as in `renames` (`(current, legacy)`), so a problem found in the translated entry
+    /// names, and is located at, what the author wrote.
+    pub(crate) fn alias(&self, current: String, legacy: String, renames: &'static [Rename]) {
+        self.aliases.borrow_mut().push(Alias {
+            current,
+            legacy,
+            renames,
+        });
+    }
+
+    /// `key`, or where the author wrote it when its entry was translated from a legacy one.
+    fn as_written(&self, key: String) -> String {
+        let aliases = self.aliases.borrow();
+        for a in aliases.iter() {
+            let Some(rest) = key.strip_prefix(a.current.as_str()) else {
+                continue;
+            };
+            if rest.is_empty() {
+                return a.legacy.clone();
+            }
+            if let Some(field) = rest.strip_prefix('.') {
+                let (head, tail) = field.split_at(field.find(['.', '[']).unwrap_or(field.len()));
+                let head = a
+                    .renames
+                    .iter()
+                    .find(|(current, _)| *current == head)
+                    .map_or(head, |(_, legacy)| legacy);
+                return format!("{}.{head}{tail}", a.legacy);
+            }
+            if rest.starts_with('[') {
+                return format!("{}{rest}", a.legacy);
+            }
+        }
+        key
     }
 
     /// The value of `result`, or `None` with its error noted for [`Reader::finish`].
@@ -188,7 +238,7 @@ impl<'f> Reader<'f> {
     ) -> ManifestError {
         ManifestError::Invalid {
             file: self.file.to_path_buf(),
-            key: key.into(),
+            key: self.as_written(key.into()),
             reason: reason.into(),
         }
     }

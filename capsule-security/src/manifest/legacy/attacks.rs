@@ -63,7 +63,10 @@ fn empty_legacy_acl_patterns_are_refused_not_widened() {
     let e = refused("[[interceptor]]\nevent = \"\"\naction = \"x\"\n");
     assert!(e.contains("interceptor[0].event"), "{e}");
     let e = refused("[[interceptor]]\nevent = \"a.b\"\naction = \"\"\n");
-    assert!(e.contains("handler") && e.contains("empty"), "{e}");
+    assert!(
+        e.contains("interceptor[0].action") && e.contains("empty"),
+        "{e}"
+    );
 }
 
 #[test]

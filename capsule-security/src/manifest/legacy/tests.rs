@@ -285,3 +285,52 @@ action = "legacy"
         "{e}"
     );
 }
+
+#[test]
+fn a_bad_pattern_in_a_legacy_list_is_located_at_the_legacy_entry() {
+    let body = "\n[capabilities]\nipc_publish = [\"ok.topic\", \"a..b\"]\n";
+    let text = format!("{HEAD}{body}");
+    let e = match parse(body) {
+        Err(e) => e,
+        Ok(m) => panic!("an empty topic segment parsed: {:?}", m.publish),
+    };
+    let problems = e.problems(&text);
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("ipc_publish"))
+        .map_or(0, |i| i + 1);
+    let column = text
+        .lines()
+        .nth(line.saturating_sub(1))
+        .and_then(|l| l.find("\"a..b\""))
+        .map_or(0, |c| c + 1);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key == "capabilities.ipc_publish[1]"
+                && p.line == line
+                && p.column == column),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_problem_in_a_translated_interceptor_names_the_legacy_field() {
+    let body = "\n[[interceptor]]\nevent = \"a.b\"\naction = \"\"\n";
+    let text = format!("{HEAD}{body}");
+    let e = match parse(body) {
+        Err(e) => e,
+        Ok(m) => panic!("an empty action parsed: {:?}", m.subscribe),
+    };
+    let interceptor_line = text
+        .lines()
+        .position(|l| l == "[[interceptor]]")
+        .map_or(0, |i| i + 1);
+    let problems = e.problems(&text);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key == "interceptor[0].action" && p.line > interceptor_line),
+        "{problems:?}"
+    );
+}
