@@ -32,8 +32,8 @@ fn url(a: &Value) -> String {
     a["url"].as_str().unwrap_or("").to_string()
 }
 
-fn header(a: &Value) -> Vec<(String, String)> {
-    vec![("x-version".into(), a["version"].as_str().unwrap_or("").into())]
+fn version(a: &Value) -> String {
+    a["version"].as_str().unwrap_or("").to_string()
 }
 
 fn cmd(a: &Value) -> (String, Vec<String>) {
@@ -45,75 +45,55 @@ fn cmd(a: &Value) -> (String, Vec<String>) {
     (cmd, args)
 }
 
+/// A GET through version module `$m` of `astrid:http`, sending the `x-version` header.
+macro_rules! get {
+    ($m:ident, $a:expr) => {{
+        let r = $m::http_request(&$m::HttpRequestData {
+            url: url($a),
+            method: $m::HttpMethod::Get,
+            headers: vec![$m::KeyValuePair {
+                key: "x-version".into(),
+                value: version($a),
+            }],
+            body: None,
+        })
+        .map_err(|e| format!("{e:?}"))?;
+        Ok(json!({"status": r.status, "body": String::from_utf8_lossy(&r.body)}))
+    }};
+}
+
+/// A `spawn` through version module `$m` of `astrid:process`, with that version's own
+/// request fields after the shared ones.
+macro_rules! spawn {
+    ($m:ident, $a:expr, $($extra:ident: $value:expr),*) => {{
+        let (cmd, args) = cmd($a);
+        let r = $m::spawn(&$m::SpawnRequest {
+            cmd,
+            args,
+            stdin: None,
+            env: Vec::new(),
+            cwd: None,
+            limits: None,
+            label: Some(version($a)),
+            keep_stdin_open: None,
+            overflow: None,
+            log_ring_bytes: None,
+            max_lifetime_ms: None,
+            idle_timeout_ms: None,
+            exit_retention_ms: None,
+            $($extra: $value,)*
+        })
+        .map_err(|e| format!("{e:?}"))?;
+        Ok(json!({"stdout": r.stdout, "exit": r.exit.exit_code}))
+    }};
+}
+
 fn run(action: &str, a: &Value) -> Result<Value, String> {
     match action {
-        "http@1.0.0" => {
-            let r = http10::http_request(&http10::HttpRequestData {
-                url: url(a),
-                method: http10::HttpMethod::Get,
-                headers: header(a)
-                    .into_iter()
-                    .map(|(key, value)| http10::KeyValuePair { key, value })
-                    .collect(),
-                body: None,
-            })
-            .map_err(|e| format!("{e:?}"))?;
-            Ok(json!({"status": r.status, "body": String::from_utf8_lossy(&r.body)}))
-        }
-        "http@1.1.0" => {
-            let r = http11::http_request(&http11::HttpRequestData {
-                url: url(a),
-                method: http11::HttpMethod::Get,
-                headers: header(a)
-                    .into_iter()
-                    .map(|(key, value)| http11::KeyValuePair { key, value })
-                    .collect(),
-                body: None,
-            })
-            .map_err(|e| format!("{e:?}"))?;
-            Ok(json!({"status": r.status, "body": String::from_utf8_lossy(&r.body)}))
-        }
-        "process@1.0.0" => {
-            let (cmd, args) = cmd(a);
-            let r = proc10::spawn(&proc10::SpawnRequest {
-                cmd,
-                args,
-                stdin: None,
-                env: Vec::new(),
-                cwd: None,
-                limits: None,
-                label: Some("v1.0".into()),
-                keep_stdin_open: None,
-                overflow: None,
-                log_ring_bytes: None,
-                max_lifetime_ms: None,
-                idle_timeout_ms: None,
-                exit_retention_ms: None,
-            })
-            .map_err(|e| format!("{e:?}"))?;
-            Ok(json!({"stdout": r.stdout, "exit": r.exit.exit_code}))
-        }
-        "process@1.1.0" => {
-            let (cmd, args) = cmd(a);
-            let r = proc11::spawn(&proc11::SpawnRequest {
-                cmd,
-                args,
-                stdin: None,
-                env: Vec::new(),
-                cwd: None,
-                limits: None,
-                file_injections: Vec::new(),
-                label: Some("v1.1".into()),
-                keep_stdin_open: None,
-                overflow: None,
-                log_ring_bytes: None,
-                max_lifetime_ms: None,
-                idle_timeout_ms: None,
-                exit_retention_ms: None,
-            })
-            .map_err(|e| format!("{e:?}"))?;
-            Ok(json!({"stdout": r.stdout, "exit": r.exit.exit_code}))
-        }
+        "http@1.0.0" => get!(http10, a),
+        "http@1.1.0" => get!(http11, a),
+        "process@1.0.0" => spawn!(proc10, a,),
+        "process@1.1.0" => spawn!(proc11, a, file_injections: Vec::new()),
         other => Err(format!("unknown action {other}")),
     }
 }
