@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::common::*;
-pub(crate) use crate::loopback::{OPEN_LOOPBACK, ip};
 use crate::loopback::{Listening, policy_host, read_head};
+pub(crate) use crate::loopback::{OPEN_LOOPBACK, ip};
 
 /// What the hostile server reports: `accepted <path>` once a request head is read, `eof
 /// <path>` once its client closed the connection.

@@ -188,6 +188,9 @@ async fn one_guest_uses_http_1_0_http_1_1_and_net_side_by_side() {
     assert_eq!(ok(&r)["echo"], "named");
     let r = run(&c, "lookup", json!({"host": "loop.test"})).await;
     assert_eq!(ok(&r), &json!(["127.0.0.1"]));
+    // UDP is not served, even to this capsule with loopback open and network grants.
+    let r = run(&c, "udp", json!({})).await;
+    assert_eq!(err(&r), "capability-denied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
