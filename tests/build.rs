@@ -89,6 +89,8 @@ fn main() {
     let module = std::fs::read(&module_path)
         .unwrap_or_else(|e| fail(&format!("{}: {e}", module_path.display())));
     let component = wit_component::ComponentEncoder::default()
+        // Each imported version stays its own import (see `capsules/.cargo/config.toml`).
+        .merge_imports_based_on_semver(false)
         .module(&module)
         .and_then(|e| e.validate(true).encode())
         .unwrap_or_else(|e| {

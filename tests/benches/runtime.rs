@@ -8,6 +8,8 @@
 
 #[path = "density/mod.rs"]
 mod density;
+#[path = "net/mod.rs"]
+mod net;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -307,12 +309,14 @@ async fn main() {
     );
     rt.shutdown().await;
     http_get_loopback(budget).await;
+    net::net_benches(budget).await;
     density::density().await;
 }
 
-/// A loopback HTTP/1.1 server answering every request with a 2-byte body, keeping the
-/// connection for the next one.
-async fn tiny_server() -> std::net::SocketAddr {
+/// A loopback HTTP/1.1 server answering every request with a 2-byte body; with `keep_alive`
+/// it keeps the connection for the next request, else it says `Connection: close` and closes
+/// it, so every request needs a fresh one.
+async fn tiny_server(keep_alive: bool) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -330,8 +334,12 @@ async fn tiny_server() -> std::net::SocketAddr {
                     }
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         buf.drain(..end + 4);
-                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if sock.write_all(reply).await.is_err() {
+                        let reply: &[u8] = if keep_alive {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                        };
+                        if sock.write_all(reply).await.is_err() || !keep_alive {
                             return;
                         }
                     }
@@ -363,7 +371,7 @@ async fn direct_get(addr: std::net::SocketAddr) {
 /// `http_get_loopback`: GETs per second from a guest (`astrid:http` through the grant, the
 /// airlock and a fresh connection per request) next to the same exchange made directly.
 async fn http_get_loopback(budget: Duration) {
-    let addr = tiny_server().await;
+    let addr = tiny_server(false).await;
     let state = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         state.path().join("policy.toml"),

@@ -3,53 +3,39 @@
 //! test controls plays DNS (so hostile answers never leave the machine), and every refusal is
 //! checked from inside the guest and in the audit log.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use capsule_runtime::security::StaticResolver;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::common::*;
+use crate::loopback::{Listening, OPEN_LOOPBACK, ip, policy_host, read_head};
 
 /// A tiny HTTP/1.1 server on 127.0.0.1: one request per connection, then `Connection: close`.
 struct Server {
     addr: SocketAddr,
     /// Told the path of every large body whose client went away before it was written.
     abandoned: mpsc::UnboundedReceiver<String>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    listening: Listening,
 }
 
 impl Server {
     async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let (tx, abandoned) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(answer(sock, tx.clone()));
-            }
-        });
+        let listening = Listening::start(move |sock| answer(sock, tx.clone())).await;
         Self {
-            addr,
+            addr: listening.addr,
             abandoned,
-            task,
+            listening,
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.addr.port())
+        self.listening.url(path)
     }
 
     /// The same server under a name the test resolver maps to loopback.
@@ -59,40 +45,17 @@ impl Server {
 }
 
 async fn answer(mut sock: TcpStream, abandoned: mpsc::UnboundedSender<String>) {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    let head_end = loop {
-        let Ok(n) = sock.read(&mut tmp).await else {
-            return;
-        };
-        if n == 0 || buf.len() > 64 * 1024 {
-            return;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
+    let Some(head) = read_head(&mut sock).await else {
+        return;
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or("").split(' ');
-    let method = first.next().unwrap_or("").to_string();
-    let path = first.next().unwrap_or("").to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let length: usize = header("content-length")
+    let (method, path) = (head.method.clone(), head.path.clone());
+    let length: usize = head
+        .header("content-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
         .min(1 << 20);
-    let mut body = buf[head_end..].to_vec();
+    let mut body = head.rest.clone();
+    let mut tmp = [0u8; 4096];
     while body.len() < length {
         let Ok(n) = sock.read(&mut tmp).await else {
             return;
@@ -102,7 +65,7 @@ async fn answer(mut sock: TcpStream, abandoned: mpsc::UnboundedSender<String>) {
         }
         body.extend_from_slice(&tmp[..n]);
     }
-    let echo = header("x-token").unwrap_or_else(|| "none".into());
+    let echo = head.header("x-token").unwrap_or("none");
     let simple = |status: &str, extra: &str, body: &str| {
         format!(
             "HTTP/1.1 {status}\r\nContent-Length: {}\r\nX-Echo: {echo}\r\nConnection: close\r\n{extra}\r\n{body}",
@@ -155,23 +118,6 @@ async fn answer(mut sock: TcpStream, abandoned: mpsc::UnboundedSender<String>) {
     let _ = sock.write_all(reply.as_bytes()).await;
 }
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-/// A host whose state directory holds `policy` as its `policy.toml` (empty: none), resolving
-/// names through `resolver`.
-fn net_host(policy: &str, resolver: StaticResolver) -> Host {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    if !policy.is_empty() {
-        std::fs::write(dir.path().join("policy.toml"), policy).unwrap_or_else(|e| panic!("{e}"));
-    }
-    let resolver = Arc::new(resolver);
-    host_in(dir, move |c| c.resolver = Some(resolver))
-}
-
-const OPEN_LOOPBACK: &str = "[net]\nopen_ranges = [\"127.0.0.0/8\"]\n";
-
 /// The test's DNS: names under `.test` pointing at loopback and at every refused class.
 fn resolver() -> StaticResolver {
     StaticResolver::new()
@@ -204,7 +150,7 @@ fn net_audit(capsule: &str) -> Vec<AuditEvent> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_opened_by_the_operator_serves_a_guest_get_and_streams() {
     let server = Server::start().await;
-    let h = net_host(OPEN_LOOPBACK, resolver());
+    let h = policy_host(OPEN_LOOPBACK, resolver());
     let c = load_probe(&h, "net-open", &["127.0.0.1", "lab.test"]).await;
     let r = get(&c, &server.url("/hello")).await;
     assert_eq!(ok(&r)["status"], 200);
@@ -285,7 +231,7 @@ async fn every_airlock_class_and_form_is_refused_from_a_guest() {
     for (name, addr) in classes {
         dns = dns.with(&format!("{name}.lab.test"), &[ip(addr)]);
     }
-    let h = net_host("", dns);
+    let h = policy_host("", dns);
     let c = load_probe(&h, "net-closed", &["lab.test", "127.0.0.1", "10.1.2.3"]).await;
     for (name, addr) in classes {
         let url = server.named(&format!("{name}.lab.test"), "/hello");
@@ -322,7 +268,7 @@ async fn a_redirect_to_a_refused_address_or_host_is_refused_and_audited() {
     let dns = resolver()
         .with("metadata.lab.test", &[ip("169.254.169.254")])
         .with("intranet.lab.test", &[ip("10.0.0.7")]);
-    let h = net_host(OPEN_LOOPBACK, dns);
+    let h = policy_host(OPEN_LOOPBACK, dns);
     let c = load_probe(&h, "net-redirect", &["lab.test", "10.0.0.7"]).await;
     let port = server.addr.port();
     let start = |to: &str| server.named("allowed.lab.test", &format!("/redirect/{to}"));
@@ -370,7 +316,7 @@ async fn dns_answers_pointing_into_refused_ranges_are_refused() {
         .with("rebind.lab.test", &[ip("127.0.0.1"), ip("10.0.0.1")])
         .with("internal.lab.test", &[ip("192.168.0.10")])
         .with("mapped.lab.test", &[ip("::ffff:169.254.169.254")]);
-    let h = net_host(OPEN_LOOPBACK, dns);
+    let h = policy_host(OPEN_LOOPBACK, dns);
     let c = load_probe(&h, "net-dns", &["lab.test"]).await;
     for name in ["rebind.lab.test", "internal.lab.test", "mapped.lab.test"] {
         let r = get(&c, &server.named(name, "/hello")).await;
@@ -386,7 +332,7 @@ async fn dns_answers_pointing_into_refused_ranges_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_grant_requests_are_capability_denied() {
     let server = Server::start().await;
-    let h = net_host(OPEN_LOOPBACK, resolver());
+    let h = policy_host(OPEN_LOOPBACK, resolver());
     let none = load_probe(&h, "net-none", &[]).await;
     assert_eq!(
         err(&get(&none, &server.url("/hello")).await),
@@ -420,7 +366,7 @@ async fn without_a_grant_requests_are_capability_denied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_invalid_and_change_nothing() {
     let server = Server::start().await;
-    let h = net_host(OPEN_LOOPBACK, resolver());
+    let h = policy_host(OPEN_LOOPBACK, resolver());
     let c = load_probe(&h, "net-bad", &["127.0.0.1", "lab.test"]).await;
     let port = server.addr.port();
     for (args, why) in [
@@ -464,7 +410,7 @@ async fn malformed_requests_are_invalid_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_beyond_the_profile_limit_are_body_too_large() {
     let server = Server::start().await;
-    let h = net_host(OPEN_LOOPBACK, resolver());
+    let h = policy_host(OPEN_LOOPBACK, resolver());
     h.profile("alice", "[quotas]\nmax_http_response_bytes = 100000\n");
     h.approve_all();
     let c = h
@@ -495,7 +441,7 @@ async fn bodies_beyond_the_profile_limit_are_body_too_large() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_requests_are_capped_per_principal_and_unload_closes_streams() {
     let mut server = Server::start().await;
-    let h = net_host(OPEN_LOOPBACK, resolver());
+    let h = policy_host(OPEN_LOOPBACK, resolver());
     h.profile("alice", "[quotas]\nmax_http_streams = 2\n");
     h.approve_all();
     let c = h

@@ -4,60 +4,47 @@
 //! and what a failing transfer tells the guest. A hostile HTTP server on loopback plays the
 //! far end; a resolver the test controls plays DNS.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use capsule_runtime::security::StaticResolver;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::common::*;
+use crate::loopback::{Listening, policy_host, read_head};
+pub(crate) use crate::loopback::{OPEN_LOOPBACK, ip};
 
 /// What the hostile server reports: `accepted <path>` once a request head is read, `eof
 /// <path>` once its client closed the connection.
 type Reports = mpsc::UnboundedReceiver<String>;
 
 /// An HTTP/1.1 server on 127.0.0.1 that misbehaves on request.
-struct Hostile {
+pub(crate) struct Hostile {
     addr: SocketAddr,
     reports: Reports,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Hostile {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _listening: Listening,
 }
 
 impl Hostile {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    pub(crate) async fn start() -> Self {
         let (tx, reports) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(serve(sock, tx.clone()));
-            }
-        });
+        let listening = Listening::start(move |sock| serve(sock, tx.clone())).await;
         Self {
-            addr,
+            addr: listening.addr,
             reports,
-            task,
+            _listening: listening,
         }
     }
 
-    fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.addr.port()
     }
 
     /// The next report starting with `prefix` (bounded wait; others are skipped).
-    async fn report(&mut self, prefix: &str) -> String {
+    pub(crate) async fn report(&mut self, prefix: &str) -> String {
         let wait = async {
             loop {
                 match self.reports.recv().await {
@@ -96,29 +83,15 @@ async fn until_eof(sock: &mut TcpStream, path: &str, tx: &mpsc::UnboundedSender<
 }
 
 async fn serve(mut sock: TcpStream, tx: mpsc::UnboundedSender<String>) {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    let head_end = loop {
-        let Ok(n) = sock.read(&mut tmp).await else {
-            return;
-        };
-        if n == 0 || buf.len() > 64 * 1024 {
-            return;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
+    let Some(head) = read_head(&mut sock).await else {
+        return;
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+    let path = head.path;
     let _ = tx.send(format!("accepted {path}"));
     let auth = head
-        .split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(k, _)| {
-            k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("cookie")
-        })
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "authorization" || k == "cookie")
         .count();
     let simple = |status: &str, extra: &str, body: &str| {
         format!(
@@ -179,26 +152,16 @@ async fn serve(mut sock: TcpStream, tx: mpsc::UnboundedSender<String>) {
     }
 }
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-const OPEN_LOOPBACK: &str = "[net]\nopen_ranges = [\"127.0.0.0/8\"]\n";
-
-fn hostile_host(policy: &str) -> Host {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    if !policy.is_empty() {
-        std::fs::write(dir.path().join("policy.toml"), policy).unwrap_or_else(|e| panic!("{e}"));
-    }
-    let resolver = Arc::new(
+pub(crate) fn hostile_host(policy: &str) -> Host {
+    policy_host(
+        policy,
         StaticResolver::new()
             .with("allowed.lab.test", &[ip("127.0.0.1")])
             .with("other.lab.test", &[ip("127.0.0.1")]),
-    );
-    host_in(dir, move |c| c.resolver = Some(resolver))
+    )
 }
 
-async fn probe(h: &Host, name: &str, net: &str) -> capsule_runtime::Capsule {
+pub(crate) async fn probe(h: &Host, name: &str, net: &str) -> capsule_runtime::Capsule {
     h.approve_all();
     h.load(
         name,
@@ -208,7 +171,7 @@ async fn probe(h: &Host, name: &str, net: &str) -> capsule_runtime::Capsule {
     .await
 }
 
-async fn get(c: &capsule_runtime::Capsule, url: &str) -> Value {
+pub(crate) async fn get(c: &capsule_runtime::Capsule, url: &str) -> Value {
     call(c, "get", json!({ "url": url })).await
 }
 

@@ -4,7 +4,7 @@
 //! its client, and Unix/TCP clients of the capsule's own listeners. Loopback is opened by the
 //! operator's policy where a test needs it, and closed where a test checks the airlock.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,55 +12,38 @@ use std::time::Duration;
 use capsule_runtime::security::StaticResolver;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::common::*;
+use crate::loopback::{Echo, Listening, OPEN_LOOPBACK, ip, policy_host};
 
-const OPEN_LOOPBACK: &str = "[net]\nopen_ranges = [\"127.0.0.0/8\"]\n";
 /// Bounds every wait for a server-side event, so a regression fails instead of hanging.
 const GUARD: Duration = Duration::from_secs(60);
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
 /// A keep-alive HTTP/1.1 server counting the connections it accepted.
 struct Web {
-    addr: SocketAddr,
     connections: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Web {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    listening: Listening,
 }
 
 impl Web {
     async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let connections = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&connections);
-        let task = tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(sock));
-            }
-        });
+        let listening = Listening::start(move |sock| {
+            count.fetch_add(1, Ordering::SeqCst);
+            serve(sock)
+        })
+        .await;
         Self {
-            addr,
             connections,
-            task,
+            listening,
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.addr.port())
+        self.listening.url(path)
     }
 }
 
@@ -141,52 +124,6 @@ async fn serve(sock: TcpStream) {
     }
 }
 
-/// A TCP echo server; tells `closed` each time a client's side reaches end of stream.
-struct Echo {
-    port: u16,
-    closed: mpsc::UnboundedReceiver<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Echo {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let port = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .port();
-        let (tx, closed) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        match sock.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                if sock.write_all(&buf[..n]).await.is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    let _ = tx.send(());
-                });
-            }
-        });
-        Self { port, closed, task }
-    }
-}
-
 fn resolver() -> StaticResolver {
     StaticResolver::new()
         .with("loop.test", &[ip("127.0.0.1")])
@@ -195,12 +132,7 @@ fn resolver() -> StaticResolver {
 }
 
 fn kit_host(policy: &str) -> Host {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    if !policy.is_empty() {
-        std::fs::write(dir.path().join("policy.toml"), policy).unwrap_or_else(|e| panic!("{e}"));
-    }
-    let resolver = Arc::new(resolver());
-    host_in(dir, move |c| c.resolver = Some(resolver))
+    policy_host(policy, resolver())
 }
 
 async fn kit(h: &Host, name: &str, caps: &str) -> capsule_runtime::Capsule {
@@ -227,20 +159,17 @@ async fn one_guest_uses_http_1_0_http_1_1_and_net_side_by_side() {
         ),
     )
     .await;
-    // 1.0 is served beside 1.1 by the same host (here to a 1.0-only guest).
-    let old = h
-        .load(
-            "netprobe",
-            "netprobe.wasm",
-            "[capabilities]\nnet = [\"127.0.0.1\"]\n",
-        )
-        .await;
-    let r = call(&old, "get", json!({"url": web.url("/hello")})).await;
+    // The same guest calls 1.0 and 1.1, in both orders, each getting its own version's
+    // answer; then net.
+    let r = run(&c, "get10", json!({"url": web.url("/hello")})).await;
+    assert_eq!(ok(&r)["status"], 200);
     assert_eq!(ok(&r)["body"], "hello");
     let r = run(&c, "get11", json!({"url": web.url("/hello")})).await;
     assert_eq!(ok(&r)["body"], "hello");
     assert_eq!(ok(&r)["wire-bytes"], 5);
     assert_eq!(ok(&r)["final-url"], web.url("/hello"));
+    let r = run(&c, "get10", json!({"url": web.url("/trailers")})).await;
+    assert_eq!(ok(&r)["body"], "abc");
     let r = run(
         &c,
         "tcp-echo",
@@ -259,6 +188,9 @@ async fn one_guest_uses_http_1_0_http_1_1_and_net_side_by_side() {
     assert_eq!(ok(&r)["echo"], "named");
     let r = run(&c, "lookup", json!({"host": "loop.test"})).await;
     assert_eq!(ok(&r), &json!(["127.0.0.1"]));
+    // UDP is not served, even to this capsule with loopback open and network grants.
+    let r = run(&c, "udp", json!({})).await;
+    assert_eq!(err(&r), "capability-denied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
