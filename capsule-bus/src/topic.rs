@@ -69,6 +69,50 @@ fn is_segment_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
 }
 
+/// [`CLASS`] of a byte allowed inside a segment.
+const SEG: u8 = 1;
+/// [`CLASS`] of the separator.
+const DOT: u8 = 2;
+
+/// The grammar's class of every byte: [`SEG`], [`DOT`], or 0 for a byte no topic may hold
+/// (`*` included), so a topic is checked with one table load per byte.
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0u8;
+    loop {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            table[b as usize] = SEG;
+        } else if b == b'.' {
+            table[b as usize] = DOT;
+        }
+        if b == u8::MAX {
+            break table;
+        }
+        b += 1;
+    }
+};
+
+/// Whether `s` is a valid concrete topic, decided in one pass without allocating: exactly
+/// the strings [`validate`] accepts without wildcards.
+fn is_topic(s: &[u8]) -> bool {
+    if s.is_empty() || s.len() > MAX_TOPIC_BYTES {
+        return false;
+    }
+    let (mut dots, mut after_dot) = (0usize, true);
+    for &b in s {
+        match CLASS[usize::from(b)] {
+            SEG => after_dot = false,
+            // A dot first or right after a dot leaves a segment empty.
+            DOT if !after_dot => {
+                after_dot = true;
+                dots += 1;
+            }
+            _ => return false,
+        }
+    }
+    !after_dot && dots < MAX_SEGMENTS
+}
+
 /// Validates `s` under the shared grammar; returns the segment count.
 fn validate(s: &str, wildcards: bool) -> Result<usize, TopicError> {
     if s.is_empty() {
@@ -173,7 +217,7 @@ pub struct Topic(Arc<str>);
 impl Topic {
     /// Parses and validates a topic. `*` is rejected: publishing to a pattern is invalid.
     pub fn parse(s: &str) -> Result<Self, TopicError> {
-        if scan(s, false).is_none() {
+        if !is_topic(s.as_bytes()) {
             validate(s, false)?;
         }
         Ok(Self(Arc::from(s)))
@@ -612,7 +656,24 @@ mod tests {
         assert_eq!(pat, p("a.b.c"));
     }
 
+    #[test]
+    fn the_byte_table_is_the_segment_charset() {
+        for b in 0..=u8::MAX {
+            assert_eq!(CLASS[usize::from(b)] == SEG, is_segment_byte(b), "{b:#x}");
+            assert_eq!(CLASS[usize::from(b)] == DOT, b == b'.', "{b:#x}");
+        }
+    }
+
     proptest::proptest! {
+        /// The table-driven topic check accepts exactly what the rule-by-rule validation
+        /// accepts without wildcards.
+        #[test]
+        fn the_topic_check_agrees_with_the_rules(
+            s in "[a-c0-9_.*\\-é ]{0,40}|([a-z*]{1,3}\\.){0,9}[a-z*]{1,3}|[a-z.]{250,260}",
+        ) {
+            proptest::prop_assert_eq!(is_topic(s.as_bytes()), validate(&s, false).is_ok(), "{:?}", s);
+        }
+
         /// The one-pass scan accepts exactly what the rule-by-rule validation accepts, and
         /// learns the same shape.
         #[test]

@@ -23,8 +23,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use capsule_ids::PrincipalId;
 use futures::channel::oneshot;
@@ -37,6 +38,31 @@ use crate::kv::{ENTRIES, KvError, USAGE};
 const MAX_GROUP_WRITES: usize = 256;
 /// Most value bytes one transaction takes (a single larger write still goes alone).
 const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
+/// Longest a committer waits for the writers of its last group to queue again.
+pub(crate) const MAX_GATHER: Duration = Duration::from_micros(500);
+
+/// What the KV writes cost so far: how many durable transactions, how many writes the group
+/// committer took, and how long its commits took (for benchmarks and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Durable transactions committed, lone and grouped.
+    pub commits: u64,
+    /// Transactions the group committer ran.
+    pub group_commits: u64,
+    /// Writes the group committer answered (lone writes not included).
+    pub grouped_writes: u64,
+    /// Nanoseconds the group committer spent applying and committing its groups.
+    pub group_commit_ns: u64,
+}
+
+/// The counters behind [`CommitStats`].
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    group_commits: AtomicU64,
+    grouped_writes: AtomicU64,
+    group_commit_ns: AtomicU64,
+}
 
 /// What one write does to its key.
 #[derive(Debug)]
@@ -138,7 +164,7 @@ pub struct Lone {
     write: Write,
     db: Arc<Database>,
     in_flight: Arc<AtomicUsize>,
-    commits: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 }
 
 impl Lone {
@@ -147,7 +173,9 @@ impl Lone {
     pub fn commit(self) -> Result<(), KvError> {
         let (mut answers, committed) =
             commit_or_split(&self.db, ENTRIES, USAGE, std::iter::once(&self.write));
-        self.commits.fetch_add(committed, Ordering::Relaxed);
+        self.counters
+            .commits
+            .fetch_add(committed, Ordering::Relaxed);
         answers
             .pop()
             .unwrap_or_else(|| Err(KvError::Storage("no outcome".into())))
@@ -166,7 +194,7 @@ pub(crate) struct GroupCommit {
     db: Arc<Database>,
     queue: Mutex<Option<mpsc::Sender<Queued>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    commits: Arc<AtomicU64>,
+    counters: Arc<Counters>,
     /// Writes queued or being committed, lone ones included; a write finding it zero goes
     /// lone.
     in_flight: Arc<AtomicUsize>,
@@ -180,10 +208,10 @@ impl GroupCommit {
     /// Starts the committer for `db`.
     pub(crate) fn start(db: Arc<Database>) -> Result<Self, KvError> {
         let (tx, rx) = mpsc::channel::<Queued>();
-        let commits = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(Counters::default());
         let in_flight = Arc::new(AtomicUsize::new(0));
         let (counted, answered, own) = (
-            Arc::clone(&commits),
+            Arc::clone(&counters),
             Arc::clone(&in_flight),
             Arc::clone(&db),
         );
@@ -195,7 +223,7 @@ impl GroupCommit {
             db,
             queue: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
-            commits,
+            counters,
             in_flight,
         })
     }
@@ -211,7 +239,7 @@ impl GroupCommit {
                 write,
                 db: Arc::clone(&self.db),
                 in_flight: Arc::clone(&self.in_flight),
-                commits: Arc::clone(&self.commits),
+                counters: Arc::clone(&self.counters),
             }));
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -250,7 +278,18 @@ impl GroupCommit {
 
     /// Durable transactions committed so far.
     pub(crate) fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.counters.commits.load(Ordering::Relaxed)
+    }
+
+    /// The counters so far.
+    pub(crate) fn stats(&self) -> CommitStats {
+        let c = &self.counters;
+        CommitStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            group_commits: c.group_commits.load(Ordering::Relaxed),
+            grouped_writes: c.grouped_writes.load(Ordering::Relaxed),
+            group_commit_ns: c.group_commit_ns.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -265,14 +304,17 @@ impl Drop for GroupCommit {
     }
 }
 
-/// The committer loop: waits for one write, takes whatever else is queued, commits, answers.
+/// The committer loop: waits for one write, takes whatever else is queued (waiting briefly
+/// for the writers its last group answered), commits, answers.
 fn committer(
     db: &Database,
     rx: &mpsc::Receiver<Queued>,
-    commits: &AtomicU64,
+    counters: &Counters,
     in_flight: &AtomicUsize,
 ) {
     let mut carry: Option<Queued> = None;
+    // Writers the last group answered, and how long its commit took.
+    let (mut expected, mut last) = (0usize, Duration::ZERO);
     loop {
         let first = match carry.take() {
             Some(q) => q,
@@ -281,10 +323,20 @@ fn committer(
                 Err(_) => return,
             },
         };
+        let deadline = Instant::now() + (last / 4).min(MAX_GATHER);
         let mut bytes = first.0.bytes();
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP_WRITES {
-            let Ok(next) = rx.try_recv() else { break };
+            let next = match rx.try_recv() {
+                Ok(next) => next,
+                Err(TryRecvError::Empty) if batch.len() < expected => {
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(next) => next,
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            };
             if bytes.saturating_add(next.0.bytes()) > MAX_GROUP_BYTES {
                 carry = Some(next);
                 break;
@@ -292,10 +344,23 @@ fn committer(
             bytes = bytes.saturating_add(next.0.bytes());
             batch.push(next);
         }
+        let started = Instant::now();
         let (answers, committed) =
             commit_or_split(db, ENTRIES, USAGE, batch.iter().map(|(w, _)| w));
-        commits.fetch_add(committed, Ordering::Relaxed);
+        last = started.elapsed();
+        counters.commits.fetch_add(committed, Ordering::Relaxed);
+        counters
+            .group_commits
+            .fetch_add(committed, Ordering::Relaxed);
+        counters
+            .grouped_writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        counters.group_commit_ns.fetch_add(
+            u64::try_from(last.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let answered = batch.len();
+        expected = answered;
         for ((_, reply), answer) in batch.into_iter().zip(answers) {
             reply.send(answer);
         }
@@ -596,6 +661,63 @@ mod tests {
             Ticket::Queued(pending) => pending,
             Ticket::Lone(_) => panic!("a second lone write while one was in flight"),
         }
+    }
+
+    /// Blocks the test thread until `pending` is answered.
+    fn block_on(pending: Pending) -> Outcome {
+        use std::future::Future;
+        use std::task::{Context, Poll, Wake, Waker};
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut outcome = std::pin::pin!(pending.outcome());
+        loop {
+            if let Poll::Ready(answer) = outcome.as_mut().poll(&mut cx) {
+                return answer;
+            }
+            std::thread::park();
+        }
+    }
+
+    #[test]
+    fn stats_count_every_grouped_write_and_a_group_short_of_its_writers_still_commits() {
+        let (_d, kv) = store();
+        let ns = Namespace::new(&pid("a"), "c");
+        // A lone write in flight sends every later write to the committer.
+        let held = lone(
+            kv.queue_set(&ns, "held", b"h".to_vec(), 1 << 20)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let crowd: Vec<Pending> = (0..4)
+            .map(|i| {
+                queued(
+                    kv.queue_set(&ns, &format!("k{i}"), b"v".to_vec(), 1 << 20)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                )
+            })
+            .collect();
+        for p in crowd {
+            block_on(p).unwrap_or_else(|e| panic!("{e}"));
+        }
+        // Fewer writers come back than the last group held: the committer waits a bounded
+        // time for the rest, then commits the one it has.
+        let straggler = queued(
+            kv.queue_set(&ns, "late", b"v".to_vec(), 1 << 20)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        block_on(straggler).unwrap_or_else(|e| panic!("{e}"));
+        held.commit().unwrap_or_else(|e| panic!("{e}"));
+        let stats = kv.commit_stats();
+        assert_eq!(stats.grouped_writes, 5);
+        assert!((2..=5).contains(&stats.group_commits), "{stats:?}");
+        assert_eq!(stats.commits, stats.group_commits + 1, "{stats:?}");
+        assert!(stats.group_commit_ns > 0);
+        assert_eq!(get(&kv, "a", "late"), Some(b"v".to_vec()));
     }
 
     #[test]

@@ -353,6 +353,11 @@ impl KvStore {
         self.group.commits()
     }
 
+    /// What the KV writes cost so far: transactions, grouped writes and commit time.
+    pub fn commit_stats(&self) -> crate::CommitStats {
+        self.group.stats()
+    }
+
     /// Sets `key` to `value`.
     pub fn set(&self, ns: &Namespace, key: &str, value: &[u8], quota: u64) -> Result<(), KvError> {
         self.put(ns, key, None, value, quota)

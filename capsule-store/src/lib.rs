@@ -55,7 +55,7 @@ mod secrets;
 
 pub use allowance::{Allowance, AllowanceError, AllowanceStore};
 pub use field::InvalidField;
-pub use group::{Lone, Pending, Ticket};
+pub use group::{CommitStats, Lone, Pending, Ticket};
 pub use identity::{IdentityError, IdentityStore, PlatformIdentity};
 pub use installed::{InstalledError, InstalledVersions};
 pub use kv::{

@@ -30,8 +30,9 @@ async fn rate(c: &Capsule, budget: Duration, action: &str, args: &str, ops: u64)
 const WRITERS: usize = 64;
 
 /// Acknowledged sets per second while [`WRITERS`] capsules, each acting for a principal of
-/// its own, run durable set loops at the same time (median over rounds).
-async fn concurrent_sets(rt: &Runtime, state: &std::path::Path, budget: Duration) -> f64 {
+/// its own, run durable set loops at the same time (median over rounds), and what the timed
+/// rounds' commits were like: writes per commit and mean commit time (JSON params).
+async fn concurrent_sets(rt: &Runtime, state: &std::path::Path, budget: Duration) -> (f64, String) {
     let mut writers = Vec::new();
     for i in 0..WRITERS {
         let dir = capsule_dir(state, &format!("writer-{i}"), "prober.wasm", "");
@@ -57,16 +58,29 @@ async fn concurrent_sets(rt: &Runtime, state: &std::path::Path, budget: Duration
     };
     round().await;
     let mut samples = Vec::new();
+    let before = rt.kv().commit_stats();
     let start = Instant::now();
     while start.elapsed() < budget || samples.len() < 5 {
         let t = Instant::now();
         round().await;
         samples.push((sets * WRITERS as u64) as f64 / t.elapsed().as_secs_f64());
     }
+    let busy = start.elapsed();
+    let after = rt.kv().commit_stats();
     for w in writers {
         w.unload().await;
     }
-    median(samples)
+    let groups = (after.group_commits - before.group_commits).max(1) as f64;
+    let commit_ns = (after.group_commit_ns - before.group_commit_ns) as f64;
+    let shape = format!(
+        "\"commits\":{},\"grouped_writes\":{},\"writes_per_group\":{:.1},\"group_commit_us\":{:.0},\"committer_busy\":{:.2}",
+        after.commits - before.commits,
+        after.grouped_writes - before.grouped_writes,
+        (after.grouped_writes - before.grouped_writes) as f64 / groups,
+        commit_ns / groups / 1e3,
+        commit_ns / busy.as_nanos() as f64,
+    );
+    (median(samples), shape)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -110,11 +124,11 @@ async fn main() {
     .await;
     emit("storage", "kv_get", "{\"value_bytes\":100}", v, "ops/s");
 
-    let v = concurrent_sets(&rt, state.path(), budget).await;
+    let (v, shape) = concurrent_sets(&rt, state.path(), budget).await;
     emit(
         "storage",
         "kv_set_concurrent",
-        &format!("{{\"writers\":{WRITERS},\"value_bytes\":100,\"durable\":true}}"),
+        &format!("{{\"writers\":{WRITERS},\"value_bytes\":100,\"durable\":true,{shape}}}"),
         v,
         "ops/s",
     );

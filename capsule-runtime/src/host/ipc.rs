@@ -81,6 +81,10 @@ pub(crate) struct IpcCtx {
     /// Refusals written to the capsule's log by this instance (bounded, so a guest that
     /// retries a refused call in a loop cannot turn its log into a disk-writing loop).
     refusals_logged: std::cell::Cell<u32>,
+    /// The topic this instance last published on, parsed: a guest publishing on one topic
+    /// in a loop pays a comparison instead of a parse and an allocation. Only this
+    /// instance's own publishes fill it, so it tells nothing about anyone else's.
+    last_topic: Option<Topic>,
 }
 
 /// The view `astrid:ipc` is implemented on.
@@ -150,6 +154,7 @@ impl Capability for IpcHost {
             shared: Arc::clone(shared),
             subscriptions: 0,
             refusals_logged: std::cell::Cell::new(0),
+            last_topic: None,
         }
     }
 }
@@ -382,7 +387,14 @@ impl IpcView<'_> {
         charged: &PrincipalId,
         claimed_by_uplink: bool,
     ) -> Result<(), IpcError> {
-        let topic = Topic::parse(topic).map_err(IpcError::Topic)?;
+        let topic = match &self.ipc.last_topic {
+            Some(last) if last.as_str() == topic => last.clone(),
+            _ => {
+                let parsed = Topic::parse(topic).map_err(IpcError::Topic)?;
+                self.ipc.last_topic = Some(parsed.clone());
+                parsed
+            }
+        };
         if let Decision::Denied(reason) = self.ipc.shared.policy.may_publish(&topic) {
             return Err(IpcError::Denied(reason));
         }
@@ -399,16 +411,15 @@ impl IpcView<'_> {
             Ok(h) if h <= MAX_HOP_DEPTH => h,
             _ => return Err(IpcError::HopLimit { hops }),
         };
-        let profile = match self.scoped().profile() {
-            Ok(p) => p.clone(),
+        let rate = match self.scoped().profile() {
+            Ok(p) => Rate::per_second(p.quotas.max_ipc_throughput_bytes),
             Err(reason) => return Err(IpcError::PrincipalRefused(reason.clone())),
         };
-        let rate = Rate::per_second(profile.quotas.max_ipc_throughput_bytes);
         // An uplink pays for the principals it claims: each is one of a bounded number of
         // introductions per minute, and its bytes also come out of the uplink's own budget.
         let own = if claimed_by_uplink {
             let owner = match self.owner_profile {
-                Ok(p) => p.clone(),
+                Ok(p) => p,
                 Err(reason) => return Err(IpcError::PrincipalRefused(reason.clone())),
             };
             let limit = owner.quotas.max_claimed_principals_per_minute;
@@ -537,7 +548,7 @@ impl Host for IpcView<'_> {
         topic: String,
         payload: String,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        let principal = self.scoped().principal().clone();
+        let principal = self.scoped().principal();
         let size = payload.len() as u64;
         // Serving a claimed principal, the capsule's messages are claimed too.
         let attribution = if self.scope.as_ref().is_some_and(|s| s.is_claimed()) {
@@ -545,7 +556,8 @@ impl Host for IpcView<'_> {
         } else {
             Attribution::Verified(principal.clone())
         };
-        let result = self.publish_checked(&topic, payload, attribution, &principal, false);
+        let charged = attribution.principal().unwrap_or(principal).clone();
+        let result = self.publish_checked(&topic, payload, attribution, &charged, false);
         self.audit("publish", &topic, size, result.as_ref().err());
         Ok(result.map_err(|e| e.code()))
     }

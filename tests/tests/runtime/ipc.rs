@@ -130,6 +130,51 @@ async fn publish_error_paths_return_exact_codes() {
     h.rt.shutdown().await;
 }
 
+/// The host remembers the topic an instance last published on; a guest alternating that
+/// topic with near-misses (a longer or shorter text, a refused or malformed one) must get
+/// each one judged on its own, and every delivered message must carry the exact topic given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_topic_never_lets_a_near_miss_through() {
+    let h = host();
+    let p = h.load("prober", "prober.wasm", PROBER_ACL).await;
+    let mut seen = h.rt.bus().subscribe(
+        capsule_bus::TopicPattern::parse("probe.*").unwrap_or_else(|e| panic!("{e}")),
+        capsule_bus::Scope::All,
+    );
+    let publish = |topic: &str| {
+        let (p, topic) = (p.clone(), topic.to_string());
+        async move { call(&p, "publish", json!({"topic": topic, "payload": "1"})).await }
+    };
+    let mut sent = Vec::new();
+    for (near, code) in [
+        ("probe.ok.", "invalid-input"),
+        ("probe.ok*", "invalid-input"),
+        ("probe.o", ""),
+        ("probe.ok.x", ""),
+        ("probe", "capability-denied"),
+        ("probe.okk", ""),
+        ("probeXok", "capability-denied"),
+        ("probe.ok", ""),
+    ] {
+        ok(&publish("probe.ok").await);
+        sent.push("probe.ok");
+        let r = publish(near).await;
+        if code.is_empty() {
+            ok(&r);
+            sent.push(near);
+        } else {
+            assert_eq!(err(&r), code, "{near}");
+        }
+    }
+    let got: Vec<String> = seen
+        .try_drain(usize::MAX)
+        .messages
+        .iter()
+        .map(|m| m.topic.as_str().to_string())
+        .collect();
+    assert_eq!(got, sent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_is_rate_limited_by_the_principals_quota() {
     let h = host();
