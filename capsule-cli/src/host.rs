@@ -335,3 +335,17 @@ async fn stop(rt: &Runtime, server: &Server) -> usize {
     rt.shutdown().await;
     capsules.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::uid_range;
+
+    #[test]
+    fn a_uid_range_is_first_dash_last_above_zero() {
+        assert_eq!(uid_range("200000-200999"), Ok(200_000..=200_999));
+        assert_eq!(uid_range("7-7"), Ok(7..=7));
+        for bad in ["0-10", "10-9", "10", "a-b", "-5", "1-4294967296", ""] {
+            assert!(uid_range(bad).is_err(), "{bad}");
+        }
+    }
+}
