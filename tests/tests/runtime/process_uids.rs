@@ -24,7 +24,7 @@ allow_persistent = true
 
 /// Whether this test process is root, and so whether children take a uid of their own.
 fn root() -> bool {
-    std::fs::metadata("/proc/self").map_or(false, |m| m.uid() == 0)
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 fn host_uid() -> u64 {
