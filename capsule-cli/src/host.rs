@@ -40,6 +40,29 @@ pub(crate) struct RunArgs {
     /// between state directories; never grantable to a capsule)
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
+    /// Run each principal's host processes as a user id of its own from this range, e.g.
+    /// 200000-200999 (a root host only; recorded in the state directory)
+    #[arg(long, value_name = "FIRST-LAST", value_parser = uid_range)]
+    process_uids: Option<std::ops::RangeInclusive<u32>>,
+}
+
+/// Parses `FIRST-LAST` (inclusive, FIRST ≤ LAST, neither 0).
+fn uid_range(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|e| format!("{v:?} is not a user id: {e}"))
+    };
+    let (a, b) = (parse(a)?, parse(b)?);
+    if a == 0 || a > b {
+        return Err(format!(
+            "{s:?}: the range must start above 0 and not end before it starts"
+        ));
+    }
+    Ok(a..=b)
 }
 
 /// SIGINT and SIGTERM watchers, installed once for the whole run.
@@ -104,6 +127,9 @@ pub(crate) async fn run(args: RunArgs, mut config: RuntimeConfig) -> Result<(), 
     }
     if let Some(cache) = &args.cache {
         config.cache_dir = Some(cache.clone());
+    }
+    if let Some(uids) = &args.process_uids {
+        config.process_uids = Some(uids.clone());
     }
     // Manifests are read first so a missing directory or a malformed manifest is reported
     // before anything starts.
@@ -308,4 +334,18 @@ async fn stop(rt: &Runtime, server: &Server) -> usize {
     // Anything loaded through the socket while stopping goes too.
     rt.shutdown().await;
     capsules.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uid_range;
+
+    #[test]
+    fn a_uid_range_is_first_dash_last_above_zero() {
+        assert_eq!(uid_range("200000-200999"), Ok(200_000..=200_999));
+        assert_eq!(uid_range("7-7"), Ok(7..=7));
+        for bad in ["0-10", "10-9", "10", "a-b", "-5", "1-4294967296", ""] {
+            assert!(uid_range(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -99,6 +99,12 @@ pub struct RuntimeConfig {
     /// How much of the host-wide identity directory one capsule's `astrid:identity` calls may
     /// fill (users created, current links made).
     pub identity_limits: capsule_store::identity::IdentityLimits,
+    /// User ids (each also used as the group id) for the children of `astrid:process`: on a
+    /// root host each principal's children run as an id of their own from this range,
+    /// assigned on first use and recorded in `<state>/process-uids.json` (0, the host's own
+    /// ids and `u32::MAX` are never given out). `None` (the default), or a host that is not
+    /// root, runs every child as the host's user. Choose ids no account on the machine uses.
+    pub process_uids: Option<std::ops::RangeInclusive<u32>>,
 }
 
 impl RuntimeConfig {
@@ -127,6 +133,7 @@ impl RuntimeConfig {
             host_key_file: None,
             resolver: None,
             identity_limits: capsule_store::identity::IdentityLimits::default(),
+            process_uids: None,
         }
     }
 
@@ -169,6 +176,15 @@ impl RuntimeConfig {
             return Err(ConfigError::Invalid(
                 "max_busy_windows must be at least 1".into(),
             ));
+        }
+        if let Some(r) = &self.process_uids
+            && r.is_empty()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "process_uids {}-{} is empty",
+                r.start(),
+                r.end()
+            )));
         }
         if self.inbound_capacity == 0 {
             return Err(ConfigError::Invalid(

@@ -162,7 +162,10 @@ impl Runtime {
                     inbound: inbound_tx,
                     net: host::http::NetServices::new(&host_policy, &config),
                     approvals: Arc::new(Desk::new(allowances)),
-                    processes: Arc::default(),
+                    processes: Arc::new(host::process::Keeper::new(host::process::UidMap::new(
+                        config.process_uids.clone(),
+                        &config.state_dir,
+                    ))),
                 },
                 profiles: Arc::new(ProfileCache::new(config.state_dir.clone())),
                 layout: StateLayout::new(config.state_dir.clone()),

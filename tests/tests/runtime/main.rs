@@ -25,6 +25,7 @@ mod net_kit;
 mod process;
 mod process_attacks;
 mod process_reload;
+mod process_uids;
 mod reload_attacks;
 mod sdk;
 mod storage;

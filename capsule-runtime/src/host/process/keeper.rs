@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 
 use super::child::Proc;
 use super::shutdown;
+use super::uids::UidMap;
 
 /// Persistent children held between two instances of a capsule; one per runtime.
 #[derive(Debug, Default)]
@@ -26,6 +27,8 @@ pub(crate) struct Keeper {
     reloads: tokio::sync::Mutex<()>,
     /// Source of reload tokens.
     next: AtomicU64,
+    /// The user id each principal's children run as.
+    pub(super) uids: Arc<UidMap>,
 }
 
 tokio::task_local! {
@@ -63,6 +66,14 @@ pub(crate) struct Reload<'a> {
 }
 
 impl Keeper {
+    /// A keeper whose children run as the ids `uids` assigns.
+    pub(crate) fn new(uids: UidMap) -> Self {
+        Self {
+            uids: Arc::new(uids),
+            ..Self::default()
+        }
+    }
+
     /// Starts reloading the capsule `name`: until the returned guard is dropped, unloading a
     /// capsule of that name parks its persistent children instead of killing them.
     pub(crate) async fn begin(&self, name: &str) -> Reload<'_> {

@@ -19,12 +19,14 @@
 //! time and idle time (the host kills the tree), output (per stream, the overflow policy of the
 //! request: `drop-oldest` discards and counts, `backpressure` stops reading; a run to
 //! completion whose buffer fills under backpressure is killed and answered `too-large`). The
-//! child is not confined to its working directory: it runs as the host's user, without
-//! capabilities when that user is root.
+//! child is not confined to its working directory: it runs without capabilities when the host
+//! is root, and as its principal's own user id where the operator configured a range
+//! (`uids`), otherwise as the host's user, shared by every principal.
 
 mod child;
 mod keeper;
 mod spec;
+mod uids;
 mod view;
 mod wit;
 
@@ -46,6 +48,8 @@ pub(crate) use child::Exit;
 use child::Proc;
 pub(crate) use keeper::Keeper;
 pub(crate) use spec::{Injection, RequestLimits, SpawnSpec};
+pub use uids::UID_RECORD_FILE;
+pub(crate) use uids::UidMap;
 pub(crate) use view::{info, read_logs, read_since, signal, write_stdin};
 
 /// How long an unloading capsule's children get between `SIGTERM` and `SIGKILL`.

@@ -298,12 +298,14 @@ pub(super) fn open_cwd(
 /// The names of injected files, and the variables pointing at those placed by the host.
 type Written = (Vec<String>, Vec<(String, String)>);
 
-/// Writes the injected files (0400, never over an existing entry) and returns their names and
-/// the variables that point at them.
+/// Writes the injected files (0400, never over an existing entry, owned by `owner` when the
+/// child runs as a principal's own user id) and returns their names and the variables that
+/// point at them.
 pub(super) fn inject(
     dir: &cap_std::fs::Dir,
     host_dir: &Path,
     injections: Vec<Injection>,
+    owner: Option<super::uids::Ids>,
 ) -> Result<Written, ProcessError> {
     use cap_std::fs::OpenOptionsExt;
     let mut names = Vec::new();
@@ -319,6 +321,11 @@ pub(super) fn inject(
             }
         })?;
         names.push(name.to_string());
+        if let Some(ids) = owner {
+            std::os::unix::fs::fchown(&f, Some(ids.uid), Some(ids.gid)).map_err(|_| {
+                ProcessError::Invalid("an injected file could not be given to its user".into())
+            })?;
+        }
         std::io::Write::write_all(&mut f, content)
             .map_err(|_| ProcessError::Invalid("an injected file could not be written".into()))
     };

@@ -11,6 +11,7 @@ use wasmtime::component::Resource;
 
 use super::child::{self, Chunk, Exit, Injected, Launch, Meta, Overflow, Proc, Which};
 use super::spec::{inject, limits, open_cwd, resolve_program, validate};
+use super::uids::{Ids, hand_over};
 use super::*;
 use crate::host::audit::field;
 use crate::host::poll::{PollSource, PollableEntry};
@@ -31,6 +32,24 @@ fn audit_refused(capsule: &str, principal: &PrincipalId, cmd: &str, e: &ProcessE
         reason = &*field(&e.to_string()),
         "process refused"
     );
+}
+
+/// Gives the principal's home and tmp roots and the working directory to the principal's
+/// own user id (mode 0700), so its children work there and no other principal's child can
+/// open them; the host, as root, still reaches them.
+fn own_dirs(
+    ids: Ids,
+    mounts: [Option<&Arc<capsule_vfs::Mount>>; 2],
+    cwd: &cap_std::fs::Dir,
+) -> Result<(), ProcessError> {
+    for mount in mounts.into_iter().flatten() {
+        let root = cap_std::fs::Dir::open_ambient_dir(mount.root(), cap_std::ambient_authority())
+            .map_err(|_| {
+            ProcessError::Invalid("the principal's directories are unavailable".into())
+        })?;
+        hand_over(&root, ids)?;
+    }
+    hand_over(cwd, ids)
 }
 
 impl ProcView<'_> {
@@ -105,10 +124,15 @@ impl ProcView<'_> {
             persistent: kind == Kind::Persistent,
             retention,
         };
+        let uids = Arc::clone(&self.ctx.keeper.uids);
         let work = move || -> Result<Arc<Proc>, ProcessError> {
             let program = resolve_program(&spec.cmd)?;
+            let ids = uids.assign(&meta.principal)?;
             let (dir, host_dir) = open_cwd(spec.cwd.as_deref(), home.as_ref(), tmp.as_ref())?;
-            let (names, vars) = inject(&dir, &host_dir, spec.injections)?;
+            if let Some(ids) = ids {
+                own_dirs(ids, [home.as_ref(), tmp.as_ref()], &dir)?;
+            }
+            let (names, vars) = inject(&dir, &host_dir, spec.injections, ids)?;
             let cwd = std::os::fd::OwnedFd::from(
                 dir.try_clone()
                     .map_err(|_| ProcessError::Quota("no descriptor left".into()))?
@@ -128,6 +152,7 @@ impl ProcView<'_> {
                     overflow,
                     oneshot: kind == Kind::OneShot,
                     injected: (!names.is_empty()).then_some(Injected { dir, names }),
+                    ids,
                 },
                 meta,
             )
@@ -149,7 +174,13 @@ impl ProcView<'_> {
                 ));
             }
             Some(Ok(r)) => r.inspect_err(|e| {
-                if matches!(e, ProcessError::Escape(_) | ProcessError::Denied(_)) {
+                if matches!(
+                    e,
+                    ProcessError::Escape(_)
+                        | ProcessError::Denied(_)
+                        | ProcessError::Quota(_)
+                        | ProcessError::Unenforceable(_)
+                ) {
                     audit_refused(&capsule, &principal, &cmd, e);
                 }
             })?,

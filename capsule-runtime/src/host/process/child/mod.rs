@@ -2,7 +2,8 @@
 //! environment, in a new process group, in its own pids cgroup where the host can create one,
 //! with its resource limits set between fork and exec (only async-signal-safe calls there), and
 //! without capabilities (and with the pids hierarchy read-only in a mount namespace of its own)
-//! when the host is root. Three host threads serve it: one reader per
+//! when the host is root, and as its principal's own user id where one is assigned
+//! (`super::uids`). Three host threads serve it: one reader per
 //! output stream (bounded buffers, drop-oldest or backpressure) and a watcher that enforces the
 //! wall-clock and idle limits through a pidfd, kills what is left of the group when the leader
 //! exits, and only then reaps the leader, so a process-group id is never signalled after its
@@ -81,6 +82,8 @@ pub(crate) struct Launch {
     pub(crate) oneshot: bool,
     /// Files injected into the working directory, removed once the process has exited.
     pub(crate) injected: Option<Injected>,
+    /// The principal's own user and group id; `None` runs the child as the host's user.
+    pub(crate) ids: Option<super::uids::Ids>,
 }
 
 /// Injected files and the directory they were written in.
@@ -360,8 +363,9 @@ pub(crate) fn start(launch: Launch, meta: Meta) -> Result<Arc<Proc>, ProcessErro
         overflow,
         oneshot,
         injected,
+        ids,
     } = launch;
-    if !count_limit_enforceable() {
+    if !count_limit_enforceable(ids.is_some()) {
         return Err(ProcessError::Unenforceable(
             "this host runs as root without a pids cgroup, so the process-count limit cannot be enforced".into(),
         ));
@@ -369,7 +373,11 @@ pub(crate) fn start(launch: Launch, meta: Meta) -> Result<Arc<Proc>, ProcessErro
     let cgroup = new_cgroup(limits.pids)?;
     let nproc = match cgroup {
         Some(_) => None,
-        None => Some(rlim(user_process_count().saturating_add(limits.pids))),
+        None => {
+            // SAFETY: getuid has no preconditions.
+            let user = ids.map_or_else(|| unsafe { libc::getuid() }, |i| i.uid);
+            Some(rlim(user_process_count(user).saturating_add(limits.pids)))
+        }
     };
     let setup = ChildSetup {
         cwd: cwd.as_raw_fd(),
@@ -379,6 +387,7 @@ pub(crate) fn start(launch: Launch, meta: Meta) -> Result<Arc<Proc>, ProcessErro
         files: rlim(limits.open_files),
         nproc,
         cgroup_root: cgroup.as_ref().and_then(|_| pids_root_c()),
+        ids: ids.map(|i| (i.uid, i.gid)),
     };
     let mut cmd = Command::new(&program);
     cmd.args(&args)

@@ -1,7 +1,9 @@
 //! What confines a child before it runs: the pids cgroup it joins (or a per-user
 //! `RLIMIT_NPROC` where the host cannot create one), its rlimits, its working directory and,
-//! for a root host, an empty capability bounding set and a read-only view of the pids
-//! hierarchy. `in_child` runs between fork and exec and makes only async-signal-safe calls.
+//! for a root host, an empty capability bounding set, a read-only view of the pids hierarchy
+//! and, where the principal has a user id of its own, that user and group (no supplementary
+//! groups), taken last, once nothing more needs privilege. `in_child` runs between fork and
+//! exec and makes only async-signal-safe calls.
 
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
@@ -42,10 +44,12 @@ pub(super) fn pids_root_c() -> Option<&'static std::ffi::CStr> {
     .as_deref()
 }
 
-/// Whether the process-count limit is enforced by the kernel for a child of this host.
-pub(crate) fn count_limit_enforceable() -> bool {
+/// Whether the process-count limit is enforced by the kernel for a child of this host: by a
+/// pids cgroup, or by `RLIMIT_NPROC`, which binds only a child that is not root (a host that
+/// is not root, or a child that takes a principal's own user id).
+pub(crate) fn count_limit_enforceable(own_user: bool) -> bool {
     // SAFETY: geteuid has no preconditions.
-    pids_root().is_some() || unsafe { libc::geteuid() } != 0
+    pids_root().is_some() || own_user || unsafe { libc::geteuid() } != 0
 }
 
 pub(super) fn cgroup_members(cg: &Path) -> Vec<libc::pid_t> {
@@ -87,11 +91,9 @@ pub(super) fn new_cgroup(pids: u64) -> Result<Option<(PathBuf, std::fs::File)>, 
     }
 }
 
-/// Processes the real user already runs, for a per-user `RLIMIT_NPROC` that leaves the child
-/// `pids` more than that.
-pub(super) fn user_process_count() -> u64 {
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
+/// Processes the user `uid` already runs (the user the child will run as), for a per-user
+/// `RLIMIT_NPROC` that leaves the child `pids` more than that.
+pub(super) fn user_process_count(uid: libc::uid_t) -> u64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -128,6 +130,8 @@ pub(super) struct ChildSetup {
     pub(super) nproc: Option<libc::rlim_t>,
     /// The pids hierarchy a root child must not be able to write.
     pub(super) cgroup_root: Option<&'static std::ffi::CStr>,
+    /// The principal's own user and group id, taken just before exec.
+    pub(super) ids: Option<(libc::uid_t, libc::gid_t)>,
 }
 
 pub(super) fn set_limit(
@@ -196,6 +200,20 @@ pub(super) fn in_child(s: ChildSetup) -> std::io::Result<()> {
                     break;
                 }
                 return Err(e);
+            }
+        }
+    }
+    if let Some((uid, gid)) = s.ids {
+        // Last, because the steps above need privilege: the groups first (changing them
+        // needs the user id still 0), then the user, which clears every remaining
+        // capability. All three ids of each kind are set, so none can be taken back.
+        // SAFETY: set-id calls with integer arguments and a null, zero-length group list.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(gid, gid, gid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
         }
     }
