@@ -29,6 +29,10 @@ pub enum VfsError {
     /// A file was found where a directory was needed.
     #[error("not a directory: {0}")]
     NotDirectory(String),
+    /// Neither a regular file nor a directory (a FIFO, socket or device): the host never
+    /// opens one for a guest, so nobody can park a host thread on it.
+    #[error("not a regular file: {0}")]
+    NotAFile(String),
     /// The directory still has entries.
     #[error("directory not empty: {0}")]
     NotEmpty(String),

@@ -89,9 +89,46 @@ fn open_log_file(logs: &Dir, name: &str) -> io::Result<std::fs::File> {
     opts.follow(FollowSymlinks::No);
     #[cfg(unix)]
     opts.mode(0o600);
-    Ok(logs.open_with(name, &opts)?.into_std())
+    regular(logs.open_with(name, &opts.nonblock(true))?)
 }
 
+/// `file` if it is a regular file. Host files in a home are opened without blocking and
+/// checked, because a principal's own processes can put a FIFO where one is expected, and
+/// opening that would hold a host thread until someone opened the other end.
+fn regular(file: cap_std::fs::File) -> io::Result<std::fs::File> {
+    if file.metadata()?.is_file() {
+        Ok(file.into_std())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    }
+}
+
+/// Largest host-written file (an env overlay) read back from a home.
+const MAX_HOST_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a host-written UTF-8 file under `home`, not following a symlink at its last
+/// component, refusing anything but a regular file of at most [`MAX_HOST_FILE_BYTES`].
+fn read_host_file(home: &Dir, rel: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut opts = OpenOptions::new();
+    opts.read(true).follow(FollowSymlinks::No).nonblock(true);
+    let file = regular(home.open_with(rel, &opts)?)?;
+    let mut text = String::new();
+    file.take(MAX_HOST_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_HOST_FILE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {MAX_HOST_FILE_BYTES} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+use cap_fs_ext::OpenOptionsSyncExt;
 #[cfg(unix)]
 use cap_std::fs::{DirBuilderExt, OpenOptionsExt};
 
@@ -179,7 +216,7 @@ impl StateLayout {
         let env_file = Path::new(".config")
             .join("env")
             .join(format!("{capsule}.env.json"));
-        let env = match home.read_to_string(&env_file) {
+        let env = match read_host_file(&home, &env_file) {
             Ok(text) => Ok(Some(text)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -256,6 +293,41 @@ mod tests {
                 .unwrap_or(0);
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    /// A principal's own processes can put a FIFO where the host keeps its log or env
+    /// overlay; opening either must fail at once instead of waiting for a peer.
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_in_place_of_a_log_or_env_overlay_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let layout = StateLayout::new(dir.path());
+        let alice = pid("alice");
+        drop(
+            layout
+                .open_principal(&alice, "pong")
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let home = layout.home(&alice);
+        std::fs::remove_file(layout.capsule_log_path(&alice, "pong"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(home.join(".config/env")).unwrap_or_else(|e| panic!("{e}"));
+        for fifo in [
+            layout.capsule_log_path(&alice, "pong"),
+            home.join(".config/env/pong.env.json"),
+        ] {
+            let made = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap_or_else(|e| panic!("mkfifo: {e}"));
+            assert!(made.success());
+        }
+        let files = layout
+            .open_principal(&alice, "pong")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(files.log.is_err());
+        assert!(files.env.is_err());
+        assert!(layout.open_capsule_log(&alice, "pong").is_err());
     }
 
     #[cfg(unix)]

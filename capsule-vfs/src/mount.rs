@@ -342,6 +342,29 @@ impl Mount {
     }
 
     /// Options creating a private file (0600) when it is missing.
+    /// Opens `p` with `opts` without blocking (a FIFO with nobody at the other end would
+    /// otherwise hold the calling thread until someone comes) and keeps it only if it is a
+    /// regular file.
+    fn open_regular(
+        &self,
+        p: &Path,
+        opts: &mut OpenOptions,
+    ) -> Result<cap_std::fs::File, VfsError> {
+        use cap_fs_ext::OpenOptionsSyncExt;
+        let file = self
+            .dir
+            .open_with(at(p), opts.nonblock(true))
+            .map_err(Self::err(p))?;
+        let kind = file.metadata().map_err(Self::err(p))?.file_type();
+        if kind.is_dir() {
+            return Err(VfsError::IsDirectory(p.display().to_string()));
+        }
+        if !kind.is_file() {
+            return Err(VfsError::NotAFile(p.display().to_string()));
+        }
+        Ok(file)
+    }
+
     fn private(opts: &mut OpenOptions) -> &mut OpenOptions {
         opts.mode(0o600)
     }
@@ -399,11 +422,8 @@ impl Tree for Mount {
     }
 
     fn read(&self, p: &Path, limit: u64) -> Result<Vec<u8>, VfsError> {
-        let file = self.dir.open(at(p)).map_err(Self::err(p))?;
+        let file = self.open_regular(p, OpenOptions::new().read(true))?;
         let meta = file.metadata().map_err(Self::err(p))?;
-        if meta.is_dir() {
-            return Err(VfsError::IsDirectory(p.display().to_string()));
-        }
         if meta.len() > limit {
             return Err(VfsError::TooLarge {
                 what: "file",
@@ -434,7 +454,7 @@ impl Tree for Mount {
         } else {
             opts.truncate(true);
         }
-        let file = self.dir.open_with(at(p), &opts).map_err(Self::err(p))?;
+        let file = self.open_regular(p, &mut opts)?;
         file.into_std().write_all(data).map_err(Self::err(p))
     }
 
@@ -497,10 +517,9 @@ impl Tree for Mount {
     fn copy(&self, from: &Path, to: &Path, ctl: &Ctl<'_>) -> Result<(), VfsError> {
         // The copy lands where a symlink at `to` leads: the path gates judged.
         let to = &self.resolve_for_gate(to)?;
-        let src = self.dir.open(at(from)).map_err(Self::err(from))?.into_std();
-        if src.metadata().map_err(Self::err(from))?.is_dir() {
-            return Err(VfsError::IsDirectory(from.display().to_string()));
-        }
+        let src = self
+            .open_regular(from, OpenOptions::new().read(true))?
+            .into_std();
         if let Ok(existing) = self.dir.metadata(at(to)) {
             if existing.is_dir() {
                 return Err(VfsError::IsDirectory(to.display().to_string()));
@@ -556,12 +575,7 @@ impl Tree for Mount {
             OpenMode::Append => Self::private(opts.append(true).create(true)),
             OpenMode::ReadWrite => Self::private(opts.read(true).write(true).create(true)),
         };
-        let file = self.dir.open_with(at(p), &opts).map_err(Self::err(p))?;
-        let meta = file.metadata().map_err(Self::err(p))?;
-        if meta.is_dir() {
-            return Err(VfsError::IsDirectory(p.display().to_string()));
-        }
-        Ok(file.into_std())
+        Ok(self.open_regular(p, &mut opts)?.into_std())
     }
     fn usage(
         &self,

@@ -233,3 +233,38 @@ fn a_dangling_symlink_is_judged_by_where_it_points() {
         Err(VfsError::BoundaryEscape(_))
     ));
 }
+
+/// A FIFO (which a principal's own processes can create in its home) never parks the calling
+/// thread: with nobody at the other end, opening it would wait for a peer forever.
+#[cfg(unix)]
+#[test]
+fn a_fifo_is_refused_without_waiting_for_a_peer() {
+    let f = fixture();
+    let m = mount(&f);
+    let made = std::process::Command::new("mkfifo")
+        .arg(f.mount.join("pipe"))
+        .status()
+        .unwrap_or_else(|e| panic!("mkfifo: {e}"));
+    assert!(made.success());
+    let ctl = Ctl::uncancellable();
+    let pipe = Path::new("pipe");
+    assert!(matches!(m.read(pipe, 100), Err(VfsError::NotAFile(_))));
+    for mode in [OpenMode::Read, OpenMode::ReadWrite] {
+        assert!(matches!(
+            m.open(pipe, mode, &ctl),
+            Err(VfsError::NotAFile(_))
+        ));
+    }
+    // Opening a FIFO only to write fails at once when nobody reads it.
+    for mode in [OpenMode::Write, OpenMode::Append] {
+        assert!(m.open(pipe, mode, &ctl).is_err());
+    }
+    for append in [false, true] {
+        assert!(m.write(pipe, b"x", append, &ctl).is_err());
+    }
+    assert!(matches!(
+        m.copy(pipe, Path::new("copied"), &ctl),
+        Err(VfsError::NotAFile(_))
+    ));
+    assert!(!f.mount.join("copied").exists());
+}

@@ -209,6 +209,7 @@ impl FsError {
                 VfsError::Access(_) => ErrorCode::Access,
                 VfsError::AlreadyExists(_) => ErrorCode::AlreadyExists,
                 VfsError::IsDirectory(_) => ErrorCode::IsDirectory,
+                VfsError::NotAFile(_) => ErrorCode::Access,
                 VfsError::NotDirectory(_) => ErrorCode::NotDirectory,
                 VfsError::NotEmpty(_) => ErrorCode::NotEmpty,
                 VfsError::TooLarge { .. } => ErrorCode::TooLarge,
