@@ -89,7 +89,7 @@ fn open_log_file(logs: &Dir, name: &str) -> io::Result<std::fs::File> {
     opts.follow(FollowSymlinks::No);
     #[cfg(unix)]
     opts.mode(0o600);
-    regular(logs.open_with(name, &opts.nonblock(true))?)
+    regular(logs.open_with(name, opts.nonblock(true))?)
 }
 
 /// `file` if it is a regular file. Host files in a home are opened without blocking and
