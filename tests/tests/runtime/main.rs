@@ -19,6 +19,7 @@ mod limits;
 mod loading;
 mod net;
 mod net_attack;
+mod net_attack2;
 mod net_kit;
 mod process;
 mod process_attacks;
