@@ -621,16 +621,14 @@ async fn children_outliving_their_parent_fail_cleanly() {
         }),
     )
     .await;
-    assert_eq!(
-        ok(&r),
-        &json!({
-            "body-read": "closed",
-            "sink-write": "closed",
-            "socket-read": "closed",
-            "socket-write": "closed",
-        }),
-        "{r}"
-    );
+    // Each child fails with a stream error (how the far side ended decides which), never
+    // data without end, a hang or a trap.
+    for child in ["body-read", "sink-write", "socket-read", "socket-write"] {
+        assert!(
+            matches!(ok(&r)[child].as_str(), Some("closed" | "failed")),
+            "{child}: {r}"
+        );
+    }
     // And the capsule still serves.
     let r = call(&c, "get", json!({"url": web.url("/hello")})).await;
     assert_eq!(ok(&r)["body"], "hello", "{r}");
