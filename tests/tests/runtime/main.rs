@@ -21,6 +21,7 @@ mod loading;
 mod loopback;
 mod net;
 mod net_attack;
+mod net_attack2;
 mod net_kit;
 mod process;
 mod process_attacks;

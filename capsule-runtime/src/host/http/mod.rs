@@ -4,8 +4,8 @@
 //! (the request and each redirect, at most `MAX_REDIRECTS`) is checked against the grant and
 //! the host's airlock, connected only to the addresses the airlock checked, and a refusal is
 //! audited on `capsule::audit::net` with the host and the reason. Per (capsule, principal in
-//! scope), at most the profile's `max_http_streams` requests and streams are in flight (more
-//! is `quota`), a response body is bounded by `max_http_response_bytes` (beyond it:
+//! scope), at most the profile's `max_http_streams` requests are in flight or streams not
+//! yet closed or dropped (more is `quota`, audited too), a response body is bounded by `max_http_response_bytes` (beyond it:
 //! `body-too-large`) and a request by `max_timeout_secs`. Streams are read through a bounded
 //! pipe; unloading the capsule stops every transfer at once. `HttpError` maps to the WIT
 //! code by one exhaustive match.
@@ -14,6 +14,7 @@
 mod shared;
 pub(crate) mod client;
 mod integrity;
+mod upload;
 mod v1_0;
 mod v1_1;
 
@@ -23,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use capsule_security::{PrincipalId, StaticResolver, SystemResolver};
-use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -106,6 +106,7 @@ fn code_name(e: &HttpError) -> &'static str {
         HttpError::Airlock(_) => "airlock-rejected",
         HttpError::Dns(_) => "dns-error",
         HttpError::SchemeDenied => "scheme-denied",
+        HttpError::Quota => "quota",
         _ => "other",
     }
 }
@@ -293,15 +294,20 @@ pub(crate) struct Buffered {
 /// What a request may use, from the profile of the principal in scope and its options.
 struct Budget {
     principal: PrincipalId,
-    /// The in-flight slot, released when the budget is dropped.
-    _slot: OwnedSemaphorePermit,
+    /// The in-flight slot, released when the budget and every stream entry holding it are
+    /// dropped.
+    slot: Arc<OwnedSemaphorePermit>,
     limit: u64,
     deadline: Duration,
     between: Option<Duration>,
 }
 
-/// A response whose body is still being delivered.
+/// A response whose body is still being delivered, or waits in the host to be read. It holds
+/// its request's in-flight slot until it is closed or dropped, so the bodies a principal can
+/// leave buffered in the host are bounded by `max_http_streams`.
 pub(crate) struct StreamEntry {
+    /// The in-flight slot; `None` once the stream is closed.
+    slot: Option<Arc<OwnedSemaphorePermit>>,
     status: u16,
     headers: Vec<Pair>,
     pipe: Arc<Pipe>,
@@ -319,54 +325,9 @@ impl Drop for StreamEntry {
     }
 }
 
-/// A request whose body the guest is still writing (1.1's `http-upload`).
-pub(crate) struct UploadEntry {
-    /// The request body the guest writes into.
-    sink: Arc<Pipe>,
-    /// The exchange, running since `http-upload-start`; taken by `finish`.
-    sent: Option<tokio::task::JoinHandle<Result<client::Sent, HttpError>>>,
-    budget: Option<Budget>,
-    started: Instant,
-}
-
-impl Drop for UploadEntry {
-    fn drop(&mut self) {
-        self.sink.close_reader();
-        if let Some(task) = self.sent.take() {
-            task.abort();
-        }
-    }
-}
-
-/// The request body of an upload: what the guest queues in `pipe`, until it finishes.
-struct SinkReader(Arc<Pipe>);
-
-impl Drop for SinkReader {
-    fn drop(&mut self) {
-        self.0.close_reader();
-    }
-}
-
-fn pipe_body(pipe: Arc<Pipe>) -> client::Body {
-    let stream = futures::stream::unfold(Some(SinkReader(pipe)), |reader| async move {
-        let reader = reader?;
-        loop {
-            reader.0.readable().await;
-            match reader.0.try_read(MAX_CHUNK_BYTES) {
-                Read::Data(b) => return Some((Ok(hyper::body::Frame::data(b)), Some(reader))),
-                Read::Empty => {}
-                Read::End(End::Done) => return None,
-                Read::End(End::Failed(e)) => {
-                    return Some((Err(client::BodyError::from(e)), None));
-                }
-            }
-        }
-    });
-    http_body_util::StreamBody::new(stream).boxed_unsync()
-}
-
 impl HttpView<'_> {
-    fn budget(&self, options: &Options) -> Result<Budget, HttpError> {
+    /// What a request to `url` may use; a refused slot is audited with the URL's host.
+    fn budget(&self, url: &url::Url, options: &Options) -> Result<Budget, HttpError> {
         let principal = self.core.scoped.principal().clone();
         let profile = self
             .core
@@ -376,12 +337,19 @@ impl HttpView<'_> {
             .map_err(|_| HttpError::Denied("the principal's profile is refused".into()))?;
         let permit = self
             .ctx
-            .permit(&principal, profile.quotas.max_http_streams)?;
+            .permit(&principal, profile.quotas.max_http_streams)
+            .inspect_err(|e| {
+                let refused = Refused {
+                    host: client::host_of(url),
+                    redirect: false,
+                };
+                shared_audit(self.ctx, &principal, &refused, e);
+            })?;
         let most = Duration::from_secs(profile.quotas.max_timeout_secs);
         let limit = profile.quotas.max_http_response_bytes;
         Ok(Budget {
             principal,
-            _slot: permit,
+            slot: Arc::new(permit),
             limit: options.max_response_bytes.map_or(limit, |m| m.min(limit)),
             deadline: options.total.map_or(most, |t| t.min(most)),
             between: options.between_bytes,
@@ -420,7 +388,7 @@ impl HttpView<'_> {
         outgoing: Outgoing,
         options: &Options,
     ) -> Result<Buffered, HttpError> {
-        let budget = self.budget(options)?;
+        let budget = self.budget(&outgoing.url, options)?;
         let shared = Arc::clone(self.ctx);
         let principal = budget.principal.clone();
         let audit = self.auditor(&principal);
@@ -471,7 +439,7 @@ impl HttpView<'_> {
         outgoing: Outgoing,
         options: &Options,
     ) -> Result<StreamEntry, HttpError> {
-        let budget = self.budget(options)?;
+        let budget = self.budget(&outgoing.url, options)?;
         let shared = Arc::clone(self.ctx);
         let principal = budget.principal.clone();
         let audit = self.auditor(&principal);
@@ -504,6 +472,7 @@ impl HttpView<'_> {
         let pipe = Pipe::new(STREAM_BUFFER_BYTES);
         let failure = Arc::new(Mutex::new(None));
         let trailers = Arc::new(Mutex::new(None));
+        let slot = Some(Arc::clone(&budget.slot));
         tokio::spawn(pump(
             sent,
             Arc::clone(self.ctx),
@@ -517,6 +486,7 @@ impl HttpView<'_> {
             self.core.limits.shared.cancel.clone(),
         ));
         StreamEntry {
+            slot,
             status,
             headers,
             pipe,
@@ -524,92 +494,6 @@ impl HttpView<'_> {
             trailers,
             closed: false,
         }
-    }
-
-    /// Starts a request whose body the guest streams; the exchange runs while it writes.
-    pub(crate) fn upload_start(
-        &mut self,
-        outgoing: Outgoing,
-        options: &Options,
-    ) -> Result<UploadEntry, HttpError> {
-        let budget = self.budget(options)?;
-        let shared = Arc::clone(self.ctx);
-        let principal = budget.principal.clone();
-        let audit = self.auditor(&principal);
-        // The grant is checked now, so a refused destination fails the start, not `finish`.
-        let url = &outgoing.url;
-        let host = client::host_of(url);
-        let port = url.port_or_known_default().unwrap_or(80);
-        let refused = Refused {
-            host: host.clone(),
-            redirect: false,
-        };
-        if options.https_only && url.scheme() != "https" {
-            audit(&refused, &HttpError::SchemeDenied);
-            return Err(HttpError::SchemeDenied);
-        }
-        if let capsule_security::Decision::Denied(reason) =
-            shared.gate.policy.may_http_url(url.scheme(), &host, port)
-        {
-            let e = HttpError::Denied(reason);
-            audit(&refused, &e);
-            return Err(e);
-        }
-        let sink = Pipe::new(STREAM_BUFFER_BYTES);
-        let body = pipe_body(Arc::clone(&sink));
-        let hops = options.hops();
-        let cancel = self.core.limits.shared.cancel.clone();
-        let deadline = budget.deadline;
-        let sent = tokio::spawn(async move {
-            let work = client::send(
-                &shared.gate,
-                &shared.pool,
-                &principal,
-                outgoing,
-                &hops,
-                Some(body),
-                &audit,
-            );
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => Err(HttpError::Closed),
-                r = tokio::time::timeout(deadline, work) => r.unwrap_or(Err(HttpError::Timeout)),
-            }
-        });
-        Ok(UploadEntry {
-            sink,
-            sent: Some(sent),
-            budget: Some(budget),
-            started: Instant::now(),
-        })
-    }
-
-    pub(crate) fn upload(&mut self, rep: u32) -> wasmtime::Result<&mut UploadEntry> {
-        Ok(self
-            .core
-            .table
-            .get_mut(&Resource::<UploadEntry>::new_borrow(rep))?)
-    }
-
-    /// Ends an upload's body and waits for the response head; a second `finish` is
-    /// `closed`.
-    pub(crate) async fn upload_finish(
-        &mut self,
-        rep: u32,
-    ) -> wasmtime::Result<Result<StreamEntry, HttpError>> {
-        let entry = self.upload(rep)?;
-        let (Some(task), Some(budget)) = (entry.sent.take(), entry.budget.take()) else {
-            return Ok(Err(HttpError::Closed));
-        };
-        entry.sink.finish(End::Done);
-        let left = budget.deadline.saturating_sub(entry.started.elapsed());
-        let sent = self
-            .bounded(left, async {
-                task.await
-                    .map_err(|_| HttpError::Unknown("the upload stopped".into()))?
-            })
-            .await;
-        Ok(sent.map(|sent| self.stream_of(sent, budget, None)))
     }
 
     pub(crate) fn stream(&mut self, rep: u32) -> wasmtime::Result<&mut StreamEntry> {
@@ -655,6 +539,7 @@ impl HttpView<'_> {
             return Ok(Err(HttpError::Closed));
         }
         entry.pipe.close_reader();
+        entry.slot = None;
         Ok(Ok(()))
     }
 

@@ -16,7 +16,8 @@ use capsule_wit::astrid::io::streams::{InputStream, OutputStream};
 use wasmtime::component::Resource;
 
 use super::client::{self, Outgoing};
-use super::{HttpError, HttpView, Options, Pair, UploadEntry};
+use super::upload::UploadEntry;
+use super::{HttpError, HttpView, Options, Pair};
 
 /// The 1.1 code a guest sees for `e`. Connection and TLS details stay in the host log.
 fn code(e: &HttpError) -> ErrorCode {
@@ -116,6 +117,10 @@ fn options(o: RequestOptions) -> Result<Options, HttpError> {
         return Err(HttpError::Invalid(
             "a timeout or size limit of 0 is not a limit; leave it out instead".into(),
         ));
+    }
+    // Metadata the check could not use is refused before anything is sent.
+    if let Some(meta) = &o.integrity {
+        super::integrity::integrity_ok(meta, &[])?;
     }
     Ok(Options {
         connect: ms(t.connect_ms),

@@ -11,8 +11,8 @@
 //! against that principal's `max_sockets` / `max_listeners` (beyond them: `quota`), and any
 //! other principal using its handle gets `invalid-handle`. Unloading the capsule shuts every
 //! socket down at once (the peer sees end of stream) and removes the Unix socket. `NetError`
-//! maps to the WIT code by one exhaustive match; refusals are audited on
-//! `capsule::audit::net`.
+//! maps to the WIT code by one exhaustive match; refusals (a `quota`, a refused or failed
+//! `lookup-host` included) are audited on `capsule::audit::net`.
 
 mod listen;
 mod socket;
@@ -319,7 +319,6 @@ impl NetView<'_> {
 
     async fn connect(&mut self, host: String, port: u16) -> Result<socket::SocketEntry, NetError> {
         let principal = self.principal();
-        let slot = self.ctx.slot(&principal, false, self.profile()?)?;
         let shared = Arc::clone(self.ctx);
         let name = host
             .trim_start_matches('[')
@@ -330,6 +329,10 @@ impl NetView<'_> {
             shared.audit(&principal, &target, &e);
             e
         };
+        let slot = self
+            .profile()
+            .and_then(|p| shared.slot(&principal, false, p))
+            .map_err(refuse)?;
         if let Decision::Denied(reason) = shared.policy.may_connect(&name, port) {
             return Err(refuse(NetError::Denied(reason)));
         }
@@ -389,7 +392,10 @@ impl NetView<'_> {
             return Err(refuse(NetError::Denied(reason)));
         }
         let ip = loopback(host).map_err(refuse)?;
-        let slot = shared.slot(&principal, true, self.profile()?)?;
+        let slot = self
+            .profile()
+            .and_then(|p| shared.slot(&principal, true, p))
+            .map_err(refuse)?;
         let std_listener =
             std::net::TcpListener::bind(SocketAddr::new(ip, port)).map_err(|e| io_error(&e))?;
         std_listener
@@ -415,8 +421,12 @@ impl NetView<'_> {
         if let Decision::Denied(reason) = shared.policy.may_bind_unix("") {
             return Err(refuse(NetError::Denied(reason)));
         }
-        let slot = shared.slot(&principal, true, self.profile()?)?;
-        let guard = listen::UnixGuard::claim(&shared.unix_bound, &shared.run_dir)?;
+        let slot = self
+            .profile()
+            .and_then(|p| shared.slot(&principal, true, p))
+            .map_err(refuse)?;
+        let guard =
+            listen::UnixGuard::claim(&shared.unix_bound, &shared.run_dir).map_err(refuse)?;
         let listener = tokio::net::UnixListener::bind(guard.path()).map_err(|e| io_error(&e))?;
         Ok(listen::ListenerEntry::unix(
             listener,
@@ -507,14 +517,16 @@ impl Host for NetView<'_> {
                     .map_err(|_| NetError::Unknown("name lookup stopped".into()))
             })
             .await;
-        Ok(match answer {
-            Ok(Ok(addrs)) => Ok(addrs.iter().map(|a| a.ip().to_string()).collect()),
-            Ok(Err(AirlockError::Resolve(e))) => Err(code(&NetError::Unresolvable(e.to_string()))),
+        let e = match answer {
+            Ok(Ok(addrs)) => return Ok(Ok(addrs.iter().map(|a| a.ip().to_string()).collect())),
+            Ok(Err(AirlockError::Resolve(e))) => NetError::Unresolvable(e.to_string()),
             Ok(Err(AirlockError::Refused { refusal, .. })) => {
-                Err(code(&NetError::Airlock(refusal.to_string())))
+                NetError::Airlock(refusal.to_string())
             }
-            Err(e) => Err(code(&e)),
-        })
+            Err(e) => e,
+        };
+        self.ctx.audit(&self.principal(), &host, &e);
+        Ok(Err(code(&e)))
     }
 }
 

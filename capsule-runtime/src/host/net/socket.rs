@@ -2,7 +2,11 @@
 //! capsule's Unix listener). Every call first checks that the principal in scope owns the
 //! socket; every wait is bounded by the socket's timeout (at most the principal's call
 //! deadline) and by the capsule's unloading. Dropping the handle, or unloading, shuts the
-//! socket down so the peer sees end of stream at once.
+//! socket down so the peer sees end of stream at once. A socket has at most one live read
+//! view and one live write view (`read-stream`, `write-stream`): each holds the host's
+//! buffer of its direction until its task ends, so asking for another first waits (bounded
+//! by the socket's timeout) for the previous one to end, and gets an already-failed stream
+//! if it does not.
 
 use std::io;
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use capsule_wit::astrid::net::host::{
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::Resource;
 
 use super::{MAX_READ_BYTES, NetError, NetView, code, io_error};
@@ -103,11 +107,14 @@ impl Conn {
     }
 }
 
-/// What a socket's readers share: the connection and the bytes `peek` took off it.
+/// What a socket's readers share: the connection, the bytes `peek` took off it, and the one
+/// slot each of its stream views (a task and its buffer) takes while it runs.
 #[derive(Debug)]
 pub(crate) struct Shared {
     conn: Arc<Conn>,
     peeked: Mutex<Vec<u8>>,
+    read_view: Arc<Semaphore>,
+    write_view: Arc<Semaphore>,
 }
 
 impl Shared {
@@ -201,6 +208,8 @@ impl SocketEntry {
             shared: Arc::new(Shared {
                 conn,
                 peeked: Mutex::new(Vec::new()),
+                read_view: Arc::new(Semaphore::new(1)),
+                write_view: Arc::new(Semaphore::new(1)),
             }),
             owner,
             read_timeout: None,
@@ -265,18 +274,59 @@ impl NetView<'_> {
 
     /// A stream view for a socket the caller may not use: already failed.
     fn dead_pipe() -> Arc<Pipe> {
+        Self::failed_pipe("not a live socket of this principal")
+    }
+
+    /// A stream view that failed with `why` before it started.
+    fn failed_pipe(why: &str) -> Arc<Pipe> {
         let pipe = Pipe::new(1);
-        pipe.finish(End::Failed("not a live socket of this principal".into()));
+        pipe.finish(End::Failed(why.into()));
         pipe
+    }
+
+    /// The socket behind `r` with the view slot of one direction, once the previous view
+    /// of that direction has ended (waiting at most the socket's timeout of that direction);
+    /// `None` (after its stream view is made) if the caller may not use the socket or the
+    /// previous view is still live.
+    async fn view_slot(
+        &mut self,
+        r: &Resource<TcpStream>,
+        write: bool,
+    ) -> wasmtime::Result<Result<(Arc<Shared>, OwnedSemaphorePermit), &'static str>> {
+        let (shared, own) = match self.socket(r)? {
+            Ok(s) if write => (Arc::clone(&s.shared), s.write_timeout),
+            Ok(s) => (Arc::clone(&s.shared), s.read_timeout),
+            Err(_) => return Ok(Err("not a live socket of this principal")),
+        };
+        let limit = self.limit(own);
+        let slot = Arc::clone(if write {
+            &shared.write_view
+        } else {
+            &shared.read_view
+        });
+        let got = self
+            .waiting(async {
+                tokio::time::timeout(limit, slot.acquire_owned())
+                    .await
+                    .map_err(|_| NetError::Timeout)?
+                    .map_err(|_| NetError::Closed)
+            })
+            .await;
+        Ok(match got {
+            Ok(permit) => Ok((shared, permit)),
+            Err(_) if write => Err("the socket's previous write stream has not ended"),
+            Err(_) => Err("the socket's previous read stream has not ended"),
+        })
     }
 }
 
 /// Moves bytes from the socket into `pipe` until end of stream, failure, the reader leaving
-/// or the capsule unloading.
+/// or the capsule unloading; holds the socket's read view slot until then.
 async fn pump_in(
     shared: Arc<Shared>,
     pipe: Arc<Pipe>,
     cancel: tokio_util::sync::CancellationToken,
+    _view: OwnedSemaphorePermit,
 ) {
     let work = async {
         loop {
@@ -300,11 +350,13 @@ async fn pump_in(
     pipe.finish(end);
 }
 
-/// Moves what the guest queues in `pipe` to the socket until the writer ends.
+/// Moves what the guest queues in `pipe` to the socket until the writer ends; holds the
+/// socket's write view slot until then.
 async fn pump_out(
     shared: Arc<Shared>,
     pipe: Arc<Pipe>,
     cancel: tokio_util::sync::CancellationToken,
+    _view: OwnedSemaphorePermit,
 ) {
     let work = async {
         loop {
@@ -652,17 +704,18 @@ impl HostTcpStream for NetView<'_> {
         &mut self,
         self_: Resource<TcpStream>,
     ) -> wasmtime::Result<Resource<InputStream>> {
-        let pipe = match self.socket(&self_)? {
-            Ok(s) => {
+        let pipe = match self.view_slot(&self_, false).await? {
+            Ok((shared, view)) => {
                 let pipe = Pipe::new(super::listen::STREAM_BUFFER_BYTES);
                 tokio::spawn(pump_in(
-                    Arc::clone(&s.shared),
+                    shared,
                     Arc::clone(&pipe),
                     self.core.limits.shared.cancel.clone(),
+                    view,
                 ));
                 pipe
             }
-            Err(_) => Self::dead_pipe(),
+            Err(why) => Self::failed_pipe(why),
         };
         crate::host::streams::new_input(self.core.table, pipe)
     }
@@ -671,13 +724,14 @@ impl HostTcpStream for NetView<'_> {
         &mut self,
         self_: Resource<TcpStream>,
     ) -> wasmtime::Result<Resource<OutputStream>> {
-        let pipe = match self.socket(&self_)? {
-            Ok(s) => {
+        let pipe = match self.view_slot(&self_, true).await? {
+            Ok((shared, view)) => {
                 let pipe = Pipe::new(super::listen::STREAM_BUFFER_BYTES);
                 tokio::spawn(pump_out(
-                    Arc::clone(&s.shared),
+                    shared,
                     Arc::clone(&pipe),
                     self.core.limits.shared.cancel.clone(),
+                    view,
                 ));
                 pipe
             }
