@@ -21,11 +21,14 @@ pub(crate) struct SharedDirs {
     pub(crate) tmp: Arc<Mount>,
 }
 
+/// Weak handles to a principal's home and tmp: usable while some capsule or scope holds them.
+type Held = (Weak<Mount>, Weak<Mount>);
+
 /// The homes open now, by principal; an entry lives while some capsule or scope holds it.
 #[derive(Debug)]
 pub(crate) struct Homes {
     layout: StateLayout,
-    open: Mutex<HashMap<PrincipalId, (Weak<Mount>, Weak<Mount>)>>,
+    open: Mutex<HashMap<PrincipalId, Held>>,
 }
 
 impl Homes {
