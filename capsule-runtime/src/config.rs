@@ -29,7 +29,14 @@ pub struct PoolingConfig {
     pub max_memories: u32,
     /// Largest linear memory in bytes (quotas above this cannot be granted).
     pub max_memory_bytes: u64,
+    /// Reserve only `max_memory_bytes` (plus the guard) of address space per memory slot
+    /// instead of 4 GiB: guest memory accesses then carry explicit bounds checks, and tens
+    /// of thousands of memories fit in the address space.
+    pub compact_memories: bool,
 }
+
+/// Memory slots up to which each may reserve the full 4 GiB (8 TiB of address space in all).
+const FULL_RESERVATION_SLOTS: u32 = 2048;
 
 impl Default for PoolingConfig {
     fn default() -> Self {
@@ -38,6 +45,26 @@ impl Default for PoolingConfig {
             max_core_instances: 1024,
             max_memories: 256,
             max_memory_bytes: 1 << 30,
+            compact_memories: false,
+        }
+    }
+}
+
+impl PoolingConfig {
+    /// A pool in which `capsules` capsules can each hold a live instance at once (an idle run
+    /// loop holds one; a handler-only capsule holds none until called), with an eighth more
+    /// (at least 64) for concurrent handler calls: eight core instances and two memories per
+    /// component instance, as the default pool has. Past 2 048 memory slots the slots are
+    /// compact (see [`compact_memories`](Self::compact_memories)).
+    pub fn for_capsules(capsules: u32) -> Self {
+        let instances = capsules.saturating_add((capsules / 8).max(64));
+        let memories = instances.saturating_mul(2);
+        Self {
+            max_instances: instances,
+            max_core_instances: instances.saturating_mul(8),
+            max_memories: memories,
+            compact_memories: memories > FULL_RESERVATION_SLOTS,
+            ..Self::default()
         }
     }
 }

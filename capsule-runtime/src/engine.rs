@@ -1,5 +1,6 @@
 //! The wasmtime engine: component model, async host calls, epoch interruption driven by one
-//! ticker thread per engine, and an explicitly sized pooling allocator. The ticker holds only a
+//! ticker thread per engine, and an explicitly sized pooling allocator (with compact memory
+//! slots when it is sized for many thousands of instances). The ticker holds only a
 //! weak reference, so it ends with the engine.
 
 use std::time::Duration;
@@ -28,6 +29,9 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, ConfigError
             .max_tables_per_component(8)
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(1 << 20);
+        if p.compact_memories {
+            c.memory_reservation(p.max_memory_bytes);
+        }
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     Engine::new(&c).map_err(|e| ConfigError::Engine(format!("{e:#}")))
@@ -58,4 +62,22 @@ pub(crate) fn start_epoch_ticker(
         })
         .map(drop)
         .map_err(|e| ConfigError::Engine(format!("cannot start the epoch ticker: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PoolingConfig;
+
+    #[test]
+    fn a_pool_sized_for_ten_thousand_capsules_builds() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut config = RuntimeConfig::new(dir.path());
+        let pool = PoolingConfig::for_capsules(10_000);
+        assert!(pool.max_instances >= 10_000 && pool.compact_memories);
+        assert!(!PoolingConfig::for_capsules(100).compact_memories);
+        config.pooling = Some(pool);
+        config.validate().unwrap_or_else(|e| panic!("{e}"));
+        build_engine(&config).unwrap_or_else(|e| panic!("{e}"));
+    }
 }

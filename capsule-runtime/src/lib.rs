@@ -52,6 +52,7 @@ mod consent;
 mod dispatch;
 mod engine;
 mod error;
+mod homes;
 mod host;
 mod inspect;
 mod instance;

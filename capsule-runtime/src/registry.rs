@@ -1,5 +1,6 @@
 //! The loaded capsules, by session, so one capsule can ask what another holds
-//! (`check-capsule-capability`) and the runtime can refuse duplicate names.
+//! (`check-capsule-capability`) and the runtime can refuse duplicate names. Both questions
+//! are one map lookup, however many capsules are loaded.
 
 use std::collections::HashMap;
 
@@ -13,20 +14,28 @@ struct Entry {
     capabilities: Capabilities,
 }
 
+/// Loaded capsules by session UUID, and their sessions by name.
+#[derive(Debug, Default)]
+struct Maps {
+    entries: HashMap<Uuid, Entry>,
+    names: HashMap<String, Uuid>,
+}
+
 /// Loaded capsules by session UUID.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    entries: RwLock<HashMap<Uuid, Entry>>,
+    maps: RwLock<Maps>,
 }
 
 impl Registry {
     /// Registers a capsule; `false` if a capsule of that name is already loaded.
     pub(crate) fn insert(&self, session: Uuid, name: &str, capabilities: Capabilities) -> bool {
-        let mut entries = self.entries.write();
-        if entries.values().any(|e| e.name == name) {
+        let mut maps = self.maps.write();
+        if maps.names.contains_key(name) {
             return false;
         }
-        entries.insert(
+        maps.names.insert(name.to_string(), session);
+        maps.entries.insert(
             session,
             Entry {
                 name: name.to_string(),
@@ -37,18 +46,46 @@ impl Registry {
     }
 
     pub(crate) fn remove(&self, session: &Uuid) {
-        self.entries.write().remove(session);
+        let mut maps = self.maps.write();
+        if let Some(e) = maps.entries.remove(session)
+            && maps.names.get(&e.name) == Some(session)
+        {
+            maps.names.remove(&e.name);
+        }
     }
 
     /// Whether the capsule loaded as `session` holds `capability`; `None` if no such capsule.
     pub(crate) fn holds(&self, session: &Uuid, capability: &str) -> Option<bool> {
-        self.entries
+        self.maps
             .read()
+            .entries
             .get(session)
             .map(|e| e.capabilities.has(capability))
     }
 
     pub(crate) fn contains_name(&self, name: &str) -> bool {
-        self.entries.read().values().any(|e| e.name == name)
+        self.maps.read().names.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_free_again_only_once_its_session_is_removed() {
+        let r = Registry::default();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert!(r.insert(a, "echo", Capabilities::default()));
+        assert!(!r.insert(b, "echo", Capabilities::default()));
+        assert!(r.contains_name("echo"));
+        r.remove(&b);
+        assert!(
+            r.contains_name("echo"),
+            "removing an unknown session frees nothing"
+        );
+        r.remove(&a);
+        assert!(!r.contains_name("echo") && r.holds(&a, "x").is_none());
+        assert!(r.insert(b, "echo", Capabilities::default()));
     }
 }

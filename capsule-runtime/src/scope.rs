@@ -11,6 +11,8 @@ use std::time::{Instant, SystemTime};
 use capsule_bus::{Attribution, Message, PrincipalId, Scope, TopicPattern};
 use capsule_security::{PrincipalProfile, ProfileError};
 use capsule_vfs::{Mount, StateLayout};
+
+use crate::homes::Homes;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
@@ -159,7 +161,8 @@ pub(crate) struct ScopeFactory {
     pub(crate) owner: PrincipalId,
     pub(crate) capsule: String,
     pub(crate) session: Uuid,
-    pub(crate) layout: StateLayout,
+    /// The principals' homes, shared with every other capsule.
+    pub(crate) homes: Arc<Homes>,
     pub(crate) profiles: Arc<ProfileCache>,
 }
 
@@ -198,12 +201,12 @@ impl ScopeFactory {
     }
 
     fn overlays_for(&self, principal: &PrincipalId) -> Overlays {
-        match PrincipalResources::open(&self.layout, principal, &self.capsule) {
+        match PrincipalResources::open(&self.homes, principal, &self.capsule) {
             Some(r) => Overlays {
                 log: r.log,
                 env: Arc::new(r.env),
-                home: Some(Arc::new(r.home)),
-                tmp: Some(Arc::new(r.tmp)),
+                home: Some(r.home),
+                tmp: Some(r.tmp),
             },
             None => Overlays {
                 log: None,
@@ -235,38 +238,29 @@ impl ScopeFactory {
     }
 }
 
-/// A principal's home, tmp, capsule log and env overlay, opened together.
+/// A principal's home, tmp, capsule log and env overlay for one capsule.
 pub(crate) struct PrincipalResources {
-    pub(crate) home: Mount,
-    pub(crate) tmp: Mount,
+    pub(crate) home: Arc<Mount>,
+    pub(crate) tmp: Arc<Mount>,
+    /// Opened from `home` by the first record written.
     pub(crate) log: Option<LogSink>,
     pub(crate) env: HashMap<String, String>,
 }
 
 impl PrincipalResources {
-    /// Opens them; `None` (with a warning) if the principal's home cannot be opened. A log or
-    /// env overlay that cannot be read is reported and left out, never replaced by another
-    /// principal's.
-    pub(crate) fn open(
-        layout: &StateLayout,
-        principal: &PrincipalId,
-        capsule: &str,
-    ) -> Option<Self> {
-        let files = match layout.open_principal(principal, capsule) {
-            Ok(f) => f,
+    /// Takes the principal's shared home and tmp (opening them if no capsule holds them) and
+    /// reads the env overlay; `None` (with a warning) if the home cannot be opened. An env
+    /// overlay that cannot be read is reported and left out, never replaced by another
+    /// principal's; so is a log that cannot be opened, when the first record comes.
+    pub(crate) fn open(homes: &Homes, principal: &PrincipalId, capsule: &str) -> Option<Self> {
+        let dirs = match homes.open(principal) {
+            Ok(d) => d,
             Err(e) => {
                 tracing::warn!(%principal, capsule, error = %e, "cannot open the principal's home");
                 return None;
             }
         };
-        let log = match files.log {
-            Ok(f) => Some(LogSink::from_file(f)),
-            Err(e) => {
-                tracing::warn!(%principal, capsule, error = %e, "cannot open the principal's capsule log");
-                None
-            }
-        };
-        let env = match files.env {
+        let env = match StateLayout::read_env_overlay(&dirs.home, capsule) {
             Ok(Some(text)) => parse_env_overlay(&text, principal, capsule),
             Ok(None) => HashMap::new(),
             Err(e) => {
@@ -275,9 +269,9 @@ impl PrincipalResources {
             }
         };
         Some(Self {
-            home: files.home,
-            tmp: files.tmp,
-            log,
+            log: Some(LogSink::lazy(Arc::clone(&dirs.home), capsule)),
+            home: dirs.home,
+            tmp: dirs.tmp,
             env,
         })
     }

@@ -64,6 +64,14 @@ impl LogFile {
         &self.file
     }
 
+    /// Opens (creating, mode 0600) the capsule's log file in an opened home, in append mode,
+    /// relative to that handle: a link in place of `.local/log` or the file is refused, never
+    /// followed. `capsule` must be a [`CapsuleName`].
+    pub fn open_in_home(home: &Mount, capsule: &str) -> io::Result<Self> {
+        check_capsule_name(capsule)?;
+        StateLayout::open_log_in(home.dir(), capsule)
+    }
+
     /// Moves the current log to `<name>.1` (replacing the previous generation) and starts a
     /// fresh one. If another handle rotated it already, only reopens the current file.
     pub fn rotate(&mut self) -> io::Result<()> {
@@ -146,6 +154,15 @@ pub struct PrincipalFiles {
     pub env: io::Result<Option<String>>,
 }
 
+/// A principal's home and tmp, opened together from the state directory.
+#[derive(Debug)]
+pub struct PrincipalDirs {
+    /// `home://`.
+    pub home: Mount,
+    /// `/tmp/` (`<home>/.local/tmp`).
+    pub tmp: Mount,
+}
+
 /// The host's state directory and the paths inside it.
 #[derive(Clone, Debug)]
 pub struct StateLayout {
@@ -205,6 +222,20 @@ impl StateLayout {
         capsule: &str,
     ) -> io::Result<PrincipalFiles> {
         check_capsule_name(capsule)?;
+        let PrincipalDirs { home, tmp } = self.open_principal_dirs(principal)?;
+        let log = LogFile::open_in_home(&home, capsule);
+        let env = Self::read_env_overlay(&home, capsule);
+        Ok(PrincipalFiles {
+            home,
+            tmp,
+            log,
+            env,
+        })
+    }
+
+    /// Opens the principal's home (creating it, mode 0700) and its tmp (`.local/tmp`, created
+    /// the same way) from that handle, following no link in place of either.
+    pub fn open_principal_dirs(&self, principal: &PrincipalId) -> io::Result<PrincipalDirs> {
         let home = self.open_home(principal)?;
         let tmp_rel = Path::new(".local").join("tmp");
         home.create_dir_with(&tmp_rel, &Self::private_dir_builder())?;
@@ -212,21 +243,24 @@ impl StateLayout {
             home.open_dir_nofollow(&tmp_rel)?,
             self.home(principal).join(&tmp_rel),
         );
-        let log = Self::open_log_in(&home, capsule);
+        Ok(PrincipalDirs {
+            home: Mount::from_dir(home, self.home(principal)),
+            tmp,
+        })
+    }
+
+    /// Reads the capsule's env overlay (`.config/env/<capsule>.env.json`) inside an opened
+    /// home; `None` when there is none. `capsule` must be a [`CapsuleName`].
+    pub fn read_env_overlay(home: &Mount, capsule: &str) -> io::Result<Option<String>> {
+        check_capsule_name(capsule)?;
         let env_file = Path::new(".config")
             .join("env")
             .join(format!("{capsule}.env.json"));
-        let env = match read_host_file(&home, &env_file) {
+        match read_host_file(home.dir(), &env_file) {
             Ok(text) => Ok(Some(text)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
-        };
-        Ok(PrincipalFiles {
-            home: Mount::from_dir(home, self.home(principal)),
-            tmp,
-            log,
-            env,
-        })
+        }
     }
 
     fn open_log_in(home: &Dir, capsule: &str) -> io::Result<LogFile> {

@@ -49,8 +49,8 @@ mod walk;
 
 pub use error::VfsError;
 pub use layout::{
-    HOST_ANCHORS, HOST_SUBTREES, LogFile, PrincipalFiles, StateLayout, holds_host_anchor,
-    home_usage_visit, is_host_only,
+    HOST_ANCHORS, HOST_SUBTREES, LogFile, PrincipalDirs, PrincipalFiles, StateLayout,
+    holds_host_anchor, home_usage_visit, is_host_only,
 };
 pub use mount::{FileKind, Mount, OpenMode, Stat, Tree, open_file_no_links};
 pub use overlay::{Overlay, read_to_string};

@@ -337,6 +337,11 @@ impl Mount {
         &self.root
     }
 
+    /// The directory handle itself, for the host's own files opened relative to it.
+    pub(crate) fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
     fn err(p: &Path) -> impl Fn(std::io::Error) -> VfsError + '_ {
         move |e| VfsError::from_io(p, e)
     }

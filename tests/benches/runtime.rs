@@ -53,6 +53,11 @@ const ACL: &str = "[publish]\n\"bench.*\" = \"opaque\"\n\"ping.*\" = \"opaque\"\
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // `-- density` runs only the density figures (they take the longest and share nothing).
+    if std::env::args().any(|a| a == "density") {
+        density::density().await;
+        return;
+    }
     let budget = budget();
     let state = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(state.path().join("profiles")).expect("profiles");

@@ -130,11 +130,11 @@ impl Runtime {
             session,
             owner: owner.clone(),
         });
-        let owner_files = match PrincipalResources::open(&self.inner.layout, owner, &name) {
+        let owner_files = match PrincipalResources::open(&self.inner.homes, owner, &name) {
             Some(f) => OwnerFiles {
                 env: f.env,
-                home: Some(Arc::new(f.home)),
-                tmp: Some(Arc::new(f.tmp)),
+                home: Some(f.home),
+                tmp: Some(f.tmp),
                 log: f.log,
             },
             None => OwnerFiles::default(),
@@ -155,7 +155,7 @@ impl Runtime {
                 owner: owner.clone(),
                 capsule: name,
                 session,
-                layout: self.inner.layout.clone(),
+                homes: Arc::clone(&self.inner.homes),
                 profiles: Arc::clone(&self.inner.profiles),
             }),
             limits: Arc::new(LimitsShared {
@@ -261,10 +261,23 @@ impl Runtime {
             }),
         );
         let name = name.clone();
+        // A capsule unloaded through its own handle leaves the runtime's list then: one
+        // removal, instead of a sweep over every loaded capsule on each load.
+        let runtime = Arc::downgrade(&self.inner);
+        let (forget, session) = (name.clone(), session);
+        inner.on_unload(move || {
+            if let Some(rt) = runtime.upgrade() {
+                let mut capsules = rt.capsules.lock();
+                if capsules
+                    .get(&forget)
+                    .is_some_and(|(_, c)| c.session() == session)
+                {
+                    capsules.remove(&forget);
+                }
+            }
+        });
         let capsule = Capsule::from_inner(inner);
         let mut capsules = self.inner.capsules.lock();
-        // Capsules unloaded through their own handle are forgotten here.
-        capsules.retain(|_, (_, c)| !c.is_unloaded());
         let seq = self
             .inner
             .next_load

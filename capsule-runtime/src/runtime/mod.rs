@@ -81,7 +81,8 @@ struct RuntimeInner {
     cache: ArtifactCache,
     services: Services,
     profiles: Arc<ProfileCache>,
-    layout: StateLayout,
+    /// Principals' homes, shared by all their capsules.
+    homes: Arc<crate::homes::Homes>,
     ledger: Arc<MemoryLedger>,
     io: Arc<Semaphore>,
     blocking: Arc<Semaphore>,
@@ -168,7 +169,9 @@ impl Runtime {
                     ))),
                 },
                 profiles: Arc::new(ProfileCache::new(config.state_dir.clone())),
-                layout: StateLayout::new(config.state_dir.clone()),
+                homes: Arc::new(crate::homes::Homes::new(StateLayout::new(
+                    config.state_dir.clone(),
+                ))),
                 ledger: Arc::new(MemoryLedger::default()),
                 io: Arc::new(Semaphore::new(config.io_concurrency)),
                 blocking: Arc::new(Semaphore::new(config.blocking_concurrency)),

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use capsule_runtime::{Capsule, Runtime, RuntimeConfig};
+use capsule_runtime::{Capsule, PoolingConfig, Runtime, RuntimeConfig};
 
 use crate::support::{capsule_dir, emit};
 
@@ -18,6 +18,11 @@ fn rss_bytes() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
         .expect("VmRSS")
+}
+
+/// The file descriptors the process holds now, from `/proc/self/fd`.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
 }
 
 /// Loads `count` capsules named `<stem>-<i>` of fixture `wasm`, stopping at the first
@@ -49,7 +54,10 @@ pub(crate) async fn density() {
     const LOADED: usize = 1000;
     for (kind, wasm) in [("handler", "prober.wasm"), ("run-loop", "kvwriter.wasm")] {
         let state = tempfile::tempdir().expect("tempdir");
-        let rt = Runtime::new(RuntimeConfig::new(state.path())).expect("runtime");
+        let mut config = RuntimeConfig::new(state.path());
+        // Every run loop holds an instance while idle: the pool must have room for all.
+        config.pooling = Some(PoolingConfig::for_capsules(LOADED as u32));
+        let rt = Runtime::new(config).expect("runtime");
         // Prime the compile cache and the runtime's one-off allocations.
         for c in load_many(&rt, state.path(), "prime", wasm, 2).await {
             c.unload().await;
@@ -75,7 +83,9 @@ pub(crate) async fn density() {
 
     const TEN_K: usize = 10_000;
     let state = tempfile::tempdir().expect("tempdir");
-    let rt = Runtime::new(RuntimeConfig::new(state.path())).expect("runtime");
+    let mut config = RuntimeConfig::new(state.path());
+    config.pooling = Some(PoolingConfig::for_capsules(TEN_K as u32));
+    let rt = Runtime::new(config).expect("runtime");
     for c in load_many(&rt, state.path(), "prime", "prober.wasm", 1).await {
         c.unload().await;
     }
@@ -83,34 +93,52 @@ pub(crate) async fn density() {
     for i in 0..TEN_K {
         capsule_dir(state.path(), &format!("c-{i}"), "prober.wasm", "");
     }
+    // First loads record each capsule's installed version (a durable write each); loads
+    // after a restart find the record and write nothing.
+    for install in ["first", "recorded"] {
+        let loaded = load_ten_k(&rt, state.path(), TEN_K, install).await;
+        for c in loaded {
+            c.unload().await;
+        }
+    }
+    rt.shutdown().await;
+}
+
+/// Loads `c-0` … `c-<count - 1>` from `state`, timed, and emits `load_10k_cached`.
+async fn load_ten_k(rt: &Runtime, state: &Path, count: usize, install: &str) -> Vec<Capsule> {
+    let fds_before = open_fds();
     let start = Instant::now();
-    let mut loaded = Vec::with_capacity(TEN_K);
-    for i in 0..TEN_K {
-        match rt
-            .load(state.path().join("capsules").join(format!("c-{i}")))
-            .await
-        {
+    let mut loaded = Vec::with_capacity(count);
+    let mut lap = Instant::now();
+    for i in 0..count {
+        if i % 1000 == 0 && i > 0 {
+            eprintln!(
+                "density: {i} loaded ({install}), last 1000 took {:?}, {} fds",
+                lap.elapsed(),
+                open_fds()
+            );
+            lap = Instant::now();
+        }
+        match rt.load(state.join("capsules").join(format!("c-{i}"))).await {
             Ok(c) => loaded.push(c),
             Err(e) => {
-                eprintln!("density: load {i} of {TEN_K} failed: {e}");
+                eprintln!("density: load {i} of {count} failed: {e}");
                 break;
             }
         }
     }
     let ns = start.elapsed().as_nanos() as f64;
     let rss = rss_bytes();
+    let fds = open_fds().saturating_sub(fds_before);
     emit(
         "runtime",
         "load_10k_cached",
         &format!(
-            "{{\"component\":\"prober\",\"loaded\":{},\"rss_bytes\":{rss}}}",
+            "{{\"component\":\"prober\",\"install\":\"{install}\",\"loaded\":{},\"rss_bytes\":{rss},\"fds\":{fds}}}",
             loaded.len()
         ),
         ns,
         "ns",
     );
-    for c in loaded {
-        c.unload().await;
-    }
-    rt.shutdown().await;
+    loaded
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use capsule_security::{CapsulePolicy, FsRoot};
-use capsule_vfs::{Ctl, GuestPath, Mount, Overlay, Scheme, VfsError, Workspace};
+use capsule_vfs::{Ctl, GuestPath, Mount, Scheme, VfsError};
 use capsule_wit::astrid::fs::host::ErrorCode;
 
 use crate::error::{HostFailure, LoadError};
@@ -26,10 +26,12 @@ use capsule_store::quota::QuotaError;
 
 mod charge;
 mod handle;
+mod lazy;
 mod locate;
 mod paths;
 
 use charge::{Charge, Job};
+use lazy::LazyWorkspace;
 use locate::{Located, Target, Touch, gate};
 
 /// Most file handles one capsule instance may hold open.
@@ -52,8 +54,8 @@ pub(crate) struct FsShared {
     policy: Arc<CapsulePolicy>,
     /// The KV database, which keeps each principal's file usage beside its KV usage.
     storage: Arc<KvStore>,
-    /// The capsule's workspace (`cwd://`), plain or overlay.
-    pub(crate) workspace: Arc<Workspace>,
+    /// The capsule's workspace (`cwd://`), plain or overlay, opened by its first use.
+    pub(crate) workspace: LazyWorkspace,
     /// The overlay's upper directory, removed at unload.
     overlay_dir: Option<PathBuf>,
     /// Host directories granted by absolute path, longest prefix first.
@@ -82,8 +84,8 @@ impl Capability for FsHost {
 
     link_bindings!(capsule_wit::astrid::fs::host);
 
-    /// Opens the capsule's mounts: its workspace (plain or overlay), the host directories its
-    /// grants name, and its owner's home and tmp.
+    /// Prepares the capsule's mounts: its workspace (plain or overlay; created now, opened by
+    /// its first use), the host directories its grants name, and its owner's home and tmp.
     fn assemble(cx: &Assembly<'_>) -> Result<Self::Shared, LoadError> {
         let (config, name) = (cx.config, &cx.identity.name);
         let fail = |path: &Path, source: std::io::Error| LoadError::Mount {
@@ -95,20 +97,14 @@ impl Capability for FsHost {
             .workspace_root
             .clone()
             .unwrap_or_else(|| config.state_dir.join("workspaces").join(name));
-        let lower = Mount::create(&lower_dir).map_err(|e| fail(&lower_dir, e))?;
-        let (workspace, overlay_dir) = if config.overlay_workspace {
-            let upper_dir = config
+        let overlay_dir = config.overlay_workspace.then(|| {
+            config
                 .state_dir
                 .join("overlays")
-                .join(cx.identity.session.simple().to_string());
-            let upper = Mount::create(&upper_dir).map_err(|e| fail(&upper_dir, e))?;
-            (
-                Workspace::Overlay(Overlay::new(lower, upper)),
-                Some(upper_dir),
-            )
-        } else {
-            (Workspace::Plain(lower), None)
-        };
+                .join(cx.identity.session.simple().to_string())
+        });
+        let workspace = LazyWorkspace::prepare(&lower_dir, overlay_dir.as_deref())
+            .map_err(|(path, e)| fail(&path, e))?;
         let absolute = cx
             .policy
             .absolute_roots()
@@ -129,7 +125,7 @@ impl Capability for FsHost {
         Ok(Arc::new(FsShared {
             policy: Arc::clone(cx.policy),
             storage: Arc::clone(&cx.services.kv),
-            workspace: Arc::new(workspace),
+            workspace,
             overlay_dir,
             absolute,
             owner_home: cx.owner_files.home.clone(),
@@ -276,7 +272,7 @@ impl FsView<'_> {
         let scoped = self.core.scoped;
         let (target, gate, prefix, rel) = match gp.scheme {
             Scheme::Workspace => (
-                Target::Workspace(Arc::clone(&shared.workspace)),
+                Target::Workspace(shared.workspace.get()?),
                 Some(FsRoot::Workspace),
                 None,
                 gp.rel.clone(),
