@@ -38,6 +38,20 @@ pub struct PoolingConfig {
 /// Memory slots up to which each may reserve the full 4 GiB (8 TiB of address space in all).
 const FULL_RESERVATION_SLOTS: u32 = 2048;
 
+/// Most address space a pool may reserve: half of the 128 TiB a 64-bit Linux process has, so
+/// a pool sized from hostile numbers is refused by validation instead of reserving (or failing
+/// to reserve) the whole address space.
+pub const MAX_POOL_RESERVATION: u64 = 64 << 40;
+
+/// What the engine reserves per memory slot beyond its reservation (wasmtime's default guard).
+const MEMORY_GUARD_BYTES: u64 = 32 << 20;
+/// A full (non-compact) memory slot's reservation.
+const FULL_MEMORY_RESERVATION: u64 = 1 << 32;
+/// One async stack per component instance (wasmtime's default size) plus its guard page.
+const STACK_BYTES: u64 = (2 << 20) + 4096;
+/// One table slot: the pool's default table elements, a pointer each.
+const TABLE_BYTES: u64 = 20_000 * 8;
+
 impl Default for PoolingConfig {
     fn default() -> Self {
         Self {
@@ -51,6 +65,21 @@ impl Default for PoolingConfig {
 }
 
 impl PoolingConfig {
+    /// The address space, in bytes, this pool reserves up front (memory slots with their
+    /// guards, async stacks and tables), saturating at `u64::MAX`.
+    pub fn reserved_bytes(&self) -> u64 {
+        let slot = if self.compact_memories {
+            self.max_memory_bytes
+        } else {
+            FULL_MEMORY_RESERVATION
+        }
+        .saturating_add(MEMORY_GUARD_BYTES);
+        let memories =
+            u64::from(self.max_memories).saturating_mul(slot.saturating_add(TABLE_BYTES));
+        let stacks = u64::from(self.max_instances).saturating_mul(STACK_BYTES);
+        memories.saturating_add(stacks)
+    }
+
     /// A pool in which `capsules` capsules can each hold a live instance at once (an idle run
     /// loop holds one; a handler-only capsule holds none until called), with an eighth more
     /// (at least 64) for concurrent handler calls: eight core instances and two memories per
@@ -238,6 +267,15 @@ impl RuntimeConfig {
                 return Err(ConfigError::Invalid(
                     "pooling max_memory_bytes must be between 64 KiB and 4 GiB".into(),
                 ));
+            }
+            let reserved = p.reserved_bytes();
+            if reserved > MAX_POOL_RESERVATION {
+                return Err(ConfigError::Invalid(format!(
+                    "the pool would reserve {} GiB of address space (at most {} GiB): use fewer \
+                     instances or memories, compact_memories, or a smaller max_memory_bytes",
+                    reserved >> 30,
+                    MAX_POOL_RESERVATION >> 30
+                )));
             }
         }
         self.bus

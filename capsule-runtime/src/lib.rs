@@ -73,7 +73,9 @@ pub use bounded::{PRINCIPAL_CACHE_CAPACITY, PRINCIPAL_IDLE_TTL};
 pub use cache::CacheOutcome;
 pub use capsule::{Capsule, LoadReport};
 pub use capsule_security::GraphError;
-pub use config::{ConfigError, EpochMode, PoolingConfig, RuntimeConfig, default_owner};
+pub use config::{
+    ConfigError, EpochMode, MAX_POOL_RESERVATION, PoolingConfig, RuntimeConfig, default_owner,
+};
 pub use consent::{ActionDecision, ActionRequest, ApprovalHandler, DEFAULT_APPROVAL_TIMEOUT};
 pub use dispatch::DispatchStats;
 pub use error::{
