@@ -319,3 +319,48 @@ pub enum ConfigError {
         source: std::io::Error,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_pool(p: PoolingConfig) -> RuntimeConfig {
+        RuntimeConfig {
+            pooling: Some(p),
+            ..RuntimeConfig::new("/nonexistent/capsule-state")
+        }
+    }
+
+    #[test]
+    fn a_pool_reserving_more_than_the_bound_is_refused_before_wasmtime_sees_it() {
+        let huge = PoolingConfig {
+            max_instances: u32::MAX,
+            max_core_instances: u32::MAX,
+            max_memories: u32::MAX,
+            ..PoolingConfig::default()
+        };
+        assert!(huge.reserved_bytes() > MAX_POOL_RESERVATION);
+        assert!(matches!(
+            with_pool(huge).validate(),
+            Err(ConfigError::Invalid(m)) if m.contains("address space")
+        ));
+        // 20 000 full 4 GiB slots are about 80 TiB: refused, while the same count of compact
+        // slots fits.
+        let full = PoolingConfig {
+            max_memories: 20_000,
+            compact_memories: false,
+            ..PoolingConfig::default()
+        };
+        assert!(with_pool(full).validate().is_err());
+        let compact = PoolingConfig {
+            compact_memories: true,
+            ..full
+        };
+        assert!(compact.reserved_bytes() <= MAX_POOL_RESERVATION);
+        for capsules in [1, 1_000, 10_000] {
+            let sized = with_pool(PoolingConfig::for_capsules(capsules));
+            assert!(sized.validate().is_ok(), "{capsules} capsules");
+        }
+        assert!(with_pool(PoolingConfig::default()).validate().is_ok());
+    }
+}
