@@ -92,6 +92,7 @@ const WASM_FREE: &[&str] = &[
     "capsule-security",
     "capsule-store",
     "capsule-fuzz",
+    "capsule-nats",
 ];
 
 /// Fails if a domain crate has a wasmtime crate anywhere in its dependency tree.
