@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event, HeaderMap};
+use async_nats::{Client, ConnectOptions, Event};
 use capsule_bus::{AUDIT_TOPIC, Attribution, Bus, Message, Scope, Topic};
 use futures::StreamExt;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -27,7 +26,8 @@ pub const AUDIT_TARGET: &str = "capsule::audit::nats";
 
 /// Bytes of payload one export drain takes from the bus at most.
 const EXPORT_DRAIN_BYTES: usize = 256 * 1024;
-/// How long the export loop waits for buffer room before looking at the connection again.
+/// How long an export waits for room in the client's queue before looking at the connection
+/// again.
 const EXPORT_WAIT: Duration = Duration::from_millis(50);
 /// How long [`Bridge::stop`] waits for queued exports to reach NATS.
 const STOP_FLUSH: Duration = Duration::from_secs(2);
@@ -172,21 +172,19 @@ pub(crate) fn audit(bus: &Bus, attribution: Attribution, body: serde_json::Value
     });
 }
 
-/// One message on its way to NATS.
-struct Outbound {
-    subject: String,
-    headers: HeaderMap,
-    payload: String,
-}
-
 /// A running bridge. Dropping it stops every task at once; [`Bridge::stop`] first lets queued
 /// exports reach NATS.
 pub struct Bridge {
     client: Client,
     counters: Arc<Counters>,
     importer: Arc<Importer>,
+    tasks: Mutex<Tasks>,
+}
+
+/// The bridge's tasks; emptied by [`Bridge::stop`].
+#[derive(Default)]
+struct Tasks {
     drains: Vec<JoinHandle<()>>,
-    sender: Option<JoinHandle<()>>,
     imports: Vec<JoinHandle<()>>,
 }
 
@@ -205,8 +203,10 @@ async fn connect(config: &BridgeConfig, counters: &Arc<Counters>) -> Result<Clie
         .name(format!("capsule-{}-{}", config.cluster, config.host))
         // The server never hands this connection its own messages back.
         .no_echo()
+        // Subjects are built from validated topics; the client need not scan them again.
+        .skip_subject_validation(true)
         .client_capacity(config.buffer)
-        .subscription_capacity(config.buffer.max(1024))
+        .subscription_capacity(config.import_buffer)
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
         .reconnect_delay_callback(|attempts| {
@@ -281,8 +281,6 @@ impl Bridge {
         // Make sure the server has the subscriptions before anyone is told the bridge is up.
         let _flushed = client.flush().await;
 
-        let (tx, rx) = mpsc::channel::<Outbound>(config.buffer);
-        let sender = tokio::spawn(send_loop(client.clone(), rx, Arc::clone(&counters)));
         let numbering = Arc::new(Mutex::new(Numbering::new(SEQ_TABLE_CAPACITY)));
         let mut drains = Vec::with_capacity(config.export.len());
         for i in 0..config.export.len() {
@@ -292,7 +290,6 @@ impl Bridge {
                 Arc::clone(&config),
                 i,
                 Arc::clone(&numbering),
-                tx.clone(),
                 Arc::clone(&counters),
             )));
         }
@@ -300,9 +297,7 @@ impl Bridge {
             client,
             counters,
             importer,
-            drains,
-            sender: Some(sender),
-            imports,
+            tasks: Mutex::new(Tasks { drains, imports }),
         })
     }
 
@@ -345,20 +340,22 @@ impl Bridge {
         self.importer.origin(source)
     }
 
-    /// Stops taking local messages, gives queued exports up to two seconds to reach NATS,
-    /// then closes the connection.
-    pub async fn stop(mut self) {
-        for d in self.drains.drain(..) {
+    /// Stops taking local messages, gives the client's queue up to two seconds to reach
+    /// NATS, then stops receiving. Later calls do nothing.
+    pub async fn stop(&self) {
+        let (drains, imports) = {
+            let mut t = self.tasks.lock();
+            (
+                std::mem::take(&mut t.drains),
+                std::mem::take(&mut t.imports),
+            )
+        };
+        for d in drains {
             d.abort();
-        }
-        if let Some(sender) = self.sender.take() {
-            // The drains held the only other senders: once they are gone the loop ends when
-            // the queue is empty.
-            let _finished = tokio::time::timeout(STOP_FLUSH, sender).await;
         }
         let _flushed = tokio::time::timeout(STOP_FLUSH, self.client.flush()).await;
         self.counters.closed.store(true, Ordering::Relaxed);
-        for i in self.imports.drain(..) {
+        for i in imports {
             i.abort();
         }
     }
@@ -367,8 +364,9 @@ impl Bridge {
 impl Drop for Bridge {
     fn drop(&mut self) {
         self.counters.closed.store(true, Ordering::Relaxed);
-        for t in self.drains.iter().chain(&self.imports).chain(&self.sender) {
-            t.abort();
+        let t = self.tasks.get_mut();
+        for task in t.drains.iter().chain(&t.imports) {
+            task.abort();
         }
     }
 }
@@ -380,14 +378,18 @@ pub(crate) fn is_imported_source(source: &Uuid) -> bool {
 }
 
 /// Takes local messages matching export pattern `index` (and no earlier one, so overlapping
-/// patterns send each message once), numbers them and queues them for NATS.
+/// patterns send each message once), numbers them and hands them to the client.
+///
+/// While connected, a full client queue is waited on (the local subscription holds the
+/// backlog). While disconnected, a message the client's bounded queue cannot take at once is
+/// dropped after it was numbered, so every receiver sees the hole; the bus subscription is
+/// still drained, so nothing is lost unnumbered there.
 async fn export_loop(
     client: Client,
     bus: Bus,
     config: Arc<BridgeConfig>,
     index: usize,
     numbering: Arc<Mutex<Numbering<(Uuid, Topic)>>>,
-    tx: mpsc::Sender<Outbound>,
     counters: Arc<Counters>,
 ) {
     let Some(pattern) = config.export.get(index).cloned() else {
@@ -397,16 +399,7 @@ async fn export_loop(
     let ready = rx.readiness();
     loop {
         ready.ready().await;
-        // While NATS keeps up, wait for room instead of dropping: the local subscription holds
-        // the backlog. While it is away, take what the bus holds and let the full buffer drop
-        // (numbered, so receivers see the holes) rather than losing messages unnumbered.
-        while tx.capacity() == 0
-            && client.connection_state() == async_nats::connection::State::Connected
-        {
-            let _room = tokio::time::timeout(EXPORT_WAIT, tx.reserve()).await;
-        }
-        let room = tx.capacity().max(1);
-        let drain = rx.try_drain_limited(EXPORT_DRAIN_BYTES, room);
+        let drain = rx.try_drain(EXPORT_DRAIN_BYTES);
         counters
             .dropped_unnumbered
             .fetch_add(drain.dropped, Ordering::Relaxed);
@@ -434,14 +427,20 @@ async fn export_loop(
                 seq,
                 hops: m.hops(),
             };
-            let out = Outbound {
-                subject: topic_subject(&config.cluster, &m.topic),
-                headers: envelope.to_headers(),
-                payload: m.payload.as_str().to_string(),
-            };
-            match tx.try_send(out) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
+            let send = client.publish_with_headers(
+                topic_subject(&config.cluster, &m.topic),
+                envelope.to_headers(),
+                m.payload.as_str().to_owned().into(),
+            );
+            match hand_over(&client, send).await {
+                Some(Ok(())) => {
+                    counters.exported.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Err(e)) => {
+                    counters.dropped_out.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(target: AUDIT_TARGET, error = %e, "nats publish failed");
+                }
+                None => {
                     if bump(&counters.dropped_out, 1) {
                         audit(
                             &bus,
@@ -450,13 +449,34 @@ async fn export_loop(
                                 "kind": "nats.export-lost",
                                 "lost": counters.dropped_out.load(Ordering::Relaxed),
                                 "topic": m.topic.as_str(),
-                                "reason": "the buffer for NATS is full",
+                                "reason": "NATS is unreachable and the buffer is full",
                             }),
                         );
                     }
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
+        }
+    }
+}
+
+/// Drives one publish: to completion while connected (re-checking the connection every
+/// [`EXPORT_WAIT`]), once while not. `None` means the client could not take it now and it
+/// was not sent (a pending send into the client's queue sends nothing when dropped).
+async fn hand_over<F>(client: &Client, send: F) -> Option<F::Output>
+where
+    F: std::future::Future,
+{
+    let mut send = std::pin::pin!(send);
+    loop {
+        if client.connection_state() == async_nats::connection::State::Connected {
+            if let Ok(out) = tokio::time::timeout(EXPORT_WAIT, send.as_mut()).await {
+                return Some(out);
+            }
+        } else {
+            return match futures::poll!(send.as_mut()) {
+                std::task::Poll::Ready(out) => Some(out),
+                std::task::Poll::Pending => None,
+            };
         }
     }
 }
@@ -467,21 +487,4 @@ fn exportable(config: &BridgeConfig, index: usize, m: &Message) -> bool {
     m.topic.as_str() != AUDIT_TOPIC
         && !is_imported_source(&m.source)
         && !config.export[..index].iter().any(|p| p.matches(&m.topic))
-}
-
-async fn send_loop(client: Client, mut rx: mpsc::Receiver<Outbound>, counters: Arc<Counters>) {
-    while let Some(out) = rx.recv().await {
-        match client
-            .publish_with_headers(out.subject, out.headers, out.payload.into())
-            .await
-        {
-            Ok(()) => {
-                counters.exported.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                counters.dropped_out.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target: AUDIT_TARGET, error = %e, "nats publish failed");
-            }
-        }
-    }
 }

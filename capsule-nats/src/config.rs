@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use capsule_bus::{AUDIT_TOPIC, Topic, TopicPattern};
+use capsule_bus::{AUDIT_TOPIC, Attribution, Topic, TopicPattern};
 use uuid::Uuid;
 
 use crate::subject::{ClusterName, HostId};
@@ -21,6 +21,9 @@ pub const NKEY_ENV: &str = "CAPSULE_NATS_NKEY";
 
 /// Messages the bridge holds for NATS while the connection is down, by default.
 pub const DEFAULT_BUFFER: usize = 4096;
+/// Messages received from NATS that wait for the local bus, by default (beyond it the client
+/// drops the newest, which receivers count as holes).
+pub const DEFAULT_IMPORT_BUFFER: usize = 65_536;
 
 /// How the bridge authenticates to the NATS server.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -68,6 +71,11 @@ impl Auth {
 /// Looks up a local capsule's name from its instance id, for the `Capsule-Source-Name` header.
 pub type SourceNames = Arc<dyn Fn(Uuid) -> Option<String> + Send + Sync>;
 
+/// The receiving host's own verdict on an imported message, asked after the peer check:
+/// `Err(reason)` refuses it (counted and audited). A host checks here what it would check for
+/// a local publish, such as whether the principal's profile is enabled.
+pub type Admit = Arc<dyn Fn(&Topic, &Attribution) -> Result<(), String> + Send + Sync>;
+
 /// Everything a [`Bridge`](crate::Bridge) needs.
 #[derive(Clone)]
 pub struct BridgeConfig {
@@ -88,8 +96,14 @@ pub struct BridgeConfig {
     /// Messages held for NATS while the connection is down; beyond it the newest are dropped
     /// (and counted, and seen as gaps by every receiver).
     pub buffer: usize,
+    /// Messages received from NATS held for the local bus per import pattern; a burst beyond
+    /// it is lost (the client reports a slow consumer, receivers count the holes).
+    pub import_buffer: usize,
     /// Names of local capsules by instance id, sent along when known.
     pub source_names: Option<SourceNames>,
+    /// The receiving host's own check of each imported message; `None` admits every message
+    /// that passed the bridge's checks.
+    pub admit: Option<Admit>,
 }
 
 impl fmt::Debug for BridgeConfig {
@@ -103,6 +117,7 @@ impl fmt::Debug for BridgeConfig {
             .field("export", &self.export)
             .field("import", &self.import)
             .field("buffer", &self.buffer)
+            .field("import_buffer", &self.import_buffer)
             .finish_non_exhaustive()
     }
 }
@@ -122,8 +137,8 @@ pub enum ConfigError {
     /// The host lists itself as a peer.
     #[error("host {0} lists itself as a peer")]
     SelfPeer(String),
-    /// The outgoing buffer is zero.
-    #[error("the bridge buffer must hold at least one message")]
+    /// A buffer is zero.
+    #[error("the bridge buffers must hold at least one message")]
     ZeroBuffer,
 }
 
@@ -140,7 +155,9 @@ impl BridgeConfig {
             export: Vec::new(),
             import: Vec::new(),
             buffer: DEFAULT_BUFFER,
+            import_buffer: DEFAULT_IMPORT_BUFFER,
             source_names: None,
+            admit: None,
         }
     }
 
@@ -152,7 +169,7 @@ impl BridgeConfig {
         if self.export.is_empty() && self.import.is_empty() {
             return Err(ConfigError::NothingToBridge);
         }
-        if self.buffer == 0 {
+        if self.buffer == 0 || self.import_buffer == 0 {
             return Err(ConfigError::ZeroBuffer);
         }
         if self.peers.contains(&self.host) {

@@ -1,6 +1,7 @@
 //! The receiving side's checks, in order: the subject must be a topic of this cluster under
 //! the pattern it arrived on and not the audit topic; the headers must decode; the origin must
-//! be a configured peer and not this host; the payload must be JSON. Only then is a hole in
+//! be a configured peer and not this host; the host's own check ([`crate::Admit`]) must pass;
+//! the payload must be JSON. Only then is a hole in
 //! the publisher's sequence reported as loss and the message published into the local bus,
 //! with exactly the attribution the origin host sent (never a stronger one) and a source id
 //! that records which host vouched for it. Local subscribers then receive it only through
@@ -131,6 +132,23 @@ impl Importer {
             }
             return;
         }
+        if let Some(admit) = &self.config.admit
+            && let Err(reason) = admit(&topic, &env.attribution)
+        {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            // The principal concerned sees the refusal in its own audit view.
+            return audit(
+                &self.bus,
+                env.attribution.clone(),
+                serde_json::json!({
+                    "kind": "nats.refused",
+                    "host": env.host.as_str(),
+                    "topic": topic.as_str(),
+                    "principal": env.attribution.principal().map(|p| p.as_str()),
+                    "reason": reason,
+                }),
+            );
+        }
         let payload = match String::from_utf8(m.payload.to_vec())
             .map_err(|e| e.to_string())
             .and_then(|s| JsonPayload::parse(s).map_err(|e| e.to_string()))
@@ -167,6 +185,8 @@ impl Importer {
             source: env.source,
             source_name: env.source_name.clone(),
         });
+        // Counted first, so whoever sees the message also sees it counted.
+        self.counters.imported.fetch_add(1, Ordering::Relaxed);
         self.bus.publish(Outgoing {
             topic,
             payload,
@@ -174,7 +194,6 @@ impl Importer {
             attribution: env.attribution,
             hops: env.hops.saturating_add(1),
         });
-        self.counters.imported.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -58,7 +58,8 @@ mod subject;
 
 pub use bridge::{AUDIT_TARGET, Bridge, BridgeError, BridgeStats, LinkState};
 pub use config::{
-    Auth, BridgeConfig, CREDS_ENV, ConfigError, DEFAULT_BUFFER, NKEY_ENV, SourceNames, TOKEN_ENV,
+    Admit, Auth, BridgeConfig, CREDS_ENV, ConfigError, DEFAULT_BUFFER, DEFAULT_IMPORT_BUFFER,
+    NKEY_ENV, SourceNames, TOKEN_ENV,
 };
 pub use envelope::{
     ATTRIBUTION_HEADER, Envelope, EnvelopeError, HOPS_HEADER, HOST_HEADER, SEQ_HEADER,

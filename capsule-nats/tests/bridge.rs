@@ -147,8 +147,19 @@ async fn ten_thousand_messages_arrive_in_order_with_their_attribution() {
             format!(r#"{{"n":{n}}}"#),
         );
     }
-    let (got, dropped) = collect(&mut rx, "10k messages", |g| g.len() as u64 >= N).await;
-    assert_eq!(dropped, 0);
+    let (mut got, mut dropped) = (Vec::new(), 0);
+    let deadline = Instant::now() + PATIENCE;
+    while (got.len() as u64) + dropped < N {
+        assert!(
+            Instant::now() < deadline,
+            "stalled: {} arrived, {dropped} lost",
+            got.len()
+        );
+        let d = rx.recv(Duration::from_millis(100), usize::MAX).await;
+        dropped += d.dropped;
+        got.extend(d.messages);
+    }
+    assert_eq!(dropped, 0, "{:?}", b.stats());
     let order: Vec<u64> = got.iter().map(|m| number(m)).collect();
     assert_eq!(order, (0..N).collect::<Vec<_>>());
     let host_a = HostId::parse("a").unwrap_or_else(|e| panic!("{e}"));
@@ -371,6 +382,7 @@ async fn imported_messages_never_go_back_and_attributions_are_never_upgraded() {
     let seen: Vec<u64> = got.iter().map(|m| number(m)).collect();
     assert_eq!(seen, [1, 2, 3]);
     assert_eq!(a.stats().imported, 1);
+    wait_until("b to count its one export", || b.stats().exported >= 1).await;
     assert_eq!(b.stats().exported, 1, "b re-exported what it imported");
 }
 
@@ -584,4 +596,69 @@ async fn a_server_restart_mid_stream_is_counted_as_loss_then_recovers() {
     );
     assert_eq!(sb.disconnects, 1);
     assert!(sb.dropped_in > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiving_host_refuses_what_its_own_check_refuses_and_audits_it() {
+    let nats = server();
+    let (bus_a, bus_b) = (Bus::new(), Bus::new());
+    let _a = bridge(
+        &bus_a,
+        &nats.url(),
+        Host {
+            cluster: "c",
+            host: "a",
+            peers: &["b"],
+            export: &["acl.*"],
+            import: &[],
+        },
+    )
+    .await;
+    let mut cb = config(
+        &nats.url(),
+        &Host {
+            cluster: "c",
+            host: "b",
+            peers: &["a"],
+            export: &[],
+            import: &["acl.*"],
+        },
+    );
+    // b's own policy: bob may not act on this host.
+    cb.admit = Some(Arc::new(|_topic: &Topic, who: &Attribution| {
+        match who.principal() {
+            Some(p) if p.as_str() == "bob" => Err("bob's profile is disabled here".into()),
+            _ => Ok(()),
+        }
+    }));
+    let b = Bridge::start(bus_b.clone(), cb)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut rx = bus_b.subscribe(pat("acl.*"), Scope::All);
+    let mut bobs_audit = bus_b.subscribe(pat(AUDIT_TOPIC), Scope::Principal(pid("bob")));
+    publish(
+        &bus_a,
+        "acl.x",
+        Attribution::Verified(pid("bob")),
+        r#"{"n":1}"#.into(),
+    );
+    publish(
+        &bus_a,
+        "acl.x",
+        Attribution::Verified(pid("alice")),
+        r#"{"n":2}"#.into(),
+    );
+    let (got, dropped) = collect(&mut rx, "alice's message", |g| !g.is_empty()).await;
+    let seen: Vec<u64> = got.iter().map(|m| number(m)).collect();
+    assert_eq!(
+        (seen, dropped),
+        (vec![2], 0),
+        "bob's message crossed or was miscounted"
+    );
+    let (entries, _) = collect(&mut bobs_audit, "bob's audit entry", |g| !g.is_empty()).await;
+    let entry: serde_json::Value =
+        serde_json::from_str(entries[0].payload.as_str()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(entry["kind"], "nats.refused");
+    assert_eq!(entry["principal"], "bob");
+    assert_eq!((b.stats().refused, b.stats().imported), (1, 1));
 }
