@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use capsule_ids::PrincipalId;
 use parking_lot::RwLock;
 
 use crate::index::PatternIndex;
 use crate::message::{Message, Outgoing};
 use crate::route::{Batch, Drain, Route, RouteLimits, RouteStats, Scope};
-use crate::topic::TopicPattern;
+use crate::topic::{Topic, TopicPattern};
 
 /// Tunable limits of a [`Bus`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +177,24 @@ impl Bus {
             }
         });
         report
+    }
+
+    /// Reports `lost` messages on `topic`, attributed like `key` (`None` = system), that never
+    /// reached this bus (a bridge from another host saw a gap in a publisher's sequence):
+    /// every matching subscription whose scope admits `key` counts them as admitted and
+    /// dropped, so its next drain reports them. Returns the number of subscriptions told.
+    pub fn report_loss(&self, topic: &Topic, key: Option<&PrincipalId>, lost: u64) -> usize {
+        if lost == 0 {
+            return 0;
+        }
+        let mut told = 0;
+        self.inner.index.read().for_each_match(topic, |route| {
+            if route.scope.admits(key) {
+                route.count_lost(lost);
+                told += 1;
+            }
+        });
+        told
     }
 
     /// Opens a subscription on `pattern` admitting the principals `scope` allows.

@@ -415,6 +415,14 @@ impl Route {
         st.count_drop(1);
     }
 
+    /// Counts `n` messages that were lost before they reached this route (on another host,
+    /// or on the link from it) as admitted and dropped.
+    pub(crate) fn count_lost(&self, n: u64) {
+        let mut st = self.state.lock();
+        st.admitted += n;
+        st.count_drop(n);
+    }
+
     /// Drains in DRR order: the first message always, then more while their payloads fit in
     /// `budget` bytes, at most `max_messages` in all.
     pub(crate) fn drain(&self, budget: usize, max_messages: usize) -> Drain {

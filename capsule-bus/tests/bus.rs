@@ -466,3 +466,24 @@ fn scope_intersections_admit_exactly_what_both_admit() {
         }
     }
 }
+
+#[test]
+fn reported_loss_reaches_matching_in_scope_subscriptions_only() {
+    let bus = Bus::new();
+    let mut all = bus.subscribe(pat("chat.*"), Scope::All);
+    let mut alice = bus.subscribe(pat("chat.*"), Scope::Principal(pid("alice")));
+    let mut bob = bus.subscribe(pat("chat.*"), Scope::Principal(pid("bob")));
+    let mut other = bus.subscribe(pat("news.*"), Scope::All);
+    let topic = Topic::parse("chat.post").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bus.report_loss(&topic, Some(&pid("alice")), 3), 2);
+    assert_eq!(bus.report_loss(&topic, Some(&pid("alice")), 0), 0);
+    bus.publish(msg("chat.post", Some("alice"), "1"));
+    let d = all.try_drain(usize::MAX);
+    assert_eq!((d.messages.len(), d.dropped), (1, 3));
+    assert_eq!(alice.try_drain(usize::MAX).dropped, 3);
+    assert_eq!(bob.try_drain(usize::MAX).dropped, 0);
+    assert_eq!(other.try_drain(usize::MAX).dropped, 0);
+    let s = all.stats();
+    assert_eq!((s.admitted, s.delivered, s.dropped), (4, 1, 3));
+    assert_eq!(s.admitted, s.delivered + s.dropped + s.queued);
+}

@@ -159,6 +159,8 @@ pub(crate) struct Server {
     tails: tokio_util::task::TaskTracker,
     /// The approval handler `capsule run` installs; its pending requests are decided here.
     approvals: Arc<crate::approvals::Approvals>,
+    /// The NATS bridge, once `capsule run --cluster` has joined.
+    bridge: std::sync::OnceLock<(Arc<capsule_nats::Bridge>, capsule_nats::BridgeConfig)>,
 }
 
 impl Server {
@@ -196,6 +198,7 @@ impl Server {
             stop: CancellationToken::new(),
             tails: tokio_util::task::TaskTracker::new(),
             approvals: Arc::new(crate::approvals::Approvals::new()),
+            bridge: std::sync::OnceLock::new(),
         });
         Ok((server, listener))
     }
@@ -205,13 +208,31 @@ impl Server {
         Arc::clone(&self.approvals)
     }
 
+    /// Reports `bridge` in every snapshot from now on (the first one set stays).
+    pub(crate) fn set_bridge(
+        &self,
+        bridge: Arc<capsule_nats::Bridge>,
+        config: capsule_nats::BridgeConfig,
+    ) {
+        let _first = self.bridge.set((bridge, config));
+    }
+
+    /// Stops the bridge, if there is one, letting its queued messages out first.
+    pub(crate) async fn stop_bridge(&self) {
+        if let Some((b, _)) = self.bridge.get() {
+            b.stop().await;
+        }
+    }
+
     /// The host's counters now.
     pub(crate) fn snapshot(&self) -> Snapshot {
-        Snapshot::take(
+        let mut s = Snapshot::take(
             &self.rt,
             u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             self.refused.load(Ordering::Relaxed),
-        )
+        );
+        s.bridge = self.bridge.get().map(|(b, c)| crate::cluster::row(b, c));
+        s
     }
 
     /// Accepts connections until [`stop`](Self::stop).

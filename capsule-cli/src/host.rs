@@ -44,6 +44,8 @@ pub(crate) struct RunArgs {
     /// 200000-200999 (a root host only; recorded in the state directory)
     #[arg(long, value_name = "FIRST-LAST", value_parser = uid_range)]
     process_uids: Option<std::ops::RangeInclusive<u32>>,
+    #[command(flatten)]
+    cluster: crate::cluster::ClusterArgs,
 }
 
 /// Parses `FIRST-LAST` (inclusive, FIRST ≤ LAST, neither 0).
@@ -141,6 +143,7 @@ pub(crate) async fn run(args: RunArgs, mut config: RuntimeConfig) -> Result<(), 
                 .map_err(|e| Failure::Load(format!("cannot load {}: {}", d.display(), chain(&e))))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let cluster = args.cluster.config(&config.state_dir)?;
     let mut signals = Signals::install()?;
     let started = Instant::now();
     let rt = Runtime::new(config)
@@ -168,6 +171,22 @@ pub(crate) async fn run(args: RunArgs, mut config: RuntimeConfig) -> Result<(), 
         .map_err(|e| Failure::Runtime(format!("cannot open the control socket: {e}")))?;
     rt.set_approval_handler(server.approvals());
     let serving = tokio::spawn(Arc::clone(&server).serve(listener));
+    if let Some(c) = cluster {
+        match crate::cluster::join(&rt, c.clone()).await {
+            Ok(b) => {
+                println!(
+                    "joined cluster {} as {} through {}",
+                    c.cluster, c.host, c.servers
+                );
+                server.set_bridge(b, c);
+            }
+            Err(e) => {
+                server.stop().await;
+                rt.shutdown().await;
+                return Err(e);
+            }
+        }
+    }
     let stop_metrics = CancellationToken::new();
     if let Some(addr) = args.metrics {
         let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -330,6 +349,7 @@ async fn stop(rt: &Runtime, server: &Server) -> usize {
         rt.unload(&name).await;
         println!("unloaded {name}");
     }
+    server.stop_bridge().await;
     server.stop().await;
     // Anything loaded through the socket while stopping goes too.
     rt.shutdown().await;

@@ -16,6 +16,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod approvals;
 mod client;
+mod cluster;
 mod control;
 mod grants;
 mod host;

@@ -195,6 +195,9 @@ pub(crate) fn encode(s: &Snapshot) -> String {
     let uptime = Gauge::<i64>::default();
     uptime.set(i64::try_from(s.uptime_ms / 1000).unwrap_or(i64::MAX));
     registry.register("uptime_seconds", "Seconds since the host started", uptime);
+    if let Some(b) = &s.bridge {
+        crate::cluster::register(&mut registry, b);
+    }
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _complete = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
@@ -339,6 +342,7 @@ mod tests {
                 }],
             }],
             principals: Vec::new(),
+            bridge: None,
         }
     }
 

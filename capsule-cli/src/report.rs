@@ -25,6 +25,9 @@ pub(crate) struct Snapshot {
     pub(crate) capsules: Vec<CapsuleRow>,
     /// Memory peaks by principal across every capsule.
     pub(crate) principals: Vec<MemoryRow>,
+    /// The NATS bridge, when the host joined a cluster.
+    #[serde(default)]
+    pub(crate) bridge: Option<crate::cluster::BridgeRow>,
 }
 
 /// Interceptor dispatch counters of the host.
@@ -166,6 +169,7 @@ impl Snapshot {
             },
             capsules: rt.capsules().iter().map(capsule_row).collect(),
             principals: memory_rows(&rt.memory_stats()),
+            bridge: None,
         }
     }
 }
@@ -216,8 +220,13 @@ fn table(rows: &[Vec<String>]) -> String {
 
 /// The `capsule ps` table: one row per capsule, then memory peaks per capsule and principal.
 pub(crate) fn render_ps(s: &Snapshot) -> String {
+    let bridge = s
+        .bridge
+        .as_ref()
+        .map(crate::cluster::render)
+        .unwrap_or_default();
     if s.capsules.is_empty() {
-        return format!("no capsules loaded (state {})\n", s.state_dir);
+        return format!("no capsules loaded (state {})\n{bridge}", s.state_dir);
     }
     let mut rows = vec![
         [
@@ -281,6 +290,7 @@ pub(crate) fn render_ps(s: &Snapshot) -> String {
         s.control_refused,
         s.uptime_ms / 1000
     ));
+    out.push_str(&bridge);
     out
 }
 

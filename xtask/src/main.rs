@@ -7,6 +7,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod demo;
+mod nats;
 mod package;
 
 const USAGE: &str = "\
@@ -22,7 +23,8 @@ commands:
   ci --stress              the integration tests only, with two CPU-burning processes running
   package [--verify-all]   package the published crates as `ci` does; --verify-all also builds
                            capsule-wit, capsule-runtime and capsule-cli from their packages
-  bench <group> [--quick]  run a benchmark group (bus, runtime, storage) in release; prints JSON lines
+  bench <group> [--quick]  run a benchmark group (bus, runtime, storage, cluster) in release;
+                           prints JSON lines
   fuzz <target> [--seconds N]
                            run one cargo-fuzz target for N seconds (default 60); installs
                            cargo-fuzz and a nightly toolchain when missing
@@ -92,6 +94,7 @@ const WASM_FREE: &[&str] = &[
     "capsule-security",
     "capsule-store",
     "capsule-fuzz",
+    "capsule-nats",
 ];
 
 /// Fails if a domain crate has a wasmtime crate anywhere in its dependency tree.
@@ -130,6 +133,8 @@ fn check_wasm_free() -> Result<(), String> {
 fn ci() -> Result<(), String> {
     // The test build compiles guest capsules for these; a fresh machine may lack them.
     demo::ensure_targets(&["wasm32-wasip2", "wasm32-unknown-unknown"])?;
+    // The bridge's tests start their own nats-server; a fresh machine may lack the binary.
+    nats::ensure_server()?;
     check_wasm_free()?;
 
     let mut fmt = cargo();
@@ -182,9 +187,13 @@ fn bench(args: &[String]) -> Result<(), String> {
             "bus" => ("capsule-bus", "bus"),
             "runtime" => ("capsule-tests", "runtime"),
             "storage" => ("capsule-tests", "storage"),
+            "cluster" => {
+                nats::ensure_server()?;
+                ("capsule-nats", "cluster")
+            }
             other => {
                 return Err(format!(
-                    "unknown bench group `{other}` (known: bus, runtime, storage)"
+                    "unknown bench group `{other}` (known: bus, runtime, storage, cluster)"
                 ));
             }
         };
@@ -258,6 +267,7 @@ impl Drop for Burners {
 /// machine fail here. The tests are built first, without the burners, so only the run is
 /// under load.
 fn stress() -> Result<(), String> {
+    nats::ensure_server()?;
     let mut build = cargo();
     build.args(["test", "--package", "capsule-tests", "--locked", "--no-run"]);
     run("build the integration tests", build)?;

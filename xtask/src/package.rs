@@ -16,6 +16,7 @@ use crate::{cargo, run};
 pub(crate) const PUBLISHED: &[&str] = &[
     "capsule-ids",
     "capsule-bus",
+    "capsule-nats",
     "capsule-vfs",
     "capsule-security",
     "capsule-store",

@@ -1,0 +1,259 @@
+//! `capsule run --cluster NAME --nats URL`: joins the host's bus to a cluster through a
+//! `capsule-nats` bridge, and reports the bridge in `capsule ps` and the metrics. Flags are
+//! checked before anything starts; credentials come from `--nats-creds`, the environment
+//! (`CAPSULE_NATS_TOKEN`, `CAPSULE_NATS_NKEY`, `CAPSULE_NATS_CREDS`) or the state directory
+//! (`nats.creds`, `nats.token`), never from the command line, where other users could read them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use capsule_nats::{Auth, Bridge, BridgeConfig, ClusterName, HostId};
+use capsule_runtime::Runtime;
+use capsule_runtime::bus::TopicPattern;
+use capsule_runtime::security::PrincipalProfile;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::Failure;
+
+/// The cluster flags of `capsule run`.
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct ClusterArgs {
+    /// Join this cluster: the namespace of every NATS subject the host uses
+    #[arg(long, value_name = "NAME", requires_all = ["nats", "host_id"])]
+    cluster: Option<String>,
+    /// NATS server URL(s), e.g. nats://10.0.0.5:4222 (comma-separated for several)
+    #[arg(long, value_name = "URL", requires = "cluster")]
+    nats: Option<String>,
+    /// This host's id inside the cluster (letters, digits, '_' and '-')
+    #[arg(long, value_name = "ID", requires = "cluster")]
+    host_id: Option<String>,
+    /// A host whose messages are accepted (repeat, or separate with commas)
+    #[arg(
+        long = "peer",
+        value_name = "ID",
+        value_delimiter = ',',
+        requires = "cluster"
+    )]
+    peers: Vec<String>,
+    /// Local topics sent to the cluster (repeatable) [default: * (every topic but the audit topic)]
+    #[arg(long = "export", value_name = "PATTERN", requires = "cluster")]
+    export: Vec<String>,
+    /// Cluster topics received into the local bus (repeatable) [default: *]
+    #[arg(long = "import", value_name = "PATTERN", requires = "cluster")]
+    import: Vec<String>,
+    /// A NATS credentials (.creds) file [default: $CAPSULE_NATS_CREDS, else nats.creds in the
+    /// state directory]
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    nats_creds: Option<PathBuf>,
+}
+
+fn usage(flag: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::Usage(format!("{flag}: {e}"))
+}
+
+fn patterns(flag: &str, given: &[String]) -> Result<Vec<TopicPattern>, Failure> {
+    let given: Vec<&str> = if given.is_empty() {
+        vec!["*"]
+    } else {
+        given.iter().map(String::as_str).collect()
+    };
+    given
+        .into_iter()
+        .map(|p| TopicPattern::parse(p).map_err(|e| usage(flag, format!("{p:?}: {e}"))))
+        .collect()
+}
+
+/// Credentials: the flag, the environment, then files in the state directory.
+fn auth(args: &ClusterArgs, state: &Path) -> Result<Auth, Failure> {
+    if let Some(p) = &args.nats_creds {
+        return Ok(Auth::CredentialsFile(p.clone()));
+    }
+    let env = Auth::from_env();
+    if env != Auth::None {
+        return Ok(env);
+    }
+    let creds = state.join("nats.creds");
+    if creds.is_file() {
+        return Ok(Auth::CredentialsFile(creds));
+    }
+    let token = state.join("nats.token");
+    if token.is_file() {
+        let t = std::fs::read_to_string(&token)
+            .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", token.display())))?;
+        return Ok(Auth::Token(t.trim().to_string()));
+    }
+    Ok(Auth::None)
+}
+
+impl ClusterArgs {
+    /// The bridge configuration, or `None` without `--cluster`. Every flag is checked here,
+    /// before the host starts anything.
+    pub(crate) fn config(&self, state: &Path) -> Result<Option<BridgeConfig>, Failure> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(None);
+        };
+        let cluster = ClusterName::parse(cluster).map_err(|e| usage("--cluster", e))?;
+        let host = HostId::parse(self.host_id.as_deref().unwrap_or_default())
+            .map_err(|e| usage("--host-id", e))?;
+        let mut c = BridgeConfig::new(cluster, host, self.nats.clone().unwrap_or_default());
+        for p in &self.peers {
+            c.peers
+                .insert(HostId::parse(p).map_err(|e| usage("--peer", e))?);
+        }
+        c.export = patterns("--export", &self.export)?;
+        c.import = patterns("--import", &self.import)?;
+        c.auth = auth(self, state)?;
+        c.validate().map_err(|e| usage("--cluster", e))?;
+        Ok(Some(c))
+    }
+}
+
+/// Starts the bridge on `rt`'s bus; the exported messages carry their capsule's name.
+pub(crate) async fn join(rt: &Runtime, mut config: BridgeConfig) -> Result<Arc<Bridge>, Failure> {
+    let names = rt.clone();
+    config.source_names = Some(Arc::new(move |id| {
+        names
+            .capsules()
+            .iter()
+            .find(|c| c.session() == id)
+            .map(|c| c.name().to_string())
+    }));
+    // An imported message acts for its principal on this host too: this host's profile for
+    // that principal must let it act, as for a publish through the control socket.
+    let state = rt.config().state_dir.clone();
+    config.admit = Some(Arc::new(move |_topic, who| match who.principal() {
+        None => Ok(()),
+        Some(p) => match PrincipalProfile::load(&state, p) {
+            Ok(profile) if profile.enabled => Ok(()),
+            Ok(_) => Err(format!("the profile of {p} is disabled on this host")),
+            Err(e) => Err(format!(
+                "the profile of {p} is unreadable on this host: {e}"
+            )),
+        },
+    }));
+    let cluster = config.cluster.clone();
+    Bridge::start(rt.bus().clone(), config)
+        .await
+        .map(Arc::new)
+        .map_err(|e| {
+            Failure::Runtime(format!(
+                "cannot join cluster {cluster}: {}",
+                crate::chain(&e)
+            ))
+        })
+}
+
+/// The bridge in a snapshot.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct BridgeRow {
+    pub(crate) cluster: String,
+    pub(crate) host: String,
+    pub(crate) state: String,
+    pub(crate) peers: Vec<String>,
+    pub(crate) exported: u64,
+    pub(crate) imported: u64,
+    pub(crate) dropped_out: u64,
+    pub(crate) dropped_in: u64,
+    pub(crate) foreign: u64,
+    pub(crate) refused: u64,
+    pub(crate) connects: u64,
+    pub(crate) disconnects: u64,
+}
+
+/// What the bridge is and has done, for the snapshot.
+pub(crate) fn row(b: &Bridge, config: &BridgeConfig) -> BridgeRow {
+    let s = b.stats();
+    BridgeRow {
+        cluster: config.cluster.to_string(),
+        host: config.host.to_string(),
+        state: b.state().as_str().to_string(),
+        peers: config.peers.iter().map(ToString::to_string).collect(),
+        exported: s.exported,
+        imported: s.imported,
+        dropped_out: s.dropped_out,
+        dropped_in: s.dropped_in,
+        foreign: s.foreign,
+        refused: s.refused,
+        connects: s.connects,
+        disconnects: s.disconnects,
+    }
+}
+
+/// The `capsule ps` line of the bridge.
+pub(crate) fn render(r: &BridgeRow) -> String {
+    format!(
+        "cluster {} as {}: {}; peers {}; out {}, in {}, dropped {} out/{} in; \
+         ignored {} foreign, {} refused; {} connects, {} disconnects\n",
+        r.cluster,
+        r.host,
+        r.state,
+        if r.peers.is_empty() {
+            "none".to_string()
+        } else {
+            r.peers.join(",")
+        },
+        r.exported,
+        r.imported,
+        r.dropped_out,
+        r.dropped_in,
+        r.foreign,
+        r.refused,
+        r.connects,
+        r.disconnects
+    )
+}
+
+/// Registers the bridge's metrics: `capsule_bridge_messages{direction}`,
+/// `capsule_bridge_dropped{direction}`, `capsule_bridge_ignored{reason}` and
+/// `capsule_bridge_connected`.
+pub(crate) fn register(registry: &mut Registry, r: &BridgeRow) {
+    type Labels = Vec<(String, String)>;
+    let l = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    let messages = Family::<Labels, Counter>::default();
+    messages
+        .get_or_create(&l("direction", "out"))
+        .inc_by(r.exported);
+    messages
+        .get_or_create(&l("direction", "in"))
+        .inc_by(r.imported);
+    registry.register(
+        "bridge_messages",
+        "Messages the NATS bridge carried, by direction",
+        messages,
+    );
+    let dropped = Family::<Labels, Counter>::default();
+    dropped
+        .get_or_create(&l("direction", "out"))
+        .inc_by(r.dropped_out);
+    dropped
+        .get_or_create(&l("direction", "in"))
+        .inc_by(r.dropped_in);
+    registry.register(
+        "bridge_dropped",
+        "Messages the NATS bridge lost, by direction (in: holes in publishers' sequences)",
+        dropped,
+    );
+    let ignored = Family::<Labels, Counter>::default();
+    ignored
+        .get_or_create(&l("reason", "foreign"))
+        .inc_by(r.foreign);
+    ignored
+        .get_or_create(&l("reason", "refused"))
+        .inc_by(r.refused);
+    registry.register(
+        "bridge_ignored",
+        "Messages the NATS bridge ignored: from a host outside the peer list, or malformed",
+        ignored,
+    );
+    let connected = Gauge::<i64>::default();
+    connected.set(i64::from(r.state == "connected"));
+    registry.register(
+        "bridge_connected",
+        "Whether the NATS bridge is connected now",
+        connected,
+    );
+}

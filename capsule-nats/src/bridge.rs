@@ -1,0 +1,494 @@
+//! The running bridge: local publishes on export patterns leave for NATS numbered per publisher
+//! and topic, NATS messages on import patterns enter the local bus with the attribution their
+//! origin host gave them, and every loss on the way is counted. The export path never blocks
+//! the bus: it holds at most [`BridgeConfig::buffer`] messages while NATS is away and drops the
+//! newest beyond that, after numbering them, so each receiver sees the hole.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event};
+use capsule_bus::{AUDIT_TOPIC, Attribution, Bus, Message, Scope, Topic};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::config::{Auth, BridgeConfig, ConfigError};
+use crate::envelope::Envelope;
+use crate::import::Importer;
+use crate::seq::{Numbering, SEQ_TABLE_CAPACITY};
+use crate::subject::{pattern_subject, topic_subject};
+
+/// Tracing target of the bridge's audit records.
+pub const AUDIT_TARGET: &str = "capsule::audit::nats";
+
+/// Bytes of payload one export drain takes from the bus at most.
+const EXPORT_DRAIN_BYTES: usize = 256 * 1024;
+/// How long an export waits for room in the client's queue before looking at the connection
+/// again.
+const EXPORT_WAIT: Duration = Duration::from_millis(50);
+/// How long [`Bridge::stop`] waits for queued exports to reach NATS.
+const STOP_FLUSH: Duration = Duration::from_secs(2);
+
+/// Why a bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The configuration cannot work.
+    #[error("invalid bridge configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The credentials file could not be read.
+    #[error("cannot read the NATS credentials file {path}: {source}")]
+    Credentials {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The first connection to NATS failed.
+    #[error("cannot connect to NATS at {servers}: {source}")]
+    Connect {
+        /// The configured URLs.
+        servers: String,
+        /// The client's reason.
+        source: async_nats::ConnectError,
+    },
+    /// Subscribing to an imported subject failed.
+    #[error("cannot subscribe to {subject}: {source}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// The client's reason.
+        source: async_nats::SubscribeError,
+    },
+}
+
+/// The state of the bridge's NATS connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Connected; messages flow.
+    Connected,
+    /// Lost; the client reconnects on its own, exports wait in the bounded buffer.
+    Disconnected,
+    /// Not connected yet.
+    Pending,
+    /// Stopped.
+    Closed,
+}
+
+impl LinkState {
+    /// A one-word name for status displays.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connected => "connected",
+            Self::Disconnected => "disconnected",
+            Self::Pending => "pending",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// A snapshot of a bridge's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BridgeStats {
+    /// Messages published to NATS.
+    pub exported: u64,
+    /// Messages published into the local bus.
+    pub imported: u64,
+    /// Outgoing messages lost: dropped by the full buffer, refused by the client, or lost
+    /// on the local bus before the bridge took them.
+    pub dropped_out: u64,
+    /// The part of `dropped_out` lost on the local bus before the bridge numbered it, which
+    /// receivers cannot see as holes.
+    pub dropped_unnumbered: u64,
+    /// Incoming messages known lost: holes in publishers' sequences.
+    pub dropped_in: u64,
+    /// Messages ignored because their host is not a configured peer.
+    pub foreign: u64,
+    /// Messages refused: malformed headers, a subject outside the import patterns, the
+    /// audit topic, a payload that is not JSON.
+    pub refused: u64,
+    /// Messages of this very host that came back (ignored).
+    pub looped: u64,
+    /// Publishers whose numbering started over (not counted as loss).
+    pub restarts: u64,
+    /// Times the client reported a slow consumer (its losses show up as holes).
+    pub slow_consumer: u64,
+    /// Connections made, the first one included.
+    pub connects: u64,
+    /// Connections lost.
+    pub disconnects: u64,
+}
+
+impl BridgeStats {
+    /// All known losses, both directions.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_out + self.dropped_in
+    }
+}
+
+/// Counters shared by the bridge's tasks.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) exported: AtomicU64,
+    pub(crate) imported: AtomicU64,
+    pub(crate) dropped_out: AtomicU64,
+    pub(crate) dropped_unnumbered: AtomicU64,
+    pub(crate) dropped_in: AtomicU64,
+    pub(crate) foreign: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) looped: AtomicU64,
+    pub(crate) restarts: AtomicU64,
+    pub(crate) slow_consumer: AtomicU64,
+    pub(crate) disconnects: AtomicU64,
+    pub(crate) closed: AtomicBool,
+}
+
+/// Adds `n` to `c` and says whether the new total crossed a power of two, which is when a
+/// repeated condition is audited again (so a flood costs a logarithmic number of entries).
+pub(crate) fn bump(c: &AtomicU64, n: u64) -> bool {
+    let before = c.fetch_add(n, Ordering::Relaxed);
+    let after = before.saturating_add(n);
+    n > 0 && (before == 0 || before.ilog2() != after.ilog2())
+}
+
+/// Publishes one audit entry on the local bus (with `attribution`, so the audit scoping of
+/// the host shows it to that principal) and to the tracing target [`AUDIT_TARGET`].
+pub(crate) fn audit(bus: &Bus, attribution: Attribution, body: serde_json::Value) {
+    tracing::warn!(target: AUDIT_TARGET, entry = %body, "nats bridge");
+    let (Ok(topic), Ok(payload)) = (
+        Topic::parse(AUDIT_TOPIC),
+        capsule_bus::JsonPayload::parse(body.to_string()),
+    ) else {
+        return;
+    };
+    bus.publish(capsule_bus::Outgoing {
+        topic,
+        payload,
+        source: Uuid::nil(),
+        attribution,
+        hops: 0,
+    });
+}
+
+/// A running bridge. Dropping it stops every task at once; [`Bridge::stop`] first lets queued
+/// exports reach NATS.
+pub struct Bridge {
+    client: Client,
+    counters: Arc<Counters>,
+    importer: Arc<Importer>,
+    tasks: Mutex<Tasks>,
+}
+
+/// The bridge's tasks; emptied by [`Bridge::stop`].
+#[derive(Default)]
+struct Tasks {
+    drains: Vec<JoinHandle<()>>,
+    imports: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+async fn connect(config: &BridgeConfig, counters: &Arc<Counters>) -> Result<Client, BridgeError> {
+    let events = Arc::clone(counters);
+    let host = config.host.to_string();
+    let mut opts = ConnectOptions::new()
+        .name(format!("capsule-{}-{}", config.cluster, config.host))
+        // The server never hands this connection its own messages back.
+        .no_echo()
+        // Subjects are built from validated topics; the client need not scan them again.
+        .skip_subject_validation(true)
+        .client_capacity(config.buffer)
+        .subscription_capacity(config.import_buffer)
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            let exp = u32::try_from(attempts.min(6)).unwrap_or(6);
+            Duration::from_millis((20u64 << exp).min(1000))
+        })
+        .event_callback(move |event| {
+            let events = Arc::clone(&events);
+            let host = host.clone();
+            async move {
+                match &event {
+                    Event::Disconnected => {
+                        events.disconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Event::SlowConsumer(_) => {
+                        events.slow_consumer.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+                tracing::info!(target: AUDIT_TARGET, host, %event, "nats connection event");
+            }
+        });
+    opts = match &config.auth {
+        Auth::None => opts,
+        Auth::Token(t) => opts.token(t.clone()),
+        Auth::NkeySeed(s) => opts.nkey(s.clone()),
+        Auth::CredentialsFile(p) => {
+            opts.credentials_file(p)
+                .await
+                .map_err(|source| BridgeError::Credentials {
+                    path: p.display().to_string(),
+                    source,
+                })?
+        }
+    };
+    opts.connect(config.servers.as_str())
+        .await
+        .map_err(|source| BridgeError::Connect {
+            servers: config.servers.clone(),
+            source,
+        })
+}
+
+impl Bridge {
+    /// Validates `config`, connects, subscribes to the imported subjects and starts carrying
+    /// messages between `bus` and NATS. Must run inside a tokio runtime.
+    pub async fn start(bus: Bus, config: BridgeConfig) -> Result<Self, BridgeError> {
+        config.validate()?;
+        let counters = Arc::new(Counters::default());
+        let client = connect(&config, &counters).await?;
+        let config = Arc::new(config);
+        let importer = Arc::new(Importer::new(
+            bus.clone(),
+            Arc::clone(&config),
+            Arc::clone(&counters),
+        ));
+
+        let mut imports = Vec::with_capacity(config.import.len());
+        for (i, pattern) in config.import.iter().enumerate() {
+            let subject = pattern_subject(&config.cluster, pattern);
+            let mut sub = client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|source| BridgeError::Subscribe { subject, source })?;
+            let importer = Arc::clone(&importer);
+            imports.push(tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    importer.accept(i, m);
+                }
+            }));
+        }
+        // Make sure the server has the subscriptions before anyone is told the bridge is up.
+        let _flushed = client.flush().await;
+
+        let numbering = Arc::new(Mutex::new(Numbering::new(SEQ_TABLE_CAPACITY)));
+        let mut drains = Vec::with_capacity(config.export.len());
+        for i in 0..config.export.len() {
+            drains.push(tokio::spawn(export_loop(
+                client.clone(),
+                bus.clone(),
+                Arc::clone(&config),
+                i,
+                Arc::clone(&numbering),
+                Arc::clone(&counters),
+            )));
+        }
+        Ok(Self {
+            client,
+            counters,
+            importer,
+            tasks: Mutex::new(Tasks { drains, imports }),
+        })
+    }
+
+    /// The connection's state now.
+    pub fn state(&self) -> LinkState {
+        if self.counters.closed.load(Ordering::Relaxed) {
+            return LinkState::Closed;
+        }
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => LinkState::Connected,
+            async_nats::connection::State::Disconnected => LinkState::Disconnected,
+            async_nats::connection::State::Pending => LinkState::Pending,
+        }
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> BridgeStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BridgeStats {
+            exported: get(&c.exported),
+            imported: get(&c.imported),
+            dropped_out: get(&c.dropped_out),
+            dropped_unnumbered: get(&c.dropped_unnumbered),
+            dropped_in: get(&c.dropped_in),
+            foreign: get(&c.foreign),
+            refused: get(&c.refused),
+            looped: get(&c.looped),
+            restarts: get(&c.restarts),
+            slow_consumer: get(&c.slow_consumer),
+            connects: self.client.statistics().connects.load(Ordering::Relaxed),
+            disconnects: get(&c.disconnects),
+        }
+    }
+
+    /// Where an imported message's source id came from: the host that vouched for the
+    /// message's attribution and the publishing capsule there. `None` for local sources and
+    /// for ids the bounded origin table has forgotten.
+    pub fn origin(&self, source: &Uuid) -> Option<crate::Origin> {
+        self.importer.origin(source)
+    }
+
+    /// Stops taking local messages, gives the client's queue up to two seconds to reach
+    /// NATS, then stops receiving. Later calls do nothing.
+    pub async fn stop(&self) {
+        let (drains, imports) = {
+            let mut t = self.tasks.lock();
+            (
+                std::mem::take(&mut t.drains),
+                std::mem::take(&mut t.imports),
+            )
+        };
+        for d in drains {
+            d.abort();
+        }
+        let _flushed = tokio::time::timeout(STOP_FLUSH, self.client.flush()).await;
+        self.counters.closed.store(true, Ordering::Relaxed);
+        for i in imports {
+            i.abort();
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.counters.closed.store(true, Ordering::Relaxed);
+        let t = self.tasks.get_mut();
+        for task in t.drains.iter().chain(&t.imports) {
+            task.abort();
+        }
+    }
+}
+
+/// Whether `source` is an id the importer gave a remote publisher: such messages came from
+/// another host and are never sent back out.
+pub(crate) fn is_imported_source(source: &Uuid) -> bool {
+    source.get_version_num() == 8
+}
+
+/// Takes local messages matching export pattern `index` (and no earlier one, so overlapping
+/// patterns send each message once), numbers them and hands them to the client.
+///
+/// While connected, a full client queue is waited on (the local subscription holds the
+/// backlog). While disconnected, a message the client's bounded queue cannot take at once is
+/// dropped after it was numbered, so every receiver sees the hole; the bus subscription is
+/// still drained, so nothing is lost unnumbered there.
+async fn export_loop(
+    client: Client,
+    bus: Bus,
+    config: Arc<BridgeConfig>,
+    index: usize,
+    numbering: Arc<Mutex<Numbering<(Uuid, Topic)>>>,
+    counters: Arc<Counters>,
+) {
+    let Some(pattern) = config.export.get(index).cloned() else {
+        return;
+    };
+    let mut rx = bus.subscribe(pattern, Scope::All);
+    let ready = rx.readiness();
+    loop {
+        ready.ready().await;
+        let drain = rx.try_drain(EXPORT_DRAIN_BYTES);
+        counters
+            .dropped_unnumbered
+            .fetch_add(drain.dropped, Ordering::Relaxed);
+        if drain.dropped > 0 && bump(&counters.dropped_out, drain.dropped) {
+            audit(
+                &bus,
+                Attribution::System,
+                serde_json::json!({
+                    "kind": "nats.export-lost",
+                    "lost": counters.dropped_out.load(Ordering::Relaxed),
+                    "reason": "the bridge fell behind the local bus",
+                }),
+            );
+        }
+        for m in drain.messages {
+            if !exportable(&config, index, &m) {
+                continue;
+            }
+            let seq = numbering.lock().next(&(m.source, m.topic.clone()));
+            let envelope = Envelope {
+                host: config.host.clone(),
+                attribution: m.attribution(),
+                source: m.source,
+                source_name: config.source_names.as_ref().and_then(|f| f(m.source)),
+                seq,
+                hops: m.hops(),
+            };
+            let send = client.publish_with_headers(
+                topic_subject(&config.cluster, &m.topic),
+                envelope.to_headers(),
+                m.payload.as_str().to_owned().into(),
+            );
+            match hand_over(&client, send).await {
+                Some(Ok(())) => {
+                    counters.exported.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Err(e)) => {
+                    counters.dropped_out.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(target: AUDIT_TARGET, error = %e, "nats publish failed");
+                }
+                None => {
+                    if bump(&counters.dropped_out, 1) {
+                        audit(
+                            &bus,
+                            m.attribution(),
+                            serde_json::json!({
+                                "kind": "nats.export-lost",
+                                "lost": counters.dropped_out.load(Ordering::Relaxed),
+                                "topic": m.topic.as_str(),
+                                "reason": "NATS is unreachable and the buffer is full",
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Drives one publish: to completion while connected (re-checking the connection every
+/// [`EXPORT_WAIT`]), once while not. `None` means the client could not take it now and it
+/// was not sent (a pending send into the client's queue sends nothing when dropped).
+async fn hand_over<F>(client: &Client, send: F) -> Option<F::Output>
+where
+    F: std::future::Future,
+{
+    let mut send = std::pin::pin!(send);
+    // The common case: the client's queue has room and takes it at once.
+    if let std::task::Poll::Ready(out) = futures::poll!(send.as_mut()) {
+        return Some(out);
+    }
+    loop {
+        if client.connection_state() == async_nats::connection::State::Connected {
+            if let Ok(out) = tokio::time::timeout(EXPORT_WAIT, send.as_mut()).await {
+                return Some(out);
+            }
+        } else {
+            return match futures::poll!(send.as_mut()) {
+                std::task::Poll::Ready(out) => Some(out),
+                std::task::Poll::Pending => None,
+            };
+        }
+    }
+}
+
+/// Audit entries stay on their host, imported messages never go back out, and a message
+/// matching an earlier export pattern was sent by that pattern's loop.
+fn exportable(config: &BridgeConfig, index: usize, m: &Message) -> bool {
+    m.topic.as_str() != AUDIT_TOPIC
+        && !is_imported_source(&m.source)
+        && !config.export[..index].iter().any(|p| p.matches(&m.topic))
+}

@@ -1,0 +1,216 @@
+//! The receiving side's checks, in order: the subject must be a topic of this cluster under
+//! the pattern it arrived on and not the audit topic; the headers must decode; the origin must
+//! be a configured peer and not this host; the host's own check ([`crate::Admit`]) must pass;
+//! the payload must be JSON. Only then is a hole in
+//! the publisher's sequence reported as loss and the message published into the local bus,
+//! with exactly the attribution the origin host sent (never a stronger one) and a source id
+//! that records which host vouched for it. Local subscribers then receive it only through
+//! subscriptions the host's own ACLs and audit scoping allowed.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use capsule_bus::{AUDIT_TOPIC, Attribution, Bus, JsonPayload, Outgoing, Topic};
+use parking_lot::Mutex;
+use uuid::Uuid;
+
+use crate::bridge::{Counters, audit, bump};
+use crate::config::BridgeConfig;
+use crate::envelope::Envelope;
+use crate::seq::{Bounded, Observed, SEQ_TABLE_CAPACITY, Tracking};
+use crate::subject::{HostId, subject_topic};
+
+/// Origins the bridge remembers, newest first out of a full table.
+const ORIGINS_KEPT: usize = 4096;
+
+/// Where an imported message came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The peer host that published it and vouches for its attribution.
+    pub host: HostId,
+    /// The publishing capsule instance on that host.
+    pub source: Uuid,
+    /// The publishing capsule's name, if the host sent it.
+    pub source_name: Option<String>,
+}
+
+/// The local source id of a remote publisher: a version-8 UUID derived from the host and the
+/// remote instance id, so the same publisher always gets the same id and the export side can
+/// tell imported messages from local ones.
+pub fn imported_source(host: &HostId, source: &Uuid) -> Uuid {
+    let mut h = blake3::Hasher::new();
+    h.update(b"capsule-nats source v1\0");
+    h.update(host.as_str().as_bytes());
+    h.update(&[0]);
+    h.update(source.as_bytes());
+    let digest = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest.as_bytes()[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Uuid::from_bytes(b)
+}
+
+pub(crate) struct Importer {
+    bus: Bus,
+    config: Arc<BridgeConfig>,
+    counters: Arc<Counters>,
+    seqs: Mutex<Tracking<(HostId, Uuid, Topic)>>,
+    origins: Mutex<Bounded<Uuid, Origin>>,
+}
+
+impl Importer {
+    pub(crate) fn new(bus: Bus, config: Arc<BridgeConfig>, counters: Arc<Counters>) -> Self {
+        Self {
+            bus,
+            config,
+            counters,
+            seqs: Mutex::new(Tracking::new(SEQ_TABLE_CAPACITY)),
+            origins: Mutex::new(Bounded::new(ORIGINS_KEPT)),
+        }
+    }
+
+    pub(crate) fn origin(&self, source: &Uuid) -> Option<Origin> {
+        self.origins.lock().get(source).cloned()
+    }
+
+    fn refuse(&self, subject: &str, reason: String) {
+        if bump(&self.counters.refused, 1) {
+            audit(
+                &self.bus,
+                Attribution::System,
+                serde_json::json!({
+                    "kind": "nats.refused",
+                    "subject": subject,
+                    "reason": reason,
+                    "refused": self.counters.refused.load(Ordering::Relaxed),
+                }),
+            );
+        }
+    }
+
+    /// Handles one message received on import pattern `index`.
+    pub(crate) fn accept(&self, index: usize, m: async_nats::Message) {
+        let subject = m.subject.as_str();
+        let topic = match subject_topic(&self.config.cluster, subject) {
+            Ok(t) => t,
+            Err(e) => return self.refuse(subject, e.to_string()),
+        };
+        let Some(pattern) = self.config.import.get(index) else {
+            return;
+        };
+        if !pattern.matches(&topic) || topic.as_str() == AUDIT_TOPIC {
+            return self.refuse(subject, "not an imported topic".into());
+        }
+        // Overlapping import patterns receive the same message; the first one takes it.
+        if self.config.import[..index]
+            .iter()
+            .any(|p| p.matches(&topic))
+        {
+            return;
+        }
+        let env = match Envelope::from_headers(m.headers.as_ref()) {
+            Ok(e) => e,
+            Err(e) => return self.refuse(subject, e.to_string()),
+        };
+        if env.host == self.config.host {
+            self.counters.looped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if !self.config.peers.contains(&env.host) {
+            if bump(&self.counters.foreign, 1) {
+                audit(
+                    &self.bus,
+                    Attribution::System,
+                    serde_json::json!({
+                        "kind": "nats.foreign-host",
+                        "host": env.host.as_str(),
+                        "topic": topic.as_str(),
+                        "ignored": self.counters.foreign.load(Ordering::Relaxed),
+                    }),
+                );
+            }
+            return;
+        }
+        if let Some(admit) = &self.config.admit
+            && let Err(reason) = admit(&topic, &env.attribution)
+        {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            // The principal concerned sees the refusal in its own audit view.
+            return audit(
+                &self.bus,
+                env.attribution.clone(),
+                serde_json::json!({
+                    "kind": "nats.refused",
+                    "host": env.host.as_str(),
+                    "topic": topic.as_str(),
+                    "principal": env.attribution.principal().map(|p| p.as_str()),
+                    "reason": reason,
+                }),
+            );
+        }
+        let payload = match String::from_utf8(m.payload.to_vec())
+            .map_err(|e| e.to_string())
+            .and_then(|s| JsonPayload::parse(s).map_err(|e| e.to_string()))
+        {
+            Ok(p) => p,
+            Err(e) => return self.refuse(subject, e),
+        };
+        let key = (env.host.clone(), env.source, topic.clone());
+        match self.seqs.lock().observe(&key, env.seq) {
+            Observed::InOrder => {}
+            Observed::Restarted => {
+                self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            Observed::Gap(lost) => {
+                self.counters.dropped_in.fetch_add(lost, Ordering::Relaxed);
+                self.bus
+                    .report_loss(&topic, env.attribution.principal(), lost);
+                audit(
+                    &self.bus,
+                    env.attribution.clone(),
+                    serde_json::json!({
+                        "kind": "nats.lost",
+                        "host": env.host.as_str(),
+                        "topic": topic.as_str(),
+                        "lost": lost,
+                        "principal": env.attribution.principal().map(|p| p.as_str()),
+                    }),
+                );
+            }
+        }
+        let source = imported_source(&env.host, &env.source);
+        self.origins.lock().entry(&source, || Origin {
+            host: env.host.clone(),
+            source: env.source,
+            source_name: env.source_name.clone(),
+        });
+        // Counted first, so whoever sees the message also sees it counted.
+        self.counters.imported.fetch_add(1, Ordering::Relaxed);
+        self.bus.publish(Outgoing {
+            topic,
+            payload,
+            source,
+            attribution: env.attribution,
+            hops: env.hops.saturating_add(1),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imported_sources_are_stable_per_host_and_marked() {
+        let h1 = HostId::parse("h1").unwrap_or_else(|e| panic!("{e}"));
+        let h2 = HostId::parse("h2").unwrap_or_else(|e| panic!("{e}"));
+        let s = Uuid::new_v4();
+        let a = imported_source(&h1, &s);
+        assert_eq!(a, imported_source(&h1, &s));
+        assert_ne!(a, imported_source(&h2, &s));
+        assert_eq!(a.get_version_num(), 8);
+        assert!(crate::bridge::is_imported_source(&a));
+        assert!(!crate::bridge::is_imported_source(&s));
+    }
+}

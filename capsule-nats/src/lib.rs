@@ -1,0 +1,77 @@
+//! `capsule-nats`: one capsule bus across several host processes, carried by NATS. It upholds
+//! these contracts:
+//!
+//! - **One-to-one subjects, namespaced by cluster.** Topic `a.b` of cluster `prod` travels on
+//!   subject `capsule.prod.a.b` and nowhere else ([`topic_subject`], [`subject_topic`]); two
+//!   clusters on one server never see each other's messages.
+//! - **Attribution is carried, never upgraded.** The origin host's attribution (verified,
+//!   claimed or system), its id, the source capsule, the hop count and a per-publisher
+//!   sequence travel in headers ([`Envelope`]); the receiving host publishes the message with
+//!   exactly that attribution, under a source id that records which host vouched for it
+//!   ([`Bridge::origin`]).
+//! - **Only peers are believed.** Messages from hosts outside the configured peer list are
+//!   ignored, counted and audited; a host's own messages never come back to it, and imported
+//!   messages are never exported again.
+//! - **No silent loss.** Each publisher's messages on a topic are numbered from 1; every hole
+//!   a receiver sees (slow consumer, disconnect, full buffer) is counted in its
+//!   [`BridgeStats`], audited, and reported to local subscribers through the bus's `dropped`
+//!   counter. Reconnection is automatic; while NATS is away the bridge buffers a bounded
+//!   number of messages.
+//! - **The receiving host decides delivery.** Imported messages enter the local bus like any
+//!   publish, so only subscriptions the host's own ACLs and audit scoping allowed receive
+//!   them; the audit topic never crosses hosts.
+//!
+//! The crate has no WebAssembly dependency, and `capsule-bus` stays free of networking.
+//!
+//! # Example
+//!
+//! The subject mapping, which every host of a cluster must agree on:
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use capsule_bus::{Topic, TopicPattern};
+//! use capsule_nats::{ClusterName, pattern_subject, subject_topic, topic_subject};
+//!
+//! let prod = ClusterName::parse("prod")?;
+//! let topic = Topic::parse("chat.room.post")?;
+//! assert_eq!(topic_subject(&prod, &topic), "capsule.prod.chat.room.post");
+//! assert_eq!(subject_topic(&prod, "capsule.prod.chat.room.post")?, topic);
+//! // Another cluster's subjects are not topics of this one.
+//! assert!(subject_topic(&prod, "capsule.dev.chat.room.post").is_err());
+//! // A trailing `*` (one or more segments) is NATS's `>`; an inner one is NATS's `*`.
+//! assert_eq!(pattern_subject(&prod, &TopicPattern::parse("chat.*")?), "capsule.prod.chat.>");
+//! assert_eq!(pattern_subject(&prod, &TopicPattern::parse("a.*.c")?), "capsule.prod.a.*.c");
+//! # Ok(()) }
+//! ```
+//!
+//! A bridge is started with [`Bridge::start`] on a [`capsule_bus::Bus`] and a
+//! [`BridgeConfig`]; `tests/bridge.rs` runs two of them against a real `nats-server`
+//! ([`NatsServer`]).
+
+mod bridge;
+mod config;
+mod envelope;
+mod import;
+mod seq;
+mod server;
+mod subject;
+
+pub use bridge::{AUDIT_TARGET, Bridge, BridgeError, BridgeStats, LinkState};
+pub use config::{
+    Admit, Auth, BridgeConfig, CREDS_ENV, ConfigError, DEFAULT_BUFFER, DEFAULT_IMPORT_BUFFER,
+    NKEY_ENV, SourceNames, TOKEN_ENV,
+};
+pub use envelope::{
+    ATTRIBUTION_HEADER, Envelope, EnvelopeError, HOPS_HEADER, HOST_HEADER, SEQ_HEADER,
+    SOURCE_HEADER, SOURCE_NAME_HEADER,
+};
+pub use import::{Origin, imported_source};
+pub use seq::{Numbering, Observed, SEQ_TABLE_CAPACITY, Tracking};
+pub use server::{NatsServer, SERVER_ENV, ServerError, ServerOptions, server_binary};
+pub use subject::{
+    ClusterName, HostId, MAX_NAME_BYTES, NameError, SUBJECT_ROOT, SubjectError, cluster_prefix,
+    pattern_subject, subject_topic, topic_subject,
+};
+
+/// The async-nats client this crate is built on, for callers that talk to NATS directly.
+pub use async_nats;
