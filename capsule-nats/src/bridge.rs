@@ -16,9 +16,10 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::config::{Auth, BridgeConfig, ConfigError};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, MAX_SOURCE_NAME_BYTES};
 use crate::import::Importer;
 use crate::seq::{Numbering, SEQ_TABLE_CAPACITY};
+use crate::sign::SIGNATURE_HEADER;
 use crate::subject::{pattern_subject, topic_subject};
 
 /// Tracing target of the bridge's audit records.
@@ -418,20 +419,30 @@ async fn export_loop(
             if !exportable(&config, index, &m) {
                 continue;
             }
-            let seq = numbering.lock().next(&(m.source, m.topic.clone()));
+            let (epoch, seq) = numbering.lock().next(&(m.source, m.topic.clone()));
             let envelope = Envelope {
                 host: config.host.clone(),
                 attribution: m.attribution(),
                 source: m.source,
-                source_name: config.source_names.as_ref().and_then(|f| f(m.source)),
+                source_name: config
+                    .source_names
+                    .as_ref()
+                    .and_then(|f| f(m.source))
+                    .filter(|n| n.len() <= MAX_SOURCE_NAME_BYTES),
+                epoch,
                 seq,
                 hops: m.hops(),
             };
-            let send = client.publish_with_headers(
-                topic_subject(&config.cluster, &m.topic),
-                envelope.to_headers(),
-                m.payload.as_str().to_owned().into(),
-            );
+            let subject = topic_subject(&config.cluster, &m.topic);
+            let mut headers = envelope.to_headers();
+            if let Some(key) = &config.key {
+                headers.insert(
+                    SIGNATURE_HEADER,
+                    key.sign(&subject, &envelope, m.payload.as_str().as_bytes()),
+                );
+            }
+            let send =
+                client.publish_with_headers(subject, headers, m.payload.as_str().to_owned().into());
             match hand_over(&client, send).await {
                 Some(Ok(())) => {
                     counters.exported.fetch_add(1, Ordering::Relaxed);
