@@ -47,7 +47,8 @@ pub(crate) struct ClusterArgs {
     /// Cluster topics received into the local bus (repeatable) [default: *]
     #[arg(long = "import", value_name = "PATTERN", requires = "cluster")]
     import: Vec<String>,
-    /// A NATS credentials (.creds) file [default: $CAPSULE_NATS_CREDS, else <state>/nats.creds]
+    /// A NATS credentials (.creds) file [default: $CAPSULE_NATS_CREDS, else nats.creds in the
+    /// state directory]
     #[arg(long, value_name = "FILE", requires = "cluster")]
     nats_creds: Option<PathBuf>,
 }

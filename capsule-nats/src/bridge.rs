@@ -478,6 +478,10 @@ where
     F: std::future::Future,
 {
     let mut send = std::pin::pin!(send);
+    // The common case: the client's queue has room and takes it at once.
+    if let std::task::Poll::Ready(out) = futures::poll!(send.as_mut()) {
+        return Some(out);
+    }
     loop {
         if client.connection_state() == async_nats::connection::State::Connected {
             if let Ok(out) = tokio::time::timeout(EXPORT_WAIT, send.as_mut()).await {
