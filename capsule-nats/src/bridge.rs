@@ -284,9 +284,13 @@ impl Bridge {
 
         let numbering = Arc::new(Mutex::new(Numbering::new(SEQ_TABLE_CAPACITY)));
         let mut drains = Vec::with_capacity(config.export.len());
-        for i in 0..config.export.len() {
+        for (i, pattern) in config.export.iter().enumerate() {
+            // Subscribed before `start` returns: a message published on the bus the moment
+            // the bridge is up is exported, not missed uncounted.
+            let rx = bus.subscribe(pattern.clone(), Scope::All);
             drains.push(tokio::spawn(export_loop(
                 client.clone(),
+                rx,
                 bus.clone(),
                 Arc::clone(&config),
                 i,
@@ -387,16 +391,13 @@ pub(crate) fn is_imported_source(source: &Uuid) -> bool {
 /// still drained, so nothing is lost unnumbered there.
 async fn export_loop(
     client: Client,
+    mut rx: capsule_bus::Receiver,
     bus: Bus,
     config: Arc<BridgeConfig>,
     index: usize,
     numbering: Arc<Mutex<Numbering<(Uuid, Topic)>>>,
     counters: Arc<Counters>,
 ) {
-    let Some(pattern) = config.export.get(index).cloned() else {
-        return;
-    };
-    let mut rx = bus.subscribe(pattern, Scope::All);
     let ready = rx.readiness();
     loop {
         ready.ready().await;
