@@ -197,6 +197,9 @@ impl std::fmt::Debug for Bridge {
     }
 }
 
+/// How long [`Bridge::start`] waits for the server to confirm its subscriptions.
+const SYNC_WITHIN: Duration = Duration::from_secs(5);
+
 async fn connect(config: &BridgeConfig, counters: &Arc<Counters>) -> Result<Client, BridgeError> {
     let events = Arc::clone(counters);
     let host = config.host.to_string();
@@ -279,8 +282,14 @@ impl Bridge {
                 }
             }));
         }
-        // Make sure the server has the subscriptions before anyone is told the bridge is up.
-        let _flushed = client.flush().await;
+        // The server must hold the subscriptions before anyone is told the bridge is up.
+        // `flush` only writes them to the socket, and the server serves each connection on
+        // its own, so a peer's publish could still overtake them there. A request nobody
+        // answers comes back as the server's own "no responders" reply, sent only after
+        // everything this connection sent before it was processed.
+        let sync = format!("_CAPSULE_SYNC.{}", uuid::Uuid::new_v4().simple());
+        let _synced =
+            tokio::time::timeout(SYNC_WITHIN, client.request(sync, Vec::new().into())).await;
 
         let numbering = Arc::new(Mutex::new(Numbering::new(SEQ_TABLE_CAPACITY)));
         let mut drains = Vec::with_capacity(config.export.len());
