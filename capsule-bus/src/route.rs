@@ -418,9 +418,11 @@ impl Route {
     /// Counts `n` messages that were lost before they reached this route (on another host,
     /// or on the link from it) as admitted and dropped.
     pub(crate) fn count_lost(&self, n: u64) {
+        // `n` comes from another host: saturate rather than overflow on a hostile figure.
         let mut st = self.state.lock();
-        st.admitted += n;
-        st.count_drop(n);
+        st.admitted = st.admitted.saturating_add(n);
+        st.dropped_total = st.dropped_total.saturating_add(n);
+        st.dropped_pending = st.dropped_pending.saturating_add(n);
     }
 
     /// Drains in DRR order: the first message always, then more while their payloads fit in

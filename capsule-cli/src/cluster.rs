@@ -2,12 +2,14 @@
 //! `capsule-nats` bridge, and reports the bridge in `capsule ps` and the metrics. Flags are
 //! checked before anything starts; credentials come from `--nats-creds`, the environment
 //! (`CAPSULE_NATS_TOKEN`, `CAPSULE_NATS_NKEY`, `CAPSULE_NATS_CREDS`) or the state directory
-//! (`nats.creds`, `nats.token`), never from the command line, where other users could read them.
+//! (`nats.creds`, `nats.token`), never from the command line, where other users could read them;
+//! the cluster's message key likewise comes from `CAPSULE_NATS_CLUSTER_KEY` or
+//! `<state>/nats.cluster-key`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use capsule_nats::{Auth, Bridge, BridgeConfig, ClusterName, HostId};
+use capsule_nats::{Auth, Bridge, BridgeConfig, ClusterKey, ClusterName, HostId};
 use capsule_runtime::Runtime;
 use capsule_runtime::bus::TopicPattern;
 use capsule_runtime::security::PrincipalProfile;
@@ -89,6 +91,32 @@ fn auth(args: &ClusterArgs, state: &Path) -> Result<Auth, Failure> {
     Ok(Auth::None)
 }
 
+/// Environment variable holding the cluster's message key (64 hexadecimal digits).
+pub(crate) const CLUSTER_KEY_ENV: &str = "CAPSULE_NATS_CLUSTER_KEY";
+
+/// The cluster key: the environment, else `<state>/nats.cluster-key`; `None` when neither is
+/// set (messages then travel unsigned and the origin host is only a header).
+fn cluster_key(state: &Path) -> Result<Option<ClusterKey>, Failure> {
+    let (text, from) = match std::env::var(CLUSTER_KEY_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        Some(t) => (t, CLUSTER_KEY_ENV.to_string()),
+        None => {
+            let file = state.join("nats.cluster-key");
+            if !file.is_file() {
+                return Ok(None);
+            }
+            let t = std::fs::read_to_string(&file)
+                .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", file.display())))?;
+            (t, file.display().to_string())
+        }
+    };
+    ClusterKey::parse_hex(&text)
+        .map(Some)
+        .map_err(|e| usage(&from, e))
+}
+
 impl ClusterArgs {
     /// The bridge configuration, or `None` without `--cluster`. Every flag is checked here,
     /// before the host starts anything.
@@ -107,6 +135,7 @@ impl ClusterArgs {
         c.export = patterns("--export", &self.export)?;
         c.import = patterns("--import", &self.import)?;
         c.auth = auth(self, state)?;
+        c.key = cluster_key(state)?;
         c.validate().map_err(|e| usage("--cluster", e))?;
         Ok(Some(c))
     }
@@ -256,4 +285,27 @@ pub(crate) fn register(registry: &mut Registry, r: &BridgeRow) {
         "Whether the NATS bridge is connected now",
         connected,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_key_file_is_read_and_a_malformed_one_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // The variable wins over the file; this test needs the file.
+        if std::env::var_os(CLUSTER_KEY_ENV).is_some() {
+            return;
+        }
+        assert_eq!(cluster_key(dir.path()).ok().flatten(), None);
+        let file = dir.path().join("nats.cluster-key");
+        std::fs::write(&file, format!("{}\n", "0f".repeat(32))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            cluster_key(dir.path()).ok().flatten(),
+            Some(ClusterKey::from_bytes([0x0f; 32]))
+        );
+        std::fs::write(&file, "secret").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(cluster_key(dir.path()), Err(Failure::Usage(_))));
+    }
 }

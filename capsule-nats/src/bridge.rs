@@ -16,9 +16,10 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::config::{Auth, BridgeConfig, ConfigError};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, MAX_SOURCE_NAME_BYTES};
 use crate::import::Importer;
 use crate::seq::{Numbering, SEQ_TABLE_CAPACITY};
+use crate::sign::SIGNATURE_HEADER;
 use crate::subject::{pattern_subject, topic_subject};
 
 /// Tracing target of the bridge's audit records.
@@ -196,6 +197,9 @@ impl std::fmt::Debug for Bridge {
     }
 }
 
+/// How long [`Bridge::start`] waits for the server to confirm its subscriptions.
+const SYNC_WITHIN: Duration = Duration::from_secs(5);
+
 async fn connect(config: &BridgeConfig, counters: &Arc<Counters>) -> Result<Client, BridgeError> {
     let events = Arc::clone(counters);
     let host = config.host.to_string();
@@ -278,14 +282,24 @@ impl Bridge {
                 }
             }));
         }
-        // Make sure the server has the subscriptions before anyone is told the bridge is up.
-        let _flushed = client.flush().await;
+        // The server must hold the subscriptions before anyone is told the bridge is up.
+        // `flush` only writes them to the socket, and the server serves each connection on
+        // its own, so a peer's publish could still overtake them there. A request nobody
+        // answers comes back as the server's own "no responders" reply, sent only after
+        // everything this connection sent before it was processed.
+        let sync = format!("_CAPSULE_SYNC.{}", uuid::Uuid::new_v4().simple());
+        let _synced =
+            tokio::time::timeout(SYNC_WITHIN, client.request(sync, Vec::new().into())).await;
 
         let numbering = Arc::new(Mutex::new(Numbering::new(SEQ_TABLE_CAPACITY)));
         let mut drains = Vec::with_capacity(config.export.len());
-        for i in 0..config.export.len() {
+        for (i, pattern) in config.export.iter().enumerate() {
+            // Subscribed before `start` returns: a message published on the bus the moment
+            // the bridge is up is exported, not missed uncounted.
+            let rx = bus.subscribe(pattern.clone(), Scope::All);
             drains.push(tokio::spawn(export_loop(
                 client.clone(),
+                rx,
                 bus.clone(),
                 Arc::clone(&config),
                 i,
@@ -386,16 +400,13 @@ pub(crate) fn is_imported_source(source: &Uuid) -> bool {
 /// still drained, so nothing is lost unnumbered there.
 async fn export_loop(
     client: Client,
+    mut rx: capsule_bus::Receiver,
     bus: Bus,
     config: Arc<BridgeConfig>,
     index: usize,
     numbering: Arc<Mutex<Numbering<(Uuid, Topic)>>>,
     counters: Arc<Counters>,
 ) {
-    let Some(pattern) = config.export.get(index).cloned() else {
-        return;
-    };
-    let mut rx = bus.subscribe(pattern, Scope::All);
     let ready = rx.readiness();
     loop {
         ready.ready().await;
@@ -418,20 +429,30 @@ async fn export_loop(
             if !exportable(&config, index, &m) {
                 continue;
             }
-            let seq = numbering.lock().next(&(m.source, m.topic.clone()));
+            let (epoch, seq) = numbering.lock().next(&(m.source, m.topic.clone()));
             let envelope = Envelope {
                 host: config.host.clone(),
                 attribution: m.attribution(),
                 source: m.source,
-                source_name: config.source_names.as_ref().and_then(|f| f(m.source)),
+                source_name: config
+                    .source_names
+                    .as_ref()
+                    .and_then(|f| f(m.source))
+                    .filter(|n| n.len() <= MAX_SOURCE_NAME_BYTES),
+                epoch,
                 seq,
                 hops: m.hops(),
             };
-            let send = client.publish_with_headers(
-                topic_subject(&config.cluster, &m.topic),
-                envelope.to_headers(),
-                m.payload.as_str().to_owned().into(),
-            );
+            let subject = topic_subject(&config.cluster, &m.topic);
+            let mut headers = envelope.to_headers();
+            if let Some(key) = &config.key {
+                headers.insert(
+                    SIGNATURE_HEADER,
+                    key.sign(&subject, &envelope, m.payload.as_str().as_bytes()),
+                );
+            }
+            let send =
+                client.publish_with_headers(subject, headers, m.payload.as_str().to_owned().into());
             match hand_over(&client, send).await {
                 Some(Ok(())) => {
                     counters.exported.fetch_add(1, Ordering::Relaxed);

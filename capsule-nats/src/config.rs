@@ -10,6 +10,7 @@ use std::sync::Arc;
 use capsule_bus::{AUDIT_TOPIC, Attribution, Topic, TopicPattern};
 use uuid::Uuid;
 
+use crate::sign::ClusterKey;
 use crate::subject::{ClusterName, HostId};
 
 /// Environment variable holding a NATS token, read by [`Auth::from_env`].
@@ -87,6 +88,10 @@ pub struct BridgeConfig {
     pub servers: String,
     /// How to authenticate.
     pub auth: Auth,
+    /// The cluster's shared message key: with it every exported message is signed and every
+    /// imported one must carry a valid signature. Without it the origin host is only a
+    /// header, which any client the NATS server lets publish can write.
+    pub key: Option<ClusterKey>,
     /// Hosts whose messages are accepted; anything from another host is ignored and counted.
     pub peers: BTreeSet<HostId>,
     /// Local topics published to NATS.
@@ -113,6 +118,7 @@ impl fmt::Debug for BridgeConfig {
             .field("host", &self.host)
             .field("servers", &self.servers)
             .field("auth", &self.auth)
+            .field("key", &self.key)
             .field("peers", &self.peers)
             .field("export", &self.export)
             .field("import", &self.import)
@@ -151,6 +157,7 @@ impl BridgeConfig {
             host,
             servers: servers.into(),
             auth: Auth::None,
+            key: None,
             peers: BTreeSet::new(),
             export: Vec::new(),
             import: Vec::new(),

@@ -19,8 +19,14 @@ pub const SOURCE_HEADER: &str = "Capsule-Source";
 pub const SOURCE_NAME_HEADER: &str = "Capsule-Source-Name";
 /// Header carrying the per-publisher sequence number (1, 2, 3, … per source and topic).
 pub const SEQ_HEADER: &str = "Capsule-Seq";
+/// Header carrying the publisher's stream epoch, which rises whenever its numbering starts
+/// over.
+pub const EPOCH_HEADER: &str = "Capsule-Epoch";
 /// Header carrying the hop count the message had on its origin bus.
 pub const HOPS_HEADER: &str = "Capsule-Hops";
+
+/// Longest source name carried; a longer one is left out.
+pub const MAX_SOURCE_NAME_BYTES: usize = 128;
 
 /// The metadata of one bridged message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +39,8 @@ pub struct Envelope {
     pub source: Uuid,
     /// The publishing capsule's name, if the origin host gave one.
     pub source_name: Option<String>,
+    /// The publisher's stream epoch on this topic.
+    pub epoch: u64,
     /// Position in the publisher's stream on this topic, from 1.
     pub seq: u64,
     /// The hop count on the origin bus.
@@ -58,7 +66,7 @@ pub enum EnvelopeError {
     },
 }
 
-fn attribution_text(a: &Attribution) -> String {
+pub(crate) fn attribution_text(a: &Attribution) -> String {
     match a {
         Attribution::Verified(p) => format!("verified:{}", p.as_str()),
         Attribution::Claimed(p) => format!("claimed:{}", p.as_str()),
@@ -92,6 +100,7 @@ impl Envelope {
         if let Some(name) = &self.source_name {
             h.insert(SOURCE_NAME_HEADER, name.as_str());
         }
+        h.insert(EPOCH_HEADER, self.epoch.to_string());
         h.insert(SEQ_HEADER, self.seq.to_string());
         h.insert(HOPS_HEADER, self.hops.to_string());
         h
@@ -119,7 +128,7 @@ impl Envelope {
         let source_name = h
             .get(SOURCE_NAME_HEADER)
             .map(|v| v.as_str())
-            .filter(|s| s.len() <= 128)
+            .filter(|s| s.len() <= MAX_SOURCE_NAME_BYTES)
             .map(str::to_string);
         let seq: u64 = get(SEQ_HEADER)?
             .parse()
@@ -127,6 +136,9 @@ impl Envelope {
         if seq == 0 {
             return Err(invalid(SEQ_HEADER)(&"sequence numbers start at 1"));
         }
+        let epoch: u64 = get(EPOCH_HEADER)?
+            .parse()
+            .map_err(|e| invalid(EPOCH_HEADER)(&e))?;
         let hops: u8 = get(HOPS_HEADER)?
             .parse()
             .map_err(|e| invalid(HOPS_HEADER)(&e))?;
@@ -135,6 +147,7 @@ impl Envelope {
             attribution,
             source,
             source_name,
+            epoch,
             seq,
             hops,
         })
@@ -151,6 +164,7 @@ mod tests {
             attribution,
             source: Uuid::new_v4(),
             source_name: Some("notes".into()),
+            epoch: 3,
             seq: 7,
             hops: 2,
         }
@@ -182,6 +196,7 @@ mod tests {
             (SOURCE_HEADER, "not-a-uuid"),
             (SEQ_HEADER, "0"),
             (SEQ_HEADER, "-1"),
+            (EPOCH_HEADER, "x"),
             (HOPS_HEADER, "256"),
         ] {
             let mut h = good.clone();

@@ -1,7 +1,9 @@
 //! The receiving side's checks, in order: the subject must be a topic of this cluster under
-//! the pattern it arrived on and not the audit topic; the headers must decode; the origin must
-//! be a configured peer and not this host; the host's own check ([`crate::Admit`]) must pass;
-//! the payload must be JSON. Only then is a hole in
+//! the pattern it arrived on and not the audit topic; the headers must decode; with a cluster
+//! key the signature must match (before any header is believed); the origin must be a
+//! configured peer and not this host; the host's own check ([`crate::Admit`]) must pass; the
+//! payload must be JSON; the sequence number must be neither one already seen (a replay) nor
+//! an implausible jump. Only then is a hole in
 //! the publisher's sequence reported as loss and the message published into the local bus,
 //! with exactly the attribution the origin host sent (never a stronger one) and a source id
 //! that records which host vouched for it. Local subscribers then receive it only through
@@ -17,7 +19,8 @@ use uuid::Uuid;
 use crate::bridge::{Counters, audit, bump};
 use crate::config::BridgeConfig;
 use crate::envelope::Envelope;
-use crate::seq::{Bounded, Observed, SEQ_TABLE_CAPACITY, Tracking};
+use crate::seq::{Bounded, MAX_GAP, Observed, SEQ_TABLE_CAPACITY, Tracking};
+use crate::sign::SIGNATURE_HEADER;
 use crate::subject::{HostId, subject_topic};
 
 /// Origins the bridge remembers, newest first out of a full table.
@@ -89,6 +92,32 @@ impl Importer {
         }
     }
 
+    /// Counts what one sequence number says about its publisher's stream.
+    fn observed(&self, observed: Observed, env: &Envelope, topic: &Topic) {
+        match observed {
+            Observed::InOrder | Observed::Replayed | Observed::Implausible => {}
+            Observed::Restarted => {
+                self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            Observed::Gap(lost) => {
+                self.counters.dropped_in.fetch_add(lost, Ordering::Relaxed);
+                self.bus
+                    .report_loss(topic, env.attribution.principal(), lost);
+                audit(
+                    &self.bus,
+                    env.attribution.clone(),
+                    serde_json::json!({
+                        "kind": "nats.lost",
+                        "host": env.host.as_str(),
+                        "topic": topic.as_str(),
+                        "lost": lost,
+                        "principal": env.attribution.principal().map(|p| p.as_str()),
+                    }),
+                );
+            }
+        }
+    }
+
     /// Handles one message received on import pattern `index`.
     pub(crate) fn accept(&self, index: usize, m: async_nats::Message) {
         let subject = m.subject.as_str();
@@ -113,6 +142,21 @@ impl Importer {
             Ok(e) => e,
             Err(e) => return self.refuse(subject, e.to_string()),
         };
+        // Nothing in the headers is believed, not even the origin host, before the tag is.
+        if let Some(key) = &self.config.key {
+            let tag = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(SIGNATURE_HEADER))
+                .map(|v| v.as_str());
+            match tag {
+                None => return self.refuse(subject, "the message is not signed".into()),
+                Some(t) if !key.verify(subject, &env, &m.payload, t) => {
+                    return self.refuse(subject, "the signature does not match".into());
+                }
+                Some(_) => {}
+            }
+        }
         if env.host == self.config.host {
             self.counters.looped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -157,27 +201,27 @@ impl Importer {
             Err(e) => return self.refuse(subject, e),
         };
         let key = (env.host.clone(), env.source, topic.clone());
-        match self.seqs.lock().observe(&key, env.seq) {
-            Observed::InOrder => {}
-            Observed::Restarted => {
-                self.counters.restarts.fetch_add(1, Ordering::Relaxed);
-            }
-            Observed::Gap(lost) => {
-                self.counters.dropped_in.fetch_add(lost, Ordering::Relaxed);
-                self.bus
-                    .report_loss(&topic, env.attribution.principal(), lost);
-                audit(
-                    &self.bus,
-                    env.attribution.clone(),
-                    serde_json::json!({
-                        "kind": "nats.lost",
-                        "host": env.host.as_str(),
-                        "topic": topic.as_str(),
-                        "lost": lost,
-                        "principal": env.attribution.principal().map(|p| p.as_str()),
-                    }),
+        let observed = self.seqs.lock().observe(&key, env.epoch, env.seq, MAX_GAP);
+        match observed {
+            Observed::Replayed => {
+                return self.refuse(
+                    subject,
+                    format!(
+                        "epoch {} sequence {} was already seen from {}: a replay",
+                        env.epoch, env.seq, env.host
+                    ),
                 );
             }
+            Observed::Implausible => {
+                return self.refuse(
+                    subject,
+                    format!(
+                        "sequence {} jumps more than {MAX_GAP} past the publisher's last",
+                        env.seq
+                    ),
+                );
+            }
+            o => self.observed(o, &env, &topic),
         }
         let source = imported_source(&env.host, &env.source);
         self.origins.lock().entry(&source, || Origin {

@@ -9,7 +9,10 @@
 //!   sequence travel in headers ([`Envelope`]); the receiving host publishes the message with
 //!   exactly that attribution, under a source id that records which host vouched for it
 //!   ([`Bridge::origin`]).
-//! - **Only peers are believed.** Messages from hosts outside the configured peer list are
+//! - **Only peers are believed.** With a [`ClusterKey`] every message carries a keyed tag
+//!   ([`SIGNATURE_HEADER`]) and one without a valid tag is refused before any header is
+//!   believed; without a key the origin host is only a header, as strong as the NATS server's
+//!   authentication. Messages from hosts outside the configured peer list are
 //!   ignored, counted and audited; a host's own messages never come back to it, and imported
 //!   messages are never exported again.
 //! - **No silent loss.** Each publisher's messages on a topic are numbered from 1; every hole
@@ -54,6 +57,7 @@ mod envelope;
 mod import;
 mod seq;
 mod server;
+mod sign;
 mod subject;
 
 pub use bridge::{AUDIT_TARGET, Bridge, BridgeError, BridgeStats, LinkState};
@@ -62,12 +66,13 @@ pub use config::{
     NKEY_ENV, SourceNames, TOKEN_ENV,
 };
 pub use envelope::{
-    ATTRIBUTION_HEADER, Envelope, EnvelopeError, HOPS_HEADER, HOST_HEADER, SEQ_HEADER,
-    SOURCE_HEADER, SOURCE_NAME_HEADER,
+    ATTRIBUTION_HEADER, EPOCH_HEADER, Envelope, EnvelopeError, HOPS_HEADER, HOST_HEADER,
+    MAX_SOURCE_NAME_BYTES, SEQ_HEADER, SOURCE_HEADER, SOURCE_NAME_HEADER,
 };
 pub use import::{Origin, imported_source};
-pub use seq::{Numbering, Observed, SEQ_TABLE_CAPACITY, Tracking};
+pub use seq::{MAX_GAP, Numbering, Observed, SEQ_TABLE_CAPACITY, Tracking};
 pub use server::{NatsServer, SERVER_ENV, ServerError, ServerOptions, server_binary};
+pub use sign::{ClusterKey, KEY_BYTES, KeyError, SIGNATURE_HEADER};
 pub use subject::{
     ClusterName, HostId, MAX_NAME_BYTES, NameError, SUBJECT_ROOT, SubjectError, cluster_prefix,
     pattern_subject, subject_topic, topic_subject,

@@ -411,6 +411,7 @@ async fn malformed_messages_from_nats_are_refused_and_change_nothing() {
         h.insert(capsule_nats::HOST_HEADER, "a");
         h.insert(capsule_nats::ATTRIBUTION_HEADER, attribution);
         h.insert(capsule_nats::SOURCE_HEADER, Uuid::from_u128(1).to_string());
+        h.insert(capsule_nats::EPOCH_HEADER, "1");
         h.insert(capsule_nats::SEQ_HEADER, seq);
         h.insert(capsule_nats::HOPS_HEADER, "0");
         h

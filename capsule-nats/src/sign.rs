@@ -1,0 +1,154 @@
+//! Message authentication between the hosts of a cluster. The `Capsule-Host` header alone
+//! proves nothing: any client the NATS server lets publish on the cluster's subjects can write
+//! it. With a [`ClusterKey`] every exported message carries a keyed BLAKE3 tag over its
+//! subject, every envelope field and its payload ([`SIGNATURE_HEADER`]), and the receiving
+//! host refuses anything whose tag is missing or wrong before it believes a single header. The
+//! key proves membership of the cluster, not which member: a host holding it can still name
+//! another member as origin, so every key holder is trusted as much as a peer.
+
+use std::fmt;
+
+use crate::envelope::{Envelope, attribution_text};
+
+/// Header carrying the hex tag of a signed message.
+pub const SIGNATURE_HEADER: &str = "Capsule-Sig";
+
+/// Bytes of a cluster key.
+pub const KEY_BYTES: usize = 32;
+
+/// Why a cluster key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The text was not 64 hexadecimal digits.
+    #[error("a cluster key is {want} hexadecimal digits, got {0} characters", want = 2 * KEY_BYTES)]
+    Length(usize),
+    /// A character that is not a hexadecimal digit.
+    #[error("a cluster key contains {0:?}, which is not a hexadecimal digit")]
+    NotHex(char),
+}
+
+/// The secret every host of a cluster shares to authenticate its messages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterKey([u8; KEY_BYTES]);
+
+impl fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret never reaches logs or `Debug` output.
+        f.write_str("ClusterKey(<redacted>)")
+    }
+}
+
+fn nibble(c: char) -> Result<u8, KeyError> {
+    c.to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+        .ok_or(KeyError::NotHex(c))
+}
+
+impl ClusterKey {
+    /// A key from its raw bytes.
+    pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> Self {
+        Self(bytes)
+    }
+
+    /// Parses 64 hexadecimal digits (surrounding whitespace ignored), as `openssl rand -hex 32`
+    /// writes them.
+    pub fn parse_hex(text: &str) -> Result<Self, KeyError> {
+        let t = text.trim();
+        let chars: Vec<char> = t.chars().collect();
+        if chars.len() != 2 * KEY_BYTES {
+            return Err(KeyError::Length(chars.len()));
+        }
+        let mut out = [0u8; KEY_BYTES];
+        for (byte, pair) in out.iter_mut().zip(chars.chunks_exact(2)) {
+            *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Ok(Self(out))
+    }
+
+    fn tag(&self, subject: &str, env: &Envelope, payload: &[u8]) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        // Every field is length-prefixed, so no two different messages share an input.
+        let mut field = |b: &[u8]| {
+            h.update(&(b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        field(b"capsule-nats message v1");
+        field(subject.as_bytes());
+        field(env.host.as_str().as_bytes());
+        field(attribution_text(&env.attribution).as_bytes());
+        field(env.source.as_bytes());
+        field(env.source_name.as_deref().unwrap_or("").as_bytes());
+        field(&[u8::from(env.source_name.is_some())]);
+        field(&env.epoch.to_le_bytes());
+        field(&env.seq.to_le_bytes());
+        field(&[env.hops]);
+        field(payload);
+        h.finalize()
+    }
+
+    /// The [`SIGNATURE_HEADER`] value of a message.
+    pub fn sign(&self, subject: &str, env: &Envelope, payload: &[u8]) -> String {
+        self.tag(subject, env, payload).to_hex().to_string()
+    }
+
+    /// Whether `signature` is this key's tag of the message (compared in constant time).
+    pub fn verify(&self, subject: &str, env: &Envelope, payload: &[u8], signature: &str) -> bool {
+        blake3::Hash::from_hex(signature.as_bytes())
+            .is_ok_and(|given| given == self.tag(subject, env, payload))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subject::HostId;
+    use capsule_bus::{Attribution, PrincipalId};
+    use uuid::Uuid;
+
+    fn env() -> Envelope {
+        Envelope {
+            host: HostId::parse("a").unwrap_or_else(|e| panic!("{e}")),
+            attribution: Attribution::Verified(
+                PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}")),
+            ),
+            source: Uuid::from_u128(1),
+            source_name: None,
+            epoch: 1,
+            seq: 1,
+            hops: 0,
+        }
+    }
+
+    #[test]
+    fn keys_parse_from_hex_only() {
+        let k = ClusterKey::parse_hex(&"ab".repeat(KEY_BYTES)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(k, ClusterKey::from_bytes([0xab; KEY_BYTES]));
+        assert_eq!(ClusterKey::parse_hex("ab"), Err(KeyError::Length(2)));
+        assert_eq!(
+            ClusterKey::parse_hex(&"zz".repeat(KEY_BYTES)),
+            Err(KeyError::NotHex('z'))
+        );
+        assert!(!format!("{k:?}").contains("ab"));
+    }
+
+    #[test]
+    fn any_change_to_a_signed_message_breaks_the_tag() {
+        let k = ClusterKey::from_bytes([7; KEY_BYTES]);
+        let e = env();
+        let sig = k.sign("capsule.c.t", &e, b"{}");
+        assert!(k.verify("capsule.c.t", &e, b"{}", &sig));
+        assert!(!k.verify("capsule.c.u", &e, b"{}", &sig));
+        assert!(!k.verify("capsule.c.t", &e, b"[]", &sig));
+        assert!(!ClusterKey::from_bytes([8; KEY_BYTES]).verify("capsule.c.t", &e, b"{}", &sig));
+        let mut other = e.clone();
+        other.host = HostId::parse("b").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!k.verify("capsule.c.t", &other, b"{}", &sig));
+        let mut other = e.clone();
+        other.attribution = Attribution::System;
+        assert!(!k.verify("capsule.c.t", &other, b"{}", &sig));
+        let mut other = e;
+        other.seq = 2;
+        assert!(!k.verify("capsule.c.t", &other, b"{}", &sig));
+        assert!(!k.verify("capsule.c.t", &env(), b"{}", "not hex"));
+    }
+}
