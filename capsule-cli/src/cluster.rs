@@ -240,43 +240,26 @@ pub(crate) fn render(r: &BridgeRow) -> String {
 /// `capsule_bridge_dropped{direction}`, `capsule_bridge_ignored{reason}` and
 /// `capsule_bridge_connected`.
 pub(crate) fn register(registry: &mut Registry, r: &BridgeRow) {
-    type Labels = Vec<(String, String)>;
-    let l = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
-    let messages = Family::<Labels, Counter>::default();
-    messages
-        .get_or_create(&l("direction", "out"))
-        .inc_by(r.exported);
-    messages
-        .get_or_create(&l("direction", "in"))
-        .inc_by(r.imported);
-    registry.register(
+    counters(
+        registry,
         "bridge_messages",
         "Messages the NATS bridge carried, by direction",
-        messages,
+        "direction",
+        &[("out", r.exported), ("in", r.imported)],
     );
-    let dropped = Family::<Labels, Counter>::default();
-    dropped
-        .get_or_create(&l("direction", "out"))
-        .inc_by(r.dropped_out);
-    dropped
-        .get_or_create(&l("direction", "in"))
-        .inc_by(r.dropped_in);
-    registry.register(
+    counters(
+        registry,
         "bridge_dropped",
         "Messages the NATS bridge lost, by direction (in: holes in publishers' sequences)",
-        dropped,
+        "direction",
+        &[("out", r.dropped_out), ("in", r.dropped_in)],
     );
-    let ignored = Family::<Labels, Counter>::default();
-    ignored
-        .get_or_create(&l("reason", "foreign"))
-        .inc_by(r.foreign);
-    ignored
-        .get_or_create(&l("reason", "refused"))
-        .inc_by(r.refused);
-    registry.register(
+    counters(
+        registry,
         "bridge_ignored",
         "Messages the NATS bridge ignored: from a host outside the peer list, or malformed",
-        ignored,
+        "reason",
+        &[("foreign", r.foreign), ("refused", r.refused)],
     );
     let connected = Gauge::<i64>::default();
     connected.set(i64::from(r.state == "connected"));
@@ -285,6 +268,17 @@ pub(crate) fn register(registry: &mut Registry, r: &BridgeRow) {
         "Whether the NATS bridge is connected now",
         connected,
     );
+}
+
+/// Registers one counter family `name` with a value per `label` value.
+fn counters(registry: &mut Registry, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    let family = Family::<Vec<(String, String)>, Counter>::default();
+    for (value, n) in values {
+        family
+            .get_or_create(&vec![(label.to_string(), (*value).to_string())])
+            .inc_by(*n);
+    }
+    registry.register(name, help, family);
 }
 
 #[cfg(test)]
