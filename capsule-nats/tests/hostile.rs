@@ -173,6 +173,28 @@ async fn a_sequence_jump_to_the_end_of_the_range_is_refused_and_overflows_nothin
     );
 }
 
+/// Has `attacker` tap the cluster's subjects, publishes message 1 on `bus_a`, and returns the
+/// copy the tap saw once the receiver behind `rx` has taken the real one.
+async fn tapped_first(
+    attacker: &async_nats::Client,
+    bus_a: &Bus,
+    rx: &mut Receiver,
+) -> async_nats::Message {
+    let mut tap = attacker
+        .subscribe("capsule.c.>")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    synced(attacker).await;
+    publish(bus_a, 1);
+    let captured = tokio::time::timeout(PATIENCE, tap.next())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("the tap saw nothing"));
+    assert_eq!(until(rx, 1).await, (vec![1], 0));
+    captured
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_copy_of_a_peers_message_is_refused() {
     let nats = server();
@@ -184,18 +206,7 @@ async fn a_replayed_copy_of_a_peers_message_is_refused() {
         Scope::All,
     );
     let attacker = raw(&nats.url()).await;
-    let mut tap = attacker
-        .subscribe("capsule.c.>")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    synced(&attacker).await;
-    publish(&bus_a, 1);
-    let captured = tokio::time::timeout(PATIENCE, tap.next())
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("the tap saw nothing"));
-    assert_eq!(until(&mut rx, 1).await, (vec![1], 0));
+    let captured = tapped_first(&attacker, &bus_a, &mut rx).await;
     let headers = captured.headers.clone().unwrap_or_default();
     // Played back twice, byte for byte, with a's own headers.
     for _ in 0..2 {
@@ -238,18 +249,7 @@ async fn with_a_cluster_key_forged_and_tampered_messages_are_refused() {
         Scope::All,
     );
     let attacker = raw(&nats.url()).await;
-    let mut tap = attacker
-        .subscribe("capsule.c.>")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    synced(&attacker).await;
-    publish(&bus_a, 1);
-    let captured = tokio::time::timeout(PATIENCE, tap.next())
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("the tap saw nothing"));
-    assert_eq!(until(&mut rx, 1).await, (vec![1], 0));
+    let captured = tapped_first(&attacker, &bus_a, &mut rx).await;
     let real = captured.headers.clone().unwrap_or_default();
     let env = Envelope::from_headers(Some(&real)).unwrap_or_else(|e| panic!("{e}"));
     let subject = captured.subject.as_str();
