@@ -513,15 +513,7 @@ impl HttpView<'_> {
             return Ok(Err(HttpError::Closed));
         }
         let (pipe, failure) = (Arc::clone(&entry.pipe), Arc::clone(&entry.failure));
-        let cancel = self.core.limits.shared.cancel.clone();
-        let started = Instant::now();
-        let ready = tokio::select! {
-            biased;
-            () = cancel.cancelled() => false,
-            () = pipe.readable() => true,
-        };
-        self.core.limits.cpu.add_wait(started.elapsed());
-        if !ready {
+        if self.core.limits.race(pipe.readable()).await?.is_none() {
             return Ok(Err(HttpError::Closed));
         }
         Ok(match pipe.try_read(MAX_CHUNK_BYTES) {
