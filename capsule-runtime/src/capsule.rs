@@ -269,10 +269,7 @@ impl Capsule {
         if self.inner.core.limits.cancel.is_cancelled() {
             return Err(InvokeError::Unloaded(self.inner.identity().name.clone()));
         }
-        let mut store = self.inner.new_store(CpuMeter::Call {
-            elapsed: 0,
-            deadline: 1,
-        });
+        let mut store = self.inner.new_store(CpuMeter::call(1, self.inner.window));
         self.inner
             .pre
             .instantiate_async(&mut store)

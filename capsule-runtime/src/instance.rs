@@ -130,10 +130,7 @@ impl CapsuleInner {
         let tail = OutputTail::default();
         let identity = &self.core.identity;
         let mut store = self.new_store_for(
-            CpuMeter::Call {
-                elapsed: 0,
-                deadline: self.deadline_windows(timeout),
-            },
+            self.call_meter(timeout),
             &identity.owner,
             self.core.owner_quota(),
             Some(&tail),

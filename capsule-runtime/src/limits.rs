@@ -208,12 +208,16 @@ pub(crate) enum CpuMeter {
         /// Busy windows allowed in a row.
         max: u32,
     },
-    /// A bounded call: trapped once its deadline has passed.
+    /// A bounded call: trapped once its deadline has passed, whether it is running (counted
+    /// in epoch windows) or waiting in a host call (`until`, raced by every host wait: see
+    /// `host::deadline`).
     Call {
         /// Windows elapsed.
         elapsed: u64,
         /// Windows allowed.
         deadline: u64,
+        /// When the call must have ended, waits included; `None` when too far to represent.
+        until: Option<Instant>,
     },
 }
 
@@ -263,7 +267,9 @@ impl CpuMeter {
                 }
                 Ok(())
             }
-            Self::Call { elapsed, deadline } => {
+            Self::Call {
+                elapsed, deadline, ..
+            } => {
                 *elapsed += 1;
                 if *elapsed > *deadline {
                     return Err(Interrupt::Deadline { windows: *deadline });
@@ -423,10 +429,7 @@ mod tests {
 
     #[test]
     fn calls_stop_at_their_deadline() {
-        let mut c = CpuMeter::Call {
-            elapsed: 0,
-            deadline: 2,
-        };
+        let mut c = CpuMeter::call(2, Duration::from_secs(3600));
         c.add_wait(Duration::from_secs(1));
         assert_eq!(c.tick(), Ok(()));
         assert_eq!(c.tick(), Ok(()));

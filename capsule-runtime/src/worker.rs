@@ -38,10 +38,7 @@ impl CapsuleInner {
     ) -> Result<Pooled, InvokeError> {
         let principal = &scope.principal;
         let mut store = self.new_store_for(
-            CpuMeter::Call {
-                elapsed: 0,
-                deadline: 1,
-            },
+            CpuMeter::call(1, self.window),
             principal,
             memory_quota,
             None,
@@ -186,10 +183,7 @@ impl CapsuleInner {
                 .limits
                 .memory
                 .retarget(principal, profile.quotas.max_memory_bytes);
-            state.limits.cpu = CpuMeter::Call {
-                elapsed: 0,
-                deadline: self.deadline_windows(profile.quotas.max_timeout_secs),
-            };
+            state.limits.cpu = self.call_meter(profile.quotas.max_timeout_secs);
         }
         if self.fuel {
             let budget = profile

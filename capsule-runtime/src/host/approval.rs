@@ -140,6 +140,9 @@ enum ApprovalError {
         "an approval request of this principal is already waiting (at most {MAX_WAITING_PER_PRINCIPAL})"
     )]
     AlreadyWaiting,
+    /// The call's deadline passed while waiting: the call is trapped, the guest hears nothing.
+    #[error("{0}")]
+    Overrun(crate::limits::Interrupt),
 }
 
 fn code(e: &ApprovalError) -> ErrorCode {
@@ -148,6 +151,8 @@ fn code(e: &ApprovalError) -> ErrorCode {
         ApprovalError::Store(_) => ErrorCode::StoreUnavailable,
         ApprovalError::Timeout => ErrorCode::Timeout,
         e @ ApprovalError::AlreadyWaiting => ErrorCode::Unknown(e.to_string()),
+        // Never answered: `request_approval` traps instead.
+        ApprovalError::Overrun(_) => ErrorCode::Timeout,
     }
 }
 
@@ -349,15 +354,16 @@ impl ApprovalView<'_> {
         let Some(_place) = Waiting::take(&shared.waiting, (key.0.clone(), key.1)) else {
             return Err(ApprovalError::AlreadyWaiting);
         };
-        let cancel = self.core.limits.shared.cancel.clone();
         let timeout = handler.timeout();
-        let decision = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return Err(ApprovalError::Timeout),
-            d = tokio::time::timeout(timeout, handler.decide(asked.clone())) => match d {
-                Ok(d) => d,
-                Err(_) => return Err(ApprovalError::Timeout),
-            },
+        let decision = match self
+            .core
+            .limits
+            .race(tokio::time::timeout(timeout, handler.decide(asked.clone())))
+            .await
+        {
+            Ok(Some(Ok(d))) => d,
+            Ok(Some(Err(_)) | None) => return Err(ApprovalError::Timeout),
+            Err(overrun) => return Err(ApprovalError::Overrun(overrun)),
         };
         match decision {
             ActionDecision::AllowSession => {
@@ -392,12 +398,13 @@ impl Host for ApprovalView<'_> {
         &mut self,
         request: WitRequest,
     ) -> wasmtime::Result<Result<ApprovalResponse, ErrorCode>> {
-        Ok(self
-            .decide(request)
-            .await
-            .map(|d| ApprovalResponse {
-                decision: wit_decision(&d),
-            })
-            .map_err(|e| code(&e)))
+        match self.decide(request).await {
+            Err(ApprovalError::Overrun(overrun)) => Err(overrun.into()),
+            decided => Ok(decided
+                .map(|d| ApprovalResponse {
+                    decision: wit_decision(&d),
+                })
+                .map_err(|e| code(&e))),
+        }
     }
 }

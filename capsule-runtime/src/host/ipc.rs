@@ -655,22 +655,24 @@ impl HostSubscription for IpcView<'_> {
         self_: Resource<Subscription>,
         timeout_ms: u64,
     ) -> wasmtime::Result<Result<IpcEnvelope, ErrorCode>> {
-        let cancel = self.limits.shared.cancel.clone();
         let io = self.limits.shared.io.clone();
         let timeout = Duration::from_millis(timeout_ms.min(MAX_RECV_TIMEOUT_MS));
         let entry = self.table.get_mut(&entry_handle(&self_))?;
         let pattern = entry.receiver.pattern().to_string();
-        let started = Instant::now();
-        let drain = tokio::select! {
-            biased;
-            () = cancel.cancelled() => None,
-            drain = async {
-                let _permit = io.acquire().await.ok()?;
-                Some(entry.receiver.recv_one_principal(timeout, MAX_DRAIN_BYTES).await)
-            } => drain,
-        };
         // What a run loop spends waiting here is not CPU it used; a `recv(0)` waits nothing.
-        self.limits.cpu.add_wait(started.elapsed());
+        let drain = self
+            .limits
+            .race(async {
+                let _permit = io.acquire().await.ok()?;
+                Some(
+                    entry
+                        .receiver
+                        .recv_one_principal(timeout, MAX_DRAIN_BYTES)
+                        .await,
+                )
+            })
+            .await?
+            .flatten();
         let Some(drain) = drain else {
             self.audit("subscription.recv", &pattern, 0, Some(&IpcError::Closed));
             return Ok(Err(ErrorCode::Closed));

@@ -165,11 +165,9 @@ impl KvView<'_> {
             }
             Err(e) => return Ok(Err(self.failed(&e))),
         };
-        let cancel = self.core.limits.shared.cancel.clone();
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => Ok(Err(ErrorCode::Unknown("the capsule is unloading".into()))),
-            outcome = pending.outcome() => Ok(outcome.map_err(|e| self.failed(&e))),
+        match self.core.limits.race(pending.outcome()).await? {
+            None => Ok(Err(ErrorCode::Unknown("the capsule is unloading".into()))),
+            Some(outcome) => Ok(outcome.map_err(|e| self.failed(&e))),
         }
     }
 }

@@ -52,6 +52,7 @@ macro_rules! link_bindings {
 
 pub(crate) mod approval;
 pub(crate) mod audit;
+pub(crate) mod deadline;
 pub(crate) mod elicit;
 pub(crate) mod fs;
 pub(crate) mod http;
@@ -68,6 +69,7 @@ pub(crate) mod sys;
 mod tidy;
 pub(crate) mod uplink;
 pub(crate) mod wasi;
+pub(crate) mod wasi_poll;
 
 /// One capability. Implemented by the `HasData` marker that selects its view, so the type
 /// named in the list is also the one its linker registration uses.

@@ -1,9 +1,7 @@
 //! `astrid:io/poll@1.0.0`: real pollables. A pollable observes a readiness source (a
 //! subscription's queue, or another capability's `ReadySignal` such as a stream's data);
 //! `block` and `poll` wait on the source itself, not on a timer, and race the capsule's
-//! cancellation so unload always wins.
-
-use std::time::Instant;
+//! cancellation (so unload always wins) and the deadline of the call they run in.
 
 use capsule_bus::Readiness;
 use capsule_wit::astrid::io::poll::{ErrorCode, Host, HostPollable, Pollable};
@@ -103,24 +101,23 @@ fn entry_handle(r: &Resource<Pollable>) -> Resource<PollableEntry> {
 }
 
 impl PollView<'_> {
-    /// Waits until any of `sources` is ready; `false` if the capsule was unloaded meanwhile.
-    async fn wait_any(&mut self, sources: Vec<PollSource>) -> bool {
-        let cancel = self.core.limits.shared.cancel.clone();
+    /// Waits until any of `sources` is ready; `false` if the capsule was unloaded meanwhile,
+    /// a trap if the call's deadline passed.
+    async fn wait_any(&mut self, sources: Vec<PollSource>) -> wasmtime::Result<bool> {
         let io = self.core.limits.shared.io.clone();
-        let started = Instant::now();
-        let done = tokio::select! {
-            biased;
-            () = cancel.cancelled() => false,
-            done = async {
-                let Ok(_permit) = io.acquire().await else { return false };
+        let done = self
+            .core
+            .limits
+            .race(async {
+                let Ok(_permit) = io.acquire().await else {
+                    return false;
+                };
                 let futures: Vec<_> = sources.into_iter().map(PollSource::wait).collect();
                 select_all(futures).await;
                 true
-            } => done,
-        };
-        // Time spent waiting is not CPU a run loop used.
-        self.core.limits.cpu.add_wait(started.elapsed());
-        done
+            })
+            .await?;
+        Ok(done == Some(true))
     }
 }
 
@@ -142,7 +139,7 @@ impl HostPollable for PollView<'_> {
         if source.is_ready() {
             return Ok(Ok(()));
         }
-        if self.wait_any(vec![source]).await {
+        if self.wait_any(vec![source]).await? {
             Ok(Ok(()))
         } else {
             Ok(Err(ErrorCode::Cancelled))
@@ -184,7 +181,7 @@ impl Host for PollView<'_> {
         if !now.is_empty() {
             return Ok(Ok(now));
         }
-        if !self.wait_any(sources.clone()).await {
+        if !self.wait_any(sources.clone()).await? {
             return Ok(Err(ErrorCode::Cancelled));
         }
         Ok(Ok(ready(&sources)))

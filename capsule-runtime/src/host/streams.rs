@@ -2,7 +2,7 @@
 //! Other capabilities create the streams (an HTTP response body, an upload) and own the task
 //! on the far side of the pipe; this module only moves bytes between a pipe and the guest.
 //! Reads return what is there (at most `MAX_STREAM_CHUNK` bytes a call), writes never queue
-//! more than the pipe holds, waiting calls race the capsule's cancellation, and dropping a
+//! more than the pipe holds, waiting calls race the capsule's cancellation and the call's deadline, and dropping a
 //! stream closes its side of the pipe so the producer stops at once.
 
 use std::sync::Arc;
@@ -123,17 +123,10 @@ impl StreamsView<'_> {
         })
     }
 
-    /// Waits until `wait` is done; `false` if the capsule unloaded first.
-    async fn wait(&mut self, wait: impl Future<Output = ()>) -> bool {
-        let cancel = self.core.limits.shared.cancel.clone();
-        let started = std::time::Instant::now();
-        let done = tokio::select! {
-            biased;
-            () = cancel.cancelled() => false,
-            () = wait => true,
-        };
-        self.core.limits.cpu.add_wait(started.elapsed());
-        done
+    /// Waits until `wait` is done; `false` if the capsule unloaded first, a trap if the
+    /// call's deadline passed.
+    async fn wait(&mut self, wait: impl Future<Output = ()>) -> wasmtime::Result<bool> {
+        Ok(self.core.limits.race(wait).await?.is_some())
     }
 
     async fn blocking_read_pipe(
@@ -141,7 +134,7 @@ impl StreamsView<'_> {
         pipe: Arc<Pipe>,
         len: u64,
     ) -> wasmtime::Result<Result<Vec<u8>, StreamError>> {
-        if !self.wait(pipe.readable()).await {
+        if !self.wait(pipe.readable()).await? {
             return Ok(Err(StreamError::Closed));
         }
         let read = pipe.try_read(chunk(len));
@@ -155,7 +148,7 @@ impl StreamsView<'_> {
         mut bytes: Bytes,
     ) -> wasmtime::Result<Result<(), StreamError>> {
         while !bytes.is_empty() {
-            if !self.wait(pipe.writable()).await {
+            if !self.wait(pipe.writable()).await? {
                 return Ok(Err(StreamError::Closed));
             }
             let Some(room) = pipe.room() else {
@@ -196,10 +189,10 @@ impl StreamsView<'_> {
         wait: bool,
     ) -> wasmtime::Result<Result<u64, StreamError>> {
         let from = Arc::clone(&self.core.table.get(&input(src))?.0);
-        if wait && !self.wait(from.readable()).await {
+        if wait && !self.wait(from.readable()).await? {
             return Ok(Err(StreamError::Closed));
         }
-        if wait && !self.wait(to.writable()).await {
+        if wait && !self.wait(to.writable()).await? {
             return Ok(Err(StreamError::Closed));
         }
         let Some(room) = to.room() else {

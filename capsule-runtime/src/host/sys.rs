@@ -308,12 +308,9 @@ impl Host for SysView<'_> {
         let name = level_name(level);
         // Writing a file is blocking work: bounded by the blocking semaphore, and abandoned
         // when the capsule unloads.
-        let cancel = self.core.limits.shared.cancel.clone();
         let blocking = self.core.limits.shared.blocking.clone();
-        let _permit = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return Ok(()),
-            permit = blocking.acquire() => permit.ok(),
+        let Some(_permit) = self.core.limits.race(blocking.acquire()).await? else {
+            return Ok(());
         };
         let scoped = self.core.scoped;
         match scoped.log(self.ctx.owner_log.as_ref()) {
@@ -351,17 +348,10 @@ impl Host for SysView<'_> {
             };
             return Ok(Err(e.code()));
         }
-        let cancel = self.core.limits.shared.cancel.clone();
-        let started = Instant::now();
-        let result = tokio::select! {
-            biased;
-            () = cancel.cancelled() => Err(SysError::Cancelled.code()),
-            () = tokio::time::sleep(duration) => Ok(()),
-        };
         // Only the time really spent asleep counts as waiting, so short sleeps between bursts
         // of work do not hide them.
-        self.core.limits.cpu.add_wait(started.elapsed());
-        Ok(result)
+        let slept = self.core.limits.race(tokio::time::sleep(duration)).await?;
+        Ok(slept.ok_or_else(|| SysError::Cancelled.code()))
     }
 
     fn random_bytes(&mut self, length: u64) -> wasmtime::Result<Result<Vec<u8>, ErrorCode>> {

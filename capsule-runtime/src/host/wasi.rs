@@ -60,7 +60,8 @@ impl Capability for WasiHost {
     type Ctx = WasiCtx;
 
     fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-        wasmtime_wasi::p2::add_to_linker_async(linker)
+        wasmtime_wasi::p2::add_to_linker_async(linker)?;
+        crate::host::wasi_poll::link(linker)
     }
 
     fn assemble(_cx: &Assembly<'_>) -> Result<(), LoadError> {

@@ -4,6 +4,7 @@
 mod approval;
 mod approval_attacks;
 mod common;
+mod deadline;
 mod density;
 mod dispatch;
 mod dual_version;

@@ -356,21 +356,22 @@ impl HttpView<'_> {
         })
     }
 
-    /// Runs `work` against the deadline and the capsule's cancellation.
+    /// Runs `work` against the request's deadline (`timeout`), the capsule's cancellation and
+    /// the call's deadline (the outer `Err`: a trap).
     async fn bounded<T>(
         &mut self,
         deadline: Duration,
         work: impl Future<Output = Result<T, HttpError>>,
-    ) -> Result<T, HttpError> {
-        let cancel = self.core.limits.shared.cancel.clone();
-        let started = Instant::now();
-        let out = tokio::select! {
-            biased;
-            () = cancel.cancelled() => Err(HttpError::Unknown("the capsule is unloading".into())),
-            r = tokio::time::timeout(deadline, work) => r.unwrap_or(Err(HttpError::Timeout)),
-        };
-        self.core.limits.cpu.add_wait(started.elapsed());
-        out
+    ) -> wasmtime::Result<Result<T, HttpError>> {
+        let raced = self
+            .core
+            .limits
+            .race(tokio::time::timeout(deadline, work))
+            .await?;
+        Ok(match raced {
+            None => Err(HttpError::Unknown("the capsule is unloading".into())),
+            Some(r) => r.unwrap_or(Err(HttpError::Timeout)),
+        })
     }
 
     fn auditor(
@@ -387,8 +388,11 @@ impl HttpView<'_> {
         &mut self,
         outgoing: Outgoing,
         options: &Options,
-    ) -> Result<Buffered, HttpError> {
-        let budget = self.budget(&outgoing.url, options)?;
+    ) -> wasmtime::Result<Result<Buffered, HttpError>> {
+        let budget = match self.budget(&outgoing.url, options) {
+            Ok(budget) => budget,
+            Err(e) => return Ok(Err(e)),
+        };
         let shared = Arc::clone(self.ctx);
         let principal = budget.principal.clone();
         let audit = self.auditor(&principal);
@@ -438,8 +442,11 @@ impl HttpView<'_> {
         &mut self,
         outgoing: Outgoing,
         options: &Options,
-    ) -> Result<StreamEntry, HttpError> {
-        let budget = self.budget(&outgoing.url, options)?;
+    ) -> wasmtime::Result<Result<StreamEntry, HttpError>> {
+        let budget = match self.budget(&outgoing.url, options) {
+            Ok(budget) => budget,
+            Err(e) => return Ok(Err(e)),
+        };
         let shared = Arc::clone(self.ctx);
         let principal = budget.principal.clone();
         let audit = self.auditor(&principal);
@@ -458,7 +465,7 @@ impl HttpView<'_> {
                 ),
             )
             .await?;
-        Ok(self.stream_of(sent, budget, options.integrity.clone()))
+        Ok(sent.map(|sent| self.stream_of(sent, budget, options.integrity.clone())))
     }
 
     fn stream_of(
@@ -513,15 +520,7 @@ impl HttpView<'_> {
             return Ok(Err(HttpError::Closed));
         }
         let (pipe, failure) = (Arc::clone(&entry.pipe), Arc::clone(&entry.failure));
-        let cancel = self.core.limits.shared.cancel.clone();
-        let started = Instant::now();
-        let ready = tokio::select! {
-            biased;
-            () = cancel.cancelled() => false,
-            () = pipe.readable() => true,
-        };
-        self.core.limits.cpu.add_wait(started.elapsed());
-        if !ready {
+        if self.core.limits.race(pipe.readable()).await?.is_none() {
             return Ok(Err(HttpError::Closed));
         }
         Ok(match pipe.try_read(MAX_CHUNK_BYTES) {

@@ -148,7 +148,7 @@ impl HttpView<'_> {
                 task.await
                     .map_err(|_| HttpError::Unknown("the upload stopped".into()))?
             })
-            .await;
+            .await?;
         Ok(sent.map(|sent| self.stream_of(sent, budget, integrity)))
     }
 }

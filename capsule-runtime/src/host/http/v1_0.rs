@@ -78,7 +78,7 @@ impl Host for HttpView<'_> {
         request: HttpRequestData,
     ) -> wasmtime::Result<Result<HttpResponseData, ErrorCode>> {
         let result = match outgoing(request) {
-            Ok(o) => self.request(o, &Options::default()).await,
+            Ok(o) => self.request(o, &Options::default()).await?,
             Err(e) => Err(e),
         };
         Ok(result
@@ -98,7 +98,7 @@ impl Host for HttpView<'_> {
         request: HttpRequestData,
     ) -> wasmtime::Result<Result<Resource<HttpStream>, ErrorCode>> {
         let result = match outgoing(request) {
-            Ok(o) => self.stream_start(o, &Options::default()).await,
+            Ok(o) => self.stream_start(o, &Options::default()).await?,
             Err(e) => Err(e),
         };
         match result {

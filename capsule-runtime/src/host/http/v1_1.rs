@@ -144,10 +144,16 @@ impl HttpView<'_> {
         &mut self,
         request: HttpRequestData,
         opts: RequestOptions,
-    ) -> Result<HttpResponseData, HttpError> {
-        let (o, opts) = (outgoing(request)?, options(opts)?);
-        let r = self.request(o, &opts).await?;
-        Ok(HttpResponseData {
+    ) -> wasmtime::Result<Result<HttpResponseData, HttpError>> {
+        let (o, opts) = match (outgoing(request), options(opts)) {
+            (Ok(o), Ok(opts)) => (o, opts),
+            (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+        };
+        let r = match self.request(o, &opts).await? {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(Ok(HttpResponseData {
             status: r.status,
             headers: kv(r.headers),
             body: r.body,
@@ -157,7 +163,7 @@ impl HttpView<'_> {
                 elapsed_ms: u64::try_from(r.meta.elapsed.as_millis()).unwrap_or(u64::MAX),
                 wire_bytes: r.meta.wire_bytes,
             },
-        })
+        }))
     }
 
     async fn stream_v11(
@@ -166,7 +172,7 @@ impl HttpView<'_> {
         opts: RequestOptions,
     ) -> wasmtime::Result<Result<Resource<HttpStream>, ErrorCode>> {
         let started = match (outgoing(request), options(opts)) {
-            (Ok(o), Ok(opts)) => self.stream_start(o, &opts).await,
+            (Ok(o), Ok(opts)) => self.stream_start(o, &opts).await?,
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         match started {
@@ -192,7 +198,7 @@ impl Host for HttpView<'_> {
         request: HttpRequestData,
         options: RequestOptions,
     ) -> wasmtime::Result<Result<HttpResponseData, ErrorCode>> {
-        Ok(self.request_v11(request, options).await.map_err(|e| {
+        Ok(self.request_v11(request, options).await?.map_err(|e| {
             tracing::debug!(capsule = %self.ctx.capsule, error = %e, "http request failed");
             code(&e)
         }))

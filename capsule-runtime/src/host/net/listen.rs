@@ -297,7 +297,7 @@ impl NetView<'_> {
                 let arrived = tokio::time::timeout(limit, Arc::clone(&backlog).wait()).await;
                 Ok(arrived.ok().and_then(|()| backlog.queue.lock().pop_front()))
             })
-            .await;
+            .await?;
         let conn = match got {
             Ok(Some(conn)) => conn,
             Ok(None) if wait.is_some() => return Ok(Ok(None)),

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capsule_security::{AirlockError, CapsulePolicy, Decision, PrincipalId, StaticResolver};
 use capsule_wit::astrid::io::poll::Pollable;
@@ -301,23 +301,26 @@ impl NetView<'_> {
             .map_err(|_| NetError::Denied("the principal's profile is refused".into()))
     }
 
-    /// Races `work` against the capsule's unloading, counting the wait.
+    /// Races `work` against the capsule's unloading (`closed`) and the call's deadline (a
+    /// trap), counting the wait.
     async fn waiting<T>(
         &mut self,
         work: impl Future<Output = Result<T, NetError>>,
-    ) -> Result<T, NetError> {
-        let cancel = self.core.limits.shared.cancel.clone();
-        let started = Instant::now();
-        let out = tokio::select! {
-            biased;
-            () = cancel.cancelled() => Err(NetError::Closed),
-            r = work => r,
-        };
-        self.core.limits.cpu.add_wait(started.elapsed());
-        out
+    ) -> wasmtime::Result<Result<T, NetError>> {
+        Ok(self
+            .core
+            .limits
+            .race(work)
+            .await?
+            .unwrap_or(Err(NetError::Closed)))
     }
 
-    async fn connect(&mut self, host: String, port: u16) -> Result<socket::SocketEntry, NetError> {
+    /// Connects to `host:port`; the outer `Err` is a trap (the call's deadline passed).
+    async fn connect(
+        &mut self,
+        host: String,
+        port: u16,
+    ) -> wasmtime::Result<Result<socket::SocketEntry, NetError>> {
         let principal = self.principal();
         let shared = Arc::clone(self.ctx);
         let name = host
@@ -332,9 +335,13 @@ impl NetView<'_> {
         let slot = self
             .profile()
             .and_then(|p| shared.slot(&principal, false, p))
-            .map_err(refuse)?;
+            .map_err(refuse);
+        let slot = match slot {
+            Ok(slot) => slot,
+            Err(e) => return Ok(Err(e)),
+        };
         if let Decision::Denied(reason) = shared.policy.may_connect(&name, port) {
-            return Err(refuse(NetError::Denied(reason)));
+            return Ok(Err(refuse(NetError::Denied(reason))));
         }
         let (airlock, resolver, lookup) = (
             shared.airlock.clone(),
@@ -348,12 +355,16 @@ impl NetView<'_> {
                     .map_err(|_| NetError::Unknown("name lookup stopped".into()))
             })
             .await?;
-        let addrs: Vec<SocketAddr> = admitted.map_err(|e| {
-            refuse(match e {
-                AirlockError::Resolve(e) => NetError::Unresolvable(e.to_string()),
-                AirlockError::Refused { refusal, .. } => NetError::Airlock(refusal.to_string()),
-            })
-        })?;
+        let addrs: Vec<SocketAddr> = match admitted {
+            Ok(Ok(addrs)) => addrs,
+            Ok(Err(e)) => {
+                return Ok(Err(refuse(match e {
+                    AirlockError::Resolve(e) => NetError::Unresolvable(e.to_string()),
+                    AirlockError::Refused { refusal, .. } => NetError::Airlock(refusal.to_string()),
+                })));
+            }
+            Err(e) => return Ok(Err(e)),
+        };
         let stream = self
             .waiting(async {
                 let mut last = NetError::Unknown("no address to connect to".into());
@@ -372,9 +383,13 @@ impl NetView<'_> {
                 Err(last)
             })
             .await?;
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => return Ok(Err(e)),
+        };
         let conn = Arc::new(Conn::Tcp(stream));
         shared.track(&conn);
-        Ok(socket::SocketEntry::new(conn, principal, slot))
+        Ok(Ok(socket::SocketEntry::new(conn, principal, slot)))
     }
 
     fn bind_tcp_now(&mut self, host: &str, port: u16) -> Result<listen::ListenerEntry, NetError> {
@@ -463,7 +478,7 @@ impl Host for NetView<'_> {
         host: String,
         port: u16,
     ) -> wasmtime::Result<Result<Resource<TcpStream>, ErrorCode>> {
-        match self.connect(host, port).await {
+        match self.connect(host, port).await? {
             Ok(entry) => Ok(Ok(Resource::new_own(self.core.table.push(entry)?.rep()))),
             Err(e) => {
                 tracing::debug!(capsule = %self.ctx.capsule, error = %e, "net connect failed");
@@ -516,7 +531,7 @@ impl Host for NetView<'_> {
                     .await
                     .map_err(|_| NetError::Unknown("name lookup stopped".into()))
             })
-            .await;
+            .await?;
         let e = match answer {
             Ok(Ok(addrs)) => return Ok(Ok(addrs.iter().map(|a| a.ip().to_string()).collect())),
             Ok(Err(AirlockError::Resolve(e))) => NetError::Unresolvable(e.to_string()),

@@ -311,7 +311,7 @@ impl NetView<'_> {
                     .map_err(|_| NetError::Timeout)?
                     .map_err(|_| NetError::Closed)
             })
-            .await;
+            .await?;
         Ok(match got {
             Ok(permit) => Ok((shared, permit)),
             Err(_) if write => Err("the socket's previous write stream has not ended"),
@@ -404,7 +404,7 @@ impl HostTcpStream for NetView<'_> {
             Err(e) => return Ok(Err(code(&e))),
         };
         let limit = self.limit(own);
-        let r = self.waiting(shared.write_all(&data, limit)).await;
+        let r = self.waiting(shared.write_all(&data, limit)).await?;
         Ok(r.map_err(|e| code(&e)))
     }
 
@@ -420,7 +420,7 @@ impl HostTcpStream for NetView<'_> {
         };
         let limit = self.limit(own);
         let max = (max_bytes as usize).clamp(1, MAX_READ_BYTES);
-        let r = self.waiting(shared.read_wait(max, limit)).await;
+        let r = self.waiting(shared.read_wait(max, limit)).await?;
         Ok(r.map_err(|e| code(&e)))
     }
 
@@ -449,7 +449,7 @@ impl HostTcpStream for NetView<'_> {
                 .await
                 .map_err(|_| NetError::Timeout)?
             })
-            .await;
+            .await?;
         Ok(r.map_err(|e| code(&e)))
     }
 
@@ -476,7 +476,7 @@ impl HostTcpStream for NetView<'_> {
                 let peeked = shared.peeked.lock();
                 Ok(peeked[..max.min(peeked.len())].to_vec())
             })
-            .await;
+            .await?;
         Ok(r.map_err(|e| code(&e)))
     }
 

@@ -203,18 +203,17 @@ impl ProcView<'_> {
         Ok(proc)
     }
 
-    /// Waits for `proc` to exit, up to `timeout`, racing the capsule's unload.
+    /// Waits for `proc` to exit, up to `timeout`, racing the capsule's unload (`cancelled`)
+    /// and the call's deadline (the outer `Err`: a trap).
     pub(crate) async fn wait_exit(
         &mut self,
         proc: &Arc<Proc>,
         timeout: Option<Duration>,
-    ) -> Result<Exit, ProcessError> {
+    ) -> wasmtime::Result<Result<Exit, ProcessError>> {
         if let Some(e) = proc.exited() {
-            return Ok(e);
+            return Ok(Ok(e));
         }
-        let cancel = self.core.limits.shared.cancel.clone();
         let io = Arc::clone(&self.core.limits.shared.io);
-        let started = Instant::now();
         let mut rx = proc.exit_rx();
         let waited = async {
             let Ok(_permit) = io.acquire().await else {
@@ -229,57 +228,66 @@ impl ProcView<'_> {
                 },
             }
         };
-        let r = tokio::select! {
-            biased;
-            () = cancel.cancelled() => Err(ProcessError::Cancelled),
-            r = waited => r,
-        };
-        self.core.limits.cpu.add_wait(started.elapsed());
-        r
+        Ok(self
+            .core
+            .limits
+            .race(waited)
+            .await?
+            .unwrap_or(Err(ProcessError::Cancelled)))
     }
 
     /// Runs a request to completion.
     pub(crate) async fn run_to_end(
         &mut self,
         spec: SpawnSpec,
-    ) -> Result<(String, String, Exit), ProcessError> {
-        let proc = self.launch(spec, Kind::OneShot).await?;
-        let cancel = self.core.limits.shared.cancel.clone();
-        let started = Instant::now();
+    ) -> wasmtime::Result<Result<(String, String, Exit), ProcessError>> {
+        let proc = match self.launch(spec, Kind::OneShot).await {
+            Ok(proc) => proc,
+            Err(e) => return Ok(Err(e)),
+        };
         let mut activity = proc.activity();
         let mut overflowed = false;
-        let outcome = loop {
-            if let Some(e) = proc.exited() {
-                break Ok(e);
-            }
-            if proc.overflowed() && !overflowed {
-                overflowed = true;
-                proc.signal_tree(libc::SIGKILL);
-            }
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => break Err(ProcessError::Cancelled),
-                changed = activity.changed() => if changed.is_err() {
-                    break Err(ProcessError::Cancelled);
-                },
-            }
-        };
-        self.core.limits.cpu.add_wait(started.elapsed());
+        let outcome = self
+            .core
+            .limits
+            .race(async {
+                loop {
+                    if let Some(e) = proc.exited() {
+                        break Ok(e);
+                    }
+                    if proc.overflowed() && !overflowed {
+                        overflowed = true;
+                        proc.signal_tree(libc::SIGKILL);
+                    }
+                    if activity.changed().await.is_err() {
+                        break Err(ProcessError::Cancelled);
+                    }
+                }
+            })
+            .await;
         self.ctx.table.lock().procs.remove(&proc.id);
         let exit = match outcome {
-            Ok(e) => e,
-            Err(e) => {
+            Ok(Some(Ok(e))) => e,
+            Ok(Some(Err(e))) => {
                 proc.signal_tree(libc::SIGKILL);
-                return Err(e);
+                return Ok(Err(e));
+            }
+            Ok(None) => {
+                proc.signal_tree(libc::SIGKILL);
+                return Ok(Err(ProcessError::Cancelled));
+            }
+            Err(overrun) => {
+                proc.signal_tree(libc::SIGKILL);
+                return Err(overrun.into());
             }
         };
         if overflowed {
-            return Err(ProcessError::TooLarge(
+            return Ok(Err(ProcessError::TooLarge(
                 "the output filled its buffer under backpressure; the process was killed".into(),
-            ));
+            )));
         }
         let (out, err) = proc.take_output();
-        Ok((lossy(out), lossy(err), exit))
+        Ok(Ok((lossy(out), lossy(err), exit)))
     }
 
     /// Starts a background child and returns its handle's rep.
@@ -402,35 +410,41 @@ impl ProcView<'_> {
         &mut self,
         proc: &Arc<Proc>,
         grace: Option<u64>,
-    ) -> Result<Exit, ProcessError> {
+    ) -> wasmtime::Result<Result<Exit, ProcessError>> {
         if let Some(e) = proc.exited() {
-            return Ok(e);
+            return Ok(Ok(e));
         }
         let grace = grace
             .map_or(DEFAULT_STOP_GRACE, Duration::from_millis)
             .min(MAX_STOP_GRACE);
         proc.terminate();
-        match self.wait_exit(proc, Some(grace)).await {
+        match self.wait_exit(proc, Some(grace)).await? {
             Err(ProcessError::WaitTimeout) => {
                 proc.signal_tree(libc::SIGKILL);
                 self.wait_exit(proc, None).await
             }
-            other => other,
+            other => Ok(other),
         }
     }
 
     /// Kills `proc`'s tree and answers with its unread output.
-    pub(crate) async fn kill_proc(&mut self, proc: &Arc<Proc>) -> Result<Killed, ProcessError> {
+    pub(crate) async fn kill_proc(
+        &mut self,
+        proc: &Arc<Proc>,
+    ) -> wasmtime::Result<Result<Killed, ProcessError>> {
         let running = proc.exited().is_none();
         proc.signal_tree(libc::SIGKILL);
-        let exit = self.wait_exit(proc, None).await?;
+        let exit = match self.wait_exit(proc, None).await? {
+            Ok(exit) => exit,
+            Err(e) => return Ok(Err(e)),
+        };
         let (out, err) = proc.take_output();
-        Ok(Killed {
+        Ok(Ok(Killed {
             killed: running,
             exit: Some(exit),
             stdout: lossy(out),
             stderr: lossy(err),
-        })
+        }))
     }
 }
 

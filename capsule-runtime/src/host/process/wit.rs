@@ -174,7 +174,7 @@ macro_rules! serve_version {
                         Ok(p) => p,
                         Err(e) => return Ok(Err(code(&e))),
                     };
-                    answer(self.kill_proc(&p).await, |k| wit::KillResult {
+                    answer(self.kill_proc(&p).await?, |k| wit::KillResult {
                         killed: k.killed,
                         exit: k.exit.map(exit),
                         stdout: k.stdout,
@@ -193,7 +193,7 @@ macro_rules! serve_version {
                     };
                     let r = self
                         .wait_exit(&p, timeout_ms.map(Duration::from_millis))
-                        .await;
+                        .await?;
                     answer(r, exit)
                 }
 
@@ -208,7 +208,7 @@ macro_rules! serve_version {
                     };
                     let r = self
                         .wait_exit(&p, timeout_ms.map(Duration::from_millis))
-                        .await;
+                        .await?;
                     answer(r, |e| {
                         let l = read_logs(&p);
                         wit::ProcessResult {
@@ -253,7 +253,7 @@ macro_rules! serve_version {
                     request: wit::SpawnRequest,
                 ) -> Answer<wit::ProcessResult> {
                     answer(
-                        self.run_to_end(spec(request)).await,
+                        self.run_to_end(spec(request)).await?,
                         |(stdout, stderr, e)| wit::ProcessResult {
                             stdout,
                             stderr,
@@ -348,7 +348,7 @@ macro_rules! serve_version {
                     };
                     let r = self
                         .wait_exit(&p, Some(Duration::from_millis(timeout_ms)))
-                        .await;
+                        .await?;
                     answer(r, exit)
                 }
 
@@ -361,7 +361,7 @@ macro_rules! serve_version {
                         Ok(p) => p,
                         Err(e) => return Ok(Err(code(&e))),
                     };
-                    answer(self.stop_proc(&p, grace_ms).await, exit)
+                    answer(self.stop_proc(&p, grace_ms).await?, exit)
                 }
 
                 async fn release_process(&mut self, id: String) -> Answer<()> {

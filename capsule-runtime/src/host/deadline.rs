@@ -1,0 +1,103 @@
+//! The one race every waiting host call runs: a wait ends when it is done, when the capsule
+//! unloads, or when the wall-clock deadline of the bounded call it runs in passes. Epoch
+//! interruption only counts while wasm code runs, so without this race a handler parked in a
+//! host wait (a socket nobody answers, a pollable nobody readies, a long sleep) would keep its
+//! worker slot for as long as it liked. A deadline overrun traps the call with
+//! [`Interrupt::Deadline`], exactly as an epoch-deadline overrun does; run loops have no
+//! deadline, so their waits race unload only.
+
+use std::time::{Duration, Instant};
+
+use crate::capsule::CapsuleInner;
+use crate::limits::{CpuMeter, Interrupt, LimitsCtx};
+
+impl CpuMeter {
+    /// The meter of a bounded call allowed `windows` epoch windows of running and `timeout`
+    /// of wall-clock time from now, waits included. A timeout too large to represent means no
+    /// wall-clock deadline (the epoch deadline still holds).
+    pub(crate) fn call(windows: u64, timeout: Duration) -> Self {
+        Self::Call {
+            elapsed: 0,
+            deadline: windows,
+            until: Instant::now().checked_add(timeout),
+        }
+    }
+
+    /// When a bounded call must end, with the interrupt it then ends with; `None` for run
+    /// loops.
+    fn wall_deadline(&self) -> Option<(Instant, Interrupt)> {
+        match self {
+            Self::RunLoop { .. } => None,
+            Self::Call {
+                deadline, until, ..
+            } => until.map(|t| (t, Interrupt::Deadline { windows: *deadline })),
+        }
+    }
+}
+
+impl CapsuleInner {
+    /// The meter of a call (handler, interceptor or lifecycle hook) whose profile allows
+    /// `timeout_secs`: the same quota bounds its running time in epoch windows and its whole
+    /// duration, waits included, in wall-clock time.
+    pub(crate) fn call_meter(&self, timeout_secs: u64) -> CpuMeter {
+        CpuMeter::call(
+            self.deadline_windows(timeout_secs),
+            Duration::from_secs(timeout_secs),
+        )
+    }
+}
+
+impl LimitsCtx {
+    /// Waits for `wait`, racing the capsule's unloading and the current call's deadline.
+    /// `Ok(Some(out))` when the wait finished, `Ok(None)` when the capsule unloads (the caller
+    /// answers as it does for unload: `closed`, `cancelled`, …), `Err(interrupt)` when the
+    /// call's deadline passed: the host function must return it as a trap (`?` does), so the
+    /// call ends as an epoch-deadline overrun does and the guest sees no answer. The time
+    /// spent is counted as waiting for the run-loop CPU meter.
+    pub(crate) async fn race<F: Future>(
+        &mut self,
+        wait: F,
+    ) -> Result<Option<F::Output>, Interrupt> {
+        let cancel = self.shared.cancel.clone();
+        let deadline = self.cpu.wall_deadline();
+        let started = Instant::now();
+        let passed = async {
+            match &deadline {
+                Some((until, _)) => tokio::time::sleep_until((*until).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let out = tokio::select! {
+            biased;
+            () = cancel.cancelled() => Ok(None),
+            () = passed => Err(deadline.map_or(Interrupt::Unloaded, |(_, i)| i)),
+            out = wait => Ok(Some(out)),
+        };
+        self.cpu.add_wait(started.elapsed());
+        if let Err(interrupt) = &out {
+            tracing::debug!(%interrupt, "a host wait outlived its call's deadline");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_loops_have_no_wall_deadline_and_calls_do() {
+        assert_eq!(CpuMeter::run_loop(3).wall_deadline(), None);
+        let call = CpuMeter::call(7, Duration::from_secs(3600));
+        let Some((until, interrupt)) = call.wall_deadline() else {
+            panic!("a call has a wall-clock deadline");
+        };
+        assert!(until > Instant::now());
+        assert_eq!(interrupt, Interrupt::Deadline { windows: 7 });
+        assert_eq!(
+            CpuMeter::call(7, Duration::MAX).wall_deadline(),
+            None,
+            "an unrepresentable timeout leaves only the epoch deadline"
+        );
+    }
+}
