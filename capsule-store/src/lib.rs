@@ -49,6 +49,7 @@ mod field;
 mod group;
 pub mod identity;
 mod installed;
+mod installed_sync;
 mod kv;
 pub mod quota;
 mod secrets;

@@ -13,6 +13,7 @@ mod graph;
 mod hostile;
 mod identity;
 mod identity_attacks;
+mod installed_crash;
 mod ipc;
 mod kv_group;
 mod legacy;
