@@ -309,6 +309,9 @@ fn bench_retained() {
     );
 }
 
+/// One figure's benchmark.
+type Figure = dyn Fn(&Opts);
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let opts = Opts {
@@ -325,7 +328,7 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let run = |name: &str| only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str()));
-    let figures: [(&str, &dyn Fn(&Opts)); 6] = [
+    let figures: [(&str, &Figure); 6] = [
         ("parse", &bench_parse),
         ("match", &bench_match),
         ("publish_one_match", &bench_publish_one_match),

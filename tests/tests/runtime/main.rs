@@ -25,6 +25,7 @@ mod net;
 mod net_attack;
 mod net_attack2;
 mod net_kit;
+mod payload_attacks;
 mod process;
 mod process_attacks;
 mod process_reload;
