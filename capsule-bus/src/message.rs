@@ -94,7 +94,11 @@ fn is_plain_json_string(text: &[u8]) -> bool {
             return false;
         }
     }
-    blocks.remainder().iter().fold(0u8, |seen, &b| seen | special(b)) == 0
+    blocks
+        .remainder()
+        .iter()
+        .fold(0u8, |seen, &b| seen | special(b))
+        == 0
 }
 
 impl fmt::Debug for JsonPayload {
