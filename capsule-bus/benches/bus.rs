@@ -309,6 +309,9 @@ fn bench_retained() {
     );
 }
 
+/// One figure's benchmark.
+type Figure = dyn Fn(&Opts);
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let opts = Opts {
@@ -318,11 +321,27 @@ fn main() {
             Duration::from_secs(3)
         },
     };
-    bench_parse(&opts);
-    bench_match(&opts);
-    bench_publish_one_match(&opts);
-    bench_publish_drain(&opts);
-    bench_publish_drain_parsed(&opts);
-    bench_fanout(&opts);
-    bench_retained();
+    // Any other argument names the figures to run (a prefix of their function's name, as
+    // `publish_drain`), so one figure can be profiled alone.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let run = |name: &str| only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str()));
+    let figures: [(&str, &Figure); 6] = [
+        ("parse", &bench_parse),
+        ("match", &bench_match),
+        ("publish_one_match", &bench_publish_one_match),
+        ("publish_drain_1k", &bench_publish_drain),
+        ("publish_drain_1k_parsed", &bench_publish_drain_parsed),
+        ("fanout", &bench_fanout),
+    ];
+    for (name, figure) in figures {
+        if run(name) {
+            figure(&opts);
+        }
+    }
+    if run("retained") {
+        bench_retained();
+    }
 }

@@ -162,8 +162,21 @@ impl<T> PatternIndex<T> {
 
     /// Calls `f` on every entry whose pattern matches `topic`.
     pub fn for_each_match(&self, topic: &Topic, mut f: impl FnMut(&T)) {
-        let segs: SmallVec<[&str; MAX_SEGMENTS]> = topic.segments().collect();
-        let depth = segs.len();
+        // Segments are split off only as deep as the walk goes (most subscriptions end after
+        // a segment or two), by hand: they are short, and a search per segment costs more
+        // than it saves.
+        let text = topic.as_str();
+        let depth = text.bytes().filter(|&b| b == b'.').count() + 1;
+        let mut segs: SmallVec<[&str; MAX_SEGMENTS]> = SmallVec::new();
+        let mut rest = text;
+        let mut segment = |d: usize| -> &str {
+            while segs.len() <= d {
+                let (head, tail) = rest.split_once('.').unwrap_or((rest, ""));
+                segs.push(head);
+                rest = tail;
+            }
+            segs[d]
+        };
         let mut stack: SmallVec<[(NodeId, usize); 16]> = SmallVec::new();
         stack.push((ROOT, 0));
         while let Some((id, d)) = stack.pop() {
@@ -176,7 +189,7 @@ impl<T> PatternIndex<T> {
             if let Some(star) = node.star {
                 stack.push((star, d + 1));
             }
-            if let Some(&child) = node.children.get(segs[d]) {
+            if let Some(&child) = node.children.get(segment(d)) {
                 stack.push((child, d + 1));
             }
         }

@@ -54,12 +54,21 @@ pub enum RateLimited {
 struct Bucket {
     tokens: f64,
     last: Instant,
+    /// The rate of the bucket's latest check: what "refilled" means when idle buckets are
+    /// pruned.
+    rate: Rate,
 }
 
 impl Bucket {
     fn level_at(&self, now: Instant, rate: Rate) -> f64 {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         (self.tokens + elapsed * rate.bytes_per_sec as f64).min(rate.burst as f64)
+    }
+
+    /// Whether the bucket has refilled by `now` at its own rate, so that dropping it loses
+    /// nothing (a new bucket starts full).
+    fn is_full_at(&self, now: Instant) -> bool {
+        self.level_at(now, self.rate) >= self.rate.burst as f64
     }
 }
 
@@ -72,8 +81,6 @@ const SHARDS: usize = 16;
 pub struct RateLimiter {
     shards: Box<[Mutex<FxHashMap<Key, Bucket>>]>,
     max_keys_per_shard: usize,
-    /// The rate of the most recent call, used to decide which idle buckets are full.
-    last_rate: Mutex<Option<Rate>>,
 }
 
 impl Default for RateLimiter {
@@ -91,7 +98,6 @@ impl RateLimiter {
         Self {
             shards,
             max_keys_per_shard: max_keys.div_ceil(SHARDS).max(1),
-            last_rate: Mutex::new(None),
         }
     }
 
@@ -139,19 +145,20 @@ impl RateLimiter {
                 burst: rate.burst,
             });
         }
-        *self.last_rate.lock() = Some(rate);
         let mut shard = self.shard(&capsule, principal).lock();
         let key = (capsule, principal.clone());
         if !shard.contains_key(&key) && shard.len() >= self.max_keys_per_shard {
-            Self::make_room(&mut shard, now, rate);
+            Self::make_room(&mut shard, now);
         }
         let bucket = shard.entry(key).or_insert(Bucket {
             tokens: rate.burst as f64,
             last: now,
+            rate,
         });
         let level = bucket.level_at(now, rate);
         bucket.tokens = level;
         bucket.last = now;
+        bucket.rate = rate;
         if (bytes as f64) <= level {
             bucket.tokens = level - bytes as f64;
             Ok(())
@@ -174,9 +181,9 @@ impl RateLimiter {
     }
 
     /// Drops buckets that have refilled (losslessly); if none has, the least recently used.
-    fn make_room(shard: &mut FxHashMap<Key, Bucket>, now: Instant, rate: Rate) {
+    fn make_room(shard: &mut FxHashMap<Key, Bucket>, now: Instant) {
         let before = shard.len();
-        shard.retain(|_, b| b.level_at(now, rate) < rate.burst as f64);
+        shard.retain(|_, b| !b.is_full_at(now));
         if shard.len() < before {
             return;
         }
@@ -191,15 +198,12 @@ impl RateLimiter {
 
     /// Drops every bucket that has refilled by `now`; returns how many were dropped.
     pub fn prune_idle(&self, now: Instant) -> usize {
-        let Some(rate) = *self.last_rate.lock() else {
-            return 0;
-        };
         self.shards
             .iter()
             .map(|s| {
                 let mut s = s.lock();
                 let before = s.len();
-                s.retain(|_, b| b.level_at(now, rate) < rate.burst as f64);
+                s.retain(|_, b| !b.is_full_at(now));
                 before - s.len()
             })
             .sum()
@@ -312,6 +316,29 @@ mod tests {
         let pruned = lim.prune_idle(later);
         assert!(pruned > 0);
         assert!(lim.is_empty());
+    }
+
+    #[test]
+    fn an_idle_bucket_is_pruned_by_its_own_rate_not_another_keys() {
+        let lim = RateLimiter::default();
+        let (cap, t0) = (Uuid::new_v4(), Instant::now());
+        let deep = Rate {
+            bytes_per_sec: 1000,
+            burst: 10_000,
+        };
+        assert!(lim.check_at(cap, &alice(), 10_000, deep, t0).is_ok());
+        // Another key checked last, at a rate whose burst refills in one second.
+        let bob = PrincipalId::parse("bob").unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            lim.check_at(cap, &bob, 1, Rate::per_second(1000), t0)
+                .is_ok()
+        );
+        let t2 = t0 + Duration::from_secs(2);
+        // Bob's bucket is full again and goes; alice's holds 2 000 of 10 000 and must stay,
+        // or her next check would start from a full burst.
+        assert_eq!(lim.prune_idle(t2), 1);
+        assert!(lim.check_at(cap, &alice(), 2000, deep, t2).is_ok());
+        assert!(lim.check_at(cap, &alice(), 1, deep, t2).is_err());
     }
 
     #[test]

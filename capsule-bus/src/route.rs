@@ -103,6 +103,9 @@ pub struct Drain {
     pub lagged: u64,
 }
 
+/// Most messages a drain makes room for up front.
+const DRAIN_PREALLOC: usize = 1024;
+
 /// How many emptied principal queues a route keeps allocated for reuse.
 const IDLE_QUEUES_KEPT: usize = 8;
 
@@ -138,6 +141,9 @@ struct RouteState {
     /// Consecutive visits that ended without sending (drives the skip-ahead).
     idle_visits: usize,
     idle_queues: usize,
+    /// The slot [`slot_for`](Self::slot_for) answered last (checked against the key on use,
+    /// so a slot since freed or reused is never mistaken for it).
+    last_slot: usize,
     bytes: usize,
     len: usize,
     admitted: u64,
@@ -152,8 +158,20 @@ impl RouteState {
         self.slots.get_mut(slot).and_then(Option::as_mut)
     }
 
+    /// The slot of `key`'s queue, made (idle) if it has none. The slot that took the last
+    /// message is tried first: a stream from one principal needs no hash lookup.
     fn slot_for(&mut self, key: Option<&PrincipalId>) -> usize {
+        let last = self.last_slot;
+        if self
+            .slots
+            .get(last)
+            .and_then(Option::as_ref)
+            .is_some_and(|q| q.key.as_ref() == key)
+        {
+            return last;
+        }
         if let Some(&slot) = self.by_key.get(&key.cloned()) {
+            self.last_slot = slot;
             return slot;
         }
         let queue = PrincipalQueue {
@@ -175,6 +193,7 @@ impl RouteState {
         };
         self.by_key.insert(key.cloned(), slot);
         self.idle_queues += 1;
+        self.last_slot = slot;
         slot
     }
 
@@ -244,13 +263,14 @@ impl RouteState {
             self.count_drop(1);
             return Push::Refused;
         }
-        let slot = self.slot_for(msg.principal());
+        let mut slot = self.slot_for(msg.principal());
+        let mut evicted = false;
         // Per-principal message bound: the principal pays with its own oldest message.
         let full = self
             .queue_mut(slot)
             .is_some_and(|q| q.items.len() >= limits.max_queue_messages);
         if full {
-            self.evict_oldest(slot);
+            evicted |= self.evict_oldest(slot);
         }
         // Route byte bound: the heaviest principal pays, so a flood cannot push out a light
         // principal's messages.
@@ -260,13 +280,16 @@ impl RouteState {
                     if !self.evict_oldest(victim) {
                         break;
                     }
+                    evicted = true;
                 }
                 None => break,
             }
         }
         let was_empty = self.len == 0;
-        // The eviction above may have retired and freed this slot; look it up again.
-        let slot = self.slot_for(msg.principal());
+        if evicted {
+            // An eviction may have retired and freed this slot; look it up again.
+            slot = self.slot_for(msg.principal());
+        }
         let Some(q) = self.queue_mut(slot) else {
             self.count_drop(1);
             return Push::Refused;
@@ -434,7 +457,9 @@ impl Route {
     /// [`drain`](Self::drain), ending the batch early as `batch` asks.
     pub(crate) fn drain_batch(&self, budget: usize, max_messages: usize, batch: Batch) -> Drain {
         let mut st = self.state.lock();
-        let mut messages: Vec<Arc<Message>> = Vec::new();
+        // Sized once for what may be taken (within reason), not grown message by message.
+        let mut messages: Vec<Arc<Message>> =
+            Vec::with_capacity(st.len.min(max_messages).min(DRAIN_PREALLOC));
         let mut used = 0usize;
         while messages.len() < max_messages {
             let room = if messages.is_empty() {

@@ -335,3 +335,41 @@ proptest! {
         prop_assert_eq!(delivered, s.delivered);
     }
 }
+
+/// Text shaped like a JSON string payload: quotes (or not) around bytes drawn mostly from
+/// the characters that decide validity (quote, backslash, escapes, controls, non-ASCII).
+fn stringish() -> impl Strategy<Value = String> {
+    let inner = prop::collection::vec(
+        prop_oneof![
+            Just("a".to_string()),
+            Just("\"".to_string()),
+            Just("\\".to_string()),
+            Just("\\n".to_string()),
+            Just("\\u00e9".to_string()),
+            Just("\\u12".to_string()),
+            Just("\u{1}".to_string()),
+            Just("\u{1f}".to_string()),
+            Just(" ".to_string()),
+            Just("é".to_string()),
+            Just("\u{7f}".to_string()),
+            "[a-z]{1,40}",
+        ],
+        0..12,
+    )
+    .prop_map(|parts| parts.concat());
+    (
+        prop_oneof![Just(""), Just("\""), Just(" \"")],
+        inner,
+        prop_oneof![Just(""), Just("\""), Just("\" ")],
+    )
+        .prop_map(|(open, inner, close)| format!("{open}{inner}{close}"))
+}
+
+proptest! {
+    /// A payload is accepted exactly when `serde_json` accepts it, whatever path checks it.
+    #[test]
+    fn payload_validity_is_exactly_serde_json(text in stringish()) {
+        let serde = serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok();
+        prop_assert_eq!(JsonPayload::parse(text.clone()).is_ok(), serde, "{:?}", text);
+    }
+}

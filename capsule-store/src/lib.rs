@@ -13,7 +13,9 @@
 //!   (platform, platform user id), in the KV store's database.
 //! - [`AllowanceStore`]: standing approvals ("allow always") per principal and capsule.
 //! - [`InstalledVersions`]: which version of each capsule each owner installed, so a load
-//!   knows whether to run install, upgrade or neither.
+//!   knows whether to run install, upgrade or neither. The one acknowledgement that is not a
+//!   durability promise: `write_unsynced` (a first record whose loss changes nothing that
+//!   ran) answers once the record is visible; `flush` answers once it is durable.
 //!
 //! The crate has no WebAssembly dependency; the runtime maps its errors onto WIT error codes.
 //!
@@ -49,6 +51,7 @@ mod field;
 mod group;
 pub mod identity;
 mod installed;
+mod installed_sync;
 mod kv;
 pub mod quota;
 mod secrets;

@@ -229,6 +229,11 @@ async fn main() {
         publish,
         "ns",
     );
+    // `-- host_call` stops here: the load, call and host-call figures only.
+    if std::env::args().any(|a| a == "host_call") {
+        rt.shutdown().await;
+        return;
+    }
 
     // Guest to guest: the prober publishes, pong's run loop receives in batches.
     let pong_dir = capsule_dir(

@@ -81,9 +81,10 @@ pub(crate) struct IpcCtx {
     /// Refusals written to the capsule's log by this instance (bounded, so a guest that
     /// retries a refused call in a loop cannot turn its log into a disk-writing loop).
     refusals_logged: std::cell::Cell<u32>,
-    /// The topic this instance last published on, parsed: a guest publishing on one topic
-    /// in a loop pays a comparison instead of a parse and an allocation. Only this
-    /// instance's own publishes fill it, so it tells nothing about anyone else's.
+    /// The topic this instance last published on, parsed and allowed by its `[publish]` ACL:
+    /// a guest publishing on one topic in a loop pays a comparison instead of a parse, an
+    /// allocation and an ACL walk. Only this instance's own allowed publishes fill it, so it
+    /// tells nothing about anyone else's.
     last_topic: Option<Topic>,
 }
 
@@ -388,16 +389,17 @@ impl IpcView<'_> {
         claimed_by_uplink: bool,
     ) -> Result<(), IpcError> {
         let topic = match &self.ipc.last_topic {
+            // Remembered only once the ACL allowed it, and this instance's ACL never changes.
             Some(last) if last.as_str() == topic => last.clone(),
             _ => {
                 let parsed = Topic::parse(topic).map_err(IpcError::Topic)?;
+                if let Decision::Denied(reason) = self.ipc.shared.policy.may_publish(&parsed) {
+                    return Err(IpcError::Denied(reason));
+                }
                 self.ipc.last_topic = Some(parsed.clone());
                 parsed
             }
         };
-        if let Decision::Denied(reason) = self.ipc.shared.policy.may_publish(&topic) {
-            return Err(IpcError::Denied(reason));
-        }
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(IpcError::PayloadTooLarge(payload.len()));
         }

@@ -25,7 +25,6 @@ use crate::limits::{LimitsShared, MemoryLedger};
 use crate::scope::{PrincipalResources, ProfileGrant, ScopeFactory};
 use crate::state::{CapsuleIdentity, CoreParts};
 use capsule_security::plan_load;
-use capsule_store::InstalledVersions;
 
 /// What the operator and the owner's profile allow a prepared capsule.
 struct Admitted {
@@ -182,7 +181,10 @@ impl Runtime {
     }
 
     /// Runs `astrid-install` or `astrid-upgrade` when the version recorded for the owner says
-    /// so (and the capsule exports it), then records the version.
+    /// so (and the capsule exports it), then records the version: durably before the load
+    /// returns when a lifecycle call ran or a record is replaced; a first record after which
+    /// no guest code ran is synced in the background with others (see
+    /// [`InstalledVersions::write_unsynced`](capsule_store::InstalledVersions::write_unsynced)).
     async fn install(&self, inner: &CapsuleInner, owner: &PrincipalId) -> Result<(), LoadError> {
         let name = &inner.identity().name;
         let version = &inner.manifest.package.version;
@@ -190,8 +192,9 @@ impl Runtime {
             capsule: name.clone(),
             source,
         };
-        let installed = InstalledVersions::new(&self.inner.config.state_dir);
+        let installed = &self.inner.installed;
         let recorded = installed.read(owner, name).map_err(record)?;
+        let first = recorded.is_none();
         let Some(phase) = lifecycle::phase_for(recorded, version) else {
             return Ok(());
         };
@@ -210,6 +213,12 @@ impl Runtime {
                     phase,
                     failure,
                 })?;
+        } else if first {
+            // No record before and no guest code ran: losing this record in a crash leaves
+            // the owner where this load started, so it need not wait for the disk.
+            return installed
+                .write_unsynced(owner, name, version)
+                .map_err(record);
         }
         installed.write(owner, name, version).map_err(record)
     }

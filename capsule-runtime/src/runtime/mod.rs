@@ -94,6 +94,8 @@ struct RuntimeInner {
     approver: RwLock<Option<Arc<dyn Approver>>>,
     host_policy: HostPolicy,
     grants: GrantStore,
+    /// Installed versions, with the first records still being synced in the background.
+    installed: capsule_store::InstalledVersions,
     inbound_rx: Mutex<Option<tokio::sync::mpsc::Receiver<InboundMessage>>>,
 }
 
@@ -181,6 +183,7 @@ impl Runtime {
                 approver: RwLock::new(None),
                 host_policy,
                 grants: GrantStore::new(&config.state_dir),
+                installed: capsule_store::InstalledVersions::new(&config.state_dir),
                 inbound_rx: Mutex::new(Some(inbound_rx)),
                 config,
             }),
@@ -387,6 +390,15 @@ impl Runtime {
         for (_, c) in all {
             c.unload().await;
             self.event("unloaded", serde_json::json!({ "capsule": c.name() }));
+        }
+        // First installs recorded without waiting for the disk are made durable before the
+        // host stops.
+        let installed = self.inner.installed.clone();
+        let synced = tokio::task::spawn_blocking(move || installed.flush()).await;
+        match synced {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "installed versions could not be synced"),
+            Err(e) => tracing::error!(error = %e, "installed versions sync did not finish"),
         }
     }
 
