@@ -500,7 +500,7 @@ async fn export_loop(
             let sent = hand_over(&client, send).await;
             // Lets the other tasks of a busy worker run now and then.
             handled = handled.wrapping_add(1);
-            if handled % YIELD_EVERY == 0 {
+            if handled.is_multiple_of(YIELD_EVERY) {
                 tokio::task::yield_now().await;
             }
             match sent {

@@ -330,7 +330,7 @@ pub(crate) async fn import_loop(
             // Lets the other tasks of a busy worker run now and then, far less often than the
             // cooperative budget would (each yield is a trip through the scheduler).
             handled = handled.wrapping_add(1);
-            if handled % YIELD_EVERY == 0 {
+            if handled.is_multiple_of(YIELD_EVERY) {
                 tokio::task::yield_now().await;
             }
             continue;
