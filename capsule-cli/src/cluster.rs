@@ -51,6 +51,10 @@ pub(crate) struct ClusterArgs {
     /// state directory]
     #[arg(long, value_name = "FILE", requires = "cluster")]
     nats_creds: Option<PathBuf>,
+    /// Bytes of received cluster messages held for the local bus per import pattern; beyond
+    /// it messages are dropped, counted and reported as loss [default: 67108864 (64 MiB)]
+    #[arg(long, value_name = "BYTES", requires = "cluster")]
+    nats_import_bytes: Option<usize>,
 }
 
 fn usage(flag: &str, e: impl std::fmt::Display) -> Failure {
@@ -136,6 +140,12 @@ impl ClusterArgs {
         c.import = patterns("--import", &self.import)?;
         c.auth = auth(self, state)?;
         c.key = cluster_key(state)?;
+        if let Some(bytes) = self.nats_import_bytes {
+            if bytes == 0 {
+                return Err(usage("--nats-import-bytes", "must be at least 1"));
+            }
+            c.import_buffer_bytes = bytes;
+        }
         c.validate().map_err(|e| usage("--cluster", e))?;
         Ok(Some(c))
     }
@@ -191,6 +201,18 @@ pub(crate) struct BridgeRow {
     pub(crate) refused: u64,
     pub(crate) connects: u64,
     pub(crate) disconnects: u64,
+    /// Received messages dropped because an import buffer was full.
+    #[serde(default)]
+    pub(crate) overflow_in: u64,
+    /// Bytes the import buffers hold now.
+    #[serde(default)]
+    pub(crate) import_held_bytes: u64,
+    /// The most bytes one import buffer ever held.
+    #[serde(default)]
+    pub(crate) import_peak_bytes: u64,
+    /// The configured bound of each import buffer, in bytes.
+    #[serde(default)]
+    pub(crate) import_bound_bytes: u64,
 }
 
 /// What the bridge is and has done, for the snapshot.
@@ -209,6 +231,10 @@ pub(crate) fn row(b: &Bridge, config: &BridgeConfig) -> BridgeRow {
         refused: s.refused,
         connects: s.connects,
         disconnects: s.disconnects,
+        overflow_in: s.overflow_in,
+        import_held_bytes: s.import_held_bytes,
+        import_peak_bytes: s.import_peak_bytes,
+        import_bound_bytes: u64::try_from(config.import_buffer_bytes).unwrap_or(u64::MAX),
     }
 }
 
@@ -216,7 +242,8 @@ pub(crate) fn row(b: &Bridge, config: &BridgeConfig) -> BridgeRow {
 pub(crate) fn render(r: &BridgeRow) -> String {
     format!(
         "cluster {} as {}: {}; peers {}; out {}, in {}, dropped {} out/{} in; \
-         ignored {} foreign, {} refused; {} connects, {} disconnects\n",
+         ignored {} foreign, {} refused; {} connects, {} disconnects; \
+         import buffer {}/{} bytes (peak {}), {} overflowed\n",
         r.cluster,
         r.host,
         r.state,
@@ -232,12 +259,17 @@ pub(crate) fn render(r: &BridgeRow) -> String {
         r.foreign,
         r.refused,
         r.connects,
-        r.disconnects
+        r.disconnects,
+        r.import_held_bytes,
+        r.import_bound_bytes,
+        r.import_peak_bytes,
+        r.overflow_in
     )
 }
 
 /// Registers the bridge's metrics: `capsule_bridge_messages{direction}`,
-/// `capsule_bridge_dropped{direction}`, `capsule_bridge_ignored{reason}` and
+/// `capsule_bridge_dropped{direction}`, `capsule_bridge_ignored{reason}`,
+/// `capsule_bridge_import_overflow{bound}`, `capsule_bridge_import_buffer_bytes{kind}` and
 /// `capsule_bridge_connected`.
 pub(crate) fn register(registry: &mut Registry, r: &BridgeRow) {
     counters(
@@ -260,6 +292,30 @@ pub(crate) fn register(registry: &mut Registry, r: &BridgeRow) {
         "Messages the NATS bridge ignored: from a host outside the peer list, or malformed",
         "reason",
         &[("foreign", r.foreign), ("refused", r.refused)],
+    );
+    counters(
+        registry,
+        "bridge_import_overflow",
+        "Received messages the NATS bridge dropped because an import buffer was full (each \
+         later shows as an in hole)",
+        "bound",
+        &[("messages_or_bytes", r.overflow_in)],
+    );
+    let buffered = Family::<Vec<(String, String)>, Gauge<i64>>::default();
+    for (kind, v) in [
+        ("held", r.import_held_bytes),
+        ("peak", r.import_peak_bytes),
+        ("bound", r.import_bound_bytes),
+    ] {
+        buffered
+            .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+            .set(i64::try_from(v).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "bridge_import_buffer_bytes",
+        "Bytes of received messages the NATS bridge holds for the local bus (held now, the \
+         peak of one import pattern, and the bound per pattern)",
+        buffered,
     );
     let connected = Gauge::<i64>::default();
     connected.set(i64::from(r.state == "connected"));
@@ -301,5 +357,34 @@ mod tests {
         );
         std::fs::write(&file, "secret").unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(cluster_key(dir.path()), Err(Failure::Usage(_))));
+    }
+
+    fn args(import_bytes: Option<usize>) -> ClusterArgs {
+        ClusterArgs {
+            cluster: Some("c".into()),
+            nats: Some("nats://127.0.0.1:4222".into()),
+            host_id: Some("h".into()),
+            nats_import_bytes: import_bytes,
+            ..ClusterArgs::default()
+        }
+    }
+
+    #[test]
+    fn the_import_byte_bound_is_a_flag_and_zero_is_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let state = dir.path();
+        let c = args(None).config(state).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            c.map(|c| c.import_buffer_bytes),
+            Some(capsule_nats::DEFAULT_IMPORT_BUFFER_BYTES)
+        );
+        let c = args(Some(4096))
+            .config(state)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(c.map(|c| c.import_buffer_bytes), Some(4096));
+        assert!(matches!(
+            args(Some(0)).config(state),
+            Err(Failure::Usage(m)) if m.contains("--nats-import-bytes")
+        ));
     }
 }

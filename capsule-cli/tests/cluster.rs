@@ -235,6 +235,8 @@ fn two_hosts_serve_requests_across_the_cluster_and_each_keeps_its_own_policy() {
         "capsule_bridge_messages_total{direction=\"in\"}",
         "capsule_bridge_dropped_total{direction=\"in\"} 0",
         "capsule_bridge_connected 1",
+        "capsule_bridge_import_overflow_total{bound=\"messages_or_bytes\"} 0",
+        "capsule_bridge_import_buffer_bytes{kind=\"bound\"} 67108864",
     ] {
         assert!(metrics_b.contains(needle), "{needle} missing:\n{metrics_b}");
     }

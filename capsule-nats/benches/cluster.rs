@@ -8,7 +8,9 @@
 //! - `bridged_latency`: one message at a time, bus A to bus B (µs, p50 and p99).
 //!
 //! Run with `cargo xtask bench cluster [--quick]` (release build). Throughput is the median of
-//! several rounds, bridged and raw rounds alternating.
+//! several rounds, bridged and raw rounds alternating. With `CLUSTER_BENCH_ONLY=bridged`,
+//! `raw` or `none` only that path runs (the others print NaN), so `time` can tell what CPU each
+//! path costs per message.
 
 #![allow(
     missing_docs,
@@ -180,13 +182,38 @@ fn main() {
             .expect("raw subscribe");
         subscriber.flush().await.expect("flush");
 
+        // `CLUSTER_BENCH_ONLY=bridged|raw|none` runs one path (or neither), so the CPU time
+        // each path costs per message can be told apart with `time`; the ratio below is only
+        // meaningful when both ran.
+        let only = std::env::var("CLUSTER_BENCH_ONLY").unwrap_or_default();
+        let (run_bridged, run_raw) = (
+            only.is_empty() || only == "bridged",
+            only.is_empty() || only == "raw",
+        );
         // Warm-up of both paths.
-        bridged_round(&mut p, &payload, n / 10).await;
-        raw_round(&publisher, &mut sub, &body, n / 10).await;
-        let (mut bridged, mut raw) = (Vec::new(), Vec::new());
+        if run_bridged {
+            bridged_round(&mut p, &payload, n / 10).await;
+        }
+        if run_raw {
+            raw_round(&publisher, &mut sub, &body, n / 10).await;
+        }
+        let (mut bridged, mut raw) = (vec![f64::NAN], vec![f64::NAN]);
+        if run_bridged || run_raw {
+            (bridged, raw) = (Vec::new(), Vec::new());
+        }
         for _ in 0..rounds {
-            bridged.push(bridged_round(&mut p, &payload, n).await);
-            raw.push(raw_round(&publisher, &mut sub, &body, n).await);
+            if run_bridged {
+                bridged.push(bridged_round(&mut p, &payload, n).await);
+            }
+            if run_raw {
+                raw.push(raw_round(&publisher, &mut sub, &body, n).await);
+            }
+        }
+        if bridged.is_empty() {
+            bridged.push(f64::NAN);
+        }
+        if raw.is_empty() {
+            raw.push(f64::NAN);
         }
         let (bridged, raw) = (median(bridged), median(raw));
         let params = format!(r#"{{"bytes":1024,"msgs":{n}}}"#);

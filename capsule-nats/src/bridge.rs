@@ -4,19 +4,19 @@
 //! the bus: it holds at most [`BridgeConfig::buffer`] messages while NATS is away and drops the
 //! newest beyond that, after numbering them, so each receiver sees the hole.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event};
+use async_nats::{Client, ConnectOptions, Event, HeaderMap, Subject};
 use capsule_bus::{AUDIT_TOPIC, Attribution, Bus, Message, Scope, Topic};
-use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::config::{Auth, BridgeConfig, ConfigError};
-use crate::envelope::{Envelope, MAX_SOURCE_NAME_BYTES};
+use crate::envelope::{ENVELOPE_HEADER, Envelope, sendable_name};
 use crate::import::Importer;
 use crate::seq::{Numbering, SEQ_TABLE_CAPACITY};
 use crate::sign::SIGNATURE_HEADER;
@@ -27,6 +27,10 @@ pub const AUDIT_TARGET: &str = "capsule::audit::nats";
 
 /// Bytes of payload one export drain takes from the bus at most.
 const EXPORT_DRAIN_BYTES: usize = 256 * 1024;
+/// Messages an export loop hands over between two yields to the scheduler.
+const YIELD_EVERY: u32 = 1024;
+/// Topic subjects each export loop remembers before starting over.
+const SUBJECTS_KEPT: usize = 1024;
 /// How long an export waits for room in the client's queue before looking at the connection
 /// again.
 const EXPORT_WAIT: Duration = Duration::from_millis(50);
@@ -116,6 +120,18 @@ pub struct BridgeStats {
     pub restarts: u64,
     /// Times the client reported a slow consumer (its losses show up as holes).
     pub slow_consumer: u64,
+    /// Incoming messages dropped because an import buffer was full (in messages or bytes).
+    /// They were not checked yet, so they are not reported on any topic here; each one shows
+    /// up in `dropped_in`, and in the receiving subscribers' `dropped` counters, as a hole
+    /// once its publisher's next message gets through.
+    pub overflow_in: u64,
+    /// Messages the client received from NATS (before any check).
+    pub received: u64,
+    /// Bytes (payload and headers) the import buffers hold now, all patterns together.
+    pub import_held_bytes: u64,
+    /// The most bytes one import pattern's buffer ever held; never above
+    /// [`BridgeConfig::import_buffer_bytes`].
+    pub import_peak_bytes: u64,
     /// Connections made, the first one included.
     pub connects: u64,
     /// Connections lost.
@@ -142,6 +158,9 @@ pub(crate) struct Counters {
     pub(crate) looped: AtomicU64,
     pub(crate) restarts: AtomicU64,
     pub(crate) slow_consumer: AtomicU64,
+    pub(crate) overflow_in: AtomicU64,
+    pub(crate) import_held_bytes: AtomicU64,
+    pub(crate) import_peak_bytes: AtomicU64,
     pub(crate) disconnects: AtomicU64,
     pub(crate) closed: AtomicBool,
 }
@@ -271,16 +290,15 @@ impl Bridge {
         let mut imports = Vec::with_capacity(config.import.len());
         for (i, pattern) in config.import.iter().enumerate() {
             let subject = pattern_subject(&config.cluster, pattern);
-            let mut sub = client
+            let sub = client
                 .subscribe(subject.clone())
                 .await
                 .map_err(|source| BridgeError::Subscribe { subject, source })?;
-            let importer = Arc::clone(&importer);
-            imports.push(tokio::spawn(async move {
-                while let Some(m) = sub.next().await {
-                    importer.accept(i, m);
-                }
-            }));
+            imports.push(tokio::spawn(crate::import::import_loop(
+                Arc::clone(&importer),
+                i,
+                sub,
+            )));
         }
         // The server must hold the subscriptions before anyone is told the bridge is up.
         // `flush` only writes them to the socket, and the server serves each connection on
@@ -342,6 +360,10 @@ impl Bridge {
             looped: get(&c.looped),
             restarts: get(&c.restarts),
             slow_consumer: get(&c.slow_consumer),
+            overflow_in: get(&c.overflow_in),
+            received: self.client.statistics().in_messages.load(Ordering::Relaxed),
+            import_held_bytes: get(&c.import_held_bytes),
+            import_peak_bytes: get(&c.import_peak_bytes),
             connects: self.client.statistics().connects.load(Ordering::Relaxed),
             disconnects: get(&c.disconnects),
         }
@@ -408,6 +430,10 @@ async fn export_loop(
     counters: Arc<Counters>,
 ) {
     let ready = rx.readiness();
+    // Subjects of recent topics, so a busy topic's subject is built once, not per message.
+    let mut subjects: HashMap<Topic, Subject> = HashMap::new();
+    let mut batch = Vec::new();
+    let mut handled = 0u32;
     loop {
         ready.ready().await;
         let drain = rx.try_drain(EXPORT_DRAIN_BYTES);
@@ -425,11 +451,18 @@ async fn export_loop(
                 }),
             );
         }
-        for m in drain.messages {
-            if !exportable(&config, index, &m) {
-                continue;
+        // The whole drain is numbered under one lock; a message dropped later keeps its
+        // number, so receivers still see the hole.
+        {
+            let mut numbering = numbering.lock();
+            for m in drain.messages {
+                if exportable(&config, index, &m) {
+                    let (epoch, seq) = numbering.next(&(m.source, m.topic.clone()));
+                    batch.push((m, epoch, seq));
+                }
             }
-            let (epoch, seq) = numbering.lock().next(&(m.source, m.topic.clone()));
+        }
+        for (m, epoch, seq) in batch.drain(..) {
             let envelope = Envelope {
                 host: config.host.clone(),
                 attribution: m.attribution(),
@@ -438,22 +471,39 @@ async fn export_loop(
                     .source_names
                     .as_ref()
                     .and_then(|f| f(m.source))
-                    .filter(|n| n.len() <= MAX_SOURCE_NAME_BYTES),
+                    .filter(|n| sendable_name(n)),
                 epoch,
                 seq,
                 hops: m.hops(),
             };
-            let subject = topic_subject(&config.cluster, &m.topic);
-            let mut headers = envelope.to_headers();
-            if let Some(key) = &config.key {
-                headers.insert(
-                    SIGNATURE_HEADER,
-                    key.sign(&subject, &envelope, m.payload.as_str().as_bytes()),
-                );
+            if subjects.len() >= SUBJECTS_KEPT && !subjects.contains_key(&m.topic) {
+                subjects.clear();
             }
-            let send =
-                client.publish_with_headers(subject, headers, m.payload.as_str().to_owned().into());
-            match hand_over(&client, send).await {
+            let subject = subjects
+                .entry(m.topic.clone())
+                .or_insert_with(|| Subject::from(topic_subject(&config.cluster, &m.topic)))
+                .clone();
+            let payload = m.payload.as_str().as_bytes();
+            let mut headers = HeaderMap::new();
+            headers.insert(ENVELOPE_HEADER, envelope.to_header_value());
+            if let Some(key) = &config.key {
+                headers.insert(SIGNATURE_HEADER, key.sign(&subject, &envelope, payload));
+            }
+            // Outside the cooperative budget: a spent budget would turn every 128th message
+            // into a full trip through the scheduler; the loop yields every
+            // `YIELD_EVERY` messages instead.
+            let send = tokio::task::unconstrained(client.publish_with_headers(
+                subject,
+                headers,
+                payload.to_vec().into(),
+            ));
+            let sent = hand_over(&client, send).await;
+            // Lets the other tasks of a busy worker run now and then.
+            handled = handled.wrapping_add(1);
+            if handled.is_multiple_of(YIELD_EVERY) {
+                tokio::task::yield_now().await;
+            }
+            match sent {
                 Some(Ok(())) => {
                     counters.exported.fetch_add(1, Ordering::Relaxed);
                 }

@@ -22,10 +22,11 @@ pub const NKEY_ENV: &str = "CAPSULE_NATS_NKEY";
 
 /// Messages the bridge holds for NATS while the connection is down, by default.
 pub const DEFAULT_BUFFER: usize = 4096;
-/// Messages received from NATS that wait for the local bus, by default (beyond it the client
-/// drops the newest, which receivers count as holes).
+/// Messages received from NATS that wait for the local bus per import pattern, by default.
 pub const DEFAULT_IMPORT_BUFFER: usize = 65_536;
-
+/// Bytes (payload and headers) of messages received from NATS that wait for the local bus per
+/// import pattern, by default: 64 MiB.
+pub const DEFAULT_IMPORT_BUFFER_BYTES: usize = 64 << 20;
 /// How the bridge authenticates to the NATS server.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub enum Auth {
@@ -101,9 +102,17 @@ pub struct BridgeConfig {
     /// Messages held for NATS while the connection is down; beyond it the newest are dropped
     /// (and counted, and seen as gaps by every receiver).
     pub buffer: usize,
-    /// Messages received from NATS held for the local bus per import pattern; a burst beyond
-    /// it is lost (the client reports a slow consumer, receivers count the holes).
+    /// Messages received from NATS held for the local bus per import pattern (the bridge's
+    /// own buffer, and separately the client library's hand-over queue in front of it, which
+    /// the bridge empties into its buffer before every message it handles); a message
+    /// beyond it is dropped (counted in [`BridgeStats::overflow_in`](crate::BridgeStats),
+    /// audited, and seen by receivers as a hole in its publisher's sequence).
     pub import_buffer: usize,
+    /// Bytes (payload and headers) of the messages held for the local bus per import pattern;
+    /// a message that would take the buffer past it is dropped like one past
+    /// [`import_buffer`](Self::import_buffer), so a message larger than the whole bound is
+    /// always dropped.
+    pub import_buffer_bytes: usize,
     /// Names of local capsules by instance id, sent along when known.
     pub source_names: Option<SourceNames>,
     /// The receiving host's own check of each imported message; `None` admits every message
@@ -124,6 +133,7 @@ impl fmt::Debug for BridgeConfig {
             .field("import", &self.import)
             .field("buffer", &self.buffer)
             .field("import_buffer", &self.import_buffer)
+            .field("import_buffer_bytes", &self.import_buffer_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -144,7 +154,7 @@ pub enum ConfigError {
     #[error("host {0} lists itself as a peer")]
     SelfPeer(String),
     /// A buffer is zero.
-    #[error("the bridge buffers must hold at least one message")]
+    #[error("the bridge buffers must hold at least one message and one byte")]
     ZeroBuffer,
 }
 
@@ -163,6 +173,7 @@ impl BridgeConfig {
             import: Vec::new(),
             buffer: DEFAULT_BUFFER,
             import_buffer: DEFAULT_IMPORT_BUFFER,
+            import_buffer_bytes: DEFAULT_IMPORT_BUFFER_BYTES,
             source_names: None,
             admit: None,
         }
@@ -176,7 +187,7 @@ impl BridgeConfig {
         if self.export.is_empty() && self.import.is_empty() {
             return Err(ConfigError::NothingToBridge);
         }
-        if self.buffer == 0 || self.import_buffer == 0 {
+        if self.buffer == 0 || self.import_buffer == 0 || self.import_buffer_bytes == 0 {
             return Err(ConfigError::ZeroBuffer);
         }
         if self.peers.contains(&self.host) {
@@ -218,6 +229,9 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::NothingToBridge));
         let mut c = base();
         c.buffer = 0;
+        assert_eq!(c.validate(), Err(ConfigError::ZeroBuffer));
+        let mut c = base();
+        c.import_buffer_bytes = 0;
         assert_eq!(c.validate(), Err(ConfigError::ZeroBuffer));
         let mut c = base();
         c.peers.insert(c.host.clone());

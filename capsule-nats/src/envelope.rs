@@ -1,7 +1,9 @@
 //! What travels beside a payload in NATS headers: the attribution exactly as the origin host
 //! recorded it, the source capsule instance, the origin host, the hop count and the publisher's
-//! sequence number. Decoding is strict: a missing or malformed header refuses the message, it
-//! never falls back to a default attribution.
+//! stream epoch and sequence number, all in one header ([`ENVELOPE_HEADER`]) so that a bridged
+//! message costs one header to write, send, parse and look up rather than one per field.
+//! Decoding is strict: a missing header, a wrong field count or a malformed field refuses the
+//! message, it never falls back to a default attribution.
 
 use async_nats::HeaderMap;
 use capsule_bus::{Attribution, PrincipalId};
@@ -9,24 +11,22 @@ use uuid::Uuid;
 
 use crate::subject::{HostId, NameError};
 
-/// Header naming the origin host.
-pub const HOST_HEADER: &str = "Capsule-Host";
-/// Header carrying the attribution: `verified:<principal>`, `claimed:<principal>` or `system`.
-pub const ATTRIBUTION_HEADER: &str = "Capsule-Attribution";
-/// Header carrying the publishing capsule instance (a UUID).
-pub const SOURCE_HEADER: &str = "Capsule-Source";
-/// Header carrying the publishing capsule's name, when the origin host knows it.
-pub const SOURCE_NAME_HEADER: &str = "Capsule-Source-Name";
-/// Header carrying the per-publisher sequence number (1, 2, 3, … per source and topic).
-pub const SEQ_HEADER: &str = "Capsule-Seq";
-/// Header carrying the publisher's stream epoch, which rises whenever its numbering starts
-/// over.
-pub const EPOCH_HEADER: &str = "Capsule-Epoch";
-/// Header carrying the hop count the message had on its origin bus.
-pub const HOPS_HEADER: &str = "Capsule-Hops";
+/// Header carrying the whole envelope: `1;<host>;<attribution>;<source>;<epoch>;<seq>;<hops>`,
+/// then `;<source name>` when the origin host knows the publishing capsule's name. The
+/// attribution is `verified:<principal>`, `claimed:<principal>` or `system`; the source is the
+/// publishing capsule instance's UUID; the sequence numbers each publisher's messages on a
+/// topic 1, 2, 3, … within its stream epoch. Host ids and principals never contain `;`, and
+/// the name comes last, so it may.
+pub const ENVELOPE_HEADER: &str = "Capsule-Envelope";
 
-/// Longest source name carried; a longer one is left out.
+/// The envelope format version, the header's first field.
+pub const ENVELOPE_VERSION: &str = "1";
+
+/// Longest source name carried; a longer one (or one with control characters) is left out.
 pub const MAX_SOURCE_NAME_BYTES: usize = 128;
+
+/// Fields of an envelope without the optional source name.
+const FIELDS: usize = 7;
 
 /// The metadata of one bridged message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,18 +66,10 @@ pub enum EnvelopeError {
     },
 }
 
-pub(crate) fn attribution_text(a: &Attribution) -> String {
-    match a {
-        Attribution::Verified(p) => format!("verified:{}", p.as_str()),
-        Attribution::Claimed(p) => format!("claimed:{}", p.as_str()),
-        Attribution::System => "system".to_string(),
-    }
-}
-
 fn parse_attribution(s: &str) -> Result<Attribution, EnvelopeError> {
     let invalid = |reason: String| EnvelopeError::Invalid {
-        header: ATTRIBUTION_HEADER,
-        reason,
+        header: ENVELOPE_HEADER,
+        reason: format!("attribution: {reason}"),
     };
     let principal = |p: &str| PrincipalId::parse(p).map_err(|e| invalid(e.to_string()));
     match s.split_once(':') {
@@ -90,58 +82,79 @@ fn parse_attribution(s: &str) -> Result<Attribution, EnvelopeError> {
     }
 }
 
+/// Whether `name` may travel as the source name: short, and nothing a header line could not
+/// carry.
+pub(crate) fn sendable_name(name: &str) -> bool {
+    name.len() <= MAX_SOURCE_NAME_BYTES && !name.chars().any(char::is_control)
+}
+
 impl Envelope {
+    /// The [`ENVELOPE_HEADER`] value of this envelope.
+    pub fn to_header_value(&self) -> String {
+        use std::fmt::Write as _;
+        let mut v = String::with_capacity(96);
+        let _ = write!(
+            v,
+            "{ENVELOPE_VERSION};{};{};{};{};{};{}",
+            self.host.as_str(),
+            AttributionText(&self.attribution),
+            self.source.hyphenated(),
+            self.epoch,
+            self.seq,
+            self.hops
+        );
+        if let Some(name) = self.source_name.as_deref().filter(|n| sendable_name(n)) {
+            v.push(';');
+            v.push_str(name);
+        }
+        v
+    }
+
     /// The headers carrying this envelope.
     pub fn to_headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(HOST_HEADER, self.host.as_str());
-        h.insert(ATTRIBUTION_HEADER, attribution_text(&self.attribution));
-        h.insert(SOURCE_HEADER, self.source.to_string());
-        if let Some(name) = &self.source_name {
-            h.insert(SOURCE_NAME_HEADER, name.as_str());
-        }
-        h.insert(EPOCH_HEADER, self.epoch.to_string());
-        h.insert(SEQ_HEADER, self.seq.to_string());
-        h.insert(HOPS_HEADER, self.hops.to_string());
+        h.insert(ENVELOPE_HEADER, self.to_header_value());
         h
     }
 
-    /// Reads an envelope back; every required header must be present and well formed.
+    /// Reads an envelope back from its header; every field must be present and well formed.
     pub fn from_headers(headers: Option<&HeaderMap>) -> Result<Self, EnvelopeError> {
         let h = headers.ok_or(EnvelopeError::NoHeaders)?;
-        let get = |name: &'static str| {
-            h.get(name)
-                .map(|v| v.as_str())
-                .ok_or(EnvelopeError::Missing(name))
-        };
-        let invalid = |header: &'static str| {
-            move |e: &dyn std::fmt::Display| EnvelopeError::Invalid {
-                header,
-                reason: e.to_string(),
-            }
-        };
-        let host =
-            HostId::parse(get(HOST_HEADER)?).map_err(|e: NameError| invalid(HOST_HEADER)(&e))?;
-        let attribution = parse_attribution(get(ATTRIBUTION_HEADER)?)?;
-        let source =
-            Uuid::parse_str(get(SOURCE_HEADER)?).map_err(|e| invalid(SOURCE_HEADER)(&e))?;
-        let source_name = h
-            .get(SOURCE_NAME_HEADER)
+        let value = h
+            .get(ENVELOPE_HEADER)
             .map(|v| v.as_str())
-            .filter(|s| s.len() <= MAX_SOURCE_NAME_BYTES)
-            .map(str::to_string);
-        let seq: u64 = get(SEQ_HEADER)?
-            .parse()
-            .map_err(|e| invalid(SEQ_HEADER)(&e))?;
-        if seq == 0 {
-            return Err(invalid(SEQ_HEADER)(&"sequence numbers start at 1"));
+            .ok_or(EnvelopeError::Missing(ENVELOPE_HEADER))?;
+        Self::parse(value)
+    }
+
+    /// Parses an [`ENVELOPE_HEADER`] value.
+    pub fn parse(value: &str) -> Result<Self, EnvelopeError> {
+        let invalid = |field: &str, reason: &dyn std::fmt::Display| EnvelopeError::Invalid {
+            header: ENVELOPE_HEADER,
+            reason: format!("{field}: {reason}"),
+        };
+        let mut f = value.splitn(FIELDS + 1, ';');
+        let mut next = |field: &'static str| {
+            f.next()
+                .ok_or_else(|| invalid(field, &"missing (too few fields)"))
+        };
+        let version = next("version")?;
+        if version != ENVELOPE_VERSION {
+            return Err(invalid(
+                "version",
+                &format!("{version:?} is not {ENVELOPE_VERSION}"),
+            ));
         }
-        let epoch: u64 = get(EPOCH_HEADER)?
-            .parse()
-            .map_err(|e| invalid(EPOCH_HEADER)(&e))?;
-        let hops: u8 = get(HOPS_HEADER)?
-            .parse()
-            .map_err(|e| invalid(HOPS_HEADER)(&e))?;
+        let host = HostId::parse(next("host")?).map_err(|e: NameError| invalid("host", &e))?;
+        let attribution = parse_attribution(next("attribution")?)?;
+        let source = Uuid::parse_str(next("source")?).map_err(|e| invalid("source", &e))?;
+        let epoch: u64 = next("epoch")?.parse().map_err(|e| invalid("epoch", &e))?;
+        let seq: u64 = next("seq")?.parse().map_err(|e| invalid("seq", &e))?;
+        if seq == 0 {
+            return Err(invalid("seq", &"sequence numbers start at 1"));
+        }
+        let hops: u8 = next("hops")?.parse().map_err(|e| invalid("hops", &e))?;
+        let source_name = f.next().filter(|n| sendable_name(n)).map(str::to_string);
         Ok(Self {
             host,
             attribution,
@@ -151,6 +164,19 @@ impl Envelope {
             seq,
             hops,
         })
+    }
+}
+
+/// Writes an attribution in its header form without an intermediate string.
+pub(crate) struct AttributionText<'a>(pub(crate) &'a Attribution);
+
+impl std::fmt::Display for AttributionText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Attribution::Verified(p) => write!(f, "verified:{}", p.as_str()),
+            Attribution::Claimed(p) => write!(f, "claimed:{}", p.as_str()),
+            Attribution::System => f.write_str("system"),
+        }
     }
 }
 
@@ -186,34 +212,48 @@ mod tests {
     #[test]
     fn malformed_headers_are_refused_not_defaulted() {
         assert_eq!(Envelope::from_headers(None), Err(EnvelopeError::NoHeaders));
-        let good = env(Attribution::System).to_headers();
-        for (name, value) in [
-            (ATTRIBUTION_HEADER, "verified"),
-            (ATTRIBUTION_HEADER, "root:alice"),
-            (ATTRIBUTION_HEADER, "verified:"),
-            (ATTRIBUTION_HEADER, "claimed:a b"),
-            (HOST_HEADER, "a.b"),
-            (SOURCE_HEADER, "not-a-uuid"),
-            (SEQ_HEADER, "0"),
-            (SEQ_HEADER, "-1"),
-            (EPOCH_HEADER, "x"),
-            (HOPS_HEADER, "256"),
+        assert_eq!(
+            Envelope::from_headers(Some(&HeaderMap::new())),
+            Err(EnvelopeError::Missing(ENVELOPE_HEADER))
+        );
+        let u = Uuid::from_u128(1);
+        assert!(Envelope::parse(&format!("1;h1;system;{u};1;1;0")).is_ok());
+        for value in [
+            format!("2;h1;system;{u};1;1;0"),
+            format!("1;h1;verified;{u};1;1;0"),
+            format!("1;h1;root:alice;{u};1;1;0"),
+            format!("1;h1;verified:;{u};1;1;0"),
+            format!("1;h1;claimed:a b;{u};1;1;0"),
+            format!("1;a.b;system;{u};1;1;0"),
+            "1;h1;system;not-a-uuid;1;1;0".to_string(),
+            format!("1;h1;system;{u};1;0;0"),
+            format!("1;h1;system;{u};1;-1;0"),
+            format!("1;h1;system;{u};x;1;0"),
+            format!("1;h1;system;{u};1;1;256"),
+            format!("1;h1;system;{u};1;1"),
+            String::new(),
         ] {
-            let mut h = good.clone();
-            h.insert(name, value);
+            let mut h = HeaderMap::new();
+            h.insert(ENVELOPE_HEADER, value.as_str());
             assert!(
                 matches!(
                     Envelope::from_headers(Some(&h)),
                     Err(EnvelopeError::Invalid { .. })
                 ),
-                "{name}: {value}"
+                "{value}"
             );
         }
-        let mut missing = HeaderMap::new();
-        missing.insert(HOST_HEADER, "h1");
+    }
+
+    #[test]
+    fn names_may_hold_the_separator_but_not_control_characters() {
+        let mut e = env(Attribution::System);
+        e.source_name = Some("a;b".into());
+        assert_eq!(Envelope::parse(&e.to_header_value()), Ok(e.clone()));
+        e.source_name = Some("a\r\nb".into());
         assert_eq!(
-            Envelope::from_headers(Some(&missing)),
-            Err(EnvelopeError::Missing(ATTRIBUTION_HEADER))
+            Envelope::parse(&e.to_header_value()).map(|e| e.source_name),
+            Ok(None)
         );
     }
 }

@@ -9,10 +9,12 @@
 //! that records which host vouched for it. Local subscribers then receive it only through
 //! subscriptions the host's own ACLs and audit scoping allowed.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use capsule_bus::{AUDIT_TOPIC, Attribution, Bus, JsonPayload, Outgoing, Topic};
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use uuid::Uuid;
 
@@ -238,6 +240,105 @@ impl Importer {
             attribution: env.attribution,
             hops: env.hops.saturating_add(1),
         });
+    }
+}
+
+/// Messages an import loop handles between two yields to the scheduler.
+const YIELD_EVERY: u32 = 1024;
+
+/// The messages one import pattern holds for the local bus, bounded in messages and bytes.
+struct Held {
+    queue: VecDeque<async_nats::Message>,
+    bytes: usize,
+}
+
+/// Bytes a received message is charged: its size on the wire (headers and payload), or its
+/// payload when the client did not record one.
+fn charge(m: &async_nats::Message) -> usize {
+    m.length.max(m.payload.len())
+}
+
+impl Importer {
+    /// Takes `m` into `held` if both bounds allow, else drops it, counted and audited.
+    fn hold(&self, held: &mut Held, m: async_nats::Message) {
+        let size = charge(&m);
+        let fits = held.queue.len() < self.config.import_buffer
+            && held.bytes.saturating_add(size) <= self.config.import_buffer_bytes;
+        if !fits {
+            if bump(&self.counters.overflow_in, 1) {
+                audit(
+                    &self.bus,
+                    Attribution::System,
+                    serde_json::json!({
+                        "kind": "nats.import-overflow",
+                        "subject": m.subject.as_str(),
+                        "bytes": size,
+                        "held_messages": held.queue.len(),
+                        "held_bytes": held.bytes,
+                        "max_messages": self.config.import_buffer,
+                        "max_bytes": self.config.import_buffer_bytes,
+                        "dropped": self.counters.overflow_in.load(Ordering::Relaxed),
+                    }),
+                );
+            }
+            return;
+        }
+        held.bytes += size;
+        held.queue.push_back(m);
+        let c = &self.counters;
+        c.import_held_bytes
+            .fetch_add(size as u64, Ordering::Relaxed);
+        c.import_peak_bytes
+            .fetch_max(held.bytes as u64, Ordering::Relaxed);
+    }
+
+    fn release(&self, held: &mut Held) -> Option<async_nats::Message> {
+        let m = held.queue.pop_front()?;
+        let size = charge(&m);
+        held.bytes -= size;
+        self.counters
+            .import_held_bytes
+            .fetch_sub(size as u64, Ordering::Relaxed);
+        Some(m)
+    }
+}
+
+/// Carries import pattern `index`'s messages into the local bus. Before each message it
+/// handles, it moves everything the client has received into its own buffer, so the client's
+/// queue stays short and whatever waits is bounded by the configured messages and bytes.
+pub(crate) async fn import_loop(
+    importer: Arc<Importer>,
+    index: usize,
+    mut sub: async_nats::Subscriber,
+) {
+    let mut held = Held {
+        queue: VecDeque::new(),
+        bytes: 0,
+    };
+    let mut handled = 0u32;
+    loop {
+        // Outside the task's cooperative budget, so a spent budget never looks like an empty
+        // queue while the client's queue overflows.
+        while let Some(next) = tokio::task::unconstrained(sub.next()).now_or_never() {
+            match next {
+                Some(m) => importer.hold(&mut held, m),
+                None => return,
+            }
+        }
+        if let Some(m) = importer.release(&mut held) {
+            importer.accept(index, m);
+            // Lets the other tasks of a busy worker run now and then, far less often than the
+            // cooperative budget would (each yield is a trip through the scheduler).
+            handled = handled.wrapping_add(1);
+            if handled.is_multiple_of(YIELD_EVERY) {
+                tokio::task::yield_now().await;
+            }
+            continue;
+        }
+        match sub.next().await {
+            Some(m) => importer.hold(&mut held, m),
+            None => return,
+        }
     }
 }
 

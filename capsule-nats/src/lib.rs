@@ -6,7 +6,7 @@
 //!   clusters on one server never see each other's messages.
 //! - **Attribution is carried, never upgraded.** The origin host's attribution (verified,
 //!   claimed or system), its id, the source capsule, the hop count and a per-publisher
-//!   sequence travel in headers ([`Envelope`]); the receiving host publishes the message with
+//!   sequence travel in one header ([`Envelope`], [`ENVELOPE_HEADER`]); the receiving host publishes the message with
 //!   exactly that attribution, under a source id that records which host vouched for it
 //!   ([`Bridge::origin`]).
 //! - **Only peers are believed.** With a [`ClusterKey`] every message carries a keyed tag
@@ -19,7 +19,7 @@
 //!   a receiver sees (slow consumer, disconnect, full buffer) is counted in its
 //!   [`BridgeStats`], audited, and reported to local subscribers through the bus's `dropped`
 //!   counter. Reconnection is automatic; while NATS is away the bridge buffers a bounded
-//!   number of messages.
+//!   number of messages, and what waits for the local bus is bounded in messages and bytes.
 //! - **The receiving host decides delivery.** Imported messages enter the local bus like any
 //!   publish, so only subscriptions the host's own ACLs and audit scoping allowed receive
 //!   them; the audit topic never crosses hosts.
@@ -63,11 +63,10 @@ mod subject;
 pub use bridge::{AUDIT_TARGET, Bridge, BridgeError, BridgeStats, LinkState};
 pub use config::{
     Admit, Auth, BridgeConfig, CREDS_ENV, ConfigError, DEFAULT_BUFFER, DEFAULT_IMPORT_BUFFER,
-    NKEY_ENV, SourceNames, TOKEN_ENV,
+    DEFAULT_IMPORT_BUFFER_BYTES, NKEY_ENV, SourceNames, TOKEN_ENV,
 };
 pub use envelope::{
-    ATTRIBUTION_HEADER, EPOCH_HEADER, Envelope, EnvelopeError, HOPS_HEADER, HOST_HEADER,
-    MAX_SOURCE_NAME_BYTES, SEQ_HEADER, SOURCE_HEADER, SOURCE_NAME_HEADER,
+    ENVELOPE_HEADER, ENVELOPE_VERSION, Envelope, EnvelopeError, MAX_SOURCE_NAME_BYTES,
 };
 pub use import::{Origin, imported_source};
 pub use seq::{MAX_GAP, Numbering, Observed, SEQ_TABLE_CAPACITY, Tracking};

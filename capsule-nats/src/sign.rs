@@ -8,7 +8,9 @@
 
 use std::fmt;
 
-use crate::envelope::{Envelope, attribution_text};
+use capsule_bus::Attribution;
+
+use crate::envelope::Envelope;
 
 /// Header carrying the hex tag of a signed message.
 pub const SIGNATURE_HEADER: &str = "Capsule-Sig";
@@ -27,9 +29,31 @@ pub enum KeyError {
     NotHex(char),
 }
 
+/// Domain separation of the tag: the first field every tag absorbs.
+const DOMAIN: &[u8] = b"capsule-nats message v1";
+
 /// The secret every host of a cluster shares to authenticate its messages.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClusterKey([u8; KEY_BYTES]);
+#[derive(Clone)]
+pub struct ClusterKey {
+    bytes: [u8; KEY_BYTES],
+    /// The keyed hash state after the key schedule and the domain field, computed once so
+    /// each message's tag starts from a copy rather than from the key.
+    base: blake3::Hasher,
+}
+
+impl PartialEq for ClusterKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for ClusterKey {}
+
+/// Feeds one length-prefixed field, so no two different messages share an input.
+fn field(h: &mut blake3::Hasher, b: &[u8]) {
+    h.update(&(b.len() as u64).to_le_bytes());
+    h.update(b);
+}
 
 impl fmt::Debug for ClusterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -47,7 +71,9 @@ fn nibble(c: char) -> Result<u8, KeyError> {
 impl ClusterKey {
     /// A key from its raw bytes.
     pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> Self {
-        Self(bytes)
+        let mut base = blake3::Hasher::new_keyed(&bytes);
+        field(&mut base, DOMAIN);
+        Self { bytes, base }
     }
 
     /// Parses 64 hexadecimal digits (surrounding whitespace ignored), as `openssl rand -hex 32`
@@ -62,27 +88,29 @@ impl ClusterKey {
         for (byte, pair) in out.iter_mut().zip(chars.chunks_exact(2)) {
             *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
         }
-        Ok(Self(out))
+        Ok(Self::from_bytes(out))
     }
 
     fn tag(&self, subject: &str, env: &Envelope, payload: &[u8]) -> blake3::Hash {
-        let mut h = blake3::Hasher::new_keyed(&self.0);
-        // Every field is length-prefixed, so no two different messages share an input.
-        let mut field = |b: &[u8]| {
-            h.update(&(b.len() as u64).to_le_bytes());
-            h.update(b);
+        let mut h = self.base.clone();
+        field(&mut h, subject.as_bytes());
+        field(&mut h, env.host.as_str().as_bytes());
+        // The attribution's header text, fed in parts rather than built as a string.
+        let (kind, principal): (&[u8], &str) = match &env.attribution {
+            Attribution::Verified(p) => (b"verified:", p.as_str()),
+            Attribution::Claimed(p) => (b"claimed:", p.as_str()),
+            Attribution::System => (b"system", ""),
         };
-        field(b"capsule-nats message v1");
-        field(subject.as_bytes());
-        field(env.host.as_str().as_bytes());
-        field(attribution_text(&env.attribution).as_bytes());
-        field(env.source.as_bytes());
-        field(env.source_name.as_deref().unwrap_or("").as_bytes());
-        field(&[u8::from(env.source_name.is_some())]);
-        field(&env.epoch.to_le_bytes());
-        field(&env.seq.to_le_bytes());
-        field(&[env.hops]);
-        field(payload);
+        h.update(&((kind.len() + principal.len()) as u64).to_le_bytes());
+        h.update(kind);
+        h.update(principal.as_bytes());
+        field(&mut h, env.source.as_bytes());
+        field(&mut h, env.source_name.as_deref().unwrap_or("").as_bytes());
+        field(&mut h, &[u8::from(env.source_name.is_some())]);
+        field(&mut h, &env.epoch.to_le_bytes());
+        field(&mut h, &env.seq.to_le_bytes());
+        field(&mut h, &[env.hops]);
+        field(&mut h, payload);
         h.finalize()
     }
 

@@ -408,12 +408,10 @@ async fn malformed_messages_from_nats_are_refused_and_change_nothing() {
         .unwrap_or_else(|e| panic!("{e}"));
     let good = |attribution: &str, seq: &str| {
         let mut h = capsule_nats::async_nats::HeaderMap::new();
-        h.insert(capsule_nats::HOST_HEADER, "a");
-        h.insert(capsule_nats::ATTRIBUTION_HEADER, attribution);
-        h.insert(capsule_nats::SOURCE_HEADER, Uuid::from_u128(1).to_string());
-        h.insert(capsule_nats::EPOCH_HEADER, "1");
-        h.insert(capsule_nats::SEQ_HEADER, seq);
-        h.insert(capsule_nats::HOPS_HEADER, "0");
+        h.insert(
+            capsule_nats::ENVELOPE_HEADER,
+            format!("1;a;{attribution};{};1;{seq};0", Uuid::from_u128(1)),
+        );
         h
     };
     let sends: Vec<(&str, Option<capsule_nats::async_nats::HeaderMap>, &str)> = vec![

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use capsule_bus::{Attribution, Bus, JsonPayload, Message, Outgoing, Receiver, Scope, Topic};
 use capsule_nats::async_nats::{self, HeaderMap};
 use capsule_nats::{
-    ATTRIBUTION_HEADER, Bridge, BridgeConfig, ClusterKey, ClusterName, EPOCH_HEADER, Envelope,
-    HOPS_HEADER, HOST_HEADER, HostId, KEY_BYTES, NatsServer, SEQ_HEADER, SIGNATURE_HEADER,
-    SOURCE_HEADER,
+    Bridge, BridgeConfig, ClusterKey, ClusterName, ENVELOPE_HEADER, Envelope, HostId, KEY_BYTES,
+    NatsServer, SIGNATURE_HEADER,
 };
 use futures::StreamExt;
 use uuid::Uuid;
@@ -75,12 +74,10 @@ async fn synced(client: &async_nats::Client) {
 /// Headers claiming to come from peer `a` for verified alice.
 fn forged(epoch: u64, seq: u64) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(HOST_HEADER, "a");
-    h.insert(ATTRIBUTION_HEADER, "verified:alice");
-    h.insert(SOURCE_HEADER, Uuid::from_u128(1).to_string());
-    h.insert(EPOCH_HEADER, epoch.to_string());
-    h.insert(SEQ_HEADER, seq.to_string());
-    h.insert(HOPS_HEADER, "0");
+    h.insert(
+        ENVELOPE_HEADER,
+        format!("1;a;verified:alice;{};{epoch};{seq};0", Uuid::from_u128(1)),
+    );
     h
 }
 
@@ -271,10 +268,16 @@ async fn with_a_cluster_key_forged_and_tampered_messages_are_refused() {
     // a's real headers and signature on another payload, another principal, a later number.
     send(&attacker, subject, real.clone(), r#"{"n":669}"#).await;
     let mut h = real.clone();
-    h.insert(ATTRIBUTION_HEADER, "verified:bob");
+    let mut other = env.clone();
+    other.attribution = Attribution::Verified(
+        capsule_bus::PrincipalId::parse("bob").unwrap_or_else(|e| panic!("{e}")),
+    );
+    h.insert(ENVELOPE_HEADER, other.to_header_value());
     send(&attacker, subject, h, r#"{"n":1}"#).await;
     let mut h = real.clone();
-    h.insert(SEQ_HEADER, (env.seq + 1).to_string());
+    let mut other = env.clone();
+    other.seq += 1;
+    h.insert(ENVELOPE_HEADER, other.to_header_value());
     send(&attacker, subject, h, r#"{"n":1}"#).await;
     // The real message, played back.
     send(&attacker, subject, real, r#"{"n":1}"#).await;
@@ -355,9 +358,7 @@ async fn subjects_outside_the_bus_grammar_are_refused_and_a_non_utf8_one_costs_o
     // parse it, so the attack costs one reconnect; the bridge must come back and carry on.
     let addr = nats.url().trim_start_matches("nats://").to_string();
     let headers = format!(
-        "NATS/1.0\r\n{HOST_HEADER}: a\r\n{ATTRIBUTION_HEADER}: verified:alice\r\n\
-         {SOURCE_HEADER}: {}\r\n{EPOCH_HEADER}: 1\r\n{SEQ_HEADER}: 100\r\n\
-         {HOPS_HEADER}: 0\r\n\r\n",
+        "NATS/1.0\r\n{ENVELOPE_HEADER}: 1;a;verified:alice;{};1;100;0\r\n\r\n",
         Uuid::from_u128(1)
     );
     let headers = headers.as_bytes();
