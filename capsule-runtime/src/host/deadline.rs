@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 use crate::capsule::CapsuleInner;
 use crate::limits::{CpuMeter, Interrupt, LimitsCtx};
 
+/// Beyond this, a wall-clock deadline is no deadline: the timer wheel cannot take an instant
+/// near the end of the clock's range (it rounds up past it and panics), and a call allowed
+/// ten years is unbounded in practice (its epoch deadline still holds).
+const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 impl CpuMeter {
     /// The meter of a bounded call allowed `windows` epoch windows of running and `timeout`
     /// of wall-clock time from now, waits included. A timeout too large to represent means no
@@ -30,7 +35,9 @@ impl CpuMeter {
             Self::RunLoop { .. } => None,
             Self::Call {
                 deadline, until, ..
-            } => until.map(|t| (t, Interrupt::Deadline { windows: *deadline })),
+            } => until
+                .filter(|t| t.saturating_duration_since(Instant::now()) <= FOREVER)
+                .map(|t| (t, Interrupt::Deadline { windows: *deadline })),
         }
     }
 }
@@ -83,6 +90,8 @@ impl LimitsCtx {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -99,5 +108,49 @@ mod tests {
             None,
             "an unrepresentable timeout leaves only the epoch deadline"
         );
+    }
+
+    fn ctx(blocking_permits: usize, cpu: CpuMeter) -> LimitsCtx {
+        let ledger = Arc::new(crate::limits::MemoryLedger::default());
+        LimitsCtx {
+            shared: Arc::new(crate::limits::LimitsShared {
+                io: Arc::new(tokio::sync::Semaphore::new(1)),
+                blocking: Arc::new(tokio::sync::Semaphore::new(blocking_permits)),
+                cancel: tokio_util::sync::CancellationToken::new(),
+                ledger: Arc::clone(&ledger),
+            }),
+            memory: crate::limits::MemoryMeter::new(
+                capsule_bus::PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}")),
+                1 << 20,
+                ledger,
+            ),
+            cpu,
+            cancel_seen: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deadline_at_the_end_of_the_clock_is_no_deadline() {
+        // The latest instant this clock can represent, to the nanosecond: an operator's
+        // `max_timeout_secs` can land a call's deadline there.
+        let now = Instant::now();
+        let mut far = Duration::ZERO;
+        let mut step = Duration::from_secs(1 << 62);
+        while !step.is_zero() {
+            if now.checked_add(far + step).is_some() {
+                far += step;
+            }
+            step /= 2;
+        }
+        let end = now.checked_add(far);
+        let mut c = ctx(
+            1,
+            CpuMeter::Call {
+                elapsed: 0,
+                deadline: 1,
+                until: end,
+            },
+        );
+        assert_eq!(c.race(async { 5 }).await, Ok(Some(5)));
     }
 }
