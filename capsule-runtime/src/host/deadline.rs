@@ -6,6 +6,7 @@
 //! [`Interrupt::Deadline`], exactly as an epoch-deadline overrun does; run loops have no
 //! deadline, so their waits race unload only.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::capsule::CapsuleInner;
@@ -86,6 +87,20 @@ impl LimitsCtx {
         }
         out
     }
+
+    /// Runs `work` on the blocking pool (see `LimitsShared::blocking`), racing the call's
+    /// deadline both while it queues for a pool permit and while the work runs: the pool is
+    /// shared by every capsule, so without this race a call queued behind other principals'
+    /// blocking work would hold its worker slot past its deadline. On the deadline the work,
+    /// if it started, still ends on its pool thread and its result is dropped unreported:
+    /// the call traps, so the guest is told nothing it could take as done.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<Option<Result<T, tokio::task::JoinError>>, Interrupt> {
+        let shared = Arc::clone(&self.shared);
+        Ok(self.race(shared.blocking(work)).await?.flatten())
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +142,33 @@ mod tests {
             cpu,
             cancel_seen: false,
         }
+    }
+
+    #[tokio::test]
+    async fn a_call_queued_for_the_blocking_pool_ends_at_its_deadline() {
+        // No permit is ever free: every pool thread is busy with other capsules' work.
+        let mut c = ctx(0, CpuMeter::call(3, Duration::from_millis(50)));
+        let queued = tokio::time::timeout(Duration::from_secs(60), c.blocking(|| 1)).await;
+        assert_eq!(
+            queued.ok().map(|r| r.err()),
+            Some(Some(Interrupt::Deadline { windows: 3 })),
+            "the queued call must trap at its deadline"
+        );
+        // A run loop has no deadline: only unload ends its queueing.
+        let mut run = ctx(0, CpuMeter::run_loop(3));
+        let cancel = run.shared.cancel.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            cancel.cancel();
+        });
+        let out = run.blocking(|| 1).await;
+        assert!(
+            matches!(out, Ok(None)),
+            "unload answers a queued run-loop wait"
+        );
+        // And a free permit runs the work.
+        let mut free = ctx(1, CpuMeter::call(3, Duration::from_secs(3600)));
+        assert!(matches!(free.blocking(|| 7).await, Ok(Some(Ok(7)))));
     }
 
     #[tokio::test]
