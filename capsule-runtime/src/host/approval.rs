@@ -334,9 +334,9 @@ impl ApprovalView<'_> {
             match self
                 .core
                 .limits
-                .shared
                 .blocking(move || store.covers(&check))
                 .await
+                .map_err(ApprovalError::Overrun)?
             {
                 None => return Err(ApprovalError::Timeout),
                 Some(Err(_)) | Some(Ok(Err(_))) => {
@@ -379,9 +379,9 @@ impl ApprovalView<'_> {
                 let stored = self
                     .core
                     .limits
-                    .shared
                     .blocking(move || store.allow(&allowance))
-                    .await;
+                    .await
+                    .map_err(ApprovalError::Overrun)?;
                 if !matches!(stored, Some(Ok(Ok(())))) {
                     tracing::warn!(capsule = %asked.capsule, "an allow-always decision was not stored");
                     return Ok(Decided::AlwaysNotStored);

@@ -6,10 +6,16 @@
 //! [`Interrupt::Deadline`], exactly as an epoch-deadline overrun does; run loops have no
 //! deadline, so their waits race unload only.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::capsule::CapsuleInner;
 use crate::limits::{CpuMeter, Interrupt, LimitsCtx};
+
+/// Beyond this, a wall-clock deadline is no deadline: the timer wheel cannot take an instant
+/// near the end of the clock's range (it rounds up past it and panics), and a call allowed
+/// ten years is unbounded in practice (its epoch deadline still holds).
+const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 impl CpuMeter {
     /// The meter of a bounded call allowed `windows` epoch windows of running and `timeout`
@@ -30,7 +36,9 @@ impl CpuMeter {
             Self::RunLoop { .. } => None,
             Self::Call {
                 deadline, until, ..
-            } => until.map(|t| (t, Interrupt::Deadline { windows: *deadline })),
+            } => until
+                .filter(|t| t.saturating_duration_since(Instant::now()) <= FOREVER)
+                .map(|t| (t, Interrupt::Deadline { windows: *deadline })),
         }
     }
 }
@@ -79,10 +87,26 @@ impl LimitsCtx {
         }
         out
     }
+
+    /// Runs `work` on the blocking pool (see `LimitsShared::blocking`), racing the call's
+    /// deadline both while it queues for a pool permit and while the work runs: the pool is
+    /// shared by every capsule, so without this race a call queued behind other principals'
+    /// blocking work would hold its worker slot past its deadline. On the deadline the work,
+    /// if it started, still ends on its pool thread and its result is dropped unreported:
+    /// the call traps, so the guest is told nothing it could take as done.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<Option<Result<T, tokio::task::JoinError>>, Interrupt> {
+        let shared = Arc::clone(&self.shared);
+        Ok(self.race(shared.blocking(work)).await?.flatten())
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -99,5 +123,76 @@ mod tests {
             None,
             "an unrepresentable timeout leaves only the epoch deadline"
         );
+    }
+
+    fn ctx(blocking_permits: usize, cpu: CpuMeter) -> LimitsCtx {
+        let ledger = Arc::new(crate::limits::MemoryLedger::default());
+        LimitsCtx {
+            shared: Arc::new(crate::limits::LimitsShared {
+                io: Arc::new(tokio::sync::Semaphore::new(1)),
+                blocking: Arc::new(tokio::sync::Semaphore::new(blocking_permits)),
+                cancel: tokio_util::sync::CancellationToken::new(),
+                ledger: Arc::clone(&ledger),
+            }),
+            memory: crate::limits::MemoryMeter::new(
+                capsule_bus::PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}")),
+                1 << 20,
+                ledger,
+            ),
+            cpu,
+            cancel_seen: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_queued_for_the_blocking_pool_ends_at_its_deadline() {
+        // No permit is ever free: every pool thread is busy with other capsules' work.
+        let mut c = ctx(0, CpuMeter::call(3, Duration::from_millis(50)));
+        let queued = tokio::time::timeout(Duration::from_secs(60), c.blocking(|| 1)).await;
+        assert_eq!(
+            queued.ok().map(|r| r.err()),
+            Some(Some(Interrupt::Deadline { windows: 3 })),
+            "the queued call must trap at its deadline"
+        );
+        // A run loop has no deadline: only unload ends its queueing.
+        let mut run = ctx(0, CpuMeter::run_loop(3));
+        let cancel = run.shared.cancel.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            cancel.cancel();
+        });
+        let out = run.blocking(|| 1).await;
+        assert!(
+            matches!(out, Ok(None)),
+            "unload answers a queued run-loop wait"
+        );
+        // And a free permit runs the work.
+        let mut free = ctx(1, CpuMeter::call(3, Duration::from_secs(3600)));
+        assert!(matches!(free.blocking(|| 7).await, Ok(Some(Ok(7)))));
+    }
+
+    #[tokio::test]
+    async fn a_deadline_at_the_end_of_the_clock_is_no_deadline() {
+        // The latest instant this clock can represent, to the nanosecond: an operator's
+        // `max_timeout_secs` can land a call's deadline there.
+        let now = Instant::now();
+        let mut far = Duration::ZERO;
+        let mut step = Duration::from_secs(1 << 62);
+        while !step.is_zero() {
+            if now.checked_add(far + step).is_some() {
+                far += step;
+            }
+            step /= 2;
+        }
+        let end = now.checked_add(far);
+        let mut c = ctx(
+            1,
+            CpuMeter::Call {
+                elapsed: 0,
+                deadline: 1,
+                until: end,
+            },
+        );
+        assert_eq!(c.race(async { 5 }).await, Ok(Some(5)));
     }
 }

@@ -13,6 +13,7 @@ use capsule_wit::astrid::elicit::host::{
 use crate::error::LoadError;
 use crate::host::{Assembly, Capability, InstanceCx, View};
 use crate::lifecycle::{ElicitAnswer, ElicitKind, ElicitPrompt, ElicitRefusal, Elicitor};
+use crate::limits::Interrupt;
 use capsule_store::{SecretScope, SecretStore};
 
 /// Longest key or description accepted.
@@ -73,13 +74,13 @@ impl ElicitView<'_> {
         Ok(())
     }
 
-    async fn ask(&mut self, request: ElicitRequest) -> Result<ElicitResponse, ErrorCode> {
+    async fn ask(&mut self, request: ElicitRequest) -> Result<ElicitResponse, Refused> {
         self.check_phase()?;
         if request.key.is_empty() || request.key.len() > 256 || request.key.contains('\0') {
-            return Err(ErrorCode::InvalidInput);
+            return Err(ErrorCode::InvalidInput.into());
         }
         if request.description.len() > MAX_TEXT {
-            return Err(ErrorCode::InvalidInput);
+            return Err(ErrorCode::InvalidInput.into());
         }
         let kind = match request.kind {
             ElicitType::Text => ElicitKind::Text,
@@ -88,13 +89,14 @@ impl ElicitView<'_> {
             ElicitType::Array => ElicitKind::Array,
         };
         if kind == ElicitKind::Select && request.options.as_ref().is_none_or(Vec::is_empty) {
-            return Err(ErrorCode::InvalidInput);
+            return Err(ErrorCode::InvalidInput.into());
         }
         let shared = Arc::clone(self.ctx);
         let Some(elicitor) = shared.elicitor.clone() else {
             return Err(ErrorCode::Unknown(
                 "no elicitation handler is configured on this host".into(),
-            ));
+            )
+            .into());
         };
         let prompt = ElicitPrompt {
             capsule: self.core.scoped.identity.name.clone(),
@@ -105,22 +107,22 @@ impl ElicitView<'_> {
             options: request.options.clone(),
             default: request.default_value.clone(),
         };
-        let cancel = self.core.limits.shared.cancel.clone();
-        let answer = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return Err(ErrorCode::Cancelled),
-            a = tokio::time::timeout(shared.timeout, elicitor.elicit(prompt)) => match a {
-                Err(_) => return Err(ErrorCode::Timeout),
-                Ok(Err(ElicitRefusal::Cancelled)) => return Err(ErrorCode::Cancelled),
-                Ok(Err(ElicitRefusal::Unavailable(why))) => {
-                    // The operator side's reason (a terminal error, say) stays in the host log.
-                    tracing::warn!(capsule = %self.core.scoped.identity.name, reason = %why, "nobody can answer an elicit question");
-                    return Err(ErrorCode::Unknown("nobody can answer".into()));
-                }
-                Ok(Ok(answer)) => answer,
-            },
+        // The question races the hook's deadline too: a hook waiting for an answer nobody
+        // gives ends at its deadline, like any other wait of a bounded call.
+        let asked = tokio::time::timeout(shared.timeout, elicitor.elicit(prompt));
+        let answer = match self.core.limits.race(asked).await {
+            Err(overrun) => return Err(Refused::Overrun(overrun)),
+            Ok(None) => return Err(ErrorCode::Cancelled.into()),
+            Ok(Some(Err(_))) => return Err(ErrorCode::Timeout.into()),
+            Ok(Some(Ok(Err(ElicitRefusal::Cancelled)))) => return Err(ErrorCode::Cancelled.into()),
+            Ok(Some(Ok(Err(ElicitRefusal::Unavailable(why))))) => {
+                // The operator side's reason (a terminal error, say) stays in the host log.
+                tracing::warn!(capsule = %self.core.scoped.identity.name, reason = %why, "nobody can answer an elicit question");
+                return Err(ErrorCode::Unknown("nobody can answer".into()).into());
+            }
+            Ok(Some(Ok(Ok(answer)))) => answer,
         };
-        match (kind, answer) {
+        let out = match (kind, answer) {
             (ElicitKind::Secret, ElicitAnswer::Secret(value)) => {
                 let store = Arc::clone(&shared.secrets);
                 let (owner, capsule, key) = (
@@ -131,11 +133,11 @@ impl ElicitView<'_> {
                 let stored = self
                     .core
                     .limits
-                    .shared
                     .blocking(move || {
                         store.set(&SecretScope::Principal(owner), &capsule, &key, &value)
                     })
-                    .await;
+                    .await
+                    .map_err(Refused::Overrun)?;
                 match stored {
                     Some(Ok(Ok(()))) => Ok(ElicitResponse::SecretStored),
                     None => Err(ErrorCode::Cancelled),
@@ -154,7 +156,21 @@ impl ElicitView<'_> {
             (_, _) => Err(ErrorCode::Unknown(
                 "the answer does not match the kind of question".into(),
             )),
-        }
+        };
+        out.map_err(Refused::Code)
+    }
+}
+
+/// Why a question got no answer: a code the guest is told, or the hook's deadline, which
+/// traps the hook instead.
+enum Refused {
+    Code(ErrorCode),
+    Overrun(Interrupt),
+}
+
+impl From<ErrorCode> for Refused {
+    fn from(code: ErrorCode) -> Self {
+        Self::Code(code)
     }
 }
 
@@ -163,7 +179,11 @@ impl Host for ElicitView<'_> {
         &mut self,
         request: ElicitRequest,
     ) -> wasmtime::Result<Result<ElicitResponse, ErrorCode>> {
-        Ok(self.ask(request).await)
+        match self.ask(request).await {
+            Ok(answer) => Ok(Ok(answer)),
+            Err(Refused::Code(code)) => Ok(Err(code)),
+            Err(Refused::Overrun(overrun)) => Err(overrun.into()),
+        }
     }
 
     async fn has_secret(&mut self, key: String) -> wasmtime::Result<Result<bool, ErrorCode>> {
@@ -178,12 +198,11 @@ impl Host for ElicitView<'_> {
         let found = self
             .core
             .limits
-            .shared
             .blocking(move || -> Result<bool, capsule_store::SecretError> {
                 Ok(store.has(&SecretScope::Principal(owner), &capsule, &key)?
                     || store.has(&SecretScope::Host, &capsule, &key)?)
             })
-            .await;
+            .await?;
         Ok(match found {
             Some(Ok(Ok(has))) => Ok(has),
             None => Err(ErrorCode::Cancelled),

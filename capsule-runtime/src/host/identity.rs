@@ -205,13 +205,27 @@ impl IdentityView<'_> {
             (self.ctx.store.clone(), self.ctx.capsule.clone())
         {
             let reach = reach.clone();
-            match self
+            let done = self
                 .core
                 .limits
-                .shared
                 .blocking(move || work(&store, &capsule, &reach))
-                .await
-            {
+                .await;
+            let done = match done {
+                Ok(done) => done,
+                Err(overrun) => {
+                    // The work may still finish on its pool thread: the audit log says so.
+                    let scoped = self.core.scoped;
+                    tracing::info!(
+                        target: IDENTITY_TARGET,
+                        capsule = scoped.identity.name.as_str(),
+                        principal = scoped.principal().as_str(),
+                        op, subject = %field(&subject),
+                        error = %overrun, "identity call cut at its deadline, possibly done"
+                    );
+                    return Err(overrun.into());
+                }
+            };
+            match done {
                 None => Err(IdentityCallError::Unloading),
                 Some(Err(panic)) => {
                     return Err(wasmtime::Error::msg(format!(

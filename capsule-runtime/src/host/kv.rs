@@ -113,7 +113,7 @@ impl KvView<'_> {
             };
             op(&store, &ns, &room)
         };
-        match self.core.limits.shared.blocking(work).await {
+        match self.core.limits.blocking(work).await? {
             None => Ok(Err(ErrorCode::Unknown("the capsule is unloading".into()))),
             Some(Err(panic)) => Err(wasmtime::Error::msg(format!("KV worker failed: {panic}"))),
             Some(Ok(result)) => Ok(result.map_err(|e| self.failed(&e))),
@@ -148,14 +148,9 @@ impl KvView<'_> {
         let pending = match queue(self.ctx, &ns, room) {
             Ok(Ticket::Queued(pending)) => pending,
             Ok(Ticket::Lone(lone)) => {
-                // Dropped uncommitted if the capsule unloads before a worker is free.
-                return match self
-                    .core
-                    .limits
-                    .shared
-                    .blocking(move || lone.commit())
-                    .await
-                {
+                // Dropped uncommitted if the capsule unloads (or the call's deadline passes) before a
+                // worker is free.
+                return match self.core.limits.blocking(move || lone.commit()).await? {
                     None => Ok(Err(ErrorCode::Unknown("the capsule is unloading".into()))),
                     Some(Err(panic)) => {
                         Err(wasmtime::Error::msg(format!("KV worker failed: {panic}")))

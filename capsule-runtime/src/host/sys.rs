@@ -186,9 +186,8 @@ impl SysView<'_> {
         let found = match self
             .core
             .limits
-            .shared
             .blocking(move || store.resolve(&p, &c, &k))
-            .await
+            .await?
         {
             None => return Ok(Err(SysError::Cancelled)),
             Some(Err(panic)) => {

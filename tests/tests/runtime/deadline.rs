@@ -108,6 +108,8 @@ async fn every_host_wait_of_a_handler_ends_at_its_deadline_and_frees_the_slot() 
         ("recv", "{}"),
         ("sleep", "{}"),
         ("wasi-sleep", "{}"),
+        ("short-sleeps", "{}"),
+        ("wasi-short-sleeps", "{}"),
         ("tcp-stream", peer.as_str()),
         ("tcp-read", peer.as_str()),
     ] {

@@ -5,6 +5,7 @@ mod approval;
 mod approval_attacks;
 mod common;
 mod deadline;
+mod deadline_attack;
 mod density;
 mod dispatch;
 mod dual_version;

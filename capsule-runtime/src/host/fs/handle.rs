@@ -54,9 +54,8 @@ impl FsView<'_> {
         match self
             .core
             .limits
-            .shared
             .blocking(move || op(&file, charge.as_ref()))
-            .await
+            .await?
         {
             None => Ok(Err(FsError::Closed.code())),
             Some(Err(panic)) => Err(wasmtime::Error::msg(format!(

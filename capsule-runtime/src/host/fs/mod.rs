@@ -395,7 +395,7 @@ impl FsView<'_> {
             };
             op(&job)
         };
-        match self.core.limits.shared.blocking(work).await {
+        match self.core.limits.blocking(work).await? {
             None => Ok(Err(FsError::Closed.code())),
             Some(Err(panic)) => Err(wasmtime::Error::msg(format!(
                 "filesystem worker failed: {panic}"

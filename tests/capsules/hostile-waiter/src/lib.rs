@@ -105,6 +105,15 @@ fn wait(action: &str, payload: &[u8]) -> Result<String, String> {
                 return Ok(format!("sleep {e:?}"));
             }
         },
+        // Many waits, each far shorter than the deadline: only their sum passes it.
+        "short-sleeps" => loop {
+            if let Err(e) = sys::sleep_ns(100_000_000) {
+                return Ok(format!("sleep {e:?}"));
+            }
+        },
+        "wasi-short-sleeps" => loop {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        },
         "wasi-sleep" => {
             std::thread::sleep(HOUR);
             Ok("slept an hour".into())
