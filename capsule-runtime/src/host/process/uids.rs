@@ -152,29 +152,43 @@ impl UidMap {
     }
 }
 
-/// Gives the directory `dir` to `ids` with mode 0700: its owner's children work in it, and
-/// no other principal's child can open it.
-pub(crate) fn hand_over(dir: &impl AsFd, ids: Ids) -> Result<(), ProcessError> {
+/// Sets the owner, group and mode of the directory `dir`. A directory handle may be an
+/// `O_PATH` descriptor, which `fchown`/`fchmod` refuse: the owner is changed through the empty
+/// path of the descriptor itself, the mode through its `/proc/self/fd` link, which names
+/// exactly this directory and is never re-resolved.
+fn set_owner(dir: &impl AsFd, uid: u32, gid: u32, mode: u32) -> Result<(), ProcessError> {
     let fail = |e: std::io::Error| {
-        tracing::warn!(error = %e, "cannot give a working directory to its principal's user");
+        tracing::warn!(error = %e, "cannot give a directory to its principal's user");
         ProcessError::Unenforceable(
             "the principal's directories could not be given to its user id".into(),
         )
     };
     let fd = dir.as_fd().as_raw_fd();
-    // A directory handle may be an `O_PATH` descriptor, which `fchown`/`fchmod` refuse: the
-    // owner is changed through the empty path of the descriptor itself, the mode through its
-    // `/proc/self/fd` link, which names exactly this directory and is never re-resolved.
     // SAFETY: fchownat on a borrowed descriptor with a valid NUL-terminated empty path.
-    if unsafe { libc::fchownat(fd, c"".as_ptr(), ids.uid, ids.gid, libc::AT_EMPTY_PATH) } != 0 {
+    if unsafe { libc::fchownat(fd, c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) } != 0 {
         return Err(fail(std::io::Error::last_os_error()));
     }
     std::fs::set_permissions(
         format!("/proc/self/fd/{fd}"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
     )
-    .map_err(fail)?;
-    Ok(())
+    .map_err(fail)
+}
+
+/// Gives the directory `dir` to `ids` with mode 0700: its owner's children work in it, and
+/// no other principal's child can open it.
+pub(crate) fn hand_over(dir: &impl AsFd, ids: Ids) -> Result<(), ProcessError> {
+    set_owner(dir, ids.uid, ids.gid, 0o700)
+}
+
+/// Makes a principal's home root the host's, shared with the principal's group only, and
+/// sticky (mode 1770): the principal's children create and remove their own entries in it,
+/// while the host's entries (`.local`, `.config`) can be neither renamed, replaced nor
+/// removed by them, and no other principal's child can open it.
+pub(crate) fn secure_home(dir: &impl AsFd, ids: Ids) -> Result<(), ProcessError> {
+    // SAFETY: geteuid has no preconditions.
+    let host = unsafe { libc::geteuid() };
+    set_owner(dir, host, ids.gid, 0o1770)
 }
 
 #[cfg(test)]

@@ -1,0 +1,182 @@
+//! Attacks by a principal's own host processes, running under its own uid, on what the host
+//! keeps for that principal and on other principals: the host's places in the home (capsule
+//! log, env overlay) can be neither moved, replaced nor planted by a child, also in a home of
+//! the older layout the child owned outright; what the principal's capsules create through
+//! `astrid:fs` is the principal's children's to use and nobody else's; a FIFO, socket, symlink
+//! or hard link a child plants is refused by the guest at once; a child inherits nothing of the
+//! host (environment, descriptors), reaches nothing of another principal's child through
+//! `/proc`, gains nothing from a set-id binary, and a daemon it leaves behind dies with its
+//! group while its uid stays reserved. Real guests, real children, real uids (root host only;
+//! elsewhere children run as the host's user, as documented, and only that is asserted).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use capsule_runtime::Capsule;
+use capsule_runtime::process::UID_RECORD_FILE;
+use serde_json::{Value, json};
+
+use crate::common::{Host, err, host_in, ok};
+use crate::process::{call, gone};
+use crate::process_uids::{GRANTS, root, run, uid_host, uid_of};
+
+/// The grants, the home, and one declared config key, so an env overlay is observable by the
+/// guest.
+fn manifest() -> String {
+    format!(
+        "{GRANTS}fs_read = [\"home://\"]\nfs_write = [\"home://\"]\n\n\
+         [env.greeting]\ntype = \"text\"\ndefault = \"hello\"\n"
+    )
+}
+
+async fn load(h: &Host, name: &str) -> Capsule {
+    h.approve_all();
+    h.load(name, "proc-runner.wasm", &manifest()).await
+}
+
+async fn sh(c: &Capsule, who: &str, script: &str) -> Value {
+    run(c, who, "/bin/sh", &["-c", script]).await
+}
+
+fn code(r: &Value) -> &Value {
+    &ok(r)["exit"]["code"]
+}
+
+async fn greeting(c: &Capsule, who: &str) -> Value {
+    ok(&call(c, "config", json!({"key": "greeting"}), who).await).clone()
+}
+
+fn home(h: &Host, who: &str) -> std::path::PathBuf {
+    h.state().join("home").join(who)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_can_neither_move_nor_plant_the_hosts_places_in_its_home() {
+    let h = uid_host(3_100_400..=3_100_409);
+    let c = load(&h, "runner").await;
+    let alice = uid_of(&c, "alice").await;
+    if !root() {
+        c.unload().await;
+        return;
+    }
+    let meta = std::fs::metadata(home(&h, "alice")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (meta.uid(), u64::from(meta.gid()), meta.mode() & 0o7777),
+        (0, alice, 0o1770),
+        "the home is the host's, open to alice's group, sticky"
+    );
+    assert_eq!(greeting(&c, "alice").await, "hello");
+    // Move the host's directories aside and put the child's own in their place.
+    for script in [
+        "mv .config .config.old",
+        "mv .local .local.old",
+        "rm -rf .config",
+        "mkdir -p .config/env && echo '{\"greeting\":\"forged\"}' > .config/env/other.env.json",
+        "mkdir -p .local/log && echo planted > .local/log/other.log",
+    ] {
+        let r = sh(&c, "alice", script).await;
+        assert_ne!(code(&r), 0, "{script}: {r}");
+    }
+    // Nor by being given one of them as its working directory.
+    for cwd in ["home://.config", "home://.local", "home://.config/env"] {
+        let r = call(
+            &c,
+            "spawn",
+            json!({"cmd": "/bin/sh", "args": ["-c", "mv env x; mv log x"], "cwd": cwd}),
+            "alice",
+        )
+        .await;
+        assert_eq!(err(&r), "boundary-escape", "{cwd}");
+    }
+    let tmp = call(
+        &c,
+        "spawn",
+        json!({"cmd": "/bin/sh", "args": ["-c", "echo t > t && cat t"], "cwd": "home://.local/tmp"}),
+        "alice",
+    )
+    .await;
+    assert_eq!(ok(&tmp)["stdout"], "t\n", "its tmp stays its own");
+    // Another capsule reads alice's overlay and writes her log only where the host put them.
+    let other = load(&h, "other").await;
+    assert_eq!(greeting(&other, "alice").await, "hello");
+    ok(&call(
+        &other,
+        "log",
+        json!({"message": "for the host only"}),
+        "alice",
+    )
+    .await);
+    let read = sh(&other, "alice", "cat .local/log/other.log").await;
+    assert_ne!(code(&read), 0, "{read}");
+    let log = home(&h, "alice").join(".local/log/other.log");
+    let meta = std::fs::metadata(&log).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("for the host only") && !text.contains("planted"),
+        "{text}"
+    );
+    other.unload().await;
+    c.unload().await;
+}
+
+/// A home left by the older layout, owned outright by its principal's uid, still loads; what
+/// a child of that time planted in the host's places (a directory and overlay of its own) is
+/// refused, what the host made there is used, and the home is the host's again on the next
+/// spawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_layout_home_loads_and_what_its_child_planted_is_refused() {
+    let (alice, bob) = (3_100_500u32, 3_100_501u32);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let state = dir.path();
+    let plant = |who: &str, uid: u32, owner_of_config: u32, greeting: &str| {
+        let home = state.join("home").join(who);
+        std::fs::create_dir_all(home.join(".config/env")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(home.join(".local/tmp")).unwrap_or_else(|e| panic!("{e}"));
+        let overlay = home.join(".config/env/runner.env.json");
+        std::fs::write(&overlay, json!({ "greeting": greeting }).to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(home.join("mine.txt"), "kept").unwrap_or_else(|e| panic!("{e}"));
+        if root() {
+            for (p, u) in [
+                (home.clone(), uid),
+                (home.join("mine.txt"), uid),
+                (home.join(".local/tmp"), uid),
+                (home.join(".config"), owner_of_config),
+                (home.join(".config/env"), owner_of_config),
+                (overlay, owner_of_config),
+            ] {
+                std::os::unix::fs::chown(&p, Some(u), Some(u)).unwrap_or_else(|e| panic!("{e}"));
+            }
+            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    };
+    // Alice's overlay is the operator's; bob's child replaced his `.config` with its own.
+    plant("alice", alice, 0, "operator hi");
+    plant("bob", bob, bob, "forged");
+    std::fs::write(
+        state.join(UID_RECORD_FILE),
+        json!({"alice": alice, "bob": bob}).to_string(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let h = host_in(dir, |c| c.process_uids = Some(3_100_500..=3_100_509));
+    let c = load(&h, "runner").await;
+    assert_eq!(greeting(&c, "alice").await, "operator hi");
+    if !root() {
+        c.unload().await;
+        return;
+    }
+    assert_eq!(
+        greeting(&c, "bob").await,
+        "hello",
+        "an overlay the host did not make is ignored"
+    );
+    assert_eq!(uid_of(&c, "alice").await, u64::from(alice));
+    let meta = std::fs::metadata(home(&h, "alice")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o1770));
+    let mine = sh(&c, "alice", "cat mine.txt && echo more >> mine.txt").await;
+    assert_eq!(ok(&mine)["stdout"], "kept", "{mine}");
+    assert_eq!(code(&mine), 0);
+    c.unload().await;
+}
