@@ -10,14 +10,13 @@
 //! elsewhere children run as the host's user, as documented, and only that is asserted).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
 
 use capsule_runtime::Capsule;
 use capsule_runtime::process::UID_RECORD_FILE;
 use serde_json::{Value, json};
 
 use crate::common::{Host, err, host_in, ok};
-use crate::process::{call, gone};
+use crate::process::call;
 use crate::process_uids::{GRANTS, root, run, uid_host, uid_of};
 
 /// The grants, the home, and one declared config key, so an env overlay is observable by the
@@ -178,5 +177,129 @@ async fn an_old_layout_home_loads_and_what_its_child_planted_is_refused() {
     let mine = sh(&c, "alice", "cat mine.txt && echo more >> mine.txt").await;
     assert_eq!(ok(&mine)["stdout"], "kept", "{mine}");
     assert_eq!(code(&mine), 0);
+    c.unload().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_capsule_makes_for_its_principal_is_that_principals_processes_to_use() {
+    let h = uid_host(3_100_600..=3_100_609);
+    let c = load(&h, "runner").await;
+    let alice = uid_of(&c, "alice").await;
+    let bob = uid_of(&c, "bob").await;
+    let write = |path: &str, content: &str| json!({"path": path, "content": content});
+    ok(&call(
+        &c,
+        "fs-write",
+        write("home://made.txt", "by the capsule"),
+        "alice",
+    )
+    .await);
+    ok(&call(&c, "fs-mkdir-all", json!({"path": "home://d/e"}), "alice").await);
+    ok(&call(&c, "fs-write", write("home://d/e/f.txt", "deep"), "alice").await);
+    ok(&call(&c, "fs-write", write("/tmp/scratch.txt", "tmp"), "alice").await);
+    let used = sh(
+        &c,
+        "alice",
+        "cat made.txt && echo ' and the child' >> made.txt && cat d/e/f.txt && \
+         echo new > d/e/new.txt && cat d/e/new.txt",
+    )
+    .await;
+    assert_eq!(code(&used), 0, "{used}");
+    let back = call(&c, "fs-read", json!({"path": "home://made.txt"}), "alice").await;
+    assert_eq!(ok(&back), "by the capsule and the child\n");
+    if !root() {
+        c.unload().await;
+        return;
+    }
+    assert!(
+        ok(&used)["stdout"]
+            .as_str()
+            .is_some_and(|s| s.contains("deep"))
+    );
+    for rel in [
+        "made.txt",
+        "d",
+        "d/e",
+        "d/e/f.txt",
+        ".local/tmp/scratch.txt",
+    ] {
+        let m = std::fs::metadata(home(&h, "alice").join(rel)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (u64::from(m.uid()), u64::from(m.gid())),
+            (alice, alice),
+            "{rel}"
+        );
+        assert_eq!(m.mode() & 0o077, 0, "{rel} is private to alice");
+    }
+    // Bob's child reaches none of it, even with the state directory opened up.
+    for open in [h.state().to_path_buf(), h.state().join("home")] {
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let target = home(&h, "alice").join("made.txt");
+    let theirs = sh(
+        &c,
+        "bob",
+        &format!("cat {0}; echo x >> {0}", target.display()),
+    )
+    .await;
+    assert_eq!(ok(&theirs)["stdout"], "", "{theirs}");
+    assert_ne!(code(&theirs), 0);
+    assert_ne!(bob, alice);
+    c.unload().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_child_plants_in_its_home_is_refused_by_the_guest_at_once() {
+    let h = uid_host(3_100_700..=3_100_709);
+    let c = load(&h, "runner").await;
+    uid_of(&c, "alice").await;
+    let planted = sh(
+        &c,
+        "alice",
+        "mkfifo fifo && ln -s /etc/hostname outside && ln -s fifo inside && echo mine > plain",
+    )
+    .await;
+    assert_eq!(code(&planted), 0, "{planted}");
+    // A socket bound where the child could have bound it, and a hard link to a host file that
+    // the child could make on a host without `protected_hardlinks`.
+    let listener = std::os::unix::net::UnixListener::bind(home(&h, "alice").join("sock"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let victim = h.state().join("host-secret");
+    std::fs::write(&victim, "host secret").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::hard_link(&victim, home(&h, "alice").join("linked")).unwrap_or_else(|e| panic!("{e}"));
+    // Without uids of their own, children run as the host's user and could write the host
+    // file directly; the link check is for a principal with its own uid.
+    let planted: &[&str] = if root() {
+        &["fifo", "inside", "outside", "sock", "linked"]
+    } else {
+        &["fifo", "inside", "outside", "sock"]
+    };
+    let plain = call(&c, "fs-read", json!({"path": "home://plain"}), "alice").await;
+    assert_eq!(ok(&plain), "mine\n", "what the child made is readable");
+    let refused = |r: &Value| {
+        let e = err(r);
+        e.starts_with("fs:") && !e.contains("CapabilityDenied")
+    };
+    for path in planted {
+        let path = format!("home://{path}");
+        let r = call(&c, "fs-read", json!({"path": path}), "alice").await;
+        assert!(refused(&r), "{path}: {r}");
+        let w = call(
+            &c,
+            "fs-write",
+            json!({"path": path, "content": "x"}),
+            "alice",
+        )
+        .await;
+        assert!(refused(&w), "{path}: {w}");
+    }
+    if root() {
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap_or_default(),
+            "host secret"
+        );
+    }
+    drop(listener);
     c.unload().await;
 }

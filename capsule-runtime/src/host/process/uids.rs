@@ -114,6 +114,22 @@ impl UidMap {
         Ok(Some(Ids { uid: id, gid: id }))
     }
 
+    /// The ids already recorded for `principal`, assigning nothing; `None` without a range, on
+    /// a host that is not root, or when the record cannot be used (a spawn then says why).
+    pub(crate) fn recorded(&self, principal: &PrincipalId) -> Option<Ids> {
+        let range = self.range.as_ref()?;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        let mut guard = self.table.lock();
+        if guard.is_none() {
+            *guard = Some(self.read().ok()?);
+        }
+        let id = *guard.as_ref()?.get(principal.as_str())?;
+        (range.contains(&id) && assignable(id)).then_some(Ids { uid: id, gid: id })
+    }
+
     fn read(&self) -> Result<BTreeMap<String, u32>, ProcessError> {
         let text = match std::fs::read_to_string(&self.file) {
             Ok(t) => t,

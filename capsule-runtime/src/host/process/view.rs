@@ -60,10 +60,12 @@ fn own_dirs(
     if let Some(home) = home {
         let root = open(home)?;
         secure_home(&root, ids)?;
+        home.give_to(ids.uid, ids.gid);
         home_id = Some(id(&root)?);
     }
     if let Some(tmp) = tmp {
         hand_over(&open(tmp)?, ids)?;
+        tmp.give_to(ids.uid, ids.gid);
     }
     if home_id == Some(id(cwd)?) {
         return Ok(());
