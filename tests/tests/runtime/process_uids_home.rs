@@ -10,13 +10,14 @@
 //! elsewhere children run as the host's user, as documented, and only that is asserted).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 
 use capsule_runtime::Capsule;
 use capsule_runtime::process::UID_RECORD_FILE;
 use serde_json::{Value, json};
 
 use crate::common::{Host, err, host_in, ok};
-use crate::process::call;
+use crate::process::{call, gone};
 use crate::process_uids::{GRANTS, root, run, uid_host, uid_of};
 
 /// The grants, the home, and one declared config key, so an env overlay is observable by the
@@ -301,5 +302,121 @@ async fn what_a_child_plants_in_its_home_is_refused_by_the_guest_at_once() {
         );
     }
     drop(listener);
+    c.unload().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_inherits_nothing_of_the_host_and_reaches_nothing_of_another_principals_child() {
+    // A descriptor the host holds without close-on-exec, as one inherited from whoever
+    // started it would be.
+    let leaked = {
+        let f = std::fs::File::open("/dev/null").unwrap_or_else(|e| panic!("{e}"));
+        // SAFETY: dup onto an unused high descriptor without close-on-exec.
+        let fd = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_DUPFD, 900) };
+        assert!(fd >= 900);
+        fd
+    };
+    let h = uid_host(3_100_800..=3_100_809);
+    let c = load(&h, "runner").await;
+    let env = sh(&c, "alice", "exec env").await;
+    let env = ok(&env)["stdout"].as_str().unwrap_or("").to_string();
+    assert!(
+        !env.contains("HOME=") && !env.contains("SSH_AUTH_SOCK") && !env.contains("/root"),
+        "{env}"
+    );
+    let fds = sh(&c, "alice", "exec ls /proc/self/fd").await;
+    let fds: Vec<u32> = ok(&fds)["stdout"]
+        .as_str()
+        .unwrap_or("")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(
+        fds.iter().all(|fd| *fd <= 3),
+        "the child holds host descriptors: {fds:?}"
+    );
+    // SAFETY: closing the descriptor this test opened.
+    unsafe { libc::close(leaked) };
+    if !root() {
+        c.unload().await;
+        return;
+    }
+    // Bob's child with a secret in its environment and a working directory of its own.
+    let r = call(
+        &c,
+        "persist",
+        json!({"cmd": "/bin/sleep", "args": ["1000"], "env": [["SECRET", "bobs-secret"]]}),
+        "bob",
+    )
+    .await;
+    let id = ok(&r).as_str().unwrap_or_else(|| panic!("{r}")).to_string();
+    let s = call(&c, "status", json!({"id": id}), "bob").await;
+    let pid = ok(&s)["pid"].as_u64().unwrap_or_else(|| panic!("{s}"));
+    for probe in [
+        "cat /proc/PID/environ",
+        "head -c 64 /proc/PID/mem",
+        "ls /proc/PID/root/",
+        "ls /proc/PID/cwd/",
+        "ls /proc/PID/fd/",
+    ] {
+        let probe = probe.replace("PID", &pid.to_string());
+        let r = sh(&c, "alice", &probe).await;
+        let out = ok(&r)["stdout"].as_str().unwrap_or("");
+        assert!(
+            !out.contains("bobs-secret") && out.is_empty(),
+            "{probe}: {r}"
+        );
+    }
+    // Nor can it trace or signal it.
+    let r = sh(&c, "alice", &format!("kill -STOP {pid}")).await;
+    assert_ne!(code(&r), 0);
+    // A set-user-id binary in alice's home (the host's, made before children were the
+    // principal's) runs with alice's ids only.
+    let planted = home(&h, "alice").join("setid");
+    std::fs::copy("/usr/bin/id", &planted).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o6755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let alice = uid_of(&c, "alice").await;
+    let ids = sh(&c, "alice", "./setid -u; ./setid -g").await;
+    assert_eq!(ok(&ids)["stdout"], format!("{alice}\n{alice}\n"), "{ids}");
+    let stopped = call(&c, "stop", json!({"id": id}), "bob").await;
+    ok(&stopped);
+    c.unload().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_a_child_leaves_behind_dies_and_its_uid_stays_reserved() {
+    let h = uid_host(3_100_900..=3_100_901);
+    let c = load(&h, "runner").await;
+    let alice = uid_of(&c, "alice").await;
+    let r = sh(
+        &c,
+        "alice",
+        "setsid /bin/sleep 1000 </dev/null >/dev/null 2>&1 & echo $!",
+    )
+    .await;
+    let daemon: u64 = ok(&r)["stdout"]
+        .as_str()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{r}"));
+    // The leader is gone; whatever it left in its group is killed with it (bounded wait).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !gone(daemon) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(gone(daemon), "the daemon outlived its leader");
+    c.unload().await;
+    drop(c);
+    if !root() {
+        return;
+    }
+    // Its uid is still alice's: bob gets the other one, carol none.
+    let c = load(&h, "again").await;
+    assert_eq!(uid_of(&c, "alice").await, alice);
+    let bob = uid_of(&c, "bob").await;
+    assert_ne!(bob, alice);
+    let carol = run(&c, "carol", "/usr/bin/id", &["-u"]).await;
+    assert_eq!(err(&carol), "quota");
+    assert!(Path::new(&h.state().join(UID_RECORD_FILE)).exists());
     c.unload().await;
 }
