@@ -20,6 +20,8 @@ use parking_lot::Mutex;
 
 use super::ProcessError;
 
+mod record;
+
 /// The record's file name inside the state directory.
 pub const UID_RECORD_FILE: &str = "process-uids.json";
 
@@ -131,21 +133,10 @@ impl UidMap {
     }
 
     fn read(&self) -> Result<BTreeMap<String, u32>, ProcessError> {
-        let text = match std::fs::read_to_string(&self.file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-            Err(e) => return Err(unreadable(&self.file, e)),
+        let Some(range) = &self.range else {
+            return Ok(BTreeMap::new());
         };
-        let table: BTreeMap<String, u32> =
-            serde_json::from_str(&text).map_err(|e| unreadable(&self.file, e))?;
-        let mut seen = std::collections::HashSet::new();
-        if let Some((p, id)) = table.iter().find(|(_, id)| !seen.insert(**id)) {
-            return Err(unreadable(
-                &self.file,
-                format!("user id {id} is recorded for more than one principal (`{p}`)"),
-            ));
-        }
-        Ok(table)
+        record::load(&self.file, range)
     }
 
     /// Replaces the record atomically (a new file renamed over the old one).
