@@ -2,7 +2,9 @@
 //! capsule (and every scope) of a principal shares the directory handles the first of them
 //! opened, so descriptors grow with the principals acting, never with the capsules loaded.
 //! The handles are opened exactly as a single load opens them (from the state directory,
-//! refusing a link in place of the home or its tmp) and closed once nothing holds them.
+//! refusing a link in place of the home or its tmp) and closed once nothing holds them. A
+//! principal with a recorded user id of its own gets what its capsules create in them owned
+//! by that id from the first open on, so its processes can use it.
 
 use std::collections::HashMap;
 use std::io;
@@ -29,6 +31,8 @@ type Held = (Weak<Mount>, Weak<Mount>);
 pub(crate) struct Homes {
     layout: StateLayout,
     open: Mutex<HashMap<PrincipalId, Held>>,
+    /// The user ids of principals' processes, if the runtime assigns them.
+    owners: Option<Arc<crate::host::process::UidMap>>,
 }
 
 impl Homes {
@@ -36,6 +40,18 @@ impl Homes {
         Self {
             layout,
             open: Mutex::new(HashMap::new()),
+            owners: None,
+        }
+    }
+
+    /// Homes whose new files belong to the principal's recorded user id in `owners`.
+    pub(crate) fn with_owners(
+        layout: StateLayout,
+        owners: Arc<crate::host::process::UidMap>,
+    ) -> Self {
+        Self {
+            owners: Some(owners),
+            ..Self::new(layout)
         }
     }
 
@@ -48,6 +64,10 @@ impl Homes {
             return Ok(SharedDirs { home, tmp });
         }
         let PrincipalDirs { home, tmp } = self.layout.open_principal_dirs(principal)?;
+        if let Some(ids) = self.owners.as_ref().and_then(|o| o.recorded(principal)) {
+            home.give_to(ids.uid, ids.gid);
+            tmp.give_to(ids.uid, ids.gid);
+        }
         let dirs = SharedDirs {
             home: Arc::new(home),
             tmp: Arc::new(tmp),

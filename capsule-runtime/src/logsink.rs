@@ -187,6 +187,9 @@ mod tests {
         let home = home(state.path());
         let local = home.root().join(".local");
         std::fs::create_dir_all(&local).unwrap_or_else(|e| panic!("{e}"));
+        // The host made `.local/log` when it opened the home; a process of the principal's
+        // swaps a link in.
+        std::fs::remove_dir(local.join("log")).unwrap_or_else(|e| panic!("{e}"));
         std::os::unix::fs::symlink(outside.path(), local.join("log"))
             .unwrap_or_else(|e| panic!("{e}"));
         let sink = LogSink::lazy(home, "pong");

@@ -10,6 +10,7 @@ use cap_std::ambient_authority;
 use cap_std::fs::{Dir, DirBuilder, OpenOptions};
 use capsule_ids::{CapsuleName, PrincipalId};
 
+use crate::hostfile::{host_file, open_host_dir};
 use crate::mount::Mount;
 use crate::walk::Visit;
 
@@ -97,33 +98,27 @@ fn open_log_file(logs: &Dir, name: &str) -> io::Result<std::fs::File> {
     opts.follow(FollowSymlinks::No);
     #[cfg(unix)]
     opts.mode(0o600);
-    regular(logs.open_with(name, opts.nonblock(true))?)
-}
-
-/// `file` if it is a regular file. Host files in a home are opened without blocking and
-/// checked, because a principal's own processes can put a FIFO where one is expected, and
-/// opening that would hold a host thread until someone opened the other end.
-fn regular(file: cap_std::fs::File) -> io::Result<std::fs::File> {
-    if file.metadata()?.is_file() {
-        Ok(file.into_std())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ))
-    }
+    host_file(logs.open_with(name, opts.nonblock(true))?, Path::new(name))
 }
 
 /// Largest host-written file (an env overlay) read back from a home.
 const MAX_HOST_FILE_BYTES: u64 = 1024 * 1024;
 
-/// Reads a host-written UTF-8 file under `home`, not following a symlink at its last
-/// component, refusing anything but a regular file of at most [`MAX_HOST_FILE_BYTES`].
+/// Reads a host-written UTF-8 file under `home`, following no symlink on the way, refusing
+/// anything but a regular file of at most [`MAX_HOST_FILE_BYTES`] that the host made (see
+/// [`host_file`]).
 fn read_host_file(home: &Dir, rel: &Path) -> io::Result<String> {
     use std::io::Read;
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a host file is named by a path with a parent",
+        ));
+    };
+    let dir = open_host_dir(home, parent, false)?;
     let mut opts = OpenOptions::new();
     opts.read(true).follow(FollowSymlinks::No).nonblock(true);
-    let file = regular(home.open_with(rel, &opts)?)?;
+    let file = host_file(dir.open_with(name, &opts)?, rel)?;
     let mut text = String::new();
     file.take(MAX_HOST_FILE_BYTES + 1)
         .read_to_string(&mut text)?;
@@ -239,6 +234,13 @@ impl StateLayout {
         let home = self.open_home(principal)?;
         let tmp_rel = Path::new(".local").join("tmp");
         home.create_dir_with(&tmp_rel, &Self::private_dir_builder())?;
+        // The host's own places exist before any child of the principal runs, so none can
+        // make them first; one that is not the host's is refused when it is used.
+        for own in HOST_SUBTREES {
+            if let Err(e) = open_host_dir(&home, Path::new(own), true) {
+                tracing::warn!(%principal, dir = own, error = %e, "a host directory of a home is not the host's");
+            }
+        }
         let tmp = Mount::from_dir(
             home.open_dir_nofollow(&tmp_rel)?,
             self.home(principal).join(&tmp_rel),
@@ -264,9 +266,7 @@ impl StateLayout {
     }
 
     fn open_log_in(home: &Dir, capsule: &str) -> io::Result<LogFile> {
-        let logs = Path::new(".local").join("log");
-        home.create_dir_with(&logs, &Self::private_dir_builder())?;
-        let dir = home.open_dir_nofollow(&logs)?;
+        let dir = open_host_dir(home, &Path::new(".local").join("log"), true)?;
         let name = format!("{capsule}.log");
         let file = open_log_file(&dir, &name)?;
         Ok(LogFile { dir, name, file })

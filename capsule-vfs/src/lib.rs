@@ -41,6 +41,7 @@
 //! ```
 
 mod error;
+mod hostfile;
 mod layout;
 mod mount;
 mod overlay;

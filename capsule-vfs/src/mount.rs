@@ -1,8 +1,10 @@
 //! A `Mount` is a cap-std directory handle: every path is resolved by cap-std relative to it, so
 //! no `..`, absolute path or symlink can leave it. `Tree` is the set of operations both a plain
 //! mount and the overlay workspace provide. What a mount creates is private to the host user
-//! (files 0600, directories 0700, whatever the umask), and no entry below a mount gets a path
-//! longer than a guest path may be, so every walk of a mount stays bounded.
+//! (files 0600, directories 0700, whatever the umask) or, once the mount is given to a
+//! principal's own user ([`Mount::give_to`]), to that user; such a mount uses a file with a
+//! second name only if it is that user's. No entry below a mount gets a path longer than a
+//! guest path may be, so every walk of a mount stays bounded.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -296,6 +298,8 @@ pub(crate) fn same_file(from: &Path, to: &Path) -> VfsError {
 pub struct Mount {
     dir: Dir,
     root: PathBuf,
+    /// The user and group what this mount creates is given to, once set.
+    owner: std::sync::OnceLock<(u32, u32)>,
 }
 
 impl Mount {
@@ -314,6 +318,7 @@ impl Mount {
         Ok(Self {
             dir: Dir::open_ambient_dir(root, ambient_authority())?,
             root: root.to_path_buf(),
+            owner: std::sync::OnceLock::new(),
         })
     }
 
@@ -324,12 +329,106 @@ impl Mount {
         Ok(Self {
             dir: open_dir_no_links(root)?,
             root: root.to_path_buf(),
+            owner: std::sync::OnceLock::new(),
         })
     }
 
     /// Wraps an already-open directory handle rooted at `root`.
     pub fn from_dir(dir: Dir, root: PathBuf) -> Self {
-        Self { dir, root }
+        Self {
+            dir,
+            root,
+            owner: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// From now on, every file and directory this mount creates belongs to user `uid` and
+    /// group `gid` (a principal's own ids, so its processes can use what its capsules made);
+    /// what exists already is left as it is. The first owner set stays.
+    pub fn give_to(&self, uid: u32, gid: u32) {
+        let _first = self.owner.set((uid, gid));
+    }
+
+    /// Gives the entry open as `fd`, which this mount just created, to the mount's owner.
+    fn give(&self, fd: &impl std::os::fd::AsFd, p: &Path) -> Result<(), VfsError> {
+        let Some(&(uid, gid)) = self.owner.get() else {
+            return Ok(());
+        };
+        // The empty path with `AT_EMPTY_PATH` changes the descriptor's own inode, also for a
+        // directory handle opened `O_PATH`; nothing is resolved again.
+        rustix::fs::chownat(
+            fd,
+            "",
+            Some(rustix::fs::Uid::from_raw_unchecked(uid)),
+            Some(rustix::fs::Gid::from_raw_unchecked(gid)),
+            rustix::fs::AtFlags::EMPTY_PATH,
+        )
+        .map_err(|e| VfsError::from_io(p, e.into()))
+    }
+
+    /// Opens `p` with `opts`, which may create it, emptying it if `truncate`; a file this call
+    /// creates is given to the mount's owner, one that exists is opened as it is. The file is
+    /// emptied only once it passed the checks of [`Self::open_regular`]: a truncating open
+    /// would empty whatever a link planted there leads to before anything is checked.
+    fn open_owned(
+        &self,
+        p: &Path,
+        opts: &OpenOptions,
+        truncate: bool,
+    ) -> Result<cap_std::fs::File, VfsError> {
+        let file = self.open_created(p, opts)?;
+        if truncate {
+            file.set_len(0).map_err(Self::err(p))?;
+        }
+        Ok(file)
+    }
+
+    fn open_created(&self, p: &Path, opts: &OpenOptions) -> Result<cap_std::fs::File, VfsError> {
+        if self.owner.get().is_none() {
+            return self.open_regular(p, &mut opts.clone());
+        }
+        let mut fresh = opts.clone();
+        fresh.create_new(true);
+        match self.open_regular(p, &mut fresh) {
+            Ok(file) => {
+                self.give(&file, p)?;
+                Ok(file)
+            }
+            // An existing file is opened without `O_CREAT`, which a kernel with
+            // `protected_regular` refuses even to root for a file of the principal's in a
+            // sticky directory of the host's (the home).
+            Err(VfsError::AlreadyExists(_)) => self.open_regular(p, opts.clone().create(false)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the directory `p` (and, with `all`, its missing parents), giving each one
+    /// created to the mount's owner.
+    fn create_dirs_owned(&self, p: &Path, all: bool) -> Result<(), VfsError> {
+        use cap_fs_ext::DirExt;
+        let make = |q: &Path| -> Result<(), VfsError> {
+            self.dir
+                .create_dir_with(q, &Self::private_dirs(false))
+                .map_err(Self::err(q))?;
+            let made = self.dir.open_dir_nofollow(q).map_err(Self::err(q))?;
+            self.give(&made, q)
+        };
+        if !all {
+            return make(p);
+        }
+        let mut prefix = PathBuf::new();
+        for part in p.components() {
+            prefix.push(part);
+            match make(&prefix) {
+                Ok(()) | Err(VfsError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.stat(p, true)?.is_dir() {
+            Ok(())
+        } else {
+            Err(VfsError::AlreadyExists(p.display().to_string()))
+        }
     }
 
     /// The host directory this mount is rooted at.
@@ -360,12 +459,25 @@ impl Mount {
             .dir
             .open_with(at(p), opts.nonblock(true))
             .map_err(Self::err(p))?;
-        let kind = file.metadata().map_err(Self::err(p))?.file_type();
+        let meta = file.metadata().map_err(Self::err(p))?;
+        let kind = meta.file_type();
         if kind.is_dir() {
             return Err(VfsError::IsDirectory(p.display().to_string()));
         }
         if !kind.is_file() {
             return Err(VfsError::NotAFile(p.display().to_string()));
+        }
+        // A principal's processes can hard-link a file of the host's into the tree (where the
+        // kernel does not stop them): the host would read or write it for them. A file with
+        // another name is used only if it is the principal's own.
+        if let Some(&(uid, _)) = self.owner.get()
+            && meta.nlink() > 1
+            && meta.uid() != uid
+        {
+            return Err(VfsError::Access(format!(
+                "{} has another name and is not the principal's own",
+                p.display()
+            )));
         }
         Ok(file)
     }
@@ -456,14 +568,15 @@ impl Tree for Mount {
         Self::private(opts.write(true).create(true));
         if append {
             opts.append(true);
-        } else {
-            opts.truncate(true);
         }
-        let file = self.open_regular(p, &mut opts)?;
+        let file = self.open_owned(p, &opts, !append)?;
         file.into_std().write_all(data).map_err(Self::err(p))
     }
 
     fn create_dir(&self, p: &Path, all: bool) -> Result<(), VfsError> {
+        if self.owner.get().is_some() {
+            return self.create_dirs_owned(p, all);
+        }
         self.dir
             .create_dir_with(at(p), &Self::private_dirs(all))
             .map_err(Self::err(p))
@@ -541,10 +654,12 @@ impl Tree for Mount {
             .open_with(&staging, &opts)
             .map_err(Self::err(to))?
             .into_std();
-        let copied = walk::copy_data(&src, &dst, ctl).and_then(|_| {
-            self.dir
-                .rename(&staging, &self.dir, at(to))
-                .map_err(Self::err(to))
+        let copied = self.give(&dst, to).and_then(|()| {
+            walk::copy_data(&src, &dst, ctl).and_then(|_| {
+                self.dir
+                    .rename(&staging, &self.dir, at(to))
+                    .map_err(Self::err(to))
+            })
         });
         if copied.is_err() {
             // Best effort: the staging file is the host's, never a guest's data.
@@ -575,12 +690,14 @@ impl Tree for Mount {
     fn open(&self, p: &Path, mode: OpenMode, _ctl: &Ctl<'_>) -> Result<std::fs::File, VfsError> {
         let mut opts = OpenOptions::new();
         match mode {
-            OpenMode::Read => opts.read(true),
-            OpenMode::Write => Self::private(opts.write(true).create(true).truncate(true)),
+            OpenMode::Read => return Ok(self.open_regular(p, opts.read(true))?.into_std()),
+            OpenMode::Write => Self::private(opts.write(true).create(true)),
             OpenMode::Append => Self::private(opts.append(true).create(true)),
             OpenMode::ReadWrite => Self::private(opts.read(true).write(true).create(true)),
         };
-        Ok(self.open_regular(p, &mut opts)?.into_std())
+        Ok(self
+            .open_owned(p, &opts, matches!(mode, OpenMode::Write))?
+            .into_std())
     }
     fn usage(
         &self,

@@ -146,6 +146,10 @@ impl Runtime {
         let host_policy = config.host_policy()?;
         start_epoch_ticker(&engine, config.epoch_mode, config.epoch_window)?;
         let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(config.inbound_capacity);
+        let uids = Arc::new(host::process::UidMap::new(
+            config.process_uids.clone(),
+            &config.state_dir,
+        ));
         let allowances = AllowanceStore::open(&kv)
             .inspect_err(|e| tracing::warn!(error = %e, "approval allowances unavailable"))
             .ok();
@@ -165,15 +169,13 @@ impl Runtime {
                     inbound: inbound_tx,
                     net: host::http::NetServices::new(&host_policy, &config),
                     approvals: Arc::new(Desk::new(allowances)),
-                    processes: Arc::new(host::process::Keeper::new(host::process::UidMap::new(
-                        config.process_uids.clone(),
-                        &config.state_dir,
-                    ))),
+                    processes: Arc::new(host::process::Keeper::new(Arc::clone(&uids))),
                 },
                 profiles: Arc::new(ProfileCache::new(config.state_dir.clone())),
-                homes: Arc::new(crate::homes::Homes::new(StateLayout::new(
-                    config.state_dir.clone(),
-                ))),
+                homes: Arc::new(crate::homes::Homes::with_owners(
+                    StateLayout::new(config.state_dir.clone()),
+                    uids,
+                )),
                 ledger: Arc::new(MemoryLedger::default()),
                 io: Arc::new(Semaphore::new(config.io_concurrency)),
                 blocking: Arc::new(Semaphore::new(config.blocking_concurrency)),

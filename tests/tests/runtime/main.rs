@@ -32,6 +32,7 @@ mod process;
 mod process_attacks;
 mod process_reload;
 mod process_uids;
+mod process_uids_home;
 mod reload_attacks;
 mod sdk;
 mod storage;

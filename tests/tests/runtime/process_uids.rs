@@ -17,38 +17,38 @@ use crate::common::{Host, audit_events, err, host_in, host_with, ok, pid};
 use crate::process::{call, gone};
 
 /// Programs the operator grants in these tests.
-const GRANTS: &str = r#"[capabilities]
+pub(crate) const GRANTS: &str = r#"[capabilities]
 host_process = ["/usr/bin/id", "/bin/kill", "/bin/cat", "/bin/sleep", "/bin/sh"]
 allow_persistent = true
 "#;
 
 /// Whether this test process is root, and so whether children take a uid of their own.
-fn root() -> bool {
+pub(crate) fn root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-fn host_uid() -> u64 {
+pub(crate) fn host_uid() -> u64 {
     std::fs::metadata("/proc/self")
         .map(|m| u64::from(m.uid()))
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn uid_host(range: RangeInclusive<u32>) -> Host {
+pub(crate) fn uid_host(range: RangeInclusive<u32>) -> Host {
     host_with(move |c| c.process_uids = Some(range))
 }
 
-async fn load(h: &Host, name: &str) -> Capsule {
+pub(crate) async fn load(h: &Host, name: &str) -> Capsule {
     h.approve_all();
     h.load(name, "proc-runner.wasm", GRANTS).await
 }
 
 /// Runs `cmd args…` to completion for `who` and returns its answer.
-async fn run(c: &Capsule, who: &str, cmd: &str, args: &[&str]) -> Value {
+pub(crate) async fn run(c: &Capsule, who: &str, cmd: &str, args: &[&str]) -> Value {
     call(c, "spawn", json!({"cmd": cmd, "args": args}), who).await
 }
 
 /// The user id `who`'s child reports (`id -u`).
-async fn uid_of(c: &Capsule, who: &str) -> u64 {
+pub(crate) async fn uid_of(c: &Capsule, who: &str) -> u64 {
     let r = run(c, who, "/usr/bin/id", &["-u"]).await;
     ok(&r)["stdout"]
         .as_str()
@@ -57,7 +57,7 @@ async fn uid_of(c: &Capsule, who: &str) -> u64 {
 }
 
 /// The real, effective, saved and filesystem ids on one `/proc/<pid>/status` line.
-fn proc_ids(pid: u64, key: &str) -> Vec<u64> {
+pub(crate) fn proc_ids(pid: u64, key: &str) -> Vec<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("{pid}: {e}"));
     status
@@ -71,7 +71,7 @@ fn proc_ids(pid: u64, key: &str) -> Vec<u64> {
         .unwrap_or_else(|| panic!("no {key} for {pid}"))
 }
 
-async fn persist_sleeper(c: &Capsule, who: &str) -> (String, u64) {
+pub(crate) async fn persist_sleeper(c: &Capsule, who: &str) -> (String, u64) {
     let r = call(
         c,
         "persist",
@@ -155,8 +155,12 @@ async fn each_principal_runs_as_its_own_uid_and_cannot_signal_or_read_another() 
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755))
             .unwrap_or_else(|e| panic!("{e}"));
     }
+    // The home itself stays the host's, open to bob's group only (see `process_uids_home`).
     let meta = std::fs::metadata(&bob_home).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((u64::from(meta.uid()), meta.mode() & 0o777), (bob, 0o700));
+    assert_eq!(
+        (meta.uid(), u64::from(meta.gid()), meta.mode() & 0o7777),
+        (0, bob, 0o1770)
+    );
     let secret = bob_home.join("secret.txt");
     let secret = secret.to_string_lossy();
     let read = run(&c, "alice", "/bin/cat", &[&secret]).await;

@@ -67,9 +67,9 @@ pub(crate) struct Reload<'a> {
 
 impl Keeper {
     /// A keeper whose children run as the ids `uids` assigns.
-    pub(crate) fn new(uids: UidMap) -> Self {
+    pub(crate) fn new(uids: Arc<UidMap>) -> Self {
         Self {
-            uids: Arc::new(uids),
+            uids,
             ..Self::default()
         }
     }

@@ -270,7 +270,16 @@ pub(super) fn open_cwd(
         }
     }
     .ok_or_else(|| ProcessError::Invalid("the principal's directories are unavailable".into()))?;
-    let host_only = |rel: &Path| guest.scheme == Scheme::Home && capsule_vfs::is_host_only(rel);
+    // Besides the host-only subtrees, the directories holding them (`.local`, `.config`) are
+    // never a working directory: a child would be given the directory its cwd is, and could
+    // then move the host's own places out of it and put its own there.
+    let host_only = |rel: &Path| {
+        guest.scheme == Scheme::Home
+            && (capsule_vfs::is_host_only(rel)
+                || (capsule_vfs::holds_host_anchor(rel)
+                    && !rel.as_os_str().is_empty()
+                    && rel != Path::new(".local/tmp")))
+    };
     if host_only(&guest.rel) {
         return Err(ProcessError::Escape(
             "the host's own parts of a home are out of reach".into(),

@@ -20,6 +20,8 @@ use parking_lot::Mutex;
 
 use super::ProcessError;
 
+mod record;
+
 /// The record's file name inside the state directory.
 pub const UID_RECORD_FILE: &str = "process-uids.json";
 
@@ -114,22 +116,27 @@ impl UidMap {
         Ok(Some(Ids { uid: id, gid: id }))
     }
 
-    fn read(&self) -> Result<BTreeMap<String, u32>, ProcessError> {
-        let text = match std::fs::read_to_string(&self.file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-            Err(e) => return Err(unreadable(&self.file, e)),
-        };
-        let table: BTreeMap<String, u32> =
-            serde_json::from_str(&text).map_err(|e| unreadable(&self.file, e))?;
-        let mut seen = std::collections::HashSet::new();
-        if let Some((p, id)) = table.iter().find(|(_, id)| !seen.insert(**id)) {
-            return Err(unreadable(
-                &self.file,
-                format!("user id {id} is recorded for more than one principal (`{p}`)"),
-            ));
+    /// The ids already recorded for `principal`, assigning nothing; `None` without a range, on
+    /// a host that is not root, or when the record cannot be used (a spawn then says why).
+    pub(crate) fn recorded(&self, principal: &PrincipalId) -> Option<Ids> {
+        let range = self.range.as_ref()?;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
         }
-        Ok(table)
+        let mut guard = self.table.lock();
+        if guard.is_none() {
+            *guard = Some(self.read().ok()?);
+        }
+        let id = *guard.as_ref()?.get(principal.as_str())?;
+        (range.contains(&id) && assignable(id)).then_some(Ids { uid: id, gid: id })
+    }
+
+    fn read(&self) -> Result<BTreeMap<String, u32>, ProcessError> {
+        let Some(range) = &self.range else {
+            return Ok(BTreeMap::new());
+        };
+        record::load(&self.file, range)
     }
 
     /// Replaces the record atomically (a new file renamed over the old one).
@@ -152,29 +159,43 @@ impl UidMap {
     }
 }
 
-/// Gives the directory `dir` to `ids` with mode 0700: its owner's children work in it, and
-/// no other principal's child can open it.
-pub(crate) fn hand_over(dir: &impl AsFd, ids: Ids) -> Result<(), ProcessError> {
+/// Sets the owner, group and mode of the directory `dir`. A directory handle may be an
+/// `O_PATH` descriptor, which `fchown`/`fchmod` refuse: the owner is changed through the empty
+/// path of the descriptor itself, the mode through its `/proc/self/fd` link, which names
+/// exactly this directory and is never re-resolved.
+fn set_owner(dir: &impl AsFd, uid: u32, gid: u32, mode: u32) -> Result<(), ProcessError> {
     let fail = |e: std::io::Error| {
-        tracing::warn!(error = %e, "cannot give a working directory to its principal's user");
+        tracing::warn!(error = %e, "cannot give a directory to its principal's user");
         ProcessError::Unenforceable(
             "the principal's directories could not be given to its user id".into(),
         )
     };
     let fd = dir.as_fd().as_raw_fd();
-    // A directory handle may be an `O_PATH` descriptor, which `fchown`/`fchmod` refuse: the
-    // owner is changed through the empty path of the descriptor itself, the mode through its
-    // `/proc/self/fd` link, which names exactly this directory and is never re-resolved.
     // SAFETY: fchownat on a borrowed descriptor with a valid NUL-terminated empty path.
-    if unsafe { libc::fchownat(fd, c"".as_ptr(), ids.uid, ids.gid, libc::AT_EMPTY_PATH) } != 0 {
+    if unsafe { libc::fchownat(fd, c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) } != 0 {
         return Err(fail(std::io::Error::last_os_error()));
     }
     std::fs::set_permissions(
         format!("/proc/self/fd/{fd}"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
     )
-    .map_err(fail)?;
-    Ok(())
+    .map_err(fail)
+}
+
+/// Gives the directory `dir` to `ids` with mode 0700: its owner's children work in it, and
+/// no other principal's child can open it.
+pub(crate) fn hand_over(dir: &impl AsFd, ids: Ids) -> Result<(), ProcessError> {
+    set_owner(dir, ids.uid, ids.gid, 0o700)
+}
+
+/// Makes a principal's home root the host's, shared with the principal's group only, and
+/// sticky (mode 1770): the principal's children create and remove their own entries in it,
+/// while the host's entries (`.local`, `.config`) can be neither renamed, replaced nor
+/// removed by them, and no other principal's child can open it.
+pub(crate) fn secure_home(dir: &impl AsFd, ids: Ids) -> Result<(), ProcessError> {
+    // SAFETY: geteuid has no preconditions.
+    let host = unsafe { libc::geteuid() };
+    set_owner(dir, host, ids.gid, 0o1770)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use wasmtime::component::Resource;
 
 use super::child::{self, Chunk, Exit, Injected, Launch, Meta, Overflow, Proc, Which};
 use super::spec::{inject, limits, open_cwd, resolve_program, validate};
-use super::uids::{Ids, hand_over};
+use super::uids::{Ids, hand_over, secure_home};
 use super::*;
 use crate::host::audit::field;
 use crate::host::poll::{PollSource, PollableEntry};
@@ -34,20 +34,41 @@ fn audit_refused(capsule: &str, principal: &PrincipalId, cmd: &str, e: &ProcessE
     );
 }
 
-/// Gives the principal's home and tmp roots and the working directory to the principal's
-/// own user id (mode 0700), so its children work there and no other principal's child can
-/// open them; the host, as root, still reaches them.
+/// Makes the principal's home root the host's, shared with the principal's group (see
+/// [`secure_home`]), gives its tmp root and the working directory (unless that is the home
+/// root) to the principal's own user id (mode 0700), so its children work there and no other
+/// principal's child can open them; the host, as root, still reaches them.
 fn own_dirs(
     ids: Ids,
-    mounts: [Option<&Arc<capsule_vfs::Mount>>; 2],
+    home: Option<&Arc<capsule_vfs::Mount>>,
+    tmp: Option<&Arc<capsule_vfs::Mount>>,
     cwd: &cap_std::fs::Dir,
 ) -> Result<(), ProcessError> {
-    for mount in mounts.into_iter().flatten() {
-        let root = cap_std::fs::Dir::open_ambient_dir(mount.root(), cap_std::ambient_authority())
-            .map_err(|_| {
-            ProcessError::Invalid("the principal's directories are unavailable".into())
-        })?;
-        hand_over(&root, ids)?;
+    use cap_std::fs::MetadataExt;
+    let unavailable =
+        |_| ProcessError::Invalid("the principal's directories are unavailable".into());
+    let open = |m: &capsule_vfs::Mount| {
+        cap_std::fs::Dir::open_ambient_dir(m.root(), cap_std::ambient_authority())
+            .map_err(unavailable)
+    };
+    let id = |d: &cap_std::fs::Dir| {
+        d.dir_metadata()
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(unavailable)
+    };
+    let mut home_id = None;
+    if let Some(home) = home {
+        let root = open(home)?;
+        secure_home(&root, ids)?;
+        home.give_to(ids.uid, ids.gid);
+        home_id = Some(id(&root)?);
+    }
+    if let Some(tmp) = tmp {
+        hand_over(&open(tmp)?, ids)?;
+        tmp.give_to(ids.uid, ids.gid);
+    }
+    if home_id == Some(id(cwd)?) {
+        return Ok(());
     }
     hand_over(cwd, ids)
 }
@@ -130,7 +151,7 @@ impl ProcView<'_> {
             let ids = uids.assign(&meta.principal)?;
             let (dir, host_dir) = open_cwd(spec.cwd.as_deref(), home.as_ref(), tmp.as_ref())?;
             if let Some(ids) = ids {
-                own_dirs(ids, [home.as_ref(), tmp.as_ref()], &dir)?;
+                own_dirs(ids, home.as_ref(), tmp.as_ref(), &dir)?;
             }
             let (names, vars) = inject(&dir, &host_dir, spec.injections, ids)?;
             let cwd = std::os::fd::OwnedFd::from(

@@ -6,6 +6,10 @@
 //! (`[[key, value], …]`), `stdin` (text), `keep` (keep stdin open), `label`, `mem`, `cpu`,
 //! `pids`, `files`, `ring`, `overflow` ("drop" | "back"), `life` (ms), `idle` (ms) and
 //! `inject` (`[{"env": NAME} | {"path": NAME}, "content": text]`).
+//!
+//! The same guest also touches what its children made: `fs-read`, `fs-write`, `fs-mkdir-all`
+//! (`path`, `content`) through `astrid:fs`, `config` (`key`) and `log` (`message`) through
+//! `astrid:sys`, answering errors as `fs:<code>` / `sys:<code>`.
 
 use std::cell::RefCell;
 
@@ -17,6 +21,8 @@ wit_bindgen::generate!({
         world proc-runner {
             import astrid:io/poll@1.0.0;
             import astrid:process/host@1.1.0;
+            import astrid:fs/host@1.0.0;
+            import astrid:sys/host@1.0.0;
             include astrid:guest/interceptor@1.0.0;
         }
     "#,
@@ -24,7 +30,9 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+use astrid::fs::host as fs;
 use astrid::process1_1_0::host as p11;
+use astrid::sys::host as sys;
 
 struct Runner;
 
@@ -287,6 +295,31 @@ fn run(action: &str, a: &Value) -> Result<Value, String> {
         "h-drop" => {
             let i = a["slot"].as_u64().unwrap_or(u64::MAX) as usize;
             SLOTS.with(|s| s.borrow_mut().get_mut(i).map(Option::take));
+            Ok(Value::Null)
+        }
+        other => files(other, a),
+    }
+}
+
+/// The `astrid:fs` and `astrid:sys` actions.
+fn files(action: &str, a: &Value) -> Result<Value, String> {
+    let s = |k: &str| a[k].as_str().unwrap_or("").to_string();
+    let fs_err = |e: fs::ErrorCode| format!("fs:{e:?}");
+    match action {
+        "fs-read" => fs::read_file(&s("path"))
+            .map(|b| json!(String::from_utf8_lossy(&b)))
+            .map_err(fs_err),
+        "fs-write" => fs::write_file(&s("path"), s("content").as_bytes())
+            .map(|()| Value::Null)
+            .map_err(fs_err),
+        "fs-mkdir-all" => fs::fs_mkdir_all(&s("path"))
+            .map(|()| Value::Null)
+            .map_err(fs_err),
+        "config" => sys::get_config(&s("key"))
+            .map(|v| json!(v))
+            .map_err(|e| format!("sys:{e:?}")),
+        "log" => {
+            sys::log(sys::LogLevel::Info, &s("message"));
             Ok(Value::Null)
         }
         other => Err(format!("unknown action {other}")),

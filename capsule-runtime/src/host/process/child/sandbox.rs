@@ -2,7 +2,8 @@
 //! `RLIMIT_NPROC` where the host cannot create one), its rlimits, its working directory and,
 //! for a root host, an empty capability bounding set, a read-only view of the pids hierarchy
 //! and, where the principal has a user id of its own, that user and group (no supplementary
-//! groups), taken last, once nothing more needs privilege. `in_child` runs between fork and
+//! groups), taken last, once nothing more needs privilege; no descriptor of the host but
+//! stdio survives the exec. `in_child` runs between fork and
 //! exec and makes only async-signal-safe calls.
 
 use std::os::fd::RawFd;
@@ -217,11 +218,37 @@ pub(super) fn in_child(s: ChildSetup) -> std::io::Result<()> {
             }
         }
     }
+    close_inherited();
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Most descriptors checked one by one where `close_range` is unavailable.
+const MAX_SCANNED_FDS: i32 = 65_536;
+
+/// Marks every descriptor above stdio close-on-exec, so the child gets none of the host's:
+/// whatever the host process inherited from whoever started it (an agent socket, a file of
+/// the operator's) or opened without close-on-exec stays with the host. The descriptors the
+/// steps before exec still use (the working directory, `cgroup.procs`) stay usable until then.
+fn close_inherited() {
+    // SAFETY: close_range with integer arguments only; it closes nothing, only marks.
+    let marked = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if marked != 0 {
+        for fd in 3..MAX_SCANNED_FDS {
+            // SAFETY: fcntl with integer arguments only; a closed descriptor answers EBADF.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
 }
 
 /// Enters a new mount namespace (private to this child) in which `root` is read-only.
