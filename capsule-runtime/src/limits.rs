@@ -312,11 +312,28 @@ impl LimitsShared {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Option<Result<T, tokio::task::JoinError>> {
-        let permit = tokio::select! {
+        let permit = self.blocking_permit().await?;
+        self.blocking_with(permit, work).await
+    }
+
+    /// A place on the blocking pool, or `None` when the capsule unloads first. Taken apart
+    /// from the work so that a caller can race the queueing alone against a deadline and
+    /// keep the work itself, once started, running to its end.
+    pub(crate) async fn blocking_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::select! {
             biased;
-            () = self.cancel.cancelled() => return None,
-            permit = Arc::clone(&self.blocking).acquire_owned() => permit.ok()?,
-        };
+            () = self.cancel.cancelled() => None,
+            permit = Arc::clone(&self.blocking).acquire_owned() => permit.ok(),
+        }
+    }
+
+    /// Runs `work` on the blocking pool in the place `permit` holds, racing only the unload
+    /// (as [`Self::blocking`] does once it has its place).
+    pub(crate) async fn blocking_with<T: Send + 'static>(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<Result<T, tokio::task::JoinError>> {
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             work()

@@ -78,8 +78,36 @@ impl ProcView<'_> {
         self.core.scoped.principal().clone()
     }
 
-    /// Starts a child for the principal in scope.
-    async fn launch(&mut self, spec: SpawnSpec, kind: Kind) -> Result<Arc<Proc>, ProcessError> {
+    /// Starts a child for the principal in scope. The outer `Err` is the call's deadline
+    /// passing while the start queued for the blocking pool: a trap.
+    ///
+    /// Only the queueing races the deadline. Nothing is counted or started before the place
+    /// is taken, so a trap there leaves nothing behind; once taken, the start runs to its
+    /// end, because a child half-made by a cut start would be nobody's to stop.
+    async fn launch(
+        &mut self,
+        spec: SpawnSpec,
+        kind: Kind,
+    ) -> wasmtime::Result<Result<Arc<Proc>, ProcessError>> {
+        let place = self
+            .core
+            .limits
+            .race(self.core.limits.shared.blocking_permit())
+            .await?
+            .flatten();
+        Ok(match place {
+            Some(permit) => self.launch_with(permit, spec, kind).await,
+            None => Err(ProcessError::Cancelled),
+        })
+    }
+
+    /// [`Self::launch`] once the start has its place on the blocking pool.
+    async fn launch_with(
+        &mut self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        spec: SpawnSpec,
+        kind: Kind,
+    ) -> Result<Arc<Proc>, ProcessError> {
         let principal = self.principal();
         let capsule = self.ctx.capsule.clone();
         let cmd = spec.cmd.clone();
@@ -178,7 +206,7 @@ impl ProcView<'_> {
                 meta,
             )
         };
-        let started = self.core.limits.shared.blocking(work).await;
+        let started = self.core.limits.shared.blocking_with(permit, work).await;
         let mut t = self.ctx.table.lock();
         if let Some(n) = t.starting.get_mut(&principal) {
             *n = n.saturating_sub(1);
@@ -262,7 +290,7 @@ impl ProcView<'_> {
         &mut self,
         spec: SpawnSpec,
     ) -> wasmtime::Result<Result<(String, String, Exit), ProcessError>> {
-        let proc = match self.launch(spec, Kind::OneShot).await {
+        let proc = match self.launch(spec, Kind::OneShot).await? {
             Ok(proc) => proc,
             Err(e) => return Ok(Err(e)),
         };
@@ -316,7 +344,7 @@ impl ProcView<'_> {
         &mut self,
         spec: SpawnSpec,
     ) -> Result<Result<u32, ProcessError>, wasmtime::Error> {
-        let proc = match self.launch(spec, Kind::Background).await {
+        let proc = match self.launch(spec, Kind::Background).await? {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
@@ -328,8 +356,11 @@ impl ProcView<'_> {
     pub(crate) async fn start_persistent(
         &mut self,
         spec: SpawnSpec,
-    ) -> Result<String, ProcessError> {
-        Ok(self.launch(spec, Kind::Persistent).await?.id.clone())
+    ) -> wasmtime::Result<Result<String, ProcessError>> {
+        Ok(self
+            .launch(spec, Kind::Persistent)
+            .await?
+            .map(|p| p.id.clone()))
     }
 
     /// The persistent process `id` of the principal in scope; anything else is

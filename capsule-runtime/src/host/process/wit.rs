@@ -273,7 +273,7 @@ macro_rules! serve_version {
                 }
 
                 async fn spawn_persistent(&mut self, request: wit::SpawnRequest) -> Answer<String> {
-                    answer(self.start_persistent(spec(request)).await, |id| id)
+                    answer(self.start_persistent(spec(request)).await?, |id| id)
                 }
 
                 async fn attach(&mut self, id: String) -> Answer<Resource<wit::ProcessHandle>> {
