@@ -25,5 +25,6 @@ mod process_attacks;
 mod process_reload;
 mod reload_attacks;
 mod sdk;
+mod spares;
 mod storage;
 mod sys;
