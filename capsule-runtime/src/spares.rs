@@ -230,7 +230,9 @@ async fn keep(capsule: Weak<CapsuleInner>, instances: &Instances) {
             drop(inner);
             let mut st = instances.stash.lock();
             match spare {
-                Some(spare) if !st.closed => st.spares.push(spare),
+                Some(spare) if !st.closed && st.spares.len() < instances.max_spares => {
+                    st.spares.push(spare);
+                }
                 Some(_) => {}
                 None => st.failing = true,
             }
