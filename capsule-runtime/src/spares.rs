@@ -94,10 +94,9 @@ impl Instances {
             .warm
             .iter()
             .rposition(|p| p.principal.as_ref() == Some(principal))
+            && let Some(pooled) = st.warm.remove(at)
         {
-            if let Some(pooled) = st.warm.remove(at) {
-                return (Taken::Warm(pooled), false);
-            }
+            return (Taken::Warm(pooled), false);
         }
         let reset = !st.warm.is_empty();
         st.wanted = true;
