@@ -26,6 +26,13 @@ use crate::outcome::HookResponse;
 /// dropped (the next call then instantiates on its path again).
 pub(crate) const IDLE_DISCARD: Duration = Duration::from_secs(30);
 
+/// How long the keeper waits before trying again after a spare failed to instantiate (the
+/// pool may be full or the machine too busy for the instantiation's one epoch window).
+const SPARE_RETRY: Duration = Duration::from_millis(50);
+
+/// Failed spares in a row after which the keeper waits for the next call that wants one.
+const SPARE_ATTEMPTS: u32 = 40;
+
 /// Most spares one capsule keeps ready.
 pub(crate) const MAX_SPARES: usize = 2;
 
@@ -207,6 +214,7 @@ impl CapsuleInner {
 /// drop everything after [`IDLE_DISCARD`] without calls.
 async fn keep(capsule: Weak<CapsuleInner>, instances: &Instances) {
     let mut seen = u64::MAX;
+    let mut failures = 0u32;
     loop {
         let (discard, refill) = {
             let mut st = instances.stash.lock();
@@ -227,16 +235,28 @@ async fn keep(capsule: Weak<CapsuleInner>, instances: &Instances) {
             };
             let spare = inner.instantiate_spare().await;
             drop(inner);
-            let mut st = instances.stash.lock();
-            match spare {
-                Some(spare) if !st.closed && st.spares.len() < instances.max_spares => {
-                    st.spares.push(spare);
+            let retry = {
+                let mut st = instances.stash.lock();
+                match spare {
+                    Some(spare) if !st.closed => {
+                        failures = 0;
+                        st.spares.push(spare);
+                    }
+                    Some(_) => {}
+                    None => {
+                        failures += 1;
+                        st.failing = true;
+                    }
                 }
-                Some(_) => {}
-                None => st.failing = true,
+                st.failing && failures < SPARE_ATTEMPTS
+            };
+            if retry {
+                tokio::time::sleep(SPARE_RETRY).await;
+                instances.stash.lock().failing = false;
             }
             continue;
         }
+        failures = 0;
         {
             let mut st = instances.stash.lock();
             if st.activity == seen {

@@ -112,7 +112,7 @@ async fn a_spare_too_big_for_a_principals_quota_is_not_given_to_it() {
             .get(&pid("tiny"))
             .is_some_and(|s| s.refused_grows >= 1)
     );
-    assert_eq!(p.call_stats().spares_ready, 1, "the spare is still there");
+    assert!(p.call_stats().spares_ready >= 1, "the spare is still there");
     // Someone whose quota it fits gets it.
     let used = p.call_stats().spares_used;
     ok(&call_as(&p, "noop", json!({}), Some("quinn")).await);
