@@ -160,7 +160,7 @@ async fn main() {
     ];
     let mut per_call = [0.0f64; 2];
     for (i, alternate) in [false, true].into_iter().enumerate() {
-        let before = prober.call_stats().resets;
+        let before = prober.call_stats();
         let mut calls = 0u64;
         per_call[i] = measure(budget, HANDLER_CALLS, || {
             let p = prober.clone();
@@ -180,12 +180,14 @@ async fn main() {
             }
         })
         .await;
-        let resets = (prober.call_stats().resets - before) as f64 / calls as f64;
+        let after = prober.call_stats();
+        let resets = (after.resets - before.resets) as f64 / calls as f64;
+        let spares = (after.spares_used - before.spares_used) as f64 / calls as f64;
         emit(
             "runtime",
             "handler_call",
             &format!(
-                "{{\"principals\":\"{}\",\"resets_per_call\":{resets:.2}}}",
+                "{{\"principals\":\"{}\",\"resets_per_call\":{resets:.2},\"spares_per_call\":{spares:.2}}}",
                 if alternate { "alternating" } else { "same" }
             ),
             per_call[i],
@@ -197,6 +199,35 @@ async fn main() {
         "principal_reset_cost",
         "{\"component\":\"prober\",\"derived\":\"alternating - same\"}",
         per_call[1] - per_call[0],
+        "ns",
+    );
+
+    // The floor of a call handed to another task and answered back: a bare tokio channel
+    // round trip on this machine, with nothing run in between.
+    let (to_task, mut task_rx) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>(1);
+    tokio::spawn(async move {
+        while let Some(reply) = task_rx.recv().await {
+            let _ = reply.send(());
+        }
+    });
+    let hop = measure(budget, HANDLER_CALLS, || {
+        let to_task = to_task.clone();
+        async move {
+            let t = Instant::now();
+            for _ in 0..HANDLER_CALLS {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                to_task.send(tx).await.expect("task");
+                rx.await.expect("reply");
+            }
+            t.elapsed()
+        }
+    })
+    .await;
+    emit(
+        "runtime",
+        "task_round_trip",
+        "{\"what\":\"mpsc to a spawned task, oneshot back\"}",
+        hop,
         "ns",
     );
 

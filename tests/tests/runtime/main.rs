@@ -30,5 +30,6 @@ mod process_reload;
 mod process_uids;
 mod reload_attacks;
 mod sdk;
+mod spares;
 mod storage;
 mod sys;
