@@ -194,7 +194,15 @@ impl CapsuleInner {
             self.start_keeper();
         }
         let (spare, reset) = match taken {
-            Taken::Warm(pooled) => return Ok(pooled),
+            // A warm instance holds what it grew to; after the principal's quota was lowered
+            // below that, it is dropped and the call starts afresh under the new quota.
+            Taken::Warm(pooled) if pooled.store.data().core.limits.memory.size() <= quota => {
+                return Ok(pooled);
+            }
+            Taken::Warm(over) => {
+                drop(over);
+                (None, false)
+            }
             Taken::Spare { pooled, reset } => (Some(pooled), reset),
             Taken::Nothing { reset } => (None, reset),
         };
