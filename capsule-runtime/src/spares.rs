@@ -215,6 +215,9 @@ impl CapsuleInner {
 async fn keep(capsule: Weak<CapsuleInner>, instances: &Instances) {
     let mut seen = u64::MAX;
     let mut failures = 0u32;
+    // Whether the last wait ran its whole course: only then has the capsule been quiet for
+    // IDLE_DISCARD. A wake (an instance to discard, a spare wanted) says nothing of idleness.
+    let mut waited_out = false;
     loop {
         let (discard, refill) = {
             let mut st = instances.stash.lock();
@@ -259,7 +262,7 @@ async fn keep(capsule: Weak<CapsuleInner>, instances: &Instances) {
         failures = 0;
         {
             let mut st = instances.stash.lock();
-            if st.activity == seen {
+            if waited_out && st.activity == seen {
                 // A whole quiet period: give everything back.
                 let mut all: Vec<Pooled> = st.warm.drain(..).collect();
                 all.append(&mut st.spares);
@@ -271,7 +274,9 @@ async fn keep(capsule: Weak<CapsuleInner>, instances: &Instances) {
             }
             seen = st.activity;
         }
-        let _woken = tokio::time::timeout(IDLE_DISCARD, instances.wake.notified()).await;
+        waited_out = tokio::time::timeout(IDLE_DISCARD, instances.wake.notified())
+            .await
+            .is_err();
     }
     instances.stash.lock().keeper = false;
 }
