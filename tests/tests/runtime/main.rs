@@ -24,6 +24,7 @@ mod net;
 mod net_attack;
 mod net_attack2;
 mod net_kit;
+mod perf_attacks;
 mod process;
 mod process_attacks;
 mod process_reload;
