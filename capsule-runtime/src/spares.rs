@@ -36,6 +36,10 @@ const SPARE_ATTEMPTS: u32 = 40;
 /// Most spares one capsule keeps ready.
 pub(crate) const MAX_SPARES: usize = 2;
 
+/// Most displaced instances waiting for the keeper to drop them; past it the call that
+/// displaced one drops it itself.
+const MAX_DISCARD: usize = 2;
+
 /// One instance of the capsule with its hook, and the principal it serves (`None`: a spare
 /// that has served nobody yet).
 pub(crate) struct Pooled {
@@ -123,7 +127,7 @@ impl Instances {
 
     /// Keeps `pooled` warm for the principal it served. Returns it when the capsule is closing
     /// (the caller drops it); an older instance over the bound is dropped by the keeper, or
-    /// returned when there is none.
+    /// returned when there is none or [`MAX_DISCARD`] already wait for it.
     pub(crate) fn put(&self, pooled: Pooled) -> Option<Pooled> {
         let mut st = self.stash.lock();
         if st.closed || pooled.principal.is_none() {
@@ -134,7 +138,10 @@ impl Instances {
             return None;
         }
         let oldest = st.warm.pop_front();
-        if st.keeper {
+        // The keeper drops displaced instances off the call path, but only a few at a time:
+        // a keeper that cannot keep up (starved by callers that never yield, or waiting after
+        // a failed spare) must not hold pool slots until the pool refuses calls.
+        if st.keeper && st.discard.len() < MAX_DISCARD {
             st.discard.extend(oldest);
             self.wake.notify_one();
             None

@@ -168,3 +168,35 @@ async fn spares_and_warm_instances_end_with_their_load() {
     assert_eq!((gone.spares_ready, gone.warm), (0, 0), "{gone:?}");
     h.rt.shutdown().await;
 }
+
+/// A caller that never yields (calls back to back on one runtime task, with no epoch ticking
+/// to make the guest yield) starves the keeper, which would run on the same worker; the
+/// instances its calls displace must not pile up waiting for the keeper until the pool
+/// refuses the next principal's instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn displaced_instances_never_fill_the_pool_while_the_keeper_is_starved() {
+    let h = host_with(|c| {
+        c.epoch_mode = capsule_runtime::EpochMode::Manual;
+        let mut pool = capsule_runtime::PoolingConfig::default();
+        pool.max_instances = 12;
+        pool.max_core_instances = 96;
+        pool.max_memories = 24;
+        c.pooling = Some(pool);
+    });
+    let p = h.load("starved", "prober.wasm", "").await;
+    let caller = p.clone();
+    let outcome = tokio::spawn(async move {
+        for n in 0..90 {
+            let who = ["alice", "bob", "carol"][n % 3];
+            if let Err(e) = caller.invoke("noop", b"{}", Some(pid(who))).await {
+                return Err(format!("call {n} for {who}: {e}"));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outcome, Ok(()), "{:?}", p.call_stats());
+    assert_eq!(p.call_stats().failed, 0);
+    h.rt.shutdown().await;
+}
