@@ -21,6 +21,7 @@ use crate::host::HostState;
 use crate::inspect::HOOK;
 use crate::limits::CpuMeter;
 use crate::outcome::HookResponse;
+use crate::scope::Overlays;
 
 /// How long a capsule goes without handler calls before its warm instances and spares are
 /// dropped (the next call then instantiates on its path again).
@@ -46,6 +47,10 @@ pub(crate) struct Pooled {
     pub(crate) store: Store<HostState>,
     pub(crate) hook: TypedFunc<(String, Vec<u8>), (HookResponse,)>,
     pub(crate) principal: Option<PrincipalId>,
+    /// The resources of `principal` its last call ran with, reused by its next call on this
+    /// instance while they are current; never handed to anyone else, since the instance is
+    /// not.
+    pub(crate) overlays: Option<Overlays>,
 }
 
 /// What [`Instances::take`] found for a principal.
@@ -213,6 +218,7 @@ impl CapsuleInner {
             store,
             hook,
             principal: None,
+            overlays: None,
         })
     }
 }

@@ -87,6 +87,7 @@ impl CapsuleInner {
             store,
             hook,
             principal: Some(principal.clone()),
+            overlays: None,
         })
     }
 
@@ -181,18 +182,15 @@ impl CapsuleInner {
         result
     }
 
-    /// An instance for `principal` under `quota`: its own warm one, a spare that fits the
-    /// quota, or a fresh one instantiated now.
+    /// An instance for `principal` under `quota` from what [`Instances::take`] found: its own
+    /// warm one, a spare that fits the quota, or a fresh one instantiated now.
     async fn instance_for(
         self: &Arc<Self>,
+        taken: Taken,
         scope: &InvocationScope,
         quota: u64,
     ) -> Result<Pooled, InvokeError> {
         let principal = &scope.principal;
-        let (taken, start_keeper) = self.instances.take(principal);
-        if start_keeper {
-            self.start_keeper();
-        }
         let (spare, reset) = match taken {
             // A warm instance holds what it grew to; after the principal's quota was lowered
             // below that, it is dropped and the call starts afresh under the new quota.
@@ -229,10 +227,29 @@ impl CapsuleInner {
             payload,
             caller,
         } = job;
-        let scope = self.core.scopes.build(caller, true);
+        let (taken, start_keeper) = self.instances.take(principal);
+        if start_keeper {
+            self.start_keeper();
+        }
+        // Only the principal's own warm instance offers resources to reuse, and the scope
+        // reuses them only for that same principal.
+        let cached = match &taken {
+            Taken::Warm(p) => p
+                .principal
+                .clone()
+                .zip(p.overlays.clone())
+                .filter(|(whose, _)| whose == principal),
+            _ => None,
+        };
+        let scope = self.core.scopes.build_reusing(caller, true, cached);
         let profile = match &scope.profile {
             Ok(p) => Arc::clone(p),
             Err(reason) => {
+                // A refused principal keeps nothing: its warm instance is dropped, a spare
+                // goes back unused.
+                if let Taken::Spare { pooled, .. } = taken {
+                    drop(self.instances.return_spare(pooled));
+                }
                 return Err(InvokeError::PrincipalRefused {
                     principal: principal.clone(),
                     reason: reason.clone(),
@@ -240,7 +257,7 @@ impl CapsuleInner {
             }
         };
         let quota = profile.quotas.max_memory_bytes;
-        let mut instance = self.instance_for(&scope, quota).await?;
+        let mut instance = self.instance_for(taken, &scope, quota).await?;
         debug_assert_eq!(instance.principal.as_ref(), Some(principal));
         {
             let state = &mut instance.store.data_mut().core;
@@ -274,9 +291,16 @@ impl CapsuleInner {
             .call_async(&mut instance.store, (action, payload))
             .instrument(span)
             .await;
-        instance.store.data_mut().core.set_scope(None);
+        let core = &mut instance.store.data_mut().core;
+        let overlays = core
+            .scope
+            .as_ref()
+            .filter(|s| &s.principal == principal)
+            .and_then(|s| s.overlays.clone());
+        core.set_scope(None);
         match result {
             Ok((response,)) => {
+                instance.overlays = overlays;
                 // Kept warm for this principal alone; dropped here only when the capsule is
                 // closing or nothing else can drop an instance over the bound.
                 drop(self.instances.put(instance));

@@ -256,7 +256,11 @@ async fn handler_calls(budget: Duration, prober: &capsule_runtime::Capsule) {
                 &format!(
                     "{{\"principals\":\"{}\",\"resets_per_call\":{resets:.2},\"spares_per_call\":{spares:.2}{}}}",
                     if alternate { "alternating" } else { "same" },
-                    if on_task { ",\"caller\":\"runtime task\"" } else { "" }
+                    if on_task {
+                        ",\"caller\":\"runtime task\""
+                    } else {
+                        ""
+                    }
                 ),
                 ns,
                 "ns",

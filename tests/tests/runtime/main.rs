@@ -30,6 +30,7 @@ mod process_attacks;
 mod process_reload;
 mod process_uids;
 mod reload_attacks;
+mod scope_cache;
 mod sdk;
 mod spares;
 mod storage;
