@@ -26,6 +26,7 @@ use crate::logsink::unix_ms;
 use crate::outcome::{HookResponse, InvokeError, RunExit};
 use crate::registry::Registry;
 use crate::scope::Caller;
+use crate::spares::{Instances, MAX_SPARES};
 use crate::state::{CapsuleIdentity, CoreParts};
 use crate::stats::{CallCounters, CallStats, CapsuleStats};
 
@@ -69,6 +70,8 @@ pub(crate) struct CapsuleInner {
     pub(crate) run_exit: watch::Sender<Option<RunExit>>,
     run_task: Mutex<Option<JoinHandle<()>>>,
     pub(crate) calls: Arc<CallQueue>,
+    /// Warm instances and spares kept between handler calls.
+    pub(crate) instances: Arc<Instances>,
     on_unload: Mutex<Vec<OnUnload>>,
     pub(crate) counters: CallCounters,
     unloaded: AtomicBool,
@@ -109,6 +112,10 @@ impl CapsuleInner {
             calls: Arc::new(CallQueue::new(
                 config.handler_queue_per_principal,
                 config.handler_pool_size,
+            )),
+            instances: Arc::new(Instances::new(
+                config.handler_pool_size,
+                MAX_SPARES.min(config.handler_pool_size),
             )),
             on_unload: Mutex::new(Vec::new()),
             counters: CallCounters::default(),
@@ -227,7 +234,7 @@ impl Capsule {
             hops: 0,
         };
         self.inner
-            .call(action.to_string(), payload.to_vec(), caller)
+            .call(action.to_string(), payload.to_vec(), caller, true)
             .await
     }
 
@@ -257,9 +264,10 @@ impl Capsule {
 
     /// Counters of this capsule's handler calls.
     pub fn call_stats(&self) -> CallStats {
-        self.inner
-            .counters
-            .snapshot(self.inner.calls.queued() as u64)
+        self.inner.counters.snapshot(
+            self.inner.calls.queued() as u64,
+            self.inner.instances.kept(),
+        )
     }
 
     /// Instantiates the capsule once in a fresh Store, then discards it: a health check that
@@ -316,8 +324,10 @@ impl Capsule {
             }
         }
         inner.calls.close(&inner.identity().name);
-        // Workers hold the capsule's stores (and through them its storage handles); the unload
-        // is over only when they are gone. A worker inside wasm is interrupted at its next epoch.
+        inner.instances.close();
+        // Running calls and the spare keeper hold the capsule's stores (and through them its
+        // storage handles); the unload is over only when they are gone. A call inside wasm is
+        // interrupted at its next epoch.
         let stopped = inner.calls.workers_stopped();
         tokio::pin!(stopped);
         loop {
@@ -357,6 +367,7 @@ impl CapsuleInner {
 impl Drop for CapsuleInner {
     fn drop(&mut self) {
         self.core.limits.cancel.cancel();
+        self.instances.close();
         if let Some(registry) = self.registry.upgrade() {
             registry.remove(&self.core.identity.session);
         }

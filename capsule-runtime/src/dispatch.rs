@@ -254,13 +254,17 @@ impl Dispatcher {
                 .position(|b| b.priority != priority)
                 .map_or(bindings.len(), |n| start + n);
             let level = &bindings[start..end];
+            // A lone handler runs on this task; handlers of one level run side by side.
+            let inline = level.len() == 1;
             let calls = level.iter().map(|b| {
                 let (payload, caller) = (payload.clone(), caller.clone());
                 async move {
                     match b.capsule.upgrade() {
-                        Some(capsule) => {
-                            Some(capsule.call(b.action.clone(), payload, caller).await)
-                        }
+                        Some(capsule) => Some(
+                            capsule
+                                .call(b.action.clone(), payload, caller, inline)
+                                .await,
+                        ),
                         None => None,
                     }
                 }

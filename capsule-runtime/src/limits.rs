@@ -117,6 +117,11 @@ impl MemoryMeter {
         }
     }
 
+    /// The linear memory the Store has been allowed so far.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Charges further growth to `principal` under `quota`; the memory the Store already has
     /// counts towards the principal's peak, since it runs with it.
     pub(crate) fn retarget(&mut self, principal: &PrincipalId, quota: u64) {

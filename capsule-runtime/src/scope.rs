@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use capsule_bus::{Attribution, Message, PrincipalId, Scope, TopicPattern};
 use capsule_security::{PrincipalProfile, ProfileError};
-use capsule_vfs::{Mount, StateLayout};
+use capsule_vfs::{Mount, OverlayStamp, StateLayout};
 
 use crate::homes::Homes;
 use parking_lot::Mutex;
@@ -72,6 +72,8 @@ pub(crate) struct Overlays {
     pub(crate) home: Option<Arc<Mount>>,
     /// The principal's scratch directory (`/tmp/`), `None` if it could not be opened.
     pub(crate) tmp: Option<Arc<Mount>>,
+    /// The env overlay file `env` was read from, as it was then (`None`: there was none).
+    pub(crate) env_stamp: Option<OverlayStamp>,
 }
 
 /// The per-call context: installed before a call on behalf of a principal and removed after it.
@@ -169,13 +171,30 @@ pub(crate) struct ScopeFactory {
 impl ScopeFactory {
     /// A scope for a call caused by `caller`.
     pub(crate) fn build(&self, caller: Caller, pinned: bool) -> InvocationScope {
+        self.build_reusing(caller, pinned, None)
+    }
+
+    /// A scope for a call caused by `caller`, taking the principal's resources from `cached`
+    /// (what the same principal's last call on the same instance used) when they are still
+    /// current: same principal, home and tmp open, env overlay unchanged. The profile is
+    /// resolved afresh every time, so a changed quota applies to this call.
+    pub(crate) fn build_reusing(
+        &self,
+        caller: Caller,
+        pinned: bool,
+        cached: Option<(PrincipalId, Overlays)>,
+    ) -> InvocationScope {
         let principal = caller
             .attribution
             .principal()
             .cloned()
             .unwrap_or_else(|| self.owner.clone());
         let profile = self.profiles.resolve(&principal);
-        let overlays = (principal != self.owner).then(|| self.overlays_for(&principal));
+        let overlays = (principal != self.owner).then(|| {
+            cached
+                .filter(|(whose, o)| *whose == principal && self.still_current(o))
+                .map_or_else(|| self.overlays_for(&principal), |(_, o)| o)
+        });
         InvocationScope {
             principal,
             caller,
@@ -200,6 +219,18 @@ impl ScopeFactory {
         }
     }
 
+    /// Whether `overlays` can serve another call: the home and tmp were opened and the env
+    /// overlay is the one read into it. A home that could not be opened is tried again.
+    fn still_current(&self, overlays: &Overlays) -> bool {
+        let (Some(home), Some(_)) = (&overlays.home, &overlays.tmp) else {
+            return false;
+        };
+        matches!(
+            StateLayout::env_overlay_stamp(home, &self.capsule),
+            Ok(stamp) if stamp == overlays.env_stamp
+        )
+    }
+
     fn overlays_for(&self, principal: &PrincipalId) -> Overlays {
         match PrincipalResources::open(&self.homes, principal, &self.capsule) {
             Some(r) => Overlays {
@@ -207,12 +238,14 @@ impl ScopeFactory {
                 env: Arc::new(r.env),
                 home: Some(r.home),
                 tmp: Some(r.tmp),
+                env_stamp: r.env_stamp,
             },
             None => Overlays {
                 log: None,
                 env: Arc::new(HashMap::new()),
                 home: None,
                 tmp: None,
+                env_stamp: None,
             },
         }
     }
@@ -245,6 +278,8 @@ pub(crate) struct PrincipalResources {
     /// Opened from `home` by the first record written.
     pub(crate) log: Option<LogSink>,
     pub(crate) env: HashMap<String, String>,
+    /// The env overlay file as it was before it was read (`None`: none, or not known).
+    pub(crate) env_stamp: Option<OverlayStamp>,
 }
 
 impl PrincipalResources {
@@ -260,6 +295,11 @@ impl PrincipalResources {
                 return None;
             }
         };
+        // Stamped before reading, so a change made between the two shows up as a stale stamp
+        // next time, never as a current one.
+        let env_stamp = StateLayout::env_overlay_stamp(&dirs.home, capsule)
+            .ok()
+            .flatten();
         let env = match StateLayout::read_env_overlay(&dirs.home, capsule) {
             Ok(Some(text)) => parse_env_overlay(&text, principal, capsule),
             Ok(None) => HashMap::new(),
@@ -273,6 +313,7 @@ impl PrincipalResources {
             home: dirs.home,
             tmp: dirs.tmp,
             env,
+            env_stamp,
         })
     }
 }

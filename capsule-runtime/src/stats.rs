@@ -55,6 +55,13 @@ pub struct CallStats {
     pub resets: u64,
     /// Calls waiting in the queues now.
     pub queued: u64,
+    /// Calls served by a spare: a fresh instance made off the call path, before any
+    /// principal took it.
+    pub spares_used: u64,
+    /// Spares ready now.
+    pub spares_ready: u64,
+    /// Instances kept now for the principal each served (at most the handler pool size).
+    pub warm: u64,
 }
 
 /// What a capsule's handler workers add to.
@@ -64,6 +71,7 @@ pub(crate) struct CallCounters {
     failed: AtomicU64,
     dropped: AtomicU64,
     resets: AtomicU64,
+    spares_used: AtomicU64,
     traps: AtomicU64,
 }
 
@@ -85,18 +93,25 @@ impl CallCounters {
         self.resets.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn spare_used(&self) {
+        self.spares_used.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn traps(&self) -> u64 {
         self.traps.load(Ordering::Relaxed)
     }
 
-    /// The counters, with `queued` calls waiting now.
-    pub(crate) fn snapshot(&self, queued: u64) -> CallStats {
+    /// The counters, with `queued` calls waiting now and `(warm, spares)` instances kept.
+    pub(crate) fn snapshot(&self, queued: u64, kept: (usize, usize)) -> CallStats {
         CallStats {
             completed: self.completed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             resets: self.resets.load(Ordering::Relaxed),
             queued,
+            spares_used: self.spares_used.load(Ordering::Relaxed),
+            spares_ready: kept.1 as u64,
+            warm: kept.0 as u64,
         }
     }
 }

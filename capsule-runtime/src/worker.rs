@@ -1,31 +1,59 @@
-//! Handler calls of a loaded capsule: `invoke` queues a call on the capsule's `CallQueue`;
-//! lazily spawned workers (up to the pool size) each keep one pooled instance, replaced when
-//! the next call is for another principal or the last one did not complete. A call runs in
-//! its principal's invocation scope, under that principal's memory quota, deadline and fuel,
-//! and the scope is removed on every exit path.
+//! Handler calls of a loaded capsule: `invoke` runs the call on the caller's task when nobody
+//! waits and a slot is free, and queues it otherwise for a worker task. A call gets its
+//! principal's warm instance, else a spare, else a fresh one instantiated on its path; an
+//! instance serves one principal only and is discarded when a call on it did not complete. A
+//! call runs in its principal's invocation scope, under that principal's memory quota, deadline
+//! and fuel, and the scope is removed on every exit path. A call whose caller stops waiting
+//! still runs to its end.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use capsule_bus::PrincipalId;
 use tracing::Instrument;
-use wasmtime::Store;
-use wasmtime::component::TypedFunc;
 
-use crate::calls::{Call, Submitted};
+use crate::calls::{Job, Slot, Submitted};
 use crate::capsule::CapsuleInner;
-use crate::host::HostState;
 use crate::inspect::HOOK;
 use crate::instance::classify;
 use crate::limits::{CpuMeter, Interrupt};
 use crate::outcome::{HookResponse, InvokeError};
 use crate::scope::{Caller, InvocationScope};
+use crate::spares::{Pooled, Taken};
 
-/// A worker's instance: kept between calls for the same principal, rebuilt when the principal
-/// changes or a call did not complete.
-struct Pooled {
-    store: Store<HostState>,
-    hook: TypedFunc<(String, Vec<u8>), (HookResponse,)>,
-    principal: PrincipalId,
+type CallResult = Result<HookResponse, InvokeError>;
+
+/// A call running on its caller's task; if the caller stops waiting, the rest of the call is
+/// moved to a task of its own, so a call once started always ends as it would on a worker.
+struct Finishing(Option<Pin<Box<dyn Future<Output = CallResult> + Send>>>);
+
+impl Future for Finishing {
+    type Output = CallResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CallResult> {
+        let Some(fut) = self.0.as_mut() else {
+            return Poll::Pending;
+        };
+        let out = fut.as_mut().poll(cx);
+        if out.is_ready() {
+            self.0 = None;
+        }
+        out
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        if let Some(fut) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _unheard = fut.await;
+            });
+        }
+    }
 }
 
 impl CapsuleInner {
@@ -55,17 +83,21 @@ impl CapsuleInner {
         Ok(Pooled {
             store,
             hook,
-            principal: principal.clone(),
+            principal: Some(principal.clone()),
+            overlays: None,
         })
     }
 
-    /// Queues a call of `astrid-hook-trigger` caused by `caller` and waits for its result.
+    /// Runs a call of `astrid-hook-trigger` caused by `caller` and returns its result. With
+    /// `inline`, the call may run on this task (when nobody waits and a slot is free); without,
+    /// it always goes through the queue (callers running several calls at once on one task).
     pub(crate) async fn call(
         self: &Arc<Self>,
         action: String,
         payload: Vec<u8>,
         caller: Caller,
-    ) -> Result<HookResponse, InvokeError> {
+        inline: bool,
+    ) -> CallResult {
         let name = || self.identity().name.clone();
         if !self.report.exports.hook {
             return Err(InvokeError::NoHook(name()));
@@ -78,26 +110,30 @@ impl CapsuleInner {
             .principal()
             .cloned()
             .unwrap_or_else(|| self.identity().owner.clone());
-        let (reply, result) = tokio::sync::oneshot::channel();
-        let call = Call {
+        let job = Job {
             action,
             payload,
             caller,
-            reply,
         };
-        match self.calls.submit(&principal, call) {
-            Submitted::Queued(spawn) => {
-                if spawn {
-                    let counted = self.calls.worker_guard();
-                    let worker = Arc::clone(self).worker();
-                    tokio::spawn(async move {
-                        // The worker future (and its hold on the capsule) is gone before the
-                        // guard reports the worker stopped, so an unload that waited for it
-                        // knows the capsule's stores are released.
-                        worker.await;
-                        drop(counted);
-                    });
+        match self.calls.submit(&principal, job, inline) {
+            Submitted::Inline(job, slot) => {
+                let me = Arc::clone(self);
+                Finishing(Some(Box::pin(async move {
+                    let result = me.serve(&principal, job).await;
+                    if let Some(slot) = slot.finish() {
+                        me.start_worker(slot);
+                    }
+                    result
+                })))
+                .await
+            }
+            Submitted::Queued(result, slot) => {
+                if let Some(slot) = slot {
+                    self.start_worker(slot);
                 }
+                result
+                    .await
+                    .unwrap_or_else(|_| Err(InvokeError::Unloaded(name())))
             }
             Submitted::Refused => {
                 self.counters.dropped();
@@ -110,79 +146,120 @@ impl CapsuleInner {
                     principal = %principal,
                     "handler call dropped: the principal's queue is full"
                 );
-                return Err(InvokeError::QueueFull {
+                Err(InvokeError::QueueFull {
                     capsule: name(),
                     principal,
-                });
+                })
             }
         }
-        result
-            .await
-            .unwrap_or_else(|_| Err(InvokeError::Unloaded(name())))
     }
 
-    /// Serves queued calls until the capsule unloads, keeping one instance between calls of
-    /// the same principal.
-    async fn worker(self: Arc<Self>) {
-        let mut pooled: Option<Pooled> = None;
-        while let Some((principal, call)) = self.calls.next().await {
-            let result = self
-                .run_call(
-                    &mut pooled,
-                    &principal,
-                    call.action,
-                    call.payload,
-                    call.caller,
-                )
-                .await;
-            let trapped = matches!(
-                &result,
-                Err(InvokeError::Trapped(_) | InvokeError::Interrupted(_))
-            );
-            self.counters.ended(result.is_ok(), trapped);
+    fn start_worker(self: &Arc<Self>, slot: Slot) {
+        let worker = Arc::clone(self).worker(slot);
+        tokio::spawn(worker);
+    }
+
+    /// Serves queued calls until the queues are empty or closed; the slot is given back then.
+    async fn worker(self: Arc<Self>, mut slot: Slot) {
+        while let Some((principal, call)) = self.calls.next(&mut slot) {
+            let result = self.serve(&principal, call.job).await;
             // The caller may have stopped waiting; the result is then simply dropped.
             let _unheard = call.reply.send(result);
         }
     }
 
-    async fn run_call(
-        &self,
-        pooled: &mut Option<Pooled>,
-        principal: &PrincipalId,
-        action: String,
-        payload: Vec<u8>,
-        caller: Caller,
-    ) -> Result<HookResponse, InvokeError> {
+    /// Runs one call on an instance of `principal`'s and counts how it ended.
+    async fn serve(self: &Arc<Self>, principal: &PrincipalId, job: Job) -> CallResult {
+        let result = self.run_call(principal, job).await;
+        let trapped = matches!(
+            &result,
+            Err(InvokeError::Trapped(_) | InvokeError::Interrupted(_))
+        );
+        self.counters.ended(result.is_ok(), trapped);
+        result
+    }
+
+    /// An instance for `principal` under `quota` from what [`Instances::take`] found: its own
+    /// warm one, a spare that fits the quota, or a fresh one instantiated now.
+    async fn instance_for(
+        self: &Arc<Self>,
+        taken: Taken,
+        scope: &InvocationScope,
+        quota: u64,
+    ) -> Result<Pooled, InvokeError> {
+        let principal = &scope.principal;
+        let (spare, reset) = match taken {
+            // A warm instance holds what it grew to; after the principal's quota was lowered
+            // below that, it is dropped and the call starts afresh under the new quota.
+            Taken::Warm(pooled) if pooled.store.data().core.limits.memory.size() <= quota => {
+                return Ok(pooled);
+            }
+            Taken::Warm(over) => {
+                drop(over);
+                (None, false)
+            }
+            Taken::Spare { pooled, reset } => (Some(pooled), reset),
+            Taken::Nothing { reset } => (None, reset),
+        };
+        if reset {
+            self.counters.reset();
+        }
+        // A spare whose memory is already beyond this principal's quota is not for it: a fresh
+        // instance made under the quota then fails the way it must.
+        if let Some(mut spare) = spare {
+            if spare.store.data().core.limits.memory.size() <= quota {
+                spare.principal = Some(principal.clone());
+                self.counters.spare_used();
+                return Ok(spare);
+            }
+            drop(self.instances.return_spare(spare));
+        }
+        self.instantiate_call(scope, quota).await
+    }
+
+    async fn run_call(self: &Arc<Self>, principal: &PrincipalId, job: Job) -> CallResult {
         let name = || self.identity().name.clone();
-        let scope = self.core.scopes.build(caller, true);
+        let Job {
+            action,
+            payload,
+            caller,
+        } = job;
+        let (taken, start_keeper) = self.instances.take(principal);
+        if start_keeper {
+            self.start_keeper();
+        }
+        // Only the principal's own warm instance offers resources to reuse, and the scope
+        // reuses them only for that same principal.
+        let cached = match &taken {
+            Taken::Warm(p) => p
+                .principal
+                .clone()
+                .zip(p.overlays.clone())
+                .filter(|(whose, _)| whose == principal),
+            _ => None,
+        };
+        let scope = self.core.scopes.build_reusing(caller, true, cached);
         let profile = match &scope.profile {
             Ok(p) => Arc::clone(p),
             Err(reason) => {
+                // A refused principal keeps nothing: its warm instance is dropped, a spare
+                // goes back unused.
+                if let Taken::Spare { pooled, .. } = taken {
+                    drop(self.instances.return_spare(pooled));
+                }
                 return Err(InvokeError::PrincipalRefused {
                     principal: principal.clone(),
                     reason: reason.clone(),
                 });
             }
         };
-        // Another principal's guest memory is never reused: such an instance is replaced.
-        if pooled.as_ref().is_some_and(|p| &p.principal != principal) {
-            *pooled = None;
-            self.counters.reset();
-        }
-        let mut instance = match pooled.take() {
-            Some(p) => p,
-            None => {
-                self.instantiate_call(&scope, profile.quotas.max_memory_bytes)
-                    .await?
-            }
-        };
+        let quota = profile.quotas.max_memory_bytes;
+        let mut instance = self.instance_for(taken, &scope, quota).await?;
+        debug_assert_eq!(instance.principal.as_ref(), Some(principal));
         {
             let state = &mut instance.store.data_mut().core;
             state.set_scope(Some(scope));
-            state
-                .limits
-                .memory
-                .retarget(principal, profile.quotas.max_memory_bytes);
+            state.limits.memory.retarget(principal, quota);
             state.limits.cpu = self.call_meter(profile.quotas.max_timeout_secs);
         }
         if self.fuel {
@@ -208,10 +285,19 @@ impl CapsuleInner {
             .call_async(&mut instance.store, (action, payload))
             .instrument(span)
             .await;
-        instance.store.data_mut().core.set_scope(None);
+        let core = &mut instance.store.data_mut().core;
+        let overlays = core
+            .scope
+            .as_ref()
+            .filter(|s| &s.principal == principal)
+            .and_then(|s| s.overlays.clone());
+        core.set_scope(None);
         match result {
             Ok((response,)) => {
-                *pooled = Some(instance);
+                instance.overlays = overlays;
+                // Kept warm for this principal alone; dropped here only when the capsule is
+                // closing or nothing else can drop an instance over the bound.
+                drop(self.instances.put(instance));
                 Ok(response)
             }
             // The Store whose call did not complete is discarded here, never reused.

@@ -255,11 +255,25 @@ impl StateLayout {
     /// home; `None` when there is none. `capsule` must be a [`CapsuleName`].
     pub fn read_env_overlay(home: &Mount, capsule: &str) -> io::Result<Option<String>> {
         check_capsule_name(capsule)?;
-        let env_file = Path::new(".config")
-            .join("env")
-            .join(format!("{capsule}.env.json"));
-        match read_host_file(home.dir(), &env_file) {
+        match read_host_file(home.dir(), &env_overlay_file(capsule)) {
             Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The stamp of the capsule's env overlay inside an opened home, read without following
+    /// a link and without opening the file; `None` when there is none. An unchanged stamp
+    /// means the overlay read before is still the one there. `capsule` must be a
+    /// [`CapsuleName`].
+    pub fn env_overlay_stamp(home: &Mount, capsule: &str) -> io::Result<Option<OverlayStamp>> {
+        check_capsule_name(capsule)?;
+        match home.dir().symlink_metadata(env_overlay_file(capsule)) {
+            Ok(m) => Ok(Some(OverlayStamp {
+                len: m.len(),
+                modified: m.modified().ok().map(cap_std::time::SystemTime::into_std),
+                file: m.is_file(),
+            })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -282,6 +296,22 @@ impl StateLayout {
         let home = self.open_home(principal)?;
         Self::open_log_in(&home, capsule)
     }
+}
+
+/// What identifies one version of an env overlay file: its size, modification time and
+/// whether it is a regular file (see [`StateLayout::env_overlay_stamp`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverlayStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    file: bool,
+}
+
+/// Where a capsule's env overlay lives inside a principal's home.
+fn env_overlay_file(capsule: &str) -> PathBuf {
+    Path::new(".config")
+        .join("env")
+        .join(format!("{capsule}.env.json"))
 }
 
 fn check_capsule_name(capsule: &str) -> io::Result<()> {

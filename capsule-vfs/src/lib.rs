@@ -50,7 +50,7 @@ mod walk;
 
 pub use error::VfsError;
 pub use layout::{
-    HOST_ANCHORS, HOST_SUBTREES, LogFile, PrincipalDirs, PrincipalFiles, StateLayout,
+    HOST_ANCHORS, HOST_SUBTREES, LogFile, OverlayStamp, PrincipalDirs, PrincipalFiles, StateLayout,
     holds_host_anchor, home_usage_visit, is_host_only,
 };
 pub use mount::{FileKind, Mount, OpenMode, Stat, Tree, open_file_no_links};

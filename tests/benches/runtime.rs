@@ -2,7 +2,9 @@
 //! `{"group":"runtime","name":N,"params":{...},"value":V,"unit":U}`.
 //!
 //! Run with `cargo xtask bench runtime [--quick]` (release build). Each figure is the median of
-//! timed samples; `--quick` spends about a second per figure.
+//! timed samples; `--quick` spends about a second per figure. Names given after `--` (e.g.
+//! `-- --quick handler_call guest_to_guest`) run only the figures whose name contains one of
+//! them; `-- density` runs only the density figures.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -34,6 +36,15 @@ where
         samples.push(f().await.as_nanos() as f64 / ops as f64);
     }
     median(samples)
+}
+
+/// Whether the figure `name` was asked for: every figure when no name was given.
+fn wanted(name: &str) -> bool {
+    let names: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    names.is_empty() || names.iter().any(|n| name.contains(n.as_str()))
 }
 
 /// Approves every request (only the first load of the granted capsule asks).
@@ -90,11 +101,12 @@ async fn main() {
         &format!("{ACL}[capabilities]\nuplink = true\nfs_read = [\"/usr/share\"]\n"),
     );
     rt.set_approver(std::sync::Arc::new(ApproveAll));
-    for (component, grant, dir) in [
+    let loads = [
         ("prober", "none", &dir),
         ("sdk-echo", "none", &sdk_dir),
         ("prober", "stored", &granted_dir),
-    ] {
+    ];
+    for (component, grant, dir) in loads.into_iter().filter(|_| wanted("load_cached")) {
         rt.load(dir).await.expect("load").unload().await;
         let mut samples = Vec::new();
         let start = Instant::now();
@@ -115,6 +127,44 @@ async fn main() {
     }
 
     let prober = rt.load(&dir).await.expect("load");
+    if wanted("instantiate") {
+        instantiate(budget, &prober).await;
+    }
+
+    let noop = if wanted("host_call") {
+        host_call_noop(budget, &prober).await
+    } else {
+        0.0
+    };
+    if wanted("handler_call") || wanted("principal_reset_cost") {
+        handler_calls(budget, &prober).await;
+    }
+    if wanted("task_round_trip") {
+        task_round_trip(budget).await;
+    }
+    if wanted("host_call_publish") {
+        host_call_publish(budget, &rt, &prober, noop).await;
+    }
+    if wanted("guest_to_guest") {
+        guest_to_guest(budget, &rt, state.path(), &prober).await;
+    }
+    if wanted("spawn_wait_true") {
+        spawn_wait_true(budget, &rt, state.path()).await;
+    }
+    rt.shutdown().await;
+    if wanted("http_get_loopback") {
+        http_get_loopback(budget).await;
+    }
+    if wanted("http_get_loopback") || wanted("tcp_echo_loopback") {
+        net::net_benches(budget).await;
+    }
+    if wanted("density") || wanted("idle_capsule_bytes") || wanted("load_10k_cached") {
+        density::density().await;
+    }
+}
+
+/// `instantiate`: a fresh instance of the prober in a fresh Store, then discarded.
+async fn instantiate(budget: Duration, prober: &capsule_runtime::Capsule) {
     let ns = measure(budget, 1, || {
         let p = prober.clone();
         async move {
@@ -131,7 +181,10 @@ async fn main() {
         ns,
         "ns",
     );
+}
 
+/// `host_call_noop`: one `sys.clock-monotonic-ns` from a guest loop; returns ns per call.
+async fn host_call_noop(budget: Duration, prober: &capsule_runtime::Capsule) -> f64 {
     const CALLS: u64 = 100_000;
     let noop = measure(budget, CALLS, || {
         let p = prober.clone();
@@ -149,49 +202,93 @@ async fn main() {
         noop,
         "ns",
     );
+    noop
+}
 
-    // A handler call through the queue and the pooled instance, with the same principal every
-    // time (the instance is reused) and with two alternating principals (it is reset from the
-    // `InstancePre` before every call, so one principal's guest memory never reaches the other).
+/// `handler_call` with the same principal every call and with two principals alternating,
+/// called from the benchmark's own task and from a task on the runtime (as the dispatcher and
+/// the control socket call), and `principal_reset_cost`, the difference of the first two.
+async fn handler_calls(budget: Duration, prober: &capsule_runtime::Capsule) {
+    // With one warm instance (`handler_pool_size = 1`), alternating principals never find
+    // their own: every call takes a spare or instantiates, so one principal's guest memory
+    // never reaches the other.
     const HANDLER_CALLS: u64 = 200;
     let principals = [
         capsule_bus::PrincipalId::parse("alice").expect("principal"),
         capsule_bus::PrincipalId::parse("bob").expect("principal"),
     ];
     let mut per_call = [0.0f64; 2];
-    for (i, alternate) in [false, true].into_iter().enumerate() {
-        let before = prober.call_stats().resets;
-        let mut calls = 0u64;
-        per_call[i] = measure(budget, HANDLER_CALLS, || {
-            let p = prober.clone();
-            let principals = principals.clone();
-            calls += HANDLER_CALLS;
-            async move {
-                let t = Instant::now();
-                for n in 0..HANDLER_CALLS {
-                    let who = if alternate { n as usize % 2 } else { 0 };
-                    let r = p
-                        .invoke("noop", b"{\"count\":1}", Some(principals[who].clone()))
-                        .await
-                        .expect("invoke");
-                    assert!(!r.data.unwrap_or_default().contains("\"err\""));
+    for on_task in [false, true] {
+        for (i, alternate) in [false, true].into_iter().enumerate() {
+            let before = prober.call_stats();
+            let mut calls = 0u64;
+            let ns = measure(budget, HANDLER_CALLS, || {
+                let p = prober.clone();
+                let principals = principals.clone();
+                calls += HANDLER_CALLS;
+                let run = async move {
+                    let t = Instant::now();
+                    for n in 0..HANDLER_CALLS {
+                        let who = if alternate { n as usize % 2 } else { 0 };
+                        let r = p
+                            .invoke("noop", b"{\"count\":1}", Some(principals[who].clone()))
+                            .await
+                            .expect("invoke");
+                        assert!(!r.data.unwrap_or_default().contains("\"err\""));
+                    }
+                    t.elapsed()
+                };
+                async move {
+                    if on_task {
+                        tokio::spawn(run).await.expect("caller task")
+                    } else {
+                        run.await
+                    }
                 }
-                t.elapsed()
+            })
+            .await;
+            let after = prober.call_stats();
+            let resets = (after.resets - before.resets) as f64 / calls as f64;
+            let spares = (after.spares_used - before.spares_used) as f64 / calls as f64;
+            emit(
+                "runtime",
+                "handler_call",
+                &format!(
+                    "{{\"principals\":\"{}\",\"resets_per_call\":{resets:.2},\"spares_per_call\":{spares:.2}{}}}",
+                    if alternate { "alternating" } else { "same" },
+                    if on_task {
+                        ",\"caller\":\"runtime task\""
+                    } else {
+                        ""
+                    }
+                ),
+                ns,
+                "ns",
+            );
+            if !on_task {
+                per_call[i] = ns;
             }
-        })
-        .await;
-        let resets = (prober.call_stats().resets - before) as f64 / calls as f64;
-        emit(
-            "runtime",
-            "handler_call",
-            &format!(
-                "{{\"principals\":\"{}\",\"resets_per_call\":{resets:.2}}}",
-                if alternate { "alternating" } else { "same" }
-            ),
-            per_call[i],
-            "ns",
-        );
+        }
     }
+    // The capsule's owner calling: its scope needs none of another principal's resources.
+    let ns = measure(budget, HANDLER_CALLS, || {
+        let p = prober.clone();
+        async move {
+            let t = Instant::now();
+            for _ in 0..HANDLER_CALLS {
+                call(&p, "noop", "{\"count\":1}").await;
+            }
+            t.elapsed()
+        }
+    })
+    .await;
+    emit(
+        "runtime",
+        "handler_call",
+        "{\"principals\":\"owner\"}",
+        ns,
+        "ns",
+    );
     emit(
         "runtime",
         "principal_reset_cost",
@@ -199,7 +296,48 @@ async fn main() {
         per_call[1] - per_call[0],
         "ns",
     );
+}
 
+/// `task_round_trip`: the floor of one hand-off to another task and back.
+async fn task_round_trip(budget: Duration) {
+    const HANDLER_CALLS: u64 = 200;
+    // The floor of a call handed to another task and answered back: a bare tokio channel
+    // round trip on this machine, with nothing run in between.
+    let (to_task, mut task_rx) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>(1);
+    tokio::spawn(async move {
+        while let Some(reply) = task_rx.recv().await {
+            let _ = reply.send(());
+        }
+    });
+    let hop = measure(budget, HANDLER_CALLS, || {
+        let to_task = to_task.clone();
+        async move {
+            let t = Instant::now();
+            for _ in 0..HANDLER_CALLS {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                to_task.send(tx).await.expect("task");
+                rx.await.expect("reply");
+            }
+            t.elapsed()
+        }
+    })
+    .await;
+    emit(
+        "runtime",
+        "task_round_trip",
+        "{\"what\":\"mpsc to a spawned task, oneshot back\"}",
+        hop,
+        "ns",
+    );
+}
+
+/// `host_call_publish`: one publish from a guest loop to one host subscriber.
+async fn host_call_publish(
+    budget: Duration,
+    rt: &Runtime,
+    prober: &capsule_runtime::Capsule,
+    noop: f64,
+) {
     let mut sink = rt
         .bus()
         .subscribe(TopicPattern::parse("bench.*").expect("pattern"), Scope::All);
@@ -210,7 +348,7 @@ async fn main() {
     let mut warmed = false;
     while start.elapsed() < budget || samples.len() < 5 {
         let t = Instant::now();
-        call(&prober, "publish-loop", &args).await;
+        call(prober, "publish-loop", &args).await;
         let elapsed = t.elapsed();
         sink.try_drain(usize::MAX);
         if warmed {
@@ -229,15 +367,18 @@ async fn main() {
         publish,
         "ns",
     );
-    // `-- host_call` stops here: the load, call and host-call figures only.
-    if std::env::args().any(|a| a == "host_call") {
-        rt.shutdown().await;
-        return;
-    }
+}
 
+/// `guest_to_guest`: the prober publishes, pong's run loop counts what it receives.
+async fn guest_to_guest(
+    budget: Duration,
+    rt: &Runtime,
+    state: &std::path::Path,
+    prober: &capsule_runtime::Capsule,
+) {
     // Guest to guest: the prober publishes, pong's run loop receives in batches.
     let pong_dir = capsule_dir(
-        state.path(),
+        state,
         "counter",
         "pong.wasm",
         &format!(
@@ -252,40 +393,61 @@ async fn main() {
     );
     const MESSAGES: u64 = 10_000;
     let mut expected = 0u64;
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < budget || samples.len() < 5 {
-        expected += MESSAGES;
-        let t = Instant::now();
-        call(
-            &prober,
-            "publish-loop",
-            &format!("{{\"topic\":\"ping.x\",\"payload\":\"{{}}\",\"count\":{MESSAGES}}}"),
-        )
-        .await;
-        'wait: loop {
-            let d = counts.recv(Duration::from_secs(30), usize::MAX).await;
-            assert!(!d.messages.is_empty(), "the counter stopped reporting");
-            for m in &d.messages {
-                let n: serde_json::Value = serde_json::from_str(m.payload.as_str()).expect("json");
-                if n["n"].as_u64() == Some(expected) {
-                    break 'wait;
+    // The publishing call made by the benchmark's own task (outside the runtime's worker
+    // threads), then from a task spawned on the runtime, as the dispatcher and the control
+    // socket make theirs.
+    for on_task in [false, true] {
+        let mut samples = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < budget || samples.len() < 5 {
+            expected += MESSAGES;
+            let t = Instant::now();
+            let p = prober.clone();
+            let publish = async move {
+                call(
+                    &p,
+                    "publish-loop",
+                    &format!("{{\"topic\":\"ping.x\",\"payload\":\"{{}}\",\"count\":{MESSAGES}}}"),
+                )
+                .await;
+            };
+            if on_task {
+                tokio::spawn(publish).await.expect("publisher");
+            } else {
+                publish.await;
+            }
+            'wait: loop {
+                let d = counts.recv(Duration::from_secs(30), usize::MAX).await;
+                assert!(!d.messages.is_empty(), "the counter stopped reporting");
+                for m in &d.messages {
+                    let n: serde_json::Value =
+                        serde_json::from_str(m.payload.as_str()).expect("json");
+                    if n["n"].as_u64() == Some(expected) {
+                        break 'wait;
+                    }
                 }
             }
+            samples.push(MESSAGES as f64 / t.elapsed().as_secs_f64());
         }
-        samples.push(MESSAGES as f64 / t.elapsed().as_secs_f64());
+        emit(
+            "runtime",
+            "guest_to_guest",
+            if on_task {
+                "{\"payload_bytes\":2,\"batch\":10000,\"caller\":\"runtime task\"}"
+            } else {
+                "{\"payload_bytes\":2,\"batch\":10000}"
+            },
+            median(samples),
+            "msgs/s",
+        );
     }
-    emit(
-        "runtime",
-        "guest_to_guest",
-        "{\"payload_bytes\":2,\"batch\":10000}",
-        median(samples),
-        "msgs/s",
-    );
+}
 
+/// `spawn_wait_true`: spawns of `/bin/true` from a guest, each waited for.
+async fn spawn_wait_true(budget: Duration, rt: &Runtime, state: &std::path::Path) {
     // Host processes from a guest: spawn and wait of `/bin/true`, `SPAWNS` per handler call.
     let runner_dir = capsule_dir(
-        state.path(),
+        state,
         "runner",
         "proc-runner.wasm",
         "[capabilities]\nhost_process = [\"/bin/true\"]\n",
@@ -317,10 +479,6 @@ async fn main() {
         1e9 / per_spawn,
         "spawns/s",
     );
-    rt.shutdown().await;
-    http_get_loopback(budget).await;
-    net::net_benches(budget).await;
-    density::density().await;
 }
 
 /// A loopback HTTP/1.1 server answering every request with a 2-byte body; with `keep_alive`
