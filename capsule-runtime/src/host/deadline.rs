@@ -101,6 +101,16 @@ impl LimitsCtx {
         let shared = Arc::clone(&self.shared);
         Ok(self.race(shared.blocking(work)).await?.flatten())
     }
+
+    /// A place on the blocking pool, queueing for it raced like any wait (`Ok(None)` on
+    /// unload), for work that must run to its end once started and so cannot be cut
+    /// halfway: the caller hands the place to `LimitsShared::blocking_with`.
+    pub(crate) async fn blocking_place(
+        &mut self,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Interrupt> {
+        let shared = Arc::clone(&self.shared);
+        Ok(self.race(shared.blocking_permit()).await?.flatten())
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +179,20 @@ mod tests {
         // And a free permit runs the work.
         let mut free = ctx(1, CpuMeter::call(3, Duration::from_secs(3600)));
         assert!(matches!(free.blocking(|| 7).await, Ok(Some(Ok(7)))));
+        // Queueing for a place alone (a process start) ends at the deadline too, and a
+        // free place is handed out and given back when dropped.
+        let mut c = ctx(0, CpuMeter::call(3, Duration::from_millis(50)));
+        let queued = tokio::time::timeout(Duration::from_secs(60), c.blocking_place()).await;
+        assert_eq!(
+            queued.ok().map(|r| r.err()),
+            Some(Some(Interrupt::Deadline { windows: 3 })),
+            "a start queued for the pool must trap at its deadline"
+        );
+        let place = free.blocking_place().await;
+        assert!(matches!(place, Ok(Some(_))), "a free place is taken");
+        assert_eq!(free.shared.blocking.available_permits(), 0);
+        drop(place);
+        assert_eq!(free.shared.blocking.available_permits(), 1);
     }
 
     #[tokio::test]

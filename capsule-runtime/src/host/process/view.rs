@@ -89,12 +89,7 @@ impl ProcView<'_> {
         spec: SpawnSpec,
         kind: Kind,
     ) -> wasmtime::Result<Result<Arc<Proc>, ProcessError>> {
-        let place = self
-            .core
-            .limits
-            .race(self.core.limits.shared.blocking_permit())
-            .await?
-            .flatten();
+        let place = self.core.limits.blocking_place().await?;
         Ok(match place {
             Some(permit) => self.launch_with(permit, spec, kind).await,
             None => Err(ProcessError::Cancelled),
