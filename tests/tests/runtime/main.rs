@@ -31,6 +31,7 @@ mod process_reload;
 mod process_uids;
 mod reload_attacks;
 mod scope_cache;
+mod scope_cache_attacks;
 mod sdk;
 mod spares;
 mod storage;
