@@ -219,16 +219,19 @@ impl ScopeFactory {
         }
     }
 
-    /// Whether `overlays` can serve another call: the home and tmp were opened and the env
+    /// Whether `overlays` can serve another call: the home and tmp were opened, are still the
+    /// directories at their paths (an operator may have moved or replaced them) and the env
     /// overlay is the one read into it. A home that could not be opened is tried again.
     fn still_current(&self, overlays: &Overlays) -> bool {
-        let (Some(home), Some(_)) = (&overlays.home, &overlays.tmp) else {
+        let (Some(home), Some(tmp)) = (&overlays.home, &overlays.tmp) else {
             return false;
         };
-        matches!(
-            StateLayout::env_overlay_stamp(home, &self.capsule),
-            Ok(stamp) if stamp == overlays.env_stamp
-        )
+        home.still_at_root()
+            && tmp.still_at_root()
+            && matches!(
+                StateLayout::env_overlay_stamp(home, &self.capsule),
+                Ok(stamp) if stamp == overlays.env_stamp
+            )
     }
 
     fn overlays_for(&self, principal: &PrincipalId) -> Overlays {

@@ -54,6 +54,51 @@ async fn an_overlay_rewritten_with_its_size_and_mtime_kept_applies_to_the_next_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_replaced_between_calls_is_the_one_the_next_call_uses() {
+    let h = host();
+    let p = h.load("cached", "prober.wasm", MANIFEST).await;
+    let call = |action: &'static str, args: Value| {
+        let p = p.clone();
+        async move { call_as(&p, action, args, Some("alice")).await }
+    };
+    ok(&call(
+        "write",
+        json!({"path": "home://note.txt", "content": "old"}),
+    )
+    .await);
+    assert_eq!(
+        ok(&call("read", json!({"path": "home://note.txt"})).await),
+        "old"
+    );
+    assert_eq!(p.call_stats().warm, 1);
+    // The operator moves alice's home aside and gives her a new, empty one.
+    let home = h.state().join("home").join("alice");
+    let aside = h.state().join("alice-archived");
+    std::fs::rename(&home, &aside).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&home).unwrap_or_else(|e| panic!("{e}"));
+    let read = call("read", json!({"path": "home://note.txt"})).await;
+    assert!(
+        read.get("err").is_some(),
+        "the archived home must not be read through: {read}"
+    );
+    ok(&call(
+        "write",
+        json!({"path": "home://note.txt", "content": "new"}),
+    )
+    .await);
+    assert_eq!(
+        std::fs::read_to_string(home.join("note.txt")).unwrap_or_else(|e| panic!("{e}")),
+        "new"
+    );
+    assert_eq!(
+        std::fs::read_to_string(aside.join("note.txt")).unwrap_or_else(|e| panic!("{e}")),
+        "old",
+        "the archived home is left as the operator moved it"
+    );
+    h.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_principal_is_refused_at_once_and_a_lowered_storage_quota_applies() {
     let h = host();
     write_overlay(&h, "alice", r#"{"MODEL": "a1"}"#);
@@ -116,5 +161,52 @@ async fn concurrent_principals_on_a_pool_of_one_each_see_only_their_own() {
     };
     tokio::join!(run("alice"), run("bob"));
     assert_eq!(p.call_stats().failed, 0, "{:?}", p.call_stats());
+    h.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_a_refused_principal_gave_back_and_a_removed_home_carry_nothing_over() {
+    let h = host_with(|c| c.handler_pool_size = 2);
+    write_overlay(&h, "alice", r#"{"MODEL": "alice-model"}"#);
+    h.profile("mallory", "enabled = false\n");
+    let p = h.load("cached", "prober.wasm", MANIFEST).await;
+    let set = json!({"path": "home://note.txt", "content": "alice's"});
+    ok(&call_as(&p, "write", set, Some("alice")).await);
+    ok(&call_as(
+        &p,
+        "kv-set",
+        json!({"key": "k", "value": "alice's"}),
+        Some("alice"),
+    )
+    .await);
+    for _ in 0..3 {
+        assert!(p.invoke("noop", b"{}", Some(pid("mallory"))).await.is_err());
+        let me = call_as(&p, "caller", json!({}), Some("bob")).await;
+        assert_eq!(ok(&me)["principal"], "bob");
+        let got = call_as(&p, "read", json!({"path": "home://note.txt"}), Some("bob")).await;
+        assert!(got.get("err").is_some(), "bob reads alice's note: {got}");
+        let kv = call_as(&p, "kv-get", json!({"key": "k"}), Some("bob")).await;
+        assert_eq!(ok(&kv), &Value::Null);
+        let model = call_as(&p, "config", json!({"key": "MODEL"}), Some("bob")).await;
+        assert_eq!(ok(&model), "m1");
+    }
+    // The operator removes alice's home altogether: her next call starts from an empty one.
+    std::fs::remove_dir_all(h.state().join("home").join("alice")).unwrap_or_else(|e| panic!("{e}"));
+    let got = call_as(
+        &p,
+        "read",
+        json!({"path": "home://note.txt"}),
+        Some("alice"),
+    )
+    .await;
+    assert!(
+        got.get("err").is_some(),
+        "a removed home is still read: {got}"
+    );
+    let model = call_as(&p, "config", json!({"key": "MODEL"}), Some("alice")).await;
+    assert_eq!(ok(&model), "m1", "a removed overlay is gone with its home");
+    let set = json!({"path": "home://note.txt", "content": "again"});
+    ok(&call_as(&p, "write", set, Some("alice")).await);
+    assert!(h.state().join("home/alice/note.txt").is_file());
     h.rt.shutdown().await;
 }
