@@ -210,3 +210,26 @@ async fn a_spare_a_refused_principal_gave_back_and_a_removed_home_carry_nothing_
     assert!(h.state().join("home/alice/note.txt").is_file());
     h.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_a_new_overlay_carries_no_warm_resources_over() {
+    let h = host_with(|c| c.handler_pool_size = 1);
+    write_overlay(&h, "alice", r#"{"MODEL": "a1"}"#);
+    let p = h.load("cached", "prober.wasm", MANIFEST).await;
+    let model = |p: &capsule_runtime::Capsule, who: &'static str| {
+        let p = p.clone();
+        async move { call_as(&p, "config", json!({"key": "MODEL"}), Some(who)).await }
+    };
+    assert_eq!(ok(&model(&p, "alice").await), "a1");
+    assert_eq!(ok(&model(&p, "alice").await), "a1");
+    p.unload().await;
+    let gone = p.invoke("noop", b"{}", Some(pid("alice"))).await;
+    assert!(gone.is_err(), "an unloaded capsule still answers: {gone:?}");
+    write_overlay(&h, "alice", r#"{"MODEL": "a9"}"#);
+    let p = h.load("cached", "prober.wasm", MANIFEST).await;
+    // Bob first, on the only slot, then alice: each sees only their own.
+    assert_eq!(ok(&model(&p, "bob").await), "m1");
+    assert_eq!(ok(&model(&p, "alice").await), "a9");
+    assert_eq!(ok(&model(&p, "bob").await), "m1");
+    h.rt.shutdown().await;
+}
