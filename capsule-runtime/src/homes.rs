@@ -2,7 +2,8 @@
 //! capsule (and every scope) of a principal shares the directory handles the first of them
 //! opened, so descriptors grow with the principals acting, never with the capsules loaded.
 //! The handles are opened exactly as a single load opens them (from the state directory,
-//! refusing a link in place of the home or its tmp) and closed once nothing holds them. A
+//! refusing a link in place of the home or its tmp) and closed once nothing holds them; held
+//! handles are shared only while they are still the directories at the principal's paths. A
 //! principal with a recorded user id of its own gets what its capsules create in them owned
 //! by that id from the first open on, so its processes can use it.
 
@@ -55,11 +56,16 @@ impl Homes {
         }
     }
 
-    /// The principal's home and tmp: the handles already held for it, else freshly opened.
+    /// The principal's home and tmp: the handles already held for it while they are still the
+    /// directories at its paths, else freshly opened.
     pub(crate) fn open(&self, principal: &PrincipalId) -> io::Result<SharedDirs> {
         let mut open = self.open.lock();
+        // Handles still held are shared only while they are the directories at the principal's
+        // paths: a home the operator moved away or replaced is opened afresh.
         if let Some((home, tmp)) = open.get(principal)
             && let (Some(home), Some(tmp)) = (home.upgrade(), tmp.upgrade())
+            && home.still_at_root()
+            && tmp.still_at_root()
         {
             return Ok(SharedDirs { home, tmp });
         }
@@ -116,6 +122,20 @@ mod tests {
         );
         let again = homes.open(&pid("alice")).unwrap_or_else(|e| panic!("{e}"));
         assert!(again.home.root().ends_with("alice"));
+    }
+
+    #[test]
+    fn a_home_moved_away_while_held_is_opened_afresh() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let homes = Homes::new(StateLayout::new(dir.path()));
+        let old = homes.open(&pid("alice")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(old.home.still_at_root() && old.tmp.still_at_root());
+        let root = old.home.root().to_path_buf();
+        std::fs::rename(&root, dir.path().join("archived")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!old.home.still_at_root());
+        let new = homes.open(&pid("alice")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!Arc::ptr_eq(&old.home, &new.home) && !Arc::ptr_eq(&old.tmp, &new.tmp));
+        assert!(new.home.still_at_root() && new.tmp.still_at_root());
     }
 
     #[test]

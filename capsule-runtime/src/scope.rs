@@ -72,7 +72,7 @@ pub(crate) struct Overlays {
     pub(crate) home: Option<Arc<Mount>>,
     /// The principal's scratch directory (`/tmp/`), `None` if it could not be opened.
     pub(crate) tmp: Option<Arc<Mount>>,
-    /// The env overlay file `env` was read from, as it was then (`None`: there was none).
+    /// The env overlay `env` was parsed from (`None`: there was none or it was unreadable).
     pub(crate) env_stamp: Option<OverlayStamp>,
 }
 
@@ -219,16 +219,19 @@ impl ScopeFactory {
         }
     }
 
-    /// Whether `overlays` can serve another call: the home and tmp were opened and the env
+    /// Whether `overlays` can serve another call: the home and tmp were opened, are still the
+    /// directories at their paths (an operator may have moved or replaced them) and the env
     /// overlay is the one read into it. A home that could not be opened is tried again.
     fn still_current(&self, overlays: &Overlays) -> bool {
-        let (Some(home), Some(_)) = (&overlays.home, &overlays.tmp) else {
+        let (Some(home), Some(tmp)) = (&overlays.home, &overlays.tmp) else {
             return false;
         };
-        matches!(
-            StateLayout::env_overlay_stamp(home, &self.capsule),
-            Ok(stamp) if stamp == overlays.env_stamp
-        )
+        home.still_at_root()
+            && tmp.still_at_root()
+            && matches!(
+                StateLayout::env_overlay_stamp(home, &self.capsule),
+                Ok(stamp) if stamp == overlays.env_stamp
+            )
     }
 
     fn overlays_for(&self, principal: &PrincipalId) -> Overlays {
@@ -278,7 +281,7 @@ pub(crate) struct PrincipalResources {
     /// Opened from `home` by the first record written.
     pub(crate) log: Option<LogSink>,
     pub(crate) env: HashMap<String, String>,
-    /// The env overlay file as it was before it was read (`None`: none, or not known).
+    /// The env overlay `env` was parsed from (`None`: none, or unreadable).
     pub(crate) env_stamp: Option<OverlayStamp>,
 }
 
@@ -295,19 +298,16 @@ impl PrincipalResources {
                 return None;
             }
         };
-        // Stamped before reading, so a change made between the two shows up as a stale stamp
-        // next time, never as a current one.
-        let env_stamp = StateLayout::env_overlay_stamp(&dirs.home, capsule)
-            .ok()
-            .flatten();
-        let env = match StateLayout::read_env_overlay(&dirs.home, capsule) {
-            Ok(Some(text)) => parse_env_overlay(&text, principal, capsule),
-            Ok(None) => HashMap::new(),
+        let env_stamp = match StateLayout::env_overlay_stamp(&dirs.home, capsule) {
+            Ok(stamp) => stamp,
             Err(e) => {
                 tracing::warn!(%principal, capsule, error = %e, "cannot read the env overlay");
-                HashMap::new()
+                None
             }
         };
+        let env = env_stamp.as_ref().map_or_else(HashMap::new, |stamp| {
+            parse_env_overlay(stamp.text(), principal, capsule)
+        });
         Some(Self {
             log: Some(LogSink::lazy(Arc::clone(&dirs.home), capsule)),
             home: dirs.home,

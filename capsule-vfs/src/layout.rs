@@ -262,21 +262,13 @@ impl StateLayout {
         }
     }
 
-    /// The stamp of the capsule's env overlay inside an opened home, read without following
-    /// a link and without opening the file; `None` when there is none. An unchanged stamp
-    /// means the overlay read before is still the one there. `capsule` must be a
-    /// [`CapsuleName`].
+    /// The capsule's env overlay inside an opened home as it is now, read like
+    /// [`Self::read_env_overlay`]; `None` when there is none. Two stamps are equal exactly when
+    /// the content is: the file is small and re-read, since size, mtime and ctime can all stay
+    /// the same across a rewrite (a copy that keeps times, or two writes in one clock tick).
+    /// `capsule` must be a [`CapsuleName`].
     pub fn env_overlay_stamp(home: &Mount, capsule: &str) -> io::Result<Option<OverlayStamp>> {
-        check_capsule_name(capsule)?;
-        match home.dir().symlink_metadata(env_overlay_file(capsule)) {
-            Ok(m) => Ok(Some(OverlayStamp {
-                len: m.len(),
-                modified: m.modified().ok().map(cap_std::time::SystemTime::into_std),
-                file: m.is_file(),
-            })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(Self::read_env_overlay(home, capsule)?.map(|text| OverlayStamp { text: text.into() }))
     }
 
     fn open_log_in(home: &Dir, capsule: &str) -> io::Result<LogFile> {
@@ -298,13 +290,17 @@ impl StateLayout {
     }
 }
 
-/// What identifies one version of an env overlay file: its size, modification time and
-/// whether it is a regular file (see [`StateLayout::env_overlay_stamp`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One version of an env overlay file: its content (see [`StateLayout::env_overlay_stamp`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OverlayStamp {
-    len: u64,
-    modified: Option<std::time::SystemTime>,
-    file: bool,
+    text: std::sync::Arc<str>,
+}
+
+impl OverlayStamp {
+    /// The overlay's text as read.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
 }
 
 /// Where a capsule's env overlay lives inside a principal's home.

@@ -436,6 +436,18 @@ impl Mount {
         &self.root
     }
 
+    /// Whether the directory this handle opened is still the one at [`Self::root`]: not moved
+    /// away, removed or replaced, and no link put in its place. A holder keeping the handle
+    /// between uses checks this before relying on it again.
+    pub fn still_at_root(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(mine) = self.dir.dir_metadata() else {
+            return false;
+        };
+        std::fs::symlink_metadata(&self.root)
+            .is_ok_and(|m| m.is_dir() && m.ino() == mine.ino() && m.dev() == mine.dev())
+    }
+
     /// The directory handle itself, for the host's own files opened relative to it.
     pub(crate) fn dir(&self) -> &Dir {
         &self.dir

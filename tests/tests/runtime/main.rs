@@ -36,6 +36,7 @@ mod process_uids;
 mod process_uids_home;
 mod reload_attacks;
 mod scope_cache;
+mod scope_cache_attacks;
 mod sdk;
 mod spares;
 mod storage;
