@@ -41,20 +41,6 @@ pub fn create_new(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Like [`write_atomic`], with the content given in parts written one after another.
 pub fn write_atomic_parts(file: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
-    replace(file, parts, true)
-}
-
-/// Replaces `file` with `bytes` atomically for readers (written beside, renamed), creating its
-/// directory private if needed, without waiting for the disk: after a crash the file may hold
-/// the old content, the new, or be empty. For records whose loss the caller can afford until
-/// it syncs them itself; the file is 0600.
-pub fn replace_unsynced(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    replace(file, &[bytes], false)
-}
-
-/// Writes `parts` beside `file` and renames the result over it; with `durable`, the new file
-/// and then its directory are synced before this returns.
-fn replace(file: &Path, parts: &[&[u8]], durable: bool) -> std::io::Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = file.parent().unwrap_or(Path::new("."));
     create_private_dir(dir)?;
@@ -76,14 +62,9 @@ fn replace(file: &Path, parts: &[&[u8]], durable: bool) -> std::io::Result<()> {
         for part in parts {
             f.write_all(part)?;
         }
-        if durable {
-            f.sync_all()?;
-        }
+        f.sync_all()?;
         std::fs::rename(&tmp, file)?;
-        if durable {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        std::fs::File::open(dir)?.sync_all()
     })();
     if written.is_err() {
         // The temporary file is ours alone; a failure to remove it changes nothing visible.

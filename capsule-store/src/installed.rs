@@ -106,8 +106,7 @@ impl InstalledVersions {
         version: &semver::Version,
     ) -> Result<(), InstalledError> {
         let path = self.path(owner, capsule);
-        match capsule_security::private::replace_unsynced(&path, format!("{version}\n").as_bytes())
-        {
+        match crate::installed_sync::replace_unsynced(&path, format!("{version}\n").as_bytes()) {
             Ok(()) => {
                 self.unsynced.queue(path);
                 Ok(())
