@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use capsule_bus::{Attribution, Message, PrincipalId, Scope, TopicPattern};
 use capsule_security::{PrincipalProfile, ProfileError};
@@ -108,12 +108,39 @@ pub fn audit_rule(pattern: &TopicPattern, owner: &PrincipalId, firehose: bool) -
     }
 }
 
+/// What identifies one version of a profile file without reading it. The change time is in
+/// it because a rewrite in place can restore the modification time (`cp -p`, `touch -r`) but
+/// never the change time, and the inode because a rename over the file may keep both times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    /// The stamp of the file at `path` now; `None` when it cannot be read (absent included).
+    fn of(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
 /// Profiles by principal, re-read when the file changes; bounded like every per-principal
 /// cache (see [`crate::bounded`]).
 #[derive(Debug)]
 pub(crate) struct ProfileCache {
     state_dir: PathBuf,
-    entries: Mutex<BoundedMap<PrincipalId, (Option<SystemTime>, ProfileGrant)>>,
+    entries: Mutex<BoundedMap<PrincipalId, (Option<FileStamp>, ProfileGrant)>>,
 }
 
 impl ProfileCache {
@@ -136,9 +163,9 @@ impl ProfileCache {
     /// The profile of `principal`; a malformed profile or a disabled principal is refused.
     pub(crate) fn resolve(&self, principal: &PrincipalId) -> ProfileGrant {
         let path = PrincipalProfile::path(&self.state_dir, principal);
-        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let stamp = FileStamp::of(&path);
         if let Some((seen, grant)) = self.entries.lock().get_mut(principal, Instant::now())
-            && *seen == mtime
+            && *seen == stamp
         {
             return grant.clone();
         }
@@ -152,7 +179,7 @@ impl ProfileCache {
         }
         self.entries
             .lock()
-            .insert(principal.clone(), (mtime, grant.clone()), Instant::now());
+            .insert(principal.clone(), (stamp, grant.clone()), Instant::now());
         grant
     }
 }
@@ -357,6 +384,40 @@ mod tests {
             assert!(cache.len() <= PRINCIPAL_CACHE_CAPACITY);
         }
         assert_eq!(cache.len(), PRINCIPAL_CACHE_CAPACITY);
+    }
+
+    #[test]
+    fn a_profile_rewritten_in_place_with_its_old_mtime_is_read_again() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let cache = ProfileCache::new(dir.path().to_path_buf());
+        let p = PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}"));
+        let path = PrincipalProfile::path(dir.path(), &p);
+        std::fs::create_dir_all(path.parent().unwrap_or(dir.path()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Same length both times, so only the content and the change time differ.
+        std::fs::write(&path, "enabled = true \n").unwrap_or_else(|e| panic!("{e}"));
+        let before = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(cache.resolve(&p).is_ok());
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::io::Write::write_all(&mut &f, b"enabled = false\n").unwrap_or_else(|e| panic!("{e}"));
+        f.set_modified(before).unwrap_or_else(|e| panic!("{e}"));
+        drop(f);
+        let after = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            before, after,
+            "the rewrite must keep the old mtime for this test"
+        );
+        assert!(
+            matches!(cache.resolve(&p), Err(PrincipalRefusal::Disabled(_))),
+            "a disabled profile must be seen even when its mtime was restored"
+        );
     }
 
     #[test]
