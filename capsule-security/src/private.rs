@@ -41,6 +41,14 @@ pub fn create_new(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Like [`write_atomic`], with the content given in parts written one after another.
 pub fn write_atomic_parts(file: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+    replace_parts(file, parts, true)
+}
+
+/// Replaces `file` with `parts` written one after another, atomically for readers (written
+/// beside, renamed), creating its directory private if needed; the file is 0600. With `durable`
+/// the file and its directory are synced before this returns, so the new content survives a
+/// crash; without it a crash may leave the old content (never a mix of both).
+pub fn replace_parts(file: &Path, parts: &[&[u8]], durable: bool) -> std::io::Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = file.parent().unwrap_or(Path::new("."));
     create_private_dir(dir)?;
@@ -62,9 +70,14 @@ pub fn write_atomic_parts(file: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
         for part in parts {
             f.write_all(part)?;
         }
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, file)?;
-        std::fs::File::open(dir)?.sync_all()
+        if durable {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if written.is_err() {
         // The temporary file is ours alone; a failure to remove it changes nothing visible.

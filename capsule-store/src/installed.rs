@@ -106,7 +106,11 @@ impl InstalledVersions {
         version: &semver::Version,
     ) -> Result<(), InstalledError> {
         let path = self.path(owner, capsule);
-        match crate::installed_sync::replace_unsynced(&path, format!("{version}\n").as_bytes()) {
+        match capsule_security::private::replace_parts(
+            &path,
+            &[format!("{version}\n").as_bytes()],
+            false,
+        ) {
             Ok(()) => {
                 self.unsynced.queue(path);
                 Ok(())

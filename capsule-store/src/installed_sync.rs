@@ -8,11 +8,8 @@
 //! record; the worker exits when the queue is empty, so an idle host holds no thread for it.
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -149,35 +146,4 @@ fn sync_batch(root: &Path, batch: &[PathBuf]) -> Result<(), SyncFailure> {
             .map_err(|e| (dir.clone(), e))?;
     }
     Ok(())
-}
-
-/// Replaces `file` with `bytes` atomically for readers (written beside, renamed), creating its
-/// directory private if needed, without waiting for the disk; the file is 0600.
-pub(crate) fn replace_unsynced(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = file.parent().unwrap_or(Path::new("."));
-    capsule_security::private::create_private_dir(dir)?;
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.{}.{}.unsynced",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        std::fs::rename(&tmp, file)
-    })();
-    if written.is_err() {
-        // The temporary file is ours alone; a failure to remove it changes nothing visible.
-        let _gone = std::fs::remove_file(&tmp);
-    }
-    written
 }
