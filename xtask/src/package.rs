@@ -235,5 +235,49 @@ pub(crate) fn package(verify_all: bool) -> Result<(), String> {
     for krate in VERIFIED_IN_CI {
         verify.args(["--package", krate]);
     }
+    verify.env("CARGO_TARGET_DIR", verify_target_dir()?);
     run("cargo package (built from the packaged sources)", verify)
+}
+
+/// The target directory the verifying build uses, with every packaged crate's build record
+/// removed. The packages resolve each other as registry crates of an unchanged version, which
+/// cargo takes as immutable: in a target directory that kept an earlier run's build of a
+/// sibling, the old build would be reused and the package checked against stale code. The
+/// directory is separate from the workspace's so forgetting those records never rebuilds the
+/// workspace itself.
+fn verify_target_dir() -> Result<PathBuf, String> {
+    let out = cargo()
+        .args(["metadata", "--no-deps", "--format-version", "1", "--locked"])
+        .output()
+        .map_err(|e| format!("cargo metadata: could not start: {e}"))?;
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("cargo metadata printed no JSON: {e}"))?;
+    let target = meta["target_directory"]
+        .as_str()
+        .ok_or("cargo metadata: no `target_directory`")?;
+    let dir = Path::new(target).join("package-verify");
+    for profile in ["debug", "release"] {
+        let records = dir.join(profile).join(".fingerprint");
+        let Ok(entries) = std::fs::read_dir(&records) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let ours = PUBLISHED.iter().any(|k| {
+                name.strip_prefix(k)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|hash| hash.bytes().all(|b| b.is_ascii_hexdigit()))
+            });
+            if ours {
+                std::fs::remove_dir_all(entry.path()).map_err(|e| {
+                    format!(
+                        "cannot forget the old build {}: {e}",
+                        entry.path().display()
+                    )
+                })?;
+            }
+        }
+    }
+    Ok(dir)
 }
