@@ -249,6 +249,45 @@ fn bench_publish_drain_parsed(opts: &Opts) {
     );
 }
 
+/// The floor under [`bench_publish_drain_parsed`], in the same 256-message batches: what the
+/// payload copy alone costs (allocate, copy 1 KiB, free, as a guest's string arrives and its
+/// message is dropped after the drain), and the copy with the JSON validation. The bus's own
+/// share is `publish_drain_1k` (which also copies the payload) minus the copy.
+fn bench_publish_drain_floor(opts: &Opts) {
+    let text = format!("\"{}\"", "x".repeat(1022));
+    const N: usize = 256;
+    let mut held: Vec<String> = Vec::with_capacity(N);
+    let ns = measure(opts, N as u64, || {
+        let start = Instant::now();
+        for _ in 0..N {
+            held.push(black_box(&text).clone());
+        }
+        black_box(&mut held).clear();
+        start.elapsed()
+    });
+    emit(
+        "publish_drain_1k_floor",
+        "{\"part\":\"copy\"}",
+        1e9 / ns,
+        "msgs/s",
+    );
+    let mut held: Vec<JsonPayload> = Vec::with_capacity(N);
+    let ns = measure(opts, N as u64, || {
+        let start = Instant::now();
+        for _ in 0..N {
+            held.push(JsonPayload::parse(black_box(&text).clone()).expect("payload"));
+        }
+        black_box(&mut held).clear();
+        start.elapsed()
+    });
+    emit(
+        "publish_drain_1k_floor",
+        "{\"part\":\"copy_validate\"}",
+        1e9 / ns,
+        "msgs/s",
+    );
+}
+
 fn bench_fanout(opts: &Opts) {
     let who = Attribution::Verified(PrincipalId::parse("alice").expect("principal"));
     let body = payload(1024);
@@ -328,12 +367,13 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let run = |name: &str| only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str()));
-    let figures: [(&str, &Figure); 6] = [
+    let figures: [(&str, &Figure); 7] = [
         ("parse", &bench_parse),
         ("match", &bench_match),
         ("publish_one_match", &bench_publish_one_match),
         ("publish_drain_1k", &bench_publish_drain),
         ("publish_drain_1k_parsed", &bench_publish_drain_parsed),
+        ("publish_drain_1k_floor", &bench_publish_drain_floor),
         ("fanout", &bench_fanout),
     ];
     for (name, figure) in figures {

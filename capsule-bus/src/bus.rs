@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use capsule_ids::PrincipalId;
 use parking_lot::RwLock;
@@ -150,10 +150,7 @@ impl Bus {
     /// Publishes one message to every matching subscription whose scope admits it.
     pub fn publish(&self, out: Outgoing) -> PublishReport {
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
-        let timestamp_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let msg = Arc::new(Message::new(seq, timestamp_ms, out));
+        let msg = Arc::new(Message::new(seq, crate::clock::unix_ms(), out));
         let key = msg.principal();
         let cap = self.inner.config.max_fanout;
         let mut report = PublishReport {

@@ -164,32 +164,35 @@ impl<T> PatternIndex<T> {
     pub fn for_each_match(&self, topic: &Topic, mut f: impl FnMut(&T)) {
         // Segments are split off only as deep as the walk goes (most subscriptions end after
         // a segment or two), by hand: they are short, and a search per segment costs more
-        // than it saves.
-        let text = topic.as_str();
-        let depth = text.bytes().filter(|&b| b == b'.').count() + 1;
+        // than it saves. The topic's depth is never counted: the walk is at the end of the
+        // topic where no segment is left to split off.
         let mut segs: SmallVec<[&str; MAX_SEGMENTS]> = SmallVec::new();
-        let mut rest = text;
-        let mut segment = |d: usize| -> &str {
+        let mut rest = Some(topic.as_str());
+        let mut segment = |d: usize| -> Option<&str> {
             while segs.len() <= d {
-                let (head, tail) = rest.split_once('.').unwrap_or((rest, ""));
+                let text = rest?;
+                let (head, tail) = match text.split_once('.') {
+                    Some((head, tail)) => (head, Some(tail)),
+                    None => (text, None),
+                };
                 segs.push(head);
                 rest = tail;
             }
-            segs[d]
+            Some(segs[d])
         };
         let mut stack: SmallVec<[(NodeId, usize); 16]> = SmallVec::new();
         stack.push((ROOT, 0));
         while let Some((id, d)) = stack.pop() {
             let node = &self.nodes[id as usize];
-            if d == depth {
+            let Some(seg) = segment(d) else {
                 node.exact.iter().for_each(|(_, v)| f(v));
                 continue;
-            }
+            };
             node.trailing.iter().for_each(|(_, v)| f(v));
             if let Some(star) = node.star {
                 stack.push((star, d + 1));
             }
-            if let Some(&child) = node.children.get(segment(d)) {
+            if let Some(&child) = node.children.get(seg) {
                 stack.push((child, d + 1));
             }
         }

@@ -62,6 +62,7 @@
 //! ```
 
 mod bus;
+mod clock;
 mod index;
 mod message;
 mod ratelimit;

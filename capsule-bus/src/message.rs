@@ -116,7 +116,9 @@ pub struct Message {
     /// Sequence number (low 55 bits), hop count (the next 8 bits) and the claimed-attribution
     /// flag (top bit), packed so that every queued message stays small.
     seq_flags: u64,
-    /// Publish time, in milliseconds since the Unix epoch.
+    /// Publish time, in milliseconds since the Unix epoch, read from the kernel's coarse
+    /// wall clock: never ahead of the precise clock, at most a tick (a few ms) behind it.
+    /// Informational only; the sequence number orders messages.
     pub timestamp_ms: u64,
     /// The capsule instance that published it.
     pub source: Uuid,
