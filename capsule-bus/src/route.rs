@@ -424,11 +424,23 @@ impl Route {
     /// Enqueues an admitted message, evicting as the bounds require; `false` when the message
     /// was refused (counted as dropped) instead.
     pub(crate) fn deliver(&self, msg: Arc<Message>) -> bool {
-        let outcome = self.state.lock().push(msg, &self.limits);
-        if outcome == Push::Woke {
-            self.notify.notify_waiters();
+        let (queued, wake) = self.enqueue(msg);
+        if wake {
+            self.wake();
         }
-        outcome != Push::Refused
+        queued
+    }
+
+    /// [`deliver`](Self::deliver) without waking the receiver: answers whether the message
+    /// was queued and whether the receiver must be woken ([`wake`](Self::wake)) for it.
+    pub(crate) fn enqueue(&self, msg: Arc<Message>) -> (bool, bool) {
+        let outcome = self.state.lock().push(msg, &self.limits);
+        (outcome != Push::Refused, outcome == Push::Woke)
+    }
+
+    /// Wakes whoever waits for this route to become ready.
+    pub(crate) fn wake(&self) {
+        self.notify.notify_waiters();
     }
 
     /// Counts an admitted message that the fan-out cap kept from this route.

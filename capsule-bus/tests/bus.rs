@@ -487,3 +487,60 @@ fn reported_loss_reaches_matching_in_scope_subscriptions_only() {
     assert_eq!((s.admitted, s.delivered, s.dropped), (4, 1, 3));
     assert_eq!(s.admitted, s.delivered + s.dropped + s.queued);
 }
+
+/// A batch publish delivers, evicts and reports exactly as the same publishes one by one,
+/// in order, and wakes a receiver that was already waiting.
+#[tokio::test(start_paused = true)]
+async fn a_batch_publishes_like_single_publishes_and_wakes_waiters() {
+    let bounded = |c: &mut BusConfig| c.queue_max_messages = 3;
+    let outs: Vec<Outgoing> = (0..5)
+        .map(|i| {
+            msg(
+                if i % 2 == 0 { "a.x" } else { "b.x" },
+                Some("p"),
+                &i.to_string(),
+            )
+        })
+        .collect();
+    let (one, batch) = (bus_with(bounded), bus_with(bounded));
+    let mut rx_one = [
+        one.subscribe(pat("*"), Scope::All),
+        one.subscribe(pat("a.*"), Scope::All),
+    ];
+    let mut rx_batch = [
+        batch.subscribe(pat("*"), Scope::All),
+        batch.subscribe(pat("a.*"), Scope::All),
+    ];
+    let waiter = tokio::spawn({
+        let ready = rx_batch[1].readiness();
+        async move { ready.ready().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished());
+
+    let singles: Vec<_> = outs.iter().map(|o| one.publish(o.clone())).collect();
+    let batched = batch.publish_batch(outs);
+    let strip = |r: &capsule_bus::PublishReport| (r.delivered, r.refused, r.cut);
+    assert_eq!(
+        singles.iter().map(strip).collect::<Vec<_>>(),
+        batched.iter().map(strip).collect::<Vec<_>>()
+    );
+    assert!(batched.windows(2).all(|w| w[0].seq < w[1].seq));
+    tokio::time::timeout(Duration::from_secs(60), waiter)
+        .await
+        .unwrap_or_else(|_| panic!("the waiting receiver was never woken"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (a, b) in rx_one.iter_mut().zip(rx_batch.iter_mut()) {
+        let (da, db) = (a.try_drain(usize::MAX), b.try_drain(usize::MAX));
+        let text = |d: &capsule_bus::Drain| {
+            d.messages
+                .iter()
+                .map(|m| m.payload.as_str().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(text(&da), text(&db));
+        assert_eq!(da.dropped, db.dropped);
+    }
+    // The bound of 3 evicted the oldest two from the route taking every message.
+    assert_eq!(rx_one[0].stats().dropped, 2);
+}

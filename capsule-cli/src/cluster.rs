@@ -12,7 +12,6 @@ use std::sync::Arc;
 use capsule_nats::{Auth, Bridge, BridgeConfig, ClusterKey, ClusterName, HostId};
 use capsule_runtime::Runtime;
 use capsule_runtime::bus::TopicPattern;
-use capsule_runtime::security::PrincipalProfile;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -163,16 +162,10 @@ pub(crate) async fn join(rt: &Runtime, mut config: BridgeConfig) -> Result<Arc<B
     }));
     // An imported message acts for its principal on this host too: this host's profile for
     // that principal must let it act, as for a publish through the control socket.
-    let state = rt.config().state_dir.clone();
+    let gate = crate::admit::ProfileGate::new(rt.config().state_dir.clone());
     config.admit = Some(Arc::new(move |_topic, who| match who.principal() {
         None => Ok(()),
-        Some(p) => match PrincipalProfile::load(&state, p) {
-            Ok(profile) if profile.enabled => Ok(()),
-            Ok(_) => Err(format!("the profile of {p} is disabled on this host")),
-            Err(e) => Err(format!(
-                "the profile of {p} is unreadable on this host: {e}"
-            )),
-        },
+        Some(p) => gate.check(p),
     }));
     let cluster = config.cluster.clone();
     Bridge::start(rt.bus().clone(), config)

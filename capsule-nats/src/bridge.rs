@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event, HeaderMap, Subject};
+use async_nats::{Client, ConnectOptions, Event, HeaderMap, HeaderName, Subject};
+use bytes::Bytes;
 use capsule_bus::{AUDIT_TOPIC, Attribution, Bus, Message, Scope, Topic};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
@@ -24,6 +25,12 @@ use crate::subject::{pattern_subject, topic_subject};
 
 /// Tracing target of the bridge's audit records.
 pub const AUDIT_TARGET: &str = "capsule::audit::nats";
+
+/// [`ENVELOPE_HEADER`] as a ready header name: a name built from a `&str` is a fresh
+/// allocation, and one is built for every message sent and every lookup.
+pub(crate) const ENVELOPE_NAME: HeaderName = HeaderName::from_static(ENVELOPE_HEADER);
+/// [`SIGNATURE_HEADER`] as a ready header name.
+pub(crate) const SIGNATURE_NAME: HeaderName = HeaderName::from_static(SIGNATURE_HEADER);
 
 /// Bytes of payload one export drain takes from the bus at most.
 const EXPORT_DRAIN_BYTES: usize = 256 * 1024;
@@ -483,20 +490,20 @@ async fn export_loop(
                 .entry(m.topic.clone())
                 .or_insert_with(|| Subject::from(topic_subject(&config.cluster, &m.topic)))
                 .clone();
-            let payload = m.payload.as_str().as_bytes();
             let mut headers = HeaderMap::new();
-            headers.insert(ENVELOPE_HEADER, envelope.to_header_value());
+            headers.insert(ENVELOPE_NAME, envelope.to_header_value());
             if let Some(key) = &config.key {
-                headers.insert(SIGNATURE_HEADER, key.sign(&subject, &envelope, payload));
+                let tag = key.sign(&subject, &envelope, m.payload.as_str().as_bytes());
+                headers.insert(SIGNATURE_NAME, tag);
             }
+            // The payload is handed over without a copy: the bytes stay in the bus's shared
+            // message until the client has written them out.
+            let payload = Bytes::from_owner(SharedPayload(Arc::clone(&m)));
             // Outside the cooperative budget: a spent budget would turn every 128th message
             // into a full trip through the scheduler; the loop yields every
             // `YIELD_EVERY` messages instead.
-            let send = tokio::task::unconstrained(client.publish_with_headers(
-                subject,
-                headers,
-                payload.to_vec().into(),
-            ));
+            let send =
+                tokio::task::unconstrained(client.publish_with_headers(subject, headers, payload));
             let sent = hand_over(&client, send).await;
             // Lets the other tasks of a busy worker run now and then.
             handled = handled.wrapping_add(1);
@@ -553,6 +560,16 @@ where
                 std::task::Poll::Pending => None,
             };
         }
+    }
+}
+
+/// A bus message lent to the NATS client as its payload bytes, so exporting a message does
+/// not copy it.
+struct SharedPayload(Arc<Message>);
+
+impl AsRef<[u8]> for SharedPayload {
+    fn as_ref(&self) -> &[u8] {
+        self.0.payload.as_str().as_bytes()
     }
 }
 

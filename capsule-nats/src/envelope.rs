@@ -121,7 +121,7 @@ impl Envelope {
     pub fn from_headers(headers: Option<&HeaderMap>) -> Result<Self, EnvelopeError> {
         let h = headers.ok_or(EnvelopeError::NoHeaders)?;
         let value = h
-            .get(ENVELOPE_HEADER)
+            .get(crate::bridge::ENVELOPE_NAME)
             .map(|v| v.as_str())
             .ok_or(EnvelopeError::Missing(ENVELOPE_HEADER))?;
         Self::parse(value)

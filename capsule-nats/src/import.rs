@@ -18,11 +18,11 @@ use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use uuid::Uuid;
 
+use crate::bridge::SIGNATURE_NAME;
 use crate::bridge::{Counters, audit, bump};
 use crate::config::BridgeConfig;
 use crate::envelope::Envelope;
 use crate::seq::{Bounded, MAX_GAP, Observed, SEQ_TABLE_CAPACITY, Tracking};
-use crate::sign::SIGNATURE_HEADER;
 use crate::subject::{HostId, subject_topic};
 
 /// Origins the bridge remembers, newest first out of a full table.
@@ -79,7 +79,17 @@ impl Importer {
         self.origins.lock().get(source).cloned()
     }
 
-    fn refuse(&self, subject: &str, reason: String) {
+    /// Publishes the accepted messages held in `out`, in order, waking each receiver once.
+    /// Called before anything else this importer puts on the bus, so an audit entry or a
+    /// reported loss never overtakes a message accepted before it.
+    pub(crate) fn flush(&self, out: &mut Vec<Outgoing>) {
+        if !out.is_empty() {
+            self.bus.publish_batch(out.drain(..));
+        }
+    }
+
+    fn refuse(&self, out: &mut Vec<Outgoing>, subject: &str, reason: String) {
+        self.flush(out);
         if bump(&self.counters.refused, 1) {
             audit(
                 &self.bus,
@@ -95,13 +105,14 @@ impl Importer {
     }
 
     /// Counts what one sequence number says about its publisher's stream.
-    fn observed(&self, observed: Observed, env: &Envelope, topic: &Topic) {
+    fn observed(&self, out: &mut Vec<Outgoing>, observed: Observed, env: &Envelope, topic: &Topic) {
         match observed {
             Observed::InOrder | Observed::Replayed | Observed::Implausible => {}
             Observed::Restarted => {
                 self.counters.restarts.fetch_add(1, Ordering::Relaxed);
             }
             Observed::Gap(lost) => {
+                self.flush(out);
                 self.counters.dropped_in.fetch_add(lost, Ordering::Relaxed);
                 self.bus
                     .report_loss(topic, env.attribution.principal(), lost);
@@ -120,18 +131,19 @@ impl Importer {
         }
     }
 
-    /// Handles one message received on import pattern `index`.
-    pub(crate) fn accept(&self, index: usize, m: async_nats::Message) {
+    /// Handles one message received on import pattern `index`; an accepted message is added
+    /// to `out`, for [`flush`](Self::flush) to publish.
+    pub(crate) fn accept(&self, index: usize, m: async_nats::Message, out: &mut Vec<Outgoing>) {
         let subject = m.subject.as_str();
         let topic = match subject_topic(&self.config.cluster, subject) {
             Ok(t) => t,
-            Err(e) => return self.refuse(subject, e.to_string()),
+            Err(e) => return self.refuse(out, subject, e.to_string()),
         };
         let Some(pattern) = self.config.import.get(index) else {
             return;
         };
         if !pattern.matches(&topic) || topic.as_str() == AUDIT_TOPIC {
-            return self.refuse(subject, "not an imported topic".into());
+            return self.refuse(out, subject, "not an imported topic".into());
         }
         // Overlapping import patterns receive the same message; the first one takes it.
         if self.config.import[..index]
@@ -142,19 +154,19 @@ impl Importer {
         }
         let env = match Envelope::from_headers(m.headers.as_ref()) {
             Ok(e) => e,
-            Err(e) => return self.refuse(subject, e.to_string()),
+            Err(e) => return self.refuse(out, subject, e.to_string()),
         };
         // Nothing in the headers is believed, not even the origin host, before the tag is.
         if let Some(key) = &self.config.key {
             let tag = m
                 .headers
                 .as_ref()
-                .and_then(|h| h.get(SIGNATURE_HEADER))
+                .and_then(|h| h.get(SIGNATURE_NAME))
                 .map(|v| v.as_str());
             match tag {
-                None => return self.refuse(subject, "the message is not signed".into()),
+                None => return self.refuse(out, subject, "the message is not signed".into()),
                 Some(t) if !key.verify(subject, &env, &m.payload, t) => {
-                    return self.refuse(subject, "the signature does not match".into());
+                    return self.refuse(out, subject, "the signature does not match".into());
                 }
                 Some(_) => {}
             }
@@ -165,6 +177,7 @@ impl Importer {
         }
         if !self.config.peers.contains(&env.host) {
             if bump(&self.counters.foreign, 1) {
+                self.flush(out);
                 audit(
                     &self.bus,
                     Attribution::System,
@@ -182,6 +195,7 @@ impl Importer {
             && let Err(reason) = admit(&topic, &env.attribution)
         {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            self.flush(out);
             // The principal concerned sees the refusal in its own audit view.
             return audit(
                 &self.bus,
@@ -200,13 +214,14 @@ impl Importer {
             .and_then(|s| JsonPayload::parse(s).map_err(|e| e.to_string()))
         {
             Ok(p) => p,
-            Err(e) => return self.refuse(subject, e),
+            Err(e) => return self.refuse(out, subject, e),
         };
         let key = (env.host.clone(), env.source, topic.clone());
         let observed = self.seqs.lock().observe(&key, env.epoch, env.seq, MAX_GAP);
         match observed {
             Observed::Replayed => {
                 return self.refuse(
+                    out,
                     subject,
                     format!(
                         "epoch {} sequence {} was already seen from {}: a replay",
@@ -216,6 +231,7 @@ impl Importer {
             }
             Observed::Implausible => {
                 return self.refuse(
+                    out,
                     subject,
                     format!(
                         "sequence {} jumps more than {MAX_GAP} past the publisher's last",
@@ -223,7 +239,7 @@ impl Importer {
                     ),
                 );
             }
-            o => self.observed(o, &env, &topic),
+            o => self.observed(out, o, &env, &topic),
         }
         let source = imported_source(&env.host, &env.source);
         self.origins.lock().entry(&source, || Origin {
@@ -233,7 +249,7 @@ impl Importer {
         });
         // Counted first, so whoever sees the message also sees it counted.
         self.counters.imported.fetch_add(1, Ordering::Relaxed);
-        self.bus.publish(Outgoing {
+        out.push(Outgoing {
             topic,
             payload,
             source,
@@ -245,6 +261,10 @@ impl Importer {
 
 /// Messages an import loop handles between two yields to the scheduler.
 const YIELD_EVERY: u32 = 1024;
+/// Accepted messages an import loop publishes into the local bus together at most: the
+/// receivers are woken once per batch, and a batch is published as soon as nothing more is
+/// waiting, so a lone message is never held back.
+const PUBLISH_BATCH: usize = 64;
 
 /// The messages one import pattern holds for the local bus, bounded in messages and bytes.
 struct Held {
@@ -306,6 +326,8 @@ impl Importer {
 /// Carries import pattern `index`'s messages into the local bus. Before each message it
 /// handles, it moves everything the client has received into its own buffer, so the client's
 /// queue stays short and whatever waits is bounded by the configured messages and bytes.
+/// Accepted messages are published in batches of up to [`PUBLISH_BATCH`], a batch as soon
+/// as the buffer is empty.
 pub(crate) async fn import_loop(
     importer: Arc<Importer>,
     index: usize,
@@ -315,6 +337,7 @@ pub(crate) async fn import_loop(
         queue: VecDeque::new(),
         bytes: 0,
     };
+    let mut out = Vec::with_capacity(PUBLISH_BATCH);
     let mut handled = 0u32;
     loop {
         // Outside the task's cooperative budget, so a spent budget never looks like an empty
@@ -322,19 +345,25 @@ pub(crate) async fn import_loop(
         while let Some(next) = tokio::task::unconstrained(sub.next()).now_or_never() {
             match next {
                 Some(m) => importer.hold(&mut held, m),
-                None => return,
+                None => return importer.flush(&mut out),
             }
         }
         if let Some(m) = importer.release(&mut held) {
-            importer.accept(index, m);
+            importer.accept(index, m, &mut out);
+            if out.len() >= PUBLISH_BATCH {
+                importer.flush(&mut out);
+            }
             // Lets the other tasks of a busy worker run now and then, far less often than the
             // cooperative budget would (each yield is a trip through the scheduler).
             handled = handled.wrapping_add(1);
             if handled.is_multiple_of(YIELD_EVERY) {
+                importer.flush(&mut out);
                 tokio::task::yield_now().await;
             }
             continue;
         }
+        // Nothing is waiting: what was accepted goes out before the loop sleeps.
+        importer.flush(&mut out);
         match sub.next().await {
             Some(m) => importer.hold(&mut held, m),
             None => return,
