@@ -64,6 +64,7 @@ mod outcomes;
 mod registry;
 mod runtime;
 mod scope;
+mod spare_maker;
 mod spares;
 mod state;
 mod stats;

@@ -248,17 +248,15 @@ impl ScopeFactory {
 
     /// Whether `overlays` can serve another call: the home and tmp were opened, are still the
     /// directories at their paths (an operator may have moved or replaced them) and the env
-    /// overlay is the one read into it. A home that could not be opened is tried again.
+    /// overlay has the content read into it (one `stat` when the file's identity proves it).
+    /// A home that could not be opened is tried again.
     fn still_current(&self, overlays: &Overlays) -> bool {
         let (Some(home), Some(tmp)) = (&overlays.home, &overlays.tmp) else {
             return false;
         };
         home.still_at_root()
             && tmp.still_at_root()
-            && matches!(
-                StateLayout::env_overlay_stamp(home, &self.capsule),
-                Ok(stamp) if stamp == overlays.env_stamp
-            )
+            && StateLayout::env_overlay_unchanged(home, &self.capsule, overlays.env_stamp.as_ref())
     }
 
     fn overlays_for(&self, principal: &PrincipalId) -> Overlays {

@@ -1,14 +1,17 @@
 //! The instances a capsule keeps between handler calls. A *warm* instance has served exactly
 //! one principal and serves only that principal again; a *spare* is a fresh instance that has
 //! run no handler yet and is handed to exactly one principal, then kept warm for it alone. No
-//! instance ever serves a second principal. Spares are made in the background by one keeper task
-//! per capsule, only while the capsule is being called (none for a capsule never called), at
-//! most a few per capsule; everything kept is dropped once the capsule has been idle for
+//! instance ever serves a second principal. Spares are made by the spare maker thread
+//! ([`crate::spare_maker`]), which callers cannot starve, only while the capsule is being called
+//! (none for a capsule never called), one request queued per capsule and at most a few spares
+//! each; instances displaced from the warm set are dropped there too, at most [`MAX_DISCARD`]
+//! waiting per capsule. Everything kept is dropped once the capsule has been idle for
 //! [`IDLE_DISCARD`], and at unload.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use capsule_bus::PrincipalId;
 use parking_lot::Mutex;
@@ -16,30 +19,30 @@ use tokio::sync::Notify;
 use wasmtime::Store;
 use wasmtime::component::TypedFunc;
 
+use crate::calls::HelperGuard;
 use crate::capsule::CapsuleInner;
 use crate::host::HostState;
 use crate::inspect::HOOK;
 use crate::limits::CpuMeter;
 use crate::outcome::HookResponse;
 use crate::scope::Overlays;
+use crate::spare_maker::{self, Work};
 
 /// How long a capsule goes without handler calls before its warm instances and spares are
 /// dropped (the next call then instantiates on its path again).
 pub(crate) const IDLE_DISCARD: Duration = Duration::from_secs(30);
 
-/// How long the keeper waits before trying again after a spare failed to instantiate (the
-/// pool may be full or the machine too busy for the instantiation's one epoch window).
+/// How long after a spare failed to instantiate (the pool may be full, or the machine too
+/// busy for the instantiation's one epoch window) no new one is asked for.
 const SPARE_RETRY: Duration = Duration::from_millis(50);
-
-/// Failed spares in a row after which the keeper waits for the next call that wants one.
-const SPARE_ATTEMPTS: u32 = 40;
 
 /// Most spares one capsule keeps ready.
 pub(crate) const MAX_SPARES: usize = 2;
 
-/// Most displaced instances waiting for the keeper to drop them; past it the call that
-/// displaced one drops it itself.
-const MAX_DISCARD: usize = 2;
+/// Most displaced instances of one capsule waiting for the maker thread to drop them; past it
+/// the call that displaced one drops it itself, so a maker thread that cannot keep up never
+/// holds pool slots until the pool refuses calls.
+pub(crate) const MAX_DISCARD: usize = 2;
 
 /// One instance of the capsule with its hook, and the principal it serves (`None`: a spare
 /// that has served nobody yet).
@@ -63,28 +66,49 @@ pub(crate) enum Taken {
     Nothing { reset: bool },
 }
 
+/// What the caller of [`Instances::take`] must start (see [`CapsuleInner::after_take`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Needs {
+    /// The task that drops everything kept after [`IDLE_DISCARD`] without calls.
+    idle_watch: bool,
+    /// A request to the maker thread for one more spare.
+    refill: bool,
+}
+
+/// What the maker thread did with a refill request.
+pub(crate) enum Made {
+    /// A fresh instance for no principal yet.
+    Spare(Pooled),
+    /// Instantiation failed.
+    Failed,
+    /// Nothing was tried (the capsule is closing, or the request could not be queued).
+    Skipped,
+}
+
 #[derive(Default)]
 struct Stash {
     /// Instances that served one principal each, oldest first.
     warm: VecDeque<Pooled>,
     spares: Vec<Pooled>,
-    /// Instances to drop off the call path.
-    discard: Vec<Pooled>,
-    /// Whether a keeper task runs.
-    keeper: bool,
-    /// Bumped by every call; the keeper discards everything after a quiet period.
+    /// Whether a refill request is queued for the maker thread or running there.
+    making: bool,
+    /// When the last spare failed to instantiate.
+    failed_at: Option<Instant>,
+    /// Whether the idle watch runs; spares are kept only while it does, so whatever it
+    /// drops after a quiet period is not made again until the next call.
+    watching: bool,
+    /// Bumped by every call; the idle watch drops everything after a quiet period.
     activity: u64,
-    /// Whether the capsule has needed a fresh instance since the keeper last looked.
-    wanted: bool,
-    /// Whether the last spare failed to instantiate (no retry until a call wants one again).
-    failing: bool,
     closed: bool,
 }
 
 /// The instances one capsule keeps between handler calls.
 pub(crate) struct Instances {
     stash: Mutex<Stash>,
+    /// Wakes the idle watch at close.
     wake: Notify,
+    /// Displaced instances handed to the maker thread and not dropped yet.
+    discarding: AtomicUsize,
     max_warm: usize,
     max_spares: usize,
 }
@@ -96,43 +120,45 @@ impl Instances {
         Self {
             stash: Mutex::new(Stash::default()),
             wake: Notify::new(),
+            discarding: AtomicUsize::new(0),
             max_warm: max_warm.max(1),
             max_spares,
         }
     }
 
-    /// An instance for `principal`: its own warm one, else a spare. The second value says the
-    /// caller must start the keeper.
-    pub(crate) fn take(&self, principal: &PrincipalId) -> (Taken, bool) {
+    /// An instance for `principal`: its own warm one, else a spare. The second value says
+    /// what the caller must start.
+    pub(crate) fn take(&self, principal: &PrincipalId) -> (Taken, Needs) {
         let mut st = self.stash.lock();
         st.activity = st.activity.wrapping_add(1);
+        let mut needs = Needs::default();
+        if !st.closed && !st.watching {
+            st.watching = true;
+            needs.idle_watch = true;
+        }
         if let Some(at) = st
             .warm
             .iter()
             .rposition(|p| p.principal.as_ref() == Some(principal))
             && let Some(pooled) = st.warm.remove(at)
         {
-            return (Taken::Warm(pooled), false);
+            return (Taken::Warm(pooled), needs);
         }
         let reset = !st.warm.is_empty();
-        st.wanted = true;
-        st.failing = false;
         let taken = match st.spares.pop() {
             Some(pooled) => Taken::Spare { pooled, reset },
             None => Taken::Nothing { reset },
         };
-        let start = self.max_spares > 0 && !st.closed && !st.keeper;
-        if start {
-            st.keeper = true;
-        } else {
-            self.wake.notify_one();
+        let retry_ok = st.failed_at.is_none_or(|t| t.elapsed() >= SPARE_RETRY);
+        if self.max_spares > 0 && !st.closed && !st.making && retry_ok {
+            st.making = true;
+            needs.refill = true;
         }
-        (taken, start)
+        (taken, needs)
     }
 
-    /// Keeps `pooled` warm for the principal it served. Returns it when the capsule is closing
-    /// (the caller drops it); an older instance over the bound is dropped by the keeper, or
-    /// returned when there is none or [`MAX_DISCARD`] already wait for it.
+    /// Keeps `pooled` warm for the principal it served. Returns it when the capsule is closing,
+    /// or the oldest warm instance when the bound is passed: the caller discards it.
     pub(crate) fn put(&self, pooled: Pooled) -> Option<Pooled> {
         let mut st = self.stash.lock();
         if st.closed || pooled.principal.is_none() {
@@ -142,17 +168,7 @@ impl Instances {
         if st.warm.len() <= self.max_warm {
             return None;
         }
-        let oldest = st.warm.pop_front();
-        // The keeper drops displaced instances off the call path, but only a few at a time:
-        // a keeper that cannot keep up (starved by callers that never yield, or waiting after
-        // a failed spare) must not hold pool slots until the pool refuses calls.
-        if st.keeper && st.discard.len() < MAX_DISCARD {
-            st.discard.extend(oldest);
-            self.wake.notify_one();
-            None
-        } else {
-            oldest
-        }
+        st.warm.pop_front()
     }
 
     /// Gives back a spare nobody used (it did not fit the principal that took it); returns it
@@ -166,14 +182,37 @@ impl Instances {
         None
     }
 
-    /// Drops everything kept and refuses to keep more; the keeper stops.
+    /// Takes what the maker thread made. Returns whether it must make another (the request
+    /// then stays open), and a spare that cannot be kept (the capsule is closing or idle).
+    pub(crate) fn made(&self, made: Made) -> (bool, Option<Pooled>) {
+        let mut st = self.stash.lock();
+        st.making = false;
+        match made {
+            Made::Spare(spare) => {
+                st.failed_at = None;
+                if st.closed || !st.watching || st.spares.len() >= self.max_spares {
+                    return (false, Some(spare));
+                }
+                st.spares.push(spare);
+                let again = st.spares.len() < self.max_spares;
+                st.making = again;
+                (again, None)
+            }
+            Made::Failed => {
+                st.failed_at = Some(Instant::now());
+                (false, None)
+            }
+            Made::Skipped => (false, None),
+        }
+    }
+
+    /// Drops everything kept and refuses to keep more; the idle watch stops.
     pub(crate) fn close(&self) {
         let dropped = {
             let mut st = self.stash.lock();
             st.closed = true;
             let mut all: Vec<Pooled> = st.warm.drain(..).collect();
             all.append(&mut st.spares);
-            all.append(&mut st.discard);
             all
         };
         drop(dropped);
@@ -185,27 +224,96 @@ impl Instances {
         let st = self.stash.lock();
         (st.warm.len(), st.spares.len())
     }
+
+    /// Counts one more displaced instance waiting for the maker thread, unless
+    /// [`MAX_DISCARD`] already wait.
+    fn reserve_discard(&self) -> bool {
+        self.discarding
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_DISCARD).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// One displaced instance handed to the maker thread is gone.
+    pub(crate) fn discarded(&self) {
+        self.discarding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A displaced instance on its way to the maker thread: dropped there (or here, if it never
+/// got there), then counted out of [`Instances`] and of the capsule's helpers.
+pub(crate) struct Discard {
+    pooled: Option<Pooled>,
+    instances: Arc<Instances>,
+    _guard: HelperGuard,
+    handle: Option<tokio::runtime::Handle>,
+}
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        let _entered = self.handle.as_ref().map(tokio::runtime::Handle::enter);
+        drop(self.pooled.take());
+        self.instances.discarded();
+    }
 }
 
 impl CapsuleInner {
-    /// Starts the keeper that refills this capsule's spares and drops what it discards.
-    pub(crate) fn start_keeper(self: &Arc<Self>) {
+    /// Starts what [`Instances::take`] asked for: the idle watch, and a refill on the maker
+    /// thread.
+    pub(crate) fn after_take(self: &Arc<Self>, needs: Needs) {
+        if needs.idle_watch {
+            self.start_idle_watch();
+        }
+        if needs.refill {
+            let sent = tokio::runtime::Handle::try_current()
+                .map_err(drop)
+                .and_then(|h| {
+                    spare_maker::send(Work::Refill(Arc::downgrade(self), h)).map_err(drop)
+                });
+            if sent.is_err() {
+                drop(self.instances.made(Made::Skipped));
+            }
+        }
+    }
+
+    /// Drops an instance displaced from the warm set: on the maker thread when fewer than
+    /// [`MAX_DISCARD`] already wait there, here otherwise.
+    pub(crate) fn discard(&self, pooled: Pooled) {
+        if !self.instances.reserve_discard() {
+            drop(pooled);
+            return;
+        }
         let Some(guard) = self.calls.helper() else {
-            self.instances.stash.lock().keeper = false;
+            drop(pooled);
+            self.instances.discarded();
             return;
         };
-        let weak = Arc::downgrade(self);
+        let work = Discard {
+            pooled: Some(pooled),
+            instances: Arc::clone(&self.instances),
+            _guard: guard,
+            handle: tokio::runtime::Handle::try_current().ok(),
+        };
+        // Without a maker thread the work comes back and is dropped here.
+        drop(spare_maker::send(Work::Discard(Box::new(work))));
+    }
+
+    fn start_idle_watch(&self) {
+        let Some(guard) = self.calls.helper() else {
+            self.instances.stash.lock().watching = false;
+            return;
+        };
         let instances = Arc::clone(&self.instances);
         tokio::spawn(async move {
-            keep(weak, &instances).await;
-            // Nothing of the capsule is held any more when the guard counts the keeper out.
+            watch_idle(&instances).await;
             drop(guard);
         });
     }
 
     /// A spare: a fresh instance for no principal yet, instantiated in the owner's context
     /// (like the run loop) and charged to the owner until a principal takes it.
-    async fn instantiate_spare(&self) -> Option<Pooled> {
+    pub(crate) async fn instantiate_spare(&self) -> Option<Pooled> {
         let mut store = self.new_store(CpuMeter::call(1, self.window));
         let instance = self.pre.instantiate_async(&mut store).await.ok()?;
         let hook = instance
@@ -220,73 +328,25 @@ impl CapsuleInner {
     }
 }
 
-/// The keeper loop: drop discarded instances, top the spares up while calls want them, and
-/// drop everything after [`IDLE_DISCARD`] without calls.
-async fn keep(capsule: Weak<CapsuleInner>, instances: &Instances) {
-    let mut seen = u64::MAX;
-    let mut failures = 0u32;
-    // Whether the last wait ran its whole course: only then has the capsule been quiet for
-    // IDLE_DISCARD. A wake (an instance to discard, a spare wanted) says nothing of idleness.
-    let mut waited_out = false;
+/// Drops everything kept once a whole [`IDLE_DISCARD`] passed without calls; ends then or at
+/// close.
+async fn watch_idle(instances: &Instances) {
+    let mut seen = instances.stash.lock().activity;
     loop {
-        let (discard, refill) = {
-            let mut st = instances.stash.lock();
-            if st.closed {
-                st.keeper = false;
-                return;
-            }
-            let refill = st.wanted && !st.failing && st.spares.len() < instances.max_spares;
-            if !refill {
-                st.wanted = false;
-            }
-            (std::mem::take(&mut st.discard), refill)
-        };
-        drop(discard);
-        if refill {
-            let Some(inner) = capsule.upgrade() else {
-                break;
-            };
-            let spare = inner.instantiate_spare().await;
-            drop(inner);
-            let retry = {
-                let mut st = instances.stash.lock();
-                match spare {
-                    Some(spare) if !st.closed => {
-                        failures = 0;
-                        st.spares.push(spare);
-                    }
-                    Some(_) => {}
-                    None => {
-                        failures += 1;
-                        st.failing = true;
-                    }
-                }
-                st.failing && failures < SPARE_ATTEMPTS
-            };
-            if retry {
-                tokio::time::sleep(SPARE_RETRY).await;
-                instances.stash.lock().failing = false;
-            }
-            continue;
+        let _woken = tokio::time::timeout(IDLE_DISCARD, instances.wake.notified()).await;
+        let mut st = instances.stash.lock();
+        if st.closed {
+            st.watching = false;
+            return;
         }
-        failures = 0;
-        {
-            let mut st = instances.stash.lock();
-            if waited_out && st.activity == seen {
-                // A whole quiet period: give everything back.
-                let mut all: Vec<Pooled> = st.warm.drain(..).collect();
-                all.append(&mut st.spares);
-                all.append(&mut st.discard);
-                st.keeper = false;
-                drop(st);
-                drop(all);
-                return;
-            }
-            seen = st.activity;
+        if st.activity == seen {
+            let mut all: Vec<Pooled> = st.warm.drain(..).collect();
+            all.append(&mut st.spares);
+            st.watching = false;
+            drop(st);
+            drop(all);
+            return;
         }
-        waited_out = tokio::time::timeout(IDLE_DISCARD, instances.wake.notified())
-            .await
-            .is_err();
+        seen = st.activity;
     }
-    instances.stash.lock().keeper = false;
 }

@@ -224,10 +224,8 @@ impl CapsuleInner {
             payload,
             caller,
         } = job;
-        let (taken, start_keeper) = self.instances.take(principal);
-        if start_keeper {
-            self.start_keeper();
-        }
+        let (taken, needs) = self.instances.take(principal);
+        self.after_take(needs);
         // Only the principal's own warm instance offers resources to reuse, and the scope
         // reuses them only for that same principal.
         let cached = match &taken {
@@ -295,9 +293,11 @@ impl CapsuleInner {
         match result {
             Ok((response,)) => {
                 instance.overlays = overlays;
-                // Kept warm for this principal alone; dropped here only when the capsule is
-                // closing or nothing else can drop an instance over the bound.
-                drop(self.instances.put(instance));
+                // Kept warm for this principal alone; an instance it displaces (or this one,
+                // when the capsule is closing) is discarded.
+                if let Some(old) = self.instances.put(instance) {
+                    self.discard(old);
+                }
                 Ok(response)
             }
             // The Store whose call did not complete is discarded here, never reused.

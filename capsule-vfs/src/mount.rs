@@ -300,6 +300,9 @@ pub struct Mount {
     root: PathBuf,
     /// The user and group what this mount creates is given to, once set.
     owner: std::sync::OnceLock<(u32, u32)>,
+    /// The device and inode of the directory `dir` opened, read once: an open handle's
+    /// identity never changes.
+    identity: std::sync::OnceLock<(u64, u64)>,
 }
 
 impl Mount {
@@ -319,6 +322,7 @@ impl Mount {
             dir: Dir::open_ambient_dir(root, ambient_authority())?,
             root: root.to_path_buf(),
             owner: std::sync::OnceLock::new(),
+            identity: std::sync::OnceLock::new(),
         })
     }
 
@@ -330,6 +334,7 @@ impl Mount {
             dir: open_dir_no_links(root)?,
             root: root.to_path_buf(),
             owner: std::sync::OnceLock::new(),
+            identity: std::sync::OnceLock::new(),
         })
     }
 
@@ -339,6 +344,7 @@ impl Mount {
             dir,
             root,
             owner: std::sync::OnceLock::new(),
+            identity: std::sync::OnceLock::new(),
         }
     }
 
@@ -441,11 +447,17 @@ impl Mount {
     /// between uses checks this before relying on it again.
     pub fn still_at_root(&self) -> bool {
         use std::os::unix::fs::MetadataExt as _;
-        let Ok(mine) = self.dir.dir_metadata() else {
-            return false;
+        let mine = match self.identity.get() {
+            Some(id) => *id,
+            None => {
+                let Ok(m) = self.dir.dir_metadata() else {
+                    return false;
+                };
+                *self.identity.get_or_init(|| (m.dev(), m.ino()))
+            }
         };
         std::fs::symlink_metadata(&self.root)
-            .is_ok_and(|m| m.is_dir() && m.ino() == mine.ino() && m.dev() == mine.dev())
+            .is_ok_and(|m| m.is_dir() && (m.dev(), m.ino()) == mine)
     }
 
     /// The directory handle itself, for the host's own files opened relative to it.
