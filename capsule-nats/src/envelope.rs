@@ -22,7 +22,8 @@ pub const ENVELOPE_HEADER: &str = "Capsule-Envelope";
 /// The envelope format version, the header's first field.
 pub const ENVELOPE_VERSION: &str = "1";
 
-/// Longest source name carried; a longer one (or one with control characters) is left out.
+/// Longest source name carried; a longer one (or one with control characters, or ending in
+/// whitespace) is left out.
 pub const MAX_SOURCE_NAME_BYTES: usize = 128;
 
 /// Fields of an envelope without the optional source name.
@@ -83,9 +84,13 @@ fn parse_attribution(s: &str) -> Result<Attribution, EnvelopeError> {
 }
 
 /// Whether `name` may travel as the source name: short, and nothing a header line could not
-/// carry.
+/// carry. The name ends the header value, and NATS clients trim whitespace off the end of a
+/// value, so a name ending in whitespace would arrive other than it was signed and sink
+/// every message that carries it.
 pub(crate) fn sendable_name(name: &str) -> bool {
-    name.len() <= MAX_SOURCE_NAME_BYTES && !name.chars().any(char::is_control)
+    name.len() <= MAX_SOURCE_NAME_BYTES
+        && !name.chars().any(char::is_control)
+        && !name.ends_with(char::is_whitespace)
 }
 
 impl Envelope {

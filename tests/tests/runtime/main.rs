@@ -34,6 +34,7 @@ mod process_attacks;
 mod process_reload;
 mod process_uids;
 mod process_uids_home;
+mod publish_cache_attacks;
 mod reload_attacks;
 mod scope_cache;
 mod scope_cache_attacks;
