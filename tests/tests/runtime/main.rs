@@ -31,6 +31,7 @@ mod payload_attacks;
 mod perf_attacks;
 mod process;
 mod process_attacks;
+mod process_ns;
 mod process_reload;
 mod process_uids;
 mod process_uids_home;

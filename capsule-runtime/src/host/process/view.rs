@@ -169,6 +169,7 @@ impl ProcView<'_> {
             retention,
         };
         let uids = Arc::clone(&self.ctx.keeper.uids);
+        let host_network = self.ctx.network;
         let work = move || -> Result<Arc<Proc>, ProcessError> {
             let program = resolve_program(&spec.cmd)?;
             let ids = uids.assign(&meta.principal)?;
@@ -184,6 +185,7 @@ impl ProcView<'_> {
             );
             let mut env = spec.env;
             env.extend(vars);
+            let home = home.as_ref().map(|h| h.root().to_path_buf());
             child::start(
                 Launch {
                     program,
@@ -197,6 +199,8 @@ impl ProcView<'_> {
                     oneshot: kind == Kind::OneShot,
                     injected: (!names.is_empty()).then_some(Injected { dir, names }),
                     ids,
+                    home,
+                    host_network,
                 },
                 meta,
             )
