@@ -34,6 +34,7 @@ mod process_attacks;
 mod process_ns;
 mod process_reload;
 mod process_uids;
+mod process_uids_early;
 mod process_uids_home;
 mod reload_attacks;
 mod scope_cache;
