@@ -145,11 +145,6 @@ impl Isolation {
         }
     }
 
-    /// Whether the child keeps the host's network namespace.
-    pub(crate) fn host_network(&self) -> bool {
-        !self.own_net
-    }
-
     /// Runs in the child between fork and exec, after `fchdir` (so the new mount namespace
     /// carries the working directory over) and before the capability drop: only system calls
     /// on prepared values, no allocation, no locks.
