@@ -46,6 +46,7 @@ use crate::host::{Assembly, Capability, HostState, InstanceCx, View, view};
 
 pub(crate) use child::Exit;
 use child::Proc;
+pub use child::{MAX_SCRATCH_BYTES, MAX_SCRATCH_INODES, namespaces_available};
 pub(crate) use keeper::Keeper;
 pub(crate) use spec::{Injection, RequestLimits, SpawnSpec};
 pub use uids::UID_RECORD_FILE;
@@ -131,6 +132,9 @@ pub(crate) struct ProcShared {
     capsule: String,
     grants: Vec<ProcessGrant>,
     persistent: bool,
+    /// Whether the capsule is granted network (`net`, `net_connect` or `net_bind`): only then
+    /// do its children share the host's network namespace.
+    network: bool,
     owner_home: Option<Arc<Mount>>,
     owner_tmp: Option<Arc<Mount>>,
     table: Mutex<Table>,
@@ -219,11 +223,13 @@ impl Capability for ProcessHost {
             .collect();
         let keeper = Arc::clone(&cx.services.processes);
         let name = &cx.identity.name;
+        let network =
+            !caps.net.is_empty() || !caps.net_connect.is_empty() || !caps.net_bind.is_empty();
         // A reload hands over the previous instance's persistent children, each only if
-        // this instance may still run it as a persistent process.
+        // this instance may still run it as a persistent process, with the network it has.
         let adopted = if caps.allow_persistent {
             keeper.adopt(name, |p| {
-                grants.iter().any(|g| g.allows(&p.command, &p.args))
+                (network || !p.host_network) && grants.iter().any(|g| g.allows(&p.command, &p.args))
             })
         } else {
             Vec::new()
@@ -236,6 +242,7 @@ impl Capability for ProcessHost {
             capsule: name.clone(),
             grants,
             persistent: caps.allow_persistent,
+            network,
             owner_home: cx.owner_files.home.clone(),
             owner_tmp: cx.owner_files.tmp.clone(),
             table: Mutex::new(table),

@@ -20,7 +20,10 @@ use parking_lot::Mutex;
 
 use super::ProcessError;
 
+mod handover;
 mod record;
+
+pub(crate) use handover::hand_over_made;
 
 /// The record's file name inside the state directory.
 pub const UID_RECORD_FILE: &str = "process-uids.json";
@@ -39,6 +42,9 @@ pub(crate) struct UidMap {
     file: PathBuf,
     /// The record, read from `file` on first use.
     table: Mutex<Option<BTreeMap<String, u32>>>,
+    /// Principals whose home this host process already handed over (see
+    /// `handover`): what their capsules create from then on is theirs as it is made.
+    handed: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Whether `id` may ever be given to a principal: not root, not the host's own user or
@@ -63,6 +69,7 @@ impl UidMap {
             range,
             file: state_dir.join(UID_RECORD_FILE),
             table: Mutex::new(None),
+            handed: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -130,6 +137,17 @@ impl UidMap {
         }
         let id = *guard.as_ref()?.get(principal.as_str())?;
         (range.contains(&id) && assignable(id)).then_some(Ids { uid: id, gid: id })
+    }
+
+    /// Whether `principal`'s home still has to be handed over by this host process: true once,
+    /// until [`Self::handed_over`] records it.
+    pub(crate) fn needs_hand_over(&self, principal: &PrincipalId) -> bool {
+        !self.handed.lock().contains(principal.as_str())
+    }
+
+    /// Records that `principal`'s home was handed over.
+    pub(crate) fn handed_over(&self, principal: &PrincipalId) {
+        self.handed.lock().insert(principal.as_str().to_string());
     }
 
     fn read(&self) -> Result<BTreeMap<String, u32>, ProcessError> {

@@ -11,7 +11,7 @@ use wasmtime::component::Resource;
 
 use super::child::{self, Chunk, Exit, Injected, Launch, Meta, Overflow, Proc, Which};
 use super::spec::{inject, limits, open_cwd, resolve_program, validate};
-use super::uids::{Ids, hand_over, secure_home};
+use super::uids::{Ids, UidMap, hand_over, hand_over_made, secure_home};
 use super::*;
 use crate::host::audit::field;
 use crate::host::poll::{PollSource, PollableEntry};
@@ -37,8 +37,12 @@ fn audit_refused(capsule: &str, principal: &PrincipalId, cmd: &str, e: &ProcessE
 /// Makes the principal's home root the host's, shared with the principal's group (see
 /// [`secure_home`]), gives its tmp root and the working directory (unless that is the home
 /// root) to the principal's own user id (mode 0700), so its children work there and no other
-/// principal's child can open them; the host, as root, still reaches them.
+/// principal's child can open them; the host, as root, still reaches them. Once per host
+/// process and principal, what its capsules made there before (as the host's) is handed over
+/// too ([`hand_over_made`]); what they make from then on is the principal's as it is made.
 fn own_dirs(
+    uids: &UidMap,
+    principal: &PrincipalId,
     ids: Ids,
     home: Option<&Arc<capsule_vfs::Mount>>,
     tmp: Option<&Arc<capsule_vfs::Mount>>,
@@ -57,15 +61,28 @@ fn own_dirs(
             .map_err(unavailable)
     };
     let mut home_id = None;
+    let mut home_dir = None;
+    let mut tmp_dir = None;
     if let Some(home) = home {
         let root = open(home)?;
         secure_home(&root, ids)?;
         home.give_to(ids.uid, ids.gid);
         home_id = Some(id(&root)?);
+        home_dir = Some(root);
     }
     if let Some(tmp) = tmp {
-        hand_over(&open(tmp)?, ids)?;
+        let root = open(tmp)?;
+        hand_over(&root, ids)?;
         tmp.give_to(ids.uid, ids.gid);
+        tmp_dir = Some(root);
+    }
+    if uids.needs_hand_over(principal) {
+        // The mounts give what they create to the principal from here on (above), so the
+        // walk sees every entry the host made as its own before.
+        let fd =
+            |d: Option<cap_std::fs::Dir>| d.map(|d| std::os::fd::OwnedFd::from(d.into_std_file()));
+        hand_over_made(fd(home_dir).as_ref(), fd(tmp_dir).as_ref(), ids);
+        uids.handed_over(principal);
     }
     if home_id == Some(id(cwd)?) {
         return Ok(());
@@ -169,12 +186,20 @@ impl ProcView<'_> {
             retention,
         };
         let uids = Arc::clone(&self.ctx.keeper.uids);
+        let host_network = self.ctx.network;
         let work = move || -> Result<Arc<Proc>, ProcessError> {
             let program = resolve_program(&spec.cmd)?;
             let ids = uids.assign(&meta.principal)?;
             let (dir, host_dir) = open_cwd(spec.cwd.as_deref(), home.as_ref(), tmp.as_ref())?;
             if let Some(ids) = ids {
-                own_dirs(ids, home.as_ref(), tmp.as_ref(), &dir)?;
+                own_dirs(
+                    &uids,
+                    &meta.principal,
+                    ids,
+                    home.as_ref(),
+                    tmp.as_ref(),
+                    &dir,
+                )?;
             }
             let (names, vars) = inject(&dir, &host_dir, spec.injections, ids)?;
             let cwd = std::os::fd::OwnedFd::from(
@@ -184,6 +209,7 @@ impl ProcView<'_> {
             );
             let mut env = spec.env;
             env.extend(vars);
+            let home = home.as_ref().map(|h| h.root().to_path_buf());
             child::start(
                 Launch {
                     program,
@@ -197,6 +223,8 @@ impl ProcView<'_> {
                     oneshot: kind == Kind::OneShot,
                     injected: (!names.is_empty()).then_some(Injected { dir, names }),
                     ids,
+                    home,
+                    host_network,
                 },
                 meta,
             )

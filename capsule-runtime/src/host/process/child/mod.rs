@@ -1,9 +1,11 @@
 //! One host process and everything the host keeps of it. A child is started with a cleared
 //! environment, in a new process group, in its own pids cgroup where the host can create one,
 //! with its resource limits set between fork and exec (only async-signal-safe calls there), and
-//! without capabilities (and with the pids hierarchy read-only in a mount namespace of its own)
-//! when the host is root, and as its principal's own user id where one is assigned
-//! (`super::uids`). Three host threads serve it: one reader per
+//! without capabilities and in namespaces of its own (`ns`: private scratch places, IPC, and
+//! network unless its capsule is granted network) when the host is root, and as its
+//! principal's own user id where one is assigned (`super::uids`). A root host that cannot
+//! create those namespaces refuses to spawn rather than let children share them. Three host
+//! threads serve it: one reader per
 //! output stream (bounded buffers, drop-oldest or backpressure) and a watcher that enforces the
 //! wall-clock and idle limits through a pidfd, kills what is left of the group when the leader
 //! exits, and only then reaps the leader, so a process-group id is never signalled after its
@@ -25,9 +27,12 @@ use tokio::sync::watch;
 
 use super::ProcessError;
 
+mod ns;
 mod ring;
 mod sandbox;
 mod threads;
+
+pub use ns::{MAX_SCRATCH_BYTES, MAX_SCRATCH_INODES, available as namespaces_available};
 
 pub(crate) use ring::Chunk;
 use ring::Ring;
@@ -84,6 +89,12 @@ pub(crate) struct Launch {
     pub(crate) injected: Option<Injected>,
     /// The principal's own user and group id; `None` runs the child as the host's user.
     pub(crate) ids: Option<super::uids::Ids>,
+    /// The principal's home on the host, kept reachable at its own path in the child's
+    /// scratch space when it lies under one.
+    pub(crate) home: Option<PathBuf>,
+    /// Whether the child keeps the host's network (its capsule is granted network); without,
+    /// a root host's child gets a network namespace of its own.
+    pub(crate) host_network: bool,
 }
 
 /// Injected files and the directory they were written in.
@@ -154,6 +165,9 @@ pub(crate) struct Proc {
     last_activity: Mutex<Instant>,
     overflowed: AtomicBool,
     cgroup: Option<PathBuf>,
+    /// Whether the child was started with the host's network because its capsule was
+    /// granted network (a reload hands it only to a capsule granted network too).
+    pub(crate) host_network: bool,
 }
 
 impl std::fmt::Debug for Proc {
@@ -364,12 +378,15 @@ pub(crate) fn start(launch: Launch, meta: Meta) -> Result<Arc<Proc>, ProcessErro
         oneshot,
         injected,
         ids,
+        home,
+        host_network,
     } = launch;
     if !count_limit_enforceable(ids.is_some()) {
         return Err(ProcessError::Unenforceable(
             "this host runs as root without a pids cgroup, so the process-count limit cannot be enforced".into(),
         ));
     }
+    let isolation = isolation(home.as_deref(), host_network, limits.memory_bytes)?;
     let cgroup = new_cgroup(limits.pids)?;
     let nproc = match cgroup {
         Some(_) => None,
@@ -386,9 +403,10 @@ pub(crate) fn start(launch: Launch, meta: Meta) -> Result<Arc<Proc>, ProcessErro
         memory: rlim(limits.memory_bytes),
         files: rlim(limits.open_files),
         nproc,
-        cgroup_root: cgroup.as_ref().and_then(|_| pids_root_c()),
         ids: ids.map(|i| (i.uid, i.gid)),
     };
+    let isolation =
+        isolation.map(|i| i.with_cgroup_root(cgroup.as_ref().and_then(|_| pids_root_c())));
     let mut cmd = Command::new(&program);
     cmd.args(&args)
         .env_clear()
@@ -403,9 +421,11 @@ pub(crate) fn start(launch: Launch, meta: Meta) -> Result<Arc<Proc>, ProcessErro
         .process_group(0);
     // SAFETY: `in_child` makes only async-signal-safe system calls on copied values.
     unsafe {
-        cmd.pre_exec(move || in_child(setup));
+        cmd.pre_exec(move || in_child(setup, isolation.as_ref()));
     }
     let spawned = cmd.spawn();
+    // The detached copy of the home goes with the command, whether or not the child used it.
+    drop(cmd);
     drop(cwd);
     let cleanup_cgroup = |cg: &Option<(PathBuf, std::fs::File)>| {
         if let Some((dir, _)) = cg {
@@ -474,6 +494,7 @@ pub(crate) fn start(launch: Launch, meta: Meta) -> Result<Arc<Proc>, ProcessErro
         last_activity: Mutex::new(now),
         overflowed: AtomicBool::new(false),
         cgroup: cgroup.as_ref().map(|(d, _)| d.clone()),
+        host_network,
     });
     drop(cgroup);
 
@@ -516,4 +537,34 @@ pub(crate) fn start(launch: Launch, meta: Meta) -> Result<Arc<Proc>, ProcessErro
     // The std handle is not used to wait: the watcher reaps the child itself.
     drop(child);
     Ok(proc)
+}
+
+/// The namespaces of a root host's child (`None` elsewhere: a host that is not root cannot
+/// create them and runs every child as its own user, as documented); a root host that cannot
+/// create them refuses.
+fn isolation(
+    home: Option<&std::path::Path>,
+    host_network: bool,
+    memory: u64,
+) -> Result<Option<ns::Isolation>, ProcessError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    if !ns::available() {
+        return Err(ProcessError::Unenforceable(
+            "this root host cannot give a process namespaces of its own, so its scratch \
+             space and network would be shared with other principals' processes"
+                .into(),
+        ));
+    }
+    let dir = home
+        .map(|h| {
+            std::fs::File::open(h).map_err(|_| {
+                ProcessError::Invalid("the principal's directories are unavailable".into())
+            })
+        })
+        .transpose()?;
+    let home = home.zip(dir.as_ref().map(AsRawFd::as_raw_fd));
+    ns::Isolation::prepare(home, !host_network, memory).map(Some)
 }

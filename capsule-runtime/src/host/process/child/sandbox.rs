@@ -1,10 +1,11 @@
 //! What confines a child before it runs: the pids cgroup it joins (or a per-user
 //! `RLIMIT_NPROC` where the host cannot create one), its rlimits, its working directory and,
-//! for a root host, an empty capability bounding set, a read-only view of the pids hierarchy
-//! and, where the principal has a user id of its own, that user and group (no supplementary
-//! groups), taken last, once nothing more needs privilege; no descriptor of the host but
-//! stdio survives the exec. `in_child` runs between fork and
-//! exec and makes only async-signal-safe calls.
+//! for a root host, namespaces of its own (`super::ns`: private scratch places, IPC, network
+//! unless granted, a read-only pids hierarchy), an empty capability bounding, inheritable and
+//! ambient set and, where the principal has a user id of its own, that user and group (no
+//! supplementary groups), taken last, once nothing more needs privilege; no descriptor of the
+//! host but stdio survives the exec, and `no_new_privs` is set. `in_child` runs between fork
+//! and exec and makes only async-signal-safe calls.
 
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ pub(super) fn pids_root() -> Option<&'static Path> {
 }
 
 /// The pids hierarchy's mount point as a C string, for a root child to remount read-only in
-/// its own mount namespace before exec.
+/// its own mount namespace before exec (see `super::ns`).
 pub(super) fn pids_root_c() -> Option<&'static std::ffi::CStr> {
     static ROOT: OnceLock<Option<std::ffi::CString>> = OnceLock::new();
     ROOT.get_or_init(|| {
@@ -129,8 +130,6 @@ pub(super) struct ChildSetup {
     pub(super) memory: libc::rlim_t,
     pub(super) files: libc::rlim_t,
     pub(super) nproc: Option<libc::rlim_t>,
-    /// The pids hierarchy a root child must not be able to write.
-    pub(super) cgroup_root: Option<&'static std::ffi::CStr>,
     /// The principal's own user and group id, taken just before exec.
     pub(super) ids: Option<(libc::uid_t, libc::gid_t)>,
 }
@@ -153,7 +152,8 @@ pub(super) fn set_limit(
 
 /// Runs in the child between fork and exec: only async-signal-safe system calls, no
 /// allocation, no locks.
-pub(super) fn in_child(s: ChildSetup) -> std::io::Result<()> {
+/// `iso` is the child's namespaces, which every child of a root host gets.
+pub(super) fn in_child(s: ChildSetup, iso: Option<&super::ns::Isolation>) -> std::io::Result<()> {
     if let Some(fd) = s.cgroup_procs {
         // Writing 0 moves the writing process itself.
         // SAFETY: the buffer is a valid static byte string.
@@ -174,12 +174,12 @@ pub(super) fn in_child(s: ChildSetup) -> std::io::Result<()> {
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        if let Some(root) = s.cgroup_root {
+        if let Some(iso) = iso {
             // A child with user id 0 owns the cgroup files even without capabilities: it
             // could raise its own `pids.max` or move itself out of the group the host kills
-            // it through. Its own mount namespace sees the pids hierarchy read-only. The
+            // it through, so its mount namespace sees the pids hierarchy read-only. The
             // working directory is set first so the new namespace carries it over.
-            hide_cgroups(root)?;
+            iso.enter()?;
         }
         // An empty bounding set leaves a root child without capabilities after exec, so it
         // cannot raise its hard limits or leave its group by privilege.
@@ -193,6 +193,7 @@ pub(super) fn in_child(s: ChildSetup) -> std::io::Result<()> {
                 0,
             )
         };
+        clear_inheritable()?;
         for cap in 0..64 {
             // SAFETY: prctl with integer arguments only.
             if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
@@ -251,31 +252,47 @@ fn close_inherited() {
     }
 }
 
-/// Enters a new mount namespace (private to this child) in which `root` is read-only.
-pub(super) fn hide_cgroups(root: &std::ffi::CStr) -> std::io::Result<()> {
-    // SAFETY: unshare and mount with integer flags and valid NUL-terminated strings only.
+/// `struct __user_cap_header_struct` of the capability calls.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`, one per 32 capabilities.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The 64-bit capability interface version.
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// Empties the inheritable set: what the host's user was handed to pass on is not passed to a
+/// root child's program, which an empty bounding set alone would still let through.
+fn clear_inheritable() -> std::io::Result<()> {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capget and capset read and write one header and two data structs, laid out as
+    // the kernel's.
     unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+        if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_SLAVE,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
+        for d in &mut data {
+            d.inheritable = 0;
         }
-        if libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
-            std::ptr::null(),
-        ) != 0
-        {
+        if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
             return Err(std::io::Error::last_os_error());
         }
     }
