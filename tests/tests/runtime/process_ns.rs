@@ -445,3 +445,34 @@ async fn a_home_under_the_hosts_tmp_keeps_its_path_and_nothing_else_of_the_state
     }
     c.unload().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_on_the_hosts_network_is_not_handed_to_a_reload_without_a_network_grant() {
+    let h = uid_host(3_101_700..=3_101_709);
+    let c = load(&h, "runner", "net_connect = [\"127.0.0.1:1\"]\n").await;
+    if mode() == Mode::Refused {
+        assert_refused(&c).await;
+        c.unload().await;
+        return;
+    }
+    let (id, pid) = persist(&c, "alice", "exec sleep 1000").await;
+    // The new version drops the network grant: the child, on the host's network, dies.
+    let dir = h.capsule_dir_at("runner", "proc-runner.wasm", "0.2.0", GRANTS);
+    let c2 =
+        h.rt.reload("runner", &dir)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    let s = call(&c2, "status", json!({"id": id}), "alice").await;
+    assert_eq!(err(&s), "no-such-process", "{s}");
+    assert!(crate::process::gone(pid), "the child outlived the reload");
+    // A child started without the grant is handed over as before.
+    let (kept, _) = persist(&c2, "alice", "exec sleep 1000").await;
+    let dir = h.capsule_dir_at("runner", "proc-runner.wasm", "0.3.0", GRANTS);
+    let c3 =
+        h.rt.reload("runner", &dir)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    let s = call(&c3, "status", json!({"id": kept}), "alice").await;
+    assert_eq!(ok(&s)["running"], true, "{s}");
+    assert!(h.rt.unload("runner").await);
+}

@@ -165,7 +165,8 @@ pub(crate) struct Proc {
     last_activity: Mutex<Instant>,
     overflowed: AtomicBool,
     cgroup: Option<PathBuf>,
-    /// Whether the child shares the host's network namespace.
+    /// Whether the child was started with the host's network because its capsule was
+    /// granted network (a reload hands it only to a capsule granted network too).
     pub(crate) host_network: bool,
 }
 
@@ -411,7 +412,6 @@ pub(crate) fn start(launch: Launch, meta: Meta) -> Result<Arc<Proc>, ProcessErro
     };
     let isolation =
         isolation.map(|i| i.with_cgroup_root(cgroup.as_ref().and_then(|_| pids_root_c())));
-    let host_network = isolation.as_ref().is_none_or(ns::Isolation::host_network);
     let mut cmd = Command::new(&program);
     cmd.args(&args)
         .env_clear()

@@ -181,11 +181,6 @@ impl Isolation {
         }
     }
 
-    /// Whether the child keeps the host's network namespace.
-    pub(crate) fn host_network(&self) -> bool {
-        !self.own_net
-    }
-
     /// Runs in the child between fork and exec, after `fchdir` (so the new mount namespace
     /// carries the working directory over, entered again by path where it lies under a
     /// covered scratch place) and before the capability drop: only system calls
