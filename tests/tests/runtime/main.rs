@@ -32,6 +32,7 @@ mod perf_attacks;
 mod process;
 mod process_attacks;
 mod process_ns;
+mod process_ns_attacks;
 mod process_reload;
 mod process_uids;
 mod process_uids_early;

@@ -386,7 +386,12 @@ pub(crate) fn start(launch: Launch, meta: Meta) -> Result<Arc<Proc>, ProcessErro
             "this host runs as root without a pids cgroup, so the process-count limit cannot be enforced".into(),
         ));
     }
-    let isolation = isolation(home.as_deref(), host_network, limits.memory_bytes)?;
+    let isolation = isolation(
+        home.as_deref(),
+        cwd.as_raw_fd(),
+        host_network,
+        limits.memory_bytes,
+    )?;
     let cgroup = new_cgroup(limits.pids)?;
     let nproc = match cgroup {
         Some(_) => None,
@@ -544,6 +549,7 @@ pub(crate) fn start(launch: Launch, meta: Meta) -> Result<Arc<Proc>, ProcessErro
 /// create them refuses.
 fn isolation(
     home: Option<&std::path::Path>,
+    cwd: std::os::fd::RawFd,
     host_network: bool,
     memory: u64,
 ) -> Result<Option<ns::Isolation>, ProcessError> {
@@ -566,5 +572,5 @@ fn isolation(
         })
         .transpose()?;
     let home = home.zip(dir.as_ref().map(AsRawFd::as_raw_fd));
-    ns::Isolation::prepare(home, !host_network, memory).map(Some)
+    ns::Isolation::prepare(home, Some(cwd), !host_network, memory).map(Some)
 }

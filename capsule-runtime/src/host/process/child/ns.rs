@@ -63,6 +63,10 @@ pub(crate) struct Isolation {
     skeleton: Vec<CString>,
     /// A detached copy of the home's mount, for the last [`Self::skeleton`] entry.
     home: Option<OwnedFd>,
+    /// The working directory again, by its path inside the child's own view, where the one
+    /// set before the new namespace lies under a covered scratch place: from there `..`
+    /// would walk up into the host's own `/tmp` underneath the fresh one.
+    workdir: Option<CString>,
     /// The pids hierarchy, remounted read-only: a child with user id 0 owns its files.
     cgroup_root: Option<&'static CStr>,
 }
@@ -81,10 +85,14 @@ fn unenforceable(what: &str, e: &std::io::Error) -> ProcessError {
 }
 
 impl Isolation {
-    /// The namespaces of a child whose home is `home` (opened by the host), bounded by the
-    /// child's address-space limit `memory`.
+    /// The namespaces of a child whose home is `home` (opened by the host) and whose working
+    /// directory is open as `cwd`, bounded by the child's address-space limit `memory`. A
+    /// working directory under a scratch place must lie in the home carried into the child's
+    /// own (it always does: a child works in its home or its `/tmp/`, which lies there), or
+    /// the spawn is refused.
     pub(crate) fn prepare(
         home: Option<(&Path, RawFd)>,
+        cwd: Option<RawFd>,
         own_net: bool,
         memory: u64,
     ) -> Result<Self, ProcessError> {
@@ -98,21 +106,49 @@ impl Isolation {
             scratch,
             skeleton: Vec::new(),
             home: None,
+            workdir: None,
             cgroup_root: None,
         };
+        // Where the working directory is on the host, as the kernel names the open directory.
+        let workdir = cwd
+            .map(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")))
+            .transpose()
+            .map_err(|e| unenforceable("the working directory could not be located", &e))?;
+        let covered = |dir: &Path| {
+            SCRATCH.iter().any(|place| {
+                let place = Path::new(std::ffi::OsStr::from_bytes(place.to_bytes()));
+                std::fs::canonicalize(place).is_ok_and(|real| dir.starts_with(real))
+            })
+        };
+        let refuse_covered = |iso: Self| match &workdir {
+            Some(w) if covered(w) => Err(ProcessError::Unenforceable(
+                "the working directory lies in the host's scratch space outside the home, so \
+                 the child would reach the host's scratch space through it"
+                    .into(),
+            )),
+            _ => Ok(iso),
+        };
         let Some((home, fd)) = home else {
-            return Ok(iso);
+            return refuse_covered(iso);
         };
         let Some((place, rel)) = under_scratch(home) else {
-            return Ok(iso);
+            return refuse_covered(iso);
         };
         let mut at = place.to_path_buf();
         for part in rel.components() {
             let Component::Normal(name) = part else {
-                return Ok(iso);
+                return refuse_covered(iso);
             };
             at.push(name);
             iso.skeleton.push(cstring(&at)?);
+        }
+        if let Some(w) = &workdir {
+            let real = std::fs::canonicalize(home)
+                .map_err(|e| unenforceable("the home could not be located", &e))?;
+            match w.strip_prefix(&real) {
+                Ok(inside) => iso.workdir = Some(cstring(&at.join(inside))?),
+                Err(_) => return refuse_covered(iso),
+            }
         }
         // SAFETY: open_tree on a descriptor the caller keeps open, with an empty path.
         let tree = unsafe {
@@ -146,7 +182,8 @@ impl Isolation {
     }
 
     /// Runs in the child between fork and exec, after `fchdir` (so the new mount namespace
-    /// carries the working directory over) and before the capability drop: only system calls
+    /// carries the working directory over, entered again by path where it lies under a
+    /// covered scratch place) and before the capability drop: only system calls
     /// on prepared values, no allocation, no locks.
     pub(crate) fn enter(&self) -> std::io::Result<()> {
         let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC;
@@ -225,6 +262,11 @@ impl Isolation {
             if r != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+        }
+        if let Some(dir) = &self.workdir {
+            // An absolute path, resolved in the new view only.
+            // SAFETY: chdir on a prepared NUL-terminated path.
+            check(unsafe { libc::chdir(dir.as_ptr()) })?;
         }
         if self.own_net {
             loopback_up()?;
@@ -305,7 +347,7 @@ pub fn available() -> bool {
         if unsafe { libc::geteuid() } != 0 {
             return false;
         }
-        let probe = match Isolation::prepare(None, true, MAX_SCRATCH_BYTES) {
+        let probe = match Isolation::prepare(None, None, true, MAX_SCRATCH_BYTES) {
             Ok(p) => p,
             Err(_) => return false,
         };
