@@ -248,7 +248,7 @@ impl ScopeFactory {
 
     /// Whether `overlays` can serve another call: the home and tmp were opened, are still the
     /// directories at their paths (an operator may have moved or replaced them) and the env
-    /// overlay has the content read into it (one `stat` when the file's identity proves it).
+    /// overlay has the content read into it (one `stat` while there is none, else a re-read).
     /// A home that could not be opened is tried again.
     fn still_current(&self, overlays: &Overlays) -> bool {
         let (Some(home), Some(tmp)) = (&overlays.home, &overlays.tmp) else {

@@ -108,11 +108,6 @@ const MAX_HOST_FILE_BYTES: u64 = 1024 * 1024;
 /// anything but a regular file of at most [`MAX_HOST_FILE_BYTES`] that the host made (see
 /// [`host_file`]).
 fn read_host_file(home: &Dir, rel: &Path) -> io::Result<String> {
-    read_host_file_stat(home, rel).map(|(text, _)| text)
-}
-
-/// [`read_host_file`], with the identity of the file read.
-fn read_host_file_stat(home: &Dir, rel: &Path) -> io::Result<(String, FileId)> {
     use std::io::Read;
     let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
         return Err(io::Error::new(
@@ -124,7 +119,6 @@ fn read_host_file_stat(home: &Dir, rel: &Path) -> io::Result<(String, FileId)> {
     let mut opts = OpenOptions::new();
     opts.read(true).follow(FollowSymlinks::No).nonblock(true);
     let file = host_file(dir.open_with(name, &opts)?, rel)?;
-    let id = FileId::of_stat(&rustix::fs::fstat(&file)?);
     let mut text = String::new();
     file.take(MAX_HOST_FILE_BYTES + 1)
         .read_to_string(&mut text)?;
@@ -134,7 +128,7 @@ fn read_host_file_stat(home: &Dir, rel: &Path) -> io::Result<(String, FileId)> {
             format!("larger than {MAX_HOST_FILE_BYTES} bytes"),
         ));
     }
-    Ok((text, id))
+    Ok(text)
 }
 
 use cap_fs_ext::OpenOptionsSyncExt;
@@ -270,54 +264,32 @@ impl StateLayout {
 
     /// The capsule's env overlay inside an opened home as it is now, read like
     /// [`Self::read_env_overlay`]; `None` when there is none. Two stamps are equal exactly when
-    /// the content is: size, mtime and ctime can all stay the same across a rewrite (a copy
-    /// that keeps times, or two writes in one clock tick), so the stamp keeps the text, and
-    /// [`Self::env_overlay_unchanged`] trusts the file's identity only when that proves it.
-    /// `capsule` must be a [`CapsuleName`].
+    /// the content is: the file is small and re-read, since no `stat` field proves a file
+    /// unchanged (a copy that keeps times or two writes in one clock tick keep size and mtime,
+    /// and a store through a shared writable mapping moves no time at all once its page is
+    /// writable). `capsule` must be a [`CapsuleName`].
     pub fn env_overlay_stamp(home: &Mount, capsule: &str) -> io::Result<Option<OverlayStamp>> {
-        check_capsule_name(capsule)?;
-        let started = std::time::SystemTime::now();
-        let read = match read_host_file_stat(home.dir(), &env_overlay_file(capsule)) {
-            Ok(read) => read,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let (text, id) = read;
-        let settled = id.changed_before(started, SETTLE).then_some(id);
-        Ok(Some(OverlayStamp {
-            text: text.into(),
-            settled,
-        }))
+        Ok(Self::read_env_overlay(home, capsule)?.map(|text| OverlayStamp { text: text.into() }))
     }
 
     /// Whether the capsule's env overlay is still `seen` (what [`Self::env_overlay_stamp`]
-    /// returned earlier): the same content, or still none. One `stat` answers when it proves
-    /// it: still no file there, or the very file read, unchanged since (a write, a rename over
-    /// it, a new link or a change of owner or mode all move its ctime, and the file had not
-    /// changed for two seconds before it was read, so no later change can share its ctime).
-    /// Otherwise the file is read again and compared. Any error reads as changed.
+    /// returned earlier): still no file there (one `stat`), or a file with the same content
+    /// (re-read). Any error reads as changed.
     pub fn env_overlay_unchanged(home: &Mount, capsule: &str, seen: Option<&OverlayStamp>) -> bool {
         if check_capsule_name(capsule).is_err() {
             return false;
         }
-        let rel = env_overlay_file(capsule);
-        let fast = match seen {
-            None => Some(None),
-            Some(OverlayStamp {
-                settled: Some(id), ..
-            }) => Some(Some(*id)),
-            Some(_) => None,
-        };
-        if let Some(expected) = fast {
+        if seen.is_none() {
             let now = rustix::fs::statat(
                 home.dir(),
-                rel.as_path(),
+                env_overlay_file(capsule).as_path(),
                 rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
             );
-            match (now, expected) {
-                (Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR), None) => return true,
-                (Ok(st), Some(id)) if FileId::of_stat(&st) == id => return true,
-                _ => {}
+            if matches!(
+                now,
+                Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)
+            ) {
+                return true;
             }
         }
         match Self::env_overlay_stamp(home, capsule) {
@@ -345,67 +317,11 @@ impl StateLayout {
     }
 }
 
-/// How long a host file must have gone unchanged (by its ctime) before it was read for its
-/// identity to stand for its content afterwards: longer than the coarsest timestamp
-/// granularity of the file systems a home may live on (one or two seconds), so a later change
-/// always gets a different ctime. Only a wall clock stepped back between the read and the
-/// change could give it the same one.
-const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// What identifies one version of a file without reading it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileId {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileId {
-    fn of_stat(st: &rustix::fs::Stat) -> Self {
-        Self {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            size: u64::try_from(st.st_size).unwrap_or(u64::MAX),
-            mtime: (st.st_mtime, i64::try_from(st.st_mtime_nsec).unwrap_or(-1)),
-            ctime: (st.st_ctime, i64::try_from(st.st_ctime_nsec).unwrap_or(-1)),
-        }
-    }
-
-    /// Whether the last change (ctime) was at least `margin` before `instant`.
-    fn changed_before(&self, instant: std::time::SystemTime, margin: std::time::Duration) -> bool {
-        let Ok(since) = instant.duration_since(std::time::UNIX_EPOCH) else {
-            return false;
-        };
-        let Ok(secs) = u64::try_from(self.ctime.0) else {
-            return false;
-        };
-        let Ok(nanos) = u32::try_from(self.ctime.1) else {
-            return false;
-        };
-        let changed = std::time::Duration::new(secs, 0)
-            .saturating_add(std::time::Duration::from_nanos(u64::from(nanos)));
-        changed.saturating_add(margin) < since
-    }
-}
-
-/// One version of an env overlay file (see [`StateLayout::env_overlay_stamp`]). Two stamps
-/// are equal exactly when their content is.
-#[derive(Clone, Debug)]
+/// One version of an env overlay file: its content (see [`StateLayout::env_overlay_stamp`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OverlayStamp {
     text: std::sync::Arc<str>,
-    /// The file's identity when read, kept only when it had not changed for two seconds then.
-    settled: Option<FileId>,
 }
-
-impl PartialEq for OverlayStamp {
-    fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
-    }
-}
-
-impl Eq for OverlayStamp {}
 
 impl OverlayStamp {
     /// The overlay's text as read.
@@ -434,25 +350,19 @@ fn check_capsule_name(capsule: &str) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::time::Duration;
 
     fn pid(s: &str) -> PrincipalId {
         PrincipalId::parse(s).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
-    fn an_overlay_is_known_unchanged_by_its_identity_only_once_settled_and_every_change_shows() {
+    fn an_overlay_is_known_unchanged_only_by_its_content_and_every_change_shows() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let home = Mount::create(&dir.path().join("home")).unwrap_or_else(|e| panic!("{e}"));
         let env = dir.path().join("home/.config/env");
         std::fs::create_dir_all(&env).unwrap_or_else(|e| panic!("{e}"));
         let file = env.join("cap.env.json");
         let write = |text: &str| std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
-        let stamp = || {
-            StateLayout::env_overlay_stamp(&home, "cap")
-                .unwrap_or_else(|e| panic!("{e}"))
-                .unwrap_or_else(|| panic!("an overlay is there"))
-        };
         assert!(
             StateLayout::env_overlay_unchanged(&home, "cap", None),
             "still none"
@@ -462,32 +372,15 @@ mod tests {
             !StateLayout::env_overlay_unchanged(&home, "cap", None),
             "one appeared"
         );
-        // Just written: a rewrite in the same clock tick could keep every time, so the stamp
-        // is only ever compared by content.
-        assert!(stamp().settled.is_none());
-        std::thread::sleep(SETTLE + Duration::from_millis(200));
-        let settled = stamp();
-        assert!(settled.settled.is_some());
+        let seen = StateLayout::env_overlay_stamp(&home, "cap")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("an overlay is there"));
         assert!(StateLayout::env_overlay_unchanged(
             &home,
             "cap",
-            Some(&settled)
+            Some(&seen)
         ));
-        // Only the identity can answer here: the full read refuses a link on the way, the
-        // identity check sees the very file read, unchanged.
-        let moved = dir.path().join("home/.config-moved");
-        std::fs::rename(dir.path().join("home/.config"), &moved).unwrap_or_else(|e| panic!("{e}"));
-        std::os::unix::fs::symlink(&moved, dir.path().join("home/.config"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(StateLayout::env_overlay_stamp(&home, "cap").is_err());
-        assert!(StateLayout::env_overlay_unchanged(
-            &home,
-            "cap",
-            Some(&settled)
-        ));
-        std::fs::remove_file(dir.path().join("home/.config")).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::rename(&moved, dir.path().join("home/.config")).unwrap_or_else(|e| panic!("{e}"));
-        // Same size, mtime put back: the ctime moved.
+        // Same size, mtime put back.
         let mtime = std::fs::metadata(&file)
             .and_then(|m| m.modified())
             .unwrap_or_else(|e| panic!("{e}"));
@@ -500,20 +393,32 @@ mod tests {
         assert!(!StateLayout::env_overlay_unchanged(
             &home,
             "cap",
-            Some(&settled)
+            Some(&seen)
         ));
         // A rewrite back to the very text read is the same content.
         write(r#"{"A":"1"}"#);
         assert!(StateLayout::env_overlay_unchanged(
             &home,
             "cap",
-            Some(&settled)
+            Some(&seen)
         ));
+        // A link on the way is refused, as on the first read.
+        let moved = dir.path().join("home/.config-moved");
+        std::fs::rename(dir.path().join("home/.config"), &moved).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(&moved, dir.path().join("home/.config"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!StateLayout::env_overlay_unchanged(
+            &home,
+            "cap",
+            Some(&seen)
+        ));
+        std::fs::remove_file(dir.path().join("home/.config")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&moved, dir.path().join("home/.config")).unwrap_or_else(|e| panic!("{e}"));
         std::fs::remove_file(&file).unwrap_or_else(|e| panic!("{e}"));
         assert!(!StateLayout::env_overlay_unchanged(
             &home,
             "cap",
-            Some(&settled)
+            Some(&seen)
         ));
         assert!(StateLayout::env_overlay_unchanged(&home, "cap", None));
     }

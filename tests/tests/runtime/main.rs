@@ -43,6 +43,7 @@ mod scope_cache;
 mod scope_cache_attacks;
 mod scope_cache_settled;
 mod sdk;
+mod settled_attacks;
 mod spare_maker;
 mod spares;
 mod storage;

@@ -1,7 +1,7 @@
-//! A warm instance's env overlay, once its file has settled, is checked by one `stat` instead of
-//! a re-read: every change an operator can make to it (a rewrite keeping size and mtime, a new
-//! file renamed over it, removal) still applies to the principal's next call, and nobody
-//! else's call ever sees it.
+//! A warm instance's env overlay, even one whose file has not changed for seconds, is still
+//! checked by its content: every change an operator can make to it (a rewrite keeping size and
+//! mtime, a new file renamed over it, removal) applies to the principal's next call, and
+//! nobody else's call ever sees it.
 
 use std::time::{Duration, SystemTime};
 
