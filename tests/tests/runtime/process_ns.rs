@@ -99,6 +99,18 @@ fn in_child(pid: u64, path: &str) -> PathBuf {
 }
 
 /// A spawn on a root host that cannot create namespaces is refused, naming why.
+/// The runner loaded on `h`, or `None` on a root host whose kernel refuses namespaces, after
+/// checking that it refuses every spawn (and unloading it).
+async fn load_or_refused(h: &Host, name: &str, extra: &str) -> Option<Capsule> {
+    let c = load(h, name, extra).await;
+    if mode() != Mode::Refused {
+        return Some(c);
+    }
+    assert_refused(&c).await;
+    c.unload().await;
+    None
+}
+
 async fn assert_refused(c: &Capsule) {
     let r = sh(c, "alice", "true").await;
     let e = err(&r);
@@ -108,12 +120,9 @@ async fn assert_refused(c: &Capsule) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_principals_scratch_files_are_out_of_reach_of_other_principals_and_the_host() {
     let h = uid_host(3_101_000..=3_101_009);
-    let c = load(&h, "runner", "").await;
-    if mode() == Mode::Refused {
-        assert_refused(&c).await;
-        c.unload().await;
+    let Some(c) = load_or_refused(&h, "runner", "").await else {
         return;
-    }
+    };
     let t = tag();
     // A file the host keeps in its own /tmp, which no child should see.
     let host_file = PathBuf::from(format!("/tmp/capsule-ns-host-{t}"));
@@ -214,12 +223,9 @@ fn host_reaches(name: &str, port: u16) -> (bool, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abstract_socket_or_loopback_port_of_one_principals_child_reaches_no_one_else() {
     let h = uid_host(3_101_100..=3_101_109);
-    let c = load(&h, "runner", "").await;
-    if mode() == Mode::Refused {
-        assert_refused(&c).await;
-        c.unload().await;
+    let Some(c) = load_or_refused(&h, "runner", "").await else {
         return;
-    }
+    };
     let name = format!("capsule-ns-{}", tag());
     let port = free_port();
     let (id, pid) = persist(&c, "alice", &listener(&name, port)).await;
@@ -301,12 +307,9 @@ async fn the_hosts_own_abstract_sockets_and_ports_are_out_of_reach_without_a_net
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_planted_in_tmp_by_one_principal_is_not_followed_by_another() {
     let h = uid_host(3_101_300..=3_101_309);
-    let c = load(&h, "runner", "").await;
-    if mode() == Mode::Refused {
-        assert_refused(&c).await;
-        c.unload().await;
+    let Some(c) = load_or_refused(&h, "runner", "").await else {
         return;
-    }
+    };
     let t = tag();
     // Bob plants a link where alice's program writes, leading to a file he can read back.
     let plant = sh(
@@ -354,12 +357,9 @@ async fn a_child_can_neither_remount_nor_unshare_its_way_back_to_the_hosts_place
     std::fs::write(&host_file, "host only").unwrap_or_else(|e| panic!("{e}"));
     // With a uid of its own, and as the host's root user without capabilities.
     for (h, who) in [(uid_host(3_101_400..=3_101_409), "uid"), (host(), "root")] {
-        let c = load(&h, "runner", "").await;
-        if mode() == Mode::Refused {
-            assert_refused(&c).await;
-            c.unload().await;
+        let Some(c) = load_or_refused(&h, "runner", "").await else {
             continue;
-        }
+        };
         let privs = sh(&c, "alice", PRIVILEGES).await;
         if who == "root" && privs.get("err").is_some() {
             // A root host without a pids cgroup and without uids refuses every spawn, as
@@ -412,12 +412,9 @@ async fn a_child_can_neither_remount_nor_unshare_its_way_back_to_the_hosts_place
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_home_under_the_hosts_tmp_keeps_its_path_and_nothing_else_of_the_state_shows() {
     let h = uid_host(3_101_500..=3_101_509);
-    let c = load(&h, "runner", "").await;
-    if mode() == Mode::Refused {
-        assert_refused(&c).await;
-        c.unload().await;
+    let Some(c) = load_or_refused(&h, "runner", "").await else {
         return;
-    }
+    };
     let alice = uid_of(&c, "alice").await;
     uid_of(&c, "bob").await;
     let home = h.state().join("home/alice");
@@ -449,12 +446,9 @@ async fn a_home_under_the_hosts_tmp_keeps_its_path_and_nothing_else_of_the_state
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_on_the_hosts_network_is_not_handed_to_a_reload_without_a_network_grant() {
     let h = uid_host(3_101_700..=3_101_709);
-    let c = load(&h, "runner", "net_connect = [\"127.0.0.1:1\"]\n").await;
-    if mode() == Mode::Refused {
-        assert_refused(&c).await;
-        c.unload().await;
+    let Some(c) = load_or_refused(&h, "runner", "net_connect = [\"127.0.0.1:1\"]\n").await else {
         return;
-    }
+    };
     let (id, pid) = persist(&c, "alice", "exec sleep 1000").await;
     // The new version drops the network grant: the child, on the host's network, dies.
     let dir = h.capsule_dir_at("runner", "proc-runner.wasm", "0.2.0", GRANTS);

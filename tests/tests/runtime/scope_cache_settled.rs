@@ -9,11 +9,12 @@ use serde_json::json;
 
 use crate::common::*;
 
-const MANIFEST: &str = "[env.MODEL]\ntype = \"text\"\ndefault = \"m1\"\n";
+/// A manifest with one env variable, so the principal's overlay decides what the guest sees.
+pub(crate) const MANIFEST: &str = "[env.MODEL]\ntype = \"text\"\ndefault = \"m1\"\n";
 
-/// Waits (bounded) until the file's last change is older than the settle time the host
-/// requires (two seconds) before it trusts the file's identity for its content.
-fn settle(path: &std::path::Path) {
+/// Waits (bounded by the clock) until the file's last change is more than two seconds old, so
+/// a host that trusted an unchanged-looking file after a quiet spell would trust this one.
+pub(crate) fn settle(path: &std::path::Path) {
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{e}"));
     let changed = Duration::new(
@@ -32,7 +33,7 @@ fn settle(path: &std::path::Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_settled_overlay_is_checked_by_identity_and_every_change_still_applies() {
+async fn a_settled_overlay_is_still_checked_and_every_change_applies() {
     let h = host_with(|c| c.handler_pool_size = 1);
     let dir = h.state().join("home/alice/.config/env");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));

@@ -3,33 +3,12 @@
 //! applies to the principal's next call.
 
 use std::os::fd::AsRawFd as _;
-use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
 use crate::common::*;
 
-const MANIFEST: &str = "[env.MODEL]\ntype = \"text\"\ndefault = \"m1\"\n";
-
-/// Waits (bounded by the clock) until the file's last change is older than any settle time
-/// the host could require before trusting the file's identity.
-fn settle(path: &std::path::Path) {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{e}"));
-    let changed = Duration::new(
-        u64::try_from(meta.ctime()).unwrap_or(0),
-        u32::try_from(meta.ctime_nsec()).unwrap_or(0),
-    );
-    loop {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_else(|e| panic!("{e}"));
-        if now > changed + Duration::from_millis(2_300) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::scope_cache_settled::{MANIFEST, settle};
 
 /// A shared writable mapping of a whole file, unmapped on drop.
 struct Mapping {
