@@ -109,22 +109,28 @@ async fn a_childs_scratch_space_is_bounded_and_no_one_elses() {
     let h = uid_host(3_101_710..=3_101_719);
     let c = load(&h, "runner").await;
     let mem = 48u64 << 20;
-    // Filling each scratch place past the child's memory limit stops at that limit (each
-    // place is bounded on its own, so a child holds at most four times its limit there).
+    // Filling every scratch place past the child's memory limit stops before the places
+    // together exceed that limit: a child cannot park more RAM in scratch files than it may map.
     let fill = "for d in /tmp /var/tmp /dev/shm /run/lock; do \
                 head -c 50331649 /dev/zero > $d/fill 2>/dev/null && echo unbounded $d; \
                 echo $d $(stat -c %s $d/fill); done";
     let r = sh_with(&c, "alice", fill, json!({"mem": mem})).await;
     let out = stdout(&r);
     assert!(!out.contains("unbounded"), "{r}");
+    let mut held = 0;
     for d in ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"] {
         let size = out
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{d} ")))
             .and_then(|s| s.trim().parse::<u64>().ok())
             .unwrap_or_else(|| panic!("{d}: {out}"));
-        assert!(size <= mem, "{d}: {size}");
+        assert!(size > 0, "{d} holds nothing: {out}");
+        held += size;
     }
+    assert!(
+        held <= mem,
+        "scratch places together hold {held} bytes: {out}"
+    );
     // Bob's child sees none of it and has its whole bound to itself.
     let b = sh_with(
         &c,

@@ -19,8 +19,9 @@ use std::sync::OnceLock;
 
 use super::super::ProcessError;
 
-/// Largest size of each private scratch tmpfs; a child's own address-space limit bounds it
-/// further.
+/// Largest size of a child's private scratch tmpfs places together; a child's own
+/// address-space limit bounds it further, so the RAM a child tree can park in scratch files is
+/// never more than what it may map.
 pub const MAX_SCRATCH_BYTES: u64 = 256 * 1024 * 1024;
 /// Most files and directories each private scratch tmpfs holds.
 pub const MAX_SCRATCH_INODES: u64 = 16_384;
@@ -28,6 +29,11 @@ pub const MAX_SCRATCH_INODES: u64 = 16_384;
 /// The world-writable places every child gets a fresh tmpfs on: the host's own stay out of
 /// sight, and no two children share one.
 const SCRATCH: &[&CStr] = &[c"/tmp", c"/var/tmp", c"/dev/shm", c"/run/lock"];
+
+/// Each scratch place's share of the child's scratch bound, in sixteenths, in the order of
+/// [`SCRATCH`]: the places are bounded one by one (one tmpfs each), so their shares add up to
+/// the whole.
+const SCRATCH_SIXTEENTHS: [u64; 4] = [8, 3, 4, 1];
 
 /// Where POSIX message queues are mounted, if anywhere: files there are queues of the IPC
 /// namespace that mounted it, so a child gets the one of its own namespace instead.
@@ -56,8 +62,8 @@ pub(crate) struct Isolation {
     /// Whether the child gets a network namespace of its own (its capsule has no network
     /// grant).
     own_net: bool,
-    /// The tmpfs options of every scratch place.
-    scratch: CString,
+    /// The tmpfs options of each scratch place, in the order of [`SCRATCH`].
+    scratch: Vec<CString>,
     /// Directories to create inside a fresh scratch place, outermost first, so the home keeps
     /// its host path there; the last one is where the home is attached.
     skeleton: Vec<CString>,
@@ -96,11 +102,17 @@ impl Isolation {
         own_net: bool,
         memory: u64,
     ) -> Result<Self, ProcessError> {
-        let size = memory.clamp(1024 * 1024, MAX_SCRATCH_BYTES);
-        let scratch = CString::new(format!(
-            "size={size},nr_inodes={MAX_SCRATCH_INODES},mode=1777"
-        ))
-        .map_err(|_| ProcessError::Unsupported("tmpfs options"))?;
+        let total = memory.clamp(4 * 1024 * 1024, MAX_SCRATCH_BYTES);
+        let scratch = SCRATCH_SIXTEENTHS
+            .iter()
+            .map(|share| {
+                let size = total / 16 * share;
+                CString::new(format!(
+                    "size={size},nr_inodes={MAX_SCRATCH_INODES},mode=1777"
+                ))
+                .map_err(|_| ProcessError::Unsupported("tmpfs options"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut iso = Self {
             own_net,
             scratch,
@@ -214,7 +226,7 @@ impl Isolation {
                 )
             })?;
         }
-        for place in SCRATCH {
+        for (place, options) in SCRATCH.iter().zip(&self.scratch) {
             // SAFETY: as above; the options string lives in `self`.
             let r = unsafe {
                 libc::mount(
@@ -222,7 +234,7 @@ impl Isolation {
                     place.as_ptr(),
                     c"tmpfs".as_ptr(),
                     libc::MS_NOSUID | libc::MS_NODEV,
-                    self.scratch.as_ptr().cast(),
+                    options.as_ptr().cast(),
                 )
             };
             absent_is_fine(r)?;
