@@ -51,6 +51,9 @@ struct Proc {
     out: Lines,
     err: Lines,
     news: mpsc::Receiver<()>,
+    /// One message per pipe read to its end, so a caller that saw the child exit can wait
+    /// until everything it wrote has been collected.
+    ends: mpsc::Receiver<()>,
 }
 
 impl Proc {
@@ -62,6 +65,7 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         let (tx, news) = mpsc::channel();
+        let (ended, ends) = mpsc::channel();
         let out = Arc::new(Mutex::new(Vec::new()));
         let err = Arc::new(Mutex::new(Vec::new()));
         let pipes: [(Box<dyn Read + Send>, Lines); 2] = [
@@ -76,11 +80,13 @@ impl Proc {
         ];
         for (pipe, lines) in pipes {
             let tx = tx.clone();
+            let ended = ended.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                     let _woken = tx.send(());
                 }
+                let _done = ended.send(());
             });
         }
         Self {
@@ -88,6 +94,7 @@ impl Proc {
             out,
             err,
             news,
+            ends,
         }
     }
 
@@ -125,6 +132,15 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+                // Both pipes close when the child exits; wait until their readers have
+                // collected everything it wrote.
+                for _pipe in 0..2 {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    assert!(
+                        self.ends.recv_timeout(left).is_ok(),
+                        "output not collected after {timeout:?}"
+                    );
+                }
                 return s;
             }
             assert!(Instant::now() < deadline, "still running after {timeout:?}");
