@@ -9,49 +9,19 @@ use std::time::{Duration, Instant};
 
 use capsule_bus::{
     Attribution, Bus, BusConfig, JsonPayload, Message, Outgoing, PrincipalId, Receiver, Scope,
-    Topic, TopicPattern,
+    Topic,
 };
-use capsule_nats::async_nats::{self, HeaderMap};
+use capsule_nats::async_nats::HeaderMap;
 use capsule_nats::{
-    Bridge, BridgeConfig, ClusterKey, ClusterName, ENVELOPE_HEADER, Envelope, HostId, KEY_BYTES,
-    NatsServer, SIGNATURE_HEADER,
+    Bridge, ClusterKey, ClusterName, ENVELOPE_HEADER, Envelope, HostId, KEY_BYTES, NatsServer,
+    SIGNATURE_HEADER,
 };
 use futures::StreamExt;
 use uuid::Uuid;
 
-/// Bound on every wait; generous because the test machine is often loaded.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-fn server() -> NatsServer {
-    NatsServer::start().unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn pat(s: &str) -> TopicPattern {
-    TopicPattern::parse(s).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn config(url: &str, host: &str, peer: &str, export: &str, import: &str) -> BridgeConfig {
-    let parse = |s: &str| HostId::parse(s).unwrap_or_else(|e| panic!("{e}"));
-    let mut c = BridgeConfig::new(
-        ClusterName::parse("c").unwrap_or_else(|e| panic!("{e}")),
-        parse(host),
-        url,
-    );
-    c.peers.insert(parse(peer));
-    if !export.is_empty() {
-        c.export.push(pat(export));
-    }
-    if !import.is_empty() {
-        c.import.push(pat(import));
-    }
-    c
-}
-
-async fn start(bus: &Bus, config: BridgeConfig) -> Bridge {
-    Bridge::start(bus.clone(), config)
-        .await
-        .unwrap_or_else(|e| panic!("bridge: {e}"))
-}
+#[allow(dead_code)]
+mod common;
+use common::*;
 
 fn publish(bus: &Bus, n: u64) {
     bus.publish(Outgoing {
@@ -63,14 +33,6 @@ fn publish(bus: &Bus, n: u64) {
         ),
         hops: 0,
     });
-}
-
-fn number(m: &Message) -> u64 {
-    let v: serde_json::Value =
-        serde_json::from_str(m.payload.as_str()).unwrap_or_else(|e| panic!("{e}"));
-    v["n"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no n in {}", m.payload.as_str()))
 }
 
 /// Drains `rx` until a message numbered `last` arrives; returns the numbers seen.
@@ -87,44 +49,6 @@ async fn until(rx: &mut Receiver, last: u64) -> Vec<u64> {
         got.extend(d.messages);
     }
     got.iter().map(|m| number(m)).collect()
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn raw(url: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::new()
-        .connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Returns once the server has processed everything `client` sent before (its "no
-/// responders" answer to a request nobody serves comes after the commands ahead of it).
-async fn synced(client: &async_nats::Client) {
-    let subject = format!("_TEST_SYNC.{}", Uuid::new_v4().simple());
-    let answered = tokio::time::timeout(PATIENCE, client.request(subject, Vec::new().into())).await;
-    assert!(
-        answered.is_ok(),
-        "the server never answered the sync request"
-    );
-}
-
-async fn send(client: &async_nats::Client, subject: &str, headers: HeaderMap, body: &str) {
-    client
-        .publish_with_headers(
-            subject.to_string(),
-            headers,
-            body.as_bytes().to_vec().into(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    client.flush().await.unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Two signed bridges, `a` exporting `in.*` to `b`, with `names` naming a's publishers.

@@ -12,64 +12,13 @@ use std::time::{Duration, Instant};
 
 use capsule_bus::{Attribution, Bus, JsonPayload, Message, Outgoing, Receiver, Scope, Topic};
 use capsule_nats::async_nats::{self, HeaderMap};
-use capsule_nats::{
-    Bridge, BridgeConfig, ClusterKey, ClusterName, ENVELOPE_HEADER, Envelope, HostId, KEY_BYTES,
-    NatsServer, SIGNATURE_HEADER,
-};
+use capsule_nats::{ClusterKey, ENVELOPE_HEADER, Envelope, KEY_BYTES, SIGNATURE_HEADER};
 use futures::StreamExt;
 use uuid::Uuid;
 
-/// Bound on every wait; generous because the test machine is often loaded.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-fn server() -> NatsServer {
-    NatsServer::start().unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn config(url: &str, host: &str, peer: &str, export: &str, import: &str) -> BridgeConfig {
-    let parse = |s: &str| HostId::parse(s).unwrap_or_else(|e| panic!("{e}"));
-    let pat = |s: &str| capsule_bus::TopicPattern::parse(s).unwrap_or_else(|e| panic!("{e}"));
-    let mut c = BridgeConfig::new(
-        ClusterName::parse("c").unwrap_or_else(|e| panic!("{e}")),
-        parse(host),
-        url,
-    );
-    c.peers.insert(parse(peer));
-    if !export.is_empty() {
-        c.export.push(pat(export));
-    }
-    if !import.is_empty() {
-        c.import.push(pat(import));
-    }
-    c
-}
-
-async fn start(bus: &Bus, config: BridgeConfig) -> Bridge {
-    Bridge::start(bus.clone(), config)
-        .await
-        .unwrap_or_else(|e| panic!("bridge: {e}"))
-}
-
-async fn raw(url: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::new()
-        // The attacker writes whatever subject it likes.
-        .skip_subject_validation(true)
-        .connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Returns once the server has processed everything `client` sent before: `flush` only
-/// writes to the socket, while the server's "no responders" answer to a request nobody
-/// serves comes after the commands sent ahead of it.
-async fn synced(client: &async_nats::Client) {
-    let subject = format!("_TEST_SYNC.{}", uuid::Uuid::new_v4().simple());
-    let answered = tokio::time::timeout(PATIENCE, client.request(subject, Vec::new().into())).await;
-    assert!(
-        answered.is_ok(),
-        "the server never answered the sync request"
-    );
-}
+#[allow(dead_code)]
+mod common;
+use common::*;
 
 /// Headers claiming to come from peer `a` for verified alice.
 fn forged(epoch: u64, seq: u64) -> HeaderMap {
@@ -79,26 +28,6 @@ fn forged(epoch: u64, seq: u64) -> HeaderMap {
         format!("1;a;verified:alice;{};{epoch};{seq};0", Uuid::from_u128(1)),
     );
     h
-}
-
-async fn send(client: &async_nats::Client, subject: &str, headers: HeaderMap, body: &str) {
-    client
-        .publish_with_headers(
-            subject.to_string(),
-            headers,
-            body.as_bytes().to_vec().into(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    client.flush().await.unwrap_or_else(|e| panic!("{e}"));
-}
-
-fn number(m: &Message) -> u64 {
-    let v: serde_json::Value =
-        serde_json::from_str(m.payload.as_str()).unwrap_or_else(|e| panic!("{e}"));
-    v["n"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no n in {}", m.payload.as_str()))
 }
 
 /// Drains `rx` until a message numbered `last` arrives; returns the numbers seen and the
@@ -117,14 +46,6 @@ async fn until(rx: &mut Receiver, last: u64) -> (Vec<u64>, u64) {
         got.extend(d.messages);
     }
     (got.iter().map(|m| number(m)).collect(), dropped)
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 fn publish(bus: &Bus, n: u64) {

@@ -1,0 +1,104 @@
+//! Helpers the hostile bridge tests share: a real NATS server, a bridge for one host with one
+//! peer, and a raw client that writes whatever it likes and knows when the server has read it.
+
+use std::time::{Duration, Instant};
+
+use capsule_bus::{Bus, Message, TopicPattern};
+use capsule_nats::async_nats::{self, HeaderMap};
+use capsule_nats::{Bridge, BridgeConfig, ClusterName, HostId, NatsServer};
+
+/// Bound on every wait; generous because the test machine is often loaded.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
+
+pub(crate) fn server() -> NatsServer {
+    NatsServer::start().unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub(crate) fn pat(s: &str) -> TopicPattern {
+    TopicPattern::parse(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Host `host` of cluster `c` trusting `peer`, exporting and importing one pattern each
+/// (none where empty).
+pub(crate) fn config(
+    url: &str,
+    host: &str,
+    peer: &str,
+    export: &str,
+    import: &str,
+) -> BridgeConfig {
+    let parse = |s: &str| HostId::parse(s).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = BridgeConfig::new(
+        ClusterName::parse("c").unwrap_or_else(|e| panic!("{e}")),
+        parse(host),
+        url,
+    );
+    c.peers.insert(parse(peer));
+    if !export.is_empty() {
+        c.export.push(pat(export));
+    }
+    if !import.is_empty() {
+        c.import.push(pat(import));
+    }
+    c
+}
+
+pub(crate) async fn start(bus: &Bus, config: BridgeConfig) -> Bridge {
+    Bridge::start(bus.clone(), config)
+        .await
+        .unwrap_or_else(|e| panic!("bridge: {e}"))
+}
+
+pub(crate) fn number(m: &Message) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(m.payload.as_str()).unwrap_or_else(|e| panic!("{e}"));
+    v["n"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no n in {}", m.payload.as_str()))
+}
+
+pub(crate) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub(crate) async fn raw(url: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        // The attacker writes whatever subject it likes.
+        .skip_subject_validation(true)
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Returns once the server has processed everything `client` sent before: `flush` only
+/// writes to the socket, while the server's "no responders" answer to a request nobody
+/// serves comes after the commands sent ahead of it.
+pub(crate) async fn synced(client: &async_nats::Client) {
+    let subject = format!("_TEST_SYNC.{}", uuid::Uuid::new_v4().simple());
+    let answered = tokio::time::timeout(PATIENCE, client.request(subject, Vec::new().into())).await;
+    assert!(
+        answered.is_ok(),
+        "the server never answered the sync request"
+    );
+}
+
+pub(crate) async fn send(
+    client: &async_nats::Client,
+    subject: &str,
+    headers: HeaderMap,
+    body: &str,
+) {
+    client
+        .publish_with_headers(
+            subject.to_string(),
+            headers,
+            body.as_bytes().to_vec().into(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    client.flush().await.unwrap_or_else(|e| panic!("{e}"));
+}
