@@ -7,7 +7,9 @@
 //! name the host looks up in its fixed search path), then optional argument patterns. With no
 //! pattern every argument list is allowed. Otherwise each pattern matches one argument: a
 //! literal matches itself, `*` any one argument, `prefix*` any argument starting with
-//! `prefix`; a final `**` matches any number of remaining arguments (none included).
+//! `prefix`; a final `**` matches any number of remaining arguments (none included). A
+//! prefix holding a `/` names a place, so it never matches an argument with a `..` component:
+//! `cat /srv/data/*` does not stretch to `/srv/data/../../etc/shadow`.
 
 use std::path::{Component, Path};
 
@@ -27,7 +29,10 @@ impl ArgPattern {
         match self {
             Self::Literal(l) => l == arg,
             Self::Any => true,
-            Self::Prefix(p) => arg.starts_with(p.as_str()),
+            Self::Prefix(p) => {
+                arg.starts_with(p.as_str())
+                    && !(p.contains('/') && arg.split('/').any(|c| c == ".."))
+            }
         }
     }
 }
@@ -161,6 +166,34 @@ mod tests {
         assert!(rest.allows("git", &args(&["log", "--format=%H"])));
         assert!(rest.allows("git", &args(&["log", "--format=%H", "a", "b"])));
         assert!(!rest.allows("git", &args(&["log", "--oneline"])));
+    }
+
+    #[test]
+    fn a_path_prefix_does_not_stretch_through_dot_dot() {
+        let grant = g("cat /srv/data/*");
+        assert!(grant.allows("cat", &args(&["/srv/data/report.txt"])));
+        assert!(grant.allows("cat", &args(&["/srv/data/a/..b/c"])));
+        for climb in [
+            "/srv/data/../../etc/shadow",
+            "/srv/data/..",
+            "/srv/data/x/../../other",
+            "/srv/data/./../secret",
+        ] {
+            assert!(!grant.allows("cat", &args(&[climb])), "{climb}");
+        }
+        // The `..` may straddle the end of the prefix.
+        let dotted = g("cat /srv/data/.*");
+        assert!(dotted.allows("cat", &args(&["/srv/data/.hidden"])));
+        assert!(!dotted.allows("cat", &args(&["/srv/data/../etc/passwd"])));
+        let option = g("tool --input=/srv/in/*");
+        assert!(option.allows("tool", &args(&["--input=/srv/in/x"])));
+        assert!(!option.allows(
+            "tool",
+            &args(&["--input=/srv/in/../../root/.ssh/id_ed25519"])
+        ));
+        // A prefix naming no place is matched as written.
+        let plain = g("git log --format=*");
+        assert!(plain.allows("git", &args(&["log", "--format=.."])));
     }
 
     #[test]

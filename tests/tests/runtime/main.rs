@@ -10,6 +10,7 @@ mod density;
 mod dispatch;
 mod dual_version;
 mod embed;
+mod grant_stretch_attacks;
 mod grants;
 mod graph;
 mod hostile;
