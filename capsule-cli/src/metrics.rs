@@ -2,7 +2,9 @@
 //! `prometheus-client` from a [`Snapshot`], and the loopback-only HTTP endpoint that serves
 //! them to a scraper. The endpoint answers `GET /metrics` and nothing else; a request head is
 //! bounded in size and time, and connections are bounded in number, so a client cannot hold
-//! the host's memory or tasks.
+//! the host's memory or tasks. A request naming a `Host` other than a loopback address or
+//! `localhost` is refused, so a web page whose name was rebound to loopback cannot make the
+//! operator's browser read the capsule and principal names the counters carry.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -257,9 +259,50 @@ async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
     String::from_utf8(head).ok()
 }
 
+/// Whether every `Host` header of `head` names loopback (`localhost` or a loopback address,
+/// with or without a port). A request without one is no browser's, so it passes.
+fn loopback_host(head: &str) -> bool {
+    let hosts: Vec<&str> = head
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("host"))
+        .map(|(_, value)| value.trim())
+        .collect();
+    if hosts.len() > 1 {
+        return false;
+    }
+    hosts.iter().all(|h| {
+        let name = if let Some(rest) = h.strip_prefix('[') {
+            match rest.split_once(']') {
+                Some((inside, port)) if port.is_empty() || port.starts_with(':') => inside,
+                _ => return false,
+            }
+        } else {
+            match h.rsplit_once(':') {
+                Some((name, _port)) if !name.contains(':') => name,
+                Some(_) => return false,
+                None => h,
+            }
+        };
+        name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
 fn respond(head: &str, snapshot: &dyn Fn() -> Snapshot) -> String {
     let mut first = head.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+    if !loopback_host(head) {
+        return http(
+            403,
+            "text/plain",
+            "forbidden: the metrics are served only to requests naming a loopback host\n",
+        );
+    }
     match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") => http(
             200,
@@ -279,6 +322,7 @@ fn http(status: u16, content_type: &str, body: &str) -> String {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         _ => "Method Not Allowed",
     };
@@ -391,5 +435,39 @@ mod tests {
         assert!(respond("GET /metrics HTTP/1.1\r\n\r\n", &s).starts_with("HTTP/1.1 200"));
         assert!(respond("GET / HTTP/1.1\r\n\r\n", &s).starts_with("HTTP/1.1 404"));
         assert!(respond("POST /metrics HTTP/1.1\r\n\r\n", &s).starts_with("HTTP/1.1 405"));
+    }
+
+    #[test]
+    fn a_page_rebound_to_loopback_cannot_read_the_counters() {
+        let s = || snapshot();
+        for host in [
+            "127.0.0.1:9184",
+            "127.0.0.1",
+            "127.9.8.7:1",
+            "[::1]:9184",
+            "[::1]",
+            "localhost:9184",
+            "LocalHost",
+        ] {
+            let head = format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n\r\n");
+            assert!(respond(&head, &s).starts_with("HTTP/1.1 200"), "{host}");
+        }
+        for host in [
+            "evil.example:9184",
+            "evil.example",
+            "localhost.evil.example:9184",
+            "127.0.0.1.nip.io:9184",
+            "10.0.0.1:9184",
+            "[::1]x",
+            "::1",
+            "",
+        ] {
+            let head = format!("GET /metrics HTTP/1.1\r\nhost:{host}\r\n\r\n");
+            let answer = respond(&head, &s);
+            assert!(answer.starts_with("HTTP/1.1 403"), "{host}: {answer}");
+            assert!(!answer.contains("alice"), "{host}: {answer}");
+        }
+        let twice = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n";
+        assert!(respond(twice, &s).starts_with("HTTP/1.1 403"));
     }
 }

@@ -375,14 +375,23 @@ fn a_running_host_is_operated_through_its_control_socket() {
         .find_map(|l| l.strip_prefix("metrics on http://").map(str::to_string))
         .unwrap_or_else(|| panic!("no metrics line"));
     let addr = url.trim_end_matches("/metrics").to_string();
-    let mut conn = std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut scraped = String::new();
-    conn.read_to_string(&mut scraped)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let scrape = |host: &str| {
+        let mut conn =
+            std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+        conn.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut scraped = String::new();
+        conn.read_to_string(&mut scraped)
+            .unwrap_or_else(|e| panic!("{e}"));
+        scraped
+    };
+    let scraped = scrape(&addr);
     assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
     assert!(scraped.contains("capsule_loaded 4"), "{scraped}");
+    // A page whose name was rebound to loopback reaches the port but reads nothing.
+    let rebound = scrape("attacker.example:80");
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    assert!(!rebound.contains("capsule_"), "{rebound}");
 
     // Bad tokens are refused with exit 4, one line, and counted.
     let wrong = Command::new(BIN)
