@@ -7,9 +7,10 @@
 //! name the host looks up in its fixed search path), then optional argument patterns. With no
 //! pattern every argument list is allowed. Otherwise each pattern matches one argument: a
 //! literal matches itself, `*` any one argument, `prefix*` any argument starting with
-//! `prefix`; a final `**` matches any number of remaining arguments (none included). A
-//! prefix holding a `/` names a place, so it never matches an argument with a `..` component:
-//! `cat /srv/data/*` does not stretch to `/srv/data/../../etc/shadow`.
+//! `prefix`; a final `**` matches any number of remaining arguments (none included). The part
+//! of an argument a prefix leaves free (from the component the prefix ends in) never has a
+//! `..` component, so `cat /srv/data/*` does not stretch to `/srv/data/../../etc/shadow`, nor
+//! `cat data*` to `data/../../etc/shadow`.
 
 use std::path::{Component, Path};
 
@@ -30,8 +31,9 @@ impl ArgPattern {
             Self::Literal(l) => l == arg,
             Self::Any => true,
             Self::Prefix(p) => {
-                arg.starts_with(p.as_str())
-                    && !(p.contains('/') && arg.split('/').any(|c| c == ".."))
+                // What the prefix leaves free starts at the component it ends in.
+                let free = p.rfind('/').map_or(0, |i| i + 1);
+                arg.starts_with(p.as_str()) && !arg[free..].split('/').any(|c| c == "..")
             }
         }
     }
@@ -191,9 +193,19 @@ mod tests {
             "tool",
             &args(&["--input=/srv/in/../../root/.ssh/id_ed25519"])
         ));
-        // A prefix naming no place is matched as written.
+        // A relative prefix does not climb either, but `..` the operator wrote stays.
+        let relative = g("cat data*");
+        assert!(relative.allows("cat", &args(&["data/x"])));
+        assert!(relative.allows("cat", &args(&["data.csv"])));
+        assert!(!relative.allows("cat", &args(&["data/../../etc/passwd"])));
+        assert!(!g("cat .*").allows("cat", &args(&[".."])));
+        let above = g("cat ../shared/*");
+        assert!(above.allows("cat", &args(&["../shared/x"])));
+        assert!(!above.allows("cat", &args(&["../shared/../../x"])));
+        // `..` that is no path component is matched as written.
         let plain = g("git log --format=*");
         assert!(plain.allows("git", &args(&["log", "--format=.."])));
+        assert!(plain.allows("git", &args(&["log", "--format=%H..%h"])));
     }
 
     #[test]
