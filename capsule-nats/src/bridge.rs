@@ -477,9 +477,14 @@ async fn export_loop(
         // Runs of one publisher stream travel as one NATS message while connected; while
         // not, every message goes alone so the client's bounded queue counts bus messages.
         let connected = client.connection_state() == async_nats::connection::State::Connected;
-        let limit = (client.server_info().max_payload)
-            .saturating_sub(BATCH_HEADROOM)
-            .min(MAX_BATCH_BYTES);
+        // Asked only when there is more than one message to send: a lone message pays nothing.
+        let limit = if connected && batch.len() > 1 {
+            (client.server_info().max_payload)
+                .saturating_sub(BATCH_HEADROOM)
+                .min(MAX_BATCH_BYTES)
+        } else {
+            0
+        };
         let mut start = 0;
         while start < batch.len() {
             let len = if connected {
