@@ -16,6 +16,9 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::batch::{
+    BatchEnvelope, FRAME_PREFIX, MAX_BATCH, MAX_BATCH_BYTES, MAX_MEMBER_BYTES, encode_frames,
+};
 use crate::config::{Auth, BridgeConfig, ConfigError};
 use crate::envelope::{ENVELOPE_HEADER, Envelope, sendable_name};
 use crate::import::Importer;
@@ -43,6 +46,8 @@ const SUBJECTS_KEPT: usize = 1024;
 const EXPORT_WAIT: Duration = Duration::from_millis(50);
 /// How long [`Bridge::stop`] waits for queued exports to reach NATS.
 const STOP_FLUSH: Duration = Duration::from_secs(2);
+/// Bytes of the server's `max_payload` left to a batch's headers.
+const BATCH_HEADROOM: usize = 4096;
 
 /// Why a bridge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -469,7 +474,27 @@ async fn export_loop(
                 }
             }
         }
-        for (m, epoch, seq) in batch.drain(..) {
+        // Runs of one publisher stream travel as one NATS message while connected; while
+        // not, every message goes alone so the client's bounded queue counts bus messages.
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        // Asked only when there is more than one message to send: a lone message pays nothing.
+        let limit = if connected && batch.len() > 1 {
+            (client.server_info().max_payload)
+                .saturating_sub(BATCH_HEADROOM)
+                .min(MAX_BATCH_BYTES)
+        } else {
+            0
+        };
+        let mut start = 0;
+        while start < batch.len() {
+            let len = if connected {
+                run_len(&batch[start..], limit)
+            } else {
+                1
+            };
+            let run = &batch[start..start + len];
+            start += len;
+            let (m, epoch, seq) = &run[0];
             let envelope = Envelope {
                 host: config.host.clone(),
                 attribution: m.attribution(),
@@ -479,8 +504,8 @@ async fn export_loop(
                     .as_ref()
                     .and_then(|f| f(m.source))
                     .filter(|n| sendable_name(n)),
-                epoch,
-                seq,
+                epoch: *epoch,
+                seq: *seq,
                 hops: m.hops(),
             };
             if subjects.len() >= SUBJECTS_KEPT && !subjects.contains_key(&m.topic) {
@@ -491,14 +516,31 @@ async fn export_loop(
                 .or_insert_with(|| Subject::from(topic_subject(&config.cluster, &m.topic)))
                 .clone();
             let mut headers = HeaderMap::new();
-            headers.insert(ENVELOPE_NAME, envelope.to_header_value());
-            if let Some(key) = &config.key {
-                let tag = key.sign(&subject, &envelope, m.payload.as_str().as_bytes());
-                headers.insert(SIGNATURE_NAME, tag);
-            }
-            // The payload is handed over without a copy: the bytes stay in the bus's shared
-            // message until the client has written them out.
-            let payload = Bytes::from_owner(SharedPayload(Arc::clone(&m)));
+            let payload = if len == 1 {
+                headers.insert(ENVELOPE_NAME, envelope.to_header_value());
+                if let Some(key) = &config.key {
+                    let tag = key.sign(&subject, &envelope, m.payload.as_str().as_bytes());
+                    headers.insert(SIGNATURE_NAME, tag);
+                }
+                // The payload is handed over without a copy: the bytes stay in the bus's
+                // shared message until the client has written them out.
+                Bytes::from_owner(SharedPayload(Arc::clone(m)))
+            } else {
+                let framed =
+                    encode_frames(run.iter().map(|(m, _, _)| m.payload.as_str().as_bytes()));
+                let batch_env = BatchEnvelope {
+                    first: envelope,
+                    count: len,
+                };
+                headers.insert(ENVELOPE_NAME, batch_env.to_header_value());
+                if let Some(key) = &config.key {
+                    headers.insert(
+                        SIGNATURE_NAME,
+                        key.sign_batch(&subject, &batch_env, &framed),
+                    );
+                }
+                Bytes::from(framed)
+            };
             // Outside the cooperative budget: a spent budget would turn every 128th message
             // into a full trip through the scheduler; the loop yields every
             // `YIELD_EVERY` messages instead.
@@ -506,20 +548,22 @@ async fn export_loop(
                 tokio::task::unconstrained(client.publish_with_headers(subject, headers, payload));
             let sent = hand_over(&client, send).await;
             // Lets the other tasks of a busy worker run now and then.
-            handled = handled.wrapping_add(1);
-            if handled.is_multiple_of(YIELD_EVERY) {
+            handled = handled.wrapping_add(len as u32);
+            if handled >= YIELD_EVERY {
+                handled = 0;
                 tokio::task::yield_now().await;
             }
+            let n = len as u64;
             match sent {
                 Some(Ok(())) => {
-                    counters.exported.fetch_add(1, Ordering::Relaxed);
+                    counters.exported.fetch_add(n, Ordering::Relaxed);
                 }
                 Some(Err(e)) => {
-                    counters.dropped_out.fetch_add(1, Ordering::Relaxed);
+                    counters.dropped_out.fetch_add(n, Ordering::Relaxed);
                     tracing::warn!(target: AUDIT_TARGET, error = %e, "nats publish failed");
                 }
                 None => {
-                    if bump(&counters.dropped_out, 1) {
+                    if bump(&counters.dropped_out, n) {
                         audit(
                             &bus,
                             m.attribution(),
@@ -534,7 +578,44 @@ async fn export_loop(
                 }
             }
         }
+        batch.clear();
     }
+}
+
+/// How many of `items` from the first on travel as one batch: the longest run (at most
+/// [`MAX_BATCH`]) of one publisher's consecutively numbered messages of one stream on one
+/// topic with one attribution and hop count, each at most [`MAX_MEMBER_BYTES`], framed
+/// within `limit` bytes. Only messages already drained are considered: nothing ever waits
+/// for a batch to fill.
+fn run_len(items: &[(Arc<Message>, u64, u64)], limit: usize) -> usize {
+    let Some((first, epoch, seq)) = items.first() else {
+        return 0;
+    };
+    let fits = |m: &Message| m.payload.len() <= MAX_MEMBER_BYTES;
+    if !fits(first) {
+        return 1;
+    }
+    let mut bytes = FRAME_PREFIX + first.payload.len();
+    let mut len = 1;
+    for (m, e, s) in &items[1..] {
+        let framed = FRAME_PREFIX + m.payload.len();
+        let same = len < MAX_BATCH
+            && e == epoch
+            && *s == seq.saturating_add(len as u64)
+            && m.source == first.source
+            && m.topic == first.topic
+            && m.principal() == first.principal()
+            && m.is_claimed() == first.is_claimed()
+            && m.hops() == first.hops()
+            && fits(m)
+            && bytes + framed <= limit;
+        if !same {
+            break;
+        }
+        bytes += framed;
+        len += 1;
+    }
+    len
 }
 
 /// Drives one publish: to completion while connected (re-checking the connection every

@@ -67,7 +67,7 @@ pub enum EnvelopeError {
     },
 }
 
-fn parse_attribution(s: &str) -> Result<Attribution, EnvelopeError> {
+pub(crate) fn parse_attribution(s: &str) -> Result<Attribution, EnvelopeError> {
     let invalid = |reason: String| EnvelopeError::Invalid {
         header: ENVELOPE_HEADER,
         reason: format!("attribution: {reason}"),

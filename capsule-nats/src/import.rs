@@ -1,9 +1,10 @@
 //! The receiving side's checks, in order: the subject must be a topic of this cluster under
 //! the pattern it arrived on and not the audit topic; the headers must decode; with a cluster
-//! key the signature must match (before any header is believed); the origin must be a
+//! key the signature must match (before any header is believed); a batch's frames must
+//! decode exactly (else the whole NATS message is refused); the origin must be a
 //! configured peer and not this host; the host's own check ([`crate::Admit`]) must pass; the
-//! payload must be JSON; the sequence number must be neither one already seen (a replay) nor
-//! an implausible jump. Only then is a hole in
+//! payload (every frame of a batch) must be JSON; each message's sequence number must be
+//! neither one already seen (a replay) nor an implausible jump. Only then is a hole in
 //! the publisher's sequence reported as loss and the message published into the local bus,
 //! with exactly the attribution the origin host sent (never a stronger one) and a source id
 //! that records which host vouched for it. Local subscribers then receive it only through
@@ -18,8 +19,9 @@ use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use crate::bridge::SIGNATURE_NAME;
+use crate::batch::{BatchEnvelope, claimed_count, decode_frames, is_batch};
 use crate::bridge::{Counters, audit, bump};
+use crate::bridge::{ENVELOPE_NAME, SIGNATURE_NAME};
 use crate::config::BridgeConfig;
 use crate::envelope::Envelope;
 use crate::seq::{Bounded, MAX_GAP, Observed, SEQ_TABLE_CAPACITY, Tracking};
@@ -152,18 +154,21 @@ impl Importer {
         {
             return;
         }
+        let header = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(ENVELOPE_NAME))
+            .map(|v| v.as_str());
+        if header.is_some_and(is_batch) {
+            return self.accept_batch(subject, topic, &m, out);
+        }
         let env = match Envelope::from_headers(m.headers.as_ref()) {
             Ok(e) => e,
             Err(e) => return self.refuse(out, subject, e.to_string()),
         };
         // Nothing in the headers is believed, not even the origin host, before the tag is.
         if let Some(key) = &self.config.key {
-            let tag = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(SIGNATURE_NAME))
-                .map(|v| v.as_str());
-            match tag {
+            match signature(&m) {
                 None => return self.refuse(out, subject, "the message is not signed".into()),
                 Some(t) if !key.verify(subject, &env, &m.payload, t) => {
                     return self.refuse(out, subject, "the signature does not match".into());
@@ -171,12 +176,83 @@ impl Importer {
                 Some(_) => {}
             }
         }
-        if env.host == self.config.host {
-            self.counters.looped.fetch_add(1, Ordering::Relaxed);
+        if !self.admitted(out, &env, &topic, 1) {
             return;
         }
+        let payload = match json(&m.payload) {
+            Ok(p) => p,
+            Err(e) => return self.refuse(out, subject, e),
+        };
+        self.deliver(out, subject, &env, topic, payload);
+    }
+
+    /// Handles a batch (format version 2): the header and the whole framed payload are
+    /// verified once, the frames decoded strictly and every one parsed as JSON before any is
+    /// believed (any failure refuses the whole NATS message, nothing of it published), then
+    /// each message is sequence-checked and delivered as a single message would be.
+    fn accept_batch(
+        &self,
+        subject: &str,
+        topic: Topic,
+        m: &async_nats::Message,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let header = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(ENVELOPE_NAME))
+            .map(|v| v.as_str())
+            .unwrap_or_default();
+        let batch = match BatchEnvelope::parse(header) {
+            Ok(b) => b,
+            Err(e) => return self.refuse(out, subject, format!("batch: {e}")),
+        };
+        if let Some(key) = &self.config.key {
+            match signature(m) {
+                None => return self.refuse(out, subject, "the batch is not signed".into()),
+                Some(t) if !key.verify_batch(subject, &batch, &m.payload, t) => {
+                    return self.refuse(
+                        out,
+                        subject,
+                        "the batch's signature does not match".into(),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        let frames = match decode_frames(&m.payload, batch.count) {
+            Ok(f) => f,
+            Err(e) => return self.refuse(out, subject, format!("batch: {e}")),
+        };
+        let mut env = batch.first;
+        if !self.admitted(out, &env, &topic, batch.count as u64) {
+            return;
+        }
+        let mut payloads = Vec::with_capacity(frames.len());
+        for (i, frame) in frames.iter().enumerate() {
+            match json(frame) {
+                Ok(p) => payloads.push(p),
+                Err(e) => return self.refuse(out, subject, format!("batch frame {i}: {e}")),
+            }
+        }
+        let first = env.seq;
+        for (i, payload) in payloads.into_iter().enumerate() {
+            // In range: the header's parse refused a range past `u64::MAX`.
+            env.seq = first.saturating_add(i as u64);
+            self.deliver(out, subject, &env, topic.clone(), payload);
+        }
+    }
+
+    /// The checks on the origin that follow the signature, for `n` messages with one
+    /// envelope: this host's own messages, hosts outside the peer list and what the host's
+    /// own check refuses are dropped here, counted per message.
+    fn admitted(&self, out: &mut Vec<Outgoing>, env: &Envelope, topic: &Topic, n: u64) -> bool {
+        if env.host == self.config.host {
+            self.counters.looped.fetch_add(n, Ordering::Relaxed);
+            return false;
+        }
         if !self.config.peers.contains(&env.host) {
-            if bump(&self.counters.foreign, 1) {
+            if bump(&self.counters.foreign, n) {
                 self.flush(out);
                 audit(
                     &self.bus,
@@ -189,15 +265,15 @@ impl Importer {
                     }),
                 );
             }
-            return;
+            return false;
         }
         if let Some(admit) = &self.config.admit
-            && let Err(reason) = admit(&topic, &env.attribution)
+            && let Err(reason) = admit(topic, &env.attribution)
         {
-            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            self.counters.refused.fetch_add(n, Ordering::Relaxed);
             self.flush(out);
             // The principal concerned sees the refusal in its own audit view.
-            return audit(
+            audit(
                 &self.bus,
                 env.attribution.clone(),
                 serde_json::json!({
@@ -206,16 +282,25 @@ impl Importer {
                     "topic": topic.as_str(),
                     "principal": env.attribution.principal().map(|p| p.as_str()),
                     "reason": reason,
+                    "messages": n,
                 }),
             );
+            return false;
         }
-        let payload = match String::from_utf8(m.payload.to_vec())
-            .map_err(|e| e.to_string())
-            .and_then(|s| JsonPayload::parse(s).map_err(|e| e.to_string()))
-        {
-            Ok(p) => p,
-            Err(e) => return self.refuse(out, subject, e),
-        };
+        true
+    }
+
+    /// The per-message sequence check and hand-over of one message that passed every other
+    /// check: a replay or an implausible jump is refused, a hole reported, and the message
+    /// added to `out` with exactly the origin's attribution.
+    fn deliver(
+        &self,
+        out: &mut Vec<Outgoing>,
+        subject: &str,
+        env: &Envelope,
+        topic: Topic,
+        payload: JsonPayload,
+    ) {
         let key = (env.host.clone(), env.source, topic.clone());
         let observed = self.seqs.lock().observe(&key, env.epoch, env.seq, MAX_GAP);
         match observed {
@@ -239,7 +324,7 @@ impl Importer {
                     ),
                 );
             }
-            o => self.observed(out, o, &env, &topic),
+            o => self.observed(out, o, env, &topic),
         }
         let source = imported_source(&env.host, &env.source);
         self.origins.lock().entry(&source, || Origin {
@@ -253,10 +338,25 @@ impl Importer {
             topic,
             payload,
             source,
-            attribution: env.attribution,
+            attribution: env.attribution.clone(),
             hops: env.hops.saturating_add(1),
         });
     }
+}
+
+/// The signature header of `m`, if any.
+fn signature(m: &async_nats::Message) -> Option<&str> {
+    m.headers
+        .as_ref()
+        .and_then(|h| h.get(SIGNATURE_NAME))
+        .map(|v| v.as_str())
+}
+
+/// A payload as one JSON value, or why not.
+fn json(bytes: &[u8]) -> Result<JsonPayload, String> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|e| e.to_string())
+        .and_then(|s| JsonPayload::parse(s).map_err(|e| e.to_string()))
 }
 
 /// Messages an import loop handles between two yields to the scheduler.
@@ -269,6 +369,8 @@ const PUBLISH_BATCH: usize = 64;
 /// The messages one import pattern holds for the local bus, bounded in messages and bytes.
 struct Held {
     queue: VecDeque<async_nats::Message>,
+    /// Bus messages the queue holds: a batch counts as the messages it claims to carry.
+    messages: usize,
     bytes: usize,
 }
 
@@ -278,14 +380,26 @@ fn charge(m: &async_nats::Message) -> usize {
     m.length.max(m.payload.len())
 }
 
+/// Bus messages a received message is charged: the count a batch header claims, else 1.
+fn units(m: &async_nats::Message) -> usize {
+    m.headers
+        .as_ref()
+        .and_then(|h| h.get(ENVELOPE_NAME))
+        .map_or(1, |v| claimed_count(v.as_str()))
+}
+
 impl Importer {
     /// Takes `m` into `held` if both bounds allow, else drops it, counted and audited.
     fn hold(&self, held: &mut Held, m: async_nats::Message) {
         let size = charge(&m);
-        let fits = held.queue.len() < self.config.import_buffer
+        let n = units(&m);
+        // An empty buffer takes any one NATS message within the byte bound, so a batch larger
+        // than a small message bound still gets through.
+        let fits = (held.queue.is_empty()
+            || held.messages.saturating_add(n) <= self.config.import_buffer)
             && held.bytes.saturating_add(size) <= self.config.import_buffer_bytes;
         if !fits {
-            if bump(&self.counters.overflow_in, 1) {
+            if bump(&self.counters.overflow_in, n as u64) {
                 audit(
                     &self.bus,
                     Attribution::System,
@@ -293,7 +407,7 @@ impl Importer {
                         "kind": "nats.import-overflow",
                         "subject": m.subject.as_str(),
                         "bytes": size,
-                        "held_messages": held.queue.len(),
+                        "held_messages": held.messages,
                         "held_bytes": held.bytes,
                         "max_messages": self.config.import_buffer,
                         "max_bytes": self.config.import_buffer_bytes,
@@ -304,6 +418,7 @@ impl Importer {
             return;
         }
         held.bytes += size;
+        held.messages += n;
         held.queue.push_back(m);
         let c = &self.counters;
         c.import_held_bytes
@@ -316,6 +431,7 @@ impl Importer {
         let m = held.queue.pop_front()?;
         let size = charge(&m);
         held.bytes -= size;
+        held.messages -= units(&m);
         self.counters
             .import_held_bytes
             .fetch_sub(size as u64, Ordering::Relaxed);
@@ -335,6 +451,7 @@ pub(crate) async fn import_loop(
 ) {
     let mut held = Held {
         queue: VecDeque::new(),
+        messages: 0,
         bytes: 0,
     };
     let mut out = Vec::with_capacity(PUBLISH_BATCH);

@@ -51,6 +51,7 @@
 //! [`BridgeConfig`]; `tests/bridge.rs` runs two of them against a real `nats-server`
 //! ([`NatsServer`]).
 
+mod batch;
 mod bridge;
 mod config;
 mod envelope;
@@ -60,6 +61,10 @@ mod server;
 mod sign;
 mod subject;
 
+pub use batch::{
+    BATCH_VERSION, BatchEnvelope, BatchError, FRAME_PREFIX, MAX_BATCH, MAX_BATCH_BYTES,
+    MAX_MEMBER_BYTES, claimed_count, decode_frames, encode_frames, is_batch,
+};
 pub use bridge::{AUDIT_TARGET, Bridge, BridgeError, BridgeStats, LinkState};
 pub use config::{
     Admit, Auth, BridgeConfig, CREDS_ENV, ConfigError, DEFAULT_BUFFER, DEFAULT_IMPORT_BUFFER,

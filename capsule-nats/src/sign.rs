@@ -10,6 +10,7 @@ use std::fmt;
 
 use capsule_bus::Attribution;
 
+use crate::batch::BatchEnvelope;
 use crate::envelope::Envelope;
 
 /// Header carrying the hex tag of a signed message.
@@ -29,8 +30,10 @@ pub enum KeyError {
     NotHex(char),
 }
 
-/// Domain separation of the tag: the first field every tag absorbs.
+/// Domain separation of the tag: the first field every single message's tag absorbs.
 const DOMAIN: &[u8] = b"capsule-nats message v1";
+/// The first field every batch's tag absorbs, so no tag of one format is valid in the other.
+const BATCH_DOMAIN: &[u8] = b"capsule-nats batch v2";
 
 /// The secret every host of a cluster shares to authenticate its messages.
 #[derive(Clone)]
@@ -39,6 +42,8 @@ pub struct ClusterKey {
     /// The keyed hash state after the key schedule and the domain field, computed once so
     /// each message's tag starts from a copy rather than from the key.
     base: blake3::Hasher,
+    /// The same for batches, after [`BATCH_DOMAIN`].
+    batch_base: blake3::Hasher,
 }
 
 impl PartialEq for ClusterKey {
@@ -71,9 +76,15 @@ fn nibble(c: char) -> Result<u8, KeyError> {
 impl ClusterKey {
     /// A key from its raw bytes.
     pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> Self {
-        let mut base = blake3::Hasher::new_keyed(&bytes);
+        let keyed = blake3::Hasher::new_keyed(&bytes);
+        let (mut base, mut batch_base) = (keyed.clone(), keyed);
         field(&mut base, DOMAIN);
-        Self { bytes, base }
+        field(&mut batch_base, BATCH_DOMAIN);
+        Self {
+            bytes,
+            base,
+            batch_base,
+        }
     }
 
     /// Parses 64 hexadecimal digits (surrounding whitespace ignored), as `openssl rand -hex 32`
@@ -92,7 +103,19 @@ impl ClusterKey {
     }
 
     fn tag(&self, subject: &str, env: &Envelope, payload: &[u8]) -> blake3::Hash {
-        let mut h = self.base.clone();
+        self.tag_from(self.base.clone(), subject, env, None, payload)
+    }
+
+    /// The tag of `env` (with `count` for a batch, whose `payload` is the whole framed
+    /// payload) starting from a domain-separated state `h`.
+    fn tag_from(
+        &self,
+        mut h: blake3::Hasher,
+        subject: &str,
+        env: &Envelope,
+        count: Option<usize>,
+        payload: &[u8],
+    ) -> blake3::Hash {
         field(&mut h, subject.as_bytes());
         field(&mut h, env.host.as_str().as_bytes());
         // The attribution's header text, fed in parts rather than built as a string.
@@ -109,6 +132,9 @@ impl ClusterKey {
         field(&mut h, &[u8::from(env.source_name.is_some())]);
         field(&mut h, &env.epoch.to_le_bytes());
         field(&mut h, &env.seq.to_le_bytes());
+        if let Some(count) = count {
+            field(&mut h, &(count as u64).to_le_bytes());
+        }
         field(&mut h, &[env.hops]);
         field(&mut h, payload);
         h.finalize()
@@ -123,6 +149,34 @@ impl ClusterKey {
     pub fn verify(&self, subject: &str, env: &Envelope, payload: &[u8], signature: &str) -> bool {
         blake3::Hash::from_hex(signature.as_bytes())
             .is_ok_and(|given| given == self.tag(subject, env, payload))
+    }
+
+    /// The [`SIGNATURE_HEADER`] value of a batch: it covers every header field, the count
+    /// and the whole framed payload, under its own domain.
+    pub fn sign_batch(&self, subject: &str, batch: &BatchEnvelope, framed: &[u8]) -> String {
+        self.batch_tag(subject, batch, framed).to_hex().to_string()
+    }
+
+    /// Whether `signature` is this key's tag of the batch (compared in constant time).
+    pub fn verify_batch(
+        &self,
+        subject: &str,
+        batch: &BatchEnvelope,
+        framed: &[u8],
+        signature: &str,
+    ) -> bool {
+        blake3::Hash::from_hex(signature.as_bytes())
+            .is_ok_and(|given| given == self.batch_tag(subject, batch, framed))
+    }
+
+    fn batch_tag(&self, subject: &str, batch: &BatchEnvelope, framed: &[u8]) -> blake3::Hash {
+        self.tag_from(
+            self.batch_base.clone(),
+            subject,
+            &batch.first,
+            Some(batch.count),
+            framed,
+        )
     }
 }
 
@@ -178,5 +232,26 @@ mod tests {
         other.seq = 2;
         assert!(!k.verify("capsule.c.t", &other, b"{}", &sig));
         assert!(!k.verify("capsule.c.t", &env(), b"{}", "not hex"));
+    }
+
+    #[test]
+    fn batch_tags_cover_the_count_and_never_pass_as_single_tags() {
+        let k = ClusterKey::from_bytes([7; KEY_BYTES]);
+        let b = BatchEnvelope {
+            first: env(),
+            count: 2,
+        };
+        let framed = crate::batch::encode_frames([&b"{}"[..], b"[]"]);
+        let sig = k.sign_batch("capsule.c.t", &b, &framed);
+        assert!(k.verify_batch("capsule.c.t", &b, &framed, &sig));
+        let mut more = b.clone();
+        more.count = 3;
+        assert!(!k.verify_batch("capsule.c.t", &more, &framed, &sig));
+        let mut altered = framed.clone();
+        altered[5] = b'[';
+        assert!(!k.verify_batch("capsule.c.t", &b, &altered, &sig));
+        assert!(!k.verify("capsule.c.t", &b.first, &framed, &sig));
+        let single = k.sign("capsule.c.t", &b.first, &framed);
+        assert!(!k.verify_batch("capsule.c.t", &b, &framed, &single));
     }
 }
