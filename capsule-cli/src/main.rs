@@ -29,6 +29,13 @@ mod terminal;
 use capsule_runtime::bus::PrincipalId;
 use capsule_runtime::{Runtime, RuntimeConfig};
 
+/// The allocator the program runs on (the default `mimalloc` feature): it keeps freed memory
+/// for reuse where the C library's malloc hands it back to the kernel between bursts and
+/// faults it in again; README, Benchmarks, has the figures for both.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success (also `run` stopped by SIGINT or SIGTERM)

@@ -155,6 +155,10 @@ async fn raw_round(
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+// Measured on the allocator the `capsule` program ships with (README, Benchmarks).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (n, rounds, pings) = if quick {

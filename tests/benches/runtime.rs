@@ -20,6 +20,10 @@ use capsule_bus::{Scope, TopicPattern};
 use capsule_runtime::{Runtime, RuntimeConfig};
 use support::{budget, call, capsule_dir, emit, median};
 
+// Measured on the allocator the `capsule` program ships with (README, Benchmarks).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Repeats `f` (which reports the duration of `ops` operations) for the budget; median ns/op.
 async fn measure<F, Fut>(budget: Duration, ops: u64, mut f: F) -> f64
 where

@@ -10,6 +10,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+// Measured on the allocator the `capsule` program ships with (README, Benchmarks).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use capsule_runtime::{Capsule, Runtime, RuntimeConfig};
 use support::{budget, call, capsule_dir, emit, median};
 

@@ -6,6 +6,10 @@ use std::process::ExitCode;
 
 use capsule_runtime::{Runtime, RuntimeConfig};
 
+/// The same allocator as the `capsule` program's default build.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
