@@ -26,7 +26,7 @@ use crate::logsink::unix_ms;
 use crate::outcome::{HookResponse, InvokeError, RunExit};
 use crate::registry::Registry;
 use crate::scope::Caller;
-use crate::spares::{Instances, MAX_SPARES};
+use crate::spares::{Instances, MAX_SPARES, SpareCeiling};
 use crate::state::{CapsuleIdentity, CoreParts};
 use crate::stats::{CallCounters, CallStats, CapsuleStats};
 
@@ -72,6 +72,8 @@ pub(crate) struct CapsuleInner {
     pub(crate) calls: Arc<CallQueue>,
     /// Warm instances and spares kept between handler calls.
     pub(crate) instances: Arc<Instances>,
+    /// Up to where the engine's pool may be filled by spares (`None`: no pooling allocator).
+    pub(crate) spare_ceiling: Option<SpareCeiling>,
     on_unload: Mutex<Vec<OnUnload>>,
     pub(crate) counters: CallCounters,
     unloaded: AtomicBool,
@@ -117,6 +119,7 @@ impl CapsuleInner {
                 config.handler_pool_size,
                 MAX_SPARES.min(config.handler_pool_size),
             )),
+            spare_ceiling: config.pooling.as_ref().map(SpareCeiling::of),
             on_unload: Mutex::new(Vec::new()),
             counters: CallCounters::default(),
             unloaded: AtomicBool::new(false),

@@ -25,7 +25,7 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, ConfigError
             .total_tables(p.max_memories)
             .max_memory_size(usize::try_from(p.max_memory_bytes).unwrap_or(usize::MAX))
             .max_core_instances_per_component(32)
-            .max_memories_per_component(8)
+            .max_memories_per_component(crate::spares::MEMORIES_PER_INSTANCE as u32)
             .max_tables_per_component(8)
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(1 << 20);

@@ -69,6 +69,7 @@ fn run(work: Work) {
                 drop(inner.instances.made(Made::Skipped));
                 return;
             };
+            crate::spares::list_holder(&capsule, &inner);
             let made = match handle.block_on(inner.instantiate_spare()) {
                 Some(spare) => Made::Spare(spare),
                 None => Made::Failed,

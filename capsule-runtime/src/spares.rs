@@ -9,8 +9,8 @@
 //! [`IDLE_DISCARD`], and at unload.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use capsule_bus::PrincipalId;
@@ -43,6 +43,85 @@ pub(crate) const MAX_SPARES: usize = 2;
 /// the call that displaced one drops it itself, so a maker thread that cannot keep up never
 /// holds pool slots until the pool refuses calls.
 pub(crate) const MAX_DISCARD: usize = 2;
+
+/// How full spares may make the engine's pool: they are made only while the live component
+/// instances and memories stay below these marks, so the last quarter of the pool (at least
+/// one slot) is always left to calls that must instantiate. Spares only save time; a call must
+/// never be refused because other capsules' spares hold the slots it needs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpareCeiling {
+    instances: u64,
+    memories: usize,
+    total_instances: u64,
+    total_memories: usize,
+}
+
+impl SpareCeiling {
+    /// The marks for a pool of `pool`'s size.
+    pub(crate) fn of(pool: &crate::config::PoolingConfig) -> Self {
+        let below = |total: u64| total.saturating_sub((total / 4).max(1));
+        let memories = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Self {
+            instances: below(u64::from(pool.max_instances)),
+            memories: memories(below(u64::from(pool.max_memories))),
+            total_instances: u64::from(pool.max_instances),
+            total_memories: memories(u64::from(pool.max_memories)),
+        }
+    }
+
+    /// Whether one more spare fits under the marks in `engine`'s pool now.
+    fn has_room(&self, engine: &wasmtime::Engine) -> bool {
+        engine.pooling_allocator_metrics().is_none_or(|m| {
+            m.component_instances() < self.instances && m.memories() < self.memories
+        })
+    }
+
+    /// Whether `engine`'s pool may be too full for one more instance (a component instance
+    /// takes one instance slot and up to [`MEMORIES_PER_INSTANCE`] memories).
+    pub(crate) fn may_be_full(&self, engine: &wasmtime::Engine) -> bool {
+        engine.pooling_allocator_metrics().is_some_and(|m| {
+            m.component_instances() >= self.total_instances
+                || m.memories() + MEMORIES_PER_INSTANCE > self.total_memories
+        })
+    }
+}
+
+/// Most memories one component instance takes from the pool (the engine's
+/// `max_memories_per_component`).
+pub(crate) const MEMORIES_PER_INSTANCE: usize = 8;
+
+/// Capsules that have had spares made, so that a call finding the pool full can take back
+/// the slots their spares hold, whichever capsule they belong to.
+static HOLDERS: Mutex<Vec<Weak<CapsuleInner>>> = Mutex::new(Vec::new());
+
+/// Lists `capsule` among the capsules that may hold spares (once per capsule).
+pub(crate) fn list_holder(capsule: &Weak<CapsuleInner>, inner: &CapsuleInner) {
+    if inner.instances.listed.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let mut all = HOLDERS.lock();
+    all.retain(|w| w.strong_count() > 0);
+    all.push(Weak::clone(capsule));
+}
+
+/// Drops every instance kept between calls (spares, and warm instances no call is using) by
+/// the capsules of `engine`'s pool; returns how many went. Kept instances only save time, so
+/// a call that needs a slot comes first.
+pub(crate) fn shed_kept(engine: &wasmtime::Engine) -> usize {
+    let holders: Vec<Arc<CapsuleInner>> = HOLDERS.lock().iter().filter_map(Weak::upgrade).collect();
+    let mut shed = Vec::new();
+    for holder in holders
+        .iter()
+        .filter(|h| wasmtime::Engine::same(&h.engine, engine))
+    {
+        let mut st = holder.instances.stash.lock();
+        shed.append(&mut st.spares);
+        shed.extend(st.warm.drain(..));
+    }
+    let n = shed.len();
+    drop(shed);
+    n
+}
 
 /// One instance of the capsule with its hook, and the principal it serves (`None`: a spare
 /// that has served nobody yet).
@@ -109,6 +188,8 @@ pub(crate) struct Instances {
     wake: Notify,
     /// Displaced instances handed to the maker thread and not dropped yet.
     discarding: AtomicUsize,
+    /// Whether the capsule is in [`HOLDERS`].
+    listed: AtomicBool,
     max_warm: usize,
     max_spares: usize,
 }
@@ -121,6 +202,7 @@ impl Instances {
             stash: Mutex::new(Stash::default()),
             wake: Notify::new(),
             discarding: AtomicUsize::new(0),
+            listed: AtomicBool::new(false),
             max_warm: max_warm.max(1),
             max_spares,
         }
@@ -314,6 +396,11 @@ impl CapsuleInner {
     /// A spare: a fresh instance for no principal yet, instantiated in the owner's context
     /// (like the run loop) and charged to the owner until a principal takes it.
     pub(crate) async fn instantiate_spare(&self) -> Option<Pooled> {
+        if let Some(ceiling) = &self.spare_ceiling
+            && !ceiling.has_room(&self.engine)
+        {
+            return None;
+        }
         let mut store = self.new_store(CpuMeter::call(1, self.window));
         let instance = self.pre.instantiate_async(&mut store).await.ok()?;
         let hook = instance

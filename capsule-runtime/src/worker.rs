@@ -65,18 +65,36 @@ impl CapsuleInner {
         memory_quota: u64,
     ) -> Result<Pooled, InvokeError> {
         let principal = &scope.principal;
-        let mut store = self.new_store_for(
-            CpuMeter::call(1, self.window),
-            principal,
-            memory_quota,
-            None,
-        );
-        store.data_mut().core.set_scope(Some(scope.clone()));
+        let fresh_store = || {
+            let mut store = self.new_store_for(
+                CpuMeter::call(1, self.window),
+                principal,
+                memory_quota,
+                None,
+            );
+            store.data_mut().core.set_scope(Some(scope.clone()));
+            store
+        };
         let fail = |source: wasmtime::Error| InvokeError::Instantiate {
             capsule: self.identity().name.clone(),
             source,
         };
-        let instance = self.pre.instantiate_async(&mut store).await.map_err(fail)?;
+        let mut store = fresh_store();
+        let instance = match self.pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            // Kept instances only save time: when the pool is full, the slots they hold go
+            // back to this call, which tries once more on a store of its own.
+            Err(first) => {
+                drop(store);
+                let full =
+                    (self.spare_ceiling.as_ref()).is_some_and(|c| c.may_be_full(&self.engine));
+                if !full || crate::spares::shed_kept(&self.engine) == 0 {
+                    return Err(fail(first));
+                }
+                store = fresh_store();
+                self.pre.instantiate_async(&mut store).await.map_err(fail)?
+            }
+        };
         let hook = instance
             .get_typed_func::<(String, Vec<u8>), (HookResponse,)>(&mut store, HOOK)
             .map_err(fail)?;

@@ -1,7 +1,7 @@
 //! The spare maker thread: spares come even while the only runtime thread is held by a caller
 //! that never yields, each serves exactly one principal and carries nothing of another's, and
 //! an unload or shutdown with a refill or a discard in flight on the thread neither hangs nor
-//! keeps a pool slot.
+//! keeps a pool slot; kept instances never cost another capsule's call its pool slot.
 
 use std::time::{Duration, Instant};
 
@@ -107,5 +107,42 @@ async fn a_shutdown_with_spares_in_flight_ends() {
     for c in [&a, &b] {
         let gone = c.call_stats();
         assert_eq!((gone.spares_ready, gone.warm), (0, 0), "{gone:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_instances_never_cost_another_capsule_the_pool_slot_its_call_needs() {
+    // Eight instances in all, one warm instance and one spare wanted per capsule: four called
+    // capsules hold half the pool with their warm instances and ask for spares for the rest.
+    let h = host_with(|c| {
+        tight_pool(c);
+        c.handler_pool_size = 1;
+    });
+    let mut called = Vec::new();
+    for i in 0..4 {
+        let p = h.load(&format!("filler-{i}"), "prober.wasm", "").await;
+        ok(&call_as(&p, "noop", json!({}), Some("alice")).await);
+        called.push(p);
+    }
+    let spares = |c: &[Capsule]| c.iter().map(|p| p.call_stats().spares_ready).sum::<u64>();
+    // Let the maker thread make what it will: it stops short of the pool's last quarter.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while spares(&called) < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(spares(&called) <= 3, "spares made into the last slots");
+    // Four more capsules' first calls need the other four slots, spares or not.
+    for i in 0..4 {
+        let late = h.load(&format!("latecomer-{i}"), "prober.wasm", "").await;
+        ok(&call_as(&late, "noop", json!({}), Some("bob")).await);
+        assert_eq!(late.call_stats().failed, 0, "latecomer {i}");
+    }
+    // The pool now holds eight warm instances: a ninth capsule's call takes one's slot, and
+    // the capsules that lost theirs instantiate again on their next call.
+    let ninth = h.load("ninth", "prober.wasm", "").await;
+    ok(&call_as(&ninth, "noop", json!({}), Some("carol")).await);
+    for p in called.iter().chain([&ninth]) {
+        ok(&call_as(p, "noop", json!({}), Some("alice")).await);
+        assert_eq!(p.call_stats().failed, 0);
     }
 }
