@@ -137,8 +137,9 @@ async fn raw_round(
     let start = Instant::now();
     let recv = async {
         for i in 0..n {
-            sub.next()
+            tokio::time::timeout(Duration::from_secs(10), sub.next())
                 .await
+                .unwrap_or_else(|_| panic!("raw delivery stalled at {i}/{n}"))
                 .unwrap_or_else(|| panic!("raw stream ended at {i}"));
         }
     };
