@@ -13,6 +13,8 @@ mod embed;
 mod grants;
 mod graph;
 mod hostile;
+mod hot_call_attacks;
+mod hot_publish_attacks;
 mod identity;
 mod identity_attacks;
 mod installed_crash;

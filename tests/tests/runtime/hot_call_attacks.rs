@@ -1,0 +1,85 @@
+//! Attacks on what a handler call may keep between calls (a principal's warm instance, its
+//! spares, the cached profile): an operator's change to a principal applies to the next call
+//! started after it, whatever the guest kept open, and no call ever finds anything of another
+//! principal's, whatever way the previous call ended.
+
+use std::time::Duration;
+
+use capsule_runtime::{Capsule, InvokeError};
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const HOME_RW: &str = "[capabilities]\nfs_read = [\"home://\"]\nfs_write = [\"home://\"]\n";
+
+async fn as_(p: &Capsule, who: &str, action: &str, args: Value) -> Value {
+    call_as(p, action, args, Some(who)).await
+}
+
+/// Runs `action` for `who` until it ends with an interrupt, advancing the manual epoch.
+async fn interrupted(h: &Host, p: &Capsule, who: &'static str, action: &'static str) {
+    let mut task = tokio::spawn({
+        let p = p.clone();
+        async move { p.invoke(action, b"{}", Some(pid(who))).await }
+    });
+    let mut ticks = 0;
+    let result = loop {
+        h.rt.advance_epoch();
+        ticks += 1;
+        if let Ok(joined) = tokio::time::timeout(Duration::from_millis(20), &mut task).await {
+            break joined.unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(ticks < 5_000, "still running after {ticks} windows");
+    };
+    assert!(
+        matches!(
+            result,
+            Err(InvokeError::Interrupted(_) | InvokeError::Trapped(_))
+        ),
+        "{action} must not complete: {result:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_traps_or_runs_out_of_time_leaves_nothing_to_anyone() {
+    let h = manual_host(4);
+    // Fuel high enough that the deadline, not the fuel budget, stops the spin.
+    let quotas = "[quotas]\nmax_timeout_secs = 1\nmax_cpu_fuel_per_sec = 1000000000000000\n";
+    h.profile("default", quotas);
+    h.profile("alice", quotas);
+    let p = h.load("failing", "prober.wasm", HOME_RW).await;
+    let plant = |p: &Capsule| {
+        let p = p.clone();
+        async move {
+            ok(&as_(&p, "alice", "set-global", json!({"value": "alice-secret"})).await);
+            let open = json!({"path": "home://secret.txt", "mode": "write"});
+            assert_eq!(ok(&as_(&p, "alice", "open", open).await), 0);
+        }
+    };
+    let nothing_left = |p: &Capsule, who: &'static str| {
+        let p = p.clone();
+        async move {
+            assert_eq!(
+                ok(&as_(&p, who, "get-global", json!({})).await),
+                &Value::Null
+            );
+            let handle = as_(&p, who, "handle-read", json!({"index": 0, "max": 8})).await;
+            assert_eq!(err(&handle), "no such handle", "{who}");
+            let me = as_(&p, who, "caller", json!({})).await;
+            assert_eq!(ok(&me)["principal"], who);
+        }
+    };
+    plant(&p).await;
+    match p.invoke("trap", b"{}", Some(pid("alice"))).await {
+        Err(InvokeError::Trapped(_)) => {}
+        other => panic!("the guest aborts: {other:?}"),
+    }
+    nothing_left(&p, "bob").await;
+    nothing_left(&p, "alice").await;
+    plant(&p).await;
+    interrupted(&h, &p, "alice", "spin").await;
+    nothing_left(&p, "bob").await;
+    nothing_left(&p, "alice").await;
+    assert_eq!(p.call_stats().failed, 2, "{:?}", p.call_stats());
+    h.rt.shutdown().await;
+}
