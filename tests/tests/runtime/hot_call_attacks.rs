@@ -9,11 +9,89 @@ use capsule_runtime::{Capsule, InvokeError};
 use serde_json::{Value, json};
 
 use crate::common::*;
+use crate::scope_cache_settled::settle;
+use crate::settled_attacks::Mapping;
 
 const HOME_RW: &str = "[capabilities]\nfs_read = [\"home://\"]\nfs_write = [\"home://\"]\n";
 
 async fn as_(p: &Capsule, who: &str, action: &str, args: Value) -> Value {
     call_as(p, action, args, Some(who)).await
+}
+
+fn refused(r: Result<capsule_runtime::HookResponse, InvokeError>, who: &str) {
+    match r {
+        Err(InvokeError::PrincipalRefused { principal, .. }) => assert_eq!(principal, pid(who)),
+        other => panic!("{who} must be refused: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_disabled_through_a_mapping_keeping_every_stat_field_refuses_the_next_call() {
+    let h = host_with(|c| c.handler_pool_size = 2);
+    // Both texts have the same length, so only the bytes change.
+    let (on, off) = ("enabled = true \n", "enabled = false\n");
+    assert_eq!(on.len(), off.len());
+    h.profile("alice", on);
+    let path = h.state().join("profiles/alice.toml");
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let map = Mapping::of(&file, on.len());
+    // The first store makes the page writable (and moves the times once); later ones do not.
+    map.store(0, b'e');
+    settle(&path);
+    let p = h.load("mapped-profile", "prober.wasm", "").await;
+    let other = h.load("mapped-profile-2", "prober.wasm", "").await;
+    for _ in 0..2 {
+        let me = as_(&p, "alice", "caller", json!({})).await;
+        assert_eq!(ok(&me)["principal"], "alice");
+    }
+    assert!(p.call_stats().warm >= 1);
+    let before = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{e}"));
+    for (i, b) in off.bytes().enumerate() {
+        map.store(i, b);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}")),
+        off
+    );
+    let after = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{e}"));
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let stamp = |m: &std::fs::Metadata| {
+            (
+                m.ino(),
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+            )
+        };
+        // Only meaningful when the rewrite really kept every stat field; the kernel decides.
+        if stamp(&before) != stamp(&after) {
+            eprintln!("the mapping moved the file's times; the attack is weaker here");
+        }
+    }
+    // Her warm instance, a fresh one on another capsule, and after another principal's call.
+    refused(p.invoke("noop", b"{}", Some(pid("alice"))).await, "alice");
+    refused(
+        other.invoke("noop", b"{}", Some(pid("alice"))).await,
+        "alice",
+    );
+    let bob = as_(&p, "bob", "caller", json!({})).await;
+    assert_eq!(ok(&bob)["principal"], "bob");
+    refused(p.invoke("noop", b"{}", Some(pid("alice"))).await, "alice");
+    // Enabled again through the same mapping: she acts again.
+    for (i, b) in on.bytes().enumerate() {
+        map.store(i, b);
+    }
+    let me = as_(&p, "alice", "caller", json!({})).await;
+    assert_eq!(ok(&me)["principal"], "alice");
+    drop(map);
+    h.rt.shutdown().await;
 }
 
 /// Runs `action` for `who` until it ends with an interrupt, advancing the manual epoch.
