@@ -94,6 +94,49 @@ async fn a_profile_disabled_through_a_mapping_keeping_every_stat_field_refuses_t
     h.rt.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writable_handle_kept_by_a_warm_instance_obeys_a_lowered_storage_quota() {
+    let h = host();
+    let p = h.load("kept-handle", "prober.wasm", HOME_RW).await;
+    let open = json!({"path": "home://grow.bin", "mode": "read-write"});
+    assert_eq!(ok(&as_(&p, "alice", "open", open).await), 0);
+    let small = json!({"index": 0, "offset": 0, "data": "x"});
+    assert_eq!(ok(&as_(&p, "alice", "handle-write", small).await), 1);
+    assert_eq!(
+        p.call_stats().warm,
+        1,
+        "the handle lives in her warm instance"
+    );
+    // The operator leaves alice almost no storage.
+    h.profile("alice", "[quotas]\nmax_storage_bytes = 4\n");
+    let big = json!({"index": 0, "offset": 0, "data": "y".repeat(4096)});
+    let wrote = as_(&p, "alice", "handle-write", big).await;
+    assert!(
+        wrote.get("err").is_some(),
+        "a write through a handle opened under the old quota is held to the new one: {wrote}"
+    );
+    let grown = as_(
+        &p,
+        "alice",
+        "handle-len",
+        json!({"index": 0, "size": 1 << 20}),
+    )
+    .await;
+    assert!(
+        grown.get("err").is_some(),
+        "a resize through the kept handle is held to the new quota: {grown}"
+    );
+    let len = std::fs::metadata(h.state().join("home/alice/grow.bin"))
+        .map(|m| m.len())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(len <= 4, "the file grew to {len} bytes past a 4-byte quota");
+    // Raised again: the same handle may grow.
+    h.profile("alice", "[quotas]\nmax_storage_bytes = 1000000\n");
+    let big = json!({"index": 0, "offset": 0, "data": "z".repeat(4096)});
+    assert_eq!(ok(&as_(&p, "alice", "handle-write", big).await), 4096);
+    h.rt.shutdown().await;
+}
+
 /// Runs `action` for `who` until it ends with an interrupt, advancing the manual epoch.
 async fn interrupted(h: &Host, p: &Capsule, who: &'static str, action: &'static str) {
     let mut task = tokio::spawn({
