@@ -76,6 +76,18 @@ pub(crate) struct Overlays {
     pub(crate) env_stamp: Option<OverlayStamp>,
 }
 
+impl Overlays {
+    /// Whether the home or tmp these were opened with has since been moved, removed or
+    /// replaced at its path: whatever was opened inside it then is no longer the
+    /// principal's to use.
+    pub(crate) fn dirs_moved(&self) -> bool {
+        [&self.home, &self.tmp]
+            .into_iter()
+            .flatten()
+            .any(|dir| !dir.still_at_root())
+    }
+}
+
 /// The per-call context: installed before a call on behalf of a principal and removed after it.
 #[derive(Clone, Debug)]
 pub(crate) struct InvocationScope {

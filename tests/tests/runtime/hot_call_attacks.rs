@@ -137,6 +137,60 @@ async fn a_writable_handle_kept_by_a_warm_instance_obeys_a_lowered_storage_quota
     h.rt.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_kept_by_a_warm_instance_never_reaches_a_home_the_operator_moved_aside() {
+    let h = host();
+    let p = h.load("moved-home", "prober.wasm", HOME_RW).await;
+    let note = json!({"path": "home://note.txt", "content": "old"});
+    ok(&as_(&p, "alice", "write", note).await);
+    let open = json!({"path": "home://note.txt", "mode": "read-write"});
+    assert_eq!(ok(&as_(&p, "alice", "open", open).await), 0);
+    let home = h.state().join("home/alice");
+    let aside = h.state().join("alice-archived");
+    std::fs::rename(&home, &aside).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir(&home).unwrap_or_else(|e| panic!("{e}"));
+    let read = as_(&p, "alice", "handle-read", json!({"index": 0, "max": 64})).await;
+    assert!(
+        read.get("err").is_some(),
+        "the archived home is read through a kept handle: {read}"
+    );
+    let write = json!({"index": 0, "offset": 0, "data": "NEW"});
+    let wrote = as_(&p, "alice", "handle-write", write).await;
+    assert!(
+        wrote.get("err").is_some(),
+        "the archived home is written through a kept handle: {wrote}"
+    );
+    // Now the operator puts a link to the archive where her home was.
+    std::fs::remove_dir_all(&home).unwrap_or_else(|e| panic!("{e}"));
+    std::os::unix::fs::symlink(&aside, &home).unwrap_or_else(|e| panic!("{e}"));
+    let open = json!({"path": "home://note.txt", "mode": "read-write"});
+    let reopened = as_(&p, "alice", "open", open).await;
+    assert!(
+        reopened.get("err").is_some(),
+        "a link in place of a home is followed: {reopened}"
+    );
+    let clobber = json!({"path": "home://note.txt", "content": "via-link"});
+    assert!(
+        as_(&p, "alice", "write", clobber)
+            .await
+            .get("err")
+            .is_some()
+    );
+    let write = json!({"index": 0, "offset": 0, "data": "NEW"});
+    assert!(
+        as_(&p, "alice", "handle-write", write)
+            .await
+            .get("err")
+            .is_some()
+    );
+    assert_eq!(
+        std::fs::read_to_string(aside.join("note.txt")).unwrap_or_else(|e| panic!("{e}")),
+        "old",
+        "the archive stays as the operator left it"
+    );
+    h.rt.shutdown().await;
+}
+
 /// Runs `action` for `who` until it ends with an interrupt, advancing the manual epoch.
 async fn interrupted(h: &Host, p: &Capsule, who: &'static str, action: &'static str) {
     let mut task = tokio::spawn({
