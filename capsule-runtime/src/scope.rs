@@ -76,6 +76,18 @@ pub(crate) struct Overlays {
     pub(crate) env_stamp: Option<OverlayStamp>,
 }
 
+impl Overlays {
+    /// Whether the home or tmp these were opened with has since been moved, removed or
+    /// replaced at its path: whatever was opened inside it then is no longer the
+    /// principal's to use.
+    pub(crate) fn dirs_moved(&self) -> bool {
+        [&self.home, &self.tmp]
+            .into_iter()
+            .flatten()
+            .any(|dir| !dir.still_at_root())
+    }
+}
+
 /// The per-call context: installed before a call on behalf of a principal and removed after it.
 #[derive(Clone, Debug)]
 pub(crate) struct InvocationScope {
@@ -108,30 +120,38 @@ pub fn audit_rule(pattern: &TopicPattern, owner: &PrincipalId, firehose: bool) -
     }
 }
 
-/// What identifies one version of a profile file without reading it. The change time is in
-/// it because a rewrite in place can restore the modification time (`cp -p`, `touch -r`) but
-/// never the change time, and the inode because a rename over the file may keep both times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+/// One version of a profile file: the bytes it held when read, or that there was none. No
+/// `stat` field tells versions apart reliably (a store through a shared writable mapping
+/// moves neither size nor times once its page is writable), so a cached profile is trusted
+/// only while the file still holds the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ProfileText {
+    Absent,
+    Read(Arc<[u8]>),
 }
 
-impl FileStamp {
-    /// The stamp of the file at `path` now; `None` when it cannot be read (absent included).
-    fn of(path: &std::path::Path) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
-        Some(Self {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
+impl ProfileText {
+    /// What the file at `path` holds now.
+    fn read(path: &std::path::Path) -> std::io::Result<Self> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Self::Read(bytes.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::Absent),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The profile this version holds (an absent file is the default profile).
+    fn parse(&self, path: &std::path::Path) -> Result<PrincipalProfile, ProfileError> {
+        match self {
+            Self::Absent => Ok(PrincipalProfile::default()),
+            Self::Read(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => PrincipalProfile::parse(text, path),
+                Err(e) => Err(ProfileError::Io {
+                    file: path.to_path_buf(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                }),
+            },
+        }
     }
 }
 
@@ -140,7 +160,7 @@ impl FileStamp {
 #[derive(Debug)]
 pub(crate) struct ProfileCache {
     state_dir: PathBuf,
-    entries: Mutex<BoundedMap<PrincipalId, (Option<FileStamp>, ProfileGrant)>>,
+    entries: Mutex<BoundedMap<PrincipalId, (ProfileText, ProfileGrant)>>,
 }
 
 impl ProfileCache {
@@ -161,15 +181,25 @@ impl ProfileCache {
     }
 
     /// The profile of `principal`; a malformed profile or a disabled principal is refused.
+    /// The file is read every time (it is small) and parsed only when its bytes changed.
     pub(crate) fn resolve(&self, principal: &PrincipalId) -> ProfileGrant {
         let path = PrincipalProfile::path(&self.state_dir, principal);
-        let stamp = FileStamp::of(&path);
+        let now = match ProfileText::read(&path) {
+            Ok(text) => text,
+            Err(source) => {
+                let reason =
+                    PrincipalRefusal::Profile(Arc::new(ProfileError::Io { file: path, source }));
+                tracing::warn!(%principal, %reason, "principal profile refused");
+                // The cache is not consulted: the next call reads the file again.
+                return Err(reason);
+            }
+        };
         if let Some((seen, grant)) = self.entries.lock().get_mut(principal, Instant::now())
-            && *seen == stamp
+            && *seen == now
         {
             return grant.clone();
         }
-        let grant: ProfileGrant = match PrincipalProfile::load(&self.state_dir, principal) {
+        let grant: ProfileGrant = match now.parse(&path) {
             Ok(p) if !p.enabled => Err(PrincipalRefusal::Disabled(principal.clone())),
             Ok(p) => Ok(Arc::new(p)),
             Err(e) => Err(PrincipalRefusal::Profile(Arc::new(e))),
@@ -179,7 +209,7 @@ impl ProfileCache {
         }
         self.entries
             .lock()
-            .insert(principal.clone(), (stamp, grant.clone()), Instant::now());
+            .insert(principal.clone(), (now, grant.clone()), Instant::now());
         grant
     }
 }

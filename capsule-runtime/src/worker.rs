@@ -244,6 +244,15 @@ impl CapsuleInner {
         } = job;
         let (taken, needs) = self.instances.take(principal);
         self.after_take(needs);
+        // A warm instance whose home or tmp the operator has moved or replaced since may hold
+        // handles opened in the old one: it is dropped, and the call starts afresh.
+        let taken = match taken {
+            Taken::Warm(p) if p.overlays.as_ref().is_some_and(|o| o.dirs_moved()) => {
+                self.discard(p);
+                Taken::Nothing { reset: false }
+            }
+            other => other,
+        };
         // Only the principal's own warm instance offers resources to reuse, and the scope
         // reuses them only for that same principal.
         let cached = match &taken {

@@ -14,6 +14,8 @@ mod grant_stretch_attacks;
 mod grants;
 mod graph;
 mod hostile;
+mod hot_call_attacks;
+mod hot_publish_attacks;
 mod identity;
 mod identity_attacks;
 mod installed_crash;

@@ -11,13 +11,13 @@ use crate::common::*;
 use crate::scope_cache_settled::{MANIFEST, settle};
 
 /// A shared writable mapping of a whole file, unmapped on drop.
-struct Mapping {
+pub(crate) struct Mapping {
     at: *mut u8,
     len: usize,
 }
 
 impl Mapping {
-    fn of(file: &std::fs::File, len: usize) -> Self {
+    pub(crate) fn of(file: &std::fs::File, len: usize) -> Self {
         // SAFETY: a fresh shared mapping of an open file, at an address the kernel picks; it
         // aliases no Rust memory.
         let at = unsafe {
@@ -34,7 +34,7 @@ impl Mapping {
         Self { at: at.cast(), len }
     }
 
-    fn store(&self, offset: usize, byte: u8) {
+    pub(crate) fn store(&self, offset: usize, byte: u8) {
         assert!(offset < self.len);
         // SAFETY: in bounds of the live mapping made by `of`.
         unsafe { self.at.add(offset).write_volatile(byte) };

@@ -24,6 +24,19 @@ pub(super) struct Charge {
 }
 
 impl Charge {
+    /// The same principal, storage and cancellation, under the quota of `profile`.
+    pub(super) fn with_profile(&self, profile: &crate::scope::ProfileGrant) -> Self {
+        Self {
+            storage: Arc::clone(&self.storage),
+            principal: self.principal.clone(),
+            quota: profile
+                .as_ref()
+                .map(|p| p.quotas.max_storage_bytes)
+                .map_err(Clone::clone),
+            cancel: self.cancel.clone(),
+        }
+    }
+
     /// Reserves `bytes` of growth in `tree`.
     pub(super) fn reserve(&self, tree: Charged, bytes: u64, ctl: &Ctl<'_>) -> Result<(), FsError> {
         let quota = self

@@ -50,7 +50,12 @@ impl FsView<'_> {
             return Ok(Err(FsError::HandleMode(what).code()));
         }
         let file = Arc::clone(&entry.file);
-        let charge = entry.charge.clone();
+        // Growth is charged under the opener's quota as it is now: a handle kept by a warm
+        // instance must not carry a quota the operator has since lowered or withdrawn.
+        let charge = entry.charge.as_ref().map(|(opened, tree)| {
+            let now = self.core.scopes.profiles.resolve(&opened.principal);
+            (Arc::new(opened.with_profile(&now)), *tree)
+        });
         match self
             .core
             .limits
