@@ -128,7 +128,8 @@ pub struct BridgeStats {
     pub refused: u64,
     /// Messages of this very host that came back (ignored).
     pub looped: u64,
-    /// Publishers whose numbering started over (not counted as loss).
+    /// Publishers whose numbering started over. The restart is no loss, but the messages of
+    /// the new numbering missed before the first one seen are (in `dropped_in`).
     pub restarts: u64,
     /// Times the client reported a slow consumer (its losses show up as holes).
     pub slow_consumer: u64,

@@ -110,27 +110,35 @@ impl Importer {
     fn observed(&self, out: &mut Vec<Outgoing>, observed: Observed, env: &Envelope, topic: &Topic) {
         match observed {
             Observed::InOrder | Observed::Replayed | Observed::Implausible => {}
-            Observed::Restarted => {
+            Observed::Restarted { lost } => {
                 self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                self.lost(out, lost, env, topic);
             }
-            Observed::Gap(lost) => {
-                self.flush(out);
-                self.counters.dropped_in.fetch_add(lost, Ordering::Relaxed);
-                self.bus
-                    .report_loss(topic, env.attribution.principal(), lost);
-                audit(
-                    &self.bus,
-                    env.attribution.clone(),
-                    serde_json::json!({
-                        "kind": "nats.lost",
-                        "host": env.host.as_str(),
-                        "topic": topic.as_str(),
-                        "lost": lost,
-                        "principal": env.attribution.principal().map(|p| p.as_str()),
-                    }),
-                );
-            }
+            Observed::Gap(lost) => self.lost(out, lost, env, topic),
         }
+    }
+
+    /// Reports `lost` messages of `env`'s publisher on `topic`: counted, told to the local
+    /// subscribers and audited.
+    fn lost(&self, out: &mut Vec<Outgoing>, lost: u64, env: &Envelope, topic: &Topic) {
+        if lost == 0 {
+            return;
+        }
+        self.flush(out);
+        self.counters.dropped_in.fetch_add(lost, Ordering::Relaxed);
+        self.bus
+            .report_loss(topic, env.attribution.principal(), lost);
+        audit(
+            &self.bus,
+            env.attribution.clone(),
+            serde_json::json!({
+                "kind": "nats.lost",
+                "host": env.host.as_str(),
+                "topic": topic.as_str(),
+                "lost": lost,
+                "principal": env.attribution.principal().map(|p| p.as_str()),
+            }),
+        );
     }
 
     /// Handles one message received on import pattern `index`; an accepted message is added

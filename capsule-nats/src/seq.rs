@@ -1,8 +1,9 @@
 //! Per-publisher sequence numbers: the sending side numbers each publisher's messages per topic
 //! from 1 without holes, and the receiving side turns every hole it sees into a counted loss.
 //! Each numbered stream also has an epoch, strictly greater than every earlier stream's of the
-//! same host, so the receiver tells a publisher that started over (a newer epoch) from a copy of
-//! an old message played back to it (an older epoch, or a number already seen), which it
+//! same host, so the receiver tells a publisher that started over (a newer epoch; its messages
+//! before the first one seen of it are lost, as every epoch numbers from 1) from a copy of an
+//! old message played back to it (an older epoch, or a number already seen), which it
 //! refuses. Both tables are bounded; a key pushed out of a full table simply starts over (the
 //! sender with a new epoch at 1, the receiver at whatever comes next), which can hide a loss or
 //! let one replayed message through at that one point but never invents a loss.
@@ -112,8 +113,13 @@ pub enum Observed {
     InOrder,
     /// `n` messages are missing between the last one seen and this one.
     Gap(u64),
-    /// A newer stream epoch: the publisher's numbering started over.
-    Restarted,
+    /// A newer stream epoch: the publisher's numbering started over. Every epoch numbers
+    /// from 1, so a receiver that followed the publisher and first sees the new epoch at `n`
+    /// missed the `lost = n - 1` messages before it.
+    Restarted {
+        /// Messages of the new epoch missed before this one.
+        lost: u64,
+    },
     /// A number already seen in this stream, or an older stream: a copy played back. Refused;
     /// the record is unchanged.
     Replayed,
@@ -150,8 +156,12 @@ impl<K: Hash + Eq + Clone> Tracking<K> {
         }
         let (prev_epoch, prev) = *last;
         if epoch > prev_epoch {
+            let lost = seq - 1;
+            if lost > max_gap {
+                return Observed::Implausible;
+            }
             *last = (epoch, seq);
-            return Observed::Restarted;
+            return Observed::Restarted { lost };
         }
         if epoch < prev_epoch || seq <= prev {
             return Observed::Replayed;
@@ -190,8 +200,9 @@ mod tests {
         assert_eq!(t.observe(&"a", 1, 6, m), Observed::InOrder);
         assert_eq!(t.observe(&"a", 1, 10, m), Observed::Gap(3));
         assert_eq!(t.observe(&"b", 1, 1, m), Observed::InOrder);
-        assert_eq!(t.observe(&"a", 2, 2, m), Observed::Restarted);
+        assert_eq!(t.observe(&"a", 2, 2, m), Observed::Restarted { lost: 1 });
         assert_eq!(t.observe(&"a", 2, 3, m), Observed::InOrder);
+        assert_eq!(t.observe(&"a", 3, 1, m), Observed::Restarted { lost: 0 });
     }
 
     #[test]
@@ -206,6 +217,10 @@ mod tests {
         assert_eq!(t.observe(&"a", 5, u64::MAX, 10), Observed::Implausible);
         assert_eq!(t.observe(&"a", 5, 13, 10), Observed::Gap(10));
         assert_eq!(t.observe(&"a", 5, 14, 10), Observed::InOrder);
+        // A new epoch may not jump either: its numbering starts at 1 too.
+        assert_eq!(t.observe(&"a", 6, 12, 10), Observed::Implausible);
+        assert_eq!(t.observe(&"a", 5, 15, 10), Observed::InOrder);
+        assert_eq!(t.observe(&"a", 6, 11, 10), Observed::Restarted { lost: 10 });
     }
 
     #[test]
