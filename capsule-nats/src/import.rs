@@ -401,10 +401,10 @@ impl Importer {
     fn hold(&self, held: &mut Held, m: async_nats::Message) {
         let size = charge(&m);
         let n = units(&m);
-        // An empty buffer takes any one NATS message within the byte bound, so a batch larger
-        // than a small message bound still gets through.
-        let fits = (held.queue.is_empty()
-            || held.messages.saturating_add(n) <= self.config.import_buffer)
+        // The message bound counts NATS messages: a batch's count is not verified before it
+        // is held, so charging it would let a forger claiming 64 per tiny message fill the
+        // bound 64 times faster. Memory stays bounded by the bytes.
+        let fits = held.queue.len() < self.config.import_buffer
             && held.bytes.saturating_add(size) <= self.config.import_buffer_bytes;
         if !fits {
             if bump(&self.counters.overflow_in, n as u64) {

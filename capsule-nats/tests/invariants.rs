@@ -244,3 +244,50 @@ async fn clusters_named_alike_but_not_the_same_never_mix() {
     }
     assert_eq!(b.stats().imported, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_messages_claiming_big_batches_cannot_push_a_peers_messages_out() {
+    // A batch's count is not verified before it is held, so the message bound counts NATS
+    // messages: three tiny messages claiming 64 members each take three places, not 192.
+    let nats = server();
+    let bus = roomy_bus();
+    let mut cb = config(&nats.url(), "b", "a", "", "in.*");
+    cb.import_buffer = 128;
+    let gate = Arc::new(Gate::default());
+    gated(&mut cb, &gate);
+    let b = start(&bus, cb).await;
+    let mut rx = bus.subscribe(pat("in.*"), Scope::All);
+    let peer = raw(&nats.url()).await;
+    send(&peer, "capsule.c.in.x", envelope(1, 1), r#"{"n":1}"#).await;
+    wait_until("the first message to reach the check", || {
+        gate.entered.load(Ordering::SeqCst)
+    })
+    .await;
+    for _ in 0..3 {
+        let mut h = HeaderMap::new();
+        h.insert(
+            ENVELOPE_HEADER,
+            format!("2;a;verified:alice;{};1;1;64;0", Uuid::from_u128(2)),
+        );
+        send(&peer, "capsule.c.in.x", h, "x").await;
+    }
+    for n in 2..=11 {
+        send(
+            &peer,
+            "capsule.c.in.x",
+            envelope(1, n),
+            &format!(r#"{{"n":{n}}}"#),
+        )
+        .await;
+    }
+    wait_until("everything to reach b's client", || {
+        b.stats().received >= 14
+    })
+    .await;
+    gate.release();
+    let (seen, dropped) = until(&mut rx, 11).await;
+    let s = b.stats();
+    assert_eq!(seen, (1..=11).collect::<Vec<_>>(), "{s:?}");
+    assert_eq!((dropped, s.overflow_in), (0, 0), "{s:?}");
+    assert_eq!(s.refused, 3, "{s:?}");
+}
