@@ -11,7 +11,7 @@ use capsule_bus::{
     Attribution, Bus, BusConfig, JsonPayload, Outgoing, PrincipalId, Receiver, Scope, Topic,
 };
 use capsule_nats::async_nats::HeaderMap;
-use capsule_nats::{BridgeConfig, ClusterName, ENVELOPE_HEADER, LinkState, MAX_GAP};
+use capsule_nats::{BridgeConfig, ClusterName, ENVELOPE_HEADER, MAX_GAP};
 use uuid::Uuid;
 
 #[allow(dead_code)]
