@@ -5,8 +5,12 @@
 //! check blocks on the first message until the test has seen the whole flood reach the
 //! client, so nothing here depends on timing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+#[allow(dead_code)]
+mod common;
+use common::Gate;
 use std::time::{Duration, Instant};
 
 use capsule_bus::{
@@ -72,35 +76,6 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "gave up waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Holds the first caller until opened.
-#[derive(Default)]
-struct Gate {
-    entered: AtomicBool,
-    open: Mutex<bool>,
-    opened: Condvar,
-}
-
-impl Gate {
-    fn pass(&self) {
-        if self.entered.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        // Off the worker, so the tasks queued behind this one (the client's connection
-        // among them) move to another thread instead of waiting with it.
-        tokio::task::block_in_place(|| {
-            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-            while !*open {
-                open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
-            }
-        });
-    }
-
-    fn release(&self) {
-        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.opened.notify_all();
     }
 }
 

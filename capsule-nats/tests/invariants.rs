@@ -3,8 +3,8 @@
 //! import buffer filled with mixed small and large messages is counted exactly and order
 //! kept, and clusters whose names differ only in case or by a suffix never mix.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use capsule_bus::{
@@ -59,34 +59,6 @@ async fn until(rx: &mut Receiver, last: u64) -> (Vec<u64>, u64) {
         seen.extend(d.messages.iter().map(|m| number(m)));
     }
     (seen, dropped)
-}
-
-/// Holds the first caller until opened, so the receiving host is busy exactly while the test
-/// piles messages up behind it.
-#[derive(Default)]
-struct Gate {
-    entered: AtomicBool,
-    open: Mutex<bool>,
-    opened: Condvar,
-}
-
-impl Gate {
-    fn pass(&self) {
-        if self.entered.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        tokio::task::block_in_place(|| {
-            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-            while !*open {
-                open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
-            }
-        });
-    }
-
-    fn release(&self) {
-        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.opened.notify_all();
-    }
 }
 
 /// Makes `config`'s admission check stop at `gate` on the first message.

@@ -102,3 +102,33 @@ pub(crate) async fn send(
         .unwrap_or_else(|e| panic!("{e}"));
     client.flush().await.unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// Holds the first caller until opened, so the receiving host is busy exactly while a test
+/// piles messages up behind it.
+#[derive(Default)]
+pub(crate) struct Gate {
+    pub(crate) entered: std::sync::atomic::AtomicBool,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    pub(crate) fn pass(&self) {
+        if self.entered.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        // Off the worker, so the tasks queued behind this one (the client's connection
+        // among them) move to another thread instead of waiting with it.
+        tokio::task::block_in_place(|| {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            while !*open {
+                open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+            }
+        });
+    }
+
+    pub(crate) fn release(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.opened.notify_all();
+    }
+}
