@@ -429,7 +429,16 @@ async fn a_claim_stays_claimed_across_a_hop() {
     );
     let report = next(&mut seen).await;
     assert_eq!(report.attribution(), Attribution::Claimed(pid("alice")));
-    let env = ok(&call_as(&receiver, "poll", json!({"index": index}), Some("alice")).await).clone();
+    // A publish reaches its subscribers one after another, so the test's own subscriber may
+    // hold the reply before the receiver's queue does: wait for it rather than poll once.
+    let env = ok(&call_as(
+        &receiver,
+        "recv",
+        json!({"index": index, "timeout": 20000}),
+        Some("alice"),
+    )
+    .await)
+    .clone();
     assert_eq!(env["messages"][0]["principal"], json!({"claimed": "alice"}));
     bystander.check("claimed hop").await;
     h.rt.shutdown().await;
