@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use capsule_bus::{
-    Attribution, Bus, BusConfig, PrincipalId, Receiver, Scope, Topic, TopicPattern,
-};
+use capsule_bus::{Attribution, Bus, BusConfig, PrincipalId, Receiver, Scope, Topic, TopicPattern};
 use capsule_nats::async_nats::{self, HeaderMap};
 use capsule_nats::{
     BridgeConfig, ClusterKey, ENVELOPE_HEADER, Envelope, HostId, KEY_BYTES, SIGNATURE_HEADER,
@@ -116,7 +114,10 @@ async fn a_flood_without_the_key_takes_no_buffer_room_from_a_peer() {
     let bus = roomy_bus();
     let gate = Arc::new(Gate::default());
     let b = start(&bus, receiver(&nats.url(), &["a"], &gate)).await;
-    let mut rx = bus.subscribe(TopicPattern::parse("in.*").unwrap_or_else(|e| panic!("{e}")), Scope::All);
+    let mut rx = bus.subscribe(
+        TopicPattern::parse("in.*").unwrap_or_else(|e| panic!("{e}")),
+        Scope::All,
+    );
     let peer = raw(&nats.url()).await;
     let attacker = raw(&nats.url()).await;
 
@@ -160,9 +161,10 @@ async fn a_flood_without_the_key_takes_no_buffer_room_from_a_peer() {
     for n in 2..=N + 1 {
         signed(&peer, "a", "in.x", n, &format!(r#"{{"n":{n}}}"#)).await;
     }
-    wait_until("the flood and the peer's messages to reach b's client", || {
-        b.stats().received >= flood + N + 1
-    })
+    wait_until(
+        "the flood and the peer's messages to reach b's client",
+        || b.stats().received >= flood + N + 1,
+    )
     .await;
     gate.release();
 
@@ -186,8 +188,14 @@ async fn a_flooding_peer_loses_its_own_share_and_never_another_peers() {
     let bus = roomy_bus();
     let gate = Arc::new(Gate::default());
     let b = start(&bus, receiver(&nats.url(), &["a", "c"], &gate)).await;
-    let mut from_c = bus.subscribe(TopicPattern::parse("in.c").unwrap_or_else(|e| panic!("{e}")), Scope::All);
-    let mut from_a = bus.subscribe(TopicPattern::parse("in.a").unwrap_or_else(|e| panic!("{e}")), Scope::All);
+    let mut from_c = bus.subscribe(
+        TopicPattern::parse("in.c").unwrap_or_else(|e| panic!("{e}")),
+        Scope::All,
+    );
+    let mut from_a = bus.subscribe(
+        TopicPattern::parse("in.a").unwrap_or_else(|e| panic!("{e}")),
+        Scope::All,
+    );
     let (flooder, peer) = (raw(&nats.url()).await, raw(&nats.url()).await);
 
     signed(&peer, "c", "in.c", 1, r#"{"n":1}"#).await;
@@ -199,7 +207,14 @@ async fn a_flooding_peer_loses_its_own_share_and_never_another_peers() {
     let pad = "x".repeat(4096);
     let flood = (2 * BOUND / 4096) as u64;
     for n in 1..=flood {
-        signed(&flooder, "a", "in.a", n, &format!(r#"{{"n":{n},"pad":"{pad}"}}"#)).await;
+        signed(
+            &flooder,
+            "a",
+            "in.a",
+            n,
+            &format!(r#"{{"n":{n},"pad":"{pad}"}}"#),
+        )
+        .await;
     }
     synced(&flooder).await;
     for n in 2..=N + 1 {
@@ -228,7 +243,10 @@ async fn a_flooding_peer_loses_its_own_share_and_never_another_peers() {
     signed(&flooder, "a", "in.a", flood + 1, r#"{"n":100000}"#).await;
     let (seen_a, dropped_a) = until(&mut from_a, 100_000).await;
     assert!(seen_a.windows(2).all(|w| w[0] < w[1]), "{seen_a:?}");
-    assert_eq!(dropped_a, s.overflow_in, "a's loss was not reported to a's topic");
+    assert_eq!(
+        dropped_a, s.overflow_in,
+        "a's loss was not reported to a's topic"
+    );
     assert_eq!(seen_a.len() as u64 + dropped_a, flood + 1);
 }
 
