@@ -2,13 +2,14 @@
 //! the pattern it arrived on and not the audit topic; the headers must decode; with a cluster
 //! key the signature must match (before any header is believed); a batch's frames must
 //! decode exactly (else the whole NATS message is refused); the origin must be a
-//! configured peer and not this host; the host's own check ([`crate::Admit`]) must pass; the
-//! payload (every frame of a batch) must be JSON; each message's sequence number must be
-//! neither one already seen (a replay) nor an implausible jump. Only then is a hole in
-//! the publisher's sequence reported as loss and the message published into the local bus,
-//! with exactly the attribution the origin host sent (never a stronger one) and a source id
-//! that records which host vouched for it. Local subscribers then receive it only through
-//! subscriptions the host's own ACLs and audit scoping allowed.
+//! configured peer and not this host (`screen` runs these on arrival, before a message
+//! takes buffer room); then, once the message leaves the buffer, the host's own check
+//! ([`crate::Admit`]) must pass; the payload (every frame of a batch) must be JSON; each
+//! message's sequence number must be neither one already seen (a replay) nor an implausible
+//! jump. Only then is a hole in the publisher's sequence reported as loss and the message
+//! published into the local bus, with exactly the attribution the origin host sent (never a
+//! stronger one) and a source id that records which host vouched for it. Local subscribers
+//! then receive it only through subscriptions the host's own ACLs and audit scoping allowed.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
