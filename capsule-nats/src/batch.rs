@@ -85,20 +85,6 @@ pub fn is_batch(header: &str) -> bool {
         .is_some_and(|r| r.starts_with(';'))
 }
 
-/// The count a batch header claims, clamped to 1..=[`MAX_BATCH`], read without parsing the
-/// rest: what the receiver charges its buffer before the message is checked (a lie only
-/// makes that message dropped sooner, or refused later when the frames disagree).
-pub fn claimed_count(header: &str) -> usize {
-    if !is_batch(header) {
-        return 1;
-    }
-    header
-        .split(';')
-        .nth(6)
-        .and_then(|c| c.parse::<usize>().ok())
-        .map_or(1, |c| c.clamp(1, MAX_BATCH))
-}
-
 impl BatchEnvelope {
     /// The header value of this batch.
     pub fn to_header_value(&self) -> String {
@@ -244,11 +230,9 @@ mod tests {
         let b = batch(3);
         let v = b.to_header_value();
         assert!(is_batch(&v));
-        assert_eq!(claimed_count(&v), 3);
         assert_eq!(BatchEnvelope::parse(&v), Ok(b.clone()));
         let v1 = b.first.to_header_value();
         assert!(!is_batch(&v1));
-        assert_eq!(claimed_count(&v1), 1);
         assert!(BatchEnvelope::parse(&v1).is_err());
         assert!(Envelope::parse(&v).is_err());
         assert!(!is_batch("22;x"));

@@ -104,13 +104,17 @@ pub struct BridgeConfig {
     pub buffer: usize,
     /// Messages received from NATS held for the local bus per import pattern (the bridge's
     /// own buffer, and separately the client library's hand-over queue in front of it, which
-    /// the bridge empties into its buffer before every message it handles); a message
-    /// beyond it is dropped (counted in [`BridgeStats::overflow_in`](crate::BridgeStats),
-    /// audited, and seen by receivers as a hole in its publisher's sequence).
+    /// the bridge empties into its buffer before every message it handles). Only messages
+    /// that passed every check needing no state (signature, framing, peer list) are held,
+    /// and each peer may hold an equal part of the bound (the bound divided by the number of
+    /// peers); a message beyond its peer's part is dropped (counted in
+    /// [`BridgeStats::overflow_in`](crate::BridgeStats), audited, and seen by receivers as a
+    /// hole in its publisher's sequence).
     pub import_buffer: usize,
-    /// Bytes (payload and headers) of the messages held for the local bus per import pattern;
-    /// a message that would take the buffer past it is dropped like one past
-    /// [`import_buffer`](Self::import_buffer), so a message larger than the whole bound is
+    /// Bytes (payload and headers) of the messages held for the local bus per import pattern,
+    /// shared equally among the peers like [`import_buffer`](Self::import_buffer); a message
+    /// that would take its peer's part past its share is dropped like one past
+    /// [`import_buffer`](Self::import_buffer), so a message larger than a peer's share is
     /// always dropped.
     pub import_buffer_bytes: usize,
     /// Names of local capsules by instance id, sent along when known.

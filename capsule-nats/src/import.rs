@@ -2,30 +2,32 @@
 //! the pattern it arrived on and not the audit topic; the headers must decode; with a cluster
 //! key the signature must match (before any header is believed); a batch's frames must
 //! decode exactly (else the whole NATS message is refused); the origin must be a
-//! configured peer and not this host; the host's own check ([`crate::Admit`]) must pass; the
-//! payload (every frame of a batch) must be JSON; each message's sequence number must be
-//! neither one already seen (a replay) nor an implausible jump. Only then is a hole in
-//! the publisher's sequence reported as loss and the message published into the local bus,
-//! with exactly the attribution the origin host sent (never a stronger one) and a source id
-//! that records which host vouched for it. Local subscribers then receive it only through
-//! subscriptions the host's own ACLs and audit scoping allowed.
+//! configured peer and not this host (`screen` runs these on arrival, before a message
+//! takes buffer room); then, once the message leaves the buffer, the host's own check
+//! ([`crate::Admit`]) must pass; the payload (every frame of a batch) must be JSON; each
+//! message's sequence number must be neither one already seen (a replay) nor an implausible
+//! jump. Only then is a hole in the publisher's sequence reported as loss and the message
+//! published into the local bus, with exactly the attribution the origin host sent (never a
+//! stronger one) and a source id that records which host vouched for it. Local subscribers
+//! then receive it only through subscriptions the host's own ACLs and audit scoping allowed.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use capsule_bus::{AUDIT_TOPIC, Attribution, Bus, JsonPayload, Outgoing, Topic};
+use capsule_bus::{Attribution, Bus, JsonPayload, Outgoing, Topic};
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use uuid::Uuid;
 
-use crate::batch::{BatchEnvelope, claimed_count, decode_frames, is_batch};
+use crate::bridge::SIGNATURE_NAME;
 use crate::bridge::{Counters, audit, bump};
-use crate::bridge::{ENVELOPE_NAME, SIGNATURE_NAME};
 use crate::config::BridgeConfig;
 use crate::envelope::Envelope;
 use crate::seq::{Bounded, MAX_GAP, Observed, SEQ_TABLE_CAPACITY, Tracking};
-use crate::subject::{HostId, subject_topic};
+use crate::subject::HostId;
+
+mod screen;
+use screen::{Body, Held, Screened};
 
 /// Origins the bridge remembers, newest first out of a full table.
 const ORIGINS_KEPT: usize = 4096;
@@ -62,6 +64,8 @@ pub(crate) struct Importer {
     bus: Bus,
     config: Arc<BridgeConfig>,
     counters: Arc<Counters>,
+    /// The configured peers, sorted: a peer's place here names its share of each buffer.
+    peers: Vec<HostId>,
     seqs: Mutex<Tracking<(HostId, Uuid, Topic)>>,
     origins: Mutex<Bounded<Uuid, Origin>>,
 }
@@ -69,6 +73,7 @@ pub(crate) struct Importer {
 impl Importer {
     pub(crate) fn new(bus: Bus, config: Arc<BridgeConfig>, counters: Arc<Counters>) -> Self {
         Self {
+            peers: config.peers.iter().cloned().collect(),
             bus,
             config,
             counters,
@@ -141,140 +146,56 @@ impl Importer {
         );
     }
 
-    /// Handles one message received on import pattern `index`; an accepted message is added
-    /// to `out`, for [`flush`](Self::flush) to publish.
-    pub(crate) fn accept(&self, index: usize, m: async_nats::Message, out: &mut Vec<Outgoing>) {
+    /// Runs the checks that need state on a held message and adds what passes to `out`, for
+    /// [`flush`](Self::flush) to publish: the host's own admission, every payload parsed as
+    /// JSON (any failure of a batch's frame refuses the whole NATS message, nothing of it
+    /// published), then each message's sequence check and hand-over.
+    fn accept(&self, held: Screened, out: &mut Vec<Outgoing>) {
+        let Screened {
+            message: m,
+            topic,
+            body,
+            ..
+        } = held;
         let subject = m.subject.as_str();
-        let topic = match subject_topic(&self.config.cluster, subject) {
-            Ok(t) => t,
-            Err(e) => return self.refuse(out, subject, e.to_string()),
-        };
-        let Some(pattern) = self.config.import.get(index) else {
-            return;
-        };
-        if !pattern.matches(&topic) || topic.as_str() == AUDIT_TOPIC {
-            return self.refuse(out, subject, "not an imported topic".into());
-        }
-        // Overlapping import patterns receive the same message; the first one takes it.
-        if self.config.import[..index]
-            .iter()
-            .any(|p| p.matches(&topic))
-        {
-            return;
-        }
-        let header = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(ENVELOPE_NAME))
-            .map(|v| v.as_str());
-        if header.is_some_and(is_batch) {
-            return self.accept_batch(subject, topic, &m, out);
-        }
-        let env = match Envelope::from_headers(m.headers.as_ref()) {
-            Ok(e) => e,
-            Err(e) => return self.refuse(out, subject, e.to_string()),
-        };
-        // Nothing in the headers is believed, not even the origin host, before the tag is.
-        if let Some(key) = &self.config.key {
-            match signature(&m) {
-                None => return self.refuse(out, subject, "the message is not signed".into()),
-                Some(t) if !key.verify(subject, &env, &m.payload, t) => {
-                    return self.refuse(out, subject, "the signature does not match".into());
+        match body {
+            Body::Single(env) => {
+                if !self.admitted(out, &env, &topic, 1) {
+                    return;
                 }
-                Some(_) => {}
-            }
-        }
-        if !self.admitted(out, &env, &topic, 1) {
-            return;
-        }
-        let payload = match json(&m.payload) {
-            Ok(p) => p,
-            Err(e) => return self.refuse(out, subject, e),
-        };
-        self.deliver(out, subject, &env, topic, payload);
-    }
-
-    /// Handles a batch (format version 2): the header and the whole framed payload are
-    /// verified once, the frames decoded strictly and every one parsed as JSON before any is
-    /// believed (any failure refuses the whole NATS message, nothing of it published), then
-    /// each message is sequence-checked and delivered as a single message would be.
-    fn accept_batch(
-        &self,
-        subject: &str,
-        topic: Topic,
-        m: &async_nats::Message,
-        out: &mut Vec<Outgoing>,
-    ) {
-        let header = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(ENVELOPE_NAME))
-            .map(|v| v.as_str())
-            .unwrap_or_default();
-        let batch = match BatchEnvelope::parse(header) {
-            Ok(b) => b,
-            Err(e) => return self.refuse(out, subject, format!("batch: {e}")),
-        };
-        if let Some(key) = &self.config.key {
-            match signature(m) {
-                None => return self.refuse(out, subject, "the batch is not signed".into()),
-                Some(t) if !key.verify_batch(subject, &batch, &m.payload, t) => {
-                    return self.refuse(
-                        out,
-                        subject,
-                        "the batch's signature does not match".into(),
-                    );
+                match json(&m.payload) {
+                    Ok(payload) => self.deliver(out, subject, &env, topic, payload),
+                    Err(e) => self.refuse(out, subject, e),
                 }
-                Some(_) => {}
             }
-        }
-        let frames = match decode_frames(&m.payload, batch.count) {
-            Ok(f) => f,
-            Err(e) => return self.refuse(out, subject, format!("batch: {e}")),
-        };
-        let mut env = batch.first;
-        if !self.admitted(out, &env, &topic, batch.count as u64) {
-            return;
-        }
-        let mut payloads = Vec::with_capacity(frames.len());
-        for (i, frame) in frames.iter().enumerate() {
-            match json(frame) {
-                Ok(p) => payloads.push(p),
-                Err(e) => return self.refuse(out, subject, format!("batch frame {i}: {e}")),
+            Body::Batch(batch, frames) => {
+                let mut env = batch.first;
+                if !self.admitted(out, &env, &topic, batch.count as u64) {
+                    return;
+                }
+                let mut payloads = Vec::with_capacity(frames.len());
+                for (i, frame) in frames.iter().enumerate() {
+                    match json(frame) {
+                        Ok(p) => payloads.push(p),
+                        Err(e) => {
+                            return self.refuse(out, subject, format!("batch frame {i}: {e}"));
+                        }
+                    }
+                }
+                let first = env.seq;
+                for (i, payload) in payloads.into_iter().enumerate() {
+                    // In range: the header's parse refused a range past `u64::MAX`.
+                    env.seq = first.saturating_add(i as u64);
+                    self.deliver(out, subject, &env, topic.clone(), payload);
+                }
             }
-        }
-        let first = env.seq;
-        for (i, payload) in payloads.into_iter().enumerate() {
-            // In range: the header's parse refused a range past `u64::MAX`.
-            env.seq = first.saturating_add(i as u64);
-            self.deliver(out, subject, &env, topic.clone(), payload);
         }
     }
 
-    /// The checks on the origin that follow the signature, for `n` messages with one
-    /// envelope: this host's own messages, hosts outside the peer list and what the host's
-    /// own check refuses are dropped here, counted per message.
+    /// The host's own check ([`crate::Admit`]) of `n` messages with one envelope, whose
+    /// origin the screen found in the peer list; a refusal is counted per message and
+    /// audited to the principal concerned.
     fn admitted(&self, out: &mut Vec<Outgoing>, env: &Envelope, topic: &Topic, n: u64) -> bool {
-        if env.host == self.config.host {
-            self.counters.looped.fetch_add(n, Ordering::Relaxed);
-            return false;
-        }
-        if !self.config.peers.contains(&env.host) {
-            if bump(&self.counters.foreign, n) {
-                self.flush(out);
-                audit(
-                    &self.bus,
-                    Attribution::System,
-                    serde_json::json!({
-                        "kind": "nats.foreign-host",
-                        "host": env.host.as_str(),
-                        "topic": topic.as_str(),
-                        "ignored": self.counters.foreign.load(Ordering::Relaxed),
-                    }),
-                );
-            }
-            return false;
-        }
         if let Some(admit) = &self.config.admit
             && let Err(reason) = admit(topic, &env.attribution)
         {
@@ -374,79 +295,6 @@ const YIELD_EVERY: u32 = 1024;
 /// waiting, so a lone message is never held back.
 const PUBLISH_BATCH: usize = 64;
 
-/// The messages one import pattern holds for the local bus, bounded in messages and bytes.
-struct Held {
-    queue: VecDeque<async_nats::Message>,
-    /// Bus messages the queue holds: a batch counts as the messages it claims to carry.
-    messages: usize,
-    bytes: usize,
-}
-
-/// Bytes a received message is charged: its size on the wire (headers and payload), or its
-/// payload when the client did not record one.
-fn charge(m: &async_nats::Message) -> usize {
-    m.length.max(m.payload.len())
-}
-
-/// Bus messages a received message is charged: the count a batch header claims, else 1.
-fn units(m: &async_nats::Message) -> usize {
-    m.headers
-        .as_ref()
-        .and_then(|h| h.get(ENVELOPE_NAME))
-        .map_or(1, |v| claimed_count(v.as_str()))
-}
-
-impl Importer {
-    /// Takes `m` into `held` if both bounds allow, else drops it, counted and audited.
-    fn hold(&self, held: &mut Held, m: async_nats::Message) {
-        let size = charge(&m);
-        let n = units(&m);
-        // The message bound counts NATS messages: a batch's count is not verified before it
-        // is held, so charging it would let a forger claiming 64 per tiny message fill the
-        // bound 64 times faster. Memory stays bounded by the bytes.
-        let fits = held.queue.len() < self.config.import_buffer
-            && held.bytes.saturating_add(size) <= self.config.import_buffer_bytes;
-        if !fits {
-            if bump(&self.counters.overflow_in, n as u64) {
-                audit(
-                    &self.bus,
-                    Attribution::System,
-                    serde_json::json!({
-                        "kind": "nats.import-overflow",
-                        "subject": m.subject.as_str(),
-                        "bytes": size,
-                        "held_messages": held.messages,
-                        "held_bytes": held.bytes,
-                        "max_messages": self.config.import_buffer,
-                        "max_bytes": self.config.import_buffer_bytes,
-                        "dropped": self.counters.overflow_in.load(Ordering::Relaxed),
-                    }),
-                );
-            }
-            return;
-        }
-        held.bytes += size;
-        held.messages += n;
-        held.queue.push_back(m);
-        let c = &self.counters;
-        c.import_held_bytes
-            .fetch_add(size as u64, Ordering::Relaxed);
-        c.import_peak_bytes
-            .fetch_max(held.bytes as u64, Ordering::Relaxed);
-    }
-
-    fn release(&self, held: &mut Held) -> Option<async_nats::Message> {
-        let m = held.queue.pop_front()?;
-        let size = charge(&m);
-        held.bytes -= size;
-        held.messages -= units(&m);
-        self.counters
-            .import_held_bytes
-            .fetch_sub(size as u64, Ordering::Relaxed);
-        Some(m)
-    }
-}
-
 /// Carries import pattern `index`'s messages into the local bus. Before each message it
 /// handles, it moves everything the client has received into its own buffer, so the client's
 /// queue stays short and whatever waits is bounded by the configured messages and bytes.
@@ -457,11 +305,7 @@ pub(crate) async fn import_loop(
     index: usize,
     mut sub: async_nats::Subscriber,
 ) {
-    let mut held = Held {
-        queue: VecDeque::new(),
-        messages: 0,
-        bytes: 0,
-    };
+    let mut held = Held::new(importer.peers.len());
     let mut out = Vec::with_capacity(PUBLISH_BATCH);
     let mut handled = 0u32;
     loop {
@@ -469,12 +313,12 @@ pub(crate) async fn import_loop(
         // queue while the client's queue overflows.
         while let Some(next) = tokio::task::unconstrained(sub.next()).now_or_never() {
             match next {
-                Some(m) => importer.hold(&mut held, m),
+                Some(m) => importer.hold(index, &mut held, m, &mut out),
                 None => return importer.flush(&mut out),
             }
         }
         if let Some(m) = importer.release(&mut held) {
-            importer.accept(index, m, &mut out);
+            importer.accept(m, &mut out);
             if out.len() >= PUBLISH_BATCH {
                 importer.flush(&mut out);
             }
@@ -490,7 +334,7 @@ pub(crate) async fn import_loop(
         // Nothing is waiting: what was accepted goes out before the loop sleeps.
         importer.flush(&mut out);
         match sub.next().await {
-            Some(m) => importer.hold(&mut held, m),
+            Some(m) => importer.hold(index, &mut held, m, &mut out),
             None => return,
         }
     }

@@ -63,7 +63,7 @@ mod subject;
 
 pub use batch::{
     BATCH_VERSION, BatchEnvelope, BatchError, FRAME_PREFIX, MAX_BATCH, MAX_BATCH_BYTES,
-    MAX_MEMBER_BYTES, claimed_count, decode_frames, encode_frames, is_batch,
+    MAX_MEMBER_BYTES, decode_frames, encode_frames, is_batch,
 };
 pub use bridge::{AUDIT_TARGET, Bridge, BridgeError, BridgeStats, LinkState};
 pub use config::{

@@ -219,8 +219,8 @@ async fn clusters_named_alike_but_not_the_same_never_mix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_messages_claiming_big_batches_cannot_push_a_peers_messages_out() {
-    // A batch's count is not verified before it is held, so the message bound counts NATS
-    // messages: three tiny messages claiming 64 members each take three places, not 192.
+    // Three tiny messages claiming 64 members each: their framing is checked before they
+    // are held, so they take no place at all, and a held batch would count once, not 64 times.
     let nats = server();
     let bus = roomy_bus();
     let mut cb = config(&nats.url(), "b", "a", "", "in.*");
