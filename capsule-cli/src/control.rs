@@ -152,6 +152,8 @@ pub(crate) struct Server {
     /// subscribers can tell operator traffic from capsules' and the host's own.
     source: uuid::Uuid,
     refused: AtomicU64,
+    /// Scrapes the metrics endpoint refused, shared with it so both views report them.
+    metrics_refused: Arc<AtomicU64>,
     started: Instant,
     stop: CancellationToken,
     /// Live tails finish their drain and say goodbye when `stop` fires; the host waits for
@@ -194,6 +196,7 @@ impl Server {
             token,
             source: uuid::Uuid::new_v4(),
             refused: AtomicU64::new(0),
+            metrics_refused: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
             stop: CancellationToken::new(),
             tails: tokio_util::task::TaskTracker::new(),
@@ -206,6 +209,11 @@ impl Server {
     /// The approval handler whose pending requests this socket decides.
     pub(crate) fn approvals(&self) -> Arc<crate::approvals::Approvals> {
         Arc::clone(&self.approvals)
+    }
+
+    /// The counter of scrapes the metrics endpoint refused, reported in every snapshot.
+    pub(crate) fn metrics_refused(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.metrics_refused)
     }
 
     /// Reports `bridge` in every snapshot from now on (the first one set stays).
@@ -231,6 +239,7 @@ impl Server {
             u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             self.refused.load(Ordering::Relaxed),
         );
+        s.metrics_refused = self.metrics_refused.load(Ordering::Relaxed);
         s.bridge = self.bridge.get().map(|(b, c)| crate::cluster::row(b, c));
         s
     }

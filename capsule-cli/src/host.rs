@@ -33,7 +33,7 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "PRINCIPAL")]
     owner: Option<String>,
     /// Also serve the counters for a Prometheus scraper on this loopback address, e.g.
-    /// 127.0.0.1:9184 (GET /metrics)
+    /// 127.0.0.1:9184 (GET /metrics, with the bearer token of <state>/metrics.token)
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::loopback)]
     metrics: Option<SocketAddr>,
     /// Keep compiled components here instead of the state directory's cache (shareable
@@ -144,6 +144,15 @@ pub(crate) async fn run(args: RunArgs, mut config: RuntimeConfig) -> Result<(), 
         })
         .collect::<Result<Vec<_>, _>>()?;
     let cluster = args.cluster.config(&config.state_dir)?;
+    // The token file is checked before anything starts, so a link or a token others can read
+    // stops the host at once instead of guarding the counters.
+    let metrics_token = match args.metrics {
+        Some(_) => Some(
+            crate::metrics::token::load_or_create(&config.state_dir)
+                .map_err(|e| Failure::Runtime(format!("cannot serve metrics: {}", chain(&e))))?,
+        ),
+        None => None,
+    };
     let mut signals = Signals::install()?;
     let started = Instant::now();
     let rt = Runtime::new(config)
@@ -188,7 +197,7 @@ pub(crate) async fn run(args: RunArgs, mut config: RuntimeConfig) -> Result<(), 
         }
     }
     let stop_metrics = CancellationToken::new();
-    if let Some(addr) = args.metrics {
+    if let (Some(addr), Some(token)) = (args.metrics, metrics_token) {
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
             Err(e) => {
@@ -201,12 +210,17 @@ pub(crate) async fn run(args: RunArgs, mut config: RuntimeConfig) -> Result<(), 
         };
         let bound = listener.local_addr().unwrap_or(addr);
         let s = Arc::clone(&server);
+        let gate = crate::metrics::Gate::new(token, server.metrics_refused());
         tokio::spawn(crate::metrics::serve(
             listener,
             Arc::new(move || s.snapshot()),
+            Arc::new(gate),
             stop_metrics.clone(),
         ));
-        println!("metrics on http://{bound}/metrics");
+        println!(
+            "metrics on http://{bound}/metrics; bearer token in {}",
+            crate::metrics::token::token_path(&rt.config().state_dir).display()
+        );
     }
 
     let loaded = tokio::select! {

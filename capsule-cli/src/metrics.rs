@@ -1,31 +1,19 @@
 //! The host's counters in the Prometheus text format (version 0.0.4), encoded by
-//! `prometheus-client` from a [`Snapshot`], and the loopback-only HTTP endpoint that serves
-//! them to a scraper. The endpoint answers `GET /metrics` and nothing else; a request head is
-//! bounded in size and time, and connections are bounded in number, so a client cannot hold
-//! the host's memory or tasks. A request naming a `Host` other than a loopback address or
-//! `localhost` is refused, so a web page whose name was rebound to loopback cannot make the
-//! operator's browser read the capsule and principal names the counters carry.
+//! `prometheus-client` from a [`Snapshot`]: one encoding for `capsule metrics` (over the
+//! control socket) and for the loopback HTTP endpoint ([`endpoint`]), which serves them only
+//! to a scraper holding the bearer token of `<state>/metrics.token` ([`token`]).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+mod endpoint;
+pub(crate) mod token;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+
+pub(crate) use endpoint::{Gate, loopback, serve};
 
 use crate::report::Snapshot;
-
-/// Largest HTTP request head read.
-const MAX_HEAD_BYTES: usize = 8 * 1024;
-/// How long a client has to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most scrapes served at once.
-const MAX_CONNECTIONS: usize = 16;
 
 type Labels = Vec<(String, String)>;
 
@@ -191,6 +179,12 @@ pub(crate) fn encode(s: &Snapshot) -> String {
         "Control socket requests refused for a wrong or missing session token",
         s.control_refused,
     );
+    host_counter(
+        &mut registry,
+        "metrics_refused",
+        "Metrics scrapes refused for a wrong or missing bearer token",
+        s.metrics_refused,
+    );
     let loaded = Gauge::<i64>::default();
     loaded.set(i64::try_from(s.capsules.len()).unwrap_or(i64::MAX));
     registry.register("loaded", "Capsules loaded now", loaded);
@@ -206,157 +200,19 @@ pub(crate) fn encode(s: &Snapshot) -> String {
     text
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` is cancelled.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>,
-    stop: CancellationToken,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (mut stream, _peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            // Too many scrapes at once: this one is simply closed.
-            continue;
-        };
-        let snapshot = Arc::clone(&snapshot);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let response = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
-                Ok(Some(head)) => respond(&head, &*snapshot),
-                Ok(None) => http(400, "text/plain", "bad request\n"),
-                Err(_) => return,
-            };
-            // The scraper may have gone; nothing to do about it.
-            let _sent = stream.write_all(response.as_bytes()).await;
-            let _closed = stream.shutdown().await;
-        });
-    }
-}
-
-/// Reads until the end of the request head; `None` if it is too large or the peer closed.
-async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut buf).await.ok()?;
-        if n == 0 || head.len() + n > MAX_HEAD_BYTES {
-            return None;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8(head).ok()
-}
-
-/// Whether every `Host` header of `head` names loopback (`localhost` or a loopback address,
-/// with or without a port). A request without one is no browser's, so it passes.
-fn loopback_host(head: &str) -> bool {
-    let hosts: Vec<&str> = head
-        .lines()
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("host"))
-        .map(|(_, value)| value.trim())
-        .collect();
-    if hosts.len() > 1 {
-        return false;
-    }
-    hosts.iter().all(|h| {
-        let name = if let Some(rest) = h.strip_prefix('[') {
-            match rest.split_once(']') {
-                Some((inside, port)) if port.is_empty() || port.starts_with(':') => inside,
-                _ => return false,
-            }
-        } else {
-            match h.rsplit_once(':') {
-                Some((name, _port)) if !name.contains(':') => name,
-                Some(_) => return false,
-                None => h,
-            }
-        };
-        name.eq_ignore_ascii_case("localhost")
-            || name
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    })
-}
-
-fn respond(head: &str, snapshot: &dyn Fn() -> Snapshot) -> String {
-    let mut first = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-    if !loopback_host(head) {
-        return http(
-            403,
-            "text/plain",
-            "forbidden: the metrics are served only to requests naming a loopback host\n",
-        );
-    }
-    match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => http(
-            200,
-            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-            &encode(&snapshot()),
-        ),
-        ("GET", _) => http(
-            404,
-            "text/plain",
-            "not found: the metrics are at /metrics\n",
-        ),
-        _ => http(405, "text/plain", "only GET is served\n"),
-    }
-}
-
-fn http(status: u16, content_type: &str, body: &str) -> String {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        _ => "Method Not Allowed",
-    };
-    format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-/// Parses `--metrics`: an IP address and port on the loopback interface, nothing else.
-pub(crate) fn loopback(s: &str) -> Result<SocketAddr, String> {
-    let addr: SocketAddr = s.parse().map_err(|_| {
-        format!("`{s}` is not an IP address and port such as 127.0.0.1:9184 or [::1]:9184")
-    })?;
-    if !addr.ip().is_loopback() {
-        return Err(format!(
-            "{} is not a loopback address; metrics are served on loopback only (127.0.0.0/8 or ::1), never to the network",
-            addr.ip()
-        ));
-    }
-    Ok(addr)
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::report::{CapsuleRow, DispatchRow, MemoryRow};
 
-    fn snapshot() -> Snapshot {
+    /// A snapshot of one capsule serving alice.
+    pub(in crate::metrics) fn snapshot() -> Snapshot {
         Snapshot {
             state_dir: "/s".into(),
             owner: "default".into(),
             uptime_ms: 3000,
             control_refused: 2,
+            metrics_refused: 6,
             dispatch: DispatchRow::default(),
             capsules: vec![CapsuleRow {
                 name: "notes".into(),
@@ -401,6 +257,7 @@ mod tests {
             "capsule_queued_messages{capsule=\"notes\"} 4",
             "capsule_memory_peak_bytes{capsule=\"notes\",principal=\"alice\"} 1114112",
             "capsule_control_refused_total 2",
+            "capsule_metrics_refused_total 6",
             "capsule_loaded 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
@@ -409,65 +266,5 @@ mod tests {
             !text.contains("# EOF"),
             "classic text format, not OpenMetrics"
         );
-    }
-
-    #[test]
-    fn only_loopback_addresses_are_accepted() {
-        assert!(loopback("127.0.0.1:9184").is_ok());
-        assert!(loopback("127.3.2.1:1").is_ok());
-        assert!(loopback("[::1]:9184").is_ok());
-        for bad in [
-            "0.0.0.0:9184",
-            "192.168.1.2:80",
-            "[::]:9184",
-            "localhost:9184",
-            "9184",
-        ] {
-            assert!(loopback(bad).is_err(), "{bad}");
-        }
-        let e = loopback("0.0.0.0:1").err().unwrap_or_default();
-        assert!(e.contains("not a loopback address"), "{e}");
-    }
-
-    #[test]
-    fn the_endpoint_answers_only_get_metrics() {
-        let s = || snapshot();
-        assert!(respond("GET /metrics HTTP/1.1\r\n\r\n", &s).starts_with("HTTP/1.1 200"));
-        assert!(respond("GET / HTTP/1.1\r\n\r\n", &s).starts_with("HTTP/1.1 404"));
-        assert!(respond("POST /metrics HTTP/1.1\r\n\r\n", &s).starts_with("HTTP/1.1 405"));
-    }
-
-    #[test]
-    fn a_page_rebound_to_loopback_cannot_read_the_counters() {
-        let s = || snapshot();
-        for host in [
-            "127.0.0.1:9184",
-            "127.0.0.1",
-            "127.9.8.7:1",
-            "[::1]:9184",
-            "[::1]",
-            "localhost:9184",
-            "LocalHost",
-        ] {
-            let head = format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n\r\n");
-            assert!(respond(&head, &s).starts_with("HTTP/1.1 200"), "{host}");
-        }
-        for host in [
-            "evil.example:9184",
-            "evil.example",
-            "localhost.evil.example:9184",
-            "127.0.0.1.nip.io:9184",
-            "10.0.0.1:9184",
-            "[::1]x",
-            "::1",
-            "",
-        ] {
-            let head = format!("GET /metrics HTTP/1.1\r\nhost:{host}\r\n\r\n");
-            let answer = respond(&head, &s);
-            assert!(answer.starts_with("HTTP/1.1 403"), "{host}: {answer}");
-            assert!(!answer.contains("alice"), "{host}: {answer}");
-        }
-        let twice = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n";
-        assert!(respond(twice, &s).starts_with("HTTP/1.1 403"));
     }
 }

@@ -19,6 +19,9 @@ pub(crate) struct Snapshot {
     pub(crate) uptime_ms: u64,
     /// Control requests refused for a wrong or missing token.
     pub(crate) control_refused: u64,
+    /// Scrapes of the metrics endpoint refused for a wrong or missing bearer token.
+    #[serde(default)]
+    pub(crate) metrics_refused: u64,
     /// Interceptor dispatch counters.
     pub(crate) dispatch: DispatchRow,
     /// Loaded capsules, in load order.
@@ -161,6 +164,7 @@ impl Snapshot {
             owner: rt.config().owner.to_string(),
             uptime_ms,
             control_refused,
+            metrics_refused: 0,
             dispatch: DispatchRow {
                 chains: d.chains,
                 stopped: d.stopped,

@@ -240,8 +240,12 @@ fn a_running_host_is_operated_through_its_control_socket() {
     let state = dir.path().join("state");
     let mut h = host(&state, &examples(), &["--metrics", "127.0.0.1:0"]);
 
-    // The control files are private.
-    for (file, mode) in [("control.sock", 0o600), ("control.token", 0o600)] {
+    // The control files and the metrics token are private.
+    for (file, mode) in [
+        ("control.sock", 0o600),
+        ("control.token", 0o600),
+        ("metrics.token", 0o600),
+    ] {
         let meta = std::fs::metadata(state.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
     }
@@ -369,27 +373,74 @@ fn a_running_host_is_operated_through_its_control_socket() {
             .any(|l| l == "capsule_handler_denials_total{capsule=\"moderation\"} 1"),
         "{metrics}"
     );
-    let url = h
+    let line = h
         .out()
         .iter()
         .find_map(|l| l.strip_prefix("metrics on http://").map(str::to_string))
         .unwrap_or_else(|| panic!("no metrics line"));
+    let (url, token_file) = line
+        .split_once("; bearer token in ")
+        .unwrap_or_else(|| panic!("no token file named: {line}"));
+    assert_eq!(Path::new(token_file), state.join("metrics.token"));
+    let token = std::fs::read_to_string(token_file).unwrap_or_else(|e| panic!("{e}"));
+    let token = token.trim();
+    assert_eq!(token.len(), 64, "{token}");
     let addr = url.trim_end_matches("/metrics").to_string();
-    let scrape = |host: &str| {
+    let scrape = |host: &str, auth: Option<&str>| {
         let mut conn =
             std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
-        conn.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        let auth = auth.map_or_else(String::new, |a| format!("Authorization: {a}\r\n"));
+        conn.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n").as_bytes())
             .unwrap_or_else(|e| panic!("{e}"));
         let mut scraped = String::new();
         conn.read_to_string(&mut scraped)
             .unwrap_or_else(|e| panic!("{e}"));
         scraped
     };
-    let scraped = scrape(&addr);
+    let bearer = format!("Bearer {token}");
+    let scraped = scrape(&addr, Some(&bearer));
     assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
     assert!(scraped.contains("capsule_loaded 4"), "{scraped}");
+    assert!(scraped.contains("principal=\"alice\""), "{scraped}");
+    // Any other local user (or a principal's process with a uid of its own) reaches the port
+    // but, without the token in the state directory, reads no tenant's name.
+    let wrong = format!("Bearer {}", "0".repeat(64));
+    for auth in [None, Some(wrong.as_str())] {
+        let refused = scrape(&addr, auth);
+        assert!(refused.starts_with("HTTP/1.1 401"), "{auth:?}: {refused}");
+        assert!(
+            refused
+                .to_ascii_lowercase()
+                .contains("\r\nwww-authenticate: bearer"),
+            "{refused}"
+        );
+        assert!(
+            !refused.contains("capsule_") && !refused.contains("alice"),
+            "{refused}"
+        );
+    }
+    // The control socket's token is no metrics token, and the metrics token no control token.
+    let control = std::fs::read_to_string(state.join("control.token")).unwrap_or_default();
+    assert_ne!(control.trim(), token);
+    let as_control = scrape(&addr, Some(&format!("Bearer {}", control.trim())));
+    assert!(as_control.starts_with("HTTP/1.1 401"), "{as_control}");
+    let scraper = Command::new(BIN)
+        .arg("--state")
+        .arg(&state)
+        .arg("ps")
+        .env("CAPSULE_TOKEN", token)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    one_line_failure(&scraper, 4, "wrong session token");
+    let counted = ok(&capsule(&state, &["metrics"]));
+    assert!(
+        counted
+            .lines()
+            .any(|l| l == "capsule_metrics_refused_total 3"),
+        "{counted}"
+    );
     // A page whose name was rebound to loopback reaches the port but reads nothing.
-    let rebound = scrape("attacker.example:80");
+    let rebound = scrape("attacker.example:80", Some(&bearer));
     assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
     assert!(!rebound.contains("capsule_"), "{rebound}");
 
@@ -410,7 +461,8 @@ fn a_running_host_is_operated_through_its_control_socket() {
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     one_line_failure(&missing, 4, "missing session token");
-    assert_eq!(snapshot(&state)["control_refused"], 2);
+    assert_eq!(snapshot(&state)["control_refused"], 3);
+    assert_eq!(snapshot(&state)["metrics_refused"], 3);
 
     // unload and load.
     assert_eq!(
@@ -496,10 +548,16 @@ fn a_running_host_is_operated_through_its_control_socket() {
     let log = h.err().join("\n");
     assert_eq!(
         log.matches("control request refused").count(),
-        2,
+        3,
         "audit lines:\n{log}"
     );
     assert!(log.contains("capsule::audit::control"), "{log}");
+    assert_eq!(
+        log.matches("capsule::audit::metrics: metrics scrape refused")
+            .count(),
+        3,
+        "audit lines:\n{log}"
+    );
     // The host let go of its state: the KV database opens again.
     capsule_runtime_kv_opens(&state);
 }
