@@ -26,6 +26,7 @@ use crate::config::BridgeConfig;
 use crate::envelope::Envelope;
 use crate::seq::{Bounded, MAX_GAP, Observed, SEQ_TABLE_CAPACITY, Tracking};
 use crate::subject::{HostId, subject_topic};
+use crate::tail::{is_tail, parse_tail};
 
 /// Origins the bridge remembers, newest first out of a full table.
 const ORIGINS_KEPT: usize = 4096;
@@ -170,6 +171,9 @@ impl Importer {
         if header.is_some_and(is_batch) {
             return self.accept_batch(subject, topic, &m, out);
         }
+        if let Some(h) = header.filter(|h| is_tail(h)) {
+            return self.accept_tail(subject, &topic, h, &m, out);
+        }
         let env = match Envelope::from_headers(m.headers.as_ref()) {
             Ok(e) => e,
             Err(e) => return self.refuse(out, subject, e.to_string()),
@@ -248,6 +252,63 @@ impl Importer {
             // In range: the header's parse refused a range past `u64::MAX`.
             env.seq = first.saturating_add(i as u64);
             self.deliver(out, subject, &env, topic.clone(), payload);
+        }
+    }
+
+    /// Handles a tail mark (format version 3): checked like a message (signature, origin,
+    /// the host's own check, an empty payload), then the stream's numbers past the last one
+    /// seen up to the mark's are reported lost. Nothing is delivered.
+    fn accept_tail(
+        &self,
+        subject: &str,
+        topic: &Topic,
+        header: &str,
+        m: &async_nats::Message,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let mark = match parse_tail(header) {
+            Ok(e) => e,
+            Err(e) => return self.refuse(out, subject, format!("tail mark: {e}")),
+        };
+        if let Some(key) = &self.config.key {
+            match signature(m) {
+                None => return self.refuse(out, subject, "the tail mark is not signed".into()),
+                Some(t) if !key.verify_tail(subject, &mark, t) => {
+                    return self.refuse(
+                        out,
+                        subject,
+                        "the tail mark's signature does not match".into(),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        if !m.payload.is_empty() {
+            return self.refuse(out, subject, "a tail mark carries no payload".into());
+        }
+        if !self.admitted(out, &mark, topic, 1) {
+            return;
+        }
+        let key = (mark.host.clone(), mark.source, topic.clone());
+        let observed = self
+            .seqs
+            .lock()
+            .observe_tail(&key, mark.epoch, mark.seq, MAX_GAP);
+        match observed {
+            Observed::Replayed => self.refuse(
+                out,
+                subject,
+                format!("tail mark of the earlier epoch {}: a replay", mark.epoch),
+            ),
+            Observed::Implausible => self.refuse(
+                out,
+                subject,
+                format!(
+                    "tail mark {} jumps more than {MAX_GAP} past the publisher's last",
+                    mark.seq
+                ),
+            ),
+            o => self.observed(out, o, &mark, topic),
         }
     }
 
