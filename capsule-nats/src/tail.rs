@@ -39,7 +39,7 @@ pub const TAILS_KEPT: usize = 4096;
 
 /// Least time between two rounds of marks: requests arriving meanwhile are answered by one
 /// round after it, so a flood of requests costs a bounded rate of marks.
-const ROUND_GAP: std::time::Duration = std::time::Duration::from_millis(100);
+const ROUND_GAP: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Whether an envelope header value is a tail mark's.
 pub fn is_tail(header: &str) -> bool {
