@@ -3,7 +3,7 @@
 //! lost (or counted by the sender as lost before it numbered it), including the tail of a
 //! stream that nothing follows. Three ways of losing the link: a server restart while the
 //! stream flows, the receiver cut off while a stream ends, and the sender's written bytes
-//! lost with its connection.
+//! lost with its connection. Forged and malformed tail marks are refused.
 
 #[allow(dead_code)]
 mod common;
@@ -15,7 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use capsule_bus::{Attribution, Bus, JsonPayload, Outgoing, PrincipalId, Receiver, Scope, Topic};
-use capsule_nats::{Bridge, LinkState};
+use capsule_nats::async_nats::HeaderMap;
+use capsule_nats::{
+    Bridge, ClusterKey, ENVELOPE_HEADER, Envelope, HostId, KEY_BYTES, LinkState, SIGNATURE_HEADER,
+    tail_header_value,
+};
 use common::{PATIENCE, config, number, pat, server, start, wait_until};
 use futures::StreamExt;
 use proxy::Proxy;
@@ -250,4 +254,86 @@ async fn a_sender_whose_written_tail_is_lost_with_its_connection_counts_it() {
     all_accounted(&mut rx, &mut seen, 500, &a, &b).await;
     assert_eq!(seen.numbers.len(), 200);
     assert_eq!(b.stats().dropped_in, 300);
+}
+
+/// A tail mark's header from peer `a` for stream `source` on `s.stream`.
+fn mark(source: Uuid, epoch: u64, last: u64) -> Envelope {
+    Envelope {
+        host: HostId::parse("a").unwrap_or_else(|e| panic!("{e}")),
+        attribution: Attribution::Verified(
+            PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}")),
+        ),
+        source,
+        source_name: None,
+        epoch,
+        seq: last,
+        hops: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_malformed_tail_marks_are_refused_and_count_no_loss() {
+    let nats = server();
+    let key = ClusterKey::from_bytes([0x5a; KEY_BYTES]);
+    let mut cb = config(&nats.url(), "b", "a", "", "s.*");
+    cb.key = Some(key.clone());
+    let b = start(&Bus::new(), cb).await;
+    let raw = common::raw(&nats.url()).await;
+    let subject = "capsule.c.s.stream";
+    let source = Uuid::from_u128(99);
+    let send = |mark: Envelope, sig: Option<String>, body: &'static str| {
+        let raw = raw.clone();
+        async move {
+            let mut h = HeaderMap::new();
+            h.insert(ENVELOPE_HEADER, tail_header_value(&mark).as_str());
+            if let Some(sig) = sig {
+                h.insert(SIGNATURE_HEADER, sig.as_str());
+            }
+            common::send(&raw, subject, h, body).await;
+        }
+    };
+    // A first sight starts the record (nothing lost), as a first message would.
+    send(
+        mark(source, 5, 10),
+        Some(key.sign_tail(subject, &mark(source, 5, 10))),
+        "",
+    )
+    .await;
+    let wrong = ClusterKey::from_bytes([0; KEY_BYTES]);
+    send(mark(source, 5, 20), None, "").await;
+    send(
+        mark(source, 5, 20),
+        Some(wrong.sign_tail(subject, &mark(source, 5, 20))),
+        "",
+    )
+    .await;
+    // A message's tag does not pass for a mark's.
+    send(
+        mark(source, 5, 20),
+        Some(key.sign(subject, &mark(source, 5, 20), b"")),
+        "",
+    )
+    .await;
+    send(
+        mark(source, 5, 20),
+        Some(key.sign_tail(subject, &mark(source, 5, 20))),
+        "{}",
+    )
+    .await;
+    let far = mark(source, 5, 10 + (1 << 33));
+    send(far.clone(), Some(key.sign_tail(subject, &far)), "").await;
+    let old = mark(source, 4, 30);
+    send(old.clone(), Some(key.sign_tail(subject, &old)), "").await;
+    common::synced(&raw).await;
+    wait_until("the refusals", || b.stats().refused >= 6).await;
+    // A genuine mark past the last one seen still counts exactly its hole.
+    send(
+        mark(source, 5, 13),
+        Some(key.sign_tail(subject, &mark(source, 5, 13))),
+        "",
+    )
+    .await;
+    wait_until("the genuine mark's loss", || b.stats().dropped_in > 0).await;
+    let s = b.stats();
+    assert_eq!((s.refused, s.dropped_in, s.imported), (6, 3, 0), "{s:?}");
 }
