@@ -99,7 +99,7 @@ impl Proxy {
         self.cut();
     }
 
-    /// Throws away what clients write from now on, noting when `needle` went by.
+    /// Throws away what clients write after this call, noting when `needle` went by.
     pub(crate) fn swallow(&self, needle: &[u8]) {
         *lock(&self.shared.needle) = needle.to_vec();
         self.shared.found.store(false, Ordering::SeqCst);
@@ -111,7 +111,7 @@ impl Proxy {
         self.shared.found.load(Ordering::SeqCst)
     }
 
-    /// Closes every connection carried now.
+    /// Closes every connection it carries at the call.
     pub(crate) fn cut(&self) {
         for c in lock(&self.shared.conns).drain(..) {
             let _closed = c.shutdown(Shutdown::Both);
