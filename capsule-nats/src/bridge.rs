@@ -13,6 +13,7 @@ use async_nats::{Client, ConnectOptions, Event, HeaderMap, HeaderName, Subject};
 use bytes::Bytes;
 use capsule_bus::{AUDIT_TOPIC, Attribution, Bus, Message, Scope, Topic};
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -25,6 +26,7 @@ use crate::import::Importer;
 use crate::seq::{Numbering, SEQ_TABLE_CAPACITY};
 use crate::sign::SIGNATURE_HEADER;
 use crate::subject::{pattern_subject, topic_subject};
+use crate::tail::{Tails, request_subject};
 
 /// Tracing target of the bridge's audit records.
 pub const AUDIT_TARGET: &str = "capsule::audit::nats";
@@ -219,6 +221,8 @@ pub struct Bridge {
 struct Tasks {
     drains: Vec<JoinHandle<()>>,
     imports: Vec<JoinHandle<()>>,
+    /// Tail marks and requests for them.
+    others: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -232,8 +236,15 @@ impl std::fmt::Debug for Bridge {
 /// How long [`Bridge::start`] waits for the server to confirm its subscriptions.
 const SYNC_WITHIN: Duration = Duration::from_secs(5);
 
-async fn connect(config: &BridgeConfig, counters: &Arc<Counters>) -> Result<Client, BridgeError> {
+/// Connects with the bridge's options; `connected` is notified each time the connection comes
+/// up.
+async fn connect(
+    config: &BridgeConfig,
+    counters: &Arc<Counters>,
+    connected: &Arc<Notify>,
+) -> Result<Client, BridgeError> {
     let events = Arc::clone(counters);
+    let up = Arc::clone(connected);
     let host = config.host.to_string();
     let mut opts = ConnectOptions::new()
         .name(format!("capsule-{}-{}", config.cluster, config.host))
@@ -252,8 +263,10 @@ async fn connect(config: &BridgeConfig, counters: &Arc<Counters>) -> Result<Clie
         .event_callback(move |event| {
             let events = Arc::clone(&events);
             let host = host.clone();
+            let up = Arc::clone(&up);
             async move {
                 match &event {
+                    Event::Connected => up.notify_one(),
                     Event::Disconnected => {
                         events.disconnects.fetch_add(1, Ordering::Relaxed);
                     }
@@ -292,7 +305,8 @@ impl Bridge {
     pub async fn start(bus: Bus, config: BridgeConfig) -> Result<Self, BridgeError> {
         config.validate()?;
         let counters = Arc::new(Counters::default());
-        let client = connect(&config, &counters).await?;
+        let connected = Arc::new(Notify::new());
+        let client = connect(&config, &counters, &connected).await?;
         let config = Arc::new(config);
         let importer = Arc::new(Importer::new(
             bus.clone(),
@@ -322,9 +336,33 @@ impl Bridge {
         let _synced =
             tokio::time::timeout(SYNC_WITHIN, client.request(sync, Vec::new().into())).await;
 
+        let marks = Arc::new(Notify::new());
+        let mut others = Vec::new();
+        if !config.export.is_empty() {
+            let subject = request_subject(&config.cluster);
+            let requests = client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|source| BridgeError::Subscribe { subject, source })?;
+            others.push(tokio::spawn(crate::tail::request_loop(
+                requests,
+                Arc::clone(&marks),
+            )));
+        }
+        others.push(tokio::spawn(crate::tail::connect_loop(
+            client.clone(),
+            config.cluster.clone(),
+            connected,
+            Arc::clone(&marks),
+            !config.import.is_empty(),
+        )));
+
         let numbering = Arc::new(Mutex::new(Numbering::new(SEQ_TABLE_CAPACITY)));
         let mut drains = Vec::with_capacity(config.export.len());
+        let mut tails = Vec::with_capacity(config.export.len());
         for (i, pattern) in config.export.iter().enumerate() {
+            let t = Arc::new(Tails::new());
+            tails.push(Arc::clone(&t));
             // Subscribed before `start` returns: a message published on the bus the moment
             // the bridge is up is exported, not missed uncounted.
             let rx = bus.subscribe(pattern.clone(), Scope::All);
@@ -334,15 +372,30 @@ impl Bridge {
                 bus.clone(),
                 Arc::clone(&config),
                 i,
-                Arc::clone(&numbering),
+                Books {
+                    numbering: Arc::clone(&numbering),
+                    tails: t,
+                },
                 Arc::clone(&counters),
+            )));
+        }
+        if !tails.is_empty() {
+            others.push(tokio::spawn(crate::tail::mark_loop(
+                client.clone(),
+                Arc::clone(&config),
+                tails,
+                marks,
             )));
         }
         Ok(Self {
             client,
             counters,
             importer,
-            tasks: Mutex::new(Tasks { drains, imports }),
+            tasks: Mutex::new(Tasks {
+                drains,
+                imports,
+                others,
+            }),
         })
     }
 
@@ -392,14 +445,15 @@ impl Bridge {
     /// Stops taking local messages, gives the client's queue up to two seconds to reach
     /// NATS, then stops receiving. Later calls do nothing.
     pub async fn stop(&self) {
-        let (drains, imports) = {
+        let (drains, imports, others) = {
             let mut t = self.tasks.lock();
             (
                 std::mem::take(&mut t.drains),
                 std::mem::take(&mut t.imports),
+                std::mem::take(&mut t.others),
             )
         };
-        for d in drains {
+        for d in drains.into_iter().chain(others) {
             d.abort();
         }
         let _flushed = tokio::time::timeout(STOP_FLUSH, self.client.flush()).await;
@@ -414,7 +468,7 @@ impl Drop for Bridge {
     fn drop(&mut self) {
         self.counters.closed.store(true, Ordering::Relaxed);
         let t = self.tasks.get_mut();
-        for task in t.drains.iter().chain(&t.imports) {
+        for task in t.drains.iter().chain(&t.imports).chain(&t.others) {
             task.abort();
         }
     }
@@ -424,6 +478,13 @@ impl Drop for Bridge {
 /// another host and are never sent back out.
 pub(crate) fn is_imported_source(source: &Uuid) -> bool {
     source.get_version_num() == 8
+}
+
+/// What an export loop keeps of the streams it sends: the numbering every loop shares, and
+/// its own record of each stream's last number for tail marks.
+struct Books {
+    numbering: Arc<Mutex<Numbering<(Uuid, Topic)>>>,
+    tails: Arc<Tails>,
 }
 
 /// Takes local messages matching export pattern `index` (and no earlier one, so overlapping
@@ -439,9 +500,10 @@ async fn export_loop(
     bus: Bus,
     config: Arc<BridgeConfig>,
     index: usize,
-    numbering: Arc<Mutex<Numbering<(Uuid, Topic)>>>,
+    books: Books,
     counters: Arc<Counters>,
 ) {
+    let Books { numbering, tails } = books;
     let ready = rx.readiness();
     // Subjects of recent topics, so a busy topic's subject is built once, not per message.
     let mut subjects: HashMap<Topic, Subject> = HashMap::new();
@@ -548,6 +610,10 @@ async fn export_loop(
             let send =
                 tokio::task::unconstrained(client.publish_with_headers(subject, headers, payload));
             let sent = hand_over(&client, send).await;
+            // After the hand-over (or the drop), so a mark never overtakes what it covers.
+            if let Some((_, _, last)) = run.last() {
+                tails.record(m.source, &m.topic, m.attribution(), m.hops(), *epoch, *last);
+            }
             // Lets the other tasks of a busy worker run now and then.
             handled = handled.wrapping_add(len as u32);
             if handled >= YIELD_EVERY {

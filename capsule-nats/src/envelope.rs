@@ -96,11 +96,16 @@ pub(crate) fn sendable_name(name: &str) -> bool {
 impl Envelope {
     /// The [`ENVELOPE_HEADER`] value of this envelope.
     pub fn to_header_value(&self) -> String {
+        self.header_value_as(ENVELOPE_VERSION)
+    }
+
+    /// The header value of these fields under format `version`, which shares the layout.
+    pub(crate) fn header_value_as(&self, version: &str) -> String {
         use std::fmt::Write as _;
         let mut v = String::with_capacity(96);
         let _ = write!(
             v,
-            "{ENVELOPE_VERSION};{};{};{};{};{};{}",
+            "{version};{};{};{};{};{};{}",
             self.host.as_str(),
             AttributionText(&self.attribution),
             self.source.hyphenated(),
@@ -134,6 +139,11 @@ impl Envelope {
 
     /// Parses an [`ENVELOPE_HEADER`] value.
     pub fn parse(value: &str) -> Result<Self, EnvelopeError> {
+        Self::parse_as(value, ENVELOPE_VERSION)
+    }
+
+    /// Parses a header value of format `version`, which shares the version-1 layout.
+    pub(crate) fn parse_as(value: &str, want: &str) -> Result<Self, EnvelopeError> {
         let invalid = |field: &str, reason: &dyn std::fmt::Display| EnvelopeError::Invalid {
             header: ENVELOPE_HEADER,
             reason: format!("{field}: {reason}"),
@@ -144,11 +154,8 @@ impl Envelope {
                 .ok_or_else(|| invalid(field, &"missing (too few fields)"))
         };
         let version = next("version")?;
-        if version != ENVELOPE_VERSION {
-            return Err(invalid(
-                "version",
-                &format!("{version:?} is not {ENVELOPE_VERSION}"),
-            ));
+        if version != want {
+            return Err(invalid("version", &format!("{version:?} is not {want}")));
         }
         let host = HostId::parse(next("host")?).map_err(|e: NameError| invalid("host", &e))?;
         let attribution = parse_attribution(next("attribution")?)?;

@@ -189,6 +189,37 @@ impl Importer {
                     self.deliver(out, subject, &env, topic.clone(), payload);
                 }
             }
+            Body::Tail(mark) => self.accept_tail(subject, &topic, &mark, out),
+        }
+    }
+
+    /// Handles a tail mark (format version 3) the screen passed (signature, origin, an empty
+    /// payload): after the host's own check, the stream's numbers past the last one seen up
+    /// to the mark's are reported lost. Nothing is delivered.
+    fn accept_tail(&self, subject: &str, topic: &Topic, mark: &Envelope, out: &mut Vec<Outgoing>) {
+        if !self.admitted(out, mark, topic, 1) {
+            return;
+        }
+        let key = (mark.host.clone(), mark.source, topic.clone());
+        let observed = self
+            .seqs
+            .lock()
+            .observe_tail(&key, mark.epoch, mark.seq, MAX_GAP);
+        match observed {
+            Observed::Replayed => self.refuse(
+                out,
+                subject,
+                format!("tail mark of the earlier epoch {}: a replay", mark.epoch),
+            ),
+            Observed::Implausible => self.refuse(
+                out,
+                subject,
+                format!(
+                    "tail mark {} jumps more than {MAX_GAP} past the publisher's last",
+                    mark.seq
+                ),
+            ),
+            o => self.observed(out, o, mark, topic),
         }
     }
 

@@ -60,6 +60,7 @@ mod seq;
 mod server;
 mod sign;
 mod subject;
+mod tail;
 
 pub use batch::{
     BATCH_VERSION, BatchEnvelope, BatchError, FRAME_PREFIX, MAX_BATCH, MAX_BATCH_BYTES,
@@ -81,6 +82,7 @@ pub use subject::{
     ClusterName, HostId, MAX_NAME_BYTES, NameError, SUBJECT_ROOT, SubjectError, cluster_prefix,
     pattern_subject, subject_topic, topic_subject,
 };
+pub use tail::{TAIL_VERSION, TAILS_KEPT, is_tail, parse_tail, request_subject, tail_header_value};
 
 /// The async-nats client this crate is built on, for callers that talk to NATS directly.
 pub use async_nats;

@@ -4,7 +4,9 @@
 //! same host, so the receiver tells a publisher that started over (a newer epoch; its messages
 //! before the first one seen of it are lost, as every epoch numbers from 1) from a copy of an
 //! old message played back to it (an older epoch, or a number already seen), which it
-//! refuses. Both tables are bounded; a key pushed out of a full table simply starts over (the
+//! refuses. A tail mark (a stream's last number, sent when the link may have lost the end of
+//! a stream) shows the receiver a hole that no later message would reveal. Both tables are
+//! bounded; a key pushed out of a full table simply starts over (the
 //! sender with a new epoch at 1, the receiver at whatever comes next), which can hide a loss or
 //! let one replayed message through at that one point but never invents a loss.
 
@@ -38,6 +40,11 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
 
     pub(crate) fn get(&self, key: &K) -> Option<&V> {
         self.map.get(key)
+    }
+
+    /// Every value, in no particular order.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.map.values()
     }
 
     pub(crate) fn entry(&mut self, key: &K, init: impl FnOnce() -> V) -> &mut V {
@@ -177,6 +184,42 @@ impl<K: Hash + Eq + Clone> Tracking<K> {
             Observed::Gap(gap)
         }
     }
+
+    /// Records that `key`'s stream `epoch` had reached `last` when its publisher said so (a
+    /// tail mark) and says what that reveals: the numbers after the last one seen up to
+    /// `last` are lost. A mark at or behind what was seen says nothing (marks repeat); one of
+    /// an older stream is a copy played back; a first sight only starts the record, as a
+    /// message would.
+    pub fn observe_tail(&mut self, key: &K, epoch: u64, last: u64, max_gap: u64) -> Observed {
+        let mut fresh = false;
+        let rec = self.last.entry(key, || {
+            fresh = true;
+            (epoch, last)
+        });
+        if fresh {
+            return Observed::InOrder;
+        }
+        let (prev_epoch, prev) = *rec;
+        if epoch > prev_epoch {
+            if last > max_gap {
+                return Observed::Implausible;
+            }
+            *rec = (epoch, last);
+            return Observed::Restarted { lost: last };
+        }
+        if epoch < prev_epoch {
+            return Observed::Replayed;
+        }
+        if last <= prev {
+            return Observed::InOrder;
+        }
+        let gap = last - prev;
+        if gap > max_gap {
+            return Observed::Implausible;
+        }
+        *rec = (epoch, last);
+        Observed::Gap(gap)
+    }
 }
 
 #[cfg(test)]
@@ -221,6 +264,34 @@ mod tests {
         assert_eq!(t.observe(&"a", 6, 12, 10), Observed::Implausible);
         assert_eq!(t.observe(&"a", 5, 15, 10), Observed::InOrder);
         assert_eq!(t.observe(&"a", 6, 11, 10), Observed::Restarted { lost: 10 });
+    }
+
+    #[test]
+    fn tail_marks_reveal_the_missed_end_of_a_stream_once() {
+        let mut t = Tracking::new(4);
+        let m = u64::MAX;
+        assert_eq!(t.observe(&"a", 5, 1, m), Observed::InOrder);
+        assert_eq!(t.observe_tail(&"a", 5, 1, m), Observed::InOrder);
+        assert_eq!(t.observe_tail(&"a", 5, 4, m), Observed::Gap(3));
+        assert_eq!(
+            t.observe_tail(&"a", 5, 4, m),
+            Observed::InOrder,
+            "marks repeat"
+        );
+        assert_eq!(t.observe_tail(&"a", 5, 2, m), Observed::InOrder);
+        assert_eq!(t.observe(&"a", 5, 5, m), Observed::InOrder, "no loss twice");
+        assert_eq!(t.observe(&"a", 5, 4, m), Observed::Replayed);
+        assert_eq!(t.observe_tail(&"a", 4, 9, m), Observed::Replayed);
+        assert_eq!(t.observe_tail(&"a", 5, 5 + 11, 10), Observed::Implausible);
+        assert_eq!(t.observe_tail(&"a", 6, 11, 10), Observed::Implausible);
+        assert_eq!(
+            t.observe_tail(&"a", 6, 3, m),
+            Observed::Restarted { lost: 3 }
+        );
+        assert_eq!(t.observe(&"a", 6, 4, m), Observed::InOrder);
+        // A first sight starts the record without a loss, as a first message does.
+        assert_eq!(t.observe_tail(&"b", 1, 9, m), Observed::InOrder);
+        assert_eq!(t.observe(&"b", 1, 10, m), Observed::InOrder);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum KeyError {
 const DOMAIN: &[u8] = b"capsule-nats message v1";
 /// The first field every batch's tag absorbs, so no tag of one format is valid in the other.
 const BATCH_DOMAIN: &[u8] = b"capsule-nats batch v2";
+/// The first field every tail mark's tag absorbs.
+const TAIL_DOMAIN: &[u8] = b"capsule-nats tail v3";
 
 /// The secret every host of a cluster shares to authenticate its messages.
 #[derive(Clone)]
@@ -44,6 +46,8 @@ pub struct ClusterKey {
     base: blake3::Hasher,
     /// The same for batches, after [`BATCH_DOMAIN`].
     batch_base: blake3::Hasher,
+    /// The same for tail marks, after [`TAIL_DOMAIN`].
+    tail_base: blake3::Hasher,
 }
 
 impl PartialEq for ClusterKey {
@@ -77,13 +81,15 @@ impl ClusterKey {
     /// A key from its raw bytes.
     pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> Self {
         let keyed = blake3::Hasher::new_keyed(&bytes);
-        let (mut base, mut batch_base) = (keyed.clone(), keyed);
+        let (mut base, mut batch_base, mut tail_base) = (keyed.clone(), keyed.clone(), keyed);
         field(&mut base, DOMAIN);
         field(&mut batch_base, BATCH_DOMAIN);
+        field(&mut tail_base, TAIL_DOMAIN);
         Self {
             bytes,
             base,
             batch_base,
+            tail_base,
         }
     }
 
@@ -167,6 +173,23 @@ impl ClusterKey {
     ) -> bool {
         blake3::Hash::from_hex(signature.as_bytes())
             .is_ok_and(|given| given == self.batch_tag(subject, batch, framed))
+    }
+
+    /// The [`SIGNATURE_HEADER`] value of a tail mark (`mark.seq` is the stream's last
+    /// number): every header field under its own domain, so no message or batch tag passes
+    /// for a mark's, nor the other way round.
+    pub fn sign_tail(&self, subject: &str, mark: &Envelope) -> String {
+        self.tail_tag(subject, mark).to_hex().to_string()
+    }
+
+    /// Whether `signature` is this key's tag of the tail mark (compared in constant time).
+    pub fn verify_tail(&self, subject: &str, mark: &Envelope, signature: &str) -> bool {
+        blake3::Hash::from_hex(signature.as_bytes())
+            .is_ok_and(|given| given == self.tail_tag(subject, mark))
+    }
+
+    fn tail_tag(&self, subject: &str, mark: &Envelope) -> blake3::Hash {
+        self.tag_from(self.tail_base.clone(), subject, mark, None, &[])
     }
 
     fn batch_tag(&self, subject: &str, batch: &BatchEnvelope, framed: &[u8]) -> blake3::Hash {
@@ -253,5 +276,19 @@ mod tests {
         assert!(!k.verify("capsule.c.t", &b.first, &framed, &sig));
         let single = k.sign("capsule.c.t", &b.first, &framed);
         assert!(!k.verify_batch("capsule.c.t", &b, &framed, &single));
+    }
+
+    #[test]
+    fn tail_tags_cover_the_last_number_and_pass_for_nothing_else() {
+        let k = ClusterKey::from_bytes([7; KEY_BYTES]);
+        let mark = env();
+        let sig = k.sign_tail("capsule.c.t", &mark);
+        assert!(k.verify_tail("capsule.c.t", &mark, &sig));
+        let mut later = mark.clone();
+        later.seq = 2;
+        assert!(!k.verify_tail("capsule.c.t", &later, &sig));
+        assert!(!k.verify_tail("capsule.c.u", &mark, &sig));
+        assert!(!k.verify("capsule.c.t", &mark, b"", &sig));
+        assert!(!k.verify_tail("capsule.c.t", &mark, &k.sign("capsule.c.t", &mark, b"")));
     }
 }

@@ -20,6 +20,7 @@ use crate::batch::{BatchEnvelope, decode_frames, is_batch};
 use crate::bridge::{ENVELOPE_NAME, audit, bump};
 use crate::envelope::Envelope;
 use crate::subject::subject_topic;
+use crate::tail::{is_tail, parse_tail};
 
 /// What a screened message carries, decoded once.
 pub(super) enum Body {
@@ -27,20 +28,22 @@ pub(super) enum Body {
     Single(Envelope),
     /// A batch: its header and its frames, in order, each a view of the payload.
     Batch(BatchEnvelope, Vec<Bytes>),
+    /// A tail mark (format version 3): its envelope, whose number is the stream's last.
+    Tail(Envelope),
 }
 
 impl Body {
     /// The envelope naming the origin (a batch's first message's).
     fn envelope(&self) -> &Envelope {
         match self {
-            Self::Single(e) | Self::Batch(BatchEnvelope { first: e, .. }, _) => e,
+            Self::Single(e) | Self::Tail(e) | Self::Batch(BatchEnvelope { first: e, .. }, _) => e,
         }
     }
 
     /// Bus messages it carries.
     pub(super) fn messages(&self) -> usize {
         match self {
-            Self::Single(_) => 1,
+            Self::Single(_) | Self::Tail(_) => 1,
             Self::Batch(b, _) => b.count,
         }
     }
@@ -137,6 +140,7 @@ impl Importer {
             .map(|v| v.as_str());
         let body = match header {
             Some(h) if is_batch(h) => self.screen_batch(subject, h, &m, out)?,
+            Some(h) if is_tail(h) => Body::Tail(self.screen_tail(subject, h, &m, out)?),
             _ => Body::Single(self.screen_single(subject, &m, out)?),
         };
         let peer = self.origin_peer(out, body.envelope(), &topic, body.messages())?;
@@ -209,6 +213,40 @@ impl Importer {
             Err(e) => return self.refuse_none(out, subject, format!("batch: {e}")),
         };
         Some(Body::Batch(batch, frames))
+    }
+
+    /// A tail mark (format version 3): its header verified under the marks' own signature
+    /// domain; a mark carries no payload.
+    fn screen_tail(
+        &self,
+        subject: &str,
+        header: &str,
+        m: &async_nats::Message,
+        out: &mut Vec<Outgoing>,
+    ) -> Option<Envelope> {
+        let mark = match parse_tail(header) {
+            Ok(e) => e,
+            Err(e) => return self.refuse_none(out, subject, format!("tail mark: {e}")),
+        };
+        if let Some(key) = &self.config.key {
+            match signature(m) {
+                None => {
+                    return self.refuse_none(out, subject, "the tail mark is not signed".into());
+                }
+                Some(t) if !key.verify_tail(subject, &mark, t) => {
+                    return self.refuse_none(
+                        out,
+                        subject,
+                        "the tail mark's signature does not match".into(),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        if !m.payload.is_empty() {
+            return self.refuse_none(out, subject, "a tail mark carries no payload".into());
+        }
+        Some(mark)
     }
 
     /// The origin's place in the peer list, for `n` messages with one envelope; this host's
