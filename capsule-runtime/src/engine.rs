@@ -13,9 +13,9 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use crate::config::{ConfigError, EpochMode, RuntimeConfig};
 
 /// Dirty bytes of a freed linear memory reset in place (and kept resident) rather than
-/// returned to the kernel. A handler call's instance dirties well under this, so a slot reused
-/// for the next instance takes neither an `madvise` (with its TLB shootdown on every core) nor
-/// the page faults of touching fresh memory again; beyond it the rest is decommitted.
+/// returned to the kernel, so a slot reused for the next instance takes neither an `madvise`
+/// (with its TLB shootdown on every core) nor the page faults of touching fresh memory again;
+/// dirty pages beyond it are decommitted as before.
 const MEMORY_KEEP_RESIDENT: usize = 1 << 20;
 
 /// The same for a freed table slot.

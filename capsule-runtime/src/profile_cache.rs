@@ -145,11 +145,7 @@ impl ProfileCache {
 
     /// What `principal`'s profile file holds now (the path is followed like any open).
     fn read(&self, principal: &PrincipalId) -> (PathBuf, io::Result<ProfileText>) {
-        let held = self
-            .held
-            .lock()
-            .get_mut(principal, Instant::now())
-            .map(|h| Arc::clone(h));
+        let held = self.held.lock().get_mut(principal, Instant::now()).cloned();
         let path = held.as_ref().map_or_else(
             || PrincipalProfile::path(&self.state_dir, principal),
             |h| h.path.clone(),
