@@ -66,6 +66,11 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         self.entries.insert(key, Used { value, at: now });
     }
 
+    /// Takes `key`'s value out.
+    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
+        self.entries.remove(key).map(|e| e.value)
+    }
+
     fn make_room(&mut self, now: Instant) {
         if self.entries.len() < self.capacity {
             return;

@@ -61,6 +61,7 @@ mod limits;
 mod logsink;
 mod outcome;
 mod outcomes;
+mod profile_cache;
 mod registry;
 mod runtime;
 mod scope;

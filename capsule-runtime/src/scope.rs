@@ -4,20 +4,16 @@
 //! back to the owner's while someone else is in scope.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use capsule_bus::{Attribution, Message, PrincipalId, Scope, TopicPattern};
 use capsule_security::{PrincipalProfile, ProfileError};
 use capsule_vfs::{Mount, OverlayStamp, StateLayout};
-
-use crate::homes::Homes;
-use parking_lot::Mutex;
 use uuid::Uuid;
 
-use crate::bounded::{BoundedMap, PRINCIPAL_CACHE_CAPACITY, PRINCIPAL_IDLE_TTL};
+use crate::homes::Homes;
 use crate::logsink::{LogSink, unix_ms};
+use crate::profile_cache::ProfileCache;
 
 /// Who caused the current call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,100 +113,6 @@ pub fn audit_rule(pattern: &TopicPattern, owner: &PrincipalId, firehose: bool) -
         Scope::Principal(owner.clone())
     } else {
         Scope::All
-    }
-}
-
-/// One version of a profile file: the bytes it held when read, or that there was none. No
-/// `stat` field tells versions apart reliably (a store through a shared writable mapping
-/// moves neither size nor times once its page is writable), so a cached profile is trusted
-/// only while the file still holds the same bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ProfileText {
-    Absent,
-    Read(Arc<[u8]>),
-}
-
-impl ProfileText {
-    /// What the file at `path` holds now.
-    fn read(path: &std::path::Path) -> std::io::Result<Self> {
-        match std::fs::read(path) {
-            Ok(bytes) => Ok(Self::Read(bytes.into())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::Absent),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The profile this version holds (an absent file is the default profile).
-    fn parse(&self, path: &std::path::Path) -> Result<PrincipalProfile, ProfileError> {
-        match self {
-            Self::Absent => Ok(PrincipalProfile::default()),
-            Self::Read(bytes) => match std::str::from_utf8(bytes) {
-                Ok(text) => PrincipalProfile::parse(text, path),
-                Err(e) => Err(ProfileError::Io {
-                    file: path.to_path_buf(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                }),
-            },
-        }
-    }
-}
-
-/// Profiles by principal, re-read when the file changes; bounded like every per-principal
-/// cache (see [`crate::bounded`]).
-#[derive(Debug)]
-pub(crate) struct ProfileCache {
-    state_dir: PathBuf,
-    entries: Mutex<BoundedMap<PrincipalId, (ProfileText, ProfileGrant)>>,
-}
-
-impl ProfileCache {
-    pub(crate) fn new(state_dir: PathBuf) -> Self {
-        Self {
-            state_dir,
-            entries: Mutex::new(BoundedMap::new(
-                PRINCIPAL_CACHE_CAPACITY,
-                PRINCIPAL_IDLE_TTL,
-            )),
-        }
-    }
-
-    /// Principals whose profile is cached now.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.entries.lock().len()
-    }
-
-    /// The profile of `principal`; a malformed profile or a disabled principal is refused.
-    /// The file is read every time (it is small) and parsed only when its bytes changed.
-    pub(crate) fn resolve(&self, principal: &PrincipalId) -> ProfileGrant {
-        let path = PrincipalProfile::path(&self.state_dir, principal);
-        let now = match ProfileText::read(&path) {
-            Ok(text) => text,
-            Err(source) => {
-                let reason =
-                    PrincipalRefusal::Profile(Arc::new(ProfileError::Io { file: path, source }));
-                tracing::warn!(%principal, %reason, "principal profile refused");
-                // The cache is not consulted: the next call reads the file again.
-                return Err(reason);
-            }
-        };
-        if let Some((seen, grant)) = self.entries.lock().get_mut(principal, Instant::now())
-            && *seen == now
-        {
-            return grant.clone();
-        }
-        let grant: ProfileGrant = match now.parse(&path) {
-            Ok(p) if !p.enabled => Err(PrincipalRefusal::Disabled(principal.clone())),
-            Ok(p) => Ok(Arc::new(p)),
-            Err(e) => Err(PrincipalRefusal::Profile(Arc::new(e))),
-        };
-        if let Err(reason) = &grant {
-            tracing::warn!(%principal, %reason, "principal profile refused");
-        }
-        self.entries
-            .lock()
-            .insert(principal.clone(), (now, grant.clone()), Instant::now());
-        grant
     }
 }
 
@@ -401,52 +303,6 @@ fn parse_env_overlay(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_profile_cache_stays_bounded_under_principal_churn() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let cache = ProfileCache::new(dir.path().to_path_buf());
-        for i in 0..PRINCIPAL_CACHE_CAPACITY + 50 {
-            let p = PrincipalId::parse(&format!("p{i}")).unwrap_or_else(|e| panic!("{e}"));
-            assert!(cache.resolve(&p).is_ok());
-            assert!(cache.len() <= PRINCIPAL_CACHE_CAPACITY);
-        }
-        assert_eq!(cache.len(), PRINCIPAL_CACHE_CAPACITY);
-    }
-
-    #[test]
-    fn a_profile_rewritten_in_place_with_its_old_mtime_is_read_again() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let cache = ProfileCache::new(dir.path().to_path_buf());
-        let p = PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}"));
-        let path = PrincipalProfile::path(dir.path(), &p);
-        std::fs::create_dir_all(path.parent().unwrap_or(dir.path()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        // Same length both times, so only the content and the change time differ.
-        std::fs::write(&path, "enabled = true \n").unwrap_or_else(|e| panic!("{e}"));
-        let before = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(cache.resolve(&p).is_ok());
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("{e}"));
-        std::io::Write::write_all(&mut &f, b"enabled = false\n").unwrap_or_else(|e| panic!("{e}"));
-        f.set_modified(before).unwrap_or_else(|e| panic!("{e}"));
-        drop(f);
-        let after = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            before, after,
-            "the rewrite must keep the old mtime for this test"
-        );
-        assert!(
-            matches!(cache.resolve(&p), Err(PrincipalRefusal::Disabled(_))),
-            "a disabled profile must be seen even when its mtime was restored"
-        );
-    }
 
     #[test]
     fn the_audit_rule_scopes_only_audit_patterns_without_the_firehose() {

@@ -1,7 +1,10 @@
 //! The instances a capsule keeps between handler calls. A *warm* instance has served exactly
 //! one principal and serves only that principal again; a *spare* is a fresh instance that has
 //! run no handler yet and is handed to exactly one principal, then kept warm for it alone. No
-//! instance ever serves a second principal. Spares are made by the spare maker thread
+//! instance ever serves a second principal. When a warm instance is displaced, its principal's
+//! resources (home, tmp, log, env overlay: never its instance) are kept for that principal's
+//! next call, for at most as many principals as warm instances are kept, and reused only for
+//! the same principal and only while still current. Spares are made by the spare maker thread
 //! ([`crate::spare_maker`]), which callers cannot starve, only while the capsule is being called
 //! (none for a capsule never called), one request queued per capsule and at most a few spares
 //! each; instances displaced from the warm set are dropped there too, at most [`MAX_DISCARD`]
@@ -139,10 +142,19 @@ pub(crate) struct Pooled {
 pub(crate) enum Taken {
     /// The principal's own warm instance.
     Warm(Pooled),
-    /// A spare, now the principal's alone; `reset` when it replaces another principal's.
-    Spare { pooled: Pooled, reset: bool },
-    /// Nothing to reuse: the caller instantiates on its path; `reset` as above.
-    Nothing { reset: bool },
+    /// A spare, now the principal's alone; `reset` when it replaces another principal's;
+    /// `resources`: the principal's own, kept from its displaced warm instance.
+    Spare {
+        pooled: Pooled,
+        reset: bool,
+        resources: Option<Overlays>,
+    },
+    /// Nothing to reuse: the caller instantiates on its path; `reset` and `resources` as
+    /// above.
+    Nothing {
+        reset: bool,
+        resources: Option<Overlays>,
+    },
 }
 
 /// What the caller of [`Instances::take`] must start (see [`CapsuleInner::after_take`]).
@@ -168,6 +180,9 @@ pub(crate) enum Made {
 struct Stash {
     /// Instances that served one principal each, oldest first.
     warm: VecDeque<Pooled>,
+    /// The resources of principals whose warm instance was displaced, oldest first; at most
+    /// `max_warm`, one entry per principal.
+    resources: VecDeque<(PrincipalId, Overlays)>,
     spares: Vec<Pooled>,
     /// Whether a refill request is queued for the maker thread or running there.
     making: bool,
@@ -227,9 +242,19 @@ impl Instances {
             return (Taken::Warm(pooled), needs);
         }
         let reset = !st.warm.is_empty();
+        let resources = st
+            .resources
+            .iter()
+            .position(|(whose, _)| whose == principal)
+            .and_then(|at| st.resources.remove(at))
+            .map(|(_, r)| r);
         let taken = match st.spares.pop() {
-            Some(pooled) => Taken::Spare { pooled, reset },
-            None => Taken::Nothing { reset },
+            Some(pooled) => Taken::Spare {
+                pooled,
+                reset,
+                resources,
+            },
+            None => Taken::Nothing { reset, resources },
         };
         let retry_ok = st.failed_at.is_none_or(|t| t.elapsed() >= SPARE_RETRY);
         if self.max_spares > 0 && !st.closed && !st.making && retry_ok {
@@ -240,7 +265,8 @@ impl Instances {
     }
 
     /// Keeps `pooled` warm for the principal it served. Returns it when the capsule is closing,
-    /// or the oldest warm instance when the bound is passed: the caller discards it.
+    /// or the oldest warm instance when the bound is passed: the caller discards it, and that
+    /// instance's principal's resources (taken out of it) are kept for its next call.
     pub(crate) fn put(&self, pooled: Pooled) -> Option<Pooled> {
         let mut st = self.stash.lock();
         if st.closed || pooled.principal.is_none() {
@@ -250,7 +276,15 @@ impl Instances {
         if st.warm.len() <= self.max_warm {
             return None;
         }
-        st.warm.pop_front()
+        let mut old = st.warm.pop_front()?;
+        if let (Some(whose), Some(resources)) = (old.principal.clone(), old.overlays.take()) {
+            st.resources.retain(|(p, _)| *p != whose);
+            st.resources.push_back((whose, resources));
+            if st.resources.len() > self.max_warm {
+                st.resources.pop_front();
+            }
+        }
+        Some(old)
     }
 
     /// Gives back a spare nobody used (it did not fit the principal that took it); returns it
@@ -288,14 +322,15 @@ impl Instances {
         }
     }
 
-    /// Drops everything kept and refuses to keep more; the idle watch stops.
+    /// Drops everything kept (instances and resources) and refuses to keep more; the idle
+    /// watch stops.
     pub(crate) fn close(&self) {
         let dropped = {
             let mut st = self.stash.lock();
             st.closed = true;
             let mut all: Vec<Pooled> = st.warm.drain(..).collect();
             all.append(&mut st.spares);
-            all
+            (all, std::mem::take(&mut st.resources))
         };
         drop(dropped);
         self.wake.notify_one();
@@ -429,9 +464,10 @@ async fn watch_idle(instances: &Instances) {
         if st.activity == seen {
             let mut all: Vec<Pooled> = st.warm.drain(..).collect();
             all.append(&mut st.spares);
+            let resources = std::mem::take(&mut st.resources);
             st.watching = false;
             drop(st);
-            drop(all);
+            drop((all, resources));
             return;
         }
         seen = st.activity;

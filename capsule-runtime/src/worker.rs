@@ -216,8 +216,8 @@ impl CapsuleInner {
                 drop(over);
                 (None, false)
             }
-            Taken::Spare { pooled, reset } => (Some(pooled), reset),
-            Taken::Nothing { reset } => (None, reset),
+            Taken::Spare { pooled, reset, .. } => (Some(pooled), reset),
+            Taken::Nothing { reset, .. } => (None, reset),
         };
         if reset {
             self.counters.reset();
@@ -246,22 +246,27 @@ impl CapsuleInner {
         self.after_take(needs);
         // A warm instance whose home or tmp the operator has moved or replaced since may hold
         // handles opened in the old one: it is dropped, and the call starts afresh.
-        let taken = match taken {
+        let mut taken = match taken {
             Taken::Warm(p) if p.overlays.as_ref().is_some_and(|o| o.dirs_moved()) => {
                 self.discard(p);
-                Taken::Nothing { reset: false }
+                Taken::Nothing {
+                    reset: false,
+                    resources: None,
+                }
             }
             other => other,
         };
-        // Only the principal's own warm instance offers resources to reuse, and the scope
-        // reuses them only for that same principal.
-        let cached = match &taken {
+        // Only the principal's own warm instance, or its own resources kept from one, offer
+        // resources to reuse, and the scope reuses them only for that same principal.
+        let cached = match &mut taken {
             Taken::Warm(p) => p
                 .principal
                 .clone()
                 .zip(p.overlays.clone())
                 .filter(|(whose, _)| whose == principal),
-            _ => None,
+            Taken::Spare { resources, .. } | Taken::Nothing { resources, .. } => {
+                resources.take().map(|r| (principal.clone(), r))
+            }
         };
         let scope = self.core.scopes.build_reusing(caller, true, cached);
         let profile = match &scope.profile {

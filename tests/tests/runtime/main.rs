@@ -20,6 +20,7 @@ mod identity;
 mod identity_attacks;
 mod installed_crash;
 mod ipc;
+mod kept_resources;
 mod kv_group;
 mod legacy;
 mod lifecycle;
