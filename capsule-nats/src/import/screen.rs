@@ -2,8 +2,9 @@
 //! check that needs no state has passed (the subject is a topic of this cluster under the
 //! pattern it arrived on and not the audit topic; the envelope decodes; with a cluster key
 //! the signature matches, before any header is believed; a batch's frames decode exactly;
-//! the origin is a configured peer and not this host), each exactly once, and then only
-//! within its origin's share: every peer gets an equal part of the buffer's messages and
+//! the origin is a configured peer and not this host), each exactly once, then (the one
+//! check here with state, with a cluster key) only if it is no copy of a message of its
+//! stream already held once, and then only within its origin's share: every peer gets an equal part of the buffer's messages and
 //! bytes, so one peer (or one key holder naming it) flooding drops its own messages, never
 //! another peer's. What fails is refused, counted and audited here and never held; what is
 //! held carries its decoded envelope and frames to [`Importer::accept`], which runs only the
@@ -19,6 +20,7 @@ use super::{Importer, signature};
 use crate::batch::{BatchEnvelope, decode_frames, is_batch};
 use crate::bridge::{ENVELOPE_NAME, audit, bump};
 use crate::envelope::Envelope;
+use crate::seq::{MAX_GAP, Observed};
 use crate::subject::subject_topic;
 
 /// What a screened message carries, decoded once.
@@ -254,6 +256,26 @@ impl Importer {
         let Some(s) = self.screen(index, m, out) else {
             return;
         };
+        let n = s.body.messages() as u64;
+        let env = s.body.envelope();
+        // A batch is a copy only if its last number was held before; one overlapping newer
+        // numbers is left to the per-message check on release.
+        let last = env.seq.saturating_add(n - 1);
+        let stream = (env.host.clone(), env.source, s.topic.clone());
+        // Only a signed number proves a copy: without a key anyone writes any number, and a
+        // forgery refused on release must not take its number from the message that has it.
+        let mut held_seqs = self.config.key.as_ref().map(|_| self.held_seqs.lock());
+        if held_seqs
+            .as_ref()
+            .is_some_and(|t| t.peek(&stream, env.epoch, last, MAX_GAP) == Observed::Replayed)
+        {
+            drop(held_seqs);
+            let reason = format!(
+                "epoch {} sequence {last} was already taken in from {}: a replay",
+                env.epoch, env.host
+            );
+            return self.refuse_messages(out, s.message.subject.as_str(), n, reason);
+        }
         let (max_messages, max_bytes) = self.share();
         let Some(share) = held.shares.get_mut(s.peer) else {
             return;
@@ -261,7 +283,7 @@ impl Importer {
         // The message bound counts NATS messages, as the client's own queue in front does.
         let fits = share.messages < max_messages && share.bytes.saturating_add(s.size) <= max_bytes;
         if !fits {
-            let n = s.body.messages() as u64;
+            drop(held_seqs);
             if bump(&self.counters.overflow_in, n) {
                 self.flush(out);
                 audit(
@@ -282,6 +304,11 @@ impl Importer {
             }
             return;
         }
+        // Only what is held is recorded: a dropped message's copy may still fill its hole.
+        if let Some(t) = held_seqs.as_mut() {
+            t.observe(&stream, env.epoch, last, MAX_GAP);
+        }
+        drop(held_seqs);
         share.messages += 1;
         share.bytes += s.size;
         held.bytes += s.size;
