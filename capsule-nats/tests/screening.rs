@@ -279,7 +279,14 @@ async fn copies_of_a_peers_signed_message_take_no_room_from_it() {
     synced(&attacker).await;
 
     let pad = "x".repeat(4096);
-    signed(&peer_a, "a", "in.a", 1, &format!(r#"{{"n":1,"pad":"{pad}"}}"#)).await;
+    signed(
+        &peer_a,
+        "a",
+        "in.a",
+        1,
+        &format!(r#"{{"n":1,"pad":"{pad}"}}"#),
+    )
+    .await;
     let captured = tokio::time::timeout(PATIENCE, futures::StreamExt::next(&mut tap))
         .await
         .ok()
