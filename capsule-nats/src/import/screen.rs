@@ -71,7 +71,9 @@ struct Share {
 }
 
 /// The messages one import pattern holds for the local bus, in arrival order, each peer
-/// bounded by its share.
+/// bounded by its share. Each holds a copy of its payload: the client cuts payloads out of
+/// its read buffer without copying, and a held view would keep that whole buffer alive,
+/// with the refused messages read beside it, far beyond what the message is charged.
 pub(super) struct Held {
     queue: VecDeque<Screened>,
     /// Per peer, in the order of [`Importer::peers`].
@@ -113,7 +115,7 @@ impl Importer {
     fn screen(
         &self,
         index: usize,
-        m: async_nats::Message,
+        mut m: async_nats::Message,
         out: &mut Vec<Outgoing>,
     ) -> Option<Screened> {
         let subject = m.subject.as_str();
@@ -137,11 +139,15 @@ impl Importer {
             .as_ref()
             .and_then(|h| h.get(ENVELOPE_NAME))
             .map(|v| v.as_str());
-        let body = match header {
+        let (body, payload) = match header {
             Some(h) if is_batch(h) => self.screen_batch(subject, h, &m, out)?,
-            _ => Body::Single(self.screen_single(subject, &m, out)?),
+            _ => {
+                let env = self.screen_single(subject, &m, out)?;
+                (Body::Single(env), Bytes::copy_from_slice(&m.payload))
+            }
         };
         let peer = self.origin_peer(out, body.envelope(), &topic, body.messages())?;
+        m.payload = payload;
         let size = charge(&m);
         Some(Screened {
             message: m,
@@ -181,14 +187,15 @@ impl Importer {
     }
 
     /// A batch (format version 2): the header and the whole framed payload are verified, then
-    /// the frames decoded strictly; any failure refuses the whole NATS message.
+    /// the frames decoded strictly; any failure refuses the whole NATS message. Returns the
+    /// batch with its frames, views of the payload copied out (see [`Held`]).
     fn screen_batch(
         &self,
         subject: &str,
         header: &str,
         m: &async_nats::Message,
         out: &mut Vec<Outgoing>,
-    ) -> Option<Body> {
+    ) -> Option<(Body, Bytes)> {
         let batch = match BatchEnvelope::parse(header) {
             Ok(b) => b,
             Err(e) => return self.refuse_none(out, subject, format!("batch: {e}")),
@@ -206,11 +213,12 @@ impl Importer {
                 Some(_) => {}
             }
         }
-        let frames = match decode_frames(&m.payload, batch.count) {
-            Ok(f) => f.into_iter().map(|f| m.payload.slice_ref(f)).collect(),
+        let payload = Bytes::copy_from_slice(&m.payload);
+        let frames = match decode_frames(&payload, batch.count) {
+            Ok(f) => f.into_iter().map(|f| payload.slice_ref(f)).collect(),
             Err(e) => return self.refuse_none(out, subject, format!("batch: {e}")),
         };
-        Some(Body::Batch(batch, frames))
+        Some((Body::Batch(batch, frames), payload))
     }
 
     /// The origin's place in the peer list, for `n` messages with one envelope; this host's
