@@ -2,8 +2,8 @@
 //! the pattern it arrived on and not the audit topic; the headers must decode; with a cluster
 //! key the signature must match (before any header is believed); a batch's frames must
 //! decode exactly (else the whole NATS message is refused); the origin must be a
-//! configured peer and not this host (`screen` runs these on arrival, before a message
-//! takes buffer room); then, once the message leaves the buffer, the host's own check
+//! configured peer and not this host; with a key, the message must not be a copy of one
+//! already taken into the buffer (`screen` runs these on arrival, before a message takes buffer room); then, once the message leaves the buffer, the host's own check
 //! ([`crate::Admit`]) must pass; the payload (every frame of a batch) must be JSON; each
 //! message's sequence number must be neither one already seen (a replay) nor an implausible
 //! jump. Only then is a hole in the publisher's sequence reported as loss and the message
@@ -67,6 +67,13 @@ pub(crate) struct Importer {
     /// The configured peers, sorted: a peer's place here names its share of each buffer.
     peers: Vec<HostId>,
     seqs: Mutex<Tracking<(HostId, Uuid, Topic)>>,
+    /// With a cluster key, the last number of each stream taken into an import buffer, so a
+    /// copy of a signed message (which anyone reading the subjects can play back) takes no
+    /// room from its peer: it is refused on arrival, not only once released.
+    held_seqs: Mutex<Tracking<(HostId, Uuid, Topic)>>,
+    /// With a cluster key, the newest tail mark of each stream taken into an import buffer,
+    /// so played-back marks take no room either.
+    held_marks: Mutex<Tracking<(HostId, Uuid, Topic)>>,
     origins: Mutex<Bounded<Uuid, Origin>>,
 }
 
@@ -78,6 +85,8 @@ impl Importer {
             config,
             counters,
             seqs: Mutex::new(Tracking::new(SEQ_TABLE_CAPACITY)),
+            held_seqs: Mutex::new(Tracking::new(SEQ_TABLE_CAPACITY)),
+            held_marks: Mutex::new(Tracking::new(SEQ_TABLE_CAPACITY)),
             origins: Mutex::new(Bounded::new(ORIGINS_KEPT)),
         }
     }
@@ -96,8 +105,13 @@ impl Importer {
     }
 
     fn refuse(&self, out: &mut Vec<Outgoing>, subject: &str, reason: String) {
+        self.refuse_messages(out, subject, 1, reason);
+    }
+
+    /// Refuses `n` bus messages carried by one NATS message: counted each, audited as one.
+    fn refuse_messages(&self, out: &mut Vec<Outgoing>, subject: &str, n: u64, reason: String) {
         self.flush(out);
-        if bump(&self.counters.refused, 1) {
+        if bump(&self.counters.refused, n) {
             audit(
                 &self.bus,
                 Attribution::System,

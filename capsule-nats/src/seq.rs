@@ -153,21 +153,23 @@ impl<K: Hash + Eq + Clone> Tracking<K> {
     /// relates to the last one seen. A number more than `max_gap` past the last one seen is
     /// [`Observed::Implausible`].
     pub fn observe(&mut self, key: &K, epoch: u64, seq: u64, max_gap: u64) -> Observed {
-        let mut fresh = false;
-        let last = self.last.entry(key, || {
-            fresh = true;
-            (epoch, seq)
-        });
-        if fresh {
-            return Observed::InOrder;
+        let seen = self.peek(key, epoch, seq, max_gap);
+        if !matches!(seen, Observed::Replayed | Observed::Implausible) {
+            *self.last.entry(key, || (epoch, seq)) = (epoch, seq);
         }
-        let (prev_epoch, prev) = *last;
+        seen
+    }
+
+    /// What [`observe`](Self::observe) would say, without recording anything.
+    pub fn peek(&self, key: &K, epoch: u64, seq: u64, max_gap: u64) -> Observed {
+        let Some(&(prev_epoch, prev)) = self.last.get(key) else {
+            return Observed::InOrder;
+        };
         if epoch > prev_epoch {
             let lost = seq - 1;
             if lost > max_gap {
                 return Observed::Implausible;
             }
-            *last = (epoch, seq);
             return Observed::Restarted { lost };
         }
         if epoch < prev_epoch || seq <= prev {
@@ -177,7 +179,6 @@ impl<K: Hash + Eq + Clone> Tracking<K> {
         if gap > max_gap {
             return Observed::Implausible;
         }
-        *last = (epoch, seq);
         if gap == 0 {
             Observed::InOrder
         } else {

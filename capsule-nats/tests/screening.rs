@@ -250,6 +250,91 @@ async fn a_flooding_peer_loses_its_own_share_and_never_another_peers() {
     assert_eq!(seen_a.len() as u64 + dropped_a, flood + 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_peers_signed_message_take_no_room_from_it() {
+    let nats = server();
+    let bus = roomy_bus();
+    let gate = Arc::new(Gate::default());
+    let mut cfg = receiver(&nats.url(), &["a", "c"], &gate);
+    // Only peer c's message stops in the check, so a's first one is delivered before.
+    let g = Arc::clone(&gate);
+    cfg.admit = Some(Arc::new(move |topic: &Topic, _who: &Attribution| {
+        if topic.as_str() == "in.c" {
+            g.pass();
+        }
+        Ok(())
+    }));
+    let b = start(&bus, cfg).await;
+    let mut from_a = bus.subscribe(
+        TopicPattern::parse("in.a").unwrap_or_else(|e| panic!("{e}")),
+        Scope::All,
+    );
+    let (peer_a, peer_c) = (raw(&nats.url()).await, raw(&nats.url()).await);
+    // A client without the key that can read the cluster's subjects.
+    let attacker = raw(&nats.url()).await;
+    let mut tap = attacker
+        .subscribe("capsule.c.in.a")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    synced(&attacker).await;
+
+    let pad = "x".repeat(4096);
+    signed(
+        &peer_a,
+        "a",
+        "in.a",
+        1,
+        &format!(r#"{{"n":1,"pad":"{pad}"}}"#),
+    )
+    .await;
+    let captured = tokio::time::timeout(PATIENCE, futures::StreamExt::next(&mut tap))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("the attacker never saw a's message"));
+    let (seen, _) = until(&mut from_a, 1).await;
+    assert_eq!(seen, vec![1]);
+
+    signed(&peer_c, "c", "in.c", 1, r#"{"n":1}"#).await;
+    wait_until("c's message to reach the check", || {
+        gate.entered.load(Ordering::SeqCst)
+    })
+    .await;
+    // Copies of a's genuine, signed message: twice a's whole share in bytes.
+    let copies = (2 * BOUND / 4096) as u64;
+    for _ in 0..copies {
+        let r = attacker
+            .publish_with_headers(
+                captured.subject.clone(),
+                captured.headers.clone().unwrap_or_default(),
+                captured.payload.clone(),
+            )
+            .await;
+        r.unwrap_or_else(|e| panic!("{e}"));
+    }
+    synced(&attacker).await;
+    for n in 2..=N + 1 {
+        signed(&peer_a, "a", "in.a", n, &format!(r#"{{"n":{n}}}"#)).await;
+    }
+    wait_until("the copies and a's messages to reach b's client", || {
+        b.stats().received >= 2 + copies + N
+    })
+    .await;
+    gate.release();
+
+    wait_until("every message handled, refused or dropped", || {
+        let s = b.stats();
+        s.imported + s.overflow_in + s.refused >= 2 + copies + N
+    })
+    .await;
+    let s = b.stats();
+    assert_eq!((s.overflow_in, s.dropped_in), (0, 0), "{s:?}");
+    let (seen, dropped) = until(&mut from_a, N + 1).await;
+    assert_eq!(seen, (2..=N + 1).collect::<Vec<_>>(), "peer a's messages");
+    assert_eq!(dropped, 0, "peer a was told of loss");
+    assert_eq!(s.imported, N + 2, "{s:?}");
+}
+
 /// Publishes without flushing, so a flood is written in few syscalls.
 async fn client_publish(
     client: &async_nats::Client,

@@ -2,8 +2,9 @@
 //! check that needs no state has passed (the subject is a topic of this cluster under the
 //! pattern it arrived on and not the audit topic; the envelope decodes; with a cluster key
 //! the signature matches, before any header is believed; a batch's frames decode exactly;
-//! the origin is a configured peer and not this host), each exactly once, and then only
-//! within its origin's share: every peer gets an equal part of the buffer's messages and
+//! the origin is a configured peer and not this host), each exactly once, then (the one
+//! check here with state, with a cluster key) only if it is no copy of a message of its
+//! stream already held once, and then only within its origin's share: every peer gets an equal part of the buffer's messages and
 //! bytes, so one peer (or one key holder naming it) flooding drops its own messages, never
 //! another peer's. What fails is refused, counted and audited here and never held; what is
 //! held carries its decoded envelope and frames to [`Importer::accept`], which runs only the
@@ -19,6 +20,7 @@ use super::{Importer, signature};
 use crate::batch::{BatchEnvelope, decode_frames, is_batch};
 use crate::bridge::{ENVELOPE_NAME, audit, bump};
 use crate::envelope::Envelope;
+use crate::seq::{MAX_GAP, Observed};
 use crate::subject::subject_topic;
 use crate::tail::{is_tail, parse_tail};
 
@@ -72,7 +74,9 @@ struct Share {
 }
 
 /// The messages one import pattern holds for the local bus, in arrival order, each peer
-/// bounded by its share.
+/// bounded by its share. Each holds a copy of its payload: the client cuts payloads out of
+/// its read buffer without copying, and a held view would keep that whole buffer alive,
+/// with the refused messages read beside it, far beyond what the message is charged.
 pub(super) struct Held {
     queue: VecDeque<Screened>,
     /// Per peer, in the order of [`Importer::peers`].
@@ -114,7 +118,7 @@ impl Importer {
     fn screen(
         &self,
         index: usize,
-        m: async_nats::Message,
+        mut m: async_nats::Message,
         out: &mut Vec<Outgoing>,
     ) -> Option<Screened> {
         let subject = m.subject.as_str();
@@ -138,12 +142,19 @@ impl Importer {
             .as_ref()
             .and_then(|h| h.get(ENVELOPE_NAME))
             .map(|v| v.as_str());
-        let body = match header {
+        let (body, payload) = match header {
             Some(h) if is_batch(h) => self.screen_batch(subject, h, &m, out)?,
-            Some(h) if is_tail(h) => Body::Tail(self.screen_tail(subject, h, &m, out)?),
-            _ => Body::Single(self.screen_single(subject, &m, out)?),
+            Some(h) if is_tail(h) => {
+                let mark = self.screen_tail(subject, h, &m, out)?;
+                (Body::Tail(mark), Bytes::new())
+            }
+            _ => {
+                let env = self.screen_single(subject, &m, out)?;
+                (Body::Single(env), Bytes::copy_from_slice(&m.payload))
+            }
         };
         let peer = self.origin_peer(out, body.envelope(), &topic, body.messages())?;
+        m.payload = payload;
         let size = charge(&m);
         Some(Screened {
             message: m,
@@ -183,14 +194,15 @@ impl Importer {
     }
 
     /// A batch (format version 2): the header and the whole framed payload are verified, then
-    /// the frames decoded strictly; any failure refuses the whole NATS message.
+    /// the frames decoded strictly; any failure refuses the whole NATS message. Returns the
+    /// batch with its frames, views of the payload copied out (see [`Held`]).
     fn screen_batch(
         &self,
         subject: &str,
         header: &str,
         m: &async_nats::Message,
         out: &mut Vec<Outgoing>,
-    ) -> Option<Body> {
+    ) -> Option<(Body, Bytes)> {
         let batch = match BatchEnvelope::parse(header) {
             Ok(b) => b,
             Err(e) => return self.refuse_none(out, subject, format!("batch: {e}")),
@@ -208,11 +220,12 @@ impl Importer {
                 Some(_) => {}
             }
         }
-        let frames = match decode_frames(&m.payload, batch.count) {
-            Ok(f) => f.into_iter().map(|f| m.payload.slice_ref(f)).collect(),
+        let payload = Bytes::copy_from_slice(&m.payload);
+        let frames = match decode_frames(&payload, batch.count) {
+            Ok(f) => f.into_iter().map(|f| payload.slice_ref(f)).collect(),
             Err(e) => return self.refuse_none(out, subject, format!("batch: {e}")),
         };
-        Some(Body::Batch(batch, frames))
+        Some((Body::Batch(batch, frames), payload))
     }
 
     /// A tail mark (format version 3): its header verified under the marks' own signature
@@ -292,6 +305,39 @@ impl Importer {
         let Some(s) = self.screen(index, m, out) else {
             return;
         };
+        let n = s.body.messages() as u64;
+        let env = s.body.envelope();
+        // A batch is a copy only if its last number was held before; one overlapping newer
+        // numbers is left to the per-message check on release.
+        let last = env.seq.saturating_add(n - 1);
+        let stream = (env.host.clone(), env.source, s.topic.clone());
+        // Only a signed number proves a copy: without a key anyone writes any number, and a
+        // forgery refused on release must not take its number from the message that has it.
+        // Marks name the number of a message already held, so they keep their own record.
+        let mark = matches!(s.body, Body::Tail(_));
+        let table = if mark {
+            &self.held_marks
+        } else {
+            &self.held_seqs
+        };
+        let mut held_seqs = self.config.key.as_ref().map(|_| table.lock());
+        if held_seqs
+            .as_ref()
+            .is_some_and(|t| t.peek(&stream, env.epoch, last, MAX_GAP) == Observed::Replayed)
+        {
+            drop(held_seqs);
+            // A stream's mark is sent again on every connect and request round, so a mark no
+            // newer than one already held is expected and says nothing: it is dropped
+            // without a refusal, and a played-back copy takes no room either way.
+            if mark {
+                return;
+            }
+            let reason = format!(
+                "epoch {} sequence {last} was already taken in from {}: a replay",
+                env.epoch, env.host
+            );
+            return self.refuse_messages(out, s.message.subject.as_str(), n, reason);
+        }
         let (max_messages, max_bytes) = self.share();
         let Some(share) = held.shares.get_mut(s.peer) else {
             return;
@@ -299,7 +345,7 @@ impl Importer {
         // The message bound counts NATS messages, as the client's own queue in front does.
         let fits = share.messages < max_messages && share.bytes.saturating_add(s.size) <= max_bytes;
         if !fits {
-            let n = s.body.messages() as u64;
+            drop(held_seqs);
             if bump(&self.counters.overflow_in, n) {
                 self.flush(out);
                 audit(
@@ -320,6 +366,11 @@ impl Importer {
             }
             return;
         }
+        // Only what is held is recorded: a dropped message's copy may still fill its hole.
+        if let Some(t) = held_seqs.as_mut() {
+            t.observe(&stream, env.epoch, last, MAX_GAP);
+        }
+        drop(held_seqs);
         share.messages += 1;
         share.bytes += s.size;
         held.bytes += s.size;
