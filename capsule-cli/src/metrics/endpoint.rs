@@ -455,4 +455,54 @@ mod tests {
         stop.cancel();
         served.await.unwrap_or_else(|e| panic!("{e}"));
     }
+
+    /// Serves `gate` on a fresh loopback port; its address and the stop token.
+    async fn start(g: Arc<Gate>) -> (SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, Arc::new(snapshot), g, stop.clone()));
+        (addr, stop)
+    }
+
+    /// What the endpoint at `addr` answers to `head`; empty if it closed the connection.
+    async fn answer(addr: SocketAddr, head: &str) -> String {
+        let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
+            return String::new();
+        };
+        let _sent = conn.write_all(head.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _read = conn.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_cannot_lock_the_token_holder_out() {
+        let (addr, stop) = start(Arc::new(gate())).await;
+        // Any local user may open connections and send nothing (or half a head): they must not
+        // take every slot for the head timeout, over and over, while the scraper is turned away.
+        let mut idle = Vec::new();
+        for n in 0..MAX_CONNECTIONS * 2 {
+            let mut conn = tokio::net::TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            if n % 2 == 0 {
+                let _sent = conn
+                    .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0")
+                    .await;
+            }
+            idle.push(conn);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let ok = answer(addr, &get(&["Host: 127.0.0.1", &bearer()])).await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "scrape turned away: {ok:?}");
+        assert!(
+            started.elapsed() < HEAD_TIMEOUT,
+            "served at once, not after the idle ones"
+        );
+        stop.cancel();
+    }
 }
