@@ -8,9 +8,10 @@
 //! (`401`), counted and audited, so another local user, or a principal's host process running
 //! as a uid of its own, cannot enumerate the tenants and their activity through loopback.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +28,8 @@ const MAX_HEAD_BYTES: usize = 8 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most scrapes served at once.
 const MAX_CONNECTIONS: usize = 16;
+/// How long a new connection waits for the slot of the one closed to make room for it.
+const ROOM_WAIT: Duration = Duration::from_secs(1);
 
 /// Who may read the counters: the holder of the bearer token. Refusals are counted for
 /// [`Snapshot::metrics_refused`].
@@ -92,6 +95,62 @@ impl Refusal {
     }
 }
 
+/// The connections still sending their request head, oldest first, each with what closes it.
+#[derive(Default)]
+struct Waiting {
+    next: u64,
+    queue: VecDeque<(u64, CancellationToken)>,
+}
+
+fn lock(waiting: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
+    waiting.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A connection's place in [`Waiting`], given up when its head has arrived (or it is closed).
+struct Place {
+    waiting: Arc<Mutex<Waiting>>,
+    id: u64,
+    closed: CancellationToken,
+}
+
+impl Place {
+    fn take(waiting: &Arc<Mutex<Waiting>>) -> Self {
+        let closed = CancellationToken::new();
+        let mut w = lock(waiting);
+        let id = w.next;
+        w.next += 1;
+        w.queue.push_back((id, closed.clone()));
+        Self {
+            waiting: Arc::clone(waiting),
+            id,
+            closed,
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        lock(&self.waiting).queue.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// A slot for a new connection when all are taken: the connection that has been sending its
+/// head the longest is closed and its slot handed over. Clients that connect and dawdle (any
+/// local user can) thus cannot keep every slot and turn the scraper away for the head timeout
+/// over and over; a scrape whose head has arrived is never cut short. `None` if every slot
+/// is answering a request.
+async fn make_room(
+    slots: &Arc<tokio::sync::Semaphore>,
+    waiting: &Mutex<Waiting>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let (_, oldest) = lock(waiting).queue.pop_front()?;
+    oldest.cancel();
+    tokio::time::timeout(ROOM_WAIT, Arc::clone(slots).acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
 /// Serves `GET /metrics` on `listener` to holders of `gate`'s token until `stop` is cancelled.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -100,6 +159,7 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -113,15 +173,26 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            // Too many scrapes at once: this one is simply closed.
-            continue;
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => match make_room(&slots, &waiting).await {
+                Some(p) => p,
+                // Every slot is answering a request: this one is simply closed.
+                None => continue,
+            },
         };
+        // Taken here, not in the task, so the queue's order is the order of arrival.
+        let place = Place::take(&waiting);
         let snapshot = Arc::clone(&snapshot);
         let gate = Arc::clone(&gate);
         tokio::spawn(async move {
             let _permit = permit;
-            let response = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
+            let head = tokio::select! {
+                () = place.closed.cancelled() => return,
+                head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)) => head,
+            };
+            drop(place);
+            let response = match head {
                 Ok(Some(head)) => respond(&head, &*snapshot, &gate),
                 Ok(None) => http(400, "text/plain", "bad request\n"),
                 Err(_) => return,
