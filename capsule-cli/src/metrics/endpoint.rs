@@ -527,6 +527,60 @@ mod tests {
         served.await.unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// What a test's tracing subscriber prints.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Self;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_flood_of_refused_scrapes_cannot_flood_the_log() {
+        let (s, g) = (|| snapshot(), gate());
+        let log = Captured::default();
+        let subscriber = tracing_subscriber::fmt().with_writer(log.clone()).finish();
+        // Any local user can send refused scrapes as fast as loopback carries them; each must
+        // not cost the operator's disk a line.
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..1000 {
+                let answer = respond(&get(&["Host: 127.0.0.1"]), &s, &g);
+                assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+            }
+        });
+        assert_eq!(
+            g.refused.load(Ordering::Relaxed),
+            1000,
+            "every refusal counts"
+        );
+        let text = String::from_utf8_lossy(
+            &log.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_owned();
+        let lines = text.matches("metrics scrape refused").count();
+        assert!((1..=32).contains(&lines), "{lines} audit lines");
+    }
+
     /// Serves `gate` on a fresh loopback port; its address and the stop token.
     async fn start(g: Arc<Gate>) -> (SocketAddr, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0")
