@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -31,17 +31,82 @@ const MAX_CONNECTIONS: usize = 16;
 /// How long a new connection waits for the slot of the one closed to make room for it.
 const ROOM_WAIT: Duration = Duration::from_secs(1);
 
+/// Refusals audited with a line each per [`AUDIT_WINDOW`]; the rest are only counted.
+const AUDIT_LINES: u64 = 20;
+/// The window [`AUDIT_LINES`] applies to.
+const AUDIT_WINDOW: Duration = Duration::from_secs(60);
+
+/// How many refusals still get an audit line. Any local user can send refused scrapes as
+/// fast as loopback carries them, so one line each would let them fill the operator's disk;
+/// the counter still counts every one, and the next line says how many went unlogged.
+#[derive(Default)]
+struct AuditBudget {
+    window: Option<Instant>,
+    logged: u64,
+    unlogged: u64,
+}
+
+impl AuditBudget {
+    /// Whether a refusal at `now` gets its line; if so, how many before it got none.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        let fresh = match self.window {
+            Some(start) => now.saturating_duration_since(start) >= AUDIT_WINDOW,
+            None => true,
+        };
+        if fresh {
+            self.window = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < AUDIT_LINES {
+            self.logged += 1;
+            Some(std::mem::take(&mut self.unlogged))
+        } else {
+            self.unlogged += 1;
+            None
+        }
+    }
+}
+
 /// Who may read the counters: the holder of the bearer token. Refusals are counted for
 /// [`Snapshot::metrics_refused`].
 pub(crate) struct Gate {
     token: Token,
     refused: Arc<AtomicU64>,
+    audit: std::sync::Mutex<AuditBudget>,
 }
 
 impl Gate {
     /// A gate admitting `token`, counting refusals in `refused`.
     pub(crate) fn new(token: Token, refused: Arc<AtomicU64>) -> Self {
-        Self { token, refused }
+        Self {
+            token,
+            refused,
+            audit: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Counts a refusal for `why` and audits it if the budget allows.
+    fn refuse(&self, why: Refusal) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let admitted = self
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(Instant::now());
+        match admitted {
+            Some(0) => tracing::warn!(
+                target: "capsule::audit::metrics",
+                reason = why.reason(),
+                "metrics scrape refused"
+            ),
+            Some(unlogged) => tracing::warn!(
+                target: "capsule::audit::metrics",
+                reason = why.reason(),
+                unlogged,
+                "metrics scrape refused"
+            ),
+            None => {}
+        }
     }
 
     /// Why `head` may not read the counters; `None` if it carries the token.
@@ -268,12 +333,7 @@ fn respond(head: &str, snapshot: &dyn Fn() -> Snapshot, gate: &Gate) -> String {
         );
     }
     if let Some(why) = gate.refusal(head) {
-        gate.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            target: "capsule::audit::metrics",
-            reason = why.reason(),
-            "metrics scrape refused"
-        );
+        gate.refuse(why);
         return http_with(
             401,
             "text/plain",
@@ -579,6 +639,20 @@ mod tests {
         .into_owned();
         let lines = text.matches("metrics scrape refused").count();
         assert!((1..=32).contains(&lines), "{lines} audit lines");
+    }
+
+    #[test]
+    fn the_audit_budget_refills_and_says_what_went_unlogged() {
+        let mut budget = AuditBudget::default();
+        let start = Instant::now();
+        for _ in 0..AUDIT_LINES {
+            assert_eq!(budget.admit(start), Some(0));
+        }
+        for _ in 0..100 {
+            assert_eq!(budget.admit(start + AUDIT_WINDOW / 2), None);
+        }
+        assert_eq!(budget.admit(start + AUDIT_WINDOW), Some(100));
+        assert_eq!(budget.admit(start + AUDIT_WINDOW), Some(0));
     }
 
     /// Serves `gate` on a fresh loopback port; its address and the stop token.
