@@ -273,12 +273,19 @@ pub(crate) async fn serve(
 async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+    loop {
         let n = stream.read(&mut buf).await.ok()?;
         if n == 0 || head.len() + n > MAX_HEAD_BYTES {
             return None;
         }
+        // Only the new bytes, and the three before them (an end may straddle two reads), are
+        // searched: a head sent a byte at a time costs linear work, not quadratic.
+        let from = head.len().saturating_sub(3);
         head.extend_from_slice(&buf[..n]);
+        let fresh = &head[from..];
+        if fresh.windows(4).any(|w| w == b"\r\n\r\n") || fresh.windows(2).any(|w| w == b"\n\n") {
+            break;
+        }
     }
     String::from_utf8(head).ok()
 }
