@@ -8,10 +8,11 @@
 //! (`401`), counted and audited, so another local user, or a principal's host process running
 //! as a uid of its own, cannot enumerate the tenants and their activity through loopback.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -27,18 +28,85 @@ const MAX_HEAD_BYTES: usize = 8 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most scrapes served at once.
 const MAX_CONNECTIONS: usize = 16;
+/// How long a new connection waits for the slot of the one closed to make room for it.
+const ROOM_WAIT: Duration = Duration::from_secs(1);
+
+/// Refusals audited with a line each per [`AUDIT_WINDOW`]; the rest are only counted.
+const AUDIT_LINES: u64 = 20;
+/// The window [`AUDIT_LINES`] applies to.
+const AUDIT_WINDOW: Duration = Duration::from_secs(60);
+
+/// How many refusals still get an audit line. Any local user can send refused scrapes as
+/// fast as loopback carries them, so one line each would let them fill the operator's disk;
+/// the counter still counts every one, and the next line says how many went unlogged.
+#[derive(Default)]
+struct AuditBudget {
+    window: Option<Instant>,
+    logged: u64,
+    unlogged: u64,
+}
+
+impl AuditBudget {
+    /// Whether a refusal at `now` gets its line; if so, how many before it got none.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        let fresh = match self.window {
+            Some(start) => now.saturating_duration_since(start) >= AUDIT_WINDOW,
+            None => true,
+        };
+        if fresh {
+            self.window = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < AUDIT_LINES {
+            self.logged += 1;
+            Some(std::mem::take(&mut self.unlogged))
+        } else {
+            self.unlogged += 1;
+            None
+        }
+    }
+}
 
 /// Who may read the counters: the holder of the bearer token. Refusals are counted for
 /// [`Snapshot::metrics_refused`].
 pub(crate) struct Gate {
     token: Token,
     refused: Arc<AtomicU64>,
+    audit: std::sync::Mutex<AuditBudget>,
 }
 
 impl Gate {
     /// A gate admitting `token`, counting refusals in `refused`.
     pub(crate) fn new(token: Token, refused: Arc<AtomicU64>) -> Self {
-        Self { token, refused }
+        Self {
+            token,
+            refused,
+            audit: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Counts a refusal for `why` and audits it if the budget allows.
+    fn refuse(&self, why: Refusal) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let admitted = self
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(Instant::now());
+        match admitted {
+            Some(0) => tracing::warn!(
+                target: "capsule::audit::metrics",
+                reason = why.reason(),
+                "metrics scrape refused"
+            ),
+            Some(unlogged) => tracing::warn!(
+                target: "capsule::audit::metrics",
+                reason = why.reason(),
+                unlogged,
+                "metrics scrape refused"
+            ),
+            None => {}
+        }
     }
 
     /// Why `head` may not read the counters; `None` if it carries the token.
@@ -92,6 +160,62 @@ impl Refusal {
     }
 }
 
+/// The connections still sending their request head, oldest first, each with what closes it.
+#[derive(Default)]
+struct Waiting {
+    next: u64,
+    queue: VecDeque<(u64, CancellationToken)>,
+}
+
+fn lock(waiting: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
+    waiting.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A connection's place in [`Waiting`], given up when its head has arrived (or it is closed).
+struct Place {
+    waiting: Arc<Mutex<Waiting>>,
+    id: u64,
+    closed: CancellationToken,
+}
+
+impl Place {
+    fn take(waiting: &Arc<Mutex<Waiting>>) -> Self {
+        let closed = CancellationToken::new();
+        let mut w = lock(waiting);
+        let id = w.next;
+        w.next += 1;
+        w.queue.push_back((id, closed.clone()));
+        Self {
+            waiting: Arc::clone(waiting),
+            id,
+            closed,
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        lock(&self.waiting).queue.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// A slot for a new connection when all are taken: the connection that has been sending its
+/// head the longest is closed and its slot handed over. Clients that connect and dawdle (any
+/// local user can) thus cannot keep every slot and turn the scraper away for the head timeout
+/// over and over; a scrape whose head has arrived is never cut short. `None` if every slot
+/// is answering a request.
+async fn make_room(
+    slots: &Arc<tokio::sync::Semaphore>,
+    waiting: &Mutex<Waiting>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let (_, oldest) = lock(waiting).queue.pop_front()?;
+    oldest.cancel();
+    tokio::time::timeout(ROOM_WAIT, Arc::clone(slots).acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
 /// Serves `GET /metrics` on `listener` to holders of `gate`'s token until `stop` is cancelled.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -100,6 +224,7 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -113,15 +238,26 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            // Too many scrapes at once: this one is simply closed.
-            continue;
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => match make_room(&slots, &waiting).await {
+                Some(p) => p,
+                // Every slot is answering a request: this one is simply closed.
+                None => continue,
+            },
         };
+        // Taken here, not in the task, so the queue's order is the order of arrival.
+        let place = Place::take(&waiting);
         let snapshot = Arc::clone(&snapshot);
         let gate = Arc::clone(&gate);
         tokio::spawn(async move {
             let _permit = permit;
-            let response = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
+            let head = tokio::select! {
+                () = place.closed.cancelled() => return,
+                head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)) => head,
+            };
+            drop(place);
+            let response = match head {
                 Ok(Some(head)) => respond(&head, &*snapshot, &gate),
                 Ok(None) => http(400, "text/plain", "bad request\n"),
                 Err(_) => return,
@@ -137,12 +273,19 @@ pub(crate) async fn serve(
 async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+    loop {
         let n = stream.read(&mut buf).await.ok()?;
         if n == 0 || head.len() + n > MAX_HEAD_BYTES {
             return None;
         }
+        // Only the new bytes, and the three before them (an end may straddle two reads), are
+        // searched: a head sent a byte at a time costs linear work, not quadratic.
+        let from = head.len().saturating_sub(3);
         head.extend_from_slice(&buf[..n]);
+        let fresh = &head[from..];
+        if fresh.windows(4).any(|w| w == b"\r\n\r\n") || fresh.windows(2).any(|w| w == b"\n\n") {
+            break;
+        }
     }
     String::from_utf8(head).ok()
 }
@@ -197,12 +340,7 @@ fn respond(head: &str, snapshot: &dyn Fn() -> Snapshot, gate: &Gate) -> String {
         );
     }
     if let Some(why) = gate.refusal(head) {
-        gate.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            target: "capsule::audit::metrics",
-            reason = why.reason(),
-            "metrics scrape refused"
-        );
+        gate.refuse(why);
         return http_with(
             401,
             "text/plain",
@@ -454,5 +592,123 @@ mod tests {
         assert_eq!(g.refused.load(Ordering::Relaxed), 1);
         stop.cancel();
         served.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// What a test's tracing subscriber prints.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Self;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_flood_of_refused_scrapes_cannot_flood_the_log() {
+        let (s, g) = (|| snapshot(), gate());
+        let log = Captured::default();
+        let subscriber = tracing_subscriber::fmt().with_writer(log.clone()).finish();
+        // Any local user can send refused scrapes as fast as loopback carries them; each must
+        // not cost the operator's disk a line.
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..1000 {
+                let answer = respond(&get(&["Host: 127.0.0.1"]), &s, &g);
+                assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+            }
+        });
+        assert_eq!(
+            g.refused.load(Ordering::Relaxed),
+            1000,
+            "every refusal counts"
+        );
+        let text = String::from_utf8_lossy(
+            &log.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_owned();
+        let lines = text.matches("metrics scrape refused").count();
+        assert!((1..=32).contains(&lines), "{lines} audit lines");
+    }
+
+    #[test]
+    fn the_audit_budget_refills_and_says_what_went_unlogged() {
+        let mut budget = AuditBudget::default();
+        let start = Instant::now();
+        for _ in 0..AUDIT_LINES {
+            assert_eq!(budget.admit(start), Some(0));
+        }
+        for _ in 0..100 {
+            assert_eq!(budget.admit(start + AUDIT_WINDOW / 2), None);
+        }
+        assert_eq!(budget.admit(start + AUDIT_WINDOW), Some(100));
+        assert_eq!(budget.admit(start + AUDIT_WINDOW), Some(0));
+    }
+
+    /// Serves `gate` on a fresh loopback port; its address and the stop token.
+    async fn start(g: Arc<Gate>) -> (SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, Arc::new(snapshot), g, stop.clone()));
+        (addr, stop)
+    }
+
+    /// What the endpoint at `addr` answers to `head`; empty if it closed the connection.
+    async fn answer(addr: SocketAddr, head: &str) -> String {
+        let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
+            return String::new();
+        };
+        let _sent = conn.write_all(head.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _read = conn.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_cannot_lock_the_token_holder_out() {
+        let (addr, stop) = start(Arc::new(gate())).await;
+        // Any local user may open connections and send nothing (or half a head): they must not
+        // take every slot for the head timeout, over and over, while the scraper is turned away.
+        let mut idle = Vec::new();
+        for n in 0..MAX_CONNECTIONS * 2 {
+            let mut conn = tokio::net::TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            if n % 2 == 0 {
+                let _sent = conn
+                    .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0")
+                    .await;
+            }
+            idle.push(conn);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let ok = answer(addr, &get(&["Host: 127.0.0.1", &bearer()])).await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "scrape turned away: {ok:?}");
+        assert!(
+            started.elapsed() < HEAD_TIMEOUT,
+            "served at once, not after the idle ones"
+        );
+        stop.cancel();
     }
 }
