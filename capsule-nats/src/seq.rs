@@ -160,6 +160,11 @@ impl<K: Hash + Eq + Clone> Tracking<K> {
         seen
     }
 
+    /// The epoch of the last number recorded for `key`, if any.
+    pub fn epoch(&self, key: &K) -> Option<u64> {
+        self.last.get(key).map(|&(epoch, _)| epoch)
+    }
+
     /// What [`observe`](Self::observe) would say, without recording anything.
     pub fn peek(&self, key: &K, epoch: u64, seq: u64, max_gap: u64) -> Observed {
         let Some(&(prev_epoch, prev)) = self.last.get(key) else {

@@ -321,15 +321,17 @@ impl Importer {
             &self.held_seqs
         };
         let mut held_seqs = self.config.key.as_ref().map(|_| table.lock());
-        if held_seqs
+        if let Some(t) = held_seqs
             .as_ref()
-            .is_some_and(|t| t.peek(&stream, env.epoch, last, MAX_GAP) == Observed::Replayed)
+            .filter(|t| t.peek(&stream, env.epoch, last, MAX_GAP) == Observed::Replayed)
         {
+            // A stream's mark is sent again on every connect and request round, so a mark of
+            // the current epoch no newer than one already held is expected and says nothing:
+            // it is dropped without a refusal, and a played-back copy takes no room either
+            // way. A mark of an earlier epoch is a copy, refused like a message's.
+            let earlier = t.epoch(&stream).is_some_and(|e| env.epoch < e);
             drop(held_seqs);
-            // A stream's mark is sent again on every connect and request round, so a mark no
-            // newer than one already held is expected and says nothing: it is dropped
-            // without a refusal, and a played-back copy takes no room either way.
-            if mark {
+            if mark && !earlier {
                 return;
             }
             let reason = format!(

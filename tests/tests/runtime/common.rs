@@ -37,6 +37,11 @@ pub(crate) struct Host {
     pub(crate) dir: TempDir,
 }
 
+/// A manifest granting the principal's home and declaring one env value, `MODEL` (`m1`
+/// unless an overlay says otherwise).
+pub(crate) const HOME_AND_MODEL: &str = "[capabilities]\nfs_read = [\"home://\"]\nfs_write = [\"home://\"]\n\
+                                         [env.MODEL]\ntype = \"text\"\ndefault = \"m1\"\n";
+
 impl Host {
     pub(crate) fn state(&self) -> &Path {
         self.dir.path()
@@ -48,6 +53,25 @@ impl Host {
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(dir.join(format!("{principal}.toml")), toml)
             .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Where capsule `capsule`'s env overlay for `principal` lives.
+    pub(crate) fn overlay_path(&self, principal: &str, capsule: &str) -> PathBuf {
+        self.state()
+            .join("home")
+            .join(principal)
+            .join(".config")
+            .join("env")
+            .join(format!("{capsule}.env.json"))
+    }
+
+    /// Writes capsule `capsule`'s env overlay for `principal`.
+    pub(crate) fn write_overlay(&self, principal: &str, capsule: &str, json: &str) {
+        let path = self.overlay_path(principal, capsule);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::write(path, json).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Installs an approver that answers with `answer` and records every question, and

@@ -6,31 +6,13 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-const MANIFEST: &str = "[capabilities]\nfs_read = [\"home://\"]\nfs_write = [\"home://\"]\n\
-                        [env.MODEL]\ntype = \"text\"\ndefault = \"m1\"\n";
-
-fn overlay_path(h: &Host, principal: &str) -> std::path::PathBuf {
-    h.state()
-        .join("home")
-        .join(principal)
-        .join(".config")
-        .join("env")
-        .join("kept.env.json")
-}
-
-fn write_overlay(h: &Host, principal: &str, json: &str) {
-    let path = overlay_path(h, principal);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
-    }
-    std::fs::write(path, json).unwrap_or_else(|e| panic!("{e}"));
-}
+const MANIFEST: &str = HOME_AND_MODEL;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_displaced_principals_kept_resources_serve_only_her_and_follow_every_change() {
     // One warm instance: every call below displaces the other principal's.
     let h = host_with(|c| c.handler_pool_size = 1);
-    write_overlay(&h, "alice", r#"{"MODEL": "a1"}"#);
+    h.write_overlay("alice", "kept", r#"{"MODEL": "a1"}"#);
     let p = h.load("kept", "prober.wasm", MANIFEST).await;
     let model = |who: &'static str| {
         let p = p.clone();
@@ -49,11 +31,11 @@ async fn a_displaced_principals_kept_resources_serve_only_her_and_follow_every_c
     assert!(p.call_stats().resets > resets, "bob's calls displaced hers");
 
     // While she is displaced, her overlay is rewritten to the same size with its old mtime.
-    let path = overlay_path(&h, "alice");
+    let path = h.overlay_path("alice", "kept");
     let before = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|e| panic!("{e}"));
-    write_overlay(&h, "alice", r#"{"MODEL": "a2"}"#);
+    h.write_overlay("alice", "kept", r#"{"MODEL": "a2"}"#);
     std::fs::File::options()
         .write(true)
         .open(&path)
@@ -72,7 +54,7 @@ async fn a_displaced_principals_kept_resources_serve_only_her_and_follow_every_c
     );
 
     // An overlay given to bob while he is displaced applies to his next call.
-    write_overlay(&h, "bob", r#"{"MODEL": "b1"}"#);
+    h.write_overlay("bob", "kept", r#"{"MODEL": "b1"}"#);
     assert_eq!(model("bob").await, "b1");
 
     // Her home is moved aside and replaced while bob holds the instance.

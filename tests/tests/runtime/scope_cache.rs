@@ -7,26 +7,14 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-const MANIFEST: &str = "[capabilities]\nfs_read = [\"home://\"]\nfs_write = [\"home://\"]\n\
-                        [env.MODEL]\ntype = \"text\"\ndefault = \"m1\"\n";
-
-fn write_overlay(h: &Host, principal: &str, json: &str) {
-    let dir = h
-        .state()
-        .join("home")
-        .join(principal)
-        .join(".config")
-        .join("env");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(dir.join("cached.env.json"), json).unwrap_or_else(|e| panic!("{e}"));
-}
+const MANIFEST: &str = HOME_AND_MODEL;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alternating_principals_each_see_only_their_own_kv_home_identity_and_config() {
     // Two warm instances: alice's and bob's calls each find their own and reuse its resources.
     let h = host_with(|c| c.handler_pool_size = 2);
-    write_overlay(&h, "alice", r#"{"MODEL": "alice-model"}"#);
-    write_overlay(&h, "bob", r#"{"MODEL": "bob-model"}"#);
+    h.write_overlay("alice", "cached", r#"{"MODEL": "alice-model"}"#);
+    h.write_overlay("bob", "cached", r#"{"MODEL": "bob-model"}"#);
     let p = h.load("cached", "prober.wasm", MANIFEST).await;
     let mut left: [Option<String>; 2] = [None, None];
     for round in 0..8 {
@@ -76,13 +64,13 @@ async fn alternating_principals_each_see_only_their_own_kv_home_identity_and_con
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_env_overlay_and_a_lowered_quota_apply_to_the_next_call() {
     let h = host();
-    write_overlay(&h, "alice", r#"{"MODEL": "a1"}"#);
+    h.write_overlay("alice", "cached", r#"{"MODEL": "a1"}"#);
     let p = h.load("cached", "prober.wasm", MANIFEST).await;
     let model = || async { call_as(&p, "config", json!({"key": "MODEL"}), Some("alice")).await };
     assert_eq!(ok(&model().await), "a1");
     assert_eq!(ok(&model().await), "a1");
     assert_eq!(p.call_stats().warm, 1);
-    write_overlay(&h, "alice", r#"{"MODEL": "a2, rewritten"}"#);
+    h.write_overlay("alice", "cached", r#"{"MODEL": "a2, rewritten"}"#);
     assert_eq!(ok(&model().await), "a2, rewritten");
     std::fs::remove_file(h.state().join("home/alice/.config/env/cached.env.json"))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -7,39 +7,21 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-const MANIFEST: &str = "[capabilities]\nfs_read = [\"home://\"]\nfs_write = [\"home://\"]\n\
-                        [env.MODEL]\ntype = \"text\"\ndefault = \"m1\"\n";
-
-fn overlay_path(h: &Host, principal: &str) -> std::path::PathBuf {
-    h.state()
-        .join("home")
-        .join(principal)
-        .join(".config")
-        .join("env")
-        .join("cached.env.json")
-}
-
-fn write_overlay(h: &Host, principal: &str, json: &str) {
-    let path = overlay_path(h, principal);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
-    }
-    std::fs::write(path, json).unwrap_or_else(|e| panic!("{e}"));
-}
+const MANIFEST: &str = HOME_AND_MODEL;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlay_rewritten_with_its_size_and_mtime_kept_applies_to_the_next_call() {
     // What `cp -p` or `rsync -t` does: new content of the same length, old mtime restored.
     let h = host();
-    write_overlay(&h, "alice", r#"{"MODEL": "a1"}"#);
+    h.write_overlay("alice", "cached", r#"{"MODEL": "a1"}"#);
     let p = h.load("cached", "prober.wasm", MANIFEST).await;
     let model = || async { call_as(&p, "config", json!({"key": "MODEL"}), Some("alice")).await };
     assert_eq!(ok(&model().await), "a1");
-    let path = overlay_path(&h, "alice");
+    let path = h.overlay_path("alice", "cached");
     let before = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|e| panic!("{e}"));
-    write_overlay(&h, "alice", r#"{"MODEL": "a2"}"#);
+    h.write_overlay("alice", "cached", r#"{"MODEL": "a2"}"#);
     std::fs::File::options()
         .write(true)
         .open(&path)
@@ -101,7 +83,7 @@ async fn a_home_replaced_between_calls_is_the_one_the_next_call_uses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_principal_is_refused_at_once_and_a_lowered_storage_quota_applies() {
     let h = host();
-    write_overlay(&h, "alice", r#"{"MODEL": "a1"}"#);
+    h.write_overlay("alice", "cached", r#"{"MODEL": "a1"}"#);
     let p = h.load("cached", "prober.wasm", MANIFEST).await;
     let call = |action: &'static str, args: Value| {
         let p = p.clone();
@@ -140,8 +122,8 @@ async fn a_disabled_principal_is_refused_at_once_and_a_lowered_storage_quota_app
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_principals_on_a_pool_of_one_each_see_only_their_own() {
     let h = host_with(|c| c.handler_pool_size = 1);
-    write_overlay(&h, "alice", r#"{"MODEL": "alice-model"}"#);
-    write_overlay(&h, "bob", r#"{"MODEL": "bob-model"}"#);
+    h.write_overlay("alice", "cached", r#"{"MODEL": "alice-model"}"#);
+    h.write_overlay("bob", "cached", r#"{"MODEL": "bob-model"}"#);
     let p = h.load("cached", "prober.wasm", MANIFEST).await;
     let run = |who: &'static str| {
         let p = p.clone();
@@ -167,7 +149,7 @@ async fn concurrent_principals_on_a_pool_of_one_each_see_only_their_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spare_a_refused_principal_gave_back_and_a_removed_home_carry_nothing_over() {
     let h = host_with(|c| c.handler_pool_size = 2);
-    write_overlay(&h, "alice", r#"{"MODEL": "alice-model"}"#);
+    h.write_overlay("alice", "cached", r#"{"MODEL": "alice-model"}"#);
     h.profile("mallory", "enabled = false\n");
     let p = h.load("cached", "prober.wasm", MANIFEST).await;
     let set = json!({"path": "home://note.txt", "content": "alice's"});
@@ -214,7 +196,7 @@ async fn a_spare_a_refused_principal_gave_back_and_a_removed_home_carry_nothing_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_with_a_new_overlay_carries_no_warm_resources_over() {
     let h = host_with(|c| c.handler_pool_size = 1);
-    write_overlay(&h, "alice", r#"{"MODEL": "a1"}"#);
+    h.write_overlay("alice", "cached", r#"{"MODEL": "a1"}"#);
     let p = h.load("cached", "prober.wasm", MANIFEST).await;
     let model = |p: &capsule_runtime::Capsule, who: &'static str| {
         let p = p.clone();
@@ -225,7 +207,7 @@ async fn a_reload_with_a_new_overlay_carries_no_warm_resources_over() {
     p.unload().await;
     let gone = p.invoke("noop", b"{}", Some(pid("alice"))).await;
     assert!(gone.is_err(), "an unloaded capsule still answers: {gone:?}");
-    write_overlay(&h, "alice", r#"{"MODEL": "a9"}"#);
+    h.write_overlay("alice", "cached", r#"{"MODEL": "a9"}"#);
     let p = h.load("cached", "prober.wasm", MANIFEST).await;
     // Bob first, on the only slot, then alice: each sees only their own.
     assert_eq!(ok(&model(&p, "bob").await), "m1");
