@@ -48,6 +48,7 @@ mod scope_cache_attacks;
 mod scope_cache_settled;
 mod sdk;
 mod settled_attacks;
+mod slot_reuse_attacks;
 mod spare_maker;
 mod spares;
 mod storage;
