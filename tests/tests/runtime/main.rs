@@ -21,6 +21,7 @@ mod identity_attacks;
 mod installed_crash;
 mod ipc;
 mod kept_resources;
+mod kept_resources_attacks;
 mod kv_group;
 mod legacy;
 mod lifecycle;
