@@ -1,30 +1,14 @@
 //! The wasmtime engine: component model, async host calls, epoch interruption driven by one
 //! ticker thread per engine, and an explicitly sized pooling allocator (with compact memory
 //! slots when it is sized for many thousands of instances). A freed memory or table slot is
-//! always reset to its pristine contents before reuse; where the kernel can report a slot's
-//! dirty pages, those are reset in place and stay resident (no `madvise`, no page faults on
-//! reuse), and the slots kept that way are bounded. The ticker holds only a weak reference,
-//! so it ends with the engine.
+//! decommitted before reuse, so the next instance finds only zeros and the module's initial
+//! image. The ticker holds only a weak reference, so it ends with the engine.
 
 use std::time::Duration;
 
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::config::{ConfigError, EpochMode, RuntimeConfig};
-
-/// Dirty bytes of a freed linear memory reset in place (and kept resident) rather than
-/// returned to the kernel, so a slot reused for the next instance takes neither an `madvise`
-/// (with its TLB shootdown on every core) nor the page faults of touching fresh memory again;
-/// dirty pages beyond it are decommitted as before.
-const MEMORY_KEEP_RESIDENT: usize = 1 << 20;
-
-/// The same for a freed table slot.
-const TABLE_KEEP_RESIDENT: usize = 64 << 10;
-
-/// Freed slots kept for their last module while a new module takes a never-used slot: with
-/// slots kept resident, this bounds the memory kept resident beyond the peak of live instances
-/// to this many slots of at most [`MEMORY_KEEP_RESIDENT`] each.
-const MAX_UNUSED_WARM_SLOTS: u32 = 16;
 
 /// Builds the engine for a runtime configuration.
 pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, ConfigError> {
@@ -46,16 +30,11 @@ pub(crate) fn build_engine(config: &RuntimeConfig) -> Result<Engine, ConfigError
             .max_tables_per_component(8)
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(1 << 20);
-        // Resetting in place only pays when the kernel names the dirty pages (`PAGEMAP_SCAN`,
-        // Linux 6.7): without it the whole kept size would be `memset` on every reuse.
-        // Either way wasmtime restores every freed slot to zeros and the module's initial
-        // image before it is reused, so nothing of one instance reaches the next.
-        if PoolingAllocationConfig::is_pagemap_scan_available() {
-            pool.pagemap_scan(Enabled::Yes)
-                .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
-                .table_keep_resident(TABLE_KEEP_RESIDENT)
-                .max_unused_warm_slots(MAX_UNUSED_WARM_SLOTS);
-        }
+        // No slot is reset in place (`pagemap_scan` with `*_keep_resident`): wasmtime 48 resets
+        // only the dirty pages the kernel reports present, so a page swapped out (or being
+        // migrated) when the slot is freed is neither reset nor decommitted, and the next
+        // instance in the slot, another principal's, reads it back. Decommitting the whole
+        // slot also drops swapped pages.
         if p.compact_memories {
             c.memory_reservation(p.max_memory_bytes);
         }

@@ -313,6 +313,47 @@ mod tests {
     }
 
     #[test]
+    fn a_profile_written_through_a_hard_link_or_deleted_and_recreated_while_held_is_read_anew() {
+        let (dir, cache, path) = cache();
+        let p = pid("alice");
+        std::fs::write(&path, "enabled = true\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(cache.resolve(&p).is_ok());
+        assert_eq!(cache.held(), 1);
+        // Rewritten in place through another name for the same inode.
+        let link = dir.path().join("link.toml");
+        std::fs::hard_link(&path, &link).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&link, "enabled = false\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            disabled(cache.resolve(&p)),
+            "a write through the link applies"
+        );
+        // Deleted and recreated while the old inode is still open (and linked elsewhere): the
+        // new file applies, the old one is never read again.
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, "enabled = true\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(cache.resolve(&p).is_ok(), "the recreated file applies");
+        std::fs::write(&link, "enabled = true \n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, "enabled = false\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            disabled(cache.resolve(&p)),
+            "the file at the path, not the old one"
+        );
+        // Truncated, then rewritten in place.
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(0))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            cache.resolve(&p).is_ok(),
+            "an empty profile is the defaults"
+        );
+        std::fs::write(&path, "enabled = false\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(disabled(cache.resolve(&p)));
+        assert_eq!(cache.held(), 1);
+    }
+
+    #[test]
     fn a_swapped_symlink_is_followed_to_its_new_target() {
         let (dir, cache, path) = cache();
         let p = pid("alice");

@@ -2,6 +2,8 @@
 //! arguments from the JSON payload, and reports the outcome as `{"ok": …}` or `{"err": code}`.
 //! It lets integration tests drive every host function and error path from inside a guest.
 
+mod mem;
+
 use std::cell::RefCell;
 
 use serde_json::{Value, json};
@@ -482,6 +484,8 @@ fn run(action: &str, args: &Value) -> Result<Value, String> {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
         }
+        "mem-plant" => mem::plant(n("seed"), n("pages") as usize),
+        "mem-scan" => mem::scan(n("seed"), n("to_pages") as usize),
         "trap" => std::process::abort(),
         other => storage(other, args)
             .or_else(|| uplinks(other, args))
