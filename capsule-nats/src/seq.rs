@@ -42,11 +42,6 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
         self.map.get(key)
     }
 
-    /// Every value, in no particular order.
-    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
-        self.map.values()
-    }
-
     pub(crate) fn entry(&mut self, key: &K, init: impl FnOnce() -> V) -> &mut V {
         if !self.map.contains_key(key) {
             while self.map.len() >= self.capacity {

@@ -15,6 +15,7 @@
 //! answers, after the request, so after the subscriptions) or it was not, and then the
 //! publisher reconnected later and sends its marks after that.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use async_nats::{Client, HeaderMap};
@@ -28,7 +29,6 @@ use uuid::Uuid;
 use crate::bridge::{ENVELOPE_NAME, SIGNATURE_NAME};
 use crate::config::BridgeConfig;
 use crate::envelope::{Envelope, EnvelopeError};
-use crate::seq::Bounded;
 use crate::subject::{ClusterName, cluster_prefix, topic_subject};
 
 /// The tail mark format version, the header's first field.
@@ -80,16 +80,28 @@ struct Last {
 }
 
 /// The last number handed to the client for each stream one export pattern sent, recorded
-/// after the hand-over so a mark built from it never overtakes its message.
+/// after the hand-over so a mark built from it never overtakes its message. A full table
+/// forgets the stream that sent least recently (not the one that began first), so a
+/// long-lived stream that keeps sending is never pushed out by newer ones that fell silent.
 #[derive(Debug)]
 pub(crate) struct Tails {
-    streams: Mutex<Bounded<(Uuid, Topic), Last>>,
+    streams: Mutex<Recent>,
+}
+
+/// The streams of [`Tails`], each with the stamp of its latest record.
+#[derive(Debug, Default)]
+struct Recent {
+    map: HashMap<(Uuid, Topic), (Last, u64)>,
+    /// Keys by the stamp they were recorded under, oldest first. An entry whose stamp is no
+    /// longer its key's is stale: the key sent again later and has a newer entry.
+    order: VecDeque<((Uuid, Topic), u64)>,
+    stamp: u64,
 }
 
 impl Tails {
     pub(crate) fn new() -> Self {
         Self {
-            streams: Mutex::new(Bounded::new(TAILS_KEPT)),
+            streams: Mutex::new(Recent::default()),
         }
     }
 
@@ -104,26 +116,53 @@ impl Tails {
         epoch: u64,
         seq: u64,
     ) {
-        let mut streams = self.streams.lock();
+        let mut guard = self.streams.lock();
+        let Recent { map, order, stamp } = &mut *guard;
+        *stamp += 1;
         let key = (source, topic.clone());
-        let last = streams.entry(&key, || Last {
-            topic: topic.clone(),
-            source,
-            attribution: attribution.clone(),
-            hops,
-            epoch,
-            seq,
-        });
-        if (epoch, seq) >= (last.epoch, last.seq) {
-            last.attribution = attribution;
-            last.hops = hops;
-            last.epoch = epoch;
-            last.seq = seq;
+        if let Some((last, s)) = map.get_mut(&key) {
+            *s = *stamp;
+            if (epoch, seq) >= (last.epoch, last.seq) {
+                last.attribution = attribution;
+                last.hops = hops;
+                last.epoch = epoch;
+                last.seq = seq;
+            }
+        } else {
+            // Each key has exactly one current entry in `order`, so this ends.
+            while map.len() >= TAILS_KEPT {
+                let Some((old, s)) = order.pop_front() else {
+                    break;
+                };
+                if map.get(&old).is_some_and(|(_, current)| *current == s) {
+                    map.remove(&old);
+                }
+            }
+            let last = Last {
+                topic: topic.clone(),
+                source,
+                attribution,
+                hops,
+                epoch,
+                seq,
+            };
+            map.insert(key.clone(), (last, *stamp));
+        }
+        order.push_back((key, *stamp));
+        // Stale entries dropped now and then: `order` stays within twice the table, at a
+        // cost spread over the records that made it grow.
+        if order.len() > 2 * TAILS_KEPT {
+            order.retain(|(k, s)| map.get(k).is_some_and(|(_, current)| current == s));
         }
     }
 
     fn snapshot(&self) -> Vec<Last> {
-        self.streams.lock().values().cloned().collect()
+        self.streams
+            .lock()
+            .map
+            .values()
+            .map(|(last, _)| last.clone())
+            .collect()
     }
 }
 
@@ -194,5 +233,53 @@ pub(crate) async fn connect_loop(
         if importing && let Err(e) = client.publish(subject.clone(), Bytes::new()).await {
             tracing::debug!(target: crate::AUDIT_TARGET, error = %e, "tail request not sent");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(s: &str) -> Topic {
+        Topic::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn kept(t: &Tails) -> Vec<String> {
+        let mut v: Vec<String> = t
+            .snapshot()
+            .iter()
+            .map(|l| format!("{}={}", l.topic.as_str(), l.seq))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_stream_that_sent_least_recently() {
+        let t = Tails::new();
+        let s = Uuid::from_u128(1);
+        let rec = |name: &str, seq| t.record(s, &topic(name), Attribution::System, 0, 1, seq);
+        rec("long", 1);
+        for i in 0..TAILS_KEPT - 1 {
+            rec(&format!("o{i}"), 1);
+        }
+        rec("long", 2);
+        rec("new", 1);
+        let k = kept(&t);
+        assert_eq!(k.len(), TAILS_KEPT);
+        assert!(
+            k.contains(&"long=2".to_string()),
+            "the stream that sent last is kept"
+        );
+        assert!(
+            !k.contains(&"o0=1".to_string()),
+            "the least recent one is forgotten"
+        );
+        // Many records of one stream keep the order's stale entries bounded.
+        for n in 3..(3 * TAILS_KEPT as u64) {
+            rec("long", n);
+        }
+        assert!(t.streams.lock().order.len() <= 2 * TAILS_KEPT + 1);
+        assert_eq!(kept(&t).len(), TAILS_KEPT);
     }
 }

@@ -68,8 +68,11 @@ pub(super) struct Screened {
 /// What one peer holds of an import buffer.
 #[derive(Clone, Copy, Default)]
 struct Share {
-    /// NATS messages (a batch counts once).
+    /// NATS messages (a batch counts once), tail marks aside.
     messages: usize,
+    /// Tail marks, bounded apart from the messages: a round of marks (which anyone able to
+    /// publish on the request subject can set off) never takes a message's room.
+    marks: usize,
     bytes: usize,
 }
 
@@ -344,8 +347,10 @@ impl Importer {
         let Some(share) = held.shares.get_mut(s.peer) else {
             return;
         };
-        // The message bound counts NATS messages, as the client's own queue in front does.
-        let fits = share.messages < max_messages && share.bytes.saturating_add(s.size) <= max_bytes;
+        // The message bound counts NATS messages, as the client's own queue in front does;
+        // marks have a count of their own but share the bytes, so the byte bound still holds.
+        let count = if mark { share.marks } else { share.messages };
+        let fits = count < max_messages && share.bytes.saturating_add(s.size) <= max_bytes;
         if !fits {
             drop(held_seqs);
             if bump(&self.counters.overflow_in, n) {
@@ -373,7 +378,11 @@ impl Importer {
             t.observe(&stream, env.epoch, last, MAX_GAP);
         }
         drop(held_seqs);
-        share.messages += 1;
+        if mark {
+            share.marks += 1;
+        } else {
+            share.messages += 1;
+        }
         share.bytes += s.size;
         held.bytes += s.size;
         let c = &self.counters;
@@ -388,7 +397,11 @@ impl Importer {
     pub(super) fn release(&self, held: &mut Held) -> Option<Screened> {
         let s = held.queue.pop_front()?;
         if let Some(share) = held.shares.get_mut(s.peer) {
-            share.messages -= 1;
+            if matches!(s.body, Body::Tail(_)) {
+                share.marks -= 1;
+            } else {
+                share.messages -= 1;
+            }
             share.bytes -= s.size;
         }
         held.bytes -= s.size;

@@ -1,0 +1,112 @@
+//! Tail marks and genuine messages share a receiver's import buffer: a round of marks, which
+//! anyone able to publish on the request subject can set off (requests carry no signature,
+//! even with a cluster key), must not take the room a peer's next message needs. The
+//! receiving host is made busy deterministically: its own admission check blocks on one
+//! message until the test has seen the marks and the message reach the client.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+#[allow(dead_code)]
+mod common;
+
+use capsule_bus::{Attribution, Bus, JsonPayload, Outgoing, PrincipalId, Topic};
+use capsule_nats::{ClusterKey, KEY_BYTES, request_subject};
+use common::{Gate, config, server, start, wait_until};
+use uuid::Uuid;
+
+fn publish(bus: &Bus, topic: &str, n: u64) {
+    bus.publish(Outgoing {
+        topic: Topic::parse(topic).unwrap_or_else(|e| panic!("{e}")),
+        payload: JsonPayload::parse(format!(r#"{{"n":{n}}}"#)).unwrap_or_else(|e| panic!("{e}")),
+        source: Uuid::from_u128(7),
+        attribution: Attribution::Verified(
+            PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}")),
+        ),
+        hops: 0,
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_of_marks_takes_no_room_from_the_peers_next_message() {
+    const SHARE: usize = 8;
+    const STREAMS: u64 = 2 * SHARE as u64;
+    let nats = server();
+    let key = ClusterKey::from_bytes([5; KEY_BYTES]);
+    let mut ca = config(&nats.url(), "a", "b", "s.*", "");
+    ca.key = Some(key.clone());
+    let mut cb = config(&nats.url(), "b", "a", "", "s.*");
+    cb.key = Some(key);
+    // Eight peers: a's share is an eighth of the buffer, while the client's own queue in
+    // front (the whole bound) has room for everything this test sends.
+    for p in 1..8 {
+        cb.peers.insert(
+            capsule_nats::HostId::parse(&format!("p{p}")).unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    cb.import_buffer = 8 * SHARE;
+    let gate = Arc::new(Gate::default());
+    let g = Arc::clone(&gate);
+    cb.admit = Some(Arc::new(move |topic: &Topic, _who: &Attribution| {
+        if topic.as_str() == "s.x" {
+            g.pass();
+        }
+        Ok(())
+    }));
+    let (bus_a, bus_b) = (Bus::new(), Bus::new());
+    let a = start(&bus_a, ca).await;
+    let b = start(&bus_b, cb).await;
+
+    // a has sent on twice as many streams as b's share of its buffer holds, one at a time.
+    for i in 0..STREAMS {
+        publish(&bus_a, &format!("s.o{i}"), 1);
+        wait_until("b to import each stream's message", || {
+            b.stats().imported == i + 1
+        })
+        .await;
+    }
+    // The first message on s.x stops in b's admission check; what follows piles up.
+    publish(&bus_a, "s.x", 1);
+    wait_until("s.x to reach b's check", || {
+        gate.entered.load(Ordering::SeqCst)
+    })
+    .await;
+    let before = b.stats().received;
+
+    // Someone without the key asks for marks: a answers with one per stream it sent.
+    let outsider = common::raw(&nats.url()).await;
+    outsider
+        .publish(
+            request_subject(
+                &capsule_nats::ClusterName::parse("c").unwrap_or_else(|e| panic!("{e}")),
+            ),
+            Vec::new().into(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    common::synced(&outsider).await;
+    wait_until("the round of marks to reach b's client", || {
+        b.stats().received > before + STREAMS
+    })
+    .await;
+    // Then a's next genuine message.
+    publish(&bus_a, "s.x", 2);
+    wait_until("the message to reach b's client", || {
+        b.stats().received >= before + STREAMS + 2
+    })
+    .await;
+    gate.release();
+
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while b.stats().imported != STREAMS + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for b to import a's next message: {:?}",
+            b.stats()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let s = b.stats();
+    assert_eq!((s.dropped_in, s.slow_consumer), (0, 0), "{s:?}");
+    assert_eq!(a.stats().dropped_out, 0);
+}
