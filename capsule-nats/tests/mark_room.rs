@@ -13,6 +13,7 @@ mod common;
 use capsule_bus::{Attribution, Bus, JsonPayload, Outgoing, PrincipalId, Topic};
 use capsule_nats::{ClusterKey, KEY_BYTES, request_subject};
 use common::{Gate, config, server, start, wait_until};
+use futures::StreamExt;
 use uuid::Uuid;
 
 fn publish(bus: &Bus, topic: &str, n: u64) {
@@ -107,6 +108,91 @@ async fn a_round_of_marks_takes_no_room_from_the_peers_next_message() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let s = b.stats();
+    assert_eq!((s.dropped_in, s.slow_consumer), (0, 0), "{s:?}");
+    assert_eq!(a.stats().dropped_out, 0);
+}
+
+/// A tail mark is signed but carries no number of its own to refuse a copy by, so a tap that
+/// captured one could play it back to fill its peer's share of marks: a mark no newer than
+/// one already held is dropped on arrival, taking no room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn played_back_copies_of_a_mark_take_no_room() {
+    const SHARE: usize = 8;
+    let nats = server();
+    let key = ClusterKey::from_bytes([6; KEY_BYTES]);
+    let mut ca = config(&nats.url(), "a", "b", "s.*", "");
+    ca.key = Some(key.clone());
+    let mut cb = config(&nats.url(), "b", "a", "", "s.*");
+    cb.key = Some(key);
+    for p in 1..8 {
+        cb.peers.insert(
+            capsule_nats::HostId::parse(&format!("p{p}")).unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    cb.import_buffer = 8 * SHARE;
+    let gate = Arc::new(Gate::default());
+    let g = Arc::clone(&gate);
+    cb.admit = Some(Arc::new(move |topic: &Topic, _who: &Attribution| {
+        if topic.as_str() == "s.x" {
+            g.pass();
+        }
+        Ok(())
+    }));
+    let (bus_a, bus_b) = (Bus::new(), Bus::new());
+    let a = start(&bus_a, ca).await;
+    let b = start(&bus_b, cb).await;
+    let tap = common::raw(&nats.url()).await;
+    let mut marks = tap
+        .subscribe("capsule.c.s.o")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    common::synced(&tap).await;
+
+    publish(&bus_a, "s.o", 1);
+    wait_until("b to import s.o's message", || b.stats().imported == 1).await;
+    publish(&bus_a, "s.x", 1);
+    wait_until("s.x to reach b's check", || {
+        gate.entered.load(Ordering::SeqCst)
+    })
+    .await;
+
+    // The tap asks for a round and keeps s.o's mark.
+    tap.publish(
+        request_subject(&capsule_nats::ClusterName::parse("c").unwrap_or_else(|e| panic!("{e}"))),
+        Vec::new().into(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mark = loop {
+        let m = tokio::time::timeout(common::PATIENCE, marks.next())
+            .await
+            .unwrap_or_else(|_| panic!("no mark of s.o went by"))
+            .unwrap_or_else(|| panic!("the tap's subscription ended"));
+        if m.payload.is_empty() {
+            break m;
+        }
+    };
+    let before = b.stats().received;
+    let copies = 2 * SHARE as u64;
+    for _ in 0..copies {
+        tap.publish_with_headers(
+            mark.subject.clone(),
+            mark.headers.clone().unwrap_or_default(),
+            mark.payload.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    common::synced(&tap).await;
+    wait_until("the copies to reach b's client", || {
+        b.stats().received >= before + copies
+    })
+    .await;
+    gate.release();
+
+    wait_until("b to import s.x's message", || b.stats().imported == 2).await;
+    let s = b.stats();
+    assert_eq!(s.overflow_in, 0, "copies of a mark took room: {s:?}");
     assert_eq!((s.dropped_in, s.slow_consumer), (0, 0), "{s:?}");
     assert_eq!(a.stats().dropped_out, 0);
 }
