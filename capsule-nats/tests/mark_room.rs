@@ -10,64 +10,65 @@ use std::sync::atomic::Ordering;
 #[allow(dead_code)]
 mod common;
 
-use capsule_bus::{Attribution, Bus, JsonPayload, Outgoing, PrincipalId, Topic};
-use capsule_nats::{ClusterKey, KEY_BYTES, request_subject};
-use common::{Gate, config, server, start, wait_until};
+/// a's share of b's import buffer in both tests.
+const SHARE: usize = 8;
+
+use capsule_bus::{Attribution, Bus, Topic};
+use capsule_nats::{Bridge, ClusterKey, KEY_BYTES, request_subject};
+use common::{Gate, config, publish_n, server, start, wait_until};
 use futures::StreamExt;
-use uuid::Uuid;
 
-fn publish(bus: &Bus, topic: &str, n: u64) {
-    bus.publish(Outgoing {
-        topic: Topic::parse(topic).unwrap_or_else(|e| panic!("{e}")),
-        payload: JsonPayload::parse(format!(r#"{{"n":{n}}}"#)).unwrap_or_else(|e| panic!("{e}")),
-        source: Uuid::from_u128(7),
-        attribution: Attribution::Verified(
-            PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}")),
-        ),
-        hops: 0,
-    });
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_round_of_marks_takes_no_room_from_the_peers_next_message() {
-    const SHARE: usize = 8;
-    const STREAMS: u64 = 2 * SHARE as u64;
-    let nats = server();
-    let key = ClusterKey::from_bytes([5; KEY_BYTES]);
+/// Bridges `a` (exporting `s.*`) and `b` (importing it) sharing cluster key `[key; 32]`, where
+/// `b` lists seven more peers and holds `8 * SHARE` messages, so a's share is `SHARE`; b's own
+/// admission check stops at the first message on `s.x` until `gate` is released.
+async fn pair(
+    nats: &capsule_nats::NatsServer,
+    key: u8,
+    bus_a: &Bus,
+    bus_b: &Bus,
+    gate: &Arc<Gate>,
+) -> (Bridge, Bridge) {
+    let key = ClusterKey::from_bytes([key; KEY_BYTES]);
     let mut ca = config(&nats.url(), "a", "b", "s.*", "");
     ca.key = Some(key.clone());
     let mut cb = config(&nats.url(), "b", "a", "", "s.*");
     cb.key = Some(key);
     // Eight peers: a's share is an eighth of the buffer, while the client's own queue in
-    // front (the whole bound) has room for everything this test sends.
+    // front (the whole bound) has room for everything these tests send.
     for p in 1..8 {
         cb.peers.insert(
             capsule_nats::HostId::parse(&format!("p{p}")).unwrap_or_else(|e| panic!("{e}")),
         );
     }
     cb.import_buffer = 8 * SHARE;
-    let gate = Arc::new(Gate::default());
-    let g = Arc::clone(&gate);
+    let g = Arc::clone(gate);
     cb.admit = Some(Arc::new(move |topic: &Topic, _who: &Attribution| {
         if topic.as_str() == "s.x" {
             g.pass();
         }
         Ok(())
     }));
+    (start(bus_a, ca).await, start(bus_b, cb).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_of_marks_takes_no_room_from_the_peers_next_message() {
+    const STREAMS: u64 = 2 * SHARE as u64;
+    let nats = server();
+    let gate = Arc::new(Gate::default());
     let (bus_a, bus_b) = (Bus::new(), Bus::new());
-    let a = start(&bus_a, ca).await;
-    let b = start(&bus_b, cb).await;
+    let (a, b) = pair(&nats, 5, &bus_a, &bus_b, &gate).await;
 
     // a has sent on twice as many streams as b's share of its buffer holds, one at a time.
     for i in 0..STREAMS {
-        publish(&bus_a, &format!("s.o{i}"), 1);
+        publish_n(&bus_a, &format!("s.o{i}"), 1);
         wait_until("b to import each stream's message", || {
             b.stats().imported == i + 1
         })
         .await;
     }
     // The first message on s.x stops in b's admission check; what follows piles up.
-    publish(&bus_a, "s.x", 1);
+    publish_n(&bus_a, "s.x", 1);
     wait_until("s.x to reach b's check", || {
         gate.entered.load(Ordering::SeqCst)
     })
@@ -91,7 +92,7 @@ async fn a_round_of_marks_takes_no_room_from_the_peers_next_message() {
     })
     .await;
     // Then a's next genuine message.
-    publish(&bus_a, "s.x", 2);
+    publish_n(&bus_a, "s.x", 2);
     wait_until("the message to reach b's client", || {
         b.stats().received >= before + STREAMS + 2
     })
@@ -117,30 +118,10 @@ async fn a_round_of_marks_takes_no_room_from_the_peers_next_message() {
 /// one already held is dropped on arrival, taking no room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn played_back_copies_of_a_mark_take_no_room() {
-    const SHARE: usize = 8;
     let nats = server();
-    let key = ClusterKey::from_bytes([6; KEY_BYTES]);
-    let mut ca = config(&nats.url(), "a", "b", "s.*", "");
-    ca.key = Some(key.clone());
-    let mut cb = config(&nats.url(), "b", "a", "", "s.*");
-    cb.key = Some(key);
-    for p in 1..8 {
-        cb.peers.insert(
-            capsule_nats::HostId::parse(&format!("p{p}")).unwrap_or_else(|e| panic!("{e}")),
-        );
-    }
-    cb.import_buffer = 8 * SHARE;
     let gate = Arc::new(Gate::default());
-    let g = Arc::clone(&gate);
-    cb.admit = Some(Arc::new(move |topic: &Topic, _who: &Attribution| {
-        if topic.as_str() == "s.x" {
-            g.pass();
-        }
-        Ok(())
-    }));
     let (bus_a, bus_b) = (Bus::new(), Bus::new());
-    let a = start(&bus_a, ca).await;
-    let b = start(&bus_b, cb).await;
+    let (a, b) = pair(&nats, 6, &bus_a, &bus_b, &gate).await;
     let tap = common::raw(&nats.url()).await;
     let mut marks = tap
         .subscribe("capsule.c.s.o")
@@ -148,9 +129,9 @@ async fn played_back_copies_of_a_mark_take_no_room() {
         .unwrap_or_else(|e| panic!("{e}"));
     common::synced(&tap).await;
 
-    publish(&bus_a, "s.o", 1);
+    publish_n(&bus_a, "s.o", 1);
     wait_until("b to import s.o's message", || b.stats().imported == 1).await;
-    publish(&bus_a, "s.x", 1);
+    publish_n(&bus_a, "s.x", 1);
     wait_until("s.x to reach b's check", || {
         gate.entered.load(Ordering::SeqCst)
     })

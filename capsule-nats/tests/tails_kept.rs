@@ -9,24 +9,11 @@ mod common;
 #[path = "common/proxy.rs"]
 mod proxy;
 
-use capsule_bus::{Attribution, Bus, JsonPayload, Outgoing, PrincipalId, Topic};
+use capsule_bus::Bus;
 use capsule_nats::{LinkState, TAILS_KEPT};
-use common::{PATIENCE, config, server, start, wait_until};
+use common::{PATIENCE, config, publish_n, server, start, wait_until};
 use futures::StreamExt;
 use proxy::Proxy;
-use uuid::Uuid;
-
-fn publish(bus: &Bus, topic: &str, n: u64) {
-    bus.publish(Outgoing {
-        topic: Topic::parse(topic).unwrap_or_else(|e| panic!("{e}")),
-        payload: JsonPayload::parse(format!(r#"{{"n":{n}}}"#)).unwrap_or_else(|e| panic!("{e}")),
-        source: Uuid::from_u128(7),
-        attribution: Attribution::Verified(
-            PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}")),
-        ),
-        hops: 0,
-    });
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_sent_last_keeps_its_tail_mark_however_early_it_began() {
@@ -43,14 +30,14 @@ async fn a_stream_that_sent_last_keeps_its_tail_mark_however_early_it_began() {
     common::synced(&watcher).await;
 
     // The long-lived stream begins first, then the table fills with others.
-    publish(&bus_a, "s.long", 1);
+    publish_n(&bus_a, "s.long", 1);
     wait_until("b to import the long stream's first message", || {
         b.stats().imported == 1
     })
     .await;
     let others = TAILS_KEPT as u64 - 1;
     for i in 0..others {
-        publish(&bus_a, &format!("s.o{i}"), 1);
+        publish_n(&bus_a, &format!("s.o{i}"), 1);
         if i % 256 == 255 {
             wait_until("a to export what was published", || {
                 a.stats().exported + a.stats().dropped_unnumbered >= i + 2
@@ -67,10 +54,10 @@ async fn a_stream_that_sent_last_keeps_its_tail_mark_however_early_it_began() {
     // then one new stream starts, which fills the table by one.
     proxy.refuse();
     wait_until("b to notice the cut", || b.state() != LinkState::Connected).await;
-    publish(&bus_a, "s.long", 2);
-    publish(&bus_a, "s.new", 1);
+    publish_n(&bus_a, "s.long", 2);
+    publish_n(&bus_a, "s.new", 1);
     // The new stream's second message is handed over after its first was recorded.
-    publish(&bus_a, "s.new", 2);
+    publish_n(&bus_a, "s.new", 2);
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let m = tokio::time::timeout_at(deadline, watch.next())

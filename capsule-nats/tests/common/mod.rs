@@ -132,3 +132,18 @@ impl Gate {
         self.opened.notify_all();
     }
 }
+
+/// Publishes `{"n": n}` on `topic` into `bus`, as alice from one fixed source, so every call
+/// continues one publisher's stream on that topic.
+pub(crate) fn publish_n(bus: &Bus, topic: &str, n: u64) {
+    bus.publish(capsule_bus::Outgoing {
+        topic: capsule_bus::Topic::parse(topic).unwrap_or_else(|e| panic!("{e}")),
+        payload: capsule_bus::JsonPayload::parse(format!(r#"{{"n":{n}}}"#))
+            .unwrap_or_else(|e| panic!("{e}")),
+        source: uuid::Uuid::from_u128(7),
+        attribution: capsule_bus::Attribution::Verified(
+            capsule_bus::PrincipalId::parse("alice").unwrap_or_else(|e| panic!("{e}")),
+        ),
+        hops: 0,
+    });
+}
