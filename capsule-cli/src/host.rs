@@ -33,7 +33,7 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "PRINCIPAL")]
     owner: Option<String>,
     /// Also serve the counters for a Prometheus scraper on this loopback address, e.g.
-    /// 127.0.0.1:9184 (GET /metrics, with the bearer token of <state>/metrics.token)
+    /// 127.0.0.1:9184 (GET /metrics, with the bearer token of `<state>/metrics.token`)
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::loopback)]
     metrics: Option<SocketAddr>,
     /// Keep compiled components here instead of the state directory's cache (shareable
