@@ -5,11 +5,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
-use capsule_bus::{
-    Attribution, Bus, BusConfig, JsonPayload, Outgoing, PrincipalId, Receiver, Scope, Topic,
-};
+use capsule_bus::{Attribution, Bus, BusConfig, JsonPayload, Outgoing, PrincipalId, Scope, Topic};
 use capsule_nats::async_nats::HeaderMap;
 use capsule_nats::{BridgeConfig, ClusterName, ENVELOPE_HEADER, MAX_GAP};
 use uuid::Uuid;
@@ -42,23 +39,6 @@ fn publish(bus: &Bus, topic: &str, source: u128, n: u64, pad: usize) {
         attribution: alice(),
         hops: 0,
     });
-}
-
-/// Drains `rx` until a message numbered at least `last` arrives; returns the numbers seen
-/// and the losses the drains reported.
-async fn until(rx: &mut Receiver, last: u64) -> (Vec<u64>, u64) {
-    let deadline = Instant::now() + PATIENCE;
-    let (mut seen, mut dropped) = (Vec::<u64>::new(), 0);
-    while !seen.iter().any(|n| *n >= last) {
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting for {last}: have {seen:?}"
-        );
-        let d = rx.recv(Duration::from_millis(100), usize::MAX).await;
-        dropped += d.dropped;
-        seen.extend(d.messages.iter().map(|m| number(m)));
-    }
-    (seen, dropped)
 }
 
 /// Makes `config`'s admission check stop at `gate` on the first message.

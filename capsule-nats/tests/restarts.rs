@@ -186,12 +186,7 @@ async fn a_receiver_cut_off_while_a_stream_ends_counts_the_tail() {
     let a = start(&bus_a, config(&nats.url(), "a", "b", "s.*", "")).await;
     let b = start(&bus_b, config(&proxy.url(), "b", "a", "", "s.*")).await;
     // Sees what the server routes, so the test knows when the tail has passed it.
-    let watcher = common::raw(&nats.url()).await;
-    let mut watch = watcher
-        .subscribe("capsule.c.s.>")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    common::synced(&watcher).await;
+    let (_watcher, mut watch) = common::watch(&nats.url(), "capsule.c.s.>").await;
     let mut rx = bus_b.subscribe(pat("s.*"), Scope::All);
     let mut seen = Seen::default();
 

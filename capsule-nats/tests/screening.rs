@@ -7,9 +7,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
-use capsule_bus::{Attribution, Bus, BusConfig, PrincipalId, Receiver, Scope, Topic, TopicPattern};
+use capsule_bus::{Attribution, Bus, BusConfig, PrincipalId, Scope, Topic, TopicPattern};
 use capsule_nats::async_nats::{self, HeaderMap};
 use capsule_nats::{
     BridgeConfig, ClusterKey, ENVELOPE_HEADER, Envelope, HostId, KEY_BYTES, SIGNATURE_HEADER,
@@ -83,23 +82,6 @@ async fn signed(client: &async_nats::Client, host: &str, topic: &str, seq: u64, 
         key().sign(&subject, &env, body.as_bytes()).as_str(),
     );
     send(client, &subject, h, body).await;
-}
-
-/// Drains `rx` until message `last` arrives; returns the numbers seen and the losses the
-/// drains reported.
-async fn until(rx: &mut Receiver, last: u64) -> (Vec<u64>, u64) {
-    let deadline = Instant::now() + PATIENCE;
-    let (mut seen, mut dropped) = (Vec::<u64>::new(), 0);
-    while !seen.contains(&last) {
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting for {last}: have {seen:?}"
-        );
-        let d = rx.recv(Duration::from_millis(100), usize::MAX).await;
-        dropped += d.dropped;
-        seen.extend(d.messages.iter().map(|m| number(m)));
-    }
-    (seen, dropped)
 }
 
 fn with_envelope(value: &str) -> HeaderMap {

@@ -22,12 +22,7 @@ async fn a_stream_that_sent_last_keeps_its_tail_mark_however_early_it_began() {
     let (bus_a, bus_b) = (Bus::new(), Bus::new());
     let a = start(&bus_a, config(&nats.url(), "a", "b", "s.*", "")).await;
     let b = start(&bus_b, config(&proxy.url(), "b", "a", "", "s.*")).await;
-    let watcher = common::raw(&nats.url()).await;
-    let mut watch = watcher
-        .subscribe("capsule.c.s.>")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    common::synced(&watcher).await;
+    let (_watcher, mut watch) = common::watch(&nats.url(), "capsule.c.s.>").await;
 
     // The long-lived stream begins first, then the table fills with others.
     publish_n(&bus_a, "s.long", 1);

@@ -147,3 +147,35 @@ pub(crate) fn publish_n(bus: &Bus, topic: &str, n: u64) {
         hops: 0,
     });
 }
+
+/// Drains `rx` until a message numbered at least `last` arrives; returns the numbers seen
+/// and the losses the drains reported.
+pub(crate) async fn until(rx: &mut capsule_bus::Receiver, last: u64) -> (Vec<u64>, u64) {
+    let deadline = Instant::now() + PATIENCE;
+    let (mut seen, mut dropped) = (Vec::<u64>::new(), 0);
+    while !seen.iter().any(|n| *n >= last) {
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {last}: have {seen:?}"
+        );
+        let d = rx.recv(Duration::from_millis(100), usize::MAX).await;
+        dropped += d.dropped;
+        seen.extend(d.messages.iter().map(|m| number(m)));
+    }
+    (seen, dropped)
+}
+
+/// A raw client subscribed to `subject` on `url`, its subscription in place at the server:
+/// it sees what the server routes there.
+pub(crate) async fn watch(
+    url: &str,
+    subject: &str,
+) -> (async_nats::Client, async_nats::Subscriber) {
+    let watcher = raw(url).await;
+    let sub = watcher
+        .subscribe(subject.to_string())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    synced(&watcher).await;
+    (watcher, sub)
+}
